@@ -1,0 +1,592 @@
+//go:build ignore
+
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+/*
+ * xdp_lb: the sluice load balancer data plane.
+ *
+ * Per packet: parse Ethernet, IPv4/IPv6, TCP/UDP (or an ICMP too-big error
+ * about a VIP flow), look up the VIP, reuse the backend of a tracked flow or
+ * pick one from the VIP's Maglev ring, then encapsulate (ipip) or rewrite
+ * the MACs (dsr) and send the frame back out with XDP_TX. Everything that is
+ * not for a VIP leaves untouched with XDP_PASS.
+ */
+#include "helpers.h"
+#include <linux/tcp.h>
+#include <linux/udp.h>
+#include "sluice.h"
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";
+
+/* How many ring slots a new flow tries when its slot names an unusable
+ * backend (between a backend failing and its ring being replaced). */
+#define RING_PROBES 4
+/* A UDP flow's idle timer is refreshed at most this often. */
+#define UDP_REFRESH_NS 1000000000ULL
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, SLUICE_MAX_VIPS);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct vip_key);
+	__type(value, struct vip_info);
+} vips SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, SLUICE_MAX_VIPS);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct addr_key);
+	__type(value, __u32);
+} vip_addrs SEC(".maps");
+
+/* Template of one ring; BPF_F_INNER_MAP lets each ring have its own size. */
+struct ring {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, SLUICE_DEFAULT_RING);
+	__uint(map_flags, BPF_F_INNER_MAP);
+	__type(key, __u32);
+	__type(value, __u32);
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);
+	__uint(max_entries, SLUICE_RING_SLOTS);
+	__type(key, __u32);
+	__array(values, struct ring);
+} rings SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, SLUICE_MAX_BACKENDS);
+	__type(key, __u32);
+	__type(value, struct backend);
+} backends SEC(".maps");
+
+/* Connection table: per-CPU LRU lists, so inserts on one core never contend
+ * with another core's. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, SLUICE_DEFAULT_FLOWS);
+	__uint(map_flags, BPF_F_NO_COMMON_LRU);
+	__type(key, struct flow_key);
+	__type(value, struct flow_state);
+} flows SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, SLUICE_MAX_VIPS);
+	__type(key, __u32);
+	__type(value, struct counter);
+} vip_stats SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, SLUICE_MAX_BACKENDS);
+	__type(key, __u32);
+	__type(value, struct counter);
+} backend_stats SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, SLUICE_STAT_MAX);
+	__type(key, enum sluice_stat);
+	__type(value, struct counter);
+} stats SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct config);
+} config SEC(".maps");
+
+
+/* BTF anchor: bpf2go emits Go constants only for enums present in BTF, and
+ * these three appear in no map declaration (their fields are __u8). */
+struct sluice_enums {
+	enum sluice_forward forward;
+	enum sluice_family family;
+	enum sluice_backend_flags backend_flags;
+} sluice_enums_btf __attribute__((unused));
+
+enum verdict {
+	V_FORWARD,
+	V_PASS,
+	V_DROP,
+};
+
+/* What the parser learnt about one packet. */
+struct pkt {
+	struct flow_key key; /* client -> VIP direction */
+	__u32 ip_len;        /* length of the IP packet from its own header */
+	__u32 stat;          /* outcome when the verdict is not V_FORWARD */
+	__u8 tos;
+	__u8 df;             /* IPv4 don't-fragment bit was set */
+	__u8 syn;
+	__u8 icmp;           /* an ICMP too-big error about a VIP flow */
+};
+
+struct ports {
+	__u16 src;
+	__u16 dst;
+};
+
+static __always_inline void add(void *map, __u32 idx, __u64 bytes)
+{
+	struct counter *c = bpf_map_lookup_elem(map, &idx);
+
+	if (c) {
+		c->packets++;
+		c->bytes += bytes;
+	}
+}
+
+static __always_inline enum verdict outcome(struct pkt *p, __u32 stat, enum verdict v)
+{
+	p->stat = stat;
+	return v;
+}
+
+static __always_inline int is_vip_addr(const __u32 *addr, __u8 family)
+{
+	struct addr_key k = { .family = family };
+
+	__builtin_memcpy(k.addr, addr, 16);
+	return bpf_map_lookup_elem(&vip_addrs, &k) != NULL;
+}
+
+/* Reads the ports (and for TCP the SYN flag) of the L4 header at l4. */
+static __always_inline int parse_l4(void *l4, void *data_end, struct pkt *p)
+{
+	if (p->key.proto == IPPROTO_TCP) {
+		struct tcphdr *th = l4;
+
+		/* Bounds check: the fixed TCP header must be in the packet
+		 * before ports and flags are read. */
+		if ((void *)(th + 1) > data_end || th->doff < 5)
+			return -1;
+		p->key.sport = th->source;
+		p->key.dport = th->dest;
+		p->syn = th->syn;
+		return 0;
+	}
+	struct udphdr *uh = l4;
+
+	/* Bounds check: the UDP header must be in the packet before the
+	 * ports are read. */
+	if ((void *)(uh + 1) > data_end)
+		return -1;
+	p->key.sport = uh->source;
+	p->key.dport = uh->dest;
+	return 0;
+}
+
+/* Fills p from the quoted header of an ICMP error: the quoted packet went
+ * VIP -> client, so the flow is the reverse of it. */
+static __always_inline enum verdict quoted_flow(struct pkt *p, __u8 proto, void *l4, void *data_end)
+{
+	struct ports *pt = l4;
+
+	if (proto != IPPROTO_TCP && proto != IPPROTO_UDP)
+		return outcome(p, SLUICE_STAT_PASS_UNSUPPORTED, V_PASS);
+	/* Bounds check: an ICMP error quotes at least 8 bytes of L4 header;
+	 * the two ports must be inside the packet before they are read. */
+	if ((void *)(pt + 1) > data_end)
+		return outcome(p, SLUICE_STAT_MALFORMED, V_PASS);
+	p->key.proto = proto;
+	p->key.sport = pt->dst;
+	p->key.dport = pt->src;
+	p->icmp = 1;
+	return V_FORWARD;
+}
+
+static __always_inline enum verdict parse_icmp4(struct pkt *p, void *l4, void *data_end)
+{
+	struct icmp_hdr *ic = l4;
+
+	/* Bounds check: the 8-byte ICMP header must be in the packet before
+	 * type and code are read. */
+	if ((void *)(ic + 1) > data_end)
+		return outcome(p, SLUICE_STAT_MALFORMED, V_PASS);
+	if (ic->type != ICMP_DEST_UNREACH || ic->code != ICMP_FRAG_NEEDED)
+		return outcome(p, SLUICE_STAT_PASS_UNSUPPORTED, V_PASS);
+
+	struct iphdr *in = (void *)(ic + 1);
+
+	/* Bounds check: the quoted IPv4 header must be in the packet before
+	 * its fields are read. */
+	if ((void *)(in + 1) > data_end)
+		return outcome(p, SLUICE_STAT_MALFORMED, V_PASS);
+	__u32 hlen = in->ihl * 4;
+
+	if (in->version != 4 || hlen < sizeof(*in))
+		return outcome(p, SLUICE_STAT_MALFORMED, V_PASS);
+	p->key.src[0] = in->daddr;
+	p->key.dst[0] = in->saddr;
+	return quoted_flow(p, in->protocol, (void *)in + hlen, data_end);
+}
+
+static __always_inline enum verdict parse_icmp6(struct pkt *p, void *l4, void *data_end)
+{
+	struct icmp_hdr *ic = l4;
+
+	/* Bounds check: the 8-byte ICMPv6 header must be in the packet before
+	 * type and code are read. */
+	if ((void *)(ic + 1) > data_end)
+		return outcome(p, SLUICE_STAT_MALFORMED, V_PASS);
+	if (ic->type != ICMPV6_PKT_TOOBIG || ic->code != 0)
+		return outcome(p, SLUICE_STAT_PASS_UNSUPPORTED, V_PASS);
+
+	struct ipv6hdr *in = (void *)(ic + 1);
+
+	/* Bounds check: the quoted IPv6 header must be in the packet before
+	 * its addresses are read. */
+	if ((void *)(in + 1) > data_end)
+		return outcome(p, SLUICE_STAT_MALFORMED, V_PASS);
+	if (in->version != 6)
+		return outcome(p, SLUICE_STAT_MALFORMED, V_PASS);
+	copy_addr6(p->key.src, &in->daddr);
+	copy_addr6(p->key.dst, &in->saddr);
+	return quoted_flow(p, in->nexthdr, in + 1, data_end);
+}
+
+static __always_inline enum verdict parse_ipv4(struct pkt *p, void *l3, void *data_end)
+{
+	struct iphdr *ip = l3;
+
+	/* Bounds check: the fixed IPv4 header must be in the packet before
+	 * any field is read. */
+	if ((void *)(ip + 1) > data_end)
+		return outcome(p, SLUICE_STAT_MALFORMED, V_PASS);
+	__u32 hlen = ip->ihl * 4; /* 0..60: a 4-bit field, so the verifier knows the range */
+	__u32 tot = bpf_ntohs(ip->tot_len);
+
+	if (ip->version != 4 || hlen < sizeof(*ip) || tot < hlen || tot > (__u64)(data_end - l3))
+		return outcome(p, SLUICE_STAT_MALFORMED, V_PASS);
+
+	p->key.family = SLUICE_FAMILY_V4;
+	p->key.proto = ip->protocol;
+	p->key.src[0] = ip->saddr;
+	p->key.dst[0] = ip->daddr;
+	p->ip_len = tot;
+	p->tos = ip->tos;
+	p->df = !!(ip->frag_off & bpf_htons(IP_DF));
+
+	if (ip->frag_off & bpf_htons(IP_MF | IP_OFFSET)) {
+		if (is_vip_addr(p->key.dst, SLUICE_FAMILY_V4))
+			return outcome(p, SLUICE_STAT_DROP_FRAGMENT, V_DROP);
+		return outcome(p, SLUICE_STAT_PASS_NON_VIP, V_PASS);
+	}
+
+	/* Options, if any, sit between the fixed header and L4: skip them. */
+	void *l4 = l3 + hlen;
+
+	switch (ip->protocol) {
+	case IPPROTO_TCP:
+	case IPPROTO_UDP:
+		if (parse_l4(l4, data_end, p))
+			return outcome(p, SLUICE_STAT_MALFORMED, V_PASS);
+		return V_FORWARD;
+	case IPPROTO_ICMP:
+		return parse_icmp4(p, l4, data_end);
+	}
+	return outcome(p, SLUICE_STAT_PASS_UNSUPPORTED, V_PASS);
+}
+
+static __always_inline enum verdict parse_ipv6(struct pkt *p, void *l3, void *data_end)
+{
+	struct ipv6hdr *ip6 = l3;
+
+	/* Bounds check: the fixed IPv6 header must be in the packet before
+	 * any field is read. */
+	if ((void *)(ip6 + 1) > data_end)
+		return outcome(p, SLUICE_STAT_MALFORMED, V_PASS);
+	__u32 tot = bpf_ntohs(ip6->payload_len) + sizeof(*ip6);
+
+	if (ip6->version != 6 || tot > (__u64)(data_end - l3))
+		return outcome(p, SLUICE_STAT_MALFORMED, V_PASS);
+
+	p->key.family = SLUICE_FAMILY_V6;
+	p->key.proto = ip6->nexthdr;
+	copy_addr6(p->key.src, &ip6->saddr);
+	copy_addr6(p->key.dst, &ip6->daddr);
+	p->ip_len = tot;
+	p->tos = (ip6->priority << 4) | (ip6->flow_lbl[0] >> 4);
+
+	switch (ip6->nexthdr) {
+	case IPPROTO_TCP:
+	case IPPROTO_UDP:
+		if (parse_l4(ip6 + 1, data_end, p))
+			return outcome(p, SLUICE_STAT_MALFORMED, V_PASS);
+		return V_FORWARD;
+	case IPPROTO_ICMPV6:
+		return parse_icmp6(p, ip6 + 1, data_end);
+	case IPPROTO_FRAGMENT:
+		if (is_vip_addr(p->key.dst, SLUICE_FAMILY_V6))
+			return outcome(p, SLUICE_STAT_DROP_FRAGMENT, V_DROP);
+		return outcome(p, SLUICE_STAT_PASS_NON_VIP, V_PASS);
+	}
+	return outcome(p, SLUICE_STAT_PASS_UNSUPPORTED, V_PASS);
+}
+
+static __always_inline struct vip_info *find_vip(const struct pkt *p)
+{
+	struct vip_key k = {
+		.port = p->key.dport,
+		.proto = p->key.proto,
+		.family = p->key.family,
+	};
+	struct vip_info *vip;
+
+	__builtin_memcpy(k.addr, p->key.dst, 16);
+	vip = bpf_map_lookup_elem(&vips, &k);
+	if (vip)
+		return vip;
+	k.port = 0;
+	return bpf_map_lookup_elem(&vips, &k);
+}
+
+static __always_inline __u32 flow_hash(const struct flow_key *k, __u32 seed)
+{
+	__u32 ports = ((__u32)k->sport << 16) | k->dport;
+
+	if (k->family == SLUICE_FAMILY_V4)
+		return jhash_3words(k->src[0], k->dst[0], ports, seed ^ k->proto);
+	__u32 h = jhash_4words(k->src, seed);
+
+	h = jhash_4words(k->dst, h);
+	return jhash_3words(ports, k->proto, 0, h);
+}
+
+/* A cheap per-flow value for the outer source address and flow label, so
+ * that backends' RSS spreads encapsulated traffic: client address words
+ * folded and mixed with the client port. */
+static __always_inline __u32 encap_entropy(const struct flow_key *k)
+{
+	__u32 x = k->src[0] ^ k->src[1] ^ k->src[2] ^ k->src[3];
+
+	x ^= ((__u32)k->sport << 16) | k->sport;
+	return x ^ (x >> 16);
+}
+
+static __always_inline struct backend *usable_backend(__u32 idx, __u32 vip_id)
+{
+	struct backend *b = bpf_map_lookup_elem(&backends, &idx);
+
+	if (!b || !(b->flags & SLUICE_BACKEND_USABLE) || b->vip_id != vip_id)
+		return NULL;
+	return b;
+}
+
+/* Returns the backend for p, or NULL when the VIP has no usable one. */
+static __always_inline struct backend *select_backend(struct pkt *p, const struct vip_info *vip,
+						      const struct config *cfg, __u32 *idx)
+{
+	struct flow_state *st;
+	struct backend *b = NULL;
+	__u64 now = 0;
+
+	if (!p->syn) {
+		st = bpf_map_lookup_elem(&flows, &p->key);
+		if (st) {
+			int expired = 0;
+
+			if (p->key.proto == IPPROTO_UDP) {
+				now = bpf_ktime_get_coarse_ns();
+				expired = now - st->atime_ns > vip->udp_timeout_ns;
+			}
+			if (!expired) {
+				b = usable_backend(st->backend, vip->id);
+				if (b) {
+					add(&stats, SLUICE_STAT_CT_HIT, 0);
+					if (now - st->atime_ns > UDP_REFRESH_NS && now)
+						st->atime_ns = now;
+					*idx = st->backend;
+					return b;
+				}
+			}
+			add(&stats, SLUICE_STAT_CT_RESTEER, 0);
+		} else {
+			add(&stats, SLUICE_STAT_CT_MISS, 0);
+		}
+	}
+
+	__u32 slot_key = vip->ring_slot;
+	void *ring = bpf_map_lookup_elem(&rings, &slot_key);
+	__u32 size = vip->ring_size;
+
+	if (!ring || size == 0)
+		return NULL;
+	__u32 slot = flow_hash(&p->key, cfg->seed) % size;
+
+	for (int i = 0; i < RING_PROBES; i++) {
+		__u32 *be = bpf_map_lookup_elem(ring, &slot);
+
+		if (!be || *be == 0)
+			return NULL; /* an empty ring: the VIP has no backend */
+		b = usable_backend(*be, vip->id);
+		if (b) {
+			*idx = *be;
+			break;
+		}
+		slot = slot + 1 == size ? 0 : slot + 1;
+	}
+	if (!b)
+		return NULL;
+	if (!p->icmp) {
+		struct flow_state ns = { .backend = *idx };
+
+		ns.atime_ns = now ? now : bpf_ktime_get_coarse_ns();
+		bpf_map_update_elem(&flows, &p->key, &ns, BPF_ANY);
+	}
+	return b;
+}
+
+static __always_inline void set_macs(struct ethhdr *eth, const struct backend *b,
+				     const struct config *cfg, __u16 proto)
+{
+	__builtin_memcpy(eth->h_dest, b->mac, ETH_ALEN);
+	__builtin_memcpy(eth->h_source, cfg->mac, ETH_ALEN);
+	eth->h_proto = proto;
+}
+
+static __always_inline int encap_v4(struct xdp_md *ctx, const struct pkt *p, const struct backend *b,
+				    const struct config *cfg)
+{
+	if (bpf_xdp_adjust_head(ctx, 0 - (int)sizeof(struct iphdr)))
+		return -1;
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	struct ethhdr *eth = data;
+	struct iphdr *ip = (void *)(eth + 1);
+
+	/* Bounds check: after growing the head, the new Ethernet and outer
+	 * IPv4 headers must lie inside the packet before they are written. */
+	if ((void *)(ip + 1) > data_end)
+		return -1;
+	set_macs(eth, b, cfg, bpf_htons(ETH_P_IP));
+
+	struct iphdr o = {
+		.version = 4,
+		.ihl = 5,
+		.tos = p->tos,
+		.tot_len = bpf_htons(p->ip_len + sizeof(struct iphdr)),
+		.frag_off = p->df ? bpf_htons(IP_DF) : 0,
+		.ttl = 64,
+		.protocol = IPPROTO_IPIP,
+		.saddr = (cfg->encap_src4 & bpf_htonl(0xffff0000)) |
+			 bpf_htonl(encap_entropy(&p->key) & 0xffff),
+		.daddr = b->addr[0],
+	};
+	o.check = ipv4_csum(&o);
+	*ip = o;
+	return 0;
+}
+
+static __always_inline int encap_v6(struct xdp_md *ctx, const struct pkt *p, const struct backend *b,
+				    const struct config *cfg)
+{
+	if (bpf_xdp_adjust_head(ctx, 0 - (int)sizeof(struct ipv6hdr)))
+		return -1;
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	struct ethhdr *eth = data;
+	struct ipv6hdr *ip6 = (void *)(eth + 1);
+
+	/* Bounds check: after growing the head, the new Ethernet and outer
+	 * IPv6 headers must lie inside the packet before they are written. */
+	if ((void *)(ip6 + 1) > data_end)
+		return -1;
+	set_macs(eth, b, cfg, bpf_htons(ETH_P_IPV6));
+
+	__u32 h = encap_entropy(&p->key);
+	struct ipv6hdr o = {
+		.version = 6,
+		.priority = p->tos >> 4,
+		.flow_lbl = { ((p->tos & 0xf) << 4) | ((h >> 16) & 0xf), (h >> 8) & 0xff, h & 0xff },
+		.payload_len = bpf_htons(p->ip_len),
+		.nexthdr = p->key.family == SLUICE_FAMILY_V4 ? IPPROTO_IPIP : IPPROTO_IPV6,
+		.hop_limit = 64,
+	};
+	__builtin_memcpy(&o.saddr, cfg->encap_src6, 12);
+	__builtin_memcpy((__u8 *)&o.saddr + 12, &h, 4);
+	__builtin_memcpy(&o.daddr, b->addr, 16);
+	*ip6 = o;
+	return 0;
+}
+
+SEC("xdp")
+int xdp_lb(struct xdp_md *ctx)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	__u64 len = data_end - data;
+	struct ethhdr *eth = data;
+	struct pkt p = {};
+	enum verdict v;
+	__u32 zero = 0, idx = 0;
+
+	/* Bounds check: the Ethernet header must be in the packet before the
+	 * EtherType is read. */
+	if ((void *)(eth + 1) > data_end) {
+		add(&stats, SLUICE_STAT_MALFORMED, len);
+		return XDP_PASS;
+	}
+	if (eth->h_proto == bpf_htons(ETH_P_IP))
+		v = parse_ipv4(&p, eth + 1, data_end);
+	else if (eth->h_proto == bpf_htons(ETH_P_IPV6))
+		v = parse_ipv6(&p, eth + 1, data_end);
+	else
+		v = outcome(&p, SLUICE_STAT_PASS_NON_IP, V_PASS);
+	if (v != V_FORWARD) {
+		add(&stats, p.stat, len);
+		return v == V_PASS ? XDP_PASS : XDP_DROP;
+	}
+
+	struct vip_info *vip = find_vip(&p);
+
+	if (!vip) {
+		add(&stats, SLUICE_STAT_PASS_NON_VIP, len);
+		return XDP_PASS;
+	}
+	add(&vip_stats, vip->id, len);
+	if (p.icmp)
+		add(&stats, SLUICE_STAT_ICMP_TOO_BIG, len);
+
+	struct config *cfg = bpf_map_lookup_elem(&config, &zero);
+
+	if (!cfg)
+		return XDP_PASS; /* cannot happen: a one-entry array */
+	struct backend *b = select_backend(&p, vip, cfg, &idx);
+
+	if (!b) {
+		add(&stats, SLUICE_STAT_DROP_NO_BACKEND, len);
+		return XDP_DROP;
+	}
+
+	if (vip->forward == SLUICE_FWD_DSR) {
+		set_macs(eth, b, cfg, eth->h_proto);
+		add(&backend_stats, idx, len);
+		add(&stats, SLUICE_STAT_TX_DSR, len);
+		return XDP_TX;
+	}
+
+	int err;
+
+	if (b->family == SLUICE_FAMILY_V6)
+		err = encap_v6(ctx, &p, b, cfg);
+	else if (p.key.family == SLUICE_FAMILY_V4)
+		err = encap_v4(ctx, &p, b, cfg);
+	else {
+		/* IPv6-in-IPv4 is not offered; the control plane refuses it. */
+		add(&stats, SLUICE_STAT_DROP_UNSUPPORTED, len);
+		return XDP_DROP;
+	}
+	if (err) {
+		add(&stats, SLUICE_STAT_DROP_ENCAP, len);
+		return XDP_DROP;
+	}
+	add(&backend_stats, idx, len);
+	add(&stats, SLUICE_STAT_TX_IPIP, len);
+	return XDP_TX;
+}

@@ -1,0 +1,133 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/*
+ * sluice.h: the single source of truth for every map key and value that the
+ * data plane and the control plane share. bpf2go generates the Go types in
+ * lb_bpfel.go from the BTF of these declarations; nothing is declared twice.
+ *
+ * Addresses are stored as four __u32 words holding the address bytes in
+ * network order (an IPv4 address uses word 0, the rest are zero).
+ */
+#ifndef SLUICE_H
+#define SLUICE_H
+
+#include <linux/types.h>
+
+#define SLUICE_MAX_VIPS 1024
+/* Backend index 0 is reserved: a ring slot holding 0 means "no backend". */
+#define SLUICE_MAX_BACKENDS 4096
+/* Default ring size; each ring is an inner array sized at creation. */
+#define SLUICE_DEFAULT_RING 65537
+/* Two ring slots per VIP (double buffer): vip_info.ring_slot names the active one. */
+#define SLUICE_RING_SLOTS (SLUICE_MAX_VIPS * 2)
+/* Default connection table size (entries); the loader may override it. */
+#define SLUICE_DEFAULT_FLOWS (1 << 20)
+
+enum sluice_family {
+	SLUICE_FAMILY_V4 = 4,
+	SLUICE_FAMILY_V6 = 6,
+};
+
+enum sluice_forward {
+	SLUICE_FWD_IPIP = 1,
+	SLUICE_FWD_DSR = 2,
+};
+
+enum sluice_backend_flags {
+	/* The backend may receive packets: new flows via the ring, tracked flows via the table. */
+	SLUICE_BACKEND_USABLE = 1 << 0,
+	/* Informational: weight 0, kept out of the ring, tracked flows continue. */
+	SLUICE_BACKEND_DRAINING = 1 << 1,
+};
+
+/* Global outcome and event counters, indexed into the stats map. Each packet
+ * lands in exactly one outcome (PASS_*, MALFORMED, TX_*, DROP_*); the CT_* and
+ * ICMP_* entries count events on top of that. */
+enum sluice_stat {
+	SLUICE_STAT_PASS_NON_IP = 0,
+	SLUICE_STAT_PASS_NON_VIP,
+	SLUICE_STAT_PASS_UNSUPPORTED,
+	SLUICE_STAT_MALFORMED,
+	SLUICE_STAT_TX_IPIP,
+	SLUICE_STAT_TX_DSR,
+	SLUICE_STAT_DROP_NO_BACKEND,
+	SLUICE_STAT_DROP_FRAGMENT,
+	SLUICE_STAT_DROP_UNSUPPORTED,
+	SLUICE_STAT_DROP_ENCAP,
+	SLUICE_STAT_CT_HIT,
+	SLUICE_STAT_CT_MISS,
+	SLUICE_STAT_CT_RESTEER,
+	SLUICE_STAT_ICMP_TOO_BIG,
+	SLUICE_STAT_MAX,
+};
+
+/* Key of the vips map. port is in network byte order; port 0 matches every
+ * port of the address and protocol. */
+struct vip_key {
+	__u32 addr[4];
+	__u16 port;
+	__u8 proto;
+	__u8 family;
+};
+
+/* Value of the vips map. The map is a non-preallocated hash, so an update
+ * replaces the whole value at once: ring_slot and ring_size always change
+ * together, which is what makes a ring swap atomic. */
+struct vip_info {
+	__u32 id;        /* index into vip_stats; 0 .. SLUICE_MAX_VIPS-1 */
+	__u32 ring_slot; /* active slot in rings: id*2 or id*2+1 */
+	__u32 ring_size; /* number of entries of the active ring (prime) */
+	__u8 forward;    /* enum sluice_forward */
+	__u8 pad[3];
+	__u64 udp_timeout_ns; /* idle time after which a UDP flow is re-hashed */
+};
+
+/* Value of the backends array (index 1 .. SLUICE_MAX_BACKENDS-1). A backend
+ * entry belongs to one VIP, so its counters are per VIP and backend. */
+struct backend {
+	__u32 addr[4];
+	__u32 vip_id; /* owning VIP; a tracked flow is reused only if it matches */
+	__u8 family;  /* enum sluice_family */
+	__u8 flags;   /* enum sluice_backend_flags */
+	__u8 mac[6];  /* next-hop MAC (the backend itself for dsr) */
+};
+
+/* Key of the connection table, always in client -> VIP direction. */
+struct flow_key {
+	__u32 src[4];
+	__u32 dst[4];
+	__u16 sport; /* network byte order */
+	__u16 dport; /* network byte order */
+	__u8 proto;
+	__u8 family;
+	__u8 pad[2];
+};
+
+struct flow_state {
+	__u32 backend; /* index into backends */
+	__u32 pad;
+	__u64 atime_ns; /* coarse monotonic time the flow was last refreshed */
+};
+
+/* The single entry of the config array. */
+struct config {
+	__u32 seed;         /* flow hash seed: equal seeds pick equal slots */
+	__u32 encap_src4;   /* IPIP outer source prefix /16, network order */
+	__u32 encap_src6[4]; /* IPv6 outer source prefix /96 */
+	__u8 mac[6];        /* our interface MAC: source of every sent frame */
+	__u8 pad[2];
+};
+
+struct counter {
+	__u64 packets;
+	__u64 bytes;
+};
+
+/* Key of the vip_addrs map: any address that has at least one VIP. Used to
+ * drop fragments addressed to a VIP (they carry no port to match on). */
+struct addr_key {
+	__u32 addr[4];
+	__u8 family;
+	__u8 pad[3];
+};
+
+#endif

@@ -1,0 +1,477 @@
+package loader
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"slices"
+	"time"
+
+	"github.com/cilium/ebpf"
+
+	"github.com/sluicelb/sluice/bpf"
+)
+
+// SetConfig writes the global configuration. It writes nothing when the
+// map already holds the same value, and reports whether it wrote.
+func (d *Datapath) SetConfig(c Config) (bool, error) {
+	raw := bpf.LbConfig{Seed: c.Seed}
+	if len(c.MAC) != 6 {
+		return false, fmt.Errorf("config mac %q: want a 6-byte Ethernet address", c.MAC)
+	}
+	copy(raw.Mac[:], c.MAC)
+	src4, src6 := c.EncapSrc4, c.EncapSrc6
+	if !src4.IsValid() {
+		src4 = DefaultEncapSrc4
+	}
+	if !src6.IsValid() {
+		src6 = DefaultEncapSrc6
+	}
+	if !src4.Is4() {
+		return false, fmt.Errorf("config encap source v4 %s: not an IPv4 address", src4)
+	}
+	if !src6.Is6() || src6.Is4In6() {
+		return false, fmt.Errorf("config encap source v6 %s: not an IPv6 address", src6)
+	}
+	raw.EncapSrc4 = addrWords(src4)[0]
+	raw.EncapSrc6 = addrWords(src6)
+	var cur bpf.LbConfig
+	if err := d.objs.Config.Lookup(uint32(0), &cur); err != nil {
+		return false, fmt.Errorf("read config: %w", err)
+	}
+	if cur == raw {
+		return false, nil
+	}
+	if err := d.objs.Config.Update(uint32(0), raw, ebpf.UpdateAny); err != nil {
+		return false, fmt.Errorf("write config: %w", err)
+	}
+	return true, nil
+}
+
+// Config reads the global configuration.
+func (d *Datapath) Config() (Config, error) {
+	var raw bpf.LbConfig
+	if err := d.objs.Config.Lookup(uint32(0), &raw); err != nil {
+		return Config{}, fmt.Errorf("read config: %w", err)
+	}
+	return Config{
+		Seed:      raw.Seed,
+		MAC:       net.HardwareAddr(slices.Clone(raw.Mac[:])),
+		EncapSrc4: wordsAddr([4]uint32{raw.EncapSrc4}, family(netip.IPv4Unspecified())),
+		EncapSrc6: wordsAddr(raw.EncapSrc6, family(netip.IPv6Unspecified())),
+	}, nil
+}
+
+// SetVIP creates or updates a VIP's forwarding settings. The ring fields are
+// kept from the current entry; a new VIP has no ring (it drops) until
+// ReplaceRing gives it one. Nothing is written when nothing changed.
+func (d *Datapath) SetVIP(k VIPKey, v VIP) (bool, error) {
+	if err := k.Validate(); err != nil {
+		return false, err
+	}
+	if v.ID >= MaxVIPs {
+		return false, fmt.Errorf("vip %s: id %d out of range (max %d)", k, v.ID, MaxVIPs-1)
+	}
+	if v.Forward != ForwardIPIP && v.Forward != ForwardDSR {
+		return false, fmt.Errorf("vip %s: forward mode %d: want ipip or dsr", k, v.Forward)
+	}
+	if v.UDPTimeout <= 0 {
+		v.UDPTimeout = DefaultUDPTimeout
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	cur, ok, err := d.lookupVIP(k)
+	if err != nil {
+		return false, err
+	}
+	raw := bpf.LbVipInfo{Id: v.ID, Forward: uint8(v.Forward), UdpTimeoutNs: uint64(v.UDPTimeout)}
+	if ok && cur.Id == v.ID {
+		raw.RingSlot, raw.RingSize = cur.RingSlot, cur.RingSize
+	} else {
+		raw.RingSlot = v.ID * 2
+	}
+	if ok && cur == raw {
+		return false, nil
+	}
+	if err := d.objs.Vips.Update(k.raw(), raw, ebpf.UpdateAny); err != nil {
+		return false, fmt.Errorf("write vip %s: %w", k, err)
+	}
+	if err := d.objs.VipAddrs.Update(addrKey(k.Addr), uint32(1), ebpf.UpdateAny); err != nil {
+		return true, fmt.Errorf("write vip address %s: %w", k.Addr, err)
+	}
+	return true, nil
+}
+
+func (d *Datapath) lookupVIP(k VIPKey) (bpf.LbVipInfo, bool, error) {
+	var cur bpf.LbVipInfo
+	err := d.objs.Vips.Lookup(k.raw(), &cur)
+	if errors.Is(err, ebpf.ErrKeyNotExist) {
+		return cur, false, nil
+	}
+	if err != nil {
+		return cur, false, fmt.Errorf("read vip %s: %w", k, err)
+	}
+	return cur, true, nil
+}
+
+// DeleteVIP removes a VIP and its rings. Its address stays in the
+// fragment filter while another VIP uses it.
+func (d *Datapath) DeleteVIP(k VIPKey) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	cur, ok, err := d.lookupVIP(k)
+	if err != nil || !ok {
+		return err
+	}
+	if err := d.objs.Vips.Delete(k.raw()); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		return fmt.Errorf("delete vip %s: %w", k, err)
+	}
+	for _, slot := range []uint32{cur.Id * 2, cur.Id*2 + 1} {
+		if err := d.objs.Rings.Delete(slot); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			return fmt.Errorf("delete ring of vip %s: %w", k, err)
+		}
+	}
+	vips, err := d.VIPs()
+	if err != nil {
+		return err
+	}
+	for other := range vips {
+		if other.Addr == k.Addr {
+			return nil
+		}
+	}
+	if err := d.objs.VipAddrs.Delete(addrKey(k.Addr)); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		return fmt.Errorf("delete vip address %s: %w", k.Addr, err)
+	}
+	return nil
+}
+
+// VIPs reads every VIP.
+func (d *Datapath) VIPs() (map[VIPKey]VIP, error) {
+	out := map[VIPKey]VIP{}
+	var k bpf.LbVipKey
+	var v bpf.LbVipInfo
+	it := d.objs.Vips.Iterate()
+	for it.Next(&k, &v) {
+		out[vipKeyFromRaw(k)] = VIP{
+			ID: v.Id, Forward: Forward(v.Forward), UDPTimeout: time.Duration(v.UdpTimeoutNs),
+			RingSlot: v.RingSlot, RingSize: v.RingSize,
+		}
+	}
+	if err := it.Err(); err != nil {
+		return nil, fmt.Errorf("read vips: %w", err)
+	}
+	return out, nil
+}
+
+// IsPrime reports whether n is prime (ring sizes must be).
+func IsPrime(n uint32) bool {
+	if n < 2 {
+		return false
+	}
+	for i := uint32(2); uint64(i)*uint64(i) <= uint64(n); i++ {
+		if n%i == 0 {
+			return false
+		}
+	}
+	return true
+}
+
+// ReplaceRing installs slots (backend indices, 0 for "no backend") as the
+// VIP's ring in one atomic step: the new ring goes into the VIP's inactive
+// slot, then one update of the VIP entry switches slot and size together.
+// An empty or all-zero ring makes the VIP drop. It writes nothing and
+// returns false when the active ring already holds slots.
+func (d *Datapath) ReplaceRing(k VIPKey, slots []uint32) (bool, error) {
+	n := len(slots)
+	if n == 0 || n > MaxRingSize || !IsPrime(uint32(n)) {
+		return false, fmt.Errorf("ring of vip %s: size %d must be a prime up to %d", k, n, MaxRingSize)
+	}
+	for i, b := range slots {
+		if b >= MaxBackends {
+			return false, fmt.Errorf("ring of vip %s: slot %d names backend %d (max %d)", k, i, b, MaxBackends-1)
+		}
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	cur, ok, err := d.lookupVIP(k)
+	if err != nil {
+		return false, err
+	}
+	if !ok {
+		return false, fmt.Errorf("ring of vip %s: no such vip", k)
+	}
+	if cur.RingSize == uint32(n) {
+		if active, err := d.readRing(cur.RingSlot); err == nil && slices.Equal(active, slots) {
+			return false, nil
+		}
+	}
+	next := cur.Id * 2
+	if cur.RingSize != 0 && cur.RingSlot == next {
+		next++
+	}
+	spec := d.ringSpec(uint32(n))
+	ring, err := ebpf.NewMap(spec)
+	if err != nil {
+		return false, fmt.Errorf("create ring of vip %s (size %d): %w", k, n, err)
+	}
+	defer ring.Close()
+	keys := make([]uint32, n)
+	for i := range keys {
+		keys[i] = uint32(i)
+	}
+	if _, err := ring.BatchUpdate(keys, slots, nil); err != nil {
+		return false, fmt.Errorf("fill ring of vip %s: %w", k, err)
+	}
+	if err := d.objs.Rings.Update(next, ring, ebpf.UpdateAny); err != nil {
+		return false, fmt.Errorf("install ring of vip %s: %w", k, err)
+	}
+	upd := cur
+	upd.RingSlot, upd.RingSize = next, uint32(n)
+	if err := d.objs.Vips.Update(k.raw(), upd, ebpf.UpdateExist); err != nil {
+		return false, fmt.Errorf("switch ring of vip %s: %w", k, err)
+	}
+	return true, nil
+}
+
+func (d *Datapath) ringSpec(n uint32) *ebpf.MapSpec {
+	spec := d.ringTemplate.Copy()
+	spec.Name = "sluice_ring"
+	spec.MaxEntries = n
+	return spec
+}
+
+// Ring reads back the VIP's active ring from the kernel.
+func (d *Datapath) Ring(k VIPKey) ([]uint32, error) {
+	cur, ok, err := d.lookupVIP(k)
+	if err != nil {
+		return nil, err
+	}
+	if !ok {
+		return nil, fmt.Errorf("ring of vip %s: no such vip", k)
+	}
+	if cur.RingSize == 0 {
+		return nil, nil
+	}
+	return d.readRing(cur.RingSlot)
+}
+
+func (d *Datapath) readRing(slot uint32) ([]uint32, error) {
+	var id ebpf.MapID
+	if err := d.objs.Rings.Lookup(slot, &id); err != nil {
+		return nil, fmt.Errorf("read ring slot %d: %w", slot, err)
+	}
+	ring, err := ebpf.NewMapFromID(id)
+	if err != nil {
+		return nil, fmt.Errorf("open ring %d: %w", id, err)
+	}
+	defer ring.Close()
+	n := int(ring.MaxEntries())
+	keys := make([]uint32, n)
+	vals := make([]uint32, n)
+	var cursor ebpf.MapBatchCursor
+	got := 0
+	for got < n {
+		c, err := ring.BatchLookup(&cursor, keys[got:], vals[got:], nil)
+		got += c
+		if errors.Is(err, ebpf.ErrKeyNotExist) {
+			break
+		}
+		if err != nil {
+			return nil, fmt.Errorf("read ring %d: %w", id, err)
+		}
+	}
+	return vals[:got], nil
+}
+
+// SetBackend writes backend table entry idx (1 .. MaxBackends-1). Nothing is
+// written when the entry already holds b.
+func (d *Datapath) SetBackend(idx uint32, b Backend) (bool, error) {
+	if idx == 0 || idx >= MaxBackends {
+		return false, fmt.Errorf("backend index %d out of range 1..%d", idx, MaxBackends-1)
+	}
+	if !b.Addr.IsValid() || b.Addr.Is4In6() {
+		return false, fmt.Errorf("backend %d address %s: want an IPv4 or IPv6 address", idx, b.Addr)
+	}
+	if len(b.MAC) != 6 {
+		return false, fmt.Errorf("backend %s mac %q: want a 6-byte Ethernet address", b.Addr, b.MAC)
+	}
+	raw := bpf.LbBackend{Addr: addrWords(b.Addr), VipId: b.VIPID, Family: family(b.Addr), Flags: uint8(b.Flags)}
+	copy(raw.Mac[:], b.MAC)
+	var cur bpf.LbBackend
+	if err := d.objs.Backends.Lookup(idx, &cur); err != nil {
+		return false, fmt.Errorf("read backend %d: %w", idx, err)
+	}
+	if cur == raw {
+		return false, nil
+	}
+	if err := d.objs.Backends.Update(idx, raw, ebpf.UpdateAny); err != nil {
+		return false, fmt.Errorf("write backend %d (%s): %w", idx, b.Addr, err)
+	}
+	return true, nil
+}
+
+// ClearBackend empties entry idx: tracked flows to it are re-steered.
+func (d *Datapath) ClearBackend(idx uint32) error {
+	if idx == 0 || idx >= MaxBackends {
+		return fmt.Errorf("backend index %d out of range 1..%d", idx, MaxBackends-1)
+	}
+	if err := d.objs.Backends.Update(idx, bpf.LbBackend{}, ebpf.UpdateAny); err != nil {
+		return fmt.Errorf("clear backend %d: %w", idx, err)
+	}
+	return nil
+}
+
+// Backends reads every non-empty backend entry by index.
+func (d *Datapath) Backends() (map[uint32]Backend, error) {
+	out := map[uint32]Backend{}
+	var k uint32
+	var v bpf.LbBackend
+	it := d.objs.Backends.Iterate()
+	for it.Next(&k, &v) {
+		if v.Family == 0 {
+			continue
+		}
+		out[k] = Backend{
+			Addr: wordsAddr(v.Addr, v.Family), VIPID: v.VipId, Flags: BackendFlags(v.Flags),
+			MAC: net.HardwareAddr(bytes.Clone(v.Mac[:])),
+		}
+	}
+	if err := it.Err(); err != nil {
+		return nil, fmt.Errorf("read backends: %w", err)
+	}
+	return out, nil
+}
+
+func sumCounters(per []bpf.LbCounter) Counter {
+	var c Counter
+	for _, p := range per {
+		c.Packets += p.Packets
+		c.Bytes += p.Bytes
+	}
+	return c
+}
+
+func readCounter(m *ebpf.Map, idx uint32) (Counter, error) {
+	var per []bpf.LbCounter
+	if err := m.Lookup(idx, &per); err != nil {
+		return Counter{}, err
+	}
+	return sumCounters(per), nil
+}
+
+// Stats reads the global outcome and event counters.
+func (d *Datapath) Stats() (map[Stat]Counter, error) {
+	out := make(map[Stat]Counter, numStats)
+	for _, s := range AllStats() {
+		c, err := readCounter(d.objs.Stats, uint32(s))
+		if err != nil {
+			return nil, fmt.Errorf("read counter %s: %w", s, err)
+		}
+		out[s] = c
+	}
+	return out, nil
+}
+
+// VIPCounter reads the counters of the VIP with the given id.
+func (d *Datapath) VIPCounter(id uint32) (Counter, error) {
+	c, err := readCounter(d.objs.VipStats, id)
+	if err != nil {
+		return c, fmt.Errorf("read vip %d counters: %w", id, err)
+	}
+	return c, nil
+}
+
+// BackendCounter reads the counters of backend entry idx.
+func (d *Datapath) BackendCounter(idx uint32) (Counter, error) {
+	c, err := readCounter(d.objs.BackendStats, idx)
+	if err != nil {
+		return c, fmt.Errorf("read backend %d counters: %w", idx, err)
+	}
+	return c, nil
+}
+
+// ResetBackendCounter zeroes backend entry idx's counters (on reuse of the index).
+func (d *Datapath) ResetBackendCounter(idx uint32) error {
+	zero := make([]bpf.LbCounter, ebpf.MustPossibleCPU())
+	if err := d.objs.BackendStats.Update(idx, zero, ebpf.UpdateAny); err != nil {
+		return fmt.Errorf("reset backend %d counters: %w", idx, err)
+	}
+	return nil
+}
+
+func flowFromRaw(k bpf.LbFlowKey, v bpf.LbFlowState) Flow {
+	return Flow{
+		Src:          netip.AddrPortFrom(wordsAddr(k.Src, k.Family), ntohs(k.Sport)),
+		Dst:          netip.AddrPortFrom(wordsAddr(k.Dst, k.Family), ntohs(k.Dport)),
+		Proto:        Proto(k.Proto),
+		Backend:      v.Backend,
+		LastSeenNano: v.AtimeNs,
+	}
+}
+
+func flowKey(src, dst netip.AddrPort, proto Proto) bpf.LbFlowKey {
+	return bpf.LbFlowKey{
+		Src: addrWords(src.Addr()), Dst: addrWords(dst.Addr()),
+		Sport: htons(src.Port()), Dport: htons(dst.Port()),
+		Proto: uint8(proto), Family: family(dst.Addr()),
+	}
+}
+
+// LookupFlow reads the connection-table entry of a client -> VIP flow.
+func (d *Datapath) LookupFlow(src, dst netip.AddrPort, proto Proto) (Flow, bool, error) {
+	var v bpf.LbFlowState
+	k := flowKey(src, dst, proto)
+	err := d.objs.Flows.Lookup(k, &v)
+	if errors.Is(err, ebpf.ErrKeyNotExist) {
+		return Flow{}, false, nil
+	}
+	if err != nil {
+		return Flow{}, false, fmt.Errorf("read flow %s -> %s: %w", src, dst, err)
+	}
+	return flowFromRaw(k, v), true, nil
+}
+
+// SetFlow writes a connection-table entry (flow sync, tests).
+func (d *Datapath) SetFlow(f Flow) error {
+	v := bpf.LbFlowState{Backend: f.Backend, AtimeNs: f.LastSeenNano}
+	if err := d.objs.Flows.Update(flowKey(f.Src, f.Dst, f.Proto), v, ebpf.UpdateAny); err != nil {
+		return fmt.Errorf("write flow %s -> %s: %w", f.Src, f.Dst, err)
+	}
+	return nil
+}
+
+// Flows reads the whole connection table.
+func (d *Datapath) Flows() ([]Flow, error) {
+	var out []Flow
+	var k bpf.LbFlowKey
+	var v bpf.LbFlowState
+	it := d.objs.Flows.Iterate()
+	for it.Next(&k, &v) {
+		out = append(out, flowFromRaw(k, v))
+	}
+	if err := it.Err(); err != nil {
+		return nil, fmt.Errorf("read flows: %w", err)
+	}
+	return out, nil
+}
+
+// FlowCount counts connection-table entries.
+func (d *Datapath) FlowCount() (int, error) {
+	n := 0
+	var k bpf.LbFlowKey
+	var v bpf.LbFlowState
+	it := d.objs.Flows.Iterate()
+	for it.Next(&k, &v) {
+		n++
+	}
+	if err := it.Err(); err != nil {
+		return 0, fmt.Errorf("count flows: %w", err)
+	}
+	return n, nil
+}
+
+// FlowTableSize is the connection table's capacity.
+func (d *Datapath) FlowTableSize() uint32 { return d.objs.Flows.MaxEntries() }

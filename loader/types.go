@@ -1,0 +1,282 @@
+package loader
+
+import (
+	"encoding/binary"
+	"fmt"
+	"net"
+	"net/netip"
+	"strings"
+	"time"
+
+	"github.com/sluicelb/sluice/bpf"
+)
+
+// Limits of the data plane, from sluice.h.
+const (
+	MaxVIPs     = 1024
+	MaxBackends = 4096 // index 0 is reserved
+	MaxRingSize = 655373
+	// DefaultFlowTableSize is the connection table size when Options leave it 0.
+	DefaultFlowTableSize = 1 << 20
+	// DefaultUDPTimeout is the idle time after which a UDP flow is re-hashed.
+	DefaultUDPTimeout = 30 * time.Second
+)
+
+// Proto is an L4 protocol a VIP listens on.
+type Proto uint8
+
+// Protocols a VIP can match.
+const (
+	TCP Proto = 6
+	UDP Proto = 17
+)
+
+func (p Proto) String() string {
+	switch p {
+	case TCP:
+		return "tcp"
+	case UDP:
+		return "udp"
+	}
+	return fmt.Sprintf("proto(%d)", uint8(p))
+}
+
+// ParseProto parses "tcp" or "udp".
+func ParseProto(s string) (Proto, error) {
+	switch strings.ToLower(s) {
+	case "tcp":
+		return TCP, nil
+	case "udp":
+		return UDP, nil
+	}
+	return 0, fmt.Errorf("protocol %q: want tcp or udp", s)
+}
+
+// Forward is how packets reach a backend.
+type Forward uint8
+
+// Forwarding modes.
+const (
+	ForwardIPIP = Forward(bpf.LbSluiceForwardSLUICE_FWD_IPIP)
+	ForwardDSR  = Forward(bpf.LbSluiceForwardSLUICE_FWD_DSR)
+)
+
+func (f Forward) String() string {
+	switch f {
+	case ForwardIPIP:
+		return "ipip"
+	case ForwardDSR:
+		return "dsr"
+	}
+	return fmt.Sprintf("forward(%d)", uint8(f))
+}
+
+// ParseForward parses "ipip" or "dsr".
+func ParseForward(s string) (Forward, error) {
+	switch strings.ToLower(s) {
+	case "ipip":
+		return ForwardIPIP, nil
+	case "dsr":
+		return ForwardDSR, nil
+	}
+	return 0, fmt.Errorf("forward mode %q: want ipip or dsr", s)
+}
+
+// VIPKey names a virtual service. Port 0 matches every port.
+type VIPKey struct {
+	Addr  netip.Addr
+	Port  uint16
+	Proto Proto
+}
+
+func (k VIPKey) String() string {
+	return fmt.Sprintf("%s/%s", netip.AddrPortFrom(k.Addr, k.Port), k.Proto)
+}
+
+// VIP is what the data plane knows of a virtual service. The ring fields
+// are owned by ReplaceRing.
+type VIP struct {
+	ID         uint32 // 0 .. MaxVIPs-1, chosen by the control plane
+	Forward    Forward
+	UDPTimeout time.Duration
+	RingSlot   uint32 // read-only: the active ring's slot
+	RingSize   uint32 // read-only: the active ring's size
+}
+
+// BackendFlags are the data-plane flags of a backend.
+type BackendFlags uint8
+
+// Backend flags.
+const (
+	BackendUsable   = BackendFlags(bpf.LbSluiceBackendFlagsSLUICE_BACKEND_USABLE)
+	BackendDraining = BackendFlags(bpf.LbSluiceBackendFlagsSLUICE_BACKEND_DRAINING)
+)
+
+// Backend is one entry of the backend table.
+type Backend struct {
+	Addr  netip.Addr
+	VIPID uint32
+	Flags BackendFlags
+	MAC   net.HardwareAddr // next hop
+}
+
+// Config is the data plane's global configuration.
+type Config struct {
+	Seed uint32
+	MAC  net.HardwareAddr // our interface's MAC
+	// EncapSrc4 is the /16 prefix of IPIP outer sources; the low 16 bits
+	// carry per-flow entropy.
+	EncapSrc4 netip.Addr
+	// EncapSrc6 is the /96 prefix of IPv6 outer sources; the low 32 bits
+	// carry per-flow entropy.
+	EncapSrc6 netip.Addr
+}
+
+// Default outer source prefixes (documented in docs/datapath.md).
+var (
+	DefaultEncapSrc4 = netip.MustParseAddr("172.16.0.0")
+	DefaultEncapSrc6 = netip.MustParseAddr("fd00:5:1ce::")
+)
+
+// Counter is a packet and byte count summed over CPUs.
+type Counter struct {
+	Packets uint64
+	Bytes   uint64
+}
+
+// Stat names a global outcome or event counter.
+type Stat uint32
+
+// Global counters, in sluice.h order.
+const (
+	StatPassNonIP       = Stat(bpf.LbSluiceStatSLUICE_STAT_PASS_NON_IP)
+	StatPassNonVIP      = Stat(bpf.LbSluiceStatSLUICE_STAT_PASS_NON_VIP)
+	StatPassUnsupported = Stat(bpf.LbSluiceStatSLUICE_STAT_PASS_UNSUPPORTED)
+	StatMalformed       = Stat(bpf.LbSluiceStatSLUICE_STAT_MALFORMED)
+	StatTxIPIP          = Stat(bpf.LbSluiceStatSLUICE_STAT_TX_IPIP)
+	StatTxDSR           = Stat(bpf.LbSluiceStatSLUICE_STAT_TX_DSR)
+	StatDropNoBackend   = Stat(bpf.LbSluiceStatSLUICE_STAT_DROP_NO_BACKEND)
+	StatDropFragment    = Stat(bpf.LbSluiceStatSLUICE_STAT_DROP_FRAGMENT)
+	StatDropUnsupported = Stat(bpf.LbSluiceStatSLUICE_STAT_DROP_UNSUPPORTED)
+	StatDropEncap       = Stat(bpf.LbSluiceStatSLUICE_STAT_DROP_ENCAP)
+	StatCTHit           = Stat(bpf.LbSluiceStatSLUICE_STAT_CT_HIT)
+	StatCTMiss          = Stat(bpf.LbSluiceStatSLUICE_STAT_CT_MISS)
+	StatCTResteer       = Stat(bpf.LbSluiceStatSLUICE_STAT_CT_RESTEER)
+	StatICMPTooBig      = Stat(bpf.LbSluiceStatSLUICE_STAT_ICMP_TOO_BIG)
+	numStats            = int(bpf.LbSluiceStatSLUICE_STAT_MAX)
+)
+
+var statNames = [...]string{
+	StatPassNonIP:       "pass_non_ip",
+	StatPassNonVIP:      "pass_non_vip",
+	StatPassUnsupported: "pass_unsupported",
+	StatMalformed:       "malformed",
+	StatTxIPIP:          "tx_ipip",
+	StatTxDSR:           "tx_dsr",
+	StatDropNoBackend:   "drop_no_backend",
+	StatDropFragment:    "drop_fragment",
+	StatDropUnsupported: "drop_unsupported",
+	StatDropEncap:       "drop_encap",
+	StatCTHit:           "ct_hit",
+	StatCTMiss:          "ct_miss",
+	StatCTResteer:       "ct_resteer",
+	StatICMPTooBig:      "icmp_too_big",
+}
+
+func (s Stat) String() string {
+	if int(s) < len(statNames) {
+		return statNames[s]
+	}
+	return fmt.Sprintf("stat(%d)", uint32(s))
+}
+
+// IsOutcome reports whether s is a per-packet outcome (each packet lands in
+// exactly one) rather than an event counted on top.
+func (s Stat) IsOutcome() bool { return s <= StatDropEncap }
+
+// AllStats lists every global counter.
+func AllStats() []Stat {
+	out := make([]Stat, numStats)
+	for i := range out {
+		out[i] = Stat(i)
+	}
+	return out
+}
+
+// Flow is one connection-table entry.
+type Flow struct {
+	Src, Dst     netip.AddrPort
+	Proto        Proto
+	Backend      uint32
+	LastSeenNano uint64 // coarse monotonic clock
+}
+
+func family(a netip.Addr) uint8 {
+	if a.Is4() {
+		return uint8(bpf.LbSluiceFamilySLUICE_FAMILY_V4)
+	}
+	return uint8(bpf.LbSluiceFamilySLUICE_FAMILY_V6)
+}
+
+// addrWords stores the address bytes in memory order, as sluice.h expects.
+func addrWords(a netip.Addr) [4]uint32 {
+	var w [4]uint32
+	if a.Is4() {
+		b := a.As4()
+		w[0] = binary.NativeEndian.Uint32(b[:])
+		return w
+	}
+	b := a.As16()
+	for i := range w {
+		w[i] = binary.NativeEndian.Uint32(b[i*4:])
+	}
+	return w
+}
+
+func wordsAddr(w [4]uint32, fam uint8) netip.Addr {
+	var b [16]byte
+	for i := range w {
+		binary.NativeEndian.PutUint32(b[i*4:], w[i])
+	}
+	if fam == uint8(bpf.LbSluiceFamilySLUICE_FAMILY_V4) {
+		return netip.AddrFrom4([4]byte(b[:4]))
+	}
+	return netip.AddrFrom16(b)
+}
+
+func htons(v uint16) uint16 {
+	var b [2]byte
+	binary.BigEndian.PutUint16(b[:], v)
+	return binary.NativeEndian.Uint16(b[:])
+}
+
+func ntohs(v uint16) uint16 { return htons(v) }
+
+func (k VIPKey) raw() bpf.LbVipKey {
+	return bpf.LbVipKey{Addr: addrWords(k.Addr), Port: htons(k.Port), Proto: uint8(k.Proto), Family: family(k.Addr)}
+}
+
+func vipKeyFromRaw(r bpf.LbVipKey) VIPKey {
+	return VIPKey{Addr: wordsAddr(r.Addr, r.Family), Port: ntohs(r.Port), Proto: Proto(r.Proto)}
+}
+
+func addrKey(a netip.Addr) bpf.LbAddrKey {
+	return bpf.LbAddrKey{Addr: addrWords(a), Family: family(a)}
+}
+
+// Validate checks a VIP key for the data plane.
+func (k VIPKey) Validate() error {
+	if !k.Addr.IsValid() {
+		return fmt.Errorf("vip address: missing")
+	}
+	if k.Addr.Is4In6() {
+		return fmt.Errorf("vip address %s: write IPv4 addresses as IPv4", k.Addr)
+	}
+	if k.Addr.Zone() != "" {
+		return fmt.Errorf("vip address %s: zones are not supported", k.Addr)
+	}
+	if k.Proto != TCP && k.Proto != UDP {
+		return fmt.Errorf("vip protocol %d: want tcp or udp", k.Proto)
+	}
+	return nil
+}

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"encoding/binary"
-	"fmt"
 	"net/netip"
 	"os"
 	"testing"
@@ -331,15 +330,19 @@ func pktCases() []pktCase {
 
 		// --- connection table ---
 		{name: "ct hit keeps tracked backend", in: tcp4(ackSeg, vip4),
-			setup: func(t testing.TB, f *fixture) { setFlow(t, f, client4, vip4, TCP, otherThan(vTCP, client4, vip4)(f), 0) },
-			act:   xdpTx, want: func(t testing.TB, f *fixture, in []byte) []byte {
+			setup: func(t testing.TB, f *fixture) {
+				setFlow(t, f, client4, vip4, TCP, otherThan(vTCP, client4, vip4)(f), 0)
+			},
+			act: xdpTx, want: func(t testing.TB, f *fixture, in []byte) []byte {
 				b := otherThan(vTCP, client4, vip4)(f)
 				return expectIPIP4(t, in, backendAddr(b), b, netip.MustParseAddrPort(client4))
 			}, stats: map[Stat]uint64{StatTxIPIP: 1, StatCTHit: 1}, vip: vTCP, backend: otherThan(vTCP, client4, vip4),
 			flow: tracked(client4, vip4, TCP, otherThan(vTCP, client4, vip4))},
 		{name: "syn re-hashes despite entry", in: tcp4(synSeg, vip4),
-			setup: func(t testing.TB, f *fixture) { setFlow(t, f, client4, vip4, TCP, otherThan(vTCP, client4, vip4)(f), 0) },
-			act:   xdpTx, want: ipip4To(vTCP, client4, vip4), stats: map[Stat]uint64{StatTxIPIP: 1}, vip: vTCP,
+			setup: func(t testing.TB, f *fixture) {
+				setFlow(t, f, client4, vip4, TCP, otherThan(vTCP, client4, vip4)(f), 0)
+			},
+			act: xdpTx, want: ipip4To(vTCP, client4, vip4), stats: map[Stat]uint64{StatTxIPIP: 1}, vip: vTCP,
 			backend: picked(vTCP, client4, vip4), flow: ackCT},
 		{name: "hit on down backend re-steered", in: tcp4(ackSeg, vip4),
 			setup: func(t testing.TB, f *fixture) {
@@ -416,8 +419,10 @@ func pktCases() []pktCase {
 
 		// --- ICMP too-big ---
 		{name: "icmp frag needed to flow owner", in: func(t testing.TB) []byte { return icmpFragNeeded(t, vip4, client4, ackSeg, 28) },
-			setup: func(t testing.TB, f *fixture) { setFlow(t, f, client4, vip4, TCP, otherThan(vTCP, client4, vip4)(f), 0) },
-			act:   xdpTx, want: func(t testing.TB, f *fixture, in []byte) []byte {
+			setup: func(t testing.TB, f *fixture) {
+				setFlow(t, f, client4, vip4, TCP, otherThan(vTCP, client4, vip4)(f), 0)
+			},
+			act: xdpTx, want: func(t testing.TB, f *fixture, in []byte) []byte {
 				b := otherThan(vTCP, client4, vip4)(f)
 				return expectIPIP4(t, in, backendAddr(b), b, netip.MustParseAddrPort(client4))
 			}, stats: map[Stat]uint64{StatTxIPIP: 1, StatCTHit: 1, StatICMPTooBig: 1}, vip: vTCP, backend: otherThan(vTCP, client4, vip4)},
@@ -611,4 +616,3 @@ func checkStats(t testing.TB, f *fixture, want map[Stat]uint64, frameLen uint64)
 	}
 }
 
-var _ = fmt.Sprintf

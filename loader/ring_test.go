@@ -184,4 +184,3 @@ func TestLoadBadInterface(t *testing.T) {
 		t.Fatalf("err = %v, want a clear interface error", err)
 	}
 }
-

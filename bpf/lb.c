@@ -221,6 +221,10 @@ static __always_inline enum verdict parse_icmp4(struct pkt *p, void *l4, void *d
 
 	if (in->version != 4 || hlen < sizeof(*in))
 		return outcome(p, SLUICE_STAT_MALFORMED, V_PASS);
+	/* The error is about a packet we (the VIP) sent: it must be addressed
+	 * to the quoted source, or it is not ours to steer. */
+	if (in->saddr != p->key.dst[0])
+		return outcome(p, SLUICE_STAT_PASS_NON_VIP, V_PASS);
 	p->key.src[0] = in->daddr;
 	p->key.dst[0] = in->saddr;
 	return quoted_flow(p, in->protocol, (void *)in + hlen, data_end);
@@ -245,6 +249,10 @@ static __always_inline enum verdict parse_icmp6(struct pkt *p, void *l4, void *d
 		return outcome(p, SLUICE_STAT_MALFORMED, V_PASS);
 	if (in->version != 6)
 		return outcome(p, SLUICE_STAT_MALFORMED, V_PASS);
+	/* Addressed to the quoted source (the VIP), or not ours to steer. */
+	if (in->saddr.in6_u.u6_addr32[0] != p->key.dst[0] || in->saddr.in6_u.u6_addr32[1] != p->key.dst[1] ||
+	    in->saddr.in6_u.u6_addr32[2] != p->key.dst[2] || in->saddr.in6_u.u6_addr32[3] != p->key.dst[3])
+		return outcome(p, SLUICE_STAT_PASS_NON_VIP, V_PASS);
 	copy_addr6(p->key.src, &in->daddr);
 	copy_addr6(p->key.dst, &in->saddr);
 	return quoted_flow(p, in->nexthdr, in + 1, data_end);

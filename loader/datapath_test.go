@@ -434,6 +434,10 @@ func pktCases() []pktCase {
 			vip: v6TCP, backend: picked(v6TCP, client6, vip6)},
 		{name: "icmp frag needed about non-vip passes", in: func(t testing.TB) []byte { return icmpFragNeeded(t, "10.0.0.100:22", client4, ackSeg, 28) },
 			act: xdpPass, stats: map[Stat]uint64{StatPassNonVIP: 1}},
+		{name: "icmp addressed elsewhere quoting a vip passes", in: mutate(func(t testing.TB) []byte { return icmpFragNeeded(t, vip4, client4, ackSeg, 28) },
+			func(b []byte) []byte { copy(b[30:34], []byte{10, 0, 0, 200}); return b }), act: xdpPass, stats: map[Stat]uint64{StatPassNonVIP: 1}},
+		{name: "icmp6 addressed elsewhere quoting a vip passes", in: mutate(func(t testing.TB) []byte { return icmp6TooBig(t, vip6, client6, ackSeg, 48) },
+			func(b []byte) []byte { b[14+39] ^= 1; return b }), act: xdpPass, stats: map[Stat]uint64{StatPassNonVIP: 1}},
 		{name: "icmp echo to vip passes", in: func(t testing.TB) []byte {
 			ip := &layers.IPv4{Version: 4, TTL: 64, Protocol: layers.IPProtocolICMPv4,
 				SrcIP: netip.MustParseAddr("192.0.2.10").AsSlice(), DstIP: netip.MustParseAddr("10.0.0.100").AsSlice()}

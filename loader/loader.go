@@ -163,35 +163,39 @@ func explainLoadError(err error, pinDir string) error {
 	return fmt.Errorf("load xdp program: %w", err)
 }
 
-func (d *Datapath) linkPin() string { return filepath.Join(d.pinDir, "link") }
-
 func (d *Datapath) attach() error {
-	if l, err := link.LoadPinnedLink(d.linkPin(), nil); err == nil {
-		// Adopt: swap the program on the existing link in one step, so no
-		// packet ever meets an interface without a program.
-		if err := l.Update(d.objs.XdpLb); err != nil {
-			l.Close()
-			return fmt.Errorf("adopt pinned xdp link on %s: replace program: %w", d.iface.Name, err)
-		}
-		d.link = l
-		d.adopted = true
-		d.log.Info("adopted pinned data plane", "iface", d.iface.Name, "pin", d.pinDir)
-		return nil
-	} else if !errors.Is(err, os.ErrNotExist) {
-		return fmt.Errorf("load pinned xdp link %s: %w", d.linkPin(), err)
-	}
-
-	l, mode, err := attachXDP(d.objs.XdpLb, d.iface, d.mode, d.log)
+	l, mode, adopted, err := attachOrAdopt(d.objs.XdpLb, d.iface, d.mode, filepath.Join(d.pinDir, "link"), d.log)
 	if err != nil {
 		return err
 	}
-	if err := l.Pin(d.linkPin()); err != nil {
-		l.Close()
-		return fmt.Errorf("pin xdp link at %s: %w", d.linkPin(), err)
-	}
-	d.link, d.mode = l, mode
-	d.log.Info("attached xdp program", "iface", d.iface.Name, "mode", mode.String(), "pin", d.pinDir)
+	d.link, d.mode, d.adopted = l, mode, adopted
 	return nil
+}
+
+// attachOrAdopt adopts the link pinned at pin, swapping its program for prog
+// in one step so no packet meets an interface without a program, or else
+// attaches prog afresh and pins the link.
+func attachOrAdopt(prog *ebpf.Program, iface *net.Interface, mode Mode, pin string, log *slog.Logger) (link.Link, Mode, bool, error) {
+	if l, err := link.LoadPinnedLink(pin, nil); err == nil {
+		if err := l.Update(prog); err != nil {
+			l.Close()
+			return nil, 0, false, fmt.Errorf("adopt pinned xdp link on %s: replace program: %w", iface.Name, err)
+		}
+		log.Info("adopted pinned xdp link", "iface", iface.Name, "pin", pin)
+		return l, mode, true, nil
+	} else if !errors.Is(err, os.ErrNotExist) {
+		return nil, 0, false, fmt.Errorf("load pinned xdp link %s: %w", pin, err)
+	}
+	l, mode, err := attachXDP(prog, iface, mode, log)
+	if err != nil {
+		return nil, 0, false, err
+	}
+	if err := l.Pin(pin); err != nil {
+		l.Close()
+		return nil, 0, false, fmt.Errorf("pin xdp link at %s: %w", pin, err)
+	}
+	log.Info("attached xdp program", "iface", iface.Name, "mode", mode.String(), "pin", pin)
+	return l, mode, false, nil
 }
 
 // attachXDP attaches prog in the requested mode; auto tries native first and

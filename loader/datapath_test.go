@@ -619,4 +619,3 @@ func checkStats(t testing.TB, f *fixture, want map[Stat]uint64, frameLen uint64)
 		}
 	}
 }
-

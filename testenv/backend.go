@@ -1,0 +1,200 @@
+package testenv
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"strconv"
+	"sync"
+
+	"github.com/vishvananda/netlink"
+
+	"github.com/sluicelb/sluice/loader"
+)
+
+// Backend is a host that serves the VIPs: the VIPs sit on its loopback, the
+// decap program strips IPIP addressed to it, and TCP and UDP servers reply
+// with its name.
+type Backend struct {
+	*Host
+	Decap *loader.Decap
+
+	mu        sync.Mutex
+	listeners []net.Listener
+	packets   []net.PacketConn
+	conns     map[net.Conn]struct{}
+	tcpPorts  []uint16
+	udpPorts  []uint16
+	wg        sync.WaitGroup
+}
+
+// BackendOptions describe a backend.
+type BackendOptions struct {
+	VIPs     []netip.Addr
+	TCPPorts []uint16
+	UDPPorts []uint16
+	Host     HostOptions
+}
+
+// AddBackend creates a backend host with its servers running.
+func (e *Env) AddBackend(ctx context.Context, name string, addr netip.Prefix, opts BackendOptions) (*Backend, error) {
+	h, err := e.AddHost(name, addr, opts.Host)
+	if err != nil {
+		return nil, err
+	}
+	b := &Backend{Host: h, conns: map[net.Conn]struct{}{}, tcpPorts: opts.TCPPorts, udpPorts: opts.UDPPorts}
+	e.OnClose(func() error { b.StopServers(true); return b.closeDecap() })
+	for _, kv := range [][2]string{
+		{"net.ipv4.conf.all.arp_ignore", "1"}, {"net.ipv4.conf.all.arp_announce", "2"},
+		{"net.ipv4.conf.all.rp_filter", "0"}, {"net.ipv4.conf." + h.Link + ".rp_filter", "0"},
+	} {
+		if err := h.Sysctl(kv[0], kv[1]); err != nil {
+			return nil, err
+		}
+	}
+	err = h.Netlink(func(nl *netlink.Handle) error {
+		lo, err := nl.LinkByName("lo")
+		if err != nil {
+			return err
+		}
+		for _, v := range opts.VIPs {
+			if err := nl.AddrAdd(lo, &netlink.Addr{IPNet: prefixNet(netip.PrefixFrom(v, v.BitLen()))}); err != nil {
+				return fmt.Errorf("add vip %s to lo of %s: %w", v, name, err)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	addrs := []netip.Addr{addr.Addr()}
+	if h.Addr6.IsValid() {
+		addrs = append(addrs, h.Addr6.Addr())
+	}
+	err = h.Do(func() error {
+		var err error
+		b.Decap, err = loader.AttachDecap(ctx, loader.DecapOptions{Iface: h.Link, Mode: loader.ModeNative,
+			PinRoot: e.PinRoot(), Addrs: addrs, Logger: e.log})
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("attach decap on %s: %w", name, err)
+	}
+	if err := b.StartServers(); err != nil {
+		return nil, err
+	}
+	return b, nil
+}
+
+func (b *Backend) closeDecap() error {
+	if b.Decap == nil {
+		return nil
+	}
+	return b.Decap.Close()
+}
+
+// StartServers (re)starts the TCP and UDP servers on every address.
+func (b *Backend) StartServers() error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if len(b.listeners) > 0 || len(b.packets) > 0 {
+		return nil
+	}
+	for _, p := range b.tcpPorts {
+		l, err := b.Listen("tcp", net.JoinHostPort("::", strconv.Itoa(int(p))))
+		if err != nil {
+			return fmt.Errorf("listen tcp/%d on %s: %w", p, b.Name, err)
+		}
+		b.listeners = append(b.listeners, l)
+		b.wg.Add(1)
+		go b.serveTCP(l)
+	}
+	for _, p := range b.udpPorts {
+		c, err := b.ListenPacket("udp", net.JoinHostPort("::", strconv.Itoa(int(p))))
+		if err != nil {
+			return fmt.Errorf("listen udp/%d on %s: %w", p, b.Name, err)
+		}
+		b.packets = append(b.packets, c)
+		b.wg.Add(1)
+		go b.serveUDP(c)
+	}
+	return nil
+}
+
+// StopServers closes the listeners, so new connections are refused; with
+// reset it also closes every open connection.
+func (b *Backend) StopServers(reset bool) {
+	b.mu.Lock()
+	for _, l := range b.listeners {
+		l.Close()
+	}
+	for _, c := range b.packets {
+		c.Close()
+	}
+	b.listeners, b.packets = nil, nil
+	if reset {
+		for c := range b.conns {
+			c.Close()
+		}
+	}
+	b.mu.Unlock()
+	if reset {
+		b.wg.Wait()
+	}
+}
+
+// serveTCP greets each connection with the backend's name, then echoes.
+func (b *Backend) serveTCP(l net.Listener) {
+	defer b.wg.Done()
+	for {
+		c, err := l.Accept()
+		if err != nil {
+			return
+		}
+		b.mu.Lock()
+		b.conns[c] = struct{}{}
+		b.mu.Unlock()
+		b.wg.Add(1)
+		go func() {
+			defer b.wg.Done()
+			defer func() {
+				b.mu.Lock()
+				delete(b.conns, c)
+				b.mu.Unlock()
+				c.Close()
+			}()
+			if _, err := io.WriteString(c, b.Name+"\n"); err != nil {
+				return
+			}
+			_, _ = io.Copy(c, c)
+		}()
+	}
+}
+
+func (b *Backend) serveUDP(c net.PacketConn) {
+	defer b.wg.Done()
+	buf := make([]byte, 2048)
+	for {
+		_, from, err := c.ReadFrom(buf)
+		if err != nil {
+			return
+		}
+		_, _ = c.WriteTo([]byte(b.Name+"\n"), from)
+	}
+}
+
+// Greeting reads the backend name a server sends on a new connection.
+func Greeting(c net.Conn) (string, error) {
+	line, err := bufio.NewReader(c).ReadString('\n')
+	if err != nil {
+		return "", err
+	}
+	if len(line) < 2 {
+		return "", errors.New("empty greeting")
+	}
+	return line[:len(line)-1], nil
+}

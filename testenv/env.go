@@ -1,0 +1,482 @@
+// Package testenv builds throwaway hosts in network namespaces, joined by
+// veth pairs to a Linux bridge in a switch namespace of their own. Every run
+// uses unique names, touches nothing outside its namespaces and its bpffs
+// directory, and removes everything on Close; namespaces left behind by a
+// process that died are swept by the next New.
+package testenv
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync"
+
+	"github.com/safchain/ethtool"
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
+
+	"github.com/sluicelb/sluice/bpf"
+	"github.com/sluicelb/sluice/loader"
+)
+
+// Prefix starts the name of every namespace and bpffs directory testenv makes.
+const Prefix = "sluicet"
+
+const netnsDir = "/var/run/netns"
+
+// Env is one set of namespaces.
+type Env struct {
+	id     string // <pid>-<rand>
+	short  string // 5 hex chars, the start of every link name
+	sw     netns.NsHandle
+	swName string
+	log    *slog.Logger
+
+	mu      sync.Mutex
+	hosts   []*Host
+	closers []func() error
+}
+
+// New creates the switch namespace and its bridge.
+func New(ctx context.Context, log *slog.Logger) (*Env, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	if log == nil {
+		log = slog.Default()
+	}
+	Sweep(log)
+	var r [4]byte
+	if _, err := rand.Read(r[:]); err != nil {
+		return nil, err
+	}
+	h := hex.EncodeToString(r[:])
+	e := &Env{id: fmt.Sprintf("%d-%s", os.Getpid(), h), short: h[:5], log: log}
+	e.swName = e.nsName("sw")
+	sw, err := newNamedNS(e.swName)
+	if err != nil {
+		return nil, fmt.Errorf("create switch namespace: %w", err)
+	}
+	e.sw = sw
+	err = withHandle(sw, func(nl *netlink.Handle) error {
+		br := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: "br0", MTU: 1600}}
+		if err := nl.LinkAdd(br); err != nil {
+			return fmt.Errorf("add bridge: %w", err)
+		}
+		return nl.LinkSetUp(br)
+	})
+	if err != nil {
+		e.Close()
+		return nil, err
+	}
+	if err := loader.EnsureBPFFS(); err != nil {
+		e.Close()
+		return nil, err
+	}
+	if err := os.MkdirAll(e.PinRoot(), 0o700); err != nil {
+		e.Close()
+		return nil, fmt.Errorf("create pin root: %w", err)
+	}
+	return e, nil
+}
+
+func (e *Env) nsName(host string) string { return fmt.Sprintf("%s-%s-%s", Prefix, e.id, host) }
+
+// ID is this environment's unique id.
+func (e *Env) ID() string { return e.id }
+
+// PinRoot is the bpffs directory for objects this environment pins.
+func (e *Env) PinRoot() string { return filepath.Join("/sys/fs/bpf", Prefix+"-"+e.id) }
+
+// OnClose registers fn to run first when the environment closes.
+func (e *Env) OnClose(fn func() error) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.closers = append(e.closers, fn)
+}
+
+// Close stops everything registered, deletes every namespace and the pin root.
+func (e *Env) Close() error {
+	e.mu.Lock()
+	closers, hosts := e.closers, e.hosts
+	e.closers, e.hosts = nil, nil
+	e.mu.Unlock()
+	var errs []error
+	for i := len(closers) - 1; i >= 0; i-- {
+		errs = append(errs, closers[i]())
+	}
+	for _, h := range hosts {
+		h.ns.Close()
+		errs = append(errs, deleteNS(h.nsName))
+	}
+	if e.sw.IsOpen() {
+		e.sw.Close()
+		errs = append(errs, deleteNS(e.swName))
+	}
+	errs = append(errs, os.RemoveAll(e.PinRoot()))
+	return errors.Join(errs...)
+}
+
+func deleteNS(name string) error {
+	if err := netns.DeleteNamed(name); err != nil && !errors.Is(err, os.ErrNotExist) && !errors.Is(err, unix.EINVAL) {
+		return fmt.Errorf("delete namespace %s: %w", name, err)
+	}
+	return nil
+}
+
+// Sweep removes namespaces and pin directories left by testenv processes
+// that no longer run.
+func Sweep(log *slog.Logger) {
+	dead := func(name string) bool {
+		rest, ok := strings.CutPrefix(name, Prefix+"-")
+		if !ok {
+			return false
+		}
+		pid, err := strconv.Atoi(strings.SplitN(rest, "-", 2)[0])
+		if err != nil {
+			return false
+		}
+		_, err = os.Stat(fmt.Sprintf("/proc/%d", pid))
+		return errors.Is(err, os.ErrNotExist)
+	}
+	if ents, err := os.ReadDir(netnsDir); err == nil {
+		for _, ent := range ents {
+			if dead(ent.Name()) {
+				log.Info("sweeping namespace of a dead test run", "netns", ent.Name())
+				_ = deleteNS(ent.Name())
+			}
+		}
+	}
+	if ents, err := os.ReadDir("/sys/fs/bpf"); err == nil {
+		for _, ent := range ents {
+			if dead(ent.Name()) {
+				_ = os.RemoveAll(filepath.Join("/sys/fs/bpf", ent.Name()))
+			}
+		}
+	}
+}
+
+// Leftovers lists namespaces and pin directories of this process's
+// environments that still exist (for tests of cleanup).
+func Leftovers(id string) []string {
+	var out []string
+	for _, dir := range []string{netnsDir, "/sys/fs/bpf"} {
+		ents, _ := os.ReadDir(dir)
+		for _, ent := range ents {
+			if strings.HasPrefix(ent.Name(), Prefix+"-"+id) {
+				out = append(out, filepath.Join(dir, ent.Name()))
+			}
+		}
+	}
+	return out
+}
+
+// inNS runs fn on a thread inside ns. The thread is discarded afterwards
+// rather than returned to the Go scheduler in a foreign namespace.
+func inNS(ns netns.NsHandle, fn func() error) error {
+	errc := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread() // never unlocked: the thread exits with the goroutine
+		if err := netns.Set(ns); err != nil {
+			errc <- fmt.Errorf("enter namespace: %w", err)
+			return
+		}
+		errc <- fn()
+	}()
+	return <-errc
+}
+
+func newNamedNS(name string) (netns.NsHandle, error) {
+	var h netns.NsHandle
+	errc := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread() // NewNamed moves this thread; it is discarded
+		var err error
+		h, err = netns.NewNamed(name)
+		errc <- err
+	}()
+	if err := <-errc; err != nil {
+		return netns.None(), err
+	}
+	return h, nil
+}
+
+func withHandle(ns netns.NsHandle, fn func(*netlink.Handle) error) error {
+	nl, err := netlink.NewHandleAt(ns)
+	if err != nil {
+		return fmt.Errorf("netlink handle: %w", err)
+	}
+	defer nl.Close()
+	return fn(nl)
+}
+
+// HostOptions tune a host's link.
+type HostOptions struct {
+	MTU int // default 1600 (room for IPIP); clients use 1500
+	// TxChecksumOff disables TX checksum offload: clients on veth otherwise
+	// send partial checksums that XDP forwards unfinished.
+	TxChecksumOff bool
+	// PeerXDPPass attaches a pass-through XDP program to the switch-side
+	// peer, so that it receives the host's XDP_TX frames.
+	PeerXDPPass bool
+	Addr6       netip.Prefix
+}
+
+// Host is one namespace with one link to the bridge.
+type Host struct {
+	Name   string
+	Link   string // interface name inside the namespace
+	Addr   netip.Prefix
+	Addr6  netip.Prefix
+	MAC    net.HardwareAddr
+	ns     netns.NsHandle
+	nsName string
+	peer   string
+	env    *Env
+}
+
+// AddHost creates a namespace joined to the bridge with the given address.
+func (e *Env) AddHost(name string, addr netip.Prefix, opts HostOptions) (*Host, error) {
+	if len(name) > 8 {
+		return nil, fmt.Errorf("host name %q: at most 8 characters", name)
+	}
+	if opts.MTU == 0 {
+		opts.MTU = 1600
+	}
+	h := &Host{Name: name, Addr: addr, Addr6: opts.Addr6, nsName: e.nsName(name), env: e,
+		Link: "s" + e.short + name, peer: "p" + e.short + name}
+	ns, err := newNamedNS(h.nsName)
+	if err != nil {
+		return nil, fmt.Errorf("create namespace for %s: %w", name, err)
+	}
+	h.ns = ns
+	e.mu.Lock()
+	e.hosts = append(e.hosts, h)
+	e.mu.Unlock()
+
+	err = withHandle(ns, func(nl *netlink.Handle) error {
+		veth := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: h.Link, MTU: opts.MTU},
+			PeerName: h.peer, PeerNamespace: netlink.NsFd(int(e.sw))}
+		if err := nl.LinkAdd(veth); err != nil {
+			return fmt.Errorf("add veth %s: %w", h.Link, err)
+		}
+		l, err := nl.LinkByName(h.Link)
+		if err != nil {
+			return err
+		}
+		h.MAC = l.Attrs().HardwareAddr
+		for _, p := range []netip.Prefix{addr, opts.Addr6} {
+			if !p.IsValid() {
+				continue
+			}
+			a := &netlink.Addr{IPNet: prefixNet(p)}
+			if p.Addr().Is6() {
+				a.Flags = unix.IFA_F_NODAD
+			}
+			if err := nl.AddrAdd(l, a); err != nil {
+				return fmt.Errorf("add address %s to %s: %w", p, h.Link, err)
+			}
+		}
+		lo, err := nl.LinkByName("lo")
+		if err != nil {
+			return err
+		}
+		if err := nl.LinkSetUp(lo); err != nil {
+			return err
+		}
+		return nl.LinkSetUp(l)
+	})
+	if err != nil {
+		return nil, err
+	}
+	err = withHandle(e.sw, func(nl *netlink.Handle) error {
+		p, err := nl.LinkByName(h.peer)
+		if err != nil {
+			return fmt.Errorf("find peer %s: %w", h.peer, err)
+		}
+		if err := nl.LinkSetMTU(p, opts.MTU); err != nil {
+			return err
+		}
+		br, err := nl.LinkByName("br0")
+		if err != nil {
+			return err
+		}
+		if err := nl.LinkSetMaster(p, br); err != nil {
+			return fmt.Errorf("enslave %s: %w", h.peer, err)
+		}
+		return nl.LinkSetUp(p)
+	})
+	if err != nil {
+		return nil, err
+	}
+	if opts.PeerXDPPass {
+		if err := inNS(e.sw, func() error { return attachPass(h.peer) }); err != nil {
+			return nil, err
+		}
+	}
+	if opts.TxChecksumOff {
+		if err := h.Do(func() error {
+			et, err := ethtool.NewEthtool()
+			if err != nil {
+				return err
+			}
+			defer et.Close()
+			return et.Change(h.Link, map[string]bool{"tx-checksum-ip-generic": false})
+		}); err != nil {
+			return nil, fmt.Errorf("turn off tx checksum offload on %s: %w", h.Link, err)
+		}
+	}
+	return h, nil
+}
+
+// attachPass attaches xdp_pass natively to a link of the current
+// namespace; it stays until the namespace goes.
+func attachPass(name string) error {
+	l, err := netlink.LinkByName(name)
+	if err != nil {
+		return fmt.Errorf("find %s: %w", name, err)
+	}
+	var objs bpf.ToolsObjects
+	if err := bpf.LoadToolsObjects(&objs, nil); err != nil {
+		return fmt.Errorf("load tools: %w", err)
+	}
+	defer objs.Close()
+	if err := netlink.LinkSetXdpFdWithFlags(l, objs.XdpPass.FD(), xdpFlagsDrvMode); err != nil {
+		return fmt.Errorf("attach xdp_pass to %s: %w", name, err)
+	}
+	return nil
+}
+
+const xdpFlagsDrvMode = 1 << 2 // XDP_FLAGS_DRV_MODE
+
+func prefixNet(p netip.Prefix) *net.IPNet {
+	return &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}
+}
+
+// Do runs fn inside the host's namespace.
+func (h *Host) Do(fn func() error) error { return inNS(h.ns, fn) }
+
+// NS is the host's namespace handle.
+func (h *Host) NS() netns.NsHandle { return h.ns }
+
+// NSName is the name of the host's namespace (for `ip netns exec`).
+func (h *Host) NSName() string { return h.nsName }
+
+// Netlink runs fn with a netlink handle in the host's namespace.
+func (h *Host) Netlink(fn func(*netlink.Handle) error) error { return withHandle(h.ns, fn) }
+
+// Sysctl writes a sysctl (path under /proc/sys, dotted or slashed) in the host's namespace.
+func (h *Host) Sysctl(key, value string) error {
+	path := filepath.Join("/proc/sys", strings.ReplaceAll(key, ".", "/"))
+	return h.Do(func() error {
+		if err := os.WriteFile(path, []byte(value), 0o644); err != nil {
+			return fmt.Errorf("sysctl %s=%s in %s: %w", key, value, h.Name, err)
+		}
+		return nil
+	})
+}
+
+// AddRoute routes dst via gw from this host.
+func (h *Host) AddRoute(dst netip.Prefix, gw netip.Addr) error {
+	return h.Netlink(func(nl *netlink.Handle) error {
+		l, err := nl.LinkByName(h.Link)
+		if err != nil {
+			return err
+		}
+		r := &netlink.Route{LinkIndex: l.Attrs().Index, Dst: prefixNet(dst), Gw: gw.AsSlice()}
+		if err := nl.RouteAdd(r); err != nil {
+			return fmt.Errorf("route %s via %s on %s: %w", dst, gw, h.Name, err)
+		}
+		return nil
+	})
+}
+
+// SetLinkUp sets the host's link up or down (fault injection).
+func (h *Host) SetLinkUp(up bool) error {
+	return h.Netlink(func(nl *netlink.Handle) error {
+		l, err := nl.LinkByName(h.Link)
+		if err != nil {
+			return err
+		}
+		if up {
+			return nl.LinkSetUp(l)
+		}
+		return nl.LinkSetDown(l)
+	})
+}
+
+// Dial connects from inside the host's namespace. laddr may be "".
+func (h *Host) Dial(ctx context.Context, network, laddr, raddr string) (net.Conn, error) {
+	var c net.Conn
+	err := h.Do(func() error {
+		d := net.Dialer{}
+		if laddr != "" {
+			var err error
+			switch network {
+			case "udp", "udp4", "udp6":
+				d.LocalAddr, err = net.ResolveUDPAddr(network, laddr)
+			default:
+				d.LocalAddr, err = net.ResolveTCPAddr(network, laddr)
+			}
+			if err != nil {
+				return err
+			}
+		}
+		var err error
+		c, err = d.DialContext(ctx, network, raddr)
+		return err
+	})
+	return c, err
+}
+
+// Listen opens a listener inside the host's namespace.
+func (h *Host) Listen(network, addr string) (net.Listener, error) {
+	var l net.Listener
+	err := h.Do(func() error {
+		var err error
+		l, err = net.Listen(network, addr)
+		return err
+	})
+	return l, err
+}
+
+// ListenPacket opens a packet socket inside the host's namespace.
+func (h *Host) ListenPacket(network, addr string) (net.PacketConn, error) {
+	var c net.PacketConn
+	err := h.Do(func() error {
+		var err error
+		c, err = net.ListenPacket(network, addr)
+		return err
+	})
+	return c, err
+}
+
+// AttachLB loads and attaches the load balancer to the host's link, pinned
+// under the environment's pin root.
+func (h *Host) AttachLB(ctx context.Context, opts loader.Options) (*loader.Datapath, error) {
+	opts.Iface = h.Link
+	if opts.PinRoot == "" {
+		opts.PinRoot = h.env.PinRoot()
+	}
+	if opts.Logger == nil {
+		opts.Logger = h.env.log
+	}
+	var d *loader.Datapath
+	err := h.Do(func() error {
+		var err error
+		d, err = loader.Load(ctx, opts)
+		return err
+	})
+	return d, err
+}

@@ -1,0 +1,113 @@
+package testenv
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"os"
+	"testing"
+)
+
+// Lab addresses: hosts share 10.77.0.0/24 and fd77::/64; VIPs live in
+// 10.77.1.0/24 and fd77:1::/64, routed by the client via the LB.
+var (
+	LabNet4    = netip.MustParsePrefix("10.77.0.0/24")
+	LabVIPNet4 = netip.MustParsePrefix("10.77.1.0/24")
+	LabVIPNet6 = netip.MustParsePrefix("fd77:1::/64")
+	LabVIP4    = netip.MustParseAddr("10.77.1.100")
+	LabVIP6    = netip.MustParseAddr("fd77:1::100")
+)
+
+// LabOptions shape a lab.
+type LabOptions struct {
+	Backends int // default 3
+	TCPPorts []uint16
+	UDPPorts []uint16
+	VIPs     []netip.Addr // default LabVIP4 and LabVIP6
+}
+
+// Lab is the standard topology: a client, an LB host (XDP_TX-capable peer)
+// and N backends on one bridge.
+type Lab struct {
+	*Env
+	Client   *Host
+	LB       *Host
+	Backends []*Backend
+}
+
+func labAddr(host byte) (netip.Prefix, netip.Prefix) {
+	v4 := netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 77, 0, host}), 24)
+	v6 := netip.PrefixFrom(netip.AddrFrom16([16]byte{0: 0xfd, 1: 0x77, 15: host}), 64)
+	return v4, v6
+}
+
+// NewLab builds the standard topology. Close the lab to remove it.
+func NewLab(ctx context.Context, log *slog.Logger, opts LabOptions) (*Lab, error) {
+	if opts.Backends == 0 {
+		opts.Backends = 3
+	}
+	if opts.TCPPorts == nil {
+		opts.TCPPorts = []uint16{80}
+	}
+	if opts.UDPPorts == nil {
+		opts.UDPPorts = []uint16{53}
+	}
+	if opts.VIPs == nil {
+		opts.VIPs = []netip.Addr{LabVIP4, LabVIP6}
+	}
+	env, err := New(ctx, log)
+	if err != nil {
+		return nil, err
+	}
+	l := &Lab{Env: env}
+	if err := l.build(ctx, opts); err != nil {
+		env.Close()
+		return nil, err
+	}
+	return l, nil
+}
+
+func (l *Lab) build(ctx context.Context, opts LabOptions) error {
+	var err error
+	c4, c6 := labAddr(1)
+	l.Client, err = l.AddHost("client", c4, HostOptions{MTU: 1500, TxChecksumOff: true, Addr6: c6})
+	if err != nil {
+		return err
+	}
+	lb4, lb6 := labAddr(2)
+	l.LB, err = l.AddHost("lb", lb4, HostOptions{PeerXDPPass: true, Addr6: lb6})
+	if err != nil {
+		return err
+	}
+	if err := l.Client.AddRoute(LabVIPNet4, lb4.Addr()); err != nil {
+		return err
+	}
+	if err := l.Client.AddRoute(LabVIPNet6, lb6.Addr()); err != nil {
+		return err
+	}
+	for i := range opts.Backends {
+		a4, a6 := labAddr(byte(11 + i))
+		b, err := l.AddBackend(ctx, fmt.Sprintf("b%d", i+1), a4, BackendOptions{
+			VIPs: opts.VIPs, TCPPorts: opts.TCPPorts, UDPPorts: opts.UDPPorts, Host: HostOptions{Addr6: a6},
+		})
+		if err != nil {
+			return err
+		}
+		l.Backends = append(l.Backends, b)
+	}
+	return nil
+}
+
+// Require skips a test that needs root, except under CI=true, where it
+// fails: privileged tests must run there.
+func Require(t testing.TB) {
+	t.Helper()
+	if os.Geteuid() == 0 {
+		return
+	}
+	if os.Getenv("CI") == "true" {
+		t.Fatal("this test needs root (network namespaces, BPF) and CI=true")
+	}
+	t.Skip("needs root")
+}

@@ -29,6 +29,7 @@ type Backend struct {
 	conns     map[net.Conn]struct{}
 	tcpPorts  []uint16
 	udpPorts  []uint16
+	udpAddrs  []netip.Addr
 	wg        sync.WaitGroup
 }
 
@@ -46,7 +47,10 @@ func (e *Env) AddBackend(ctx context.Context, name string, addr netip.Prefix, op
 	if err != nil {
 		return nil, err
 	}
-	b := &Backend{Host: h, conns: map[net.Conn]struct{}{}, tcpPorts: opts.TCPPorts, udpPorts: opts.UDPPorts}
+	b := &Backend{Host: h, conns: map[net.Conn]struct{}{}, tcpPorts: opts.TCPPorts, udpPorts: opts.UDPPorts,
+		// UDP servers bind each address, so replies leave from the address
+		// the query was sent to (the VIP), as clients expect.
+		udpAddrs: append([]netip.Addr{addr.Addr()}, opts.VIPs...)}
 	e.OnClose(func() error { b.StopServers(true); return b.closeDecap() })
 	for _, kv := range [][2]string{
 		{"net.ipv4.conf.all.arp_ignore", "1"}, {"net.ipv4.conf.all.arp_announce", "2"},
@@ -114,13 +118,15 @@ func (b *Backend) StartServers() error {
 		go b.serveTCP(l)
 	}
 	for _, p := range b.udpPorts {
-		c, err := b.ListenPacket("udp", net.JoinHostPort("::", strconv.Itoa(int(p))))
-		if err != nil {
-			return fmt.Errorf("listen udp/%d on %s: %w", p, b.Name, err)
+		for _, a := range b.udpAddrs {
+			c, err := b.ListenPacket("udp", netip.AddrPortFrom(a, p).String())
+			if err != nil {
+				return fmt.Errorf("listen udp %s:%d on %s: %w", a, p, b.Name, err)
+			}
+			b.packets = append(b.packets, c)
+			b.wg.Add(1)
+			go b.serveUDP(c)
 		}
-		b.packets = append(b.packets, c)
-		b.wg.Add(1)
-		go b.serveUDP(c)
 	}
 	return nil
 }

@@ -97,17 +97,29 @@ int xdp_gen(struct xdp_md *ctx)
 
 	if (t->flows) {
 		__u32 flow = seq % t->flows;
-		__u32 ao = t->addr_off & (GEN_MAX - 8); /* masked: keeps the write inside the copied bytes */
-		__u32 po = t->port_off & (GEN_MAX - 4);
-		__u32 *addr = data + ao;
-		__u16 *port = data + po;
+		__u32 ao = t->addr_off;
+		__u32 po = t->port_off;
 
-		/* Bounds check: masked offsets are below GEN_MAX - 4, and GEN_MAX
-		 * bytes were checked above; the verifier still wants to see it. */
-		if ((void *)(addr + 1) > data_end || (void *)(port + 1) > data_end)
+		/* Bounds check: both offsets come from a map, so the verifier
+		 * needs them capped before it allows packet writes at them. */
+		if (ao > GEN_MAX - 4 || po > GEN_MAX - 2)
 			return XDP_ABORTED;
-		*addr = bpf_htonl(bpf_ntohl(*addr) + (flow >> 6));
-		*port = bpf_htons(bpf_ntohs(*port) + (flow & 63));
+		__u8 *a = data + ao;
+		__u8 *pt = data + po;
+
+		/* Bounds check: the packet holds GEN_MAX bytes (checked above),
+		 * restated for the verifier at these variable offsets. */
+		if ((void *)(a + 4) > data_end || (void *)(pt + 2) > data_end)
+			return XDP_ABORTED;
+		__u32 addr = ((__u32)a[0] << 24 | (__u32)a[1] << 16 | (__u32)a[2] << 8 | a[3]) + (flow >> 6);
+		__u16 port = ((__u16)pt[0] << 8 | pt[1]) + (flow & 63);
+
+		a[0] = addr >> 24;
+		a[1] = addr >> 16;
+		a[2] = addr >> 8;
+		a[3] = addr;
+		pt[0] = port >> 8;
+		pt[1] = port;
 	}
 	return XDP_TX;
 }

@@ -480,3 +480,68 @@ func (h *Host) AttachLB(ctx context.Context, opts loader.Options) (*loader.Datap
 	})
 	return d, err
 }
+
+// AddVethPair creates two hosts joined directly by one veth pair, with no
+// bridge between them (benchmarks).
+func (e *Env) AddVethPair(a, b string, mtu int) (*Host, *Host, error) {
+	if len(a) > 8 || len(b) > 8 {
+		return nil, nil, fmt.Errorf("host names %q, %q: at most 8 characters", a, b)
+	}
+	if mtu == 0 {
+		mtu = 1600
+	}
+	ha := &Host{Name: a, nsName: e.nsName(a), env: e, Link: "s" + e.short + a}
+	hb := &Host{Name: b, nsName: e.nsName(b), env: e, Link: "s" + e.short + b}
+	for _, h := range []*Host{ha, hb} {
+		ns, err := newNamedNS(h.nsName)
+		if err != nil {
+			return nil, nil, fmt.Errorf("create namespace for %s: %w", h.Name, err)
+		}
+		h.ns = ns
+		e.mu.Lock()
+		e.hosts = append(e.hosts, h)
+		e.mu.Unlock()
+	}
+	err := withHandle(ha.ns, func(nl *netlink.Handle) error {
+		veth := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: ha.Link, MTU: mtu},
+			PeerName: hb.Link, PeerNamespace: netlink.NsFd(int(hb.ns))}
+		if err := nl.LinkAdd(veth); err != nil {
+			return fmt.Errorf("add veth %s: %w", ha.Link, err)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, nil, err
+	}
+	for _, h := range []*Host{ha, hb} {
+		err := withHandle(h.ns, func(nl *netlink.Handle) error {
+			l, err := nl.LinkByName(h.Link)
+			if err != nil {
+				return err
+			}
+			h.MAC = l.Attrs().HardwareAddr
+			if err := nl.LinkSetMTU(l, mtu); err != nil {
+				return err
+			}
+			return nl.LinkSetUp(l)
+		})
+		if err != nil {
+			return nil, nil, err
+		}
+	}
+	return ha, hb, nil
+}
+
+// Index is the ifindex of the host's link inside its namespace.
+func (h *Host) Index() (int, error) {
+	idx := 0
+	err := h.Netlink(func(nl *netlink.Handle) error {
+		l, err := nl.LinkByName(h.Link)
+		if err != nil {
+			return err
+		}
+		idx = l.Attrs().Index
+		return nil
+	})
+	return idx, err
+}

@@ -1,0 +1,58 @@
+# sluice: kernel-accelerated L4 load balancer.
+#   sudo make demo   build sluice and run the guided tour in a throwaway lab
+#   sudo make test   run every test (packet, fuzz seeds, namespace end-to-end)
+
+GO          ?= go
+STATICCHECK ?= honnef.co/go/tools/cmd/staticcheck@v0.8.2
+# Root's PATH under sudo often lacks Go: look where the official tarball puts it.
+export PATH := $(PATH):/usr/local/go/bin:/usr/lib/go/bin
+
+.PHONY: all build generate check-generated test lint bench demo fuzz clean need-go need-clang need-root
+
+all: build
+
+need-go:
+	@command -v $(GO) >/dev/null 2>&1 || { echo "error: Go is not installed (need Go 1.26+; https://go.dev/dl/ or your distribution's golang package)"; exit 1; }
+
+need-clang:
+	@command -v clang >/dev/null 2>&1 || { echo "error: clang is missing: apt-get install clang llvm libbpf-dev (only needed to rebuild the BPF objects)"; exit 1; }
+	@test -e /usr/include/bpf/bpf_helpers.h || { echo "error: libbpf headers are missing: apt-get install libbpf-dev"; exit 1; }
+
+need-root:
+	@test "$$(id -u)" = 0 || { echo "error: this target loads BPF programs and creates network namespaces: run it with sudo"; exit 1; }
+
+build: need-go
+	$(GO) build -o bin/sluice ./cmd/sluice
+
+# Rebuild the BPF objects and their Go bindings (committed, so plain
+# `go build` needs no clang).
+generate: need-go need-clang
+	cd bpf && $(GO) generate ./...
+
+# CI: the committed bpf2go output must match a fresh rebuild.
+check-generated: generate
+	@git diff --exit-code --stat -- bpf/ || { echo "error: committed bpf2go output is stale: run 'make generate' and commit"; exit 1; }
+	@test -z "$$(git status --porcelain -- bpf/)" || { git status --porcelain -- bpf/; echo "error: untracked bpf2go output"; exit 1; }
+
+test: need-go need-root
+	$(GO) test -count=1 -timeout 60m ./...
+
+lint: need-go
+	@test -z "$$(gofmt -l .)" || { gofmt -l .; echo "error: gofmt needed"; exit 1; }
+	$(GO) vet ./...
+	$(GO) run $(STATICCHECK) ./...
+
+# Data-plane benchmark: live-frames generator through a veth, side by side
+# with a trivial reflector. Writes nothing; copy the table to docs/benchmarks.md.
+bench: need-go need-root
+	$(GO) test -count=1 -run '^$$' -bench BenchmarkDataplane -benchtime 1x -timeout 30m -v ./bench/
+
+FUZZTIME ?= 5m
+fuzz: need-go need-root
+	$(GO) test -run '^$$' -fuzz FuzzDatapath -fuzztime $(FUZZTIME) ./loader/
+
+demo: build need-root
+	./bin/sluice demo
+
+clean:
+	rm -rf bin

@@ -23,12 +23,21 @@ char LICENSE[] SEC("license") = "Dual BSD/GPL";
 /* A UDP flow's idle timer is refreshed at most this often. */
 #define UDP_REFRESH_NS 1000000000ULL
 
+/* The VIP table: one open-addressed array, swapped whole through this
+ * one-entry map-in-map. Array lookups are nearly free where a hash map
+ * lookup costs tens of nanoseconds, and the whole-table swap is atomic. */
+struct vip_table {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, SLUICE_VIP_TABLE);
+	__type(key, __u32);
+	__type(value, struct vip_entry);
+};
+
 struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, SLUICE_MAX_VIPS);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__type(key, struct vip_key);
-	__type(value, struct vip_info);
+	__uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__array(values, struct vip_table);
 } vips SEC(".maps");
 
 struct {
@@ -62,15 +71,23 @@ struct {
 	__type(value, struct backend);
 } backends SEC(".maps");
 
-/* Connection table: per-CPU LRU lists, so inserts on one core never contend
- * with another core's. */
+/* Connection tables, one per family: per-CPU LRU lists, so inserts on one
+ * core never contend with another core's. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, SLUICE_DEFAULT_FLOWS);
+	__uint(map_flags, BPF_F_NO_COMMON_LRU);
+	__type(key, struct flow4_key);
+	__type(value, struct flow_state);
+} flows4 SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, SLUICE_DEFAULT_FLOWS);
 	__uint(map_flags, BPF_F_NO_COMMON_LRU);
 	__type(key, struct flow_key);
 	__type(value, struct flow_state);
-} flows SEC(".maps");
+} flows6 SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -100,14 +117,24 @@ struct {
 	__type(value, struct config);
 } config SEC(".maps");
 
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct flood_state);
+} flood SEC(".maps");
+
 
 /* BTF anchor: bpf2go emits Go constants only for enums present in BTF, and
- * these three appear in no map declaration (their fields are __u8). */
-struct sluice_enums {
+ * these three appear in no map declaration (their fields are __u8); clang
+ * also emits the inner map's value type only as a forward declaration
+ * unless something holds it by value. */
+struct sluice_btf_anchor {
 	enum sluice_forward forward;
 	enum sluice_family family;
 	enum sluice_backend_flags backend_flags;
-} sluice_enums_btf __attribute__((unused));
+	struct vip_entry vip_entry;
+} sluice_btf_anchor __attribute__((unused));
 
 enum verdict {
 	V_FORWARD,
@@ -337,6 +364,31 @@ static __always_inline enum verdict parse_ipv6(struct pkt *p, void *l3, void *da
 	return outcome(p, SLUICE_STAT_PASS_UNSUPPORTED, V_PASS);
 }
 
+/* Slot of a VIP key in the VIP table; loader/viptable.go computes the same. */
+static __always_inline __u32 vip_hash(const __u32 *w)
+{
+	return jhash_3words(w[0] ^ w[1], w[2] ^ w[3], w[4], 0);
+}
+
+static __always_inline struct vip_info *probe_vip(void *table, const struct vip_key *k)
+{
+	const __u32 *w = (const __u32 *)k; /* a vip_key is exactly five words */
+	__u32 h = vip_hash(w);
+
+	for (int i = 0; i < SLUICE_VIP_PROBES; i++) {
+		__u32 slot = (h + i) & (SLUICE_VIP_TABLE - 1);
+		struct vip_entry *e = bpf_map_lookup_elem(table, &slot);
+
+		if (!e || e->key.family == 0)
+			return NULL;
+		const __u32 *ew = (const __u32 *)&e->key;
+
+		if (ew[0] == w[0] && ew[1] == w[1] && ew[2] == w[2] && ew[3] == w[3] && ew[4] == w[4])
+			return &e->info;
+	}
+	return NULL;
+}
+
 static __always_inline struct vip_info *find_vip(const struct pkt *p)
 {
 	struct vip_key k = {
@@ -344,14 +396,18 @@ static __always_inline struct vip_info *find_vip(const struct pkt *p)
 		.proto = p->key.proto,
 		.family = p->key.family,
 	};
+	__u32 zero = 0;
+	void *table = bpf_map_lookup_elem(&vips, &zero);
 	struct vip_info *vip;
 
+	if (!table)
+		return NULL;
 	__builtin_memcpy(k.addr, p->key.dst, 16);
-	vip = bpf_map_lookup_elem(&vips, &k);
+	vip = probe_vip(table, &k);
 	if (vip)
 		return vip;
 	k.port = 0;
-	return bpf_map_lookup_elem(&vips, &k);
+	return probe_vip(table, &k);
 }
 
 static __always_inline __u32 flow_hash(const struct flow_key *k, __u32 seed)
@@ -386,6 +442,38 @@ static __always_inline struct backend *usable_backend(__u32 idx, __u32 vip_id)
 	return b;
 }
 
+/* The new-flow guard: allows cfg->new_flow_limit table inserts per CPU per
+ * window of at least a second. The clock is read when a window opens, then
+ * only once its budget is spent, every 256th skipped flow: flows under the
+ * limit cost no clock read. */
+static __always_inline int over_new_flow_limit(const struct config *cfg)
+{
+	__u32 zero = 0;
+	struct flood_state *f;
+
+	if (!cfg->new_flow_limit)
+		return 0;
+	f = bpf_map_lookup_elem(&flood, &zero);
+	if (!f)
+		return 0;
+	if (f->count < cfg->new_flow_limit) {
+		if (f->count++ == 0)
+			f->window_ns = bpf_ktime_get_coarse_ns(); /* once per window */
+		return 0;
+	}
+	if ((f->skipped++ & 255) == 0) {
+		__u64 now = bpf_ktime_get_coarse_ns();
+
+		if (now - f->window_ns >= 1000000000ULL) {
+			f->window_ns = now;
+			f->count = 1;
+			f->skipped = 0;
+			return 0;
+		}
+	}
+	return 1;
+}
+
 /* Returns the backend for p, or NULL when the VIP has no usable one. */
 static __always_inline struct backend *select_backend(struct pkt *p, const struct vip_info *vip,
 						      const struct config *cfg, __u32 *idx)
@@ -394,8 +482,21 @@ static __always_inline struct backend *select_backend(struct pkt *p, const struc
 	struct backend *b = NULL;
 	__u64 now = 0;
 
+	struct flow4_key k4 = {
+		.src = p->key.src[0],
+		.dst = p->key.dst[0],
+		.sport = p->key.sport,
+		.dport = p->key.dport,
+		.proto = p->key.proto,
+	};
+	int v4 = p->key.family == SLUICE_FAMILY_V4;
+
 	if (!p->syn) {
-		st = bpf_map_lookup_elem(&flows, &p->key);
+		/* Two call sites, so the verifier can inline each lookup. */
+		if (v4)
+			st = bpf_map_lookup_elem(&flows4, &k4);
+		else
+			st = bpf_map_lookup_elem(&flows6, &p->key);
 		if (st) {
 			int expired = 0;
 
@@ -442,10 +543,17 @@ static __always_inline struct backend *select_backend(struct pkt *p, const struc
 	if (!b)
 		return NULL;
 	if (!p->icmp) {
-		struct flow_state ns = { .backend = *idx };
+		/* Only UDP entries age by time; TCP entries carry no clock read. */
+		struct flow_state ns = { .backend = *idx, .atime_ns = now };
 
-		ns.atime_ns = now ? now : bpf_ktime_get_coarse_ns();
-		bpf_map_update_elem(&flows, &p->key, &ns, BPF_ANY);
+		if (p->key.proto == IPPROTO_UDP && !now)
+			ns.atime_ns = bpf_ktime_get_coarse_ns();
+		if (over_new_flow_limit(cfg))
+			add(&stats, SLUICE_STAT_CT_FLOOD_SKIP, 0);
+		else if (v4)
+			bpf_map_update_elem(&flows4, &k4, &ns, BPF_ANY);
+		else
+			bpf_map_update_elem(&flows6, &p->key, &ns, BPF_ANY);
 	}
 	return b;
 }

@@ -30,18 +30,37 @@ type LbBackend struct {
 }
 
 type LbConfig struct {
-	_         structs.HostLayout
-	Seed      uint32
-	EncapSrc4 uint32
-	EncapSrc6 [4]uint32
-	Mac       [6]uint8
-	Pad       [2]uint8
+	_            structs.HostLayout
+	Seed         uint32
+	EncapSrc4    uint32
+	EncapSrc6    [4]uint32
+	Mac          [6]uint8
+	Pad          [2]uint8
+	NewFlowLimit uint32
+	Pad2         uint32
 }
 
 type LbCounter struct {
 	_       structs.HostLayout
 	Packets uint64
 	Bytes   uint64
+}
+
+type LbFloodState struct {
+	_        structs.HostLayout
+	WindowNs uint64
+	Count    uint32
+	Skipped  uint32
+}
+
+type LbFlow4Key struct {
+	_     structs.HostLayout
+	Src   uint32
+	Dst   uint32
+	Sport uint16
+	Dport uint16
+	Proto uint8
+	Pad   [3]uint8
 }
 
 type LbFlowKey struct {
@@ -69,11 +88,32 @@ const (
 	LbSluiceBackendFlagsSLUICE_BACKEND_DRAINING LbSluiceBackendFlags = 2
 )
 
-type LbSluiceEnums struct {
+type LbSluiceBtfAnchor struct {
 	_            structs.HostLayout
 	Forward      uint32
 	Family       uint32
 	BackendFlags uint32
+	_            [4]byte
+	VipEntry     struct {
+		_   structs.HostLayout
+		Key struct {
+			_      structs.HostLayout
+			Addr   [4]uint32
+			Port   uint16
+			Proto  uint8
+			Family uint8
+		}
+		Pad  uint32
+		Info struct {
+			_            structs.HostLayout
+			Id           uint32
+			RingSlot     uint32
+			RingSize     uint32
+			Forward      uint8
+			Pad          [3]uint8
+			UdpTimeoutNs uint64
+		}
+	}
 }
 
 type LbSluiceFamily uint32
@@ -107,8 +147,16 @@ const (
 	LbSluiceStatSLUICE_STAT_CT_MISS          LbSluiceStat = 11
 	LbSluiceStatSLUICE_STAT_CT_RESTEER       LbSluiceStat = 12
 	LbSluiceStatSLUICE_STAT_ICMP_TOO_BIG     LbSluiceStat = 13
-	LbSluiceStatSLUICE_STAT_MAX              LbSluiceStat = 14
+	LbSluiceStatSLUICE_STAT_CT_FLOOD_SKIP    LbSluiceStat = 14
+	LbSluiceStatSLUICE_STAT_MAX              LbSluiceStat = 15
 )
+
+type LbVipEntry struct {
+	_    structs.HostLayout
+	Key  LbVipKey
+	Pad  uint32
+	Info LbVipInfo
+}
 
 type LbVipInfo struct {
 	_            structs.HostLayout
@@ -132,17 +180,19 @@ type LbVipKey struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	LbMapBackendStats   = "backend_stats"
-	LbMapBackends       = "backends"
-	LbMapConfig         = "config"
-	LbMapFlows          = "flows"
-	LbMapRings          = "rings"
-	LbMapStats          = "stats"
-	LbMapVipAddrs       = "vip_addrs"
-	LbMapVipStats       = "vip_stats"
-	LbMapVips           = "vips"
-	LbProgXdpLb         = "xdp_lb"
-	LbVarSluiceEnumsBtf = "sluice_enums_btf"
+	LbMapBackendStats    = "backend_stats"
+	LbMapBackends        = "backends"
+	LbMapConfig          = "config"
+	LbMapFlood           = "flood"
+	LbMapFlows4          = "flows4"
+	LbMapFlows6          = "flows6"
+	LbMapRings           = "rings"
+	LbMapStats           = "stats"
+	LbMapVipAddrs        = "vip_addrs"
+	LbMapVipStats        = "vip_stats"
+	LbMapVips            = "vips"
+	LbProgXdpLb          = "xdp_lb"
+	LbVarSluiceBtfAnchor = "sluice_btf_anchor"
 )
 
 // LoadLb returns the embedded CollectionSpec for Lb.
@@ -197,7 +247,9 @@ type LbMapSpecs struct {
 	BackendStats *ebpf.MapSpec `ebpf:"backend_stats"`
 	Backends     *ebpf.MapSpec `ebpf:"backends"`
 	Config       *ebpf.MapSpec `ebpf:"config"`
-	Flows        *ebpf.MapSpec `ebpf:"flows"`
+	Flood        *ebpf.MapSpec `ebpf:"flood"`
+	Flows4       *ebpf.MapSpec `ebpf:"flows4"`
+	Flows6       *ebpf.MapSpec `ebpf:"flows6"`
 	Rings        *ebpf.MapSpec `ebpf:"rings"`
 	Stats        *ebpf.MapSpec `ebpf:"stats"`
 	VipAddrs     *ebpf.MapSpec `ebpf:"vip_addrs"`
@@ -209,7 +261,7 @@ type LbMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type LbVariableSpecs struct {
-	SluiceEnumsBtf *ebpf.VariableSpec `ebpf:"sluice_enums_btf"`
+	SluiceBtfAnchor *ebpf.VariableSpec `ebpf:"sluice_btf_anchor"`
 }
 
 // LbObjects contains all objects after they have been loaded into the kernel.
@@ -235,7 +287,9 @@ type LbMaps struct {
 	BackendStats *ebpf.Map `ebpf:"backend_stats"`
 	Backends     *ebpf.Map `ebpf:"backends"`
 	Config       *ebpf.Map `ebpf:"config"`
-	Flows        *ebpf.Map `ebpf:"flows"`
+	Flood        *ebpf.Map `ebpf:"flood"`
+	Flows4       *ebpf.Map `ebpf:"flows4"`
+	Flows6       *ebpf.Map `ebpf:"flows6"`
 	Rings        *ebpf.Map `ebpf:"rings"`
 	Stats        *ebpf.Map `ebpf:"stats"`
 	VipAddrs     *ebpf.Map `ebpf:"vip_addrs"`
@@ -248,7 +302,9 @@ func (m *LbMaps) Close() error {
 		m.BackendStats,
 		m.Backends,
 		m.Config,
-		m.Flows,
+		m.Flood,
+		m.Flows4,
+		m.Flows6,
 		m.Rings,
 		m.Stats,
 		m.VipAddrs,
@@ -261,7 +317,7 @@ func (m *LbMaps) Close() error {
 //
 // It can be passed to LoadLbObjects or ebpf.CollectionSpec.LoadAndAssign.
 type LbVariables struct {
-	SluiceEnumsBtf *ebpf.Variable `ebpf:"sluice_enums_btf"`
+	SluiceBtfAnchor *ebpf.Variable `ebpf:"sluice_btf_anchor"`
 }
 
 // LbPrograms contains all programs after they have been loaded into the kernel.

@@ -19,6 +19,11 @@
 #define SLUICE_DEFAULT_RING 65537
 /* Two ring slots per VIP (double buffer): vip_info.ring_slot names the active one. */
 #define SLUICE_RING_SLOTS (SLUICE_MAX_VIPS * 2)
+/* VIPs live in an open-addressed table of this many slots (a power of two,
+ * at most 1/4 full) that the control plane rebuilds and swaps whole. A VIP
+ * sits at most SLUICE_VIP_PROBES slots after its hash slot. */
+#define SLUICE_VIP_TABLE 4096
+#define SLUICE_VIP_PROBES 8
 /* Default connection table size (entries); the loader may override it. */
 #define SLUICE_DEFAULT_FLOWS (1 << 20)
 
@@ -57,6 +62,7 @@ enum sluice_stat {
 	SLUICE_STAT_CT_MISS,
 	SLUICE_STAT_CT_RESTEER,
 	SLUICE_STAT_ICMP_TOO_BIG,
+	SLUICE_STAT_CT_FLOOD_SKIP,
 	SLUICE_STAT_MAX,
 };
 
@@ -69,9 +75,9 @@ struct vip_key {
 	__u8 family;
 };
 
-/* Value of the vips map. The map is a non-preallocated hash, so an update
- * replaces the whole value at once: ring_slot and ring_size always change
- * together, which is what makes a ring swap atomic. */
+/* What the data plane knows of one VIP. It lives in the VIP table, which is
+ * replaced whole: ring_slot and ring_size always change together, which is
+ * what makes a ring swap atomic. */
 struct vip_info {
 	__u32 id;        /* index into vip_stats; 0 .. SLUICE_MAX_VIPS-1 */
 	__u32 ring_slot; /* active slot in rings: id*2 or id*2+1 */
@@ -79,6 +85,13 @@ struct vip_info {
 	__u8 forward;    /* enum sluice_forward */
 	__u8 pad[3];
 	__u64 udp_timeout_ns; /* idle time after which a UDP flow is re-hashed */
+};
+
+/* One slot of the VIP table; family 0 marks an empty slot. */
+struct vip_entry {
+	struct vip_key key;
+	__u32 pad;
+	struct vip_info info;
 };
 
 /* Value of the backends array (index 1 .. SLUICE_MAX_BACKENDS-1). A backend
@@ -91,7 +104,8 @@ struct backend {
 	__u8 mac[6];  /* next-hop MAC (the backend itself for dsr) */
 };
 
-/* Key of the connection table, always in client -> VIP direction. */
+/* A flow, always in client -> VIP direction; the key of the IPv6
+ * connection table. */
 struct flow_key {
 	__u32 src[4];
 	__u32 dst[4];
@@ -100,6 +114,17 @@ struct flow_key {
 	__u8 proto;
 	__u8 family;
 	__u8 pad[2];
+};
+
+/* Key of the IPv4 connection table: a compact form of flow_key, as
+ * shorter keys hash and compare faster. */
+struct flow4_key {
+	__u32 src;
+	__u32 dst;
+	__u16 sport; /* network byte order */
+	__u16 dport; /* network byte order */
+	__u8 proto;
+	__u8 pad[3];
 };
 
 struct flow_state {
@@ -115,6 +140,18 @@ struct config {
 	__u32 encap_src6[4]; /* IPv6 outer source prefix /96 */
 	__u8 mac[6];        /* our interface MAC: source of every sent frame */
 	__u8 pad[2];
+	/* New-flow guard: past this many new table entries per second on one
+	 * CPU, new flows are steered by the ring without being written to the
+	 * table (SYN floods cannot churn out established flows). 0: no limit. */
+	__u32 new_flow_limit;
+	__u32 pad2;
+};
+
+/* Per-CPU state of the new-flow guard. */
+struct flood_state {
+	__u64 window_ns; /* start of the current window (at least one second) */
+	__u32 count;     /* new flows written in this window */
+	__u32 skipped;   /* new flows not written since the window began */
 };
 
 struct counter {

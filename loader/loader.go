@@ -66,8 +66,9 @@ type Options struct {
 	Mode  Mode
 	// PinRoot defaults to DefaultPinRoot.
 	PinRoot string
-	// FlowTableSize is the connection table's capacity (entries); 0 means
-	// DefaultFlowTableSize. It must match the pinned table when adopting.
+	// FlowTableSize is the capacity (entries) of each connection table,
+	// IPv4 and IPv6; 0 means DefaultFlowTableSize. It must match the
+	// pinned tables when adopting.
 	FlowTableSize uint32
 	Logger        *slog.Logger
 }
@@ -81,8 +82,9 @@ type Datapath struct {
 	mode    Mode
 	adopted bool
 	log     *slog.Logger
-	// ringTemplate is the inner-map spec of rings, from the object file.
-	ringTemplate *ebpf.MapSpec
+	// ringTemplate and vipTableTemplate are inner-map specs from the object file.
+	ringTemplate     *ebpf.MapSpec
+	vipTableTemplate *ebpf.MapSpec
 
 	mu sync.Mutex // serialises ring replacement and VIP writes
 }
@@ -109,8 +111,14 @@ func Load(ctx context.Context, opts Options) (*Datapath, error) {
 	if size == 0 {
 		size = DefaultFlowTableSize
 	}
-	spec.Maps[bpf.LbMapFlows].MaxEntries = size
+	spec.Maps[bpf.LbMapFlows4].MaxEntries = size
+	spec.Maps[bpf.LbMapFlows6].MaxEntries = size
+	// Inner maps are created often (every swap): drop their BTF, which the
+	// kernel would otherwise load anew for each.
 	d.ringTemplate = spec.Maps[bpf.LbMapRings].InnerMap.Copy()
+	d.ringTemplate.Key, d.ringTemplate.Value = nil, nil
+	d.vipTableTemplate = spec.Maps[bpf.LbMapVips].InnerMap.Copy()
+	d.vipTableTemplate.Key, d.vipTableTemplate.Value = nil, nil
 
 	var collOpts ebpf.CollectionOptions
 	if opts.Iface != "" {

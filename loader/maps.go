@@ -37,6 +37,14 @@ func (d *Datapath) SetConfig(c Config) (bool, error) {
 	}
 	raw.EncapSrc4 = addrWords(src4)[0]
 	raw.EncapSrc6 = addrWords(src6)
+	switch c.NewFlowLimit {
+	case 0:
+		raw.NewFlowLimit = DefaultNewFlowLimit
+	case NoNewFlowLimit:
+		raw.NewFlowLimit = 0
+	default:
+		raw.NewFlowLimit = c.NewFlowLimit
+	}
 	var cur bpf.LbConfig
 	if err := d.objs.Config.Lookup(uint32(0), &cur); err != nil {
 		return false, fmt.Errorf("read config: %w", err)
@@ -61,6 +69,12 @@ func (d *Datapath) Config() (Config, error) {
 		MAC:       net.HardwareAddr(slices.Clone(raw.Mac[:])),
 		EncapSrc4: wordsAddr([4]uint32{raw.EncapSrc4}, family(netip.IPv4Unspecified())),
 		EncapSrc6: wordsAddr(raw.EncapSrc6, family(netip.IPv6Unspecified())),
+		NewFlowLimit: func() uint32 {
+			if raw.NewFlowLimit == 0 {
+				return NoNewFlowLimit
+			}
+			return raw.NewFlowLimit
+		}(),
 	}, nil
 }
 
@@ -82,38 +96,32 @@ func (d *Datapath) SetVIP(k VIPKey, v VIP) (bool, error) {
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	cur, ok, err := d.lookupVIP(k)
+	vips, err := d.readVIPs()
 	if err != nil {
 		return false, err
 	}
-	raw := bpf.LbVipInfo{Id: v.ID, Forward: uint8(v.Forward), UdpTimeoutNs: uint64(v.UDPTimeout)}
+	rk := k.raw()
+	for other, info := range vips {
+		if other != rk && info.Id == v.ID {
+			return false, fmt.Errorf("vip %s: id %d is already used by %s", k, v.ID, vipKeyFromRaw(other))
+		}
+	}
+	cur, ok := vips[rk]
+	raw := bpf.LbVipInfo{Id: v.ID, Forward: uint8(v.Forward), UdpTimeoutNs: uint64(v.UDPTimeout), RingSlot: v.ID * 2}
 	if ok && cur.Id == v.ID {
 		raw.RingSlot, raw.RingSize = cur.RingSlot, cur.RingSize
-	} else {
-		raw.RingSlot = v.ID * 2
 	}
 	if ok && cur == raw {
 		return false, nil
 	}
-	if err := d.objs.Vips.Update(k.raw(), raw, ebpf.UpdateAny); err != nil {
-		return false, fmt.Errorf("write vip %s: %w", k, err)
-	}
+	vips[rk] = raw
 	if err := d.objs.VipAddrs.Update(addrKey(k.Addr), uint32(1), ebpf.UpdateAny); err != nil {
-		return true, fmt.Errorf("write vip address %s: %w", k.Addr, err)
+		return false, fmt.Errorf("write vip address %s: %w", k.Addr, err)
+	}
+	if err := d.writeVIPs(vips); err != nil {
+		return false, fmt.Errorf("vip %s: %w", k, err)
 	}
 	return true, nil
-}
-
-func (d *Datapath) lookupVIP(k VIPKey) (bpf.LbVipInfo, bool, error) {
-	var cur bpf.LbVipInfo
-	err := d.objs.Vips.Lookup(k.raw(), &cur)
-	if errors.Is(err, ebpf.ErrKeyNotExist) {
-		return cur, false, nil
-	}
-	if err != nil {
-		return cur, false, fmt.Errorf("read vip %s: %w", k, err)
-	}
-	return cur, true, nil
 }
 
 // DeleteVIP removes a VIP and its rings. Its address stays in the
@@ -121,11 +129,17 @@ func (d *Datapath) lookupVIP(k VIPKey) (bpf.LbVipInfo, bool, error) {
 func (d *Datapath) DeleteVIP(k VIPKey) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	cur, ok, err := d.lookupVIP(k)
-	if err != nil || !ok {
+	vips, err := d.readVIPs()
+	if err != nil {
 		return err
 	}
-	if err := d.objs.Vips.Delete(k.raw()); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+	rk := k.raw()
+	cur, ok := vips[rk]
+	if !ok {
+		return nil
+	}
+	delete(vips, rk)
+	if err := d.writeVIPs(vips); err != nil {
 		return fmt.Errorf("delete vip %s: %w", k, err)
 	}
 	for _, slot := range []uint32{cur.Id * 2, cur.Id*2 + 1} {
@@ -133,12 +147,8 @@ func (d *Datapath) DeleteVIP(k VIPKey) error {
 			return fmt.Errorf("delete ring of vip %s: %w", k, err)
 		}
 	}
-	vips, err := d.VIPs()
-	if err != nil {
-		return err
-	}
 	for other := range vips {
-		if other.Addr == k.Addr {
+		if other.Addr == rk.Addr && other.Family == rk.Family {
 			return nil
 		}
 	}
@@ -148,20 +158,18 @@ func (d *Datapath) DeleteVIP(k VIPKey) error {
 	return nil
 }
 
-// VIPs reads every VIP.
+// VIPs reads every VIP from the kernel.
 func (d *Datapath) VIPs() (map[VIPKey]VIP, error) {
-	out := map[VIPKey]VIP{}
-	var k bpf.LbVipKey
-	var v bpf.LbVipInfo
-	it := d.objs.Vips.Iterate()
-	for it.Next(&k, &v) {
+	raw, err := d.readVIPs()
+	if err != nil {
+		return nil, err
+	}
+	out := make(map[VIPKey]VIP, len(raw))
+	for k, v := range raw {
 		out[vipKeyFromRaw(k)] = VIP{
 			ID: v.Id, Forward: Forward(v.Forward), UDPTimeout: time.Duration(v.UdpTimeoutNs),
 			RingSlot: v.RingSlot, RingSize: v.RingSize,
 		}
-	}
-	if err := it.Err(); err != nil {
-		return nil, fmt.Errorf("read vips: %w", err)
 	}
 	return out, nil
 }
@@ -196,10 +204,11 @@ func (d *Datapath) ReplaceRing(k VIPKey, slots []uint32) (bool, error) {
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	cur, ok, err := d.lookupVIP(k)
+	vips, err := d.readVIPs()
 	if err != nil {
 		return false, err
 	}
+	cur, ok := vips[k.raw()]
 	if !ok {
 		return false, fmt.Errorf("ring of vip %s: no such vip", k)
 	}
@@ -230,7 +239,8 @@ func (d *Datapath) ReplaceRing(k VIPKey, slots []uint32) (bool, error) {
 	}
 	upd := cur
 	upd.RingSlot, upd.RingSize = next, uint32(n)
-	if err := d.objs.Vips.Update(k.raw(), upd, ebpf.UpdateExist); err != nil {
+	vips[k.raw()] = upd
+	if err := d.writeVIPs(vips); err != nil {
 		return false, fmt.Errorf("switch ring of vip %s: %w", k, err)
 	}
 	return true, nil
@@ -245,10 +255,11 @@ func (d *Datapath) ringSpec(n uint32) *ebpf.MapSpec {
 
 // Ring reads back the VIP's active ring from the kernel.
 func (d *Datapath) Ring(k VIPKey) ([]uint32, error) {
-	cur, ok, err := d.lookupVIP(k)
+	vips, err := d.readVIPs()
 	if err != nil {
 		return nil, err
 	}
+	cur, ok := vips[k.raw()]
 	if !ok {
 		return nil, fmt.Errorf("ring of vip %s: no such vip", k)
 	}
@@ -412,66 +423,93 @@ func flowFromRaw(k bpf.LbFlowKey, v bpf.LbFlowState) Flow {
 	}
 }
 
-func flowKey(src, dst netip.AddrPort, proto Proto) bpf.LbFlowKey {
-	return bpf.LbFlowKey{
+func flow4FromRaw(k bpf.LbFlow4Key, v bpf.LbFlowState) Flow {
+	w := func(a uint32) netip.Addr { return wordsAddr([4]uint32{a}, family(netip.IPv4Unspecified())) }
+	return Flow{
+		Src:          netip.AddrPortFrom(w(k.Src), ntohs(k.Sport)),
+		Dst:          netip.AddrPortFrom(w(k.Dst), ntohs(k.Dport)),
+		Proto:        Proto(k.Proto),
+		Backend:      v.Backend,
+		LastSeenNano: v.AtimeNs,
+	}
+}
+
+// flowMapKey picks the table of a flow and builds its key.
+func (d *Datapath) flowMapKey(src, dst netip.AddrPort, proto Proto) (*ebpf.Map, any, error) {
+	if src.Addr().Is4() != dst.Addr().Is4() {
+		return nil, nil, fmt.Errorf("flow %s -> %s: mixed address families", src, dst)
+	}
+	if dst.Addr().Is4() {
+		return d.objs.Flows4, bpf.LbFlow4Key{
+			Src: addrWords(src.Addr())[0], Dst: addrWords(dst.Addr())[0],
+			Sport: htons(src.Port()), Dport: htons(dst.Port()), Proto: uint8(proto),
+		}, nil
+	}
+	return d.objs.Flows6, bpf.LbFlowKey{
 		Src: addrWords(src.Addr()), Dst: addrWords(dst.Addr()),
 		Sport: htons(src.Port()), Dport: htons(dst.Port()),
 		Proto: uint8(proto), Family: family(dst.Addr()),
-	}
+	}, nil
 }
 
 // LookupFlow reads the connection-table entry of a client -> VIP flow.
 func (d *Datapath) LookupFlow(src, dst netip.AddrPort, proto Proto) (Flow, bool, error) {
+	m, k, err := d.flowMapKey(src, dst, proto)
+	if err != nil {
+		return Flow{}, false, err
+	}
 	var v bpf.LbFlowState
-	k := flowKey(src, dst, proto)
-	err := d.objs.Flows.Lookup(k, &v)
+	err = m.Lookup(k, &v)
 	if errors.Is(err, ebpf.ErrKeyNotExist) {
 		return Flow{}, false, nil
 	}
 	if err != nil {
 		return Flow{}, false, fmt.Errorf("read flow %s -> %s: %w", src, dst, err)
 	}
-	return flowFromRaw(k, v), true, nil
+	return Flow{Src: src, Dst: dst, Proto: proto, Backend: v.Backend, LastSeenNano: v.AtimeNs}, true, nil
 }
 
 // SetFlow writes a connection-table entry (flow sync, tests).
 func (d *Datapath) SetFlow(f Flow) error {
+	m, k, err := d.flowMapKey(f.Src, f.Dst, f.Proto)
+	if err != nil {
+		return err
+	}
 	v := bpf.LbFlowState{Backend: f.Backend, AtimeNs: f.LastSeenNano}
-	if err := d.objs.Flows.Update(flowKey(f.Src, f.Dst, f.Proto), v, ebpf.UpdateAny); err != nil {
+	if err := m.Update(k, v, ebpf.UpdateAny); err != nil {
 		return fmt.Errorf("write flow %s -> %s: %w", f.Src, f.Dst, err)
 	}
 	return nil
 }
 
-// Flows reads the whole connection table.
+// Flows reads both connection tables.
 func (d *Datapath) Flows() ([]Flow, error) {
 	var out []Flow
-	var k bpf.LbFlowKey
+	var k4 bpf.LbFlow4Key
+	var k6 bpf.LbFlowKey
 	var v bpf.LbFlowState
-	it := d.objs.Flows.Iterate()
-	for it.Next(&k, &v) {
-		out = append(out, flowFromRaw(k, v))
+	it := d.objs.Flows4.Iterate()
+	for it.Next(&k4, &v) {
+		out = append(out, flow4FromRaw(k4, v))
 	}
 	if err := it.Err(); err != nil {
-		return nil, fmt.Errorf("read flows: %w", err)
+		return nil, fmt.Errorf("read ipv4 flows: %w", err)
+	}
+	it = d.objs.Flows6.Iterate()
+	for it.Next(&k6, &v) {
+		out = append(out, flowFromRaw(k6, v))
+	}
+	if err := it.Err(); err != nil {
+		return nil, fmt.Errorf("read ipv6 flows: %w", err)
 	}
 	return out, nil
 }
 
-// FlowCount counts connection-table entries.
+// FlowCount counts connection-table entries of both families.
 func (d *Datapath) FlowCount() (int, error) {
-	n := 0
-	var k bpf.LbFlowKey
-	var v bpf.LbFlowState
-	it := d.objs.Flows.Iterate()
-	for it.Next(&k, &v) {
-		n++
-	}
-	if err := it.Err(); err != nil {
-		return 0, fmt.Errorf("count flows: %w", err)
-	}
-	return n, nil
+	flows, err := d.Flows()
+	return len(flows), err
 }
 
-// FlowTableSize is the connection table's capacity.
-func (d *Datapath) FlowTableSize() uint32 { return d.objs.Flows.MaxEntries() }
+// FlowTableSize is the capacity of each connection table.
+func (d *Datapath) FlowTableSize() uint32 { return d.objs.Flows4.MaxEntries() }

@@ -184,3 +184,28 @@ func TestLoadBadInterface(t *testing.T) {
 		t.Fatalf("err = %v, want a clear interface error", err)
 	}
 }
+
+// TestNewFlowGuard: past the per-CPU new-flow limit, new flows are still
+// forwarded by the ring but no longer written to the table.
+func TestNewFlowGuard(t *testing.T) {
+	f := newFixture(t, seed)
+	if _, err := f.d.SetConfig(Config{Seed: seed, MAC: lbMAC, NewFlowLimit: 2}); err != nil {
+		t.Fatal(err)
+	}
+	clients := []string{"192.0.2.1:1000", "192.0.2.2:1000", "192.0.2.3:1000"}
+	for _, c := range clients {
+		if act, _ := f.run(t, pkt4(t, c, "10.0.0.100:80", synSeg)); act != xdpTx {
+			t.Fatalf("%s: action %d, want XDP_TX", c, act)
+		}
+	}
+	for i, c := range clients {
+		_, ok, err := f.d.LookupFlow(netip.MustParseAddrPort(c), netip.MustParseAddrPort("10.0.0.100:80"), TCP)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if want := i < 2; ok != want {
+			t.Errorf("flow %d tracked = %v, want %v", i, ok, want)
+		}
+	}
+	checkStats(t, f, map[Stat]uint64{StatTxIPIP: 3, StatCTFloodSkip: 1}, 60)
+}

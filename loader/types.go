@@ -130,7 +130,17 @@ type Config struct {
 	// EncapSrc6 is the /96 prefix of IPv6 outer sources; the low 32 bits
 	// carry per-flow entropy.
 	EncapSrc6 netip.Addr
+	// NewFlowLimit caps new connection-table entries per CPU per second;
+	// flows beyond it are steered by the ring alone. 0 means
+	// DefaultNewFlowLimit; NoNewFlowLimit disables the guard.
+	NewFlowLimit uint32
 }
+
+// New-flow guard settings.
+const (
+	DefaultNewFlowLimit = 125000
+	NoNewFlowLimit      = ^uint32(0)
+)
 
 // Default outer source prefixes (documented in docs/datapath.md).
 var (
@@ -163,6 +173,7 @@ const (
 	StatCTMiss          = Stat(bpf.LbSluiceStatSLUICE_STAT_CT_MISS)
 	StatCTResteer       = Stat(bpf.LbSluiceStatSLUICE_STAT_CT_RESTEER)
 	StatICMPTooBig      = Stat(bpf.LbSluiceStatSLUICE_STAT_ICMP_TOO_BIG)
+	StatCTFloodSkip     = Stat(bpf.LbSluiceStatSLUICE_STAT_CT_FLOOD_SKIP)
 	numStats            = int(bpf.LbSluiceStatSLUICE_STAT_MAX)
 )
 
@@ -181,6 +192,7 @@ var statNames = [...]string{
 	StatCTMiss:          "ct_miss",
 	StatCTResteer:       "ct_resteer",
 	StatICMPTooBig:      "icmp_too_big",
+	StatCTFloodSkip:     "ct_flood_skip",
 }
 
 func (s Stat) String() string {

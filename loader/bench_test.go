@@ -192,13 +192,12 @@ func BenchmarkDataplane(b *testing.B) {
 	defer reflect.Close()
 
 	type config struct {
-		name     string
-		attach   func() (*ebpf.Program, io.Closer)
-		syn      bool
-		clients  uint32
-		limitNs  float64
-		minMpps  float64
-		warmSame bool
+		name    string
+		attach  func() (*ebpf.Program, io.Closer)
+		syn     bool
+		clients uint32
+		limitNs float64
+		minMpps float64
 	}
 	attachReflector := func() (*ebpf.Program, io.Closer) {
 		var l link.Link

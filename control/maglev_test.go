@@ -1,0 +1,182 @@
+package control
+
+import (
+	"fmt"
+	"math/rand/v2"
+	"slices"
+	"testing"
+
+	"pgregory.net/rapid"
+)
+
+func backends(n int) []MaglevBackend {
+	out := make([]MaglevBackend, n)
+	for i := range out {
+		out[i] = MaglevBackend{ID: fmt.Sprintf("10.%d.%d.%d", i>>16&255, i>>8&255, i&255), Weight: 1, Slot: uint32(i + 1)}
+	}
+	return out
+}
+
+func counts(table []uint32) map[uint32]int {
+	c := map[uint32]int{}
+	for _, s := range table {
+		c[s]++
+	}
+	return c
+}
+
+// TestMaglevBalanceProperty: unweighted, every backend owns ⌊M/N⌋ or ⌈M/N⌉ slots.
+func TestMaglevBalanceProperty(t *testing.T) {
+	rapid.Check(t, func(t *rapid.T) {
+		m := rapid.SampledFrom([]uint32{13, 251, 4099, 65537}).Draw(t, "m")
+		n := rapid.IntRange(1, min(300, int(m))).Draw(t, "n")
+		seed := rapid.Uint64().Draw(t, "seed")
+		table, err := BuildMaglev(backends(n), m, seed)
+		if err != nil {
+			t.Fatal(err)
+		}
+		lo, hi := int(m)/n, (int(m)+n-1)/n
+		c := counts(table)
+		if len(c) != n {
+			t.Fatalf("%d backends own slots, want %d", len(c), n)
+		}
+		for s, k := range c {
+			if k < lo || k > hi {
+				t.Fatalf("backend %d owns %d slots, want %d..%d", s, k, lo, hi)
+			}
+		}
+	})
+}
+
+// TestMaglevDeterminism: the same set in any order gives the same table.
+func TestMaglevDeterminism(t *testing.T) {
+	rapid.Check(t, func(t *rapid.T) {
+		n := rapid.IntRange(1, 100).Draw(t, "n")
+		bs := backends(n)
+		for i := range bs {
+			bs[i].Weight = rapid.Uint32Range(0, 5).Draw(t, "w")
+		}
+		seed := rapid.Uint64().Draw(t, "seed")
+		a, err := BuildMaglev(bs, 4099, seed)
+		if err != nil {
+			t.Fatal(err)
+		}
+		shuffled := slices.Clone(bs)
+		r := rand.New(rand.NewPCG(seed, 1))
+		r.Shuffle(len(shuffled), func(i, j int) { shuffled[i], shuffled[j] = shuffled[j], shuffled[i] })
+		b, err := BuildMaglev(shuffled, 4099, seed)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !slices.Equal(a, b) {
+			t.Fatal("same backends in another order gave another table")
+		}
+	})
+}
+
+// TestMaglevWeights: a backend of weight w owns w/W of the table within w
+// slots (one slot per weight unit).
+func TestMaglevWeights(t *testing.T) {
+	for _, ws := range [][]uint32{{2, 1, 1}, {3, 1}, {1, 2, 3, 4}, {10, 1, 1, 1}, {4, 2}} {
+		bs := backends(len(ws))
+		total := uint32(0)
+		for i, w := range ws {
+			bs[i].Weight = w
+			total += w
+		}
+		const m = 65537
+		table, err := BuildMaglev(bs, m, 7)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c := counts(table)
+		for i, w := range ws {
+			want := float64(m) * float64(w) / float64(total)
+			got := float64(c[bs[i].Slot])
+			if d := got - want; d > float64(w) || -d > float64(w) {
+				t.Errorf("weights %v: backend %d (w=%d) owns %.0f slots, want %.1f ± %d", ws, i, w, got, want, w)
+			}
+		}
+		t.Logf("weights %v: slots %v", ws, func() []int {
+			var out []int
+			for i := range ws {
+				out = append(out, c[bs[i].Slot])
+			}
+			return out
+		}())
+	}
+}
+
+// TestMaglevResilience reproduces the paper's Fig. 12 setting: N=1000 at
+// M=65537; when 1% and 3% of backends fail, at most 3% of the slots move
+// between surviving backends.
+func TestMaglevResilience(t *testing.T) {
+	const m, n = 65537, 1000
+	all := backends(n)
+	before, err := BuildMaglev(all, m, 42)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, frac := range []float64{0.01, 0.03} {
+		r := rand.New(rand.NewPCG(uint64(frac*1000), 9))
+		failed := map[uint32]bool{}
+		for len(failed) < int(frac*n) {
+			failed[all[r.IntN(n)].Slot] = true
+		}
+		var alive []MaglevBackend
+		for _, b := range all {
+			if !failed[b.Slot] {
+				alive = append(alive, b)
+			}
+		}
+		after, err := BuildMaglev(alive, m, 42)
+		if err != nil {
+			t.Fatal(err)
+		}
+		moved := 0
+		for i := range before {
+			if !failed[before[i]] && before[i] != after[i] {
+				moved++
+			}
+		}
+		share := float64(moved) / m
+		t.Logf("%.0f%% of backends failed: %.2f%% of slots moved between survivors (%d)", 100*frac, 100*share, moved)
+		if share > 0.03 {
+			t.Errorf("%.0f%% failed: %.2f%% of slots moved between survivors, want ≤ 3%%", 100*frac, 100*share)
+		}
+	}
+}
+
+func TestMaglevRejectsBadInput(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		bs   []MaglevBackend
+		m    uint32
+	}{
+		{"size not prime", backends(3), 65536},
+		{"duplicate id", append(backends(2), MaglevBackend{ID: "10.0.0.0", Weight: 1, Slot: 9}), 13},
+		{"slot zero", []MaglevBackend{{ID: "a", Weight: 1}}, 13},
+		{"more backends than slots", backends(20), 13},
+	} {
+		if _, err := BuildMaglev(tc.bs, tc.m, 1); err == nil {
+			t.Errorf("%s: accepted", tc.name)
+		}
+	}
+	table, err := BuildMaglev(nil, 13, 1)
+	if err != nil || slices.ContainsFunc(table, func(s uint32) bool { return s != 0 }) {
+		t.Fatalf("no backends: %v %v, want an all-zero table", table, err)
+	}
+}
+
+func BenchmarkMaglev(b *testing.B) {
+	for _, m := range []uint32{65537, 655373} {
+		b.Run(fmt.Sprintf("M=%d,N=1000", m), func(b *testing.B) {
+			bs := backends(1000)
+			for b.Loop() {
+				if _, err := BuildMaglev(bs, m, 1); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}

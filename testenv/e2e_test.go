@@ -7,14 +7,14 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sluicelb/sluice/control"
 	"github.com/sluicelb/sluice/loader"
 )
 
 const e2eConns = 300
 
 // lbForVIP attaches the load balancer in the lab's LB namespace and
-// configures one TCP VIP over all backends. The ring here is a plain
-// round-robin fill; Maglev lives in the control plane.
+// configures one TCP VIP over all backends with a Maglev ring.
 func lbForVIP(t *testing.T, lab *Lab, fwd loader.Forward, seed uint32) (*loader.Datapath, loader.VIPKey) {
 	t.Helper()
 	ctx := context.Background()
@@ -30,14 +30,16 @@ func lbForVIP(t *testing.T, lab *Lab, fwd loader.Forward, seed uint32) (*loader.
 	if _, err := d.SetVIP(vip, loader.VIP{ID: 0, Forward: fwd}); err != nil {
 		t.Fatal(err)
 	}
+	var mb []control.MaglevBackend
 	for i, b := range lab.Backends {
 		if _, err := d.SetBackend(uint32(i+1), loader.Backend{Addr: b.Addr.Addr(), VIPID: 0, Flags: loader.BackendUsable, MAC: b.MAC}); err != nil {
 			t.Fatal(err)
 		}
+		mb = append(mb, control.MaglevBackend{ID: b.Addr.Addr().String(), Weight: 1, Slot: uint32(i + 1)})
 	}
-	ring := make([]uint32, 4099)
-	for i := range ring {
-		ring[i] = uint32(i%len(lab.Backends)) + 1
+	ring, err := control.BuildMaglev(mb, 65537, uint64(seed))
+	if err != nil {
+		t.Fatal(err)
 	}
 	if _, err := d.ReplaceRing(vip, ring); err != nil {
 		t.Fatal(err)

@@ -1,0 +1,229 @@
+package health
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"sync"
+	"time"
+)
+
+// State is a backend's health state as probes see it.
+type State string
+
+// Health states. Draining and disabled are administrative states the
+// control plane layers on top.
+const (
+	Up   State = "up"
+	Down State = "down"
+)
+
+// Settings time a probe and its state machine.
+type Settings struct {
+	Interval  time.Duration // between probes in a steady state
+	Timeout   time.Duration // per probe
+	FastInter time.Duration // between probes while in transition (0: Interval)
+	Rise      int           // consecutive passes to become up
+	Fall      int           // consecutive failures to become down
+}
+
+// Defaults are HAProxy's: inter 2s, rise 2, fall 3.
+var Defaults = Settings{Interval: 2 * time.Second, Timeout: time.Second, Rise: 2, Fall: 3}
+
+// Validate checks settings, naming the bad field.
+func (s Settings) Validate() error {
+	switch {
+	case s.Interval <= 0:
+		return fmt.Errorf("interval %v: must be positive", s.Interval)
+	case s.Timeout <= 0:
+		return fmt.Errorf("timeout %v: must be positive", s.Timeout)
+	case s.FastInter < 0:
+		return fmt.Errorf("fastinter %v: must not be negative", s.FastInter)
+	case s.Rise < 1:
+		return fmt.Errorf("rise %d: must be at least 1", s.Rise)
+	case s.Fall < 1:
+		return fmt.Errorf("fall %d: must be at least 1", s.Fall)
+	}
+	return nil
+}
+
+// Check is one probe with its settings; equal Checks run once.
+type Check struct {
+	Probe    Probe
+	Settings Settings
+}
+
+// ID identifies a check.
+type ID struct {
+	Probe    Key
+	Settings Settings
+}
+
+// ID returns the check's identity.
+func (c Check) ID() ID { return ID{c.Probe.Key(), c.Settings} }
+
+// Event is a state transition of a check.
+type Event struct {
+	Check  ID
+	From   State
+	To     State
+	Time   time.Time
+	Reason string
+}
+
+// Result is the outcome of one probe run.
+type Result struct {
+	Check    ID
+	Type     Type
+	Duration time.Duration
+	Err      error
+}
+
+// Manager runs checks. Transitions go to OnEvent, every probe result to
+// OnResult; both are called from the checks' goroutines.
+type Manager struct {
+	OnEvent  func(Event)
+	OnResult func(Result)
+
+	mu     sync.Mutex
+	checks map[ID]*runner
+	wg     sync.WaitGroup
+}
+
+type runner struct {
+	check  Check
+	cancel context.CancelFunc
+	mu     sync.Mutex
+	state  State
+	since  time.Time
+	reason string
+}
+
+// Status is a check's current view.
+type Status struct {
+	State  State
+	Since  time.Time
+	Reason string
+}
+
+// Sync makes the running set exactly checks. A new check starts in its
+// initial state (initial[id], or Down until rise passes when absent; a
+// check of type none is up at once); a running check keeps its state.
+func (m *Manager) Sync(ctx context.Context, checks []Check, initial map[ID]State) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.checks == nil {
+		m.checks = map[ID]*runner{}
+	}
+	want := map[ID]Check{}
+	for _, c := range checks {
+		want[c.ID()] = c
+	}
+	for id, r := range m.checks {
+		if _, ok := want[id]; !ok {
+			r.cancel()
+			delete(m.checks, id)
+		}
+	}
+	for id, c := range want {
+		if _, ok := m.checks[id]; ok {
+			continue
+		}
+		st, ok := initial[id]
+		if !ok {
+			st = Down
+		}
+		reason := "initial state"
+		if c.Probe.Type == None {
+			st, reason = Up, "no health check"
+		}
+		rctx, cancel := context.WithCancel(ctx)
+		r := &runner{check: c, cancel: cancel, state: st, since: time.Now(), reason: reason}
+		m.checks[id] = r
+		if c.Probe.Type == None {
+			continue
+		}
+		m.wg.Add(1)
+		go m.run(rctx, r)
+	}
+}
+
+// Status reports a check's state.
+func (m *Manager) Status(id ID) (Status, bool) {
+	m.mu.Lock()
+	r, ok := m.checks[id]
+	m.mu.Unlock()
+	if !ok {
+		return Status{}, false
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return Status{r.state, r.since, r.reason}, true
+}
+
+// Stop stops every check and waits for them.
+func (m *Manager) Stop() {
+	m.mu.Lock()
+	for id, r := range m.checks {
+		r.cancel()
+		delete(m.checks, id)
+	}
+	m.mu.Unlock()
+	m.wg.Wait()
+}
+
+func (m *Manager) run(ctx context.Context, r *runner) {
+	defer m.wg.Done()
+	s := r.check.Settings
+	fast := s.FastInter
+	if fast <= 0 {
+		fast = s.Interval
+	}
+	// Staggered start: checks of many backends do not fire together.
+	timer := time.NewTimer(rand.N(s.Interval) + time.Millisecond)
+	defer timer.Stop()
+	passes, fails := 0, 0
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-timer.C:
+		}
+		start := time.Now()
+		err := r.check.Probe.Run(ctx, s.Timeout)
+		if ctx.Err() != nil {
+			return
+		}
+		if m.OnResult != nil {
+			m.OnResult(Result{Check: r.check.ID(), Type: r.check.Probe.Type, Duration: time.Since(start), Err: err})
+		}
+		r.mu.Lock()
+		from := r.state
+		var ev *Event
+		if err == nil {
+			passes, fails = passes+1, 0
+			if r.state == Down && passes >= s.Rise {
+				r.state, r.since, r.reason = Up, time.Now(), fmt.Sprintf("%d consecutive checks passed", passes)
+			}
+		} else {
+			fails, passes = fails+1, 0
+			r.reason = err.Error()
+			if r.state == Up && fails >= s.Fall {
+				r.state, r.since = Down, time.Now()
+			}
+		}
+		if r.state != from {
+			ev = &Event{Check: r.check.ID(), From: from, To: r.state, Time: r.since, Reason: r.reason}
+		}
+		transition := (r.state == Up && fails > 0) || (r.state == Down && passes > 0)
+		r.mu.Unlock()
+		if ev != nil && m.OnEvent != nil {
+			m.OnEvent(*ev)
+		}
+		next := s.Interval
+		if transition {
+			next = fast
+		}
+		timer.Reset(max(0, next-time.Since(start)))
+	}
+}

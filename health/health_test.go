@@ -1,0 +1,216 @@
+package health
+
+import (
+	"context"
+	"errors"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"net/netip"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+func addrOf(t *testing.T, a string) netip.AddrPort {
+	t.Helper()
+	ap, err := netip.ParseAddrPort(a)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ap
+}
+
+func closedPort(t *testing.T) netip.AddrPort {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := addrOf(t, l.Addr().String())
+	l.Close()
+	return a
+}
+
+func TestProbes(t *testing.T) {
+	ok := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/bad" {
+			w.WriteHeader(503)
+			return
+		}
+		w.Write([]byte("service healthy"))
+	}))
+	defer ok.Close()
+	tlsSrv := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.Write([]byte("tls ok")) }))
+	defer tlsSrv.Close()
+	hang, err := net.Listen("tcp", "127.0.0.1:0") // accepts (backlog) but never answers
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer hang.Close()
+	udpEcho, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer udpEcho.Close()
+	go func() {
+		buf := make([]byte, 64)
+		for {
+			n, from, err := udpEcho.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			udpEcho.WriteTo(buf[:n], from)
+		}
+	}()
+	udpClosed := func() netip.AddrPort {
+		c, _ := net.ListenPacket("udp", "127.0.0.1:0")
+		a := addrOf(t, c.LocalAddr().String())
+		c.Close()
+		return a
+	}()
+	httpAddr := addrOf(t, strings.TrimPrefix(ok.URL, "http://"))
+	tlsAddr := addrOf(t, strings.TrimPrefix(tlsSrv.URL, "https://"))
+
+	cases := []struct {
+		name   string
+		probe  Probe
+		reason string // "" means pass
+	}{
+		{"tcp open", Probe{Type: TCP, Addr: httpAddr}, ""},
+		{"tcp refused", Probe{Type: TCP, Addr: closedPort(t)}, "connect: connection refused"},
+		{"http 200", Probe{Type: HTTP, Addr: httpAddr}, ""},
+		{"http body match", Probe{Type: HTTP, Addr: httpAddr, BodyContain: "healthy"}, ""},
+		{"http body mismatch", Probe{Type: HTTP, Addr: httpAddr, BodyContain: "nope"}, `http 200: body lacks "nope"`},
+		{"http 503", Probe{Type: HTTP, Addr: httpAddr, Path: "/bad"}, "http 503"},
+		{"http 503 expected", Probe{Type: HTTP, Addr: httpAddr, Path: "/bad", Codes: "500-599"}, ""},
+		{"http refused", Probe{Type: HTTP, Addr: closedPort(t)}, "connection refused"},
+		{"http timeout", Probe{Type: HTTP, Addr: addrOf(t, hang.Addr().String())}, "timeout after 150ms"},
+		{"https no verify", Probe{Type: HTTPS, Addr: tlsAddr}, ""},
+		{"https verify fails on self-signed", Probe{Type: HTTPS, Addr: tlsAddr, TLSVerify: true}, "certificate"},
+		{"udp reply", Probe{Type: UDP, Addr: addrOf(t, udpEcho.LocalAddr().String())}, ""},
+		{"udp port unreachable", Probe{Type: UDP, Addr: udpClosed}, "udp: port unreachable"},
+		{"none", Probe{Type: None}, ""},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			err := tc.probe.Run(context.Background(), 150*time.Millisecond)
+			switch {
+			case tc.reason == "" && err != nil:
+				t.Fatalf("failed: %v", err)
+			case tc.reason != "" && err == nil:
+				t.Fatalf("passed, want failure %q", tc.reason)
+			case tc.reason != "" && !strings.Contains(err.Error(), tc.reason):
+				t.Fatalf("reason %q, want %q", err, tc.reason)
+			}
+		})
+	}
+}
+
+func TestParseCodes(t *testing.T) {
+	for _, good := range []string{"", "200", "200,204", "200-399", "200-299,404"} {
+		if err := ParseCodes(good); err != nil {
+			t.Errorf("%q: %v", good, err)
+		}
+	}
+	for _, bad := range []string{"abc", "99", "300-200", "200-", "700"} {
+		if err := ParseCodes(bad); err == nil {
+			t.Errorf("%q accepted", bad)
+		}
+	}
+}
+
+// flaky is a probe target whose answer the test switches.
+type flaky struct{ fail atomic.Bool }
+
+func (f *flaky) dial(ctx context.Context, network, addr string) (net.Conn, error) {
+	if f.fail.Load() {
+		return nil, &net.OpError{Op: "connect", Err: errors.New("connection refused")}
+	}
+	a, b := net.Pipe()
+	b.Close()
+	return a, nil
+}
+
+// TestStateMachine: down until rise passes, up until fall failures; each
+// transition is one event with a reason.
+func TestStateMachine(t *testing.T) {
+	f := &flaky{}
+	events := make(chan Event, 10)
+	var probes atomic.Int64
+	m := &Manager{OnEvent: func(e Event) { events <- e }, OnResult: func(Result) { probes.Add(1) }}
+	defer m.Stop()
+	c := Check{Probe: Probe{Type: TCP, Addr: addrOf(t, "192.0.2.1:80"), Dial: f.dial},
+		Settings: Settings{Interval: 20 * time.Millisecond, Timeout: 10 * time.Millisecond, Rise: 3, Fall: 2}}
+	m.Sync(context.Background(), []Check{c}, nil)
+	next := func() Event {
+		select {
+		case e := <-events:
+			return e
+		case <-time.After(5 * time.Second):
+			t.Fatal("no transition")
+		}
+		return Event{}
+	}
+	e := next()
+	if e.From != Down || e.To != Up || !strings.Contains(e.Reason, "3 consecutive") {
+		t.Fatalf("first event %+v, want down->up after 3 passes", e)
+	}
+	if n := probes.Load(); n < 3 {
+		t.Fatalf("up after %d probes, want rise=3", n)
+	}
+	base := probes.Load()
+	f.fail.Store(true)
+	e = next()
+	if e.To != Down || !strings.Contains(e.Reason, "refused") {
+		t.Fatalf("event %+v, want up->down with the failure reason", e)
+	}
+	if n := probes.Load() - base; n < 2 {
+		t.Fatalf("down after %d failed probes, want fall=2", n)
+	}
+	f.fail.Store(false)
+	if e = next(); e.To != Up {
+		t.Fatalf("event %+v, want recovery", e)
+	}
+	if st, ok := m.Status(c.ID()); !ok || st.State != Up {
+		t.Fatalf("status %+v", st)
+	}
+}
+
+// TestSharedChecks: two identical checks run once.
+func TestSharedChecks(t *testing.T) {
+	var dials atomic.Int64
+	dial := func(ctx context.Context, network, addr string) (net.Conn, error) {
+		dials.Add(1)
+		a, b := net.Pipe()
+		b.Close()
+		return a, nil
+	}
+	c := Check{Probe: Probe{Type: TCP, Addr: addrOf(t, "192.0.2.1:80"), Dial: dial},
+		Settings: Settings{Interval: 10 * time.Millisecond, Timeout: 5 * time.Millisecond, Rise: 1, Fall: 1}}
+	m := &Manager{}
+	m.Sync(context.Background(), []Check{c, c}, nil)
+	m.mu.Lock()
+	n := len(m.checks)
+	m.mu.Unlock()
+	m.Stop()
+	if n != 1 {
+		t.Fatalf("%d runners for two identical checks", n)
+	}
+}
+
+func TestSettingsValidate(t *testing.T) {
+	if err := Defaults.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range []Settings{
+		{Timeout: 1, Rise: 1, Fall: 1},
+		{Interval: 1, Rise: 1, Fall: 1},
+		{Interval: 1, Timeout: 1, Fall: 1},
+		{Interval: 1, Timeout: 1, Rise: 1},
+	} {
+		if err := s.Validate(); err == nil {
+			t.Errorf("%+v accepted", s)
+		}
+	}
+}

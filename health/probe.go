@@ -1,0 +1,241 @@
+// Package health probes backends and runs the up/down state machine.
+package health
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/netip"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// Type is a probe type.
+type Type string
+
+// Probe types.
+const (
+	TCP   Type = "tcp"
+	HTTP  Type = "http"
+	HTTPS Type = "https"
+	UDP   Type = "udp"
+	None  Type = "none"
+)
+
+// ParseType parses a probe type.
+func ParseType(s string) (Type, error) {
+	switch t := Type(strings.ToLower(s)); t {
+	case TCP, HTTP, HTTPS, UDP, None:
+		return t, nil
+	}
+	return "", fmt.Errorf("check type %q: want tcp, http, https, udp or none", s)
+}
+
+// Probe describes one check of one target. Probes with equal fields are
+// the same probe and run once, however many VIPs share them.
+type Probe struct {
+	Type Type
+	Addr netip.AddrPort
+	// HTTP(S)
+	Method      string // default GET
+	Path        string // default /
+	Host        string // Host header; default the address
+	Codes       string // expected status codes, e.g. "200-399" (default) or "200,204"
+	BodyContain string // optional substring of the body
+	TLSVerify   bool   // https: verify the certificate
+	// UDP
+	Payload string // sent; a reply (any) is expected
+	// Dial optionally replaces the network dialer (tests, namespaces).
+	Dial func(ctx context.Context, network, addr string) (net.Conn, error) `json:"-"`
+}
+
+// Key identifies a probe for sharing (Dial is not part of the identity).
+type Key struct {
+	Type                                   Type
+	Addr                                   netip.AddrPort
+	Method, Path, Host, Codes, BodyContain string
+	TLSVerify                              bool
+	Payload                                string
+}
+
+// Key returns the probe's identity.
+func (p Probe) Key() Key {
+	return Key{p.Type, p.Addr, p.Method, p.Path, p.Host, p.Codes, p.BodyContain, p.TLSVerify, p.Payload}
+}
+
+func (p Probe) dial(ctx context.Context, network string) (net.Conn, error) {
+	if p.Dial != nil {
+		return p.Dial(ctx, network, p.Addr.String())
+	}
+	var d net.Dialer
+	return d.DialContext(ctx, network, p.Addr.String())
+}
+
+// Run performs the probe once within timeout. It returns nil when the
+// target passes, or an error that says why it failed.
+func (p Probe) Run(ctx context.Context, timeout time.Duration) error {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	var err error
+	switch p.Type {
+	case None:
+		return nil
+	case TCP:
+		var c net.Conn
+		if c, err = p.dial(ctx, "tcp"); err == nil {
+			c.Close()
+		}
+	case UDP:
+		err = p.runUDP(ctx)
+	case HTTP, HTTPS:
+		err = p.runHTTP(ctx)
+	default:
+		return fmt.Errorf("unknown check type %q", p.Type)
+	}
+	if err == nil {
+		return nil
+	}
+	if errors.Is(err, context.DeadlineExceeded) || errors.Is(ctx.Err(), context.DeadlineExceeded) || isTimeout(err) {
+		return fmt.Errorf("timeout after %v", timeout)
+	}
+	return simplify(err)
+}
+
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
+}
+
+// simplify turns "dial tcp 10.0.0.1:80: connect: connection refused" into
+// "connect: connection refused".
+func simplify(err error) error {
+	var oe *net.OpError
+	if errors.As(err, &oe) && oe.Err != nil {
+		if errors.Is(oe.Err, syscall.ECONNREFUSED) {
+			return errors.New("connect: connection refused")
+		}
+		return fmt.Errorf("%s: %v", oe.Op, oe.Err)
+	}
+	return err
+}
+
+func (p Probe) runUDP(ctx context.Context) error {
+	c, err := p.dial(ctx, "udp")
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	if dl, ok := ctx.Deadline(); ok {
+		c.SetDeadline(dl)
+	}
+	payload := p.Payload
+	if payload == "" {
+		payload = "sluice-health"
+	}
+	if _, err := c.Write([]byte(payload)); err != nil {
+		return err
+	}
+	buf := make([]byte, 512)
+	if _, err := c.Read(buf); err != nil {
+		// An ICMP port unreachable surfaces as ECONNREFUSED on a
+		// connected UDP socket.
+		if errors.Is(err, syscall.ECONNREFUSED) {
+			return errors.New("udp: port unreachable")
+		}
+		return err
+	}
+	return nil
+}
+
+func (p Probe) runHTTP(ctx context.Context) error {
+	scheme := "http"
+	if p.Type == HTTPS {
+		scheme = "https"
+	}
+	method := p.Method
+	if method == "" {
+		method = http.MethodGet
+	}
+	path := p.Path
+	if path == "" {
+		path = "/"
+	}
+	req, err := http.NewRequestWithContext(ctx, method, scheme+"://"+p.Addr.String()+path, nil)
+	if err != nil {
+		return err
+	}
+	if p.Host != "" {
+		req.Host = p.Host
+	}
+	tr := &http.Transport{
+		DialContext:       func(ctx context.Context, network, _ string) (net.Conn, error) { return p.dial(ctx, network) },
+		TLSClientConfig:   &tls.Config{InsecureSkipVerify: !p.TLSVerify, ServerName: p.Host}, //nolint:gosec // operator's choice
+		DisableKeepAlives: true,
+	}
+	defer tr.CloseIdleConnections()
+	resp, err := (&http.Client{Transport: tr, CheckRedirect: func(*http.Request, []*http.Request) error {
+		return http.ErrUseLastResponse
+	}}).Do(req)
+	if err != nil {
+		var ue interface{ Unwrap() error }
+		if errors.As(err, &ue) {
+			return simplify(ue.Unwrap())
+		}
+		return err
+	}
+	defer resp.Body.Close()
+	ok, err := codeMatches(p.Codes, resp.StatusCode)
+	if err != nil {
+		return err
+	}
+	if !ok {
+		return fmt.Errorf("http %d", resp.StatusCode)
+	}
+	if p.BodyContain != "" {
+		body, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+		if err != nil {
+			return fmt.Errorf("read body: %w", err)
+		}
+		if !strings.Contains(string(body), p.BodyContain) {
+			return fmt.Errorf("http %d: body lacks %q", resp.StatusCode, p.BodyContain)
+		}
+	}
+	return nil
+}
+
+// ParseCodes validates an expected-status expression: "200", "200,204",
+// "200-399", or a mix.
+func ParseCodes(s string) error {
+	_, err := codeMatches(s, 200)
+	return err
+}
+
+func codeMatches(spec string, code int) (bool, error) {
+	if spec == "" {
+		spec = "200-399"
+	}
+	var ok bool
+	for _, part := range strings.Split(spec, ",") {
+		part = strings.TrimSpace(part)
+		lo, hi, isRange := strings.Cut(part, "-")
+		var a, b int
+		if _, err := fmt.Sscanf(lo, "%d", &a); err != nil || a < 100 || a > 599 {
+			return false, fmt.Errorf("check codes %q: %q is not a status code", spec, lo)
+		}
+		b = a
+		if isRange {
+			if _, err := fmt.Sscanf(hi, "%d", &b); err != nil || b < a || b > 599 {
+				return false, fmt.Errorf("check codes %q: bad range %q", spec, part)
+			}
+		}
+		if code >= a && code <= b {
+			ok = true
+		}
+	}
+	return ok, nil
+}

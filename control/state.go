@@ -1,0 +1,277 @@
+package control
+
+import (
+	"encoding/json"
+	"fmt"
+	"net"
+	"net/netip"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/sluicelb/sluice/health"
+	"github.com/sluicelb/sluice/loader"
+)
+
+// Defaults of the desired state.
+const (
+	DefaultRingSize  = 65537
+	DefaultMinActive = 1
+	DefaultWeight    = 1
+)
+
+// Duration is a time.Duration written as "100ms" in JSON and YAML.
+type Duration time.Duration
+
+// MarshalText implements encoding.TextMarshaler.
+func (d Duration) MarshalText() ([]byte, error) { return []byte(time.Duration(d).String()), nil }
+
+// UnmarshalText implements encoding.TextUnmarshaler.
+func (d *Duration) UnmarshalText(b []byte) error {
+	v, err := time.ParseDuration(string(b))
+	if err != nil {
+		return fmt.Errorf("duration %q: %w", b, err)
+	}
+	*d = Duration(v)
+	return nil
+}
+
+// State is the desired state: what the operator asked for. Revision grows
+// by one with every committed change.
+type State struct {
+	Revision uint64 `json:"revision" yaml:"revision,omitempty"`
+	VIPs     []VIP  `json:"vips" yaml:"vips"`
+}
+
+// VIP is one virtual service.
+type VIP struct {
+	VIP        string    `json:"vip" yaml:"vip"` // ADDR:PORT/PROTO
+	Forward    string    `json:"forward" yaml:"forward"`
+	RingSize   uint32    `json:"ring_size" yaml:"ring_size"`
+	MinActive  int       `json:"min_active" yaml:"min_active"`
+	UDPTimeout Duration  `json:"udp_timeout" yaml:"udp_timeout"`
+	Backends   []Backend `json:"backends" yaml:"backends"`
+}
+
+// Backend is one backend of a VIP.
+type Backend struct {
+	Addr     string `json:"addr" yaml:"addr"`
+	Weight   uint32 `json:"weight" yaml:"weight"`
+	Drain    bool   `json:"drain,omitempty" yaml:"drain,omitempty"`
+	Disabled bool   `json:"disabled,omitempty" yaml:"disabled,omitempty"`
+	Standby  bool   `json:"standby,omitempty" yaml:"standby,omitempty"`
+	MAC      string `json:"mac,omitempty" yaml:"mac,omitempty"`
+	Check    Check  `json:"check" yaml:"check"`
+}
+
+// Check is a backend's health check.
+type Check struct {
+	Type      string   `json:"type" yaml:"type"`
+	Port      uint16   `json:"port,omitempty" yaml:"port,omitempty"` // default: the service port
+	Path      string   `json:"path,omitempty" yaml:"path,omitempty"`
+	Method    string   `json:"method,omitempty" yaml:"method,omitempty"`
+	Codes     string   `json:"codes,omitempty" yaml:"codes,omitempty"`
+	Body      string   `json:"body,omitempty" yaml:"body,omitempty"`
+	TLSVerify bool     `json:"tls_verify,omitempty" yaml:"tls_verify,omitempty"`
+	Payload   string   `json:"payload,omitempty" yaml:"payload,omitempty"`
+	Interval  Duration `json:"interval" yaml:"interval"`
+	Timeout   Duration `json:"timeout" yaml:"timeout"`
+	FastInter Duration `json:"fastinter,omitempty" yaml:"fastinter,omitempty"`
+	Rise      int      `json:"rise" yaml:"rise"`
+	Fall      int      `json:"fall" yaml:"fall"`
+}
+
+// ParseVIPKey parses "10.0.0.1:80/tcp" or "[2001:db8::1]:443/tcp".
+func ParseVIPKey(s string) (loader.VIPKey, error) {
+	ap, proto, ok := strings.Cut(s, "/")
+	if !ok {
+		return loader.VIPKey{}, fmt.Errorf("vip %q: want ADDR:PORT/PROTO, e.g. 10.0.0.100:80/tcp or [2001:db8::1]:443/tcp", s)
+	}
+	p, err := loader.ParseProto(proto)
+	if err != nil {
+		return loader.VIPKey{}, fmt.Errorf("vip %q: %w", s, err)
+	}
+	host, port, err := net.SplitHostPort(ap)
+	if err != nil {
+		return loader.VIPKey{}, fmt.Errorf("vip %q: want ADDR:PORT/PROTO: %v", s, err)
+	}
+	addr, err := netip.ParseAddr(host)
+	if err != nil || addr.Zone() != "" || addr.Is4In6() {
+		return loader.VIPKey{}, fmt.Errorf("vip %q: %q is not an IP address", s, host)
+	}
+	n, err := strconv.ParseUint(port, 10, 16)
+	if err != nil {
+		return loader.VIPKey{}, fmt.Errorf("vip %q: port %q is not a number from 0 to 65535", s, port)
+	}
+	return loader.VIPKey{Addr: addr, Port: uint16(n), Proto: p}, nil
+}
+
+// FormatVIPKey writes the canonical form of a key.
+func FormatVIPKey(k loader.VIPKey) string {
+	return netip.AddrPortFrom(k.Addr, k.Port).String() + "/" + k.Proto.String()
+}
+
+// Normalize fills defaults and canonicalises names, so equal intents
+// compare equal. It does not validate.
+func (s *State) Normalize() {
+	for i := range s.VIPs {
+		v := &s.VIPs[i]
+		if k, err := ParseVIPKey(v.VIP); err == nil {
+			v.VIP = FormatVIPKey(k)
+		}
+		v.Forward = strings.ToLower(v.Forward)
+		if v.Forward == "" {
+			v.Forward = "ipip"
+		}
+		if v.RingSize == 0 {
+			v.RingSize = DefaultRingSize
+		}
+		if v.MinActive == 0 {
+			v.MinActive = DefaultMinActive
+		}
+		if v.UDPTimeout == 0 {
+			v.UDPTimeout = Duration(loader.DefaultUDPTimeout)
+		}
+		for j := range v.Backends {
+			b := &v.Backends[j]
+			if a, err := netip.ParseAddr(b.Addr); err == nil {
+				b.Addr = a.String()
+			}
+			if m, err := net.ParseMAC(b.MAC); err == nil {
+				b.MAC = m.String()
+			}
+			c := &b.Check
+			c.Type = strings.ToLower(c.Type)
+			if c.Type == "" {
+				c.Type = string(health.TCP)
+			}
+			if c.Interval == 0 {
+				c.Interval = Duration(health.Defaults.Interval)
+			}
+			if c.Timeout == 0 {
+				c.Timeout = Duration(health.Defaults.Timeout)
+			}
+			if c.Rise == 0 {
+				c.Rise = health.Defaults.Rise
+			}
+			if c.Fall == 0 {
+				c.Fall = health.Defaults.Fall
+			}
+		}
+		slices.SortFunc(v.Backends, func(a, b Backend) int { return strings.Compare(a.Addr, b.Addr) })
+	}
+	slices.SortFunc(s.VIPs, func(a, b VIP) int { return strings.Compare(a.VIP, b.VIP) })
+}
+
+// Validate checks every field and names the first bad one.
+func (s *State) Validate() error {
+	if len(s.VIPs) > loader.MaxVIPs {
+		return fmt.Errorf("vips: %d, at most %d", len(s.VIPs), loader.MaxVIPs)
+	}
+	seen := map[loader.VIPKey]bool{}
+	backends := 0
+	for i, v := range s.VIPs {
+		where := fmt.Sprintf("vips[%d] (%s)", i, v.VIP)
+		k, err := ParseVIPKey(v.VIP)
+		if err != nil {
+			return fmt.Errorf("vips[%d].vip: %w", i, err)
+		}
+		if seen[k] {
+			return fmt.Errorf("%s: listed twice", where)
+		}
+		seen[k] = true
+		fwd, err := loader.ParseForward(v.Forward)
+		if err != nil {
+			return fmt.Errorf("%s.forward: %w", where, err)
+		}
+		if v.RingSize < 2 || v.RingSize > loader.MaxRingSize || !isPrime(v.RingSize) {
+			return fmt.Errorf("%s.ring_size %d: must be a prime up to %d (e.g. 4099, 65537, 655373)", where, v.RingSize, loader.MaxRingSize)
+		}
+		if v.MinActive < 1 {
+			return fmt.Errorf("%s.min_active %d: must be at least 1", where, v.MinActive)
+		}
+		if v.UDPTimeout <= 0 {
+			return fmt.Errorf("%s.udp_timeout %v: must be positive", where, time.Duration(v.UDPTimeout))
+		}
+		addrs := map[netip.Addr]bool{}
+		for j, b := range v.Backends {
+			bw := fmt.Sprintf("%s.backends[%d]", where, j)
+			a, err := netip.ParseAddr(b.Addr)
+			if err != nil || a.Zone() != "" || a.Is4In6() {
+				return fmt.Errorf("%s.addr %q: not an IP address", bw, b.Addr)
+			}
+			if addrs[a] {
+				return fmt.Errorf("%s.addr %s: listed twice", bw, a)
+			}
+			addrs[a] = true
+			if k.Addr.Is6() && a.Is4() && fwd == loader.ForwardIPIP {
+				return fmt.Errorf("%s.addr %s: an IPv6 VIP cannot be encapsulated to an IPv4 backend", bw, a)
+			}
+			if b.MAC != "" {
+				if m, err := net.ParseMAC(b.MAC); err != nil || len(m) != 6 {
+					return fmt.Errorf("%s.mac %q: not an Ethernet address", bw, b.MAC)
+				}
+			}
+			if err := validateCheck(b.Check); err != nil {
+				return fmt.Errorf("%s.check.%w", bw, err)
+			}
+			backends++
+		}
+		if uint32(len(v.Backends)) > v.RingSize {
+			return fmt.Errorf("%s: %d backends do not fit a ring of %d", where, len(v.Backends), v.RingSize)
+		}
+	}
+	if backends >= loader.MaxBackends {
+		return fmt.Errorf("backends: %d in all, at most %d", backends, loader.MaxBackends-1)
+	}
+	return nil
+}
+
+func validateCheck(c Check) error {
+	if _, err := health.ParseType(c.Type); err != nil {
+		return fmt.Errorf("type: %w", err)
+	}
+	if c.Codes != "" {
+		if err := health.ParseCodes(c.Codes); err != nil {
+			return fmt.Errorf("codes: %w", err)
+		}
+	}
+	if c.Path != "" && !strings.HasPrefix(c.Path, "/") {
+		return fmt.Errorf("path %q: must start with /", c.Path)
+	}
+	s := health.Settings{Interval: time.Duration(c.Interval), Timeout: time.Duration(c.Timeout),
+		FastInter: time.Duration(c.FastInter), Rise: c.Rise, Fall: c.Fall}
+	if err := s.Validate(); err != nil {
+		return err
+	}
+	return nil
+}
+
+// Clone deep-copies a state.
+func (s State) Clone() State {
+	b, _ := json.Marshal(s)
+	var out State
+	_ = json.Unmarshal(b, &out)
+	return out
+}
+
+// FindVIP returns the index of the VIP with key k, or -1.
+func (s *State) FindVIP(k loader.VIPKey) int {
+	for i, v := range s.VIPs {
+		if vk, err := ParseVIPKey(v.VIP); err == nil && vk == k {
+			return i
+		}
+	}
+	return -1
+}
+
+// FindBackend returns the index of backend addr in v, or -1.
+func (v *VIP) FindBackend(addr netip.Addr) int {
+	for i, b := range v.Backends {
+		if a, err := netip.ParseAddr(b.Addr); err == nil && a == addr {
+			return i
+		}
+	}
+	return -1
+}

@@ -1,0 +1,208 @@
+package control
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+// Store keeps the desired state durably. Today a bbolt file on the LB
+// node; an etcd-backed store takes its place for active/active fleets.
+type Store interface {
+	// Load returns the committed state (revision 0 and no VIPs when empty).
+	Load() (State, error)
+	// Commit applies change to the committed state in one transaction: the
+	// result is normalised, validated and stored with the next revision,
+	// or nothing changes. A change that leaves the state equal commits
+	// nothing and returns the state as it was.
+	Commit(change func(*State) error) (State, error)
+	Close() error
+}
+
+var (
+	bucketName = []byte("sluice")
+	stateKey   = []byte("state")
+)
+
+// BoltStore is the bbolt Store. Every commit also archives the previous
+// state, Seesaw-style, as <dir>/archive/state-<revision>-<unix>.json.
+type BoltStore struct {
+	db          *bolt.DB
+	dir         string
+	archiveKeep int
+}
+
+// OpenBoltStore opens (creating) <dir>/state.db; dir is made 0700.
+func OpenBoltStore(dir string, archiveKeep int) (*BoltStore, error) {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("state dir %s: %w", dir, err)
+	}
+	if err := os.Chmod(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("state dir %s: %w", dir, err)
+	}
+	db, err := bolt.Open(filepath.Join(dir, "state.db"), 0o600, &bolt.Options{Timeout: 2 * time.Second})
+	if err != nil {
+		return nil, fmt.Errorf("open state %s: %w (is another sluice daemon running?)", filepath.Join(dir, "state.db"), err)
+	}
+	if err := db.Update(func(tx *bolt.Tx) error {
+		_, err := tx.CreateBucketIfNotExists(bucketName)
+		return err
+	}); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("init state: %w", err)
+	}
+	return &BoltStore{db: db, dir: dir, archiveKeep: archiveKeep}, nil
+}
+
+// Load implements Store.
+func (s *BoltStore) Load() (State, error) {
+	var st State
+	err := s.db.View(func(tx *bolt.Tx) error {
+		raw := tx.Bucket(bucketName).Get(stateKey)
+		if raw == nil {
+			return nil
+		}
+		return json.Unmarshal(raw, &st)
+	})
+	if err != nil {
+		return State{}, fmt.Errorf("load state: %w", err)
+	}
+	return st, nil
+}
+
+// Commit implements Store.
+func (s *BoltStore) Commit(change func(*State) error) (State, error) {
+	var out State
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketName)
+		var cur State
+		if raw := b.Get(stateKey); raw != nil {
+			if err := json.Unmarshal(raw, &cur); err != nil {
+				return fmt.Errorf("decode committed state: %w", err)
+			}
+		}
+		next := cur.Clone()
+		if err := change(&next); err != nil {
+			return err
+		}
+		next.Normalize()
+		if err := next.Validate(); err != nil {
+			return err
+		}
+		next.Revision = cur.Revision
+		if statesEqual(cur, next) {
+			out = cur
+			return nil
+		}
+		next.Revision = cur.Revision + 1
+		raw, err := json.Marshal(next)
+		if err != nil {
+			return err
+		}
+		if cur.Revision > 0 {
+			if err := s.archive(cur); err != nil {
+				return err
+			}
+		}
+		out = next
+		return b.Put(stateKey, raw)
+	})
+	if err != nil {
+		return State{}, err
+	}
+	return out, nil
+}
+
+func statesEqual(a, b State) bool {
+	ja, _ := json.Marshal(a)
+	jb, _ := json.Marshal(b)
+	return string(ja) == string(jb)
+}
+
+// Close implements Store.
+func (s *BoltStore) Close() error { return s.db.Close() }
+
+// ArchiveDir is where previous states are kept.
+func (s *BoltStore) ArchiveDir() string { return filepath.Join(s.dir, "archive") }
+
+func (s *BoltStore) archive(prev State) error {
+	dir := s.ArchiveDir()
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("archive dir: %w", err)
+	}
+	snap, err := NewSnapshot(prev, time.Now())
+	if err != nil {
+		return err
+	}
+	name := fmt.Sprintf("state-%010d-%d.json", prev.Revision, time.Now().Unix())
+	if err := snap.WriteFile(filepath.Join(dir, name)); err != nil {
+		return fmt.Errorf("archive revision %d: %w", prev.Revision, err)
+	}
+	return s.prune()
+}
+
+func (s *BoltStore) prune() error {
+	entries, err := s.Archive()
+	if err != nil {
+		return err
+	}
+	if s.archiveKeep <= 0 || len(entries) <= s.archiveKeep {
+		return nil
+	}
+	for _, e := range entries[:len(entries)-s.archiveKeep] {
+		if err := os.Remove(e.Path); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("prune archive: %w", err)
+		}
+	}
+	return nil
+}
+
+// ArchiveEntry is one archived state.
+type ArchiveEntry struct {
+	Path     string    `json:"path"`
+	Revision uint64    `json:"revision"`
+	Time     time.Time `json:"time"`
+	Size     int64     `json:"size"`
+}
+
+// Archive lists archived states, oldest first.
+func (s *BoltStore) Archive() ([]ArchiveEntry, error) {
+	ents, err := os.ReadDir(s.ArchiveDir())
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read archive: %w", err)
+	}
+	var out []ArchiveEntry
+	for _, e := range ents {
+		name := e.Name()
+		if !strings.HasPrefix(name, "state-") || !strings.HasSuffix(name, ".json") {
+			continue
+		}
+		parts := strings.Split(strings.TrimSuffix(strings.TrimPrefix(name, "state-"), ".json"), "-")
+		if len(parts) != 2 {
+			continue
+		}
+		rev, err1 := strconv.ParseUint(parts[0], 10, 64)
+		ts, err2 := strconv.ParseInt(parts[1], 10, 64)
+		if err1 != nil || err2 != nil {
+			continue
+		}
+		info, err := e.Info()
+		if err != nil {
+			continue
+		}
+		out = append(out, ArchiveEntry{Path: filepath.Join(s.ArchiveDir(), name), Revision: rev, Time: time.Unix(ts, 0), Size: info.Size()})
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Revision < out[j].Revision })
+	return out, nil
+}

@@ -1,0 +1,198 @@
+package control
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"pgregory.net/rapid"
+)
+
+// genState draws a valid desired state.
+func genState(t *rapid.T) State {
+	var s State
+	nv := rapid.IntRange(0, 5).Draw(t, "vips")
+	for i := range nv {
+		v := VIP{
+			VIP:       fmt.Sprintf("10.0.%d.%d:%d/%s", i, rapid.IntRange(1, 254).Draw(t, "a"), rapid.IntRange(0, 65535).Draw(t, "port"), rapid.SampledFrom([]string{"tcp", "udp"}).Draw(t, "proto")),
+			Forward:   rapid.SampledFrom([]string{"ipip", "dsr"}).Draw(t, "fwd"),
+			RingSize:  rapid.SampledFrom([]uint32{4099, 65537, 655373}).Draw(t, "ring"),
+			MinActive: rapid.IntRange(1, 3).Draw(t, "min"),
+		}
+		nb := rapid.IntRange(0, 6).Draw(t, "backends")
+		for j := range nb {
+			v.Backends = append(v.Backends, Backend{
+				Addr:    fmt.Sprintf("10.1.%d.%d", i, j+1),
+				Weight:  rapid.Uint32Range(0, 10).Draw(t, "w"),
+				Drain:   rapid.Bool().Draw(t, "drain"),
+				Standby: rapid.Bool().Draw(t, "standby"),
+				Check: Check{Type: rapid.SampledFrom([]string{"tcp", "http", "udp", "none"}).Draw(t, "check"),
+					Interval: Duration(time.Duration(rapid.IntRange(1, 5000).Draw(t, "interval")) * time.Millisecond),
+					Rise:     rapid.IntRange(1, 5).Draw(t, "rise"), Fall: rapid.IntRange(1, 5).Draw(t, "fall")},
+			})
+		}
+		s.VIPs = append(s.VIPs, v)
+	}
+	s.Normalize()
+	return s
+}
+
+func openStore(t testing.TB) *BoltStore {
+	st, err := OpenBoltStore(t.TempDir(), 3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	return st
+}
+
+// TestBackupRoundTrip: restore(save(S)) == S for generated states.
+func TestBackupRoundTrip(t *testing.T) {
+	rapid.Check(t, func(rt *rapid.T) {
+		want := genState(rt)
+		if err := want.Validate(); err != nil {
+			rt.Fatalf("generator made an invalid state: %v", err)
+		}
+		src := openStore(t)
+		committed, err := src.Commit(func(s *State) error { s.VIPs = want.VIPs; return nil })
+		if err != nil {
+			rt.Fatal(err)
+		}
+		snap, err := NewSnapshot(committed, time.Now())
+		if err != nil {
+			rt.Fatal(err)
+		}
+		path := filepath.Join(t.TempDir(), "backup.json")
+		if err := snap.WriteFile(path); err != nil {
+			rt.Fatal(err)
+		}
+		data, err := os.ReadFile(path)
+		if err != nil {
+			rt.Fatal(err)
+		}
+		dst := openStore(t)
+		got, err := RestoreSnapshot(dst, data)
+		if err != nil {
+			rt.Fatalf("restore: %v", err)
+		}
+		a, _ := json.Marshal(got.VIPs)
+		b, _ := json.Marshal(committed.VIPs)
+		if !bytes.Equal(a, b) {
+			rt.Fatalf("restored state differs\n got %s\nwant %s", a, b)
+		}
+	})
+}
+
+func TestCommitIsAtomicAndRevisioned(t *testing.T) {
+	st := openStore(t)
+	s1, err := st.Commit(func(s *State) error {
+		s.VIPs = []VIP{{VIP: "10.0.0.1:80/tcp"}}
+		return nil
+	})
+	if err != nil || s1.Revision != 1 {
+		t.Fatalf("first commit: rev %d err %v", s1.Revision, err)
+	}
+	// A bad change commits nothing.
+	if _, err := st.Commit(func(s *State) error {
+		s.VIPs = append(s.VIPs, VIP{VIP: "10.0.0.2:80/tcp", RingSize: 12})
+		return nil
+	}); err == nil {
+		t.Fatal("invalid ring size accepted")
+	}
+	// An unchanged state commits nothing either.
+	s2, err := st.Commit(func(s *State) error { return nil })
+	if err != nil || s2.Revision != 1 {
+		t.Fatalf("no-op commit: rev %d err %v", s2.Revision, err)
+	}
+	for i := range 5 {
+		if _, err := st.Commit(func(s *State) error {
+			s.VIPs[0].MinActive = i + 2
+			return nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cur, _ := st.Load()
+	if cur.Revision != 6 || len(cur.VIPs) != 1 {
+		t.Fatalf("state %+v", cur)
+	}
+	arch, err := st.Archive()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(arch) != 3 || arch[2].Revision != 5 {
+		t.Fatalf("archive = %+v, want the last 3 previous revisions (3,4,5)", arch)
+	}
+}
+
+func TestValidateNamesTheField(t *testing.T) {
+	cases := map[string]VIP{
+		"vips[0].vip":                        {VIP: "10.0.0.1/tcp"},
+		"vips[0] (10.0.0.1:80/tcp).forward":  {VIP: "10.0.0.1:80/tcp", Forward: "nat"},
+		"ring_size 100":                      {VIP: "10.0.0.1:80/tcp", RingSize: 100},
+		"backends[0].addr":                   {VIP: "10.0.0.1:80/tcp", Backends: []Backend{{Addr: "nope"}}},
+		"backends[0].mac":                    {VIP: "10.0.0.1:80/tcp", Backends: []Backend{{Addr: "10.0.0.2", MAC: "zz"}}},
+		"backends[0].check.type":             {VIP: "10.0.0.1:80/tcp", Backends: []Backend{{Addr: "10.0.0.2", Check: Check{Type: "icmp"}}}},
+		"backends[0].check.codes":            {VIP: "10.0.0.1:80/tcp", Backends: []Backend{{Addr: "10.0.0.2", Check: Check{Type: "http", Codes: "abc"}}}},
+		"cannot be encapsulated to an IPv4":  {VIP: "[2001:db8::1]:80/tcp", Backends: []Backend{{Addr: "10.0.0.2"}}},
+		"backends[1].addr 10.0.0.2: listed":  {VIP: "10.0.0.1:80/tcp", Backends: []Backend{{Addr: "10.0.0.2"}, {Addr: "10.0.0.2"}}},
+	}
+	for want, v := range cases {
+		s := State{VIPs: []VIP{v}}
+		s.Normalize()
+		err := s.Validate()
+		if err == nil || !bytes.Contains([]byte(err.Error()), []byte(want)) {
+			t.Errorf("%+v: error %v, want it to name %q", v, err, want)
+		}
+	}
+}
+
+// FuzzSnapshot: every corrupt snapshot is refused and leaves the store as it was.
+func FuzzSnapshot(f *testing.F) {
+	st, err := OpenBoltStore(f.TempDir(), 10)
+	if err != nil {
+		f.Fatal(err)
+	}
+	defer st.Close()
+	base, err := st.Commit(func(s *State) error {
+		s.VIPs = []VIP{{VIP: "10.0.0.1:80/tcp", Backends: []Backend{{Addr: "10.0.1.1"}}}}
+		return nil
+	})
+	if err != nil {
+		f.Fatal(err)
+	}
+	good, _ := NewSnapshot(base, time.Unix(1700000000, 0))
+	goodBytes, _ := good.Marshal()
+	f.Add(goodBytes)
+	f.Add(goodBytes[:len(goodBytes)/2])
+	f.Add(bytes.Replace(goodBytes, []byte(`"10.0.1.1"`), []byte(`"10.0.1.2"`), 1))
+	f.Add([]byte(`{}`))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		before, err := st.Load()
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, perr := ParseSnapshot(data)
+		after, rerr := RestoreSnapshot(st, data)
+		if (perr == nil) != (rerr == nil) {
+			t.Fatalf("parse and restore disagree: %v / %v", perr, rerr)
+		}
+		if rerr != nil {
+			now, _ := st.Load()
+			if !statesEqual(before, now) {
+				t.Fatalf("a refused snapshot changed the state: %v", rerr)
+			}
+			return
+		}
+		// Accepted: it must have carried a valid checksum over its state.
+		var s Snapshot
+		if err := json.Unmarshal(data, &s); err != nil || s.Format != SnapshotFormat {
+			t.Fatalf("accepted something that is not a snapshot: %q", data)
+		}
+		_ = after
+	})
+}

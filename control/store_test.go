@@ -131,15 +131,15 @@ func TestCommitIsAtomicAndRevisioned(t *testing.T) {
 
 func TestValidateNamesTheField(t *testing.T) {
 	cases := map[string]VIP{
-		"vips[0].vip":                        {VIP: "10.0.0.1/tcp"},
-		"vips[0] (10.0.0.1:80/tcp).forward":  {VIP: "10.0.0.1:80/tcp", Forward: "nat"},
-		"ring_size 100":                      {VIP: "10.0.0.1:80/tcp", RingSize: 100},
-		"backends[0].addr":                   {VIP: "10.0.0.1:80/tcp", Backends: []Backend{{Addr: "nope"}}},
-		"backends[0].mac":                    {VIP: "10.0.0.1:80/tcp", Backends: []Backend{{Addr: "10.0.0.2", MAC: "zz"}}},
-		"backends[0].check.type":             {VIP: "10.0.0.1:80/tcp", Backends: []Backend{{Addr: "10.0.0.2", Check: Check{Type: "icmp"}}}},
-		"backends[0].check.codes":            {VIP: "10.0.0.1:80/tcp", Backends: []Backend{{Addr: "10.0.0.2", Check: Check{Type: "http", Codes: "abc"}}}},
-		"cannot be encapsulated to an IPv4":  {VIP: "[2001:db8::1]:80/tcp", Backends: []Backend{{Addr: "10.0.0.2"}}},
-		"backends[1].addr 10.0.0.2: listed":  {VIP: "10.0.0.1:80/tcp", Backends: []Backend{{Addr: "10.0.0.2"}, {Addr: "10.0.0.2"}}},
+		"vips[0].vip":                       {VIP: "10.0.0.1/tcp"},
+		"vips[0] (10.0.0.1:80/tcp).forward": {VIP: "10.0.0.1:80/tcp", Forward: "nat"},
+		"ring_size 100":                     {VIP: "10.0.0.1:80/tcp", RingSize: 100},
+		"backends[0].addr":                  {VIP: "10.0.0.1:80/tcp", Backends: []Backend{{Addr: "nope"}}},
+		"backends[0].mac":                   {VIP: "10.0.0.1:80/tcp", Backends: []Backend{{Addr: "10.0.0.2", MAC: "zz"}}},
+		"backends[0].check.type":            {VIP: "10.0.0.1:80/tcp", Backends: []Backend{{Addr: "10.0.0.2", Check: Check{Type: "icmp"}}}},
+		"backends[0].check.codes":           {VIP: "10.0.0.1:80/tcp", Backends: []Backend{{Addr: "10.0.0.2", Check: Check{Type: "http", Codes: "abc"}}}},
+		"cannot be encapsulated to an IPv4": {VIP: "[2001:db8::1]:80/tcp", Backends: []Backend{{Addr: "10.0.0.2"}}},
+		"backends[1].addr 10.0.0.2: listed": {VIP: "10.0.0.1:80/tcp", Backends: []Backend{{Addr: "10.0.0.2"}, {Addr: "10.0.0.2"}}},
 	}
 	for want, v := range cases {
 		s := State{VIPs: []VIP{v}}

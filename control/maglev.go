@@ -6,6 +6,8 @@ import (
 	"encoding/binary"
 	"fmt"
 	"hash/fnv"
+	"math"
+	"math/bits"
 	"slices"
 )
 
@@ -39,6 +41,16 @@ func maglevHash(seed uint64, salt byte, id string) uint64 {
 // byte-identical table in any order, on any node. With no weighted backend,
 // every slot is 0.
 func BuildMaglev(backends []MaglevBackend, m uint32, seed uint64) ([]uint32, error) {
+	return buildMaglev(backends, m, seed, tailThreshold(m))
+}
+
+// tailThreshold is the count of free slots below which filling switches
+// from walking permutations to scanning the free slots (see fillTail).
+func tailThreshold(m uint32) int {
+	return int(2 * math.Sqrt(float64(m)))
+}
+
+func buildMaglev(backends []MaglevBackend, m uint32, seed uint64, tail int) ([]uint32, error) {
 	if m < 2 || !isPrime(m) {
 		return nil, fmt.Errorf("maglev table size %d: must be a prime", m)
 	}
@@ -77,33 +89,109 @@ func BuildMaglev(backends []MaglevBackend, m uint32, seed uint64) ([]uint32, err
 		g = gcd(g, b.Weight)
 	}
 	n := len(bs)
-	offset := make([]uint64, n)
-	skip := make([]uint64, n)
-	next := make([]uint64, n) // j: how far along its permutation each backend is
+	// pos[i] is backend i's next candidate slot: permutation[j] =
+	// (offset + j*skip) mod m, walked by addition so that no division
+	// happens in the fill loop.
+	pos := make([]uint32, n)
+	skip := make([]uint32, n)
 	turns := make([]uint32, n)
 	for i, b := range bs {
-		offset[i] = maglevHash(seed, 1, b.ID) % uint64(m)
-		skip[i] = maglevHash(seed, 2, b.ID)%uint64(m-1) + 1
+		pos[i] = uint32(maglevHash(seed, 1, b.ID) % uint64(m))
+		skip[i] = uint32(maglevHash(seed, 2, b.ID)%uint64(m-1) + 1)
 		turns[i] = b.Weight / g
 	}
-	taken := make([]bool, m)
+	taken := make([]uint64, (m+63)/64) // a bitset stays in cache where []bool would not
 	filled := uint32(0)
-	for filled < m {
+	for filled < m && int(m-filled) > tail {
 		for i := 0; i < n && filled < m; i++ {
 			for t := uint32(0); t < turns[i] && filled < m; t++ {
-				c := (offset[i] + next[i]*skip[i]) % uint64(m)
-				for taken[c] {
-					next[i]++
-					c = (offset[i] + next[i]*skip[i]) % uint64(m)
+				c, sk := pos[i], skip[i]
+				for taken[c>>6]&(1<<(c&63)) != 0 {
+					c = addMod(c, sk, m)
 				}
-				taken[c] = true
+				taken[c>>6] |= 1 << (c & 63)
 				table[c] = bs[i].Slot
-				next[i]++
+				pos[i] = addMod(c, sk, m)
 				filled++
 			}
 		}
 	}
+	if filled < m {
+		fillTail(table, taken, bs, pos, skip, turns, m)
+	}
 	return table, nil
+}
+
+// fillTail finishes the table when few slots are free. Walking a
+// permutation then costs about m/free probes per claim; instead, for each
+// claim it computes, for every free slot, how many steps along the
+// claiming backend's permutation that slot lies ahead, and takes the
+// nearest. Every slot the backend walked past is taken (slots are never
+// freed), so the nearest free slot is exactly the one the walk would reach:
+// the table is identical, only faster to build.
+func fillTail(table []uint32, taken []uint64, bs []MaglevBackend, pos, skip, turns []uint32, m uint32) {
+	var free []uint32
+	for c := uint32(0); c < m; c++ {
+		if taken[c>>6]&(1<<(c&63)) == 0 {
+			free = append(free, c)
+		}
+	}
+	n := len(bs)
+	inv := make([]uint64, n)
+	for i := range bs {
+		inv[i] = modInverse(uint64(skip[i]), uint64(m))
+	}
+	recip := ^uint64(0) / uint64(m)
+	mod := func(a uint64) uint64 { // Barrett reduction: a mod m without a divide
+		q, _ := bits.Mul64(a, recip)
+		r := a - q*uint64(m)
+		if r >= uint64(m) {
+			r -= uint64(m)
+		}
+		return r
+	}
+	for len(free) > 0 {
+		for i := 0; i < n && len(free) > 0; i++ {
+			for t := uint32(0); t < turns[i] && len(free) > 0; t++ {
+				best, bestJ := 0, uint64(m)
+				p := uint64(pos[i])
+				for k, c := range free {
+					d := uint64(c) + uint64(m) - p // steps from the next candidate, times skip
+					j := mod(mod(d) * inv[i])
+					if j < bestJ {
+						best, bestJ = k, j
+					}
+				}
+				c := free[best]
+				free[best] = free[len(free)-1]
+				free = free[:len(free)-1]
+				table[c] = bs[i].Slot
+				if c += skip[i]; c >= m {
+					c -= m
+				}
+				pos[i] = c
+			}
+		}
+	}
+}
+
+// addMod returns (c + sk) mod m for c, sk < m < 2^31, without a branch:
+// the wrap is taken about half the time, so a branch would mispredict.
+func addMod(c, sk, m uint32) uint32 {
+	d := c + sk - m
+	return d + m&uint32(int32(d)>>31)
+}
+
+// modInverse returns x^-1 mod m for prime m.
+func modInverse(x, m uint64) uint64 {
+	r, e := uint64(1), m-2
+	for b := x % m; e > 0; e >>= 1 {
+		if e&1 == 1 {
+			r = r * b % m
+		}
+		b = b * b % m
+	}
+	return r
 }
 
 func gcd(a, b uint32) uint32 {

@@ -180,3 +180,29 @@ func BenchmarkMaglev(b *testing.B) {
 		})
 	}
 }
+
+// TestMaglevTailFillIsExact: the free-slot scan that finishes the table
+// gives the same table as walking permutations to the end.
+func TestMaglevTailFillIsExact(t *testing.T) {
+	rapid.Check(t, func(t *rapid.T) {
+		m := rapid.SampledFrom([]uint32{13, 251, 4099}).Draw(t, "m")
+		n := rapid.IntRange(1, min(200, int(m))).Draw(t, "n")
+		bs := backends(n)
+		for i := range bs {
+			bs[i].Weight = rapid.Uint32Range(1, 4).Draw(t, "w")
+		}
+		seed := rapid.Uint64().Draw(t, "seed")
+		walk, err := buildMaglev(bs, m, seed, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		tail := rapid.IntRange(1, int(m)).Draw(t, "tail")
+		fast, err := buildMaglev(bs, m, seed, tail)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !slices.Equal(walk, fast) {
+			t.Fatalf("tail fill from %d free slots differs from the walk", tail)
+		}
+	})
+}

@@ -15,6 +15,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"runtime"
 	"strconv"
@@ -544,4 +545,10 @@ func (h *Host) Index() (int, error) {
 		return nil
 	})
 	return idx, err
+}
+
+// Command runs a program inside the host's namespace (through
+// `ip netns exec`), so that everything it opens lives there.
+func (h *Host) Command(ctx context.Context, name string, args ...string) *exec.Cmd {
+	return exec.CommandContext(ctx, "ip", append([]string{"netns", "exec", h.nsName, name}, args...)...)
 }

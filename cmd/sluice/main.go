@@ -38,6 +38,15 @@ func main() {
 		Usage:   "kernel-accelerated L4 load balancer (XDP, Maglev)",
 		Version: buildVersion(),
 		Commands: []*cli.Command{
+			daemonCommand(),
+			vipCommand(),
+			backendCommand(),
+			statusCommand(),
+			statsCommand(),
+			eventsCommand(),
+			applyCommand(),
+			exportCommand(),
+			backupCommand(),
 			decapCommand(),
 			demoCommand(),
 			{

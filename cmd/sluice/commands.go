@@ -1,0 +1,627 @@
+package main
+
+import (
+	"bufio"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"net/url"
+	"os"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/urfave/cli/v2"
+	"gopkg.in/yaml.v3"
+
+	"github.com/sluicelb/sluice/control"
+	"github.com/sluicelb/sluice/health"
+	"github.com/sluicelb/sluice/loader"
+)
+
+func daemonCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "daemon",
+		Usage: "run the data plane, health checks, reconciler, API and metrics",
+		Flags: []cli.Flag{
+			&cli.StringFlag{Name: "iface", Usage: "interface to attach the XDP program to", Required: true},
+			&cli.StringFlag{Name: "xdp-mode", Value: "auto", Usage: "native, generic or auto (native, else generic)"},
+			&cli.StringFlag{Name: "state-dir", Value: control.DefaultStateDir, Usage: "where the desired state, archive and backups live"},
+			socketFlag(),
+			&cli.StringFlag{Name: "metrics-addr", Value: control.DefaultMetricsAddr, Usage: "Prometheus /metrics, /healthz, /readyz (empty: off)"},
+			&cli.Uint64Flag{Name: "seed", Value: 0x5eed, Usage: "flow hash and Maglev seed: equal on every LB node of a VIP"},
+			&cli.IntFlag{Name: "archive-keep", Value: control.DefaultArchiveKeep, Usage: "previous states kept in <state-dir>/archive"},
+			&cli.Uint64Flag{Name: "flow-table-size", Value: loader.DefaultFlowTableSize, Usage: "connection table entries per address family"},
+			&cli.StringFlag{Name: "pin-root", Value: loader.DefaultPinRoot, Usage: "bpffs directory for pinned objects"},
+			&cli.StringFlag{Name: "log-level", Value: "info", Usage: "debug, info, warn or error"},
+		},
+		Action: func(c *cli.Context) error {
+			mode, err := loader.ParseMode(c.String("xdp-mode"))
+			if err != nil {
+				return fmt.Errorf("--xdp-mode: %w", err)
+			}
+			var level slog.Level
+			if err := level.UnmarshalText([]byte(c.String("log-level"))); err != nil {
+				return fmt.Errorf("--log-level %q: want debug, info, warn or error", c.String("log-level"))
+			}
+			if c.Uint64("flow-table-size") == 0 || c.Uint64("flow-table-size") > 1<<28 {
+				return fmt.Errorf("--flow-table-size %d: want 1 to %d", c.Uint64("flow-table-size"), 1<<28)
+			}
+			log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+			d, err := control.New(c.Context, control.Options{
+				Iface: c.String("iface"), Mode: mode, StateDir: c.String("state-dir"), Socket: c.String("socket"),
+				MetricsAddr: c.String("metrics-addr"), Seed: c.Uint64("seed"), ArchiveKeep: c.Int("archive-keep"),
+				FlowTableSize: uint32(c.Uint64("flow-table-size")), PinRoot: c.String("pin-root"), Logger: log,
+			})
+			if err != nil {
+				return err
+			}
+			return d.Run(c.Context)
+		},
+	}
+}
+
+func vipCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "vip",
+		Usage: "add, delete, list VIPs and read their rings",
+		Subcommands: []*cli.Command{
+			{
+				Name: "add", Usage: "add a VIP", ArgsUsage: "ADDR:PORT/PROTO",
+				Flags: []cli.Flag{socketFlag(),
+					&cli.StringFlag{Name: "forward", Value: "ipip", Usage: "ipip or dsr"},
+					&cli.UintFlag{Name: "ring-size", Value: control.DefaultRingSize, Usage: "Maglev ring size (a prime)"},
+					&cli.IntFlag{Name: "min-active", Value: control.DefaultMinActive, Usage: "standbys join the ring below this many usable actives"},
+					&cli.StringFlag{Name: "udp-timeout", Value: "30s", Usage: "idle time after which a UDP flow is re-hashed"},
+				},
+				Action: func(c *cli.Context) error {
+					vip, err := oneArg(c, "ADDR:PORT/PROTO")
+					if err != nil {
+						return err
+					}
+					if _, err := control.ParseVIPKey(vip); err != nil {
+						return err
+					}
+					if _, err := loader.ParseForward(c.String("forward")); err != nil {
+						return fmt.Errorf("--forward: %w", err)
+					}
+					if !loaderIsPrime(c.Uint("ring-size")) || c.Uint("ring-size") > loader.MaxRingSize {
+						return fmt.Errorf("--ring-size %d: must be a prime up to %d (e.g. 4099, 65537, 655373)", c.Uint("ring-size"), loader.MaxRingSize)
+					}
+					if c.Int("min-active") < 1 {
+						return fmt.Errorf("--min-active %d: must be at least 1", c.Int("min-active"))
+					}
+					if t, err := time.ParseDuration(c.String("udp-timeout")); err != nil || t <= 0 {
+						return fmt.Errorf("--udp-timeout %q: want a positive duration such as 30s", c.String("udp-timeout"))
+					}
+					var st control.State
+					err = newClient(c).do(c.Context, "POST", "/v1/vips", nil, control.VIPAddRequest{VIP: vip, Forward: c.String("forward"),
+						RingSize: uint32(c.Uint("ring-size")), MinActive: c.Int("min-active"), UDPTimeout: c.String("udp-timeout")}, &st)
+					if err != nil {
+						return err
+					}
+					fmt.Fprintf(c.App.Writer, "vip %s added (revision %d)\n", vip, st.Revision)
+					return nil
+				},
+			},
+			{
+				Name: "del", Usage: "delete a VIP", ArgsUsage: "ADDR:PORT/PROTO", Flags: []cli.Flag{socketFlag()},
+				Action: func(c *cli.Context) error {
+					vip, err := oneArg(c, "ADDR:PORT/PROTO")
+					if err != nil {
+						return err
+					}
+					if _, err := control.ParseVIPKey(vip); err != nil {
+						return err
+					}
+					var st control.State
+					if err := newClient(c).do(c.Context, "DELETE", "/v1/vips", url.Values{"vip": {vip}}, nil, &st); err != nil {
+						return err
+					}
+					fmt.Fprintf(c.App.Writer, "vip %s deleted (revision %d)\n", vip, st.Revision)
+					return nil
+				},
+			},
+			{
+				Name: "list", Usage: "list VIPs", Flags: []cli.Flag{socketFlag(), outputFlag()},
+				Action: func(c *cli.Context) error {
+					asJSON, err := wantJSON(c)
+					if err != nil {
+						return err
+					}
+					var st control.State
+					if err := newClient(c).do(c.Context, "GET", "/v1/state", nil, nil, &st); err != nil {
+						return err
+					}
+					if asJSON {
+						return printJSON(c.App.Writer, st.VIPs)
+					}
+					tw := tabwriter.NewWriter(c.App.Writer, 0, 0, 2, ' ', 0)
+					fmt.Fprintln(tw, "VIP\tFORWARD\tRING\tMIN-ACTIVE\tUDP-TIMEOUT\tBACKENDS")
+					for _, v := range st.VIPs {
+						fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%s\t%d\n", v.VIP, v.Forward, v.RingSize, v.MinActive, time.Duration(v.UDPTimeout), len(v.Backends))
+					}
+					return tw.Flush()
+				},
+			},
+			{
+				Name: "ring", Usage: "read a VIP's ring back from the kernel", ArgsUsage: "ADDR:PORT/PROTO", Flags: []cli.Flag{socketFlag(), outputFlag()},
+				Action: func(c *cli.Context) error {
+					vip, err := oneArg(c, "ADDR:PORT/PROTO")
+					if err != nil {
+						return err
+					}
+					asJSON, err := wantJSON(c)
+					if err != nil {
+						return err
+					}
+					if _, err := control.ParseVIPKey(vip); err != nil {
+						return err
+					}
+					var ring control.RingResponse
+					if err := newClient(c).do(c.Context, "GET", "/v1/ring", url.Values{"vip": {vip}}, nil, &ring); err != nil {
+						return err
+					}
+					if asJSON {
+						return json.NewEncoder(c.App.Writer).Encode(ring)
+					}
+					count := map[string]int{}
+					for _, s := range ring.Slots {
+						count[s]++
+					}
+					tw := tabwriter.NewWriter(c.App.Writer, 0, 0, 2, ' ', 0)
+					fmt.Fprintf(tw, "vip %s, ring of %d slots\nBACKEND\tSLOTS\tSHARE\n", ring.VIP, ring.RingSize)
+					for b, n := range count {
+						name := b
+						if name == "" {
+							name = "(none)"
+						}
+						fmt.Fprintf(tw, "%s\t%d\t%.2f%%\n", name, n, 100*float64(n)/float64(max(1, ring.RingSize)))
+					}
+					return tw.Flush()
+				},
+			},
+		},
+	}
+}
+
+func loaderIsPrime(n uint) bool { return n < 1<<32 && loader.IsPrime(uint32(n)) }
+
+func oneArg(c *cli.Context, what string) (string, error) {
+	if c.NArg() != 1 {
+		return "", fmt.Errorf("want one argument: %s", what)
+	}
+	return c.Args().First(), nil
+}
+
+func backendCommand() *cli.Command {
+	addFlags := []cli.Flag{socketFlag(),
+		&cli.UintFlag{Name: "weight", Value: control.DefaultWeight, Usage: "share of new flows (0 drains)"},
+		&cli.BoolFlag{Name: "standby", Usage: "take traffic only when usable actives fall below the VIP's min-active"},
+		&cli.StringFlag{Name: "check", Value: "tcp", Usage: "tcp, http, https, udp or none"},
+		&cli.UintFlag{Name: "check-port", Usage: "port to probe (default: the VIP's port)"},
+		&cli.StringFlag{Name: "check-path", Usage: "http(s) path"},
+		&cli.StringFlag{Name: "check-method", Usage: "http(s) method (default GET)"},
+		&cli.StringFlag{Name: "check-codes", Usage: "expected http status codes, e.g. 200-399 or 200,204"},
+		&cli.StringFlag{Name: "check-body", Usage: "substring the http body must contain"},
+		&cli.BoolFlag{Name: "check-tls-verify", Usage: "https: verify the certificate"},
+		&cli.StringFlag{Name: "check-payload", Usage: "udp: payload to send (a reply is expected)"},
+		&cli.DurationFlag{Name: "interval", Value: health.Defaults.Interval, Usage: "between checks"},
+		&cli.DurationFlag{Name: "timeout", Value: health.Defaults.Timeout, Usage: "per check"},
+		&cli.DurationFlag{Name: "fastinter", Usage: "between checks while in transition (default: interval)"},
+		&cli.IntFlag{Name: "rise", Value: health.Defaults.Rise, Usage: "consecutive passes to become up"},
+		&cli.IntFlag{Name: "fall", Value: health.Defaults.Fall, Usage: "consecutive failures to become down"},
+		&cli.StringFlag{Name: "mac", Usage: "next-hop MAC (default: resolved through the route and neighbour tables)"},
+	}
+	action := func(name string) *cli.Command {
+		return &cli.Command{
+			Name: name, Usage: name + " a backend", ArgsUsage: "VIP ADDR", Flags: []cli.Flag{socketFlag()},
+			Action: func(c *cli.Context) error {
+				vip, addr, err := vipAndAddr(c)
+				if err != nil {
+					return err
+				}
+				var st control.State
+				if err := newClient(c).do(c.Context, "POST", "/v1/backends/action", nil,
+					control.BackendActionRequest{VIP: vip, Addr: addr, Action: name}, &st); err != nil {
+					return err
+				}
+				fmt.Fprintf(c.App.Writer, "backend %s of %s: %s done (revision %d)\n", addr, vip, name, st.Revision)
+				return nil
+			},
+		}
+	}
+	return &cli.Command{
+		Name:  "backend",
+		Usage: "add, delete, drain, undrain, disable, enable backends",
+		Subcommands: []*cli.Command{
+			{
+				Name: "add", Usage: "add a backend to a VIP", ArgsUsage: "VIP ADDR", Flags: addFlags,
+				Action: func(c *cli.Context) error {
+					vip, addr, err := vipAndAddr(c)
+					if err != nil {
+						return err
+					}
+					b, err := backendFromFlags(c, addr)
+					if err != nil {
+						return err
+					}
+					var st control.State
+					if err := newClient(c).do(c.Context, "POST", "/v1/backends", nil, control.BackendAddRequest{VIP: vip, Backend: b}, &st); err != nil {
+						return err
+					}
+					fmt.Fprintf(c.App.Writer, "backend %s added to %s (revision %d)\n", addr, vip, st.Revision)
+					return nil
+				},
+			},
+			action("del"), action("drain"), action("undrain"), action("disable"), action("enable"),
+		},
+	}
+}
+
+func vipAndAddr(c *cli.Context) (string, string, error) {
+	if c.NArg() != 2 {
+		return "", "", fmt.Errorf("want two arguments: VIP ADDR")
+	}
+	vip, addr := c.Args().Get(0), c.Args().Get(1)
+	if _, err := control.ParseVIPKey(vip); err != nil {
+		return "", "", err
+	}
+	if a, err := netip.ParseAddr(addr); err != nil || a.Zone() != "" {
+		return "", "", fmt.Errorf("backend address %q: not an IP address", addr)
+	}
+	return vip, addr, nil
+}
+
+func backendFromFlags(c *cli.Context, addr string) (control.Backend, error) {
+	if _, err := health.ParseType(c.String("check")); err != nil {
+		return control.Backend{}, fmt.Errorf("--check: %w", err)
+	}
+	if c.Uint("check-port") > 65535 {
+		return control.Backend{}, fmt.Errorf("--check-port %d: not a port", c.Uint("check-port"))
+	}
+	if c.Uint("weight") > 1<<16 {
+		return control.Backend{}, fmt.Errorf("--weight %d: at most 65536", c.Uint("weight"))
+	}
+	if m := c.String("mac"); m != "" {
+		if hw, err := net.ParseMAC(m); err != nil || len(hw) != 6 {
+			return control.Backend{}, fmt.Errorf("--mac %q: not an Ethernet address", m)
+		}
+	}
+	if codes := c.String("check-codes"); codes != "" {
+		if err := health.ParseCodes(codes); err != nil {
+			return control.Backend{}, fmt.Errorf("--check-codes: %w", err)
+		}
+	}
+	s := health.Settings{Interval: c.Duration("interval"), Timeout: c.Duration("timeout"), FastInter: c.Duration("fastinter"),
+		Rise: c.Int("rise"), Fall: c.Int("fall")}
+	if err := s.Validate(); err != nil {
+		return control.Backend{}, fmt.Errorf("--%w", err)
+	}
+	return control.Backend{
+		Addr: addr, Weight: uint32(c.Uint("weight")), Standby: c.Bool("standby"), MAC: c.String("mac"),
+		Check: control.Check{Type: c.String("check"), Port: uint16(c.Uint("check-port")), Path: c.String("check-path"),
+			Method: c.String("check-method"), Codes: c.String("check-codes"), Body: c.String("check-body"),
+			TLSVerify: c.Bool("check-tls-verify"), Payload: c.String("check-payload"),
+			Interval: control.Duration(s.Interval), Timeout: control.Duration(s.Timeout), FastInter: control.Duration(s.FastInter),
+			Rise: s.Rise, Fall: s.Fall},
+	}, nil
+}
+
+func statusCommand() *cli.Command {
+	return &cli.Command{
+		Name: "status", Usage: "VIPs, backends, health and counters", Flags: []cli.Flag{socketFlag(), outputFlag()},
+		Action: func(c *cli.Context) error {
+			asJSON, err := wantJSON(c)
+			if err != nil {
+				return err
+			}
+			var st control.Status
+			if err := newClient(c).do(c.Context, "GET", "/v1/status", nil, nil, &st); err != nil {
+				return err
+			}
+			if asJSON {
+				return printJSON(c.App.Writer, st)
+			}
+			w := c.App.Writer
+			fmt.Fprintf(w, "revision %d, role %s, iface %s, up %s\n", st.Revision, st.Role, st.Iface, st.Uptime)
+			for _, v := range st.VIPs {
+				fmt.Fprintf(w, "\nvip %s  forward %s  ring %d (sha256 %.12s)  min-active %d  packets %d  bytes %d\n",
+					v.VIP, v.Forward, v.RingSize, v.RingSHA256, v.MinActive, v.Packets, v.Bytes)
+				tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+				fmt.Fprintln(tw, "  BACKEND\tSTATE\tWEIGHT\tSTANDBY\tSLOTS\tPACKETS\tBYTES\tLAST CHANGE\tREASON")
+				for _, b := range v.Backends {
+					lc := "-"
+					if !b.LastChange.IsZero() {
+						lc = b.LastChange.Format(time.RFC3339)
+					}
+					fmt.Fprintf(tw, "  %s\t%s\t%d\t%v\t%d\t%d\t%d\t%s\t%s\n", b.Addr, b.State, b.Weight, b.Standby, b.RingSlots, b.Packets, b.Bytes, lc, b.Reason)
+				}
+				tw.Flush()
+			}
+			return nil
+		},
+	}
+}
+
+func statsCommand() *cli.Command {
+	return &cli.Command{
+		Name: "stats", Usage: "live per-VIP and per-backend packet rates",
+		Flags: []cli.Flag{socketFlag(), outputFlag(),
+			&cli.BoolFlag{Name: "watch", Usage: "keep printing every --every"},
+			&cli.DurationFlag{Name: "every", Value: time.Second, Usage: "sampling period"}},
+		Action: func(c *cli.Context) error {
+			asJSON, err := wantJSON(c)
+			if err != nil {
+				return err
+			}
+			if c.Duration("every") <= 0 {
+				return fmt.Errorf("--every %v: must be positive", c.Duration("every"))
+			}
+			cl := newClient(c)
+			var prev control.Status
+			if err := cl.do(c.Context, "GET", "/v1/status", nil, nil, &prev); err != nil {
+				return err
+			}
+			for {
+				select {
+				case <-c.Context.Done():
+					return nil
+				case <-time.After(c.Duration("every")):
+				}
+				var cur control.Status
+				if err := cl.do(c.Context, "GET", "/v1/status", nil, nil, &cur); err != nil {
+					return err
+				}
+				rates := statRates(prev, cur, c.Duration("every"))
+				if asJSON {
+					if err := json.NewEncoder(c.App.Writer).Encode(rates); err != nil {
+						return err
+					}
+				} else {
+					tw := tabwriter.NewWriter(c.App.Writer, 0, 0, 2, ' ', 0)
+					fmt.Fprintln(tw, "VIP\tBACKEND\tSTATE\tPPS\tBPS\tSHARE")
+					for _, r := range rates {
+						fmt.Fprintf(tw, "%s\t%s\t%s\t%.0f\t%.0f\t%s\n", r.VIP, r.Backend, r.State, r.PPS, r.BPS, bar(r.Share))
+					}
+					tw.Flush()
+				}
+				prev = cur
+				if !c.Bool("watch") {
+					return nil
+				}
+			}
+		},
+	}
+}
+
+type rate struct {
+	VIP     string  `json:"vip"`
+	Backend string  `json:"backend,omitempty"`
+	State   string  `json:"state,omitempty"`
+	PPS     float64 `json:"pps"`
+	BPS     float64 `json:"bps"`
+	Share   float64 `json:"share"`
+}
+
+func statRates(prev, cur control.Status, every time.Duration) []rate {
+	old := map[string]uint64{}
+	oldB := map[string]uint64{}
+	for _, v := range prev.VIPs {
+		old[v.VIP] = v.Packets
+		oldB[v.VIP] = v.Bytes
+		for _, b := range v.Backends {
+			old[v.VIP+" "+b.Addr] = b.Packets
+			oldB[v.VIP+" "+b.Addr] = b.Bytes
+		}
+	}
+	sec := every.Seconds()
+	var out []rate
+	for _, v := range cur.VIPs {
+		vp := float64(v.Packets-old[v.VIP]) / sec
+		out = append(out, rate{VIP: v.VIP, PPS: vp, BPS: float64(v.Bytes-oldB[v.VIP]) / sec, Share: 1})
+		for _, b := range v.Backends {
+			k := v.VIP + " " + b.Addr
+			p := float64(b.Packets-old[k]) / sec
+			share := 0.0
+			if vp > 0 {
+				share = p / vp
+			}
+			out = append(out, rate{VIP: v.VIP, Backend: b.Addr, State: b.State, PPS: p, BPS: float64(b.Bytes-oldB[k]) / sec, Share: share})
+		}
+	}
+	return out
+}
+
+func bar(share float64) string {
+	n := int(share*30 + 0.5)
+	return strings.Repeat("█", max(0, min(30, n))) + fmt.Sprintf(" %5.1f%%", 100*share)
+}
+
+func eventsCommand() *cli.Command {
+	return &cli.Command{
+		Name: "events", Usage: "state transitions and changes",
+		Flags: []cli.Flag{socketFlag(), outputFlag(), &cli.BoolFlag{Name: "follow", Aliases: []string{"f"}, Usage: "keep printing new events"}},
+		Action: func(c *cli.Context) error {
+			asJSON, err := wantJSON(c)
+			if err != nil {
+				return err
+			}
+			q := url.Values{}
+			if c.Bool("follow") {
+				q.Set("follow", "1")
+			}
+			pr, pw := ioPipe()
+			errc := make(chan error, 1)
+			go func() {
+				errc <- newClient(c).do(c.Context, "GET", "/v1/events", q, nil, pw)
+				pw.Close()
+			}()
+			sc := bufio.NewScanner(pr)
+			for sc.Scan() {
+				if asJSON {
+					fmt.Fprintln(c.App.Writer, sc.Text())
+					continue
+				}
+				var e control.Event
+				if json.Unmarshal(sc.Bytes(), &e) != nil {
+					continue
+				}
+				line := fmt.Sprintf("%s  %-7s", e.Time.Format(time.RFC3339Nano), e.Kind)
+				if e.VIP != "" {
+					line += " " + e.VIP
+				}
+				if e.Backend != "" {
+					line += " " + e.Backend
+				}
+				if e.From != "" || e.To != "" {
+					line += fmt.Sprintf(" %s -> %s", e.From, e.To)
+				}
+				if e.Revision != 0 {
+					line += fmt.Sprintf(" (revision %d)", e.Revision)
+				}
+				if e.Reason != "" {
+					line += ": " + e.Reason
+				}
+				fmt.Fprintln(c.App.Writer, line)
+			}
+			return <-errc
+		},
+	}
+}
+
+func applyCommand() *cli.Command {
+	return &cli.Command{
+		Name: "apply", Usage: "apply a desired state file: idempotent, prints the diff, one revision",
+		Flags: []cli.Flag{socketFlag(),
+			&cli.StringFlag{Name: "file", Aliases: []string{"f"}, Required: true, Usage: "YAML or JSON state file"},
+			&cli.BoolFlag{Name: "dry-run", Usage: "print the diff only"}},
+		Action: func(c *cli.Context) error {
+			raw, err := os.ReadFile(c.String("file"))
+			if err != nil {
+				return fmt.Errorf("-f: %w", err)
+			}
+			var st control.State
+			dec := yaml.NewDecoder(strings.NewReader(string(raw)))
+			dec.KnownFields(true)
+			if err := dec.Decode(&st); err != nil {
+				return fmt.Errorf("-f %s: %w", c.String("file"), err)
+			}
+			var resp control.ApplyResponse
+			if err := newClient(c).do(c.Context, "POST", "/v1/apply", nil, control.ApplyRequest{State: st, DryRun: c.Bool("dry-run")}, &resp); err != nil {
+				return err
+			}
+			for _, l := range resp.Diff {
+				fmt.Fprintln(c.App.Writer, l)
+			}
+			switch {
+			case len(resp.Diff) == 0:
+				fmt.Fprintf(c.App.Writer, "no change (revision %d)\n", resp.Revision)
+			case c.Bool("dry-run"):
+				fmt.Fprintf(c.App.Writer, "dry run: nothing applied (revision %d)\n", resp.Revision)
+			default:
+				fmt.Fprintf(c.App.Writer, "applied as revision %d\n", resp.Revision)
+			}
+			return nil
+		},
+	}
+}
+
+func exportCommand() *cli.Command {
+	return &cli.Command{
+		Name: "export", Usage: "print the desired state in the format apply accepts",
+		Flags: []cli.Flag{socketFlag(), &cli.StringFlag{Name: "output", Aliases: []string{"o"}, Value: "yaml", Usage: "yaml or json"}},
+		Action: func(c *cli.Context) error {
+			var st control.State
+			if err := newClient(c).do(c.Context, "GET", "/v1/state", nil, nil, &st); err != nil {
+				return err
+			}
+			switch c.String("output") {
+			case "yaml":
+				enc := yaml.NewEncoder(c.App.Writer)
+				enc.SetIndent(2)
+				return enc.Encode(st)
+			case "json":
+				return printJSON(c.App.Writer, st)
+			}
+			return fmt.Errorf("-o %q: want yaml or json", c.String("output"))
+		},
+	}
+}
+
+func backupCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "backup",
+		Usage: "save, restore and list state snapshots",
+		Subcommands: []*cli.Command{
+			{
+				Name: "save", Usage: "write a checksummed snapshot atomically", ArgsUsage: "FILE", Flags: []cli.Flag{socketFlag()},
+				Action: func(c *cli.Context) error {
+					file, err := oneArg(c, "FILE")
+					if err != nil {
+						return err
+					}
+					var snap control.Snapshot
+					if err := newClient(c).do(c.Context, "GET", "/v1/backup", nil, nil, &snap); err != nil {
+						return err
+					}
+					if err := snap.WriteFile(file); err != nil {
+						return err
+					}
+					fmt.Fprintf(c.App.Writer, "saved revision %d to %s (sha256 %s)\n", snap.Revision, file, snap.SHA256)
+					return nil
+				},
+			},
+			{
+				Name: "restore", Usage: "validate a snapshot completely, then apply it as one change", ArgsUsage: "FILE", Flags: []cli.Flag{socketFlag()},
+				Action: func(c *cli.Context) error {
+					file, err := oneArg(c, "FILE")
+					if err != nil {
+						return err
+					}
+					data, err := os.ReadFile(file)
+					if err != nil {
+						return err
+					}
+					snap, err := control.ParseSnapshot(data)
+					if err != nil {
+						return fmt.Errorf("%s refused, nothing changed: %w", file, err)
+					}
+					var st control.State
+					if err := newClient(c).do(c.Context, "POST", "/v1/restore", nil, data, &st); err != nil {
+						return err
+					}
+					fmt.Fprintf(c.App.Writer, "restored snapshot of revision %d as revision %d\n", snap.Revision, st.Revision)
+					return nil
+				},
+			},
+			{
+				Name: "list", Usage: "list archived previous states", Flags: []cli.Flag{socketFlag(), outputFlag()},
+				Action: func(c *cli.Context) error {
+					asJSON, err := wantJSON(c)
+					if err != nil {
+						return err
+					}
+					var entries []control.ArchiveEntry
+					if err := newClient(c).do(c.Context, "GET", "/v1/backups", nil, nil, &entries); err != nil {
+						return err
+					}
+					if asJSON {
+						if entries == nil {
+							entries = []control.ArchiveEntry{}
+						}
+						return printJSON(c.App.Writer, entries)
+					}
+					tw := tabwriter.NewWriter(c.App.Writer, 0, 0, 2, ' ', 0)
+					fmt.Fprintln(tw, "REVISION\tTIME\tSIZE\tPATH")
+					for _, e := range entries {
+						fmt.Fprintf(tw, "%d\t%s\t%d\t%s\n", e.Revision, e.Time.Format(time.RFC3339), e.Size, e.Path)
+					}
+					return tw.Flush()
+				},
+			},
+		},
+	}
+}

@@ -1,0 +1,316 @@
+package control
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/sluicelb/sluice/health"
+	"github.com/sluicelb/sluice/loader"
+)
+
+// Defaults of the daemon.
+const (
+	DefaultStateDir    = "/var/lib/sluice"
+	DefaultSocket      = "/run/sluice/sluice.sock"
+	DefaultMetricsAddr = "127.0.0.1:9642"
+	DefaultArchiveKeep = 100
+)
+
+// Coordinator decides whether this node may act on failover decisions. A
+// single node always may; an LB pair or a fleet hands the role around.
+type Coordinator interface {
+	IsCoordinator() bool
+	Role() string
+}
+
+// SingleNode is the coordinator of a lone daemon.
+type SingleNode struct{}
+
+// IsCoordinator implements Coordinator.
+func (SingleNode) IsCoordinator() bool { return true }
+
+// Role implements Coordinator.
+func (SingleNode) Role() string { return "single" }
+
+// Options configure the daemon.
+type Options struct {
+	Iface         string
+	Mode          loader.Mode
+	StateDir      string
+	Socket        string
+	MetricsAddr   string
+	Seed          uint64
+	ArchiveKeep   int
+	FlowTableSize uint32
+	PinRoot       string
+	Resolver      MACResolver
+	Logger        *slog.Logger
+}
+
+// Daemon runs the data plane, health checks, reconciler, API and metrics.
+type Daemon struct {
+	opts    Options
+	log     *slog.Logger
+	store   *BoltStore
+	dp      *loader.Datapath
+	rec     *Reconciler
+	hm      *health.Manager
+	events  *EventLog
+	metrics *metrics
+	coord   Coordinator
+	started time.Time
+
+	mu    sync.Mutex // serialises changes and applies
+	state State
+	ctx   context.Context
+	ready bool
+}
+
+// New opens the state, adopts or attaches the data plane and applies the
+// committed state. Maps already right are not written.
+func New(ctx context.Context, opts Options) (*Daemon, error) {
+	if opts.Iface == "" {
+		return nil, errors.New("--iface: required (the interface to attach to)")
+	}
+	if opts.StateDir == "" {
+		opts.StateDir = DefaultStateDir
+	}
+	if opts.Socket == "" {
+		opts.Socket = DefaultSocket
+	}
+	if opts.ArchiveKeep == 0 {
+		opts.ArchiveKeep = DefaultArchiveKeep
+	}
+	if opts.Resolver == nil {
+		opts.Resolver = NetlinkResolver{}
+	}
+	log := opts.Logger
+	if log == nil {
+		log = slog.Default()
+	}
+	d := &Daemon{opts: opts, log: log, events: NewEventLog(1000), coord: SingleNode{}, started: time.Now(), ctx: ctx}
+	var err error
+	if d.store, err = OpenBoltStore(opts.StateDir, opts.ArchiveKeep); err != nil {
+		return nil, err
+	}
+	if d.state, err = d.store.Load(); err != nil {
+		d.store.Close()
+		return nil, err
+	}
+	if d.dp, err = loader.Load(ctx, loader.Options{Iface: opts.Iface, Mode: opts.Mode, PinRoot: opts.PinRoot,
+		FlowTableSize: opts.FlowTableSize, Logger: log}); err != nil {
+		d.store.Close()
+		return nil, err
+	}
+	fail := func(err error) (*Daemon, error) {
+		d.dp.Close()
+		d.store.Close()
+		return nil, err
+	}
+	if _, err := d.dp.SetConfig(loader.Config{Seed: uint32(opts.Seed ^ opts.Seed>>32), MAC: d.dp.Iface().HardwareAddr}); err != nil {
+		return fail(err)
+	}
+	if d.rec, err = NewReconciler(d.dp, opts.Resolver, opts.Seed); err != nil {
+		return fail(err)
+	}
+	d.metrics = newMetrics(d)
+	d.hm = &health.Manager{OnEvent: d.onHealth, OnResult: d.metrics.observeProbe}
+	d.mu.Lock()
+	d.syncChecksLocked()
+	res, err := d.rec.Apply(ctx, d.state, d.healthOf)
+	d.mu.Unlock()
+	if err != nil {
+		d.hm.Stop()
+		return fail(fmt.Errorf("apply committed state: %w", err))
+	}
+	log.Info("daemon started", "iface", opts.Iface, "revision", d.state.Revision, "adopted", d.dp.Adopted(), "map_writes", res.Writes)
+	d.events.Add(Event{Kind: "config", Reason: fmt.Sprintf("daemon started (adopted=%v, map writes=%d)", d.dp.Adopted(), res.Writes), Revision: d.state.Revision})
+	d.ready = true
+	return d, nil
+}
+
+// checkFor turns a backend's check into a health check.
+func checkFor(vip loader.VIPKey, b Backend) health.Check {
+	port := b.Check.Port
+	if port == 0 {
+		port = vip.Port
+	}
+	addr := netip.MustParseAddr(b.Addr)
+	t, _ := health.ParseType(b.Check.Type)
+	return health.Check{
+		Probe: health.Probe{Type: t, Addr: netip.AddrPortFrom(addr, port), Method: b.Check.Method, Path: b.Check.Path,
+			Codes: b.Check.Codes, BodyContain: b.Check.Body, TLSVerify: b.Check.TLSVerify, Payload: b.Check.Payload},
+		Settings: health.Settings{Interval: time.Duration(b.Check.Interval), Timeout: time.Duration(b.Check.Timeout),
+			FastInter: time.Duration(b.Check.FastInter), Rise: b.Check.Rise, Fall: b.Check.Fall},
+	}
+}
+
+func (d *Daemon) healthOf(vip loader.VIPKey, b Backend) health.State {
+	c := checkFor(vip, b)
+	if c.Probe.Type == health.None {
+		return health.Up
+	}
+	if st, ok := d.hm.Status(c.ID()); ok {
+		return st.State
+	}
+	return health.Down
+}
+
+func (d *Daemon) syncChecksLocked() {
+	var checks []health.Check
+	initial := map[health.ID]health.State{}
+	for _, v := range d.state.VIPs {
+		k, _ := ParseVIPKey(v.VIP)
+		for _, b := range v.Backends {
+			c := checkFor(k, b)
+			checks = append(checks, c)
+			if st, ok := d.rec.AdoptedHealth(k, netip.MustParseAddr(b.Addr)); ok {
+				if cur, seen := initial[c.ID()]; !seen || cur == health.Down {
+					initial[c.ID()] = st
+				}
+			}
+		}
+	}
+	d.hm.Sync(d.ctx, checks, initial)
+}
+
+// onHealth applies a health verdict at once and times verdict -> maps.
+func (d *Daemon) onHealth(e health.Event) {
+	d.mu.Lock()
+	_, err := d.rec.Apply(d.ctx, d.state, d.healthOf)
+	applied := time.Now()
+	state := d.state
+	d.mu.Unlock()
+	d.metrics.failoverApply.Observe(applied.Sub(e.Time).Seconds())
+	if err != nil {
+		d.log.Error("apply health verdict", "err", err)
+	}
+	for _, v := range state.VIPs {
+		k, _ := ParseVIPKey(v.VIP)
+		for _, b := range v.Backends {
+			if checkFor(k, b).ID() == e.Check {
+				d.metrics.transition(v.VIP, b.Addr, string(e.To))
+				d.events.Add(Event{Time: e.Time, Kind: "health", VIP: v.VIP, Backend: b.Addr, From: string(e.From), To: string(e.To),
+					Reason: e.Reason, Applied: &applied})
+			}
+		}
+	}
+	d.log.Info("health transition", "target", e.Check.Probe.Addr, "from", e.From, "to", e.To, "reason", e.Reason,
+		"apply", applied.Sub(e.Time))
+}
+
+// Change commits a change to the desired state and applies it.
+func (d *Daemon) Change(ctx context.Context, what string, change func(*State) error) (State, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	prev := d.state.Revision
+	st, err := d.store.Commit(change)
+	if err != nil {
+		return State{}, err
+	}
+	d.state = st
+	if st.Revision == prev {
+		return st, nil
+	}
+	d.syncChecksLocked()
+	if _, err := d.rec.Apply(ctx, d.state, d.healthOf); err != nil {
+		return st, fmt.Errorf("revision %d committed, but applying it failed: %w", st.Revision, err)
+	}
+	d.events.Add(Event{Kind: "config", Reason: what, Revision: st.Revision})
+	return st, nil
+}
+
+// State returns the committed desired state.
+func (d *Daemon) State() State {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.state.Clone()
+}
+
+// Run serves the API and metrics until ctx ends, then stops health checks
+// and releases the data plane, which keeps forwarding (it stays pinned).
+func (d *Daemon) Run(ctx context.Context) error {
+	api, err := d.listenAPI()
+	if err != nil {
+		d.shutdown()
+		return err
+	}
+	srv := &http.Server{Handler: d.apiHandler(), ReadHeaderTimeout: 10 * time.Second}
+	errc := make(chan error, 2)
+	go func() { errc <- srv.Serve(api) }()
+	var msrv *http.Server
+	if d.opts.MetricsAddr != "" {
+		ml, err := net.Listen("tcp", d.opts.MetricsAddr)
+		if err != nil {
+			srv.Close()
+			d.shutdown()
+			return fmt.Errorf("--metrics-addr %s: %w", d.opts.MetricsAddr, err)
+		}
+		msrv = &http.Server{Handler: d.metrics.handler(), ReadHeaderTimeout: 10 * time.Second}
+		go func() { errc <- msrv.Serve(ml) }()
+	}
+	refresh := time.NewTicker(30 * time.Second)
+	defer refresh.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+			defer cancel()
+			srv.Shutdown(sctx)
+			if msrv != nil {
+				msrv.Shutdown(sctx)
+			}
+			d.shutdown()
+			return nil
+		case err := <-errc:
+			if !errors.Is(err, http.ErrServerClosed) {
+				d.shutdown()
+				return err
+			}
+		case <-refresh.C:
+			if d.rec.RefreshMACs(ctx) {
+				d.mu.Lock()
+				if _, err := d.rec.Apply(ctx, d.state, d.healthOf); err != nil {
+					d.log.Error("apply refreshed next-hop macs", "err", err)
+				}
+				d.mu.Unlock()
+			}
+		}
+	}
+}
+
+func (d *Daemon) shutdown() {
+	d.hm.Stop()
+	d.dp.Close()
+	d.store.Close()
+	os.Remove(d.opts.Socket)
+}
+
+func (d *Daemon) listenAPI() (net.Listener, error) {
+	if err := os.MkdirAll(filepath.Dir(d.opts.Socket), 0o755); err != nil {
+		return nil, fmt.Errorf("--socket %s: %w", d.opts.Socket, err)
+	}
+	if c, err := net.DialTimeout("unix", d.opts.Socket, 200*time.Millisecond); err == nil {
+		c.Close()
+		return nil, fmt.Errorf("--socket %s: another sluice daemon is listening there", d.opts.Socket)
+	}
+	os.Remove(d.opts.Socket)
+	l, err := net.Listen("unix", d.opts.Socket)
+	if err != nil {
+		return nil, fmt.Errorf("--socket %s: %w", d.opts.Socket, err)
+	}
+	if err := os.Chmod(d.opts.Socket, 0o600); err != nil {
+		l.Close()
+		return nil, fmt.Errorf("--socket %s: %w", d.opts.Socket, err)
+	}
+	return l, nil
+}

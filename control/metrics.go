@@ -1,0 +1,142 @@
+package control
+
+import (
+	"net/http"
+	"runtime/debug"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/sluicelb/sluice/health"
+)
+
+type metrics struct {
+	d             *Daemon
+	reg           *prometheus.Registry
+	probeDuration *prometheus.HistogramVec
+	failoverApply prometheus.Histogram
+	checkFailures *prometheus.CounterVec
+	transitions   *prometheus.CounterVec
+	buildInfo     *prometheus.GaugeVec
+}
+
+var (
+	descVIPPackets     = prometheus.NewDesc("sluice_vip_packets_total", "Packets that matched a VIP.", []string{"vip"}, nil)
+	descVIPBytes       = prometheus.NewDesc("sluice_vip_bytes_total", "Bytes that matched a VIP.", []string{"vip"}, nil)
+	descBackendPackets = prometheus.NewDesc("sluice_backend_packets_total", "Packets sent to a backend.", []string{"vip", "backend"}, nil)
+	descBackendBytes   = prometheus.NewDesc("sluice_backend_bytes_total", "Bytes sent to a backend.", []string{"vip", "backend"}, nil)
+	descBackendUp      = prometheus.NewDesc("sluice_backend_up", "1 when the backend may receive traffic.", []string{"vip", "backend"}, nil)
+	descBackendState   = prometheus.NewDesc("sluice_backend_state", "The backend's state, one-hot.", []string{"vip", "backend", "state"}, nil)
+	descLastChange     = prometheus.NewDesc("sluice_backend_last_change_timestamp_seconds", "When the backend's health last changed.", []string{"vip", "backend"}, nil)
+	descXDP            = prometheus.NewDesc("sluice_xdp_packets_total", "Packets by data-plane outcome or event.", []string{"outcome"}, nil)
+	descConntrack      = prometheus.NewDesc("sluice_conntrack_entries", "Entries in the connection tables.", nil, nil)
+	descRevision       = prometheus.NewDesc("sluice_state_revision", "Revision of the applied desired state.", nil, nil)
+)
+
+func newMetrics(d *Daemon) *metrics {
+	m := &metrics{d: d, reg: prometheus.NewRegistry()}
+	m.probeDuration = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name: "sluice_health_check_duration_seconds", Help: "Duration of health probes.",
+		Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5},
+	}, []string{"type"})
+	m.failoverApply = prometheus.NewHistogram(prometheus.HistogramOpts{
+		Name: "sluice_failover_apply_seconds", Help: "Time from a health verdict to the completed map update.",
+		Buckets: []float64{.0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1},
+	})
+	m.checkFailures = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "sluice_backend_check_failures_total", Help: "Failed health probes.",
+	}, []string{"vip", "backend"})
+	m.transitions = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "sluice_backend_transitions_total", Help: "Health transitions by new state.",
+	}, []string{"vip", "backend", "to"})
+	m.buildInfo = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "sluice_build_info", Help: "Build information.",
+	}, []string{"version", "goversion"})
+	version, gover := "dev", ""
+	if bi, ok := debug.ReadBuildInfo(); ok {
+		gover = bi.GoVersion
+		if bi.Main.Version != "" && bi.Main.Version != "(devel)" {
+			version = bi.Main.Version
+		}
+	}
+	m.buildInfo.WithLabelValues(version, gover).Set(1)
+	m.reg.MustRegister(m.probeDuration, m.failoverApply, m.checkFailures, m.transitions, m.buildInfo, m)
+	return m
+}
+
+func (m *metrics) observeProbe(r health.Result) {
+	m.probeDuration.WithLabelValues(string(r.Type)).Observe(r.Duration.Seconds())
+	if r.Err == nil {
+		return
+	}
+	st := m.d.State()
+	for _, v := range st.VIPs {
+		k, _ := ParseVIPKey(v.VIP)
+		for _, b := range v.Backends {
+			if checkFor(k, b).ID() == r.Check {
+				m.checkFailures.WithLabelValues(v.VIP, b.Addr).Inc()
+			}
+		}
+	}
+}
+
+func (m *metrics) transition(vip, backend, to string) {
+	m.transitions.WithLabelValues(vip, backend, to).Inc()
+}
+
+// Describe implements prometheus.Collector (unchecked: series vary).
+func (m *metrics) Describe(chan<- *prometheus.Desc) {}
+
+// Collect reads the per-CPU counters from the maps at scrape time.
+func (m *metrics) Collect(ch chan<- prometheus.Metric) {
+	st, err := m.d.Status()
+	if err != nil {
+		return
+	}
+	ch <- prometheus.MustNewConstMetric(descRevision, prometheus.GaugeValue, float64(st.Revision))
+	for _, v := range st.VIPs {
+		ch <- prometheus.MustNewConstMetric(descVIPPackets, prometheus.CounterValue, float64(v.Packets), v.VIP)
+		ch <- prometheus.MustNewConstMetric(descVIPBytes, prometheus.CounterValue, float64(v.Bytes), v.VIP)
+		for _, b := range v.Backends {
+			ch <- prometheus.MustNewConstMetric(descBackendPackets, prometheus.CounterValue, float64(b.Packets), v.VIP, b.Addr)
+			ch <- prometheus.MustNewConstMetric(descBackendBytes, prometheus.CounterValue, float64(b.Bytes), v.VIP, b.Addr)
+			up := 0.0
+			if b.Usable {
+				up = 1
+			}
+			ch <- prometheus.MustNewConstMetric(descBackendUp, prometheus.GaugeValue, up, v.VIP, b.Addr)
+			for _, s := range BackendStates {
+				val := 0.0
+				if b.State == s {
+					val = 1
+				}
+				ch <- prometheus.MustNewConstMetric(descBackendState, prometheus.GaugeValue, val, v.VIP, b.Addr, s)
+			}
+			if !b.LastChange.IsZero() {
+				ch <- prometheus.MustNewConstMetric(descLastChange, prometheus.GaugeValue, float64(b.LastChange.UnixNano())/1e9, v.VIP, b.Addr)
+			}
+		}
+	}
+	if stats, err := m.d.dp.Stats(); err == nil {
+		for s, c := range stats {
+			ch <- prometheus.MustNewConstMetric(descXDP, prometheus.CounterValue, float64(c.Packets), s.String())
+		}
+	}
+	if n, err := m.d.dp.FlowCount(); err == nil {
+		ch <- prometheus.MustNewConstMetric(descConntrack, prometheus.GaugeValue, float64(n))
+	}
+}
+
+func (m *metrics) handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{}))
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { w.Write([]byte("ok\n")) })
+	mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
+		if !m.d.ready {
+			http.Error(w, "not ready", http.StatusServiceUnavailable)
+			return
+		}
+		w.Write([]byte("ready\n"))
+	})
+	return mux
+}

@@ -1,0 +1,317 @@
+package control
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/netip"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/sluicelb/sluice/health"
+	"github.com/sluicelb/sluice/loader"
+)
+
+// BackendView is the reconciler's verdict for one backend.
+type BackendView struct {
+	Index  uint32 // data-plane backend index
+	Usable bool
+	Drain  bool
+	InRing bool
+	Health health.State
+	MACErr error
+}
+
+// Reconciler turns desired state plus health into data-plane maps. It
+// rewrites only what differs: an unchanged intent writes nothing.
+type Reconciler struct {
+	dp   *loader.Datapath
+	macs MACResolver
+	seed uint64
+
+	mu     sync.Mutex
+	vipIDs map[loader.VIPKey]uint32
+	beIdx  map[beKey]uint32
+	macOf  map[netip.Addr]net.HardwareAddr
+	views  map[loader.VIPKey]map[netip.Addr]BackendView
+	// rings remembers what each VIP's ring was built from, so that a
+	// change elsewhere rebuilds only the rings whose members changed.
+	rings map[loader.VIPKey]string
+}
+
+type beKey struct {
+	vip  uint32
+	addr netip.Addr
+}
+
+// NewReconciler adopts the VIP ids and backend indices already in the data
+// plane, so a restarted daemon keeps every entry where it was.
+func NewReconciler(dp *loader.Datapath, macs MACResolver, seed uint64) (*Reconciler, error) {
+	r := &Reconciler{dp: dp, macs: macs, seed: seed, vipIDs: map[loader.VIPKey]uint32{}, beIdx: map[beKey]uint32{},
+		macOf: map[netip.Addr]net.HardwareAddr{}, views: map[loader.VIPKey]map[netip.Addr]BackendView{},
+		rings: map[loader.VIPKey]string{}}
+	vips, err := dp.VIPs()
+	if err != nil {
+		return nil, err
+	}
+	for k, v := range vips {
+		r.vipIDs[k] = v.ID
+	}
+	bes, err := dp.Backends()
+	if err != nil {
+		return nil, err
+	}
+	for idx, b := range bes {
+		r.beIdx[beKey{b.VIPID, b.Addr}] = idx
+		r.macOf[b.Addr] = b.MAC
+	}
+	return r, nil
+}
+
+// AdoptedHealth reports, for backends already in the data plane, whether
+// they were usable: a restarted daemon starts its checks from there
+// instead of from "down", so no flow notices the restart.
+func (r *Reconciler) AdoptedHealth(vip loader.VIPKey, addr netip.Addr) (health.State, bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	id, ok := r.vipIDs[vip]
+	if !ok {
+		return "", false
+	}
+	idx, ok := r.beIdx[beKey{id, addr}]
+	if !ok {
+		return "", false
+	}
+	bes, err := r.dp.Backends()
+	if err != nil {
+		return "", false
+	}
+	if bes[idx].Flags&loader.BackendUsable != 0 {
+		return health.Up, true
+	}
+	return health.Down, true
+}
+
+// HealthOf answers a backend's probe state.
+type HealthOf func(vip loader.VIPKey, b Backend) health.State
+
+// Result says what one Apply wrote.
+type Result struct {
+	Writes int // map writes (0 when nothing changed)
+}
+
+// Apply makes the data plane match s under the given health view.
+func (r *Reconciler) Apply(ctx context.Context, s State, hv HealthOf) (Result, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var res Result
+	count := func(changed bool, err error) error {
+		if changed {
+			res.Writes++
+		}
+		return err
+	}
+	want := map[loader.VIPKey]bool{}
+	keepBackends := map[uint32]bool{}
+	views := map[loader.VIPKey]map[netip.Addr]BackendView{}
+	for _, v := range s.VIPs {
+		k, err := ParseVIPKey(v.VIP)
+		if err != nil {
+			return res, err
+		}
+		want[k] = true
+		id, err := r.vipID(k)
+		if err != nil {
+			return res, err
+		}
+		fwd, _ := loader.ParseForward(v.Forward)
+		if err := count(r.dp.SetVIP(k, loader.VIP{ID: id, Forward: fwd, UDPTimeout: time.Duration(v.UDPTimeout)})); err != nil {
+			return res, err
+		}
+		view := map[netip.Addr]BackendView{}
+		var active, standby []MaglevBackend
+		for _, b := range v.Backends {
+			addr := netip.MustParseAddr(b.Addr)
+			idx, err := r.backendIndex(id, addr)
+			if err != nil {
+				return res, err
+			}
+			keepBackends[idx] = true
+			hs := hv(k, b)
+			bv := BackendView{Index: idx, Health: hs, Drain: b.Drain || b.Weight == 0}
+			bv.Usable = hs == health.Up && !b.Disabled
+			mac, merr := r.mac(ctx, addr, b.MAC)
+			bv.MACErr = merr
+			if merr != nil {
+				bv.Usable = false
+			}
+			flags := loader.BackendFlags(0)
+			if bv.Usable {
+				flags |= loader.BackendUsable
+			}
+			if bv.Drain {
+				flags |= loader.BackendDraining
+			}
+			if mac == nil {
+				mac = net.HardwareAddr{0, 0, 0, 0, 0, 0}
+			}
+			if err := count(r.dp.SetBackend(idx, loader.Backend{Addr: addr, VIPID: id, Flags: flags, MAC: mac})); err != nil {
+				return res, err
+			}
+			if bv.Usable && !bv.Drain {
+				mb := MaglevBackend{ID: addr.String(), Weight: b.Weight, Slot: idx}
+				if b.Standby {
+					standby = append(standby, mb)
+				} else {
+					active = append(active, mb)
+				}
+			}
+			view[addr] = bv
+		}
+		members := active
+		if len(active) < v.MinActive {
+			members = append(slices.Clone(active), standby...)
+		}
+		for _, m := range members {
+			bv := view[netip.MustParseAddr(m.ID)]
+			bv.InRing = true
+			view[netip.MustParseAddr(m.ID)] = bv
+		}
+		fp := fmt.Sprintf("%d/%d/%v", v.RingSize, id, members)
+		if r.rings[k] != fp {
+			ring, err := BuildMaglev(members, v.RingSize, r.seed)
+			if err != nil {
+				return res, fmt.Errorf("vip %s: %w", v.VIP, err)
+			}
+			if err := count(r.dp.ReplaceRing(k, ring)); err != nil {
+				return res, err
+			}
+			r.rings[k] = fp
+		}
+		views[k] = view
+	}
+	// Remove what is no longer wanted, after the rings stopped naming it.
+	for k := range r.vipIDs {
+		if !want[k] {
+			if err := r.dp.DeleteVIP(k); err != nil {
+				return res, err
+			}
+			res.Writes++
+			delete(r.vipIDs, k)
+			delete(r.rings, k)
+		}
+	}
+	for bk, idx := range r.beIdx {
+		if !keepBackends[idx] {
+			if err := r.dp.ClearBackend(idx); err != nil {
+				return res, err
+			}
+			res.Writes++
+			delete(r.beIdx, bk)
+		}
+	}
+	r.views = views
+	return res, nil
+}
+
+// View is the last applied verdict of every backend.
+func (r *Reconciler) View(k loader.VIPKey) (map[netip.Addr]BackendView, uint32, bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	id, ok := r.vipIDs[k]
+	return r.views[k], id, ok
+}
+
+func (r *Reconciler) vipID(k loader.VIPKey) (uint32, error) {
+	if id, ok := r.vipIDs[k]; ok {
+		return id, nil
+	}
+	used := map[uint32]bool{}
+	for _, id := range r.vipIDs {
+		used[id] = true
+	}
+	for id := uint32(0); id < loader.MaxVIPs; id++ {
+		if !used[id] {
+			r.vipIDs[k] = id
+			return id, nil
+		}
+	}
+	return 0, fmt.Errorf("vip %s: all %d vip ids in use", k, loader.MaxVIPs)
+}
+
+func (r *Reconciler) backendIndex(vip uint32, addr netip.Addr) (uint32, error) {
+	if idx, ok := r.beIdx[beKey{vip, addr}]; ok {
+		return idx, nil
+	}
+	used := map[uint32]bool{}
+	for _, idx := range r.beIdx {
+		used[idx] = true
+	}
+	for idx := uint32(1); idx < loader.MaxBackends; idx++ {
+		if !used[idx] {
+			r.beIdx[beKey{vip, addr}] = idx
+			if err := r.dp.ResetBackendCounter(idx); err != nil {
+				return 0, err
+			}
+			return idx, nil
+		}
+	}
+	return 0, fmt.Errorf("backend %s: all %d backend entries in use", addr, loader.MaxBackends-1)
+}
+
+// mac returns the configured MAC, or the resolved one (cached; Refresh
+// re-resolves).
+func (r *Reconciler) mac(ctx context.Context, addr netip.Addr, configured string) (net.HardwareAddr, error) {
+	if configured != "" {
+		return net.ParseMAC(configured)
+	}
+	if m, ok := r.macOf[addr]; ok && !isZeroMAC(m) {
+		return m, nil
+	}
+	if r.macs == nil {
+		return nil, fmt.Errorf("backend %s: no mac and no resolver", addr)
+	}
+	m, err := r.macs.Resolve(ctx, addr)
+	if err != nil {
+		return nil, err
+	}
+	r.macOf[addr] = m
+	return m, nil
+}
+
+// RefreshMACs re-resolves every cached MAC; it reports whether any changed.
+func (r *Reconciler) RefreshMACs(ctx context.Context) bool {
+	r.mu.Lock()
+	addrs := make([]netip.Addr, 0, len(r.macOf))
+	for a := range r.macOf {
+		addrs = append(addrs, a)
+	}
+	r.mu.Unlock()
+	changed := false
+	for _, a := range addrs {
+		if r.macs == nil {
+			break
+		}
+		m, err := r.macs.Resolve(ctx, a)
+		if err != nil {
+			continue
+		}
+		r.mu.Lock()
+		if old := r.macOf[a]; old.String() != m.String() {
+			r.macOf[a] = m
+			changed = true
+		}
+		r.mu.Unlock()
+	}
+	return changed
+}
+
+func isZeroMAC(m net.HardwareAddr) bool {
+	for _, b := range m {
+		if b != 0 {
+			return false
+		}
+	}
+	return true
+}

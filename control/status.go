@@ -1,0 +1,114 @@
+package control
+
+import (
+	"crypto/sha256"
+	"encoding/binary"
+	"encoding/hex"
+	"net/netip"
+	"time"
+
+	"github.com/sluicelb/sluice/health"
+)
+
+// BackendStates are the states status and metrics report.
+var BackendStates = []string{"up", "down", "draining", "disabled"}
+
+// Status is what `sluice status -o json` prints.
+type Status struct {
+	Revision uint64      `json:"revision"`
+	Role     string      `json:"role"`
+	Iface    string      `json:"iface"`
+	Uptime   string      `json:"uptime"`
+	VIPs     []VIPStatus `json:"vips"`
+}
+
+// VIPStatus is one VIP in Status.
+type VIPStatus struct {
+	VIP        string          `json:"vip"`
+	Forward    string          `json:"forward"`
+	RingSize   uint32          `json:"ring_size"`
+	RingSHA256 string          `json:"ring_sha256"`
+	MinActive  int             `json:"min_active"`
+	Packets    uint64          `json:"packets"`
+	Bytes      uint64          `json:"bytes"`
+	Backends   []BackendStatus `json:"backends"`
+}
+
+// BackendStatus is one backend in Status.
+type BackendStatus struct {
+	Addr       string    `json:"addr"`
+	State      string    `json:"state"`
+	Usable     bool      `json:"usable"`
+	Weight     uint32    `json:"weight"`
+	Standby    bool      `json:"standby"`
+	RingSlots  int       `json:"ring_slots"`
+	Packets    uint64    `json:"packets"`
+	Bytes      uint64    `json:"bytes"`
+	LastChange time.Time `json:"last_change"`
+	Reason     string    `json:"reason"`
+}
+
+// Status reads the desired state, health and the kernel's maps.
+func (d *Daemon) Status() (Status, error) {
+	d.mu.Lock()
+	state := d.state.Clone()
+	d.mu.Unlock()
+	out := Status{Revision: state.Revision, Role: d.coord.Role(), Iface: d.opts.Iface,
+		Uptime: time.Since(d.started).Round(time.Second).String(), VIPs: []VIPStatus{}}
+	for _, v := range state.VIPs {
+		k, _ := ParseVIPKey(v.VIP)
+		vs := VIPStatus{VIP: v.VIP, Forward: v.Forward, RingSize: v.RingSize, MinActive: v.MinActive, Backends: []BackendStatus{}}
+		view, id, ok := d.rec.View(k)
+		slots := map[uint32]int{}
+		if ok {
+			if c, err := d.dp.VIPCounter(id); err == nil {
+				vs.Packets, vs.Bytes = c.Packets, c.Bytes
+			}
+			if ring, err := d.dp.Ring(k); err == nil {
+				h := sha256.New()
+				var b [4]byte
+				for _, s := range ring {
+					slots[s]++
+					binary.LittleEndian.PutUint32(b[:], s)
+					h.Write(b[:])
+				}
+				vs.RingSHA256 = hex.EncodeToString(h.Sum(nil))
+			}
+		}
+		for _, b := range v.Backends {
+			addr := netip.MustParseAddr(b.Addr)
+			bs := BackendStatus{Addr: b.Addr, Weight: b.Weight, Standby: b.Standby}
+			bv := view[addr]
+			bs.Usable = bv.Usable
+			bs.RingSlots = slots[bv.Index]
+			if bv.Index != 0 {
+				if c, err := d.dp.BackendCounter(bv.Index); err == nil {
+					bs.Packets, bs.Bytes = c.Packets, c.Bytes
+				}
+			}
+			hs := health.Down
+			c := checkFor(k, b)
+			if c.Probe.Type == health.None {
+				hs, bs.Reason = health.Up, "no health check"
+			} else if st, ok := d.hm.Status(c.ID()); ok {
+				hs, bs.LastChange, bs.Reason = st.State, st.Since, st.Reason
+			}
+			switch {
+			case b.Disabled:
+				bs.State, bs.Reason = "disabled", "disabled by the operator"
+			case hs != health.Up:
+				bs.State = "down"
+			case b.Drain || b.Weight == 0:
+				bs.State = "draining"
+			default:
+				bs.State = "up"
+			}
+			if bv.MACErr != nil {
+				bs.Reason = bv.MACErr.Error()
+			}
+			vs.Backends = append(vs.Backends, bs)
+		}
+		out.VIPs = append(out.VIPs, vs)
+	}
+	return out, nil
+}

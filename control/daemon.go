@@ -186,8 +186,12 @@ func (d *Daemon) syncChecksLocked() {
 // onHealth applies a health verdict at once and times verdict -> maps.
 func (d *Daemon) onHealth(e health.Event) {
 	d.mu.Lock()
-	_, err := d.rec.Apply(d.ctx, d.state, d.healthOf)
+	res, err := d.rec.Apply(d.ctx, d.state, d.healthOf)
 	applied := time.Now()
+	marked := res.FirstWrite
+	if marked.IsZero() {
+		marked = applied
+	}
 	state := d.state
 	d.mu.Unlock()
 	d.metrics.failoverApply.Observe(applied.Sub(e.Time).Seconds())
@@ -200,12 +204,12 @@ func (d *Daemon) onHealth(e health.Event) {
 			if checkFor(k, b).ID() == e.Check {
 				d.metrics.transition(v.VIP, b.Addr, string(e.To))
 				d.events.Add(Event{Time: e.Time, Kind: "health", VIP: v.VIP, Backend: b.Addr, From: string(e.From), To: string(e.To),
-					Reason: e.Reason, Applied: &applied})
+					Reason: e.Reason, Marked: &marked, Applied: &applied})
 			}
 		}
 	}
 	d.log.Info("health transition", "target", e.Check.Probe.Addr, "from", e.From, "to", e.To, "reason", e.Reason,
-		"apply", applied.Sub(e.Time))
+		"marked", marked.Sub(e.Time), "applied", applied.Sub(e.Time))
 }
 
 // Change commits a change to the desired state and applies it.

@@ -15,7 +15,10 @@ type Event struct {
 	To       string    `json:"to,omitempty"`
 	Reason   string    `json:"reason,omitempty"`
 	Revision uint64    `json:"revision,omitempty"`
-	// Applied is when the data plane had taken a health verdict in.
+	// Marked is when the first map write for a health verdict completed
+	// (the backend flag: the data plane stops or starts using it there);
+	// Applied is when every write, rings included, had completed.
+	Marked  *time.Time `json:"marked,omitempty"`
 	Applied *time.Time `json:"applied,omitempty"`
 }
 

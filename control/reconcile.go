@@ -99,6 +99,9 @@ type HealthOf func(vip loader.VIPKey, b Backend) health.State
 // Result says what one Apply wrote.
 type Result struct {
 	Writes int // map writes (0 when nothing changed)
+	// FirstWrite is when the first map write completed: for a backend
+	// going down, the moment the data plane stops using it.
+	FirstWrite time.Time
 }
 
 // Apply makes the data plane match s under the given health view.
@@ -108,6 +111,9 @@ func (r *Reconciler) Apply(ctx context.Context, s State, hv HealthOf) (Result, e
 	var res Result
 	count := func(changed bool, err error) error {
 		if changed {
+			if res.Writes == 0 {
+				res.FirstWrite = time.Now()
+			}
 			res.Writes++
 		}
 		return err

@@ -188,8 +188,10 @@ func IsPrime(n uint32) bool {
 }
 
 // ReplaceRing installs slots (backend indices, 0 for "no backend") as the
-// VIP's ring in one atomic step: the new ring goes into the VIP's inactive
-// slot, then one update of the VIP entry switches slot and size together.
+// VIP's ring in one atomic step: a ring of the active size replaces the
+// active ring in one map-in-map update; a ring of another size goes into
+// the VIP's inactive slot, then one swap of the VIP table switches slot and
+// size together.
 // An empty or all-zero ring makes the VIP drop. It writes nothing and
 // returns false when the active ring already holds slots.
 func (d *Datapath) ReplaceRing(k VIPKey, slots []uint32) (bool, error) {
@@ -217,9 +219,17 @@ func (d *Datapath) ReplaceRing(k VIPKey, slots []uint32) (bool, error) {
 			return false, nil
 		}
 	}
-	next := cur.Id * 2
-	if cur.RingSize != 0 && cur.RingSlot == next {
-		next++
+	// A ring of the same size replaces the active one in place: one
+	// map-in-map update, seen whole by the next packet. A new size goes to
+	// the other slot, and the VIP entry then switches slot and size in
+	// one step.
+	sameSize := cur.RingSize == uint32(n)
+	next := cur.RingSlot
+	if !sameSize {
+		next = cur.Id * 2
+		if cur.RingSize != 0 && cur.RingSlot == next {
+			next++
+		}
 	}
 	spec := d.ringSpec(uint32(n))
 	ring, err := ebpf.NewMap(spec)
@@ -236,6 +246,9 @@ func (d *Datapath) ReplaceRing(k VIPKey, slots []uint32) (bool, error) {
 	}
 	if err := d.objs.Rings.Update(next, ring, ebpf.UpdateAny); err != nil {
 		return false, fmt.Errorf("install ring of vip %s: %w", k, err)
+	}
+	if sameSize {
+		return true, nil
 	}
 	upd := cur
 	upd.RingSlot, upd.RingSize = next, uint32(n)

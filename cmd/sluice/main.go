@@ -60,7 +60,7 @@ func main() {
 		},
 	}
 	slog.SetDefault(slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})))
-	if err := app.RunContext(ctx, os.Args); err != nil {
+	if err := app.RunContext(ctx, interspersed(app, os.Args)); err != nil {
 		fmt.Fprintln(os.Stderr, "sluice:", err)
 		os.Exit(1)
 	}

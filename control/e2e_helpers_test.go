@@ -1,0 +1,293 @@
+package control_test
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/sluicelb/sluice/control"
+	"github.com/sluicelb/sluice/testenv"
+)
+
+var sluiceBin string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "sluice-bin-")
+	if err != nil {
+		panic(err)
+	}
+	sluiceBin = filepath.Join(dir, "sluice")
+	out, err := exec.Command("go", "build", "-o", sluiceBin, "github.com/sluicelb/sluice/cmd/sluice").CombinedOutput()
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "build sluice: %v\n%s", err, out)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+type daemonProc struct {
+	cmd      *exec.Cmd
+	socket   string
+	stateDir string
+	log      *strings.Builder
+	mu       *sync.Mutex
+	done     chan error
+}
+
+// startDaemon runs `sluice daemon` inside the lab's LB namespace and waits
+// until its API answers.
+func startDaemon(t *testing.T, lab *testenv.Lab, stateDir string, extra ...string) *daemonProc {
+	t.Helper()
+	if stateDir == "" {
+		stateDir = t.TempDir()
+	}
+	sock := filepath.Join(stateDir, "sluice.sock")
+	args := append([]string{"daemon", "--iface", lab.LB.Link, "--xdp-mode", "native", "--state-dir", stateDir,
+		"--socket", sock, "--metrics-addr", "127.0.0.1:9642", "--pin-root", lab.PinRoot(), "--flow-table-size", "65536"}, extra...)
+	cmd := lab.LB.Command(context.Background(), sluiceBin, args...)
+	p := &daemonProc{cmd: cmd, socket: sock, stateDir: stateDir, log: &strings.Builder{}, mu: &sync.Mutex{}, done: make(chan error, 1)}
+	stderr, err := cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		sc := bufio.NewScanner(stderr)
+		for sc.Scan() {
+			p.mu.Lock()
+			p.log.WriteString(sc.Text() + "\n")
+			p.mu.Unlock()
+		}
+		p.done <- cmd.Wait()
+	}()
+	t.Cleanup(func() {
+		p.stop()
+		if t.Failed() {
+			t.Logf("daemon log:\n%s", p.logText())
+		}
+	})
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		if c, err := net.Dial("unix", sock); err == nil {
+			c.Close()
+			return p
+		}
+		select {
+		case err := <-p.done:
+			t.Fatalf("daemon exited: %v\n%s", err, p.logText())
+		case <-time.After(20 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("daemon did not start\n%s", p.logText())
+		}
+	}
+}
+
+func (p *daemonProc) logText() string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.log.String()
+}
+
+func (p *daemonProc) stop() {
+	if p.cmd.ProcessState != nil {
+		return
+	}
+	p.cmd.Process.Signal(os.Interrupt)
+	select {
+	case <-p.done:
+	case <-time.After(5 * time.Second):
+		p.cmd.Process.Kill()
+		<-p.done
+	}
+}
+
+// kill9 kills the daemon without letting it clean up.
+func (p *daemonProc) kill9(t *testing.T) {
+	t.Helper()
+	if err := p.cmd.Process.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	<-p.done
+}
+
+// cli runs the sluice CLI against the daemon.
+func (p *daemonProc) cli(t *testing.T, args ...string) (string, error) {
+	t.Helper()
+	cmd := exec.Command(sluiceBin, args...)
+	cmd.Env = append(os.Environ(), "SLUICE_SOCKET="+p.socket)
+	out, err := cmd.CombinedOutput()
+	return string(out), err
+}
+
+func (p *daemonProc) mustCLI(t *testing.T, args ...string) string {
+	t.Helper()
+	out, err := p.cli(t, args...)
+	if err != nil {
+		t.Fatalf("sluice %s: %v\n%s", strings.Join(args, " "), err, out)
+	}
+	return out
+}
+
+func (p *daemonProc) status(t *testing.T) control.Status {
+	t.Helper()
+	var st control.Status
+	if err := json.Unmarshal([]byte(p.mustCLI(t, "status", "-o", "json")), &st); err != nil {
+		t.Fatal(err)
+	}
+	return st
+}
+
+// waitStatus polls status until ok, or fails after the deadline.
+func (p *daemonProc) waitStatus(t *testing.T, what string, ok func(control.Status) bool) control.Status {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		st := p.status(t)
+		if ok(st) {
+			return st
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s: %+v", what, st)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func backendState(st control.Status, addr string) control.BackendStatus {
+	for _, v := range st.VIPs {
+		for _, b := range v.Backends {
+			if b.Addr == addr {
+				return b
+			}
+		}
+	}
+	return control.BackendStatus{}
+}
+
+func allUp(n int) func(control.Status) bool {
+	return func(st control.Status) bool {
+		up := 0
+		for _, v := range st.VIPs {
+			for _, b := range v.Backends {
+				if b.State == "up" && b.Usable {
+					up++
+				}
+			}
+		}
+		return up == n
+	}
+}
+
+// eventWatcher follows `sluice events -o json --follow`.
+type eventWatcher struct {
+	ch   chan control.Event
+	stop func()
+}
+
+func (p *daemonProc) follow(t *testing.T) *eventWatcher {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	cmd := exec.CommandContext(ctx, sluiceBin, "events", "-o", "json", "--follow")
+	cmd.Env = append(os.Environ(), "SLUICE_SOCKET="+p.socket)
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	w := &eventWatcher{ch: make(chan control.Event, 1024), stop: func() { cancel(); cmd.Wait() }}
+	go func() {
+		sc := bufio.NewScanner(out)
+		for sc.Scan() {
+			var e control.Event
+			if json.Unmarshal(sc.Bytes(), &e) == nil {
+				w.ch <- e
+			}
+		}
+	}()
+	t.Cleanup(w.stop)
+	return w
+}
+
+// next waits for the next health event of backend addr to state to.
+func (w *eventWatcher) next(t *testing.T, addr, to string, since time.Time) control.Event {
+	t.Helper()
+	timeout := time.After(15 * time.Second)
+	for {
+		select {
+		case e := <-w.ch:
+			if e.Kind == "health" && e.Backend == addr && e.To == to && !e.Time.Before(since) {
+				return e
+			}
+		case <-timeout:
+			t.Fatalf("no event %s -> %s", addr, to)
+		}
+	}
+}
+
+func percentile(ds []time.Duration, p float64) time.Duration {
+	s := append([]time.Duration(nil), ds...)
+	sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
+	idx := int(p*float64(len(s))+0.999999) - 1
+	return s[max(0, min(len(s)-1, idx))]
+}
+
+// conn is a long-lived connection through the VIP and the backend that took it.
+type conn struct {
+	c       net.Conn
+	backend string
+}
+
+func dialVIP(t *testing.T, lab *testenv.Lab, vip netip.AddrPort) (conn, error) {
+	c, err := lab.Client.Dial(context.Background(), "tcp4", "", vip.String())
+	if err != nil {
+		return conn{}, err
+	}
+	c.SetDeadline(time.Now().Add(3 * time.Second))
+	name, err := bufio.NewReader(c).ReadString('\n')
+	if err != nil {
+		c.Close()
+		return conn{}, err
+	}
+	c.SetDeadline(time.Time{})
+	return conn{c: c, backend: strings.TrimSpace(name)}, nil
+}
+
+// alive checks a long-lived connection still echoes through its backend.
+func (c conn) alive() bool {
+	c.c.SetDeadline(time.Now().Add(2 * time.Second))
+	defer c.c.SetDeadline(time.Time{})
+	if _, err := c.c.Write([]byte("ping\n")); err != nil {
+		return false
+	}
+	buf := make([]byte, 5)
+	_, err := io.ReadFull(c.c, buf)
+	return err == nil && string(buf) == "ping\n"
+}
+
+func backendByName(lab *testenv.Lab, name string) *testenv.Backend {
+	for _, b := range lab.Backends {
+		if b.Name == name {
+			return b
+		}
+	}
+	return nil
+}

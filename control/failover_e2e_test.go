@@ -1,0 +1,152 @@
+package control_test
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/sluicelb/sluice/testenv"
+)
+
+const vipTCP = "10.77.1.100:80/tcp"
+
+var vipAP = netip.MustParseAddrPort("10.77.1.100:80")
+
+func newLabDaemon(t *testing.T, backends int, checkArgs ...string) (*testenv.Lab, *daemonProc) {
+	t.Helper()
+	testenv.Require(t)
+	lab, err := testenv.NewLab(context.Background(), nil, testenv.LabOptions{Backends: backends})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { lab.Close() })
+	d := startDaemon(t, lab, "")
+	d.mustCLI(t, "vip", "add", vipTCP, "--forward", "ipip")
+	for _, b := range lab.Backends {
+		args := append([]string{"backend", "add", vipTCP, b.Addr.Addr().String()}, checkArgs...)
+		d.mustCLI(t, args...)
+	}
+	d.waitStatus(t, "all backends up", allUp(backends))
+	return lab, d
+}
+
+var fastCheck = []string{"--check", "tcp", "--interval", "100ms", "--timeout", "100ms", "--fall", "2", "--rise", "2"}
+
+// TestFailover: kill a backend's server (refused) 20 times and blackhole
+// another (nftables drop) 20 times under steady client load; time each kill
+// to the completed map update; check 200+ long-lived connections to healthy
+// backends never break and that a backend returns only after rise passes.
+func TestFailover(t *testing.T) {
+	lab, d := newLabDaemon(t, 4, fastCheck...)
+	events := d.follow(t)
+
+	// Long-lived connections; those on b1 and b2 (never failed) must survive.
+	var healthy []conn
+	for len(healthy) < 200 {
+		c, err := dialVIP(t, lab, vipAP)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if c.backend == "b1" || c.backend == "b2" {
+			healthy = append(healthy, c)
+		} else {
+			c.c.Close()
+		}
+	}
+	defer func() {
+		for _, c := range healthy {
+			c.c.Close()
+		}
+	}()
+
+	// Steady load: new connections all the time.
+	var ok, failed atomic.Int64
+	stop := make(chan struct{})
+	loadDone := make(chan struct{})
+	go func() {
+		defer close(loadDone)
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			if c, err := dialVIP(t, lab, vipAP); err == nil {
+				c.c.Close()
+				ok.Add(1)
+			} else {
+				failed.Add(1)
+			}
+		}
+	}()
+
+	run := func(name string, victim *testenv.Backend, fail, recover func()) []time.Duration {
+		var lat, full []time.Duration
+		defer func() {
+			t.Logf("%s -> rings swapped too: p50 %v, p99 %v", name, percentile(full, .5), percentile(full, .99))
+		}()
+		addr := victim.Addr.Addr().String()
+		for i := range 20 {
+			t0 := time.Now()
+			fail()
+			down := events.next(t, addr, "down", t0)
+			if down.Marked == nil || down.Applied == nil {
+				t.Fatal("health event without map update times")
+			}
+			lat = append(lat, down.Marked.Sub(t0))
+			full = append(full, down.Applied.Sub(t0))
+			t1 := time.Now()
+			recover()
+			up := events.next(t, addr, "up", t1)
+			if !strings.Contains(up.Reason, "2 consecutive checks passed") {
+				t.Fatalf("%s rep %d: came back with %q, want after rise=2 passes", name, i, up.Reason)
+			}
+		}
+		return lat
+	}
+	b4, b3 := backendByName(lab, "b4"), backendByName(lab, "b3")
+	killLat := run("kill", b4, func() { b4.StopServers(false) }, func() {
+		if err := b4.StartServers(); err != nil {
+			t.Fatal(err)
+		}
+	})
+	nft := func(args ...string) {
+		if out, err := b3.Command(context.Background(), "nft", args...).CombinedOutput(); err != nil {
+			t.Fatalf("nft %v: %v\n%s", args, err, out)
+		}
+	}
+	holeLat := run("blackhole", b3, func() {
+		nft("add", "table", "inet", "sluicet")
+		nft("add", "chain", "inet", "sluicet", "in", "{ type filter hook input priority 0 ; }")
+		nft("add", "rule", "inet", "sluicet", "in", "tcp", "dport", "80", "drop")
+	}, func() { nft("delete", "table", "inet", "sluicet") })
+	close(stop)
+	<-loadDone
+
+	kp50, kp99 := percentile(killLat, .5), percentile(killLat, .99)
+	hp50, hp99 := percentile(holeLat, .5), percentile(holeLat, .99)
+	t.Logf("kill -> map update over %d runs: p50 %v, p99 %v (target p99 ≤ 300ms)", len(killLat), kp50, kp99)
+	t.Logf("blackhole -> map update over %d runs: p50 %v, p99 %v (target p99 ≤ 500ms)", len(holeLat), hp50, hp99)
+	if kp99 > 300*time.Millisecond {
+		t.Errorf("kill p99 %v > 300ms", kp99)
+	}
+	if hp99 > 500*time.Millisecond {
+		t.Errorf("blackhole p99 %v > 500ms", hp99)
+	}
+	broken := 0
+	for _, c := range healthy {
+		if !c.alive() {
+			broken++
+		}
+	}
+	t.Logf("long-lived connections to healthy backends: %d checked, %d broken; new connections during the test: %d ok, %d failed",
+		len(healthy), broken, ok.Load(), failed.Load())
+	if broken != 0 {
+		t.Errorf("%d of %d connections to healthy backends broke", broken, len(healthy))
+	}
+	_ = fmt.Sprint()
+}

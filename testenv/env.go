@@ -547,8 +547,11 @@ func (h *Host) Index() (int, error) {
 	return idx, err
 }
 
-// Command runs a program inside the host's namespace (through
-// `ip netns exec`), so that everything it opens lives there.
+// Command runs a program inside the host's network namespace, so that
+// everything it opens lives there. It enters only the network namespace
+// (nsenter --net): `ip netns exec` would also give the program a private
+// mount namespace with its own /sys, where BPF objects pinned to a bpffs
+// mounted there vanish with the process.
 func (h *Host) Command(ctx context.Context, name string, args ...string) *exec.Cmd {
-	return exec.CommandContext(ctx, "ip", append([]string{"netns", "exec", h.nsName, name}, args...)...)
+	return exec.CommandContext(ctx, "nsenter", append([]string{"--net=" + filepath.Join(netnsDir, h.nsName), "--", name}, args...)...)
 }

@@ -173,6 +173,7 @@ func (d *Daemon) syncChecksLocked() {
 		for _, b := range v.Backends {
 			c := checkFor(k, b)
 			checks = append(checks, c)
+			d.metrics.checkFailures.WithLabelValues(v.VIP, b.Addr) // export 0 before the first failure
 			if st, ok := d.rec.AdoptedHealth(k, netip.MustParseAddr(b.Addr)); ok {
 				if cur, seen := initial[c.ID()]; !seen || cur == health.Down {
 					initial[c.ID()] = st

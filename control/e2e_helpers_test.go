@@ -170,10 +170,10 @@ func (p *daemonProc) waitStatus(t *testing.T, what string, ok func(control.Statu
 	}
 }
 
-func backendState(st control.Status, addr string) control.BackendStatus {
+func backendState(st control.Status, vip, addr string) control.BackendStatus {
 	for _, v := range st.VIPs {
 		for _, b := range v.Backends {
-			if b.Addr == addr {
+			if v.VIP == vip && b.Addr == addr {
 				return b
 			}
 		}

@@ -132,7 +132,7 @@ func TestStandby(t *testing.T) {
 		}
 		return out
 	}
-	slots := func() int { return backendState(d.status(t), "10.77.0.13").RingSlots }
+	slots := func() int { return backendState(d.status(t), vipTCP, "10.77.0.13").RingSlots }
 	if s, c := slots(), count(100); s != 0 || c["b3"] != 0 {
 		t.Fatalf("both actives up: standby has %d ring slots and took %d of 100", s, c["b3"])
 	}

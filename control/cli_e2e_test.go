@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"testing"
@@ -329,6 +330,24 @@ func TestMetrics(t *testing.T) {
 		"sluice_failover_apply_seconds_count", "sluice_backend_check_failures_total"} {
 		if !strings.Contains(body, name) {
 			t.Errorf("metrics lack %s", name)
+		}
+	}
+	// The shipped dashboard queries only series the daemon exports.
+	dash, err := os.ReadFile("../docs/grafana-dashboard.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var parsed map[string]any
+	if err := json.Unmarshal(dash, &parsed); err != nil {
+		t.Fatalf("dashboard is not JSON: %v", err)
+	}
+	names := regexp.MustCompile(`sluice_[a-z_]+`).FindAllString(string(dash), -1)
+	if len(names) < 10 {
+		t.Fatalf("dashboard references only %d series", len(names))
+	}
+	for _, n := range names {
+		if !strings.Contains(body, n) {
+			t.Errorf("dashboard queries %s, which the daemon does not export", n)
 		}
 	}
 }

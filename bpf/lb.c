@@ -51,10 +51,10 @@ struct {
 /* Template of one ring; BPF_F_INNER_MAP lets each ring have its own size. */
 struct ring {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, SLUICE_DEFAULT_RING);
+	__uint(max_entries, (SLUICE_DEFAULT_RING + SLUICE_RING_CHUNK - 1) / SLUICE_RING_CHUNK);
 	__uint(map_flags, BPF_F_INNER_MAP);
 	__type(key, __u32);
-	__type(value, __u32);
+	__type(value, struct ring_chunk);
 };
 
 struct {
@@ -134,6 +134,7 @@ struct sluice_btf_anchor {
 	enum sluice_family family;
 	enum sluice_backend_flags backend_flags;
 	struct vip_entry vip_entry;
+	struct ring_chunk ring_chunk;
 } sluice_btf_anchor __attribute__((unused));
 
 enum verdict {
@@ -529,13 +530,19 @@ static __always_inline struct backend *select_backend(struct pkt *p, const struc
 	__u32 slot = flow_hash(&p->key, cfg->seed) % size;
 
 	for (int i = 0; i < RING_PROBES; i++) {
-		__u32 *be = bpf_map_lookup_elem(ring, &slot);
+		__u32 chunk = slot / SLUICE_RING_CHUNK;
+		struct ring_chunk *rc = bpf_map_lookup_elem(ring, &chunk);
 
-		if (!be || *be == 0)
+		if (!rc)
+			return NULL;
+		/* slot % SLUICE_RING_CHUNK < SLUICE_RING_CHUNK: in bounds by construction. */
+		__u32 be = rc->slot[slot % SLUICE_RING_CHUNK];
+
+		if (be == 0)
 			return NULL; /* an empty ring: the VIP has no backend */
-		b = usable_backend(*be, vip->id);
+		b = usable_backend(be, vip->id);
 		if (b) {
-			*idx = *be;
+			*idx = be;
 			break;
 		}
 		slot = slot + 1 == size ? 0 : slot + 1;

@@ -81,6 +81,11 @@ type LbFlowState struct {
 	AtimeNs uint64
 }
 
+type LbRingChunk struct {
+	_    structs.HostLayout
+	Slot [4]uint16
+}
+
 type LbSluiceBackendFlags uint32
 
 const (
@@ -113,6 +118,10 @@ type LbSluiceBtfAnchor struct {
 			Pad          [3]uint8
 			UdpTimeoutNs uint64
 		}
+	}
+	RingChunk struct {
+		_    structs.HostLayout
+		Slot [4]uint16
 	}
 }
 

@@ -18,6 +18,11 @@
 /* Default ring size; each ring is an inner array sized at creation. */
 #define SLUICE_DEFAULT_RING 65537
 /* Two ring slots per VIP (double buffer): vip_info.ring_slot names the active one. */
+/* A ring is stored packed, SLUICE_RING_CHUNK backend indices per array
+ * element: array elements are rounded up to 8 bytes, so one __u32 per
+ * element would take twice, and a __u16 four times, the memory (and cache)
+ * this does. Backend indices fit in 16 bits. */
+#define SLUICE_RING_CHUNK 4
 #define SLUICE_RING_SLOTS (SLUICE_MAX_VIPS * 2)
 /* VIPs live in an open-addressed table of this many slots (a power of two,
  * at most 1/4 full) that the control plane rebuilds and swaps whole. A VIP
@@ -73,6 +78,11 @@ struct vip_key {
 	__u16 port;
 	__u8 proto;
 	__u8 family;
+};
+
+/* One element of a ring array: slots chunk*4 .. chunk*4+3. */
+struct ring_chunk {
+	__u16 slot[SLUICE_RING_CHUNK];
 };
 
 /* What the data plane knows of one VIP. It lives in the VIP table, which is

@@ -215,7 +215,7 @@ func (d *Datapath) ReplaceRing(k VIPKey, slots []uint32) (bool, error) {
 		return false, fmt.Errorf("ring of vip %s: no such vip", k)
 	}
 	if cur.RingSize == uint32(n) {
-		if active, err := d.readRing(cur.RingSlot); err == nil && slices.Equal(active, slots) {
+		if active, err := d.readRing(cur.RingSlot, cur.RingSize); err == nil && slices.Equal(active, slots) {
 			return false, nil
 		}
 	}
@@ -231,17 +231,21 @@ func (d *Datapath) ReplaceRing(k VIPKey, slots []uint32) (bool, error) {
 			next++
 		}
 	}
-	spec := d.ringSpec(uint32(n))
+	spec := d.ringSpec(uint32(chunks(n)))
 	ring, err := ebpf.NewMap(spec)
 	if err != nil {
 		return false, fmt.Errorf("create ring of vip %s (size %d): %w", k, n, err)
 	}
 	defer ring.Close()
-	keys := make([]uint32, n)
+	keys := make([]uint32, chunks(n))
+	packed := make([]bpf.LbRingChunk, chunks(n))
 	for i := range keys {
 		keys[i] = uint32(i)
 	}
-	if _, err := ring.BatchUpdate(keys, slots, nil); err != nil {
+	for i, b := range slots {
+		packed[i/ringChunk].Slot[i%ringChunk] = uint16(b)
+	}
+	if _, err := ring.BatchUpdate(keys, packed, nil); err != nil {
 		return false, fmt.Errorf("fill ring of vip %s: %w", k, err)
 	}
 	if err := d.objs.Rings.Update(next, ring, ebpf.UpdateAny); err != nil {
@@ -279,10 +283,10 @@ func (d *Datapath) Ring(k VIPKey) ([]uint32, error) {
 	if cur.RingSize == 0 {
 		return nil, nil
 	}
-	return d.readRing(cur.RingSlot)
+	return d.readRing(cur.RingSlot, cur.RingSize)
 }
 
-func (d *Datapath) readRing(slot uint32) ([]uint32, error) {
+func (d *Datapath) readRing(slot, size uint32) ([]uint32, error) {
 	var id ebpf.MapID
 	if err := d.objs.Rings.Lookup(slot, &id); err != nil {
 		return nil, fmt.Errorf("read ring slot %d: %w", slot, err)
@@ -293,8 +297,11 @@ func (d *Datapath) readRing(slot uint32) ([]uint32, error) {
 	}
 	defer ring.Close()
 	n := int(ring.MaxEntries())
+	if n != chunks(int(size)) {
+		return nil, fmt.Errorf("ring %d: %d chunks, want %d for %d slots", id, n, chunks(int(size)), size)
+	}
 	keys := make([]uint32, n)
-	vals := make([]uint32, n)
+	vals := make([]bpf.LbRingChunk, n)
 	var cursor ebpf.MapBatchCursor
 	got := 0
 	for got < n {
@@ -307,8 +314,21 @@ func (d *Datapath) readRing(slot uint32) ([]uint32, error) {
 			return nil, fmt.Errorf("read ring %d: %w", id, err)
 		}
 	}
-	return vals[:got], nil
+	out := make([]uint32, 0, size)
+	for _, c := range vals[:got] {
+		for _, s := range c.Slot {
+			if len(out) < int(size) {
+				out = append(out, uint32(s))
+			}
+		}
+	}
+	return out, nil
 }
+
+// ringChunk is how many slots one ring array element packs (SLUICE_RING_CHUNK).
+const ringChunk = len(bpf.LbRingChunk{}.Slot)
+
+func chunks(slots int) int { return (slots + ringChunk - 1) / ringChunk }
 
 // SetBackend writes backend table entry idx (1 .. MaxBackends-1). Nothing is
 // written when the entry already holds b.

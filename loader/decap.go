@@ -182,6 +182,17 @@ func (d *Decap) Close() error {
 	return errors.Join(errs...)
 }
 
+// removeEmptyParents removes up to n parent directories of dir that are
+// empty (os.Remove refuses non-empty ones).
+func removeEmptyParents(dir string, n int) {
+	for range n {
+		dir = filepath.Dir(dir)
+		if os.Remove(dir) != nil {
+			return
+		}
+	}
+}
+
 // DetachDecap removes the pinned decap program from iface.
 func DetachDecap(iface, pinRoot string) error {
 	dir := decapPinDir(pinRoot, iface)
@@ -193,5 +204,6 @@ func DetachDecap(iface, pinRoot string) error {
 		return fmt.Errorf("load pinned decap link for %s: %w", iface, err)
 	}
 	errs := []error{l.Unpin(), l.Close(), os.RemoveAll(dir)}
+	removeEmptyParents(dir, 2)
 	return errors.Join(errs...)
 }

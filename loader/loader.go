@@ -282,6 +282,7 @@ func (d *Datapath) Detach() error {
 	}
 	if d.pinDir != "" {
 		errs = append(errs, os.RemoveAll(d.pinDir))
+		removeEmptyParents(d.pinDir, 1)
 	}
 	errs = append(errs, d.objs.Close())
 	return errors.Join(errs...)

@@ -257,7 +257,9 @@ type conn struct {
 }
 
 func dialVIP(t *testing.T, lab *testenv.Lab, vip netip.AddrPort) (conn, error) {
-	c, err := lab.Client.Dial(context.Background(), "tcp4", "", vip.String())
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	c, err := lab.Client.Dial(ctx, "tcp4", "", vip.String())
 	if err != nil {
 		return conn{}, err
 	}

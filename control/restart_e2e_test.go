@@ -98,6 +98,16 @@ func TestKill9Restart(t *testing.T) {
 	if l.failed.Load() != 0 || broken != 0 {
 		t.Fatalf("%d requests failed, %d long-lived connections broke", l.failed.Load(), broken)
 	}
+
+	// sluice detach removes what the daemon left pinned.
+	d2.stop()
+	out, err := lab.LB.Command(context.Background(), sluiceBin, "detach", "--iface", lab.LB.Link, "--pin-root", lab.PinRoot()).CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "sluice detached") {
+		t.Fatalf("detach: %v %s", err, out)
+	}
+	if _, err := dialVIP(t, lab, vipAP); err == nil {
+		t.Fatal("the VIP still answers after detach")
+	}
 }
 
 // TestStandby: standbys join the ring exactly when usable actives fall

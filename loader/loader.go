@@ -303,3 +303,23 @@ func EnsureBPFFS() error {
 	}
 	return nil
 }
+
+// DetachPinned removes the load balancer that a daemon left pinned for
+// iface: the program leaves the interface and every pinned map goes.
+// Forwarding stops.
+func DetachPinned(iface, pinRoot string) error {
+	if pinRoot == "" {
+		pinRoot = DefaultPinRoot
+	}
+	dir := filepath.Join(pinRoot, iface)
+	l, err := link.LoadPinnedLink(filepath.Join(dir, "link"), nil)
+	if errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("no sluice data plane is pinned for %s (%s)", iface, dir)
+	}
+	if err != nil {
+		return fmt.Errorf("load pinned xdp link for %s: %w", iface, err)
+	}
+	errs := []error{l.Unpin(), l.Close(), os.RemoveAll(dir)}
+	removeEmptyParents(dir, 1)
+	return errors.Join(errs...)
+}

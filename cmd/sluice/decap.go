@@ -59,3 +59,21 @@ func decapCommand() *cli.Command {
 		},
 	}
 }
+
+func detachCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "detach",
+		Usage: "remove the load balancer a stopped daemon left attached to --iface (forwarding stops)",
+		Flags: []cli.Flag{
+			&cli.StringFlag{Name: "iface", Usage: "interface the daemon was attached to", Required: true},
+			&cli.StringFlag{Name: "pin-root", Value: loader.DefaultPinRoot, Usage: "bpffs directory the daemon pinned under"},
+		},
+		Action: func(c *cli.Context) error {
+			if err := loader.DetachPinned(c.String("iface"), c.String("pin-root")); err != nil {
+				return err
+			}
+			fmt.Fprintf(c.App.Writer, "sluice detached from %s\n", c.String("iface"))
+			return nil
+		},
+	}
+}

@@ -48,6 +48,7 @@ func main() {
 			exportCommand(),
 			backupCommand(),
 			decapCommand(),
+			detachCommand(),
 			demoCommand(),
 			{
 				Name:  "version",

@@ -130,10 +130,32 @@ func TestCLI(t *testing.T) {
 	good, _ := os.ReadFile(bfile)
 	corrupt := filepath.Join(dir, "corrupt.json")
 	os.WriteFile(corrupt, []byte(strings.Replace(string(good), "10.77.0.11", "10.77.0.99", 1)), 0o600)
-	before := d.status(t).Revision
+	beforeSt := d.status(t)
+	before := beforeSt.Revision
 	out, err := d.cli(t, "backup", "restore", corrupt)
 	if err == nil || !strings.Contains(out, "checksum mismatch") || d.status(t).Revision != before {
 		t.Fatalf("corrupt restore: err %v out %q", err, out)
+	}
+	// The daemon refuses it too when handed the bytes directly, and its
+	// rings (read back from the kernel) stay as they were.
+	raw2, _ := os.ReadFile(corrupt)
+	req, _ := http.NewRequest("POST", "http://sluice/v1/restore", strings.NewReader(string(raw2)))
+	uc := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		return net.Dial("unix", d.socket)
+	}}}
+	resp, err := uc.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	after := d.status(t)
+	if resp.StatusCode != http.StatusBadRequest || after.Revision != before {
+		t.Fatalf("daemon accepted a corrupt snapshot: %s", resp.Status)
+	}
+	for i := range after.VIPs {
+		if after.VIPs[i].RingSHA256 != beforeSt.VIPs[i].RingSHA256 {
+			t.Fatalf("a refused snapshot changed the ring of %s", after.VIPs[i].VIP)
+		}
 	}
 	d.mustCLI(t, "backend", "del", vipTCP, "10.77.0.13")
 	expect(d.mustCLI(t, "backup", "restore", bfile), "restored snapshot")

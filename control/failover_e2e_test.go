@@ -150,3 +150,42 @@ func TestFailover(t *testing.T) {
 	}
 	_ = fmt.Sprint()
 }
+
+// TestIPv6 runs an IPv6 VIP through the daemon: ip6ip6 to IPv6 backends,
+// next hops resolved by neighbour discovery.
+func TestIPv6(t *testing.T) {
+	testenv.Require(t)
+	lab, err := testenv.NewLab(context.Background(), nil, testenv.LabOptions{Backends: 3})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lab.Close()
+	d := startDaemon(t, lab, "")
+	const vip6 = "[fd77:1::100]:80/tcp"
+	d.mustCLI(t, "vip", "add", vip6)
+	for _, b := range lab.Backends {
+		d.mustCLI(t, append([]string{"backend", "add", vip6, b.Addr6.Addr().String()}, fastCheck...)...)
+	}
+	d.waitStatus(t, "all up", allUp(3))
+	seen := map[string]int{}
+	for range 60 {
+		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+		c, err := lab.Client.Dial(ctx, "tcp6", "", "[fd77:1::100]:80")
+		cancel()
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.SetDeadline(time.Now().Add(3 * time.Second))
+		buf := make([]byte, 16)
+		n, err := c.Read(buf)
+		c.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		seen[strings.TrimSpace(string(buf[:n]))]++
+	}
+	t.Logf("IPv6 VIP spread: %v", seen)
+	if len(seen) != 3 {
+		t.Fatalf("IPv6 connections reached %v, want all 3 backends", seen)
+	}
+}

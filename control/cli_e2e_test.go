@@ -51,7 +51,7 @@ func TestCLI(t *testing.T) {
 		}
 	}
 	expect(d.mustCLI(t, "version"), "sluice ")
-	expect(d.mustCLI(t, "vip", "add", vipTCP), "vip 10.77.1.100:80/tcp added (revision 1)")
+	expect(d.mustCLI(t, "vip", "add", vipTCP), "vip 10.77.1.100:7/tcp added (revision 1)")
 	expect(d.mustCLI(t, "vip", "add", vipUDP, "--forward", "dsr", "--udp-timeout", "10s", "--ring-size", "4099"), "revision 2")
 	for _, b := range lab.Backends {
 		a := b.Addr.Addr().String()
@@ -61,7 +61,7 @@ func TestCLI(t *testing.T) {
 	d.waitStatus(t, "all up", allUp(6))
 
 	// vip list, both formats
-	expect(d.mustCLI(t, "vip", "list"), "VIP", "FORWARD", "10.77.1.100:80/tcp", "ipip", "10.77.1.100:53/udp", "dsr", "4099", "10s")
+	expect(d.mustCLI(t, "vip", "list"), "VIP", "FORWARD", "10.77.1.100:7/tcp", "ipip", "10.77.1.100:53/udp", "dsr", "4099", "10s")
 	var vips []control.VIP
 	if err := json.Unmarshal([]byte(d.mustCLI(t, "vip", "list", "-o", "json")), &vips); err != nil || len(vips) != 2 {
 		t.Fatalf("vip list -o json: %v %+v", err, vips)
@@ -78,7 +78,7 @@ func TestCLI(t *testing.T) {
 		}
 	}
 	// status, both formats
-	expect(d.mustCLI(t, "status"), "revision 8", "vip 10.77.1.100:80/tcp", "BACKEND", "10.77.0.11", "up")
+	expect(d.mustCLI(t, "status"), "revision 8", "vip 10.77.1.100:7/tcp", "BACKEND", "10.77.0.11", "up")
 	st := d.status(t)
 	if st.Revision != 8 || len(st.VIPs) != 2 || len(st.VIPs[0].RingSHA256) != 64 {
 		t.Fatalf("status -o json: %+v", st)
@@ -95,7 +95,7 @@ func TestCLI(t *testing.T) {
 		d.waitStatus(t, "state "+step.state, func(s control.Status) bool { return backendState(s, vipTCP, "10.77.0.12").State == step.state })
 	}
 	// events, both formats
-	expect(d.mustCLI(t, "events"), "config", "backend drain 10.77.1.100:80/tcp 10.77.0.12")
+	expect(d.mustCLI(t, "events"), "config", "backend drain 10.77.1.100:7/tcp 10.77.0.12")
 	for _, line := range strings.Split(strings.TrimSpace(d.mustCLI(t, "events", "-o", "json")), "\n") {
 		var e control.Event
 		if err := json.Unmarshal([]byte(line), &e); err != nil {
@@ -113,7 +113,7 @@ func TestCLI(t *testing.T) {
 	raw, _ := os.ReadFile(yamlFile)
 	changed := strings.Replace(string(raw), "forward: ipip", "forward: dsr", 1)
 	os.WriteFile(yamlFile, []byte(changed), 0o600)
-	expect(d.mustCLI(t, "apply", "-f", yamlFile, "--dry-run"), "~ vip 10.77.1.100:80/tcp", "dry run")
+	expect(d.mustCLI(t, "apply", "-f", yamlFile, "--dry-run"), "~ vip 10.77.1.100:7/tcp", "dry run")
 	expect(d.mustCLI(t, "apply", "-f", yamlFile), fmt.Sprintf("applied as revision %d", rev+1))
 	var exported control.State
 	if err := json.Unmarshal([]byte(d.mustCLI(t, "export", "-o", "json")), &exported); err != nil || exported.VIPs[0].Forward != "dsr" {

@@ -12,9 +12,9 @@ import (
 	"github.com/sluicelb/sluice/testenv"
 )
 
-const vipTCP = "10.77.1.100:80/tcp"
+const vipTCP = "10.77.1.100:7/tcp"
 
-var vipAP = netip.MustParseAddrPort("10.77.1.100:80")
+var vipAP = netip.MustParseAddrPort("10.77.1.100:7")
 
 func newLabDaemon(t *testing.T, backends int, checkArgs ...string) (*testenv.Lab, *daemonProc) {
 	t.Helper()
@@ -122,7 +122,7 @@ func TestFailover(t *testing.T) {
 	holeLat := run("blackhole", b3, func() {
 		nft("add", "table", "inet", "sluicet")
 		nft("add", "chain", "inet", "sluicet", "in", "{ type filter hook input priority 0 ; }")
-		nft("add", "rule", "inet", "sluicet", "in", "tcp", "dport", "80", "drop")
+		nft("add", "rule", "inet", "sluicet", "in", "tcp", "dport", "7", "drop")
 	}, func() { nft("delete", "table", "inet", "sluicet") })
 	close(stop)
 	<-loadDone
@@ -161,7 +161,7 @@ func TestIPv6(t *testing.T) {
 	}
 	defer lab.Close()
 	d := startDaemon(t, lab, "")
-	const vip6 = "[fd77:1::100]:80/tcp"
+	const vip6 = "[fd77:1::100]:7/tcp"
 	d.mustCLI(t, "vip", "add", vip6)
 	for _, b := range lab.Backends {
 		d.mustCLI(t, append([]string{"backend", "add", vip6, b.Addr6.Addr().String()}, fastCheck...)...)
@@ -170,7 +170,7 @@ func TestIPv6(t *testing.T) {
 	seen := map[string]int{}
 	for range 60 {
 		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
-		c, err := lab.Client.Dial(ctx, "tcp6", "", "[fd77:1::100]:80")
+		c, err := lab.Client.Dial(ctx, "tcp6", "", "[fd77:1::100]:7")
 		cancel()
 		if err != nil {
 			t.Fatal(err)

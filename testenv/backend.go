@@ -7,9 +7,11 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"net/netip"
 	"strconv"
 	"sync"
+	"time"
 
 	"github.com/vishvananda/netlink"
 
@@ -28,6 +30,7 @@ type Backend struct {
 	packets   []net.PacketConn
 	conns     map[net.Conn]struct{}
 	tcpPorts  []uint16
+	httpPorts []uint16
 	udpPorts  []uint16
 	udpAddrs  []netip.Addr
 	wg        sync.WaitGroup
@@ -35,10 +38,11 @@ type Backend struct {
 
 // BackendOptions describe a backend.
 type BackendOptions struct {
-	VIPs     []netip.Addr
-	TCPPorts []uint16
-	UDPPorts []uint16
-	Host     HostOptions
+	VIPs      []netip.Addr
+	TCPPorts  []uint16 // greeting (the backend's name) then echo
+	HTTPPorts []uint16 // HTTP: every path answers the backend's name
+	UDPPorts  []uint16 // every datagram answered with the backend's name
+	Host      HostOptions
 }
 
 // AddBackend creates a backend host with its servers running.
@@ -47,7 +51,7 @@ func (e *Env) AddBackend(ctx context.Context, name string, addr netip.Prefix, op
 	if err != nil {
 		return nil, err
 	}
-	b := &Backend{Host: h, conns: map[net.Conn]struct{}{}, tcpPorts: opts.TCPPorts, udpPorts: opts.UDPPorts,
+	b := &Backend{Host: h, conns: map[net.Conn]struct{}{}, tcpPorts: opts.TCPPorts, httpPorts: opts.HTTPPorts, udpPorts: opts.UDPPorts,
 		// UDP servers bind each address, so replies leave from the address
 		// the query was sent to (the VIP), as clients expect.
 		udpAddrs: append([]netip.Addr{addr.Addr()}, opts.VIPs...)}
@@ -116,6 +120,21 @@ func (b *Backend) StartServers() error {
 		b.listeners = append(b.listeners, l)
 		b.wg.Add(1)
 		go b.serveTCP(l)
+	}
+	for _, p := range b.httpPorts {
+		l, err := b.Listen("tcp", net.JoinHostPort("::", strconv.Itoa(int(p))))
+		if err != nil {
+			return fmt.Errorf("listen http/%d on %s: %w", p, b.Name, err)
+		}
+		b.listeners = append(b.listeners, l)
+		srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+			io.WriteString(w, b.Name+"\n")
+		}), ReadHeaderTimeout: 5 * time.Second}
+		b.wg.Add(1)
+		go func() {
+			defer b.wg.Done()
+			_ = srv.Serve(l)
+		}()
 	}
 	for _, p := range b.udpPorts {
 		for _, a := range b.udpAddrs {

@@ -26,7 +26,7 @@ func lbForVIP(t *testing.T, lab *Lab, fwd loader.Forward, seed uint32) (*loader.
 	if _, err := d.SetConfig(loader.Config{Seed: seed, MAC: lab.LB.MAC}); err != nil {
 		t.Fatal(err)
 	}
-	vip := loader.VIPKey{Addr: LabVIP4, Port: 80, Proto: loader.TCP}
+	vip := loader.VIPKey{Addr: LabVIP4, Port: LabEchoPort, Proto: loader.TCP}
 	if _, err := d.SetVIP(vip, loader.VIP{ID: 0, Forward: fwd}); err != nil {
 		t.Fatal(err)
 	}
@@ -56,7 +56,7 @@ func connectAll(t *testing.T, lab *Lab) []string {
 	out := make([]string, e2eConns)
 	for i := range out {
 		laddr := fmt.Sprintf("%s:%d", lab.Client.Addr.Addr(), 20000+i)
-		c, err := lab.Client.Dial(ctx, "tcp4", laddr, netip.AddrPortFrom(LabVIP4, 80).String())
+		c, err := lab.Client.Dial(ctx, "tcp4", laddr, netip.AddrPortFrom(LabVIP4, LabEchoPort).String())
 		if err != nil {
 			t.Fatalf("connection %d: %v", i, err)
 		}

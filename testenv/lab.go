@@ -19,12 +19,20 @@ var (
 	LabVIP6    = netip.MustParseAddr("fd77:1::100")
 )
 
+// Lab ports: every backend answers with its name on each.
+const (
+	LabEchoPort = 7  // TCP: greeting line with the name, then echo
+	LabHTTPPort = 80 // HTTP
+	LabUDPPort  = 53 // UDP
+)
+
 // LabOptions shape a lab.
 type LabOptions struct {
-	Backends int // default 3
-	TCPPorts []uint16
-	UDPPorts []uint16
-	VIPs     []netip.Addr // default LabVIP4 and LabVIP6
+	Backends  int // default 3
+	TCPPorts  []uint16
+	HTTPPorts []uint16
+	UDPPorts  []uint16
+	VIPs      []netip.Addr // default LabVIP4 and LabVIP6
 }
 
 // Lab is the standard topology: a client, an LB host (XDP_TX-capable peer)
@@ -48,10 +56,13 @@ func NewLab(ctx context.Context, log *slog.Logger, opts LabOptions) (*Lab, error
 		opts.Backends = 3
 	}
 	if opts.TCPPorts == nil {
-		opts.TCPPorts = []uint16{80}
+		opts.TCPPorts = []uint16{LabEchoPort}
+	}
+	if opts.HTTPPorts == nil {
+		opts.HTTPPorts = []uint16{LabHTTPPort}
 	}
 	if opts.UDPPorts == nil {
-		opts.UDPPorts = []uint16{53}
+		opts.UDPPorts = []uint16{LabUDPPort}
 	}
 	if opts.VIPs == nil {
 		opts.VIPs = []netip.Addr{LabVIP4, LabVIP6}
@@ -89,7 +100,7 @@ func (l *Lab) build(ctx context.Context, opts LabOptions) error {
 	for i := range opts.Backends {
 		a4, a6 := labAddr(byte(11 + i))
 		b, err := l.AddBackend(ctx, fmt.Sprintf("b%d", i+1), a4, BackendOptions{
-			VIPs: opts.VIPs, TCPPorts: opts.TCPPorts, UDPPorts: opts.UDPPorts, Host: HostOptions{Addr6: a6},
+			VIPs: opts.VIPs, TCPPorts: opts.TCPPorts, HTTPPorts: opts.HTTPPorts, UDPPorts: opts.UDPPorts, Host: HostOptions{Addr6: a6},
 		})
 		if err != nil {
 			return err

@@ -91,7 +91,7 @@ func (d *demo) setup(ctx context.Context) error {
 	if _, err := dp.SetConfig(loader.Config{Seed: 0x51ce, MAC: d.lab.LB.MAC}); err != nil {
 		return err
 	}
-	d.vip = loader.VIPKey{Addr: testenv.LabVIP4, Port: 80, Proto: loader.TCP}
+	d.vip = loader.VIPKey{Addr: testenv.LabVIP4, Port: testenv.LabEchoPort, Proto: loader.TCP}
 	if _, err := dp.SetVIP(d.vip, loader.VIP{ID: 0, Forward: loader.ForwardIPIP}); err != nil {
 		return err
 	}
@@ -126,7 +126,7 @@ func (d *demo) ring(backends ...uint32) error {
 }
 
 func (d *demo) dial(ctx context.Context) (net.Conn, string, error) {
-	c, err := d.lab.Client.Dial(ctx, "tcp4", "", netip.AddrPortFrom(testenv.LabVIP4, 80).String())
+	c, err := d.lab.Client.Dial(ctx, "tcp4", "", netip.AddrPortFrom(testenv.LabVIP4, testenv.LabEchoPort).String())
 	if err != nil {
 		return nil, "", err
 	}

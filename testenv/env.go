@@ -38,6 +38,7 @@ const netnsDir = "/var/run/netns"
 
 // Env is one set of namespaces.
 type Env struct {
+	prefix string
 	id     string // <pid>-<rand>
 	short  string // 5 hex chars, the start of every link name
 	sw     netns.NsHandle
@@ -51,19 +52,28 @@ type Env struct {
 
 // New creates the switch namespace and its bridge.
 func New(ctx context.Context, log *slog.Logger) (*Env, error) {
+	return NewWithPrefix(ctx, log, Prefix)
+}
+
+// NewWithPrefix is New with another name prefix. Environments under
+// another prefix are not swept by New: `sluice lab` keeps its namespaces
+// after the command that made them has exited.
+func NewWithPrefix(ctx context.Context, log *slog.Logger, prefix string) (*Env, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
 	if log == nil {
 		log = slog.Default()
 	}
-	Sweep(log)
+	if prefix == Prefix {
+		Sweep(log)
+	}
 	var r [4]byte
 	if _, err := rand.Read(r[:]); err != nil {
 		return nil, err
 	}
 	h := hex.EncodeToString(r[:])
-	e := &Env{id: fmt.Sprintf("%d-%s", os.Getpid(), h), short: h[:5], log: log}
+	e := &Env{prefix: prefix, id: fmt.Sprintf("%d-%s", os.Getpid(), h), short: h[:5], log: log}
 	e.swName = e.nsName("sw")
 	sw, err := newNamedNS(e.swName)
 	if err != nil {
@@ -92,13 +102,13 @@ func New(ctx context.Context, log *slog.Logger) (*Env, error) {
 	return e, nil
 }
 
-func (e *Env) nsName(host string) string { return fmt.Sprintf("%s-%s-%s", Prefix, e.id, host) }
+func (e *Env) nsName(host string) string { return fmt.Sprintf("%s-%s-%s", e.prefix, e.id, host) }
 
 // ID is this environment's unique id.
 func (e *Env) ID() string { return e.id }
 
 // PinRoot is the bpffs directory for objects this environment pins.
-func (e *Env) PinRoot() string { return filepath.Join("/sys/fs/bpf", Prefix+"-"+e.id) }
+func (e *Env) PinRoot() string { return filepath.Join("/sys/fs/bpf", e.prefix+"-"+e.id) }
 
 // OnClose registers fn to run first when the environment closes.
 func (e *Env) OnClose(fn func() error) {
@@ -170,17 +180,35 @@ func Sweep(log *slog.Logger) {
 
 // Leftovers lists namespaces and pin directories of this process's
 // environments that still exist (for tests of cleanup).
-func Leftovers(id string) []string {
+func Leftovers(id string) []string { return LeftoversWithPrefix(Prefix + "-" + id) }
+
+// LeftoversWithPrefix lists namespaces and pin directories whose names
+// start with prefix.
+func LeftoversWithPrefix(prefix string) []string {
 	var out []string
 	for _, dir := range []string{netnsDir, "/sys/fs/bpf"} {
 		ents, _ := os.ReadDir(dir)
 		for _, ent := range ents {
-			if strings.HasPrefix(ent.Name(), Prefix+"-"+id) {
+			if strings.HasPrefix(ent.Name(), prefix) {
 				out = append(out, filepath.Join(dir, ent.Name()))
 			}
 		}
 	}
 	return out
+}
+
+// RemoveWithPrefix deletes every namespace and pin directory whose name
+// starts with prefix: the cleanup of last resort after a crash.
+func RemoveWithPrefix(prefix string) error {
+	var errs []error
+	for _, p := range LeftoversWithPrefix(prefix) {
+		if filepath.Dir(p) == netnsDir {
+			errs = append(errs, deleteNS(filepath.Base(p)))
+		} else {
+			errs = append(errs, os.RemoveAll(p))
+		}
+	}
+	return errors.Join(errs...)
 }
 
 // inNS runs fn on a thread inside ns. The thread is discarded afterwards

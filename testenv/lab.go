@@ -33,6 +33,24 @@ type LabOptions struct {
 	HTTPPorts []uint16
 	UDPPorts  []uint16
 	VIPs      []netip.Addr // default LabVIP4 and LabVIP6
+	// Prefix of the lab's names; default Prefix (swept when its process dies).
+	Prefix string
+}
+
+// Host returns the lab host called name (client, lb, b1...), or nil.
+func (l *Lab) Host(name string) *Host {
+	switch name {
+	case "client":
+		return l.Client
+	case "lb":
+		return l.LB
+	}
+	for _, b := range l.Backends {
+		if b.Name == name {
+			return b.Host
+		}
+	}
+	return nil
 }
 
 // Lab is the standard topology: a client, an LB host (XDP_TX-capable peer)
@@ -67,7 +85,10 @@ func NewLab(ctx context.Context, log *slog.Logger, opts LabOptions) (*Lab, error
 	if opts.VIPs == nil {
 		opts.VIPs = []netip.Addr{LabVIP4, LabVIP6}
 	}
-	env, err := New(ctx, log)
+	if opts.Prefix == "" {
+		opts.Prefix = Prefix
+	}
+	env, err := NewWithPrefix(ctx, log, opts.Prefix)
 	if err != nil {
 		return nil, err
 	}

@@ -31,7 +31,7 @@ func interspersed(app *cli.App, args []string) []string {
 		out = append(out, args[i])
 		leaf, cmds = found, found.Subcommands
 	}
-	if leaf == nil || len(leaf.Subcommands) > 0 {
+	if leaf == nil || len(leaf.Subcommands) > 0 || leaf.SkipFlagParsing {
 		return args
 	}
 	boolFlag := map[string]bool{}

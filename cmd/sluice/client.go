@@ -23,8 +23,9 @@ type client struct {
 	http   *http.Client
 }
 
-func newClient(c *cli.Context) *client {
-	sock := c.String("socket")
+func newClient(c *cli.Context) *client { return newClientFor(c.String("socket")) }
+
+func newClientFor(sock string) *client {
 	return &client{socket: sock, http: &http.Client{Transport: &http.Transport{
 		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 			var d net.Dialer

@@ -49,6 +49,7 @@ func main() {
 			backupCommand(),
 			decapCommand(),
 			detachCommand(),
+			labCommand(),
 			demoCommand(),
 			{
 				Name:  "version",

@@ -1,0 +1,164 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/sluicelb/sluice/testenv"
+)
+
+var sluiceBin string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "sluice-bin-")
+	if err != nil {
+		panic(err)
+	}
+	sluiceBin = filepath.Join(dir, "sluice")
+	if out, err := exec.Command("go", "build", "-o", sluiceBin, ".").CombinedOutput(); err != nil {
+		fmt.Fprintf(os.Stderr, "build sluice: %v\n%s", err, out)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+func run(t *testing.T, args ...string) (string, error) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, sluiceBin, args...).CombinedOutput()
+	return string(out), err
+}
+
+func mustRun(t *testing.T, args ...string) string {
+	t.Helper()
+	out, err := run(t, args...)
+	if err != nil {
+		t.Fatalf("sluice %s: %v\n%s", strings.Join(args, " "), err, out)
+	}
+	return out
+}
+
+// assertGone checks that nothing of the lab is left: namespaces, pins,
+// the lab directory, and the given processes.
+func assertGone(t *testing.T, pids ...int) {
+	t.Helper()
+	if left := testenv.LeftoversWithPrefix(labPrefix + "-"); len(left) > 0 {
+		t.Fatalf("left behind: %v", left)
+	}
+	if _, err := os.Stat(labDir); err == nil {
+		t.Fatalf("%s left behind", labDir)
+	}
+	for _, pid := range pids {
+		deadline := time.Now().Add(10 * time.Second)
+		for alive(pid) {
+			// A zombie child of ours counts as gone once reaped elsewhere;
+			// these processes are not our children.
+			if time.Now().After(deadline) {
+				t.Fatalf("process %d still runs", pid)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+}
+
+func TestLab(t *testing.T) {
+	testenv.Require(t)
+	t.Cleanup(func() { run(t, "lab", "down") })
+	mustRun(t, "lab", "up")
+	st, err := readLabState()
+	if err != nil {
+		t.Fatal(err)
+	}
+	seen := map[string]bool{}
+	for range 20 {
+		name := strings.TrimSpace(mustRun(t, "lab", "exec", "client", "--", "curl", "-s", "--max-time", "5", "http://10.77.1.100/"))
+		if name != "b1" && name != "b2" && name != "b3" {
+			t.Fatalf("curl through the VIP answered %q, want a backend's name", name)
+		}
+		seen[name] = true
+	}
+	if len(seen) < 2 {
+		t.Fatalf("20 requests all reached %v", seen)
+	}
+	out := mustRun(t, "lab", "status")
+	if !strings.Contains(out, "vip 10.77.1.100:80/tcp (ipip): 10.77.0.11=up") {
+		t.Fatalf("lab status:\n%s", out)
+	}
+	mustRun(t, "lab", "fault", "kill", "b2")
+	if out, err := run(t, "lab", "exec", "client", "--", "curl", "-s", "--max-time", "2", "http://10.77.0.12/"); err == nil {
+		t.Fatalf("b2 still answers after fault kill: %q", out)
+	}
+	mustRun(t, "lab", "fault", "restore", "b2")
+	if !strings.Contains(mustRun(t, "lab", "down"), "lab removed") {
+		t.Fatal("lab down did not confirm")
+	}
+	assertGone(t, st.RunnerPID, st.DaemonPID)
+}
+
+// TestLabUpKilledMidway: when `lab up` dies while the lab is being built,
+// the lab removes itself, and `lab down` leaves nothing either.
+func TestLabUpKilledMidway(t *testing.T) {
+	testenv.Require(t)
+	t.Cleanup(func() { run(t, "lab", "down") })
+	cmd := exec.Command(sluiceBin, "lab", "up")
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	// Kill it as soon as the runner has recorded the lab (namespaces exist).
+	var st *labState
+	deadline := time.Now().Add(20 * time.Second)
+	for st == nil {
+		if s, err := readLabState(); err == nil && s.DaemonPID != 0 {
+			st = s
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("lab up never recorded its lab")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	cmd.Process.Signal(syscall.SIGKILL)
+	cmd.Wait()
+	// The runner notices and tears everything down by itself.
+	deadline = time.Now().Add(20 * time.Second)
+	for alive(st.RunnerPID) {
+		if time.Now().After(deadline) {
+			t.Fatal("the runner outlived a killed lab up")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	assertGone(t, st.DaemonPID)
+	mustRun(t, "lab", "down")
+	assertGone(t)
+}
+
+// TestLabRunnerKilled: the process holding the lab is killed outright;
+// `lab down` still removes everything it had made.
+func TestLabRunnerKilled(t *testing.T) {
+	testenv.Require(t)
+	t.Cleanup(func() { run(t, "lab", "down") })
+	mustRun(t, "lab", "up")
+	st, err := readLabState()
+	if err != nil {
+		t.Fatal(err)
+	}
+	syscall.Kill(st.RunnerPID, syscall.SIGKILL)
+	for alive(st.RunnerPID) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if len(testenv.LeftoversWithPrefix(labPrefix+"-")) == 0 {
+		t.Fatal("expected the killed runner to leave namespaces behind for down to remove")
+	}
+	mustRun(t, "lab", "down")
+	assertGone(t, st.DaemonPID)
+}

@@ -90,8 +90,6 @@ var labVIPs = []struct {
 	{"10.77.1.100:53/udp", []string{"--forward", "dsr"}, []string{"--check", "udp"}},
 }
 
-var labCheckTiming = []string{"--interval", "200ms", "--timeout", "200ms", "--fall", "2", "--rise", "2"}
-
 func labCommand() *cli.Command {
 	return &cli.Command{
 		Name:  "lab",

@@ -7,7 +7,7 @@ STATICCHECK ?= honnef.co/go/tools/cmd/staticcheck@v0.8.2
 # Root's PATH under sudo often lacks Go: look where the official tarball puts it.
 export PATH := $(PATH):/usr/local/go/bin:/usr/lib/go/bin
 
-.PHONY: all build generate check-generated test lint bench demo fuzz clean need-go need-clang need-root
+.PHONY: all build generate check-generated test lint bench demo fuzz vagrant-validate clean need-go need-clang need-root
 
 all: build
 
@@ -53,6 +53,10 @@ fuzz: need-go need-root
 
 demo: build need-root
 	./bin/sluice demo
+
+vagrant-validate:
+	@command -v vagrant >/dev/null 2>&1 || { echo "error: vagrant is missing: apt-get install vagrant"; exit 1; }
+	vagrant validate
 
 clean:
 	rm -rf bin

@@ -3,16 +3,23 @@ package main
 import (
 	"bufio"
 	"context"
+	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"strings"
+	"syscall"
 	"text/tabwriter"
 	"time"
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/sluicelb/sluice/control"
 	"github.com/sluicelb/sluice/loader"
 	"github.com/sluicelb/sluice/testenv"
 )
@@ -20,19 +27,30 @@ import (
 func demoCommand() *cli.Command {
 	return &cli.Command{
 		Name:  "demo",
-		Usage: "a guided tour of the data plane in a throwaway lab of network namespaces (needs root)",
+		Usage: "a guided tour in a throwaway lab: the daemon, health checks, failover, surviving flows, a drain (needs root)",
 		Action: func(c *cli.Context) error {
 			return runDemo(c.Context, c.App.Writer)
 		},
 	}
 }
 
+const demoVIP = "10.77.1.100:7/tcp"
+
+var demoVIPAddr = netip.MustParseAddrPort("10.77.1.100:7")
+
 type demo struct {
 	w       io.Writer
 	lab     *testenv.Lab
-	dp      *loader.Datapath
-	vip     loader.VIPKey
+	cl      *client
+	events  chan control.Event
 	summary [][2]string
+	long    []demoConn
+}
+
+type demoConn struct {
+	c       net.Conn
+	local   string
+	backend string
 }
 
 func (d *demo) say(format string, args ...any) { fmt.Fprintf(d.w, format+"\n", args...) }
@@ -50,23 +68,37 @@ func (d *demo) check(ok bool, what string, args ...any) error {
 func runDemo(ctx context.Context, w io.Writer) error {
 	start := time.Now()
 	d := &demo{w: w}
-	d.say("sluice demo: a client, an XDP load balancer and 3 backends, each in its own network namespace")
+	d.say("sluice demo: a client, the sluice daemon on an XDP load balancer, and 3 backends,")
+	d.say("each in its own network namespace on this host.")
 	lab, err := testenv.NewLab(ctx, nil, testenv.LabOptions{})
 	if err != nil {
 		return fmt.Errorf("build lab: %w", err)
 	}
 	d.lab = lab
 	defer func() {
+		for _, c := range d.long {
+			c.c.Close()
+		}
 		if err := lab.Close(); err != nil {
 			d.say("cleanup: %v", err)
 		} else {
-			d.say("lab removed: no namespace, link or pinned object left behind")
+			d.say("lab removed: no namespace, link, pinned object or process left behind")
 		}
 	}()
-	if err := d.setup(ctx); err != nil {
+	tmp, err := os.MkdirTemp("", "sluice-demo-")
+	if err != nil {
 		return err
 	}
-	steps := []func(context.Context) error{d.spread, d.failover, d.drain}
+	defer os.RemoveAll(tmp)
+	stop, err := d.startDaemon(ctx, tmp)
+	if err != nil {
+		return err
+	}
+	lab.OnClose(func() error {
+		stop()
+		return loader.DetachPinned(lab.LB.Link, lab.PinRoot())
+	})
+	steps := []func(context.Context) error{d.configure, d.spread, d.failover, d.drain, d.recover}
 	for _, step := range steps {
 		if err := step(ctx); err != nil {
 			return err
@@ -81,87 +113,169 @@ func runDemo(ctx context.Context, w io.Writer) error {
 	return tw.Flush()
 }
 
-func (d *demo) setup(ctx context.Context) error {
-	dp, err := d.lab.LB.AttachLB(ctx, loader.Options{Mode: loader.ModeNative, FlowTableSize: 65536})
+func (d *demo) startDaemon(ctx context.Context, dir string) (func(), error) {
+	self, err := os.Executable()
 	if err != nil {
+		return nil, err
+	}
+	sock := filepath.Join(dir, "sluice.sock")
+	cmd := d.lab.LB.Command(context.Background(), self, "daemon", "--iface", d.lab.LB.Link, "--xdp-mode", "native",
+		"--state-dir", filepath.Join(dir, "state"), "--socket", sock, "--metrics-addr", "", "--pin-root", d.lab.PinRoot(),
+		"--flow-table-size", "65536", "--log-level", "warn")
+	logf, err := os.Create(filepath.Join(dir, "daemon.log"))
+	if err != nil {
+		return nil, err
+	}
+	cmd.Stdout, cmd.Stderr = logf, logf
+	if err := cmd.Start(); err != nil {
+		return nil, err
+	}
+	stop := func() {
+		cmd.Process.Signal(syscall.SIGTERM)
+		done := make(chan struct{})
+		go func() { cmd.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(5 * time.Second):
+			cmd.Process.Kill()
+		}
+		logf.Close()
+	}
+	d.cl = newClientFor(sock)
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		var st control.Status
+		if err := d.cl.do(ctx, "GET", "/v1/status", nil, nil, &st); err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			stop()
+			raw, _ := os.ReadFile(filepath.Join(dir, "daemon.log"))
+			return nil, fmt.Errorf("the daemon did not start:\n%s", raw)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	d.events = make(chan control.Event, 256)
+	go func() {
+		req, _ := http.NewRequestWithContext(ctx, "GET", "http://sluice/v1/events?follow=1", nil)
+		resp, err := d.cl.http.Do(req)
+		if err != nil {
+			return
+		}
+		defer resp.Body.Close()
+		sc := bufio.NewScanner(resp.Body)
+		for sc.Scan() {
+			var e control.Event
+			if json.Unmarshal(sc.Bytes(), &e) == nil {
+				d.events <- e
+			}
+		}
+	}()
+	return stop, nil
+}
+
+func (d *demo) status(ctx context.Context) (control.Status, error) {
+	var st control.Status
+	err := d.cl.do(ctx, "GET", "/v1/status", nil, nil, &st)
+	return st, err
+}
+
+func (d *demo) waitEvent(addr, to string, since time.Time) (control.Event, error) {
+	timeout := time.After(15 * time.Second)
+	for {
+		select {
+		case e := <-d.events:
+			if e.Kind == "health" && e.Backend == addr && e.To == to && !e.Time.Before(since) {
+				return e, nil
+			}
+		case <-timeout:
+			return control.Event{}, fmt.Errorf("no %s -> %s event within 15s", addr, to)
+		}
+	}
+}
+
+func (d *demo) configure(ctx context.Context) error {
+	d.say("\n0. sluice vip add %s; sluice backend add ... --check tcp --interval 100ms --fall 2 --rise 2", demoVIP)
+	if err := d.cl.do(ctx, "POST", "/v1/vips", nil, control.VIPAddRequest{VIP: demoVIP, Forward: "ipip"}, nil); err != nil {
 		return err
 	}
-	d.dp = dp
-	d.lab.OnClose(dp.Close)
-	if _, err := dp.SetConfig(loader.Config{Seed: 0x51ce, MAC: d.lab.LB.MAC}); err != nil {
-		return err
-	}
-	d.vip = loader.VIPKey{Addr: testenv.LabVIP4, Port: testenv.LabEchoPort, Proto: loader.TCP}
-	if _, err := dp.SetVIP(d.vip, loader.VIP{ID: 0, Forward: loader.ForwardIPIP}); err != nil {
-		return err
-	}
-	for i, b := range d.lab.Backends {
-		if err := d.setBackend(i, loader.BackendUsable); err != nil {
+	for _, b := range d.lab.Backends {
+		be := control.Backend{Addr: b.Addr.Addr().String(), Weight: 1, Check: control.Check{Type: "tcp",
+			Interval: control.Duration(100 * time.Millisecond), Timeout: control.Duration(100 * time.Millisecond), Rise: 2, Fall: 2}}
+		if err := d.cl.do(ctx, "POST", "/v1/backends", nil, control.BackendAddRequest{VIP: demoVIP, Backend: be}, nil); err != nil {
 			return err
 		}
-		_ = b
 	}
-	if err := d.ring(1, 2, 3); err != nil {
-		return err
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		st, err := d.status(ctx)
+		if err != nil {
+			return err
+		}
+		up := 0
+		for _, b := range st.VIPs[0].Backends {
+			if b.State == "up" {
+				up++
+			}
+		}
+		if up == len(d.lab.Backends) {
+			d.say("  the daemon attached XDP natively to %s; health checks pass on b1, b2, b3", d.lab.LB.Link)
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return errors.New("backends did not come up")
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
-	d.say("XDP attached natively to %s; VIP %s forwards by IPIP to b1, b2, b3", d.lab.LB.Link, d.vip)
-	return nil
 }
 
-func (d *demo) setBackend(i int, flags loader.BackendFlags) error {
-	b := d.lab.Backends[i]
-	_, err := d.dp.SetBackend(uint32(i+1), loader.Backend{Addr: b.Addr.Addr(), VIPID: 0, Flags: flags, MAC: b.MAC})
-	return err
-}
-
-// ring fills a ring evenly with the given backend indices (the daemon
-// builds Maglev rings; the demo drives the data plane directly).
-func (d *demo) ring(backends ...uint32) error {
-	ring := make([]uint32, 65537)
-	for i := range ring {
-		ring[i] = backends[i%len(backends)]
-	}
-	_, err := d.dp.ReplaceRing(d.vip, ring)
-	return err
-}
-
-func (d *demo) dial(ctx context.Context) (net.Conn, string, error) {
-	c, err := d.lab.Client.Dial(ctx, "tcp4", "", netip.AddrPortFrom(testenv.LabVIP4, testenv.LabEchoPort).String())
+func (d *demo) dial(ctx context.Context) (demoConn, error) {
+	dctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+	defer cancel()
+	c, err := d.lab.Client.Dial(dctx, "tcp4", "", demoVIPAddr.String())
 	if err != nil {
-		return nil, "", err
+		return demoConn{}, err
 	}
 	c.SetDeadline(time.Now().Add(3 * time.Second))
 	name, err := bufio.NewReader(c).ReadString('\n')
 	if err != nil {
 		c.Close()
-		return nil, "", err
+		return demoConn{}, err
 	}
 	c.SetDeadline(time.Time{})
-	return c, strings.TrimSpace(name), nil
+	return demoConn{c: c, local: c.LocalAddr().String(), backend: strings.TrimSpace(name)}, nil
 }
 
-// burst opens n short connections and counts who answered.
+// burst opens n short connections and charts the per-backend packet rates
+// the data plane counted meanwhile (what `sluice stats` shows).
 func (d *demo) burst(ctx context.Context, n int) (map[string]int, error) {
+	before, err := d.status(ctx)
+	if err != nil {
+		return nil, err
+	}
+	t0 := time.Now()
 	count := map[string]int{}
 	for range n {
-		c, name, err := d.dial(ctx)
+		c, err := d.dial(ctx)
 		if err != nil {
 			return nil, fmt.Errorf("connect to the VIP: %w", err)
 		}
-		c.Close()
-		count[name]++
+		c.c.Close()
+		count[c.backend]++
+	}
+	after, err := d.status(ctx)
+	if err != nil {
+		return nil, err
+	}
+	for _, r := range statRates(before, after, time.Since(t0)) {
+		if r.Backend == "" {
+			continue
+		}
+		d.say("  %-11s %-9s %7.0f pps %s", r.Backend, r.State, r.PPS, bar(r.Share))
 	}
 	return count, nil
 }
 
-func (d *demo) chart(count map[string]int, n int) {
-	for _, b := range d.lab.Backends {
-		bar := strings.Repeat("█", count[b.Name]*50/n)
-		d.say("  %-3s %-50s %3d (%4.1f%%)", b.Name, bar, count[b.Name], 100*float64(count[b.Name])/float64(n))
-	}
-}
-
-// echo checks a long-lived connection still carries data.
 func echo(c net.Conn) bool {
 	c.SetDeadline(time.Now().Add(2 * time.Second))
 	defer c.SetDeadline(time.Time{})
@@ -173,109 +287,140 @@ func echo(c net.Conn) bool {
 	return err == nil && string(buf) == "ping\n"
 }
 
-var longLived []struct {
-	c    net.Conn
-	name string
-}
-
 func (d *demo) spread(ctx context.Context) error {
 	d.say("\n1. traffic spread: 30 long-lived connections, then 300 short ones through the VIP")
 	for range 30 {
-		c, name, err := d.dial(ctx)
+		c, err := d.dial(ctx)
 		if err != nil {
 			return err
 		}
-		longLived = append(longLived, struct {
-			c    net.Conn
-			name string
-		}{c, name})
+		d.long = append(d.long, c)
 	}
 	count, err := d.burst(ctx, 300)
 	if err != nil {
 		return err
 	}
-	d.chart(count, 300)
 	for _, b := range d.lab.Backends {
-		if err := d.check(count[b.Name] >= 60, "%s took %d of 300", b.Name, count[b.Name]); err != nil {
+		if err := d.check(count[b.Name] >= 60, "%s took %d of 300 connections", b.Name, count[b.Name]); err != nil {
 			return err
 		}
 	}
-	d.summary = append(d.summary, [2]string{"spread over 3 backends", fmt.Sprintf("%d / %d / %d", count["b1"], count["b2"], count["b3"])})
+	d.summary = append(d.summary, [2]string{"spread over b1 / b2 / b3", fmt.Sprintf("%d / %d / %d", count["b1"], count["b2"], count["b3"])})
+	return nil
+}
+
+func (d *demo) nft(b *testenv.Backend, args ...string) error {
+	out, err := b.Command(context.Background(), "nft", args...).CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("nft %s: %v: %s", strings.Join(args, " "), err, out)
+	}
 	return nil
 }
 
 func (d *demo) failover(ctx context.Context) error {
-	d.say("\n2. b2 fails: it is marked unusable and leaves the ring")
+	b2 := d.lab.Backends[1]
+	d.say("\n2. b2 dies: its servers start refusing connections (nftables reject)")
 	t0 := time.Now()
-	if err := d.setBackend(1, 0); err != nil {
+	for _, args := range [][]string{
+		{"add", "table", "inet", "sluicedemo"},
+		{"add", "chain", "inet", "sluicedemo", "in", "{ type filter hook input priority 0 ; }"},
+		{"add", "rule", "inet", "sluicedemo", "in", "tcp", "dport", "7", "reject", "with", "tcp", "reset"},
+	} {
+		if err := d.nft(b2, args...); err != nil {
+			return err
+		}
+	}
+	e, err := d.waitEvent(b2.Addr.Addr().String(), "down", t0)
+	if err != nil {
 		return err
 	}
-	marked := time.Since(t0)
-	if err := d.ring(1, 3); err != nil {
-		return err
-	}
-	applied := time.Since(t0)
-	d.say("  backend flag written in %v, ring swapped in %v", marked.Round(time.Microsecond), applied.Round(time.Microsecond))
+	detect := e.Time.Sub(t0)
+	marked, applied := e.Marked.Sub(e.Time), e.Applied.Sub(e.Time)
+	d.say("  health verdict after %v (%s); backend out of the data plane %v later, ring swapped %v later",
+		detect.Round(time.Millisecond), e.Reason, marked.Round(time.Microsecond), applied.Round(time.Microsecond))
 	count, err := d.burst(ctx, 300)
 	if err != nil {
 		return err
 	}
-	d.chart(count, 300)
-	if err := d.check(count["b2"] == 0, "no new connection reached b2"); err != nil {
+	if err := d.check(count["b2"] == 0, "none of 300 new connections reached b2"); err != nil {
 		return err
 	}
 	alive, total := 0, 0
-	for _, l := range longLived {
-		if l.name == "b2" {
+	var shown *demoConn
+	for i, c := range d.long {
+		if c.backend == "b2" {
 			continue
 		}
 		total++
-		if echo(l.c) {
+		if echo(c.c) {
 			alive++
+			if shown == nil {
+				shown = &d.long[i]
+			}
 		}
+	}
+	if shown != nil {
+		d.say("  for example: the flow from %s is still served by %s", shown.local, shown.backend)
 	}
 	if err := d.check(alive == total, "%d of %d flows on healthy backends kept their backend", alive, total); err != nil {
 		return err
 	}
 	d.summary = append(d.summary,
-		[2]string{"failover: mark unusable", marked.Round(time.Microsecond).String()},
-		[2]string{"failover: ring swapped", applied.Round(time.Microsecond).String()},
+		[2]string{"failure detected (interval 100ms, fall 2)", detect.Round(time.Millisecond).String()},
+		[2]string{"verdict -> out of the data plane", marked.Round(time.Microsecond).String()},
+		[2]string{"verdict -> ring swapped", applied.Round(time.Microsecond).String()},
 		[2]string{"healthy flows that survived", fmt.Sprintf("%d/%d", alive, total)})
 	return nil
 }
 
 func (d *demo) drain(ctx context.Context) error {
-	d.say("\n3. b3 drains (weight 0): no new flows, existing flows continue")
-	if err := d.setBackend(2, loader.BackendUsable|loader.BackendDraining); err != nil {
-		return err
-	}
-	if err := d.ring(1); err != nil {
+	d.say("\n3. sluice backend drain %s 10.77.0.13: b3 takes no new flows, keeps its own", demoVIP)
+	if err := d.cl.do(ctx, "POST", "/v1/backends/action", nil, control.BackendActionRequest{VIP: demoVIP, Addr: "10.77.0.13", Action: "drain"}, nil); err != nil {
 		return err
 	}
 	count, err := d.burst(ctx, 100)
 	if err != nil {
 		return err
 	}
-	d.chart(count, 100)
 	if err := d.check(count["b3"] == 0 && count["b1"] == 100, "all 100 new connections went to b1"); err != nil {
 		return err
 	}
 	alive, total := 0, 0
-	for _, l := range longLived {
-		if l.name != "b3" {
+	for _, c := range d.long {
+		if c.backend != "b3" {
 			continue
 		}
 		total++
-		if echo(l.c) {
+		if echo(c.c) {
 			alive++
 		}
 	}
 	if err := d.check(alive == total, "%d of %d flows on draining b3 still flow", alive, total); err != nil {
 		return err
 	}
-	for _, l := range longLived {
-		l.c.Close()
+	d.summary = append(d.summary, [2]string{"drained b3: its flows kept", fmt.Sprintf("%d/%d", alive, total)})
+	return nil
+}
+
+func (d *demo) recover(ctx context.Context) error {
+	b2 := d.lab.Backends[1]
+	d.say("\n4. b2 recovers; it returns after 2 passing checks (rise 2)")
+	t0 := time.Now()
+	if err := d.nft(b2, "delete", "table", "inet", "sluicedemo"); err != nil {
+		return err
 	}
-	d.summary = append(d.summary, [2]string{"drained b3: flows kept", fmt.Sprintf("%d/%d", alive, total)})
+	e, err := d.waitEvent(b2.Addr.Addr().String(), "up", t0)
+	if err != nil {
+		return err
+	}
+	d.say("  back after %v: %s", e.Time.Sub(t0).Round(time.Millisecond), e.Reason)
+	count, err := d.burst(ctx, 100)
+	if err != nil {
+		return err
+	}
+	if err := d.check(count["b2"] > 0 && count["b3"] == 0, "b2 takes new connections again (%d of 100); drained b3 still none", count["b2"]); err != nil {
+		return err
+	}
+	d.summary = append(d.summary, [2]string{"recovery (rise 2)", e.Time.Sub(t0).Round(time.Millisecond).String()})
 	return nil
 }

@@ -7,7 +7,7 @@ STATICCHECK ?= honnef.co/go/tools/cmd/staticcheck@v0.8.2
 # Root's PATH under sudo often lacks Go: look where the official tarball puts it.
 export PATH := $(PATH):/usr/local/go/bin:/usr/lib/go/bin
 
-.PHONY: all build generate check-generated test lint bench demo fuzz vagrant-validate clean need-go need-clang need-root
+.PHONY: all build generate check-generated test lint bench bench-failover demo fuzz vagrant-validate clean need-go need-clang need-root
 
 all: build
 
@@ -46,6 +46,10 @@ lint: need-go
 # with a trivial reflector. Writes nothing; copy the table to docs/benchmarks.md.
 bench: need-go need-root
 	$(GO) test -count=1 -run '^$$' -bench BenchmarkDataplane -benchtime 1x -timeout 30m -v ./bench/
+
+# Failover figures in the lab; rewrites their section of docs/benchmarks.md.
+bench-failover: need-go need-root
+	SLUICE_BENCH_DOC=$(CURDIR)/docs/benchmarks.md $(GO) test -count=1 -run '^$$' -bench BenchmarkFailover -benchtime 1x -timeout 10m ./control/
 
 FUZZTIME ?= 5m
 fuzz: need-go need-root

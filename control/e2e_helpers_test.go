@@ -50,7 +50,7 @@ type daemonProc struct {
 
 // startDaemon runs `sluice daemon` inside the lab's LB namespace and waits
 // until its API answers.
-func startDaemon(t *testing.T, lab *testenv.Lab, stateDir string, extra ...string) *daemonProc {
+func startDaemon(t testing.TB, lab *testenv.Lab, stateDir string, extra ...string) *daemonProc {
 	t.Helper()
 	if stateDir == "" {
 		stateDir = t.TempDir()
@@ -119,7 +119,7 @@ func (p *daemonProc) stop() {
 }
 
 // kill9 kills the daemon without letting it clean up.
-func (p *daemonProc) kill9(t *testing.T) {
+func (p *daemonProc) kill9(t testing.TB) {
 	t.Helper()
 	if err := p.cmd.Process.Kill(); err != nil {
 		t.Fatal(err)
@@ -128,7 +128,7 @@ func (p *daemonProc) kill9(t *testing.T) {
 }
 
 // cli runs the sluice CLI against the daemon.
-func (p *daemonProc) cli(t *testing.T, args ...string) (string, error) {
+func (p *daemonProc) cli(t testing.TB, args ...string) (string, error) {
 	t.Helper()
 	cmd := exec.Command(sluiceBin, args...)
 	cmd.Env = append(os.Environ(), "SLUICE_SOCKET="+p.socket)
@@ -136,7 +136,7 @@ func (p *daemonProc) cli(t *testing.T, args ...string) (string, error) {
 	return string(out), err
 }
 
-func (p *daemonProc) mustCLI(t *testing.T, args ...string) string {
+func (p *daemonProc) mustCLI(t testing.TB, args ...string) string {
 	t.Helper()
 	out, err := p.cli(t, args...)
 	if err != nil {
@@ -145,7 +145,7 @@ func (p *daemonProc) mustCLI(t *testing.T, args ...string) string {
 	return out
 }
 
-func (p *daemonProc) status(t *testing.T) control.Status {
+func (p *daemonProc) status(t testing.TB) control.Status {
 	t.Helper()
 	var st control.Status
 	if err := json.Unmarshal([]byte(p.mustCLI(t, "status", "-o", "json")), &st); err != nil {
@@ -155,7 +155,7 @@ func (p *daemonProc) status(t *testing.T) control.Status {
 }
 
 // waitStatus polls status until ok, or fails after the deadline.
-func (p *daemonProc) waitStatus(t *testing.T, what string, ok func(control.Status) bool) control.Status {
+func (p *daemonProc) waitStatus(t testing.TB, what string, ok func(control.Status) bool) control.Status {
 	t.Helper()
 	deadline := time.Now().Add(20 * time.Second)
 	for {
@@ -201,7 +201,7 @@ type eventWatcher struct {
 	stop func()
 }
 
-func (p *daemonProc) follow(t *testing.T) *eventWatcher {
+func (p *daemonProc) follow(t testing.TB) *eventWatcher {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	cmd := exec.CommandContext(ctx, sluiceBin, "events", "-o", "json", "--follow")
@@ -228,7 +228,7 @@ func (p *daemonProc) follow(t *testing.T) *eventWatcher {
 }
 
 // next waits for the next health event of backend addr to state to.
-func (w *eventWatcher) next(t *testing.T, addr, to string, since time.Time) control.Event {
+func (w *eventWatcher) next(t testing.TB, addr, to string, since time.Time) control.Event {
 	t.Helper()
 	timeout := time.After(15 * time.Second)
 	for {
@@ -256,7 +256,7 @@ type conn struct {
 	backend string
 }
 
-func dialVIP(t *testing.T, lab *testenv.Lab, vip netip.AddrPort) (conn, error) {
+func dialVIP(t testing.TB, lab *testenv.Lab, vip netip.AddrPort) (conn, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
 	defer cancel()
 	c, err := lab.Client.Dial(ctx, "tcp4", "", vip.String())

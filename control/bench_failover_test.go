@@ -1,0 +1,134 @@
+package control_test
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"runtime"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/sluicelb/sluice/testenv"
+)
+
+const failoverRuns = 20
+
+// BenchmarkFailover measures, in the lab, the failover figures the issues
+// name: detection and apply times, and how long new connections keep
+// failing after a backend dies. With SLUICE_BENCH_DOC set to a markdown
+// file, it replaces the section between the bench-failover markers.
+func BenchmarkFailover(b *testing.B) {
+	testenv.Require(b)
+	lab, err := testenv.NewLab(context.Background(), nil, testenv.LabOptions{Backends: 4})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer lab.Close()
+	d := startDaemon(b, lab, "")
+	d.mustCLI(b, "vip", "add", vipTCP)
+	for _, be := range lab.Backends {
+		d.mustCLI(b, append([]string{"backend", "add", vipTCP, be.Addr.Addr().String()}, fastCheck...)...)
+	}
+	d.waitStatus(b, "all up", allUp(4))
+	events := d.follow(b)
+
+	// Steady load; record when connections fail.
+	var mu sync.Mutex
+	var lastFail time.Time
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+			c, err := lab.Client.Dial(ctx, "tcp4", "", vipAP.String())
+			cancel()
+			if err == nil {
+				c.SetDeadline(time.Now().Add(time.Second))
+				buf := make([]byte, 8)
+				_, err = c.Read(buf)
+				c.Close()
+			}
+			if err != nil {
+				mu.Lock()
+				lastFail = time.Now()
+				mu.Unlock()
+			}
+		}
+	}()
+	victim := backendByName(lab, "b4")
+	addr := victim.Addr.Addr().String()
+	var detect, marked, applied, newOK []time.Duration
+	for range failoverRuns {
+		t0 := time.Now()
+		victim.StopServers(false)
+		e := events.next(b, addr, "down", t0)
+		detect = append(detect, e.Time.Sub(t0))
+		marked = append(marked, e.Marked.Sub(e.Time))
+		applied = append(applied, e.Applied.Sub(e.Time))
+		// New connections are healthy again once none failed for a while
+		// after the ring swap.
+		time.Sleep(300 * time.Millisecond)
+		mu.Lock()
+		lf := lastFail
+		mu.Unlock()
+		if lf.After(t0) {
+			newOK = append(newOK, lf.Sub(t0))
+		} else {
+			newOK = append(newOK, 0)
+		}
+		t1 := time.Now()
+		if err := victim.StartServers(); err != nil {
+			b.Fatal(err)
+		}
+		events.next(b, addr, "up", t1)
+	}
+	close(stop)
+	<-done
+	row := func(name string, ds []time.Duration) string {
+		return fmt.Sprintf("| %s | %v | %v |", name, percentile(ds, .5).Round(100*time.Microsecond), percentile(ds, .99).Round(100*time.Microsecond))
+	}
+	table := strings.Join([]string{
+		fmt.Sprintf("Measured %s by `make bench-failover` on %d CPUs (%s/%s): 4 backends, a steady stream of new client connections, one backend's server stopped (connections refused) %d times; health profile `interval 100ms, timeout 100ms, fall 2, rise 2`.",
+			time.Now().UTC().Format("2006-01-02"), runtime.NumCPU(), runtime.GOOS, runtime.GOARCH, failoverRuns),
+		"",
+		"| figure | p50 | p99 |",
+		"|---|---:|---:|",
+		row("detection: kill → health verdict", detect),
+		row("apply: verdict → backend out of the data plane", marked),
+		row("apply: verdict → ring swapped", applied),
+		row("kill → new connections land only on healthy backends (last failed connect)", newOK),
+		"| replica promotion | not built yet | |",
+		"| LB pair takeover gap | not built yet | |",
+	}, "\n")
+	fmt.Println(table)
+	if doc := os.Getenv("SLUICE_BENCH_DOC"); doc != "" {
+		if err := replaceSection(doc, "bench-failover", table); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// replaceSection rewrites the text between <!-- NAME:begin --> and
+// <!-- NAME:end --> in a file.
+func replaceSection(path, name, body string) error {
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		return err
+	}
+	s := string(raw)
+	begin, end := "<!-- "+name+":begin -->", "<!-- "+name+":end -->"
+	i, j := strings.Index(s, begin), strings.Index(s, end)
+	if i < 0 || j < i {
+		return fmt.Errorf("%s: no %s ... %s markers", path, begin, end)
+	}
+	s = s[:i+len(begin)] + "\n" + body + "\n" + s[j:]
+	return os.WriteFile(path, []byte(s), 0o644)
+}

@@ -7,7 +7,7 @@ STATICCHECK ?= honnef.co/go/tools/cmd/staticcheck@v0.8.2
 # Root's PATH under sudo often lacks Go: look where the official tarball puts it.
 export PATH := $(PATH):/usr/local/go/bin:/usr/lib/go/bin
 
-.PHONY: all build generate check-generated test lint bench bench-failover demo fuzz vagrant-validate clean need-go need-clang need-root
+.PHONY: all build generate check-generated test lint bench bench-failover demo fuzz vagrant-validate clean need-go need-clang need-root need-tools
 
 all: build
 
@@ -17,6 +17,11 @@ need-go:
 need-clang:
 	@command -v clang >/dev/null 2>&1 || { echo "error: clang is missing: apt-get install clang llvm libbpf-dev (only needed to rebuild the BPF objects)"; exit 1; }
 	@test -e /usr/include/bpf/bpf_helpers.h || { echo "error: libbpf headers are missing: apt-get install libbpf-dev"; exit 1; }
+
+need-tools:
+	@command -v nsenter >/dev/null 2>&1 || { echo "error: nsenter is missing: apt-get install util-linux"; exit 1; }
+	@command -v nft >/dev/null 2>&1 || { echo "error: nft is missing (tests inject faults with it): apt-get install nftables"; exit 1; }
+	@command -v curl >/dev/null 2>&1 || { echo "error: curl is missing (the lab test uses it): apt-get install curl"; exit 1; }
 
 need-root:
 	@test "$$(id -u)" = 0 || { echo "error: this target loads BPF programs and creates network namespaces: run it with sudo"; exit 1; }
@@ -34,7 +39,7 @@ check-generated: generate
 	@git diff --exit-code --stat -- bpf/ || { echo "error: committed bpf2go output is stale: run 'make generate' and commit"; exit 1; }
 	@test -z "$$(git status --porcelain -- bpf/)" || { git status --porcelain -- bpf/; echo "error: untracked bpf2go output"; exit 1; }
 
-test: need-go need-root
+test: need-go need-root need-tools
 	$(GO) test -count=1 -timeout 60m ./...
 
 lint: need-go
@@ -56,6 +61,7 @@ fuzz: need-go need-root
 	$(GO) test -run '^$$' -fuzz FuzzDatapath -fuzztime $(FUZZTIME) ./loader/
 
 demo: build need-root
+	@command -v nsenter >/dev/null 2>&1 || { echo "error: nsenter is missing: apt-get install util-linux"; exit 1; }
 	./bin/sluice demo
 
 vagrant-validate:

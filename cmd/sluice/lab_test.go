@@ -162,3 +162,18 @@ func TestLabRunnerKilled(t *testing.T) {
 	mustRun(t, "lab", "down")
 	assertGone(t, st.DaemonPID)
 }
+
+// TestDemo runs the guided tour end to end: it must pass, print its
+// summary, and leave nothing behind.
+func TestDemo(t *testing.T) {
+	testenv.Require(t)
+	out := mustRun(t, "demo")
+	for _, want := range []string{"summary", "failure detected", "healthy flows that survived", "lab removed"} {
+		if !strings.Contains(out, want) {
+			t.Fatalf("demo output lacks %q:\n%s", want, out)
+		}
+	}
+	if strings.Contains(out, "FAIL") {
+		t.Fatalf("a demo check failed:\n%s", out)
+	}
+}

@@ -5,7 +5,6 @@ package control
 import (
 	"encoding/binary"
 	"fmt"
-	"hash/fnv"
 	"math"
 	"math/bits"
 	"slices"
@@ -23,14 +22,21 @@ type MaglevBackend struct {
 	Slot uint32
 }
 
+// maglevHash is 64-bit FNV-1a over (seed, salt, id), written out so that
+// it allocates nothing.
 func maglevHash(seed uint64, salt byte, id string) uint64 {
-	h := fnv.New64a()
+	const prime = 1099511628211
+	h := uint64(14695981039346656037)
 	var b [9]byte
 	binary.LittleEndian.PutUint64(b[:8], seed)
 	b[8] = salt
-	h.Write(b[:])
-	h.Write([]byte(id))
-	return h.Sum64()
+	for _, c := range b {
+		h = (h ^ uint64(c)) * prime
+	}
+	for i := 0; i < len(id); i++ {
+		h = (h ^ uint64(id[i])) * prime
+	}
+	return h
 }
 
 // BuildMaglev builds a Maglev lookup table of size m (a prime) as in
@@ -47,7 +53,7 @@ func BuildMaglev(backends []MaglevBackend, m uint32, seed uint64) ([]uint32, err
 // tailThreshold is the count of free slots below which filling switches
 // from walking permutations to scanning the free slots (see fillTail).
 func tailThreshold(m uint32) int {
-	return int(2 * math.Sqrt(float64(m)))
+	return int(math.Sqrt(float64(m)) / 2)
 }
 
 func buildMaglev(backends []MaglevBackend, m uint32, seed uint64, tail int) ([]uint32, error) {
@@ -102,22 +108,27 @@ func buildMaglev(backends []MaglevBackend, m uint32, seed uint64, tail int) ([]u
 	}
 	taken := make([]uint64, (m+63)/64) // a bitset stays in cache where []bool would not
 	filled := uint32(0)
+	// Claims go round the backends in order, backend i taking turns[i]
+	// turns; (i, t) is the next claim's place in that cycle.
+	i, t := 0, uint32(0)
 	for filled < m && int(m-filled) > tail {
-		for i := 0; i < n && filled < m; i++ {
-			for t := uint32(0); t < turns[i] && filled < m; t++ {
-				c, sk := pos[i], skip[i]
-				for taken[c>>6]&(1<<(c&63)) != 0 {
-					c = addMod(c, sk, m)
-				}
-				taken[c>>6] |= 1 << (c & 63)
-				table[c] = bs[i].Slot
-				pos[i] = addMod(c, sk, m)
-				filled++
+		c, sk := pos[i], skip[i]
+		for taken[c>>6]&(1<<(c&63)) != 0 {
+			c = addMod(c, sk, m)
+		}
+		taken[c>>6] |= 1 << (c & 63)
+		table[c] = bs[i].Slot
+		pos[i] = addMod(c, sk, m)
+		filled++
+		if t++; t == turns[i] {
+			t = 0
+			if i++; i == n {
+				i = 0
 			}
 		}
 	}
 	if filled < m {
-		fillTail(table, taken, bs, pos, skip, turns, m)
+		fillTail(table, taken, bs, pos, skip, turns, m, i, t)
 	}
 	return table, nil
 }
@@ -129,7 +140,7 @@ func buildMaglev(backends []MaglevBackend, m uint32, seed uint64, tail int) ([]u
 // nearest. Every slot the backend walked past is taken (slots are never
 // freed), so the nearest free slot is exactly the one the walk would reach:
 // the table is identical, only faster to build.
-func fillTail(table []uint32, taken []uint64, bs []MaglevBackend, pos, skip, turns []uint32, m uint32) {
+func fillTail(table []uint32, taken []uint64, bs []MaglevBackend, pos, skip, turns []uint32, m uint32, i int, t uint32) {
 	var free []uint32
 	for c := uint32(0); c < m; c++ {
 		if taken[c>>6]&(1<<(c&63)) == 0 {
@@ -138,8 +149,8 @@ func fillTail(table []uint32, taken []uint64, bs []MaglevBackend, pos, skip, tur
 	}
 	n := len(bs)
 	inv := make([]uint64, n)
-	for i := range bs {
-		inv[i] = modInverse(uint64(skip[i]), uint64(m))
+	for k := range bs {
+		inv[k] = modInverse(uint64(skip[k]), uint64(m))
 	}
 	recip := ^uint64(0) / uint64(m)
 	mod := func(a uint64) uint64 { // Barrett reduction: a mod m without a divide
@@ -151,25 +162,27 @@ func fillTail(table []uint32, taken []uint64, bs []MaglevBackend, pos, skip, tur
 		return r
 	}
 	for len(free) > 0 {
-		for i := 0; i < n && len(free) > 0; i++ {
-			for t := uint32(0); t < turns[i] && len(free) > 0; t++ {
-				best, bestJ := 0, uint64(m)
-				p := uint64(pos[i])
-				for k, c := range free {
-					d := uint64(c) + uint64(m) - p // steps from the next candidate, times skip
-					j := mod(mod(d) * inv[i])
-					if j < bestJ {
-						best, bestJ = k, j
-					}
-				}
-				c := free[best]
-				free[best] = free[len(free)-1]
-				free = free[:len(free)-1]
-				table[c] = bs[i].Slot
-				if c += skip[i]; c >= m {
-					c -= m
-				}
-				pos[i] = c
+		best, bestJ := 0, uint64(m)
+		p := uint64(pos[i])
+		for k, c := range free {
+			d := uint64(c) + uint64(m) - p // steps from the next candidate, times skip
+			if d >= uint64(m) {
+				d -= uint64(m)
+			}
+			j := mod(d * inv[i])
+			if j < bestJ {
+				best, bestJ = k, j
+			}
+		}
+		c := free[best]
+		free[best] = free[len(free)-1]
+		free = free[:len(free)-1]
+		table[c] = bs[i].Slot
+		pos[i] = addMod(c, skip[i], m)
+		if t++; t == turns[i] {
+			t = 0
+			if i++; i == n {
+				i = 0
 			}
 		}
 	}

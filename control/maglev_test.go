@@ -2,6 +2,7 @@ package control
 
 import (
 	"fmt"
+	"hash/fnv"
 	"math/rand/v2"
 	"slices"
 	"testing"
@@ -277,4 +278,15 @@ func TestMaglevMatchesReference(t *testing.T) {
 			t.Fatal("optimised table differs from the paper's pseudocode")
 		}
 	})
+}
+
+// TestMaglevHashIsFNV1a pins the offset/skip hash: tables must stay
+// byte-identical across versions and nodes.
+func TestMaglevHashIsFNV1a(t *testing.T) {
+	h := fnv.New64a()
+	h.Write([]byte{7, 0, 0, 0, 0, 0, 0, 0, 2})
+	h.Write([]byte("10.0.0.1"))
+	if got := maglevHash(7, 2, "10.0.0.1"); got != h.Sum64() {
+		t.Fatalf("maglevHash = %#x, FNV-1a = %#x", got, h.Sum64())
+	}
 }

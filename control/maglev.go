@@ -191,8 +191,11 @@ func fillTail(table []uint32, taken []uint64, bs []MaglevBackend, pos, skip, tur
 // addMod returns (c + sk) mod m for c, sk < m < 2^31, without a branch:
 // the wrap is taken about half the time, so a branch would mispredict.
 func addMod(c, sk, m uint32) uint32 {
-	d := c + sk - m
-	return d + m&uint32(int32(d)>>31)
+	c += sk
+	if d := c - m; c >= m {
+		c = d // compiled to a conditional move
+	}
+	return c
 }
 
 // modInverse returns x^-1 mod m for prime m.

@@ -7,6 +7,7 @@ import (
 	"io"
 	"net/http"
 	"net/netip"
+	"strings"
 	"time"
 
 	"github.com/sluicelb/sluice/health"
@@ -16,11 +17,17 @@ import (
 
 // VIPAddRequest adds a VIP.
 type VIPAddRequest struct {
-	VIP        string `json:"vip"`
-	Forward    string `json:"forward"`
-	RingSize   uint32 `json:"ring_size"`
-	MinActive  int    `json:"min_active"`
-	UDPTimeout string `json:"udp_timeout"`
+	VIP         string `json:"vip"`
+	Forward     string `json:"forward"`
+	RingSize    uint32 `json:"ring_size"`
+	MinActive   int    `json:"min_active"`
+	UDPTimeout  string `json:"udp_timeout"`
+	Policy      string `json:"policy,omitempty"`
+	PromoteCmd  string `json:"promote_cmd,omitempty"`
+	PromoteURL  string `json:"promote_url,omitempty"`
+	DemoteCmd   string `json:"demote_cmd,omitempty"`
+	HookTimeout string `json:"hook_timeout,omitempty"`
+	Failback    bool   `json:"failback,omitempty"`
 }
 
 // BackendAddRequest adds a backend to a VIP.
@@ -128,11 +135,18 @@ func (d *Daemon) apiHandler() http.Handler {
 			return nil, badRequest("%v", err)
 		}
 		return d.Change(r.Context(), fmt.Sprintf("backup restored (snapshot revision %d)", snap.Revision), func(s *State) error {
-			s.VIPs = snap.VIPs
+			s.VIPs = keepFailover(s.VIPs, snap.VIPs)
 			return nil
 		})
 	})
 	handle("GET /v1/backups", func(*http.Request) (any, error) { return d.store.Archive() })
+	handle("POST /v1/promote", func(r *http.Request) (any, error) {
+		var req PromoteRequest
+		if err := decode(r, &req); err != nil {
+			return nil, err
+		}
+		return d.Promote(r.Context(), req.VIP, req.Addr)
+	})
 	mux.HandleFunc("GET /v1/events", d.apiEvents)
 	return mux
 }
@@ -155,7 +169,15 @@ func (d *Daemon) apiVIPAdd(r *http.Request) (any, error) {
 	if err != nil {
 		return nil, badRequest("%v", err)
 	}
-	v := VIP{VIP: FormatVIPKey(k), Forward: req.Forward, RingSize: req.RingSize, MinActive: req.MinActive}
+	v := VIP{VIP: FormatVIPKey(k), Forward: req.Forward, RingSize: req.RingSize, MinActive: req.MinActive,
+		Policy: req.Policy, PromoteCmd: req.PromoteCmd, PromoteURL: req.PromoteURL, DemoteCmd: req.DemoteCmd, Failback: req.Failback}
+	if req.HookTimeout != "" {
+		t, err := time.ParseDuration(req.HookTimeout)
+		if err != nil || t <= 0 {
+			return nil, badRequest("--hook-timeout %q: want a positive duration such as 10s", req.HookTimeout)
+		}
+		v.HookTimeout = Duration(t)
+	}
 	if req.UDPTimeout != "" {
 		t, err := time.ParseDuration(req.UDPTimeout)
 		if err != nil || t <= 0 {
@@ -286,7 +308,7 @@ func (d *Daemon) apiApply(r *http.Request) (any, error) {
 		return ApplyResponse{Diff: diff, Revision: cur.Revision}, nil
 	}
 	st, err := d.Change(r.Context(), "apply", func(s *State) error {
-		s.VIPs = next.VIPs
+		s.VIPs = keepFailover(s.VIPs, next.VIPs)
 		return nil
 	})
 	if err != nil {
@@ -369,6 +391,37 @@ func Diff(cur, next State) []string {
 	for _, v := range cur.VIPs {
 		if _, ok := b[v.VIP]; !ok {
 			out = append(out, fmt.Sprintf("- vip %s", v.VIP))
+		}
+	}
+	return out
+}
+
+// keepFailover carries epochs and primaries over a wholesale replacement
+// (apply, restore): an epoch never goes backwards, and a file that names no
+// primary does not depose the current one.
+func keepFailover(cur, next []VIP) []VIP {
+	old := map[string]VIP{}
+	for _, v := range cur {
+		if k, err := ParseVIPKey(v.VIP); err == nil {
+			old[FormatVIPKey(k)] = v
+		}
+	}
+	out := make([]VIP, len(next))
+	copy(out, next)
+	for i, v := range out {
+		k, err := ParseVIPKey(v.VIP)
+		if err != nil {
+			continue
+		}
+		o, ok := old[FormatVIPKey(k)]
+		if !ok {
+			continue
+		}
+		if o.Epoch > v.Epoch {
+			out[i].Epoch = o.Epoch
+		}
+		if v.Primary == "" && strings.EqualFold(v.Policy, PolicyFailover) {
+			out[i].Primary = o.Primary
 		}
 	}
 	return out

@@ -73,6 +73,10 @@ type Daemon struct {
 	state State
 	ctx   context.Context
 	ready bool
+
+	promoMu       sync.Mutex
+	promoting     map[loader.VIPKey]bool   // a promotion runs for the VIP
+	demotePending map[loader.VIPKey]string // old primary awaiting its demote hook
 }
 
 // New opens the state, adopts or attaches the data plane and applies the
@@ -97,7 +101,8 @@ func New(ctx context.Context, opts Options) (*Daemon, error) {
 	if log == nil {
 		log = slog.Default()
 	}
-	d := &Daemon{opts: opts, log: log, events: NewEventLog(1000), coord: SingleNode{}, started: time.Now(), ctx: ctx}
+	d := &Daemon{opts: opts, log: log, events: NewEventLog(1000), coord: SingleNode{}, started: time.Now(), ctx: ctx,
+		promoting: map[loader.VIPKey]bool{}, demotePending: map[loader.VIPKey]string{}}
 	var err error
 	if d.store, err = OpenBoltStore(opts.StateDir, opts.ArchiveKeep); err != nil {
 		return nil, err
@@ -135,6 +140,7 @@ func New(ctx context.Context, opts Options) (*Daemon, error) {
 	log.Info("daemon started", "iface", opts.Iface, "revision", d.state.Revision, "adopted", d.dp.Adopted(), "map_writes", res.Writes)
 	d.events.Add(Event{Kind: "config", Reason: fmt.Sprintf("daemon started (adopted=%v, map writes=%d)", d.dp.Adopted(), res.Writes), Revision: d.state.Revision})
 	d.ready = true
+	go d.checkPrimaries()
 	return d, nil
 }
 
@@ -211,10 +217,20 @@ func (d *Daemon) onHealth(e health.Event) {
 	}
 	d.log.Info("health transition", "target", e.Check.Probe.Addr, "from", e.From, "to", e.To, "reason", e.Reason,
 		"marked", marked.Sub(e.Time), "applied", applied.Sub(e.Time))
+	d.checkPrimaries()
 }
 
-// Change commits a change to the desired state and applies it.
+// Change commits a change to the desired state and applies it; failover
+// VIPs that now lack a primary get one.
 func (d *Daemon) Change(ctx context.Context, what string, change func(*State) error) (State, error) {
+	st, err := d.change(ctx, what, change)
+	if err == nil {
+		go d.checkPrimaries()
+	}
+	return st, err
+}
+
+func (d *Daemon) change(ctx context.Context, what string, change func(*State) error) (State, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	prev := d.state.Revision

@@ -257,7 +257,13 @@ type conn struct {
 }
 
 func dialVIP(t testing.TB, lab *testenv.Lab, vip netip.AddrPort) (conn, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	return dialVIPWithin(t, lab, vip, 3*time.Second)
+}
+
+// dialVIPWithin bounds the connect: probing clients retry a SYN that got no
+// answer at once instead of waiting out TCP's one-second retransmission.
+func dialVIPWithin(t testing.TB, lab *testenv.Lab, vip netip.AddrPort, within time.Duration) (conn, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), within)
 	defer cancel()
 	c, err := lab.Client.Dial(ctx, "tcp4", "", vip.String())
 	if err != nil {

@@ -18,6 +18,7 @@ type metrics struct {
 	checkFailures *prometheus.CounterVec
 	transitions   *prometheus.CounterVec
 	buildInfo     *prometheus.GaugeVec
+	promotions    *prometheus.CounterVec
 }
 
 var (
@@ -31,6 +32,9 @@ var (
 	descXDP            = prometheus.NewDesc("sluice_xdp_packets_total", "Packets by data-plane outcome or event.", []string{"outcome"}, nil)
 	descConntrack      = prometheus.NewDesc("sluice_conntrack_entries", "Entries in the connection tables.", nil, nil)
 	descRevision       = prometheus.NewDesc("sluice_state_revision", "Revision of the applied desired state.", nil, nil)
+	descEpoch          = prometheus.NewDesc("sluice_vip_epoch", "Promotion epoch of a failover VIP.", []string{"vip"}, nil)
+	descPrimary        = prometheus.NewDesc("sluice_vip_primary", "1 for the primary of a failover VIP.", []string{"vip", "backend"}, nil)
+	descHasPrimary     = prometheus.NewDesc("sluice_vip_has_primary", "1 while a failover VIP has a primary.", []string{"vip"}, nil)
 )
 
 func newMetrics(d *Daemon) *metrics {
@@ -60,7 +64,10 @@ func newMetrics(d *Daemon) *metrics {
 		}
 	}
 	m.buildInfo.WithLabelValues(version, gover).Set(1)
-	m.reg.MustRegister(m.probeDuration, m.failoverApply, m.checkFailures, m.transitions, m.buildInfo, m)
+	m.promotions = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "sluice_promotions_total", Help: "Promotion attempts of failover VIPs by result.",
+	}, []string{"vip", "result"})
+	m.reg.MustRegister(m.probeDuration, m.failoverApply, m.checkFailures, m.transitions, m.buildInfo, m.promotions, m)
 	return m
 }
 
@@ -95,6 +102,15 @@ func (m *metrics) Collect(ch chan<- prometheus.Metric) {
 	}
 	ch <- prometheus.MustNewConstMetric(descRevision, prometheus.GaugeValue, float64(st.Revision))
 	for _, v := range st.VIPs {
+		if v.Policy == PolicyFailover {
+			ch <- prometheus.MustNewConstMetric(descEpoch, prometheus.GaugeValue, float64(v.Epoch), v.VIP)
+			has := 0.0
+			if v.Primary != "" {
+				has = 1
+				ch <- prometheus.MustNewConstMetric(descPrimary, prometheus.GaugeValue, 1, v.VIP, v.Primary)
+			}
+			ch <- prometheus.MustNewConstMetric(descHasPrimary, prometheus.GaugeValue, has, v.VIP)
+		}
 		ch <- prometheus.MustNewConstMetric(descVIPPackets, prometheus.CounterValue, float64(v.Packets), v.VIP)
 		ch <- prometheus.MustNewConstMetric(descVIPBytes, prometheus.CounterValue, float64(v.Bytes), v.VIP)
 		for _, b := range v.Backends {

@@ -147,6 +147,12 @@ func (r *Reconciler) Apply(ctx context.Context, s State, hv HealthOf) (Result, e
 			hs := hv(k, b)
 			bv := BackendView{Index: idx, Health: hs, Drain: b.Drain || b.Weight == 0}
 			bv.Usable = hs == health.Up && !b.Disabled
+			if v.Policy == PolicyFailover {
+				// Replicas must not keep tracked flows: nothing may ever
+				// reach two primaries.
+				bv.Usable = bv.Usable && addr.String() == v.Primary
+				bv.Drain = false
+			}
 			mac, merr := r.mac(ctx, addr, b.MAC)
 			bv.MACErr = merr
 			if merr != nil {
@@ -178,6 +184,15 @@ func (r *Reconciler) Apply(ctx context.Context, s State, hv HealthOf) (Result, e
 		members := active
 		if len(active) < v.MinActive {
 			members = append(slices.Clone(active), standby...)
+		}
+		if v.Policy == PolicyFailover {
+			// Exactly one backend, the primary, receives traffic.
+			members = nil
+			for _, m := range append(slices.Clone(active), standby...) {
+				if m.ID == v.Primary {
+					members = []MaglevBackend{{ID: m.ID, Weight: 1, Slot: m.Slot}}
+				}
+			}
 		}
 		for _, m := range members {
 			bv := view[netip.MustParseAddr(m.ID)]

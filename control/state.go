@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"net/url"
 	"slices"
 	"strconv"
 	"strings"
@@ -52,12 +53,37 @@ type VIP struct {
 	MinActive  int       `json:"min_active" yaml:"min_active"`
 	UDPTimeout Duration  `json:"udp_timeout" yaml:"udp_timeout"`
 	Backends   []Backend `json:"backends" yaml:"backends"`
+
+	// Policy is "maglev" (spread over every usable backend) or
+	// "failover" (exactly one primary receives traffic).
+	Policy string `json:"policy" yaml:"policy"`
+	// Failover VIPs: hooks run on promotion (exit 0 / HTTP 2xx is
+	// success) and on a recovered old primary's demotion.
+	PromoteCmd  string   `json:"promote_cmd,omitempty" yaml:"promote_cmd,omitempty"`
+	PromoteURL  string   `json:"promote_url,omitempty" yaml:"promote_url,omitempty"`
+	DemoteCmd   string   `json:"demote_cmd,omitempty" yaml:"demote_cmd,omitempty"`
+	HookTimeout Duration `json:"hook_timeout,omitempty" yaml:"hook_timeout,omitempty"`
+	Failback    bool     `json:"failback,omitempty" yaml:"failback,omitempty"`
+	// Primary and Epoch are the coordinator's decisions, kept with the
+	// state so that they survive restarts; the epoch never goes back.
+	Primary string `json:"primary,omitempty" yaml:"primary,omitempty"`
+	Epoch   uint64 `json:"epoch,omitempty" yaml:"epoch,omitempty"`
 }
+
+// Policies of a VIP.
+const (
+	PolicyMaglev   = "maglev"
+	PolicyFailover = "failover"
+)
+
+// DefaultHookTimeout bounds promotion and demotion hooks.
+const DefaultHookTimeout = 10 * time.Second
 
 // Backend is one backend of a VIP.
 type Backend struct {
 	Addr     string `json:"addr" yaml:"addr"`
 	Weight   uint32 `json:"weight" yaml:"weight"`
+	Priority int    `json:"priority,omitempty" yaml:"priority,omitempty"` // failover VIPs: higher is promoted first
 	Drain    bool   `json:"drain,omitempty" yaml:"drain,omitempty"`
 	Disabled bool   `json:"disabled,omitempty" yaml:"disabled,omitempty"`
 	Standby  bool   `json:"standby,omitempty" yaml:"standby,omitempty"`
@@ -133,6 +159,16 @@ func (s *State) Normalize() {
 		if v.UDPTimeout == 0 {
 			v.UDPTimeout = Duration(loader.DefaultUDPTimeout)
 		}
+		v.Policy = strings.ToLower(v.Policy)
+		if v.Policy == "" {
+			v.Policy = PolicyMaglev
+		}
+		if v.Policy == PolicyFailover && v.HookTimeout == 0 {
+			v.HookTimeout = Duration(DefaultHookTimeout)
+		}
+		if a, err := netip.ParseAddr(v.Primary); err == nil {
+			v.Primary = a.String()
+		}
 		for j := range v.Backends {
 			b := &v.Backends[j]
 			if a, err := netip.ParseAddr(b.Addr); err == nil {
@@ -194,6 +230,23 @@ func (s *State) Validate() error {
 		if v.UDPTimeout <= 0 {
 			return fmt.Errorf("%s.udp_timeout %v: must be positive", where, time.Duration(v.UDPTimeout))
 		}
+		switch v.Policy {
+		case PolicyMaglev:
+			if v.PromoteCmd != "" || v.PromoteURL != "" || v.DemoteCmd != "" || v.Failback || v.Primary != "" {
+				return fmt.Errorf("%s: promotion settings need policy failover", where)
+			}
+		case PolicyFailover:
+			if v.HookTimeout <= 0 {
+				return fmt.Errorf("%s.hook_timeout %v: must be positive", where, time.Duration(v.HookTimeout))
+			}
+			if v.PromoteURL != "" {
+				if u, err := url.Parse(v.PromoteURL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+					return fmt.Errorf("%s.promote_url %q: want an http(s) URL", where, v.PromoteURL)
+				}
+			}
+		default:
+			return fmt.Errorf("%s.policy %q: want maglev or failover", where, v.Policy)
+		}
 		addrs := map[netip.Addr]bool{}
 		for j, b := range v.Backends {
 			bw := fmt.Sprintf("%s.backends[%d]", where, j)
@@ -217,6 +270,12 @@ func (s *State) Validate() error {
 				return fmt.Errorf("%s.check.%w", bw, err)
 			}
 			backends++
+		}
+		if v.Primary != "" {
+			a, err := netip.ParseAddr(v.Primary)
+			if err != nil || !addrs[a] {
+				return fmt.Errorf("%s.primary %q: not one of its backends", where, v.Primary)
+			}
 		}
 		if uint32(len(v.Backends)) > v.RingSize {
 			return fmt.Errorf("%s: %d backends do not fit a ring of %d", where, len(v.Backends), v.RingSize)

@@ -29,6 +29,9 @@ type VIPStatus struct {
 	RingSize   uint32          `json:"ring_size"`
 	RingSHA256 string          `json:"ring_sha256"`
 	MinActive  int             `json:"min_active"`
+	Policy     string          `json:"policy"`
+	Primary    string          `json:"primary,omitempty"`
+	Epoch      uint64          `json:"epoch,omitempty"`
 	Packets    uint64          `json:"packets"`
 	Bytes      uint64          `json:"bytes"`
 	Backends   []BackendStatus `json:"backends"`
@@ -41,6 +44,7 @@ type BackendStatus struct {
 	Usable     bool      `json:"usable"`
 	Weight     uint32    `json:"weight"`
 	Standby    bool      `json:"standby"`
+	Priority   int       `json:"priority,omitempty"`
 	RingSlots  int       `json:"ring_slots"`
 	Packets    uint64    `json:"packets"`
 	Bytes      uint64    `json:"bytes"`
@@ -57,7 +61,8 @@ func (d *Daemon) Status() (Status, error) {
 		Uptime: time.Since(d.started).Round(time.Second).String(), VIPs: []VIPStatus{}}
 	for _, v := range state.VIPs {
 		k, _ := ParseVIPKey(v.VIP)
-		vs := VIPStatus{VIP: v.VIP, Forward: v.Forward, RingSize: v.RingSize, MinActive: v.MinActive, Backends: []BackendStatus{}}
+		vs := VIPStatus{VIP: v.VIP, Forward: v.Forward, RingSize: v.RingSize, MinActive: v.MinActive,
+			Policy: v.Policy, Primary: v.Primary, Epoch: v.Epoch, Backends: []BackendStatus{}}
 		view, id, ok := d.rec.View(k)
 		slots := map[uint32]int{}
 		if ok {
@@ -77,7 +82,7 @@ func (d *Daemon) Status() (Status, error) {
 		}
 		for _, b := range v.Backends {
 			addr := netip.MustParseAddr(b.Addr)
-			bs := BackendStatus{Addr: b.Addr, Weight: b.Weight, Standby: b.Standby}
+			bs := BackendStatus{Addr: b.Addr, Weight: b.Weight, Standby: b.Standby, Priority: b.Priority}
 			bv := view[addr]
 			bs.Usable = bv.Usable
 			bs.RingSlots = slots[bv.Index]

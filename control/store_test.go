@@ -35,6 +35,16 @@ func genState(t *rapid.T) State {
 					Rise:     rapid.IntRange(1, 5).Draw(t, "rise"), Fall: rapid.IntRange(1, 5).Draw(t, "fall")},
 			})
 		}
+		if len(v.Backends) > 0 && rapid.Bool().Draw(t, "failover") {
+			v.Policy = PolicyFailover
+			v.Epoch = rapid.Uint64Range(0, 1<<40).Draw(t, "epoch")
+			v.Primary = v.Backends[rapid.IntRange(0, len(v.Backends)-1).Draw(t, "primary")].Addr
+			v.PromoteCmd = rapid.SampledFrom([]string{"", "/usr/local/bin/promote --fence"}).Draw(t, "cmd")
+			v.Failback = rapid.Bool().Draw(t, "failback")
+			for j := range v.Backends {
+				v.Backends[j].Priority = rapid.IntRange(0, 100).Draw(t, "prio")
+			}
+		}
 		s.VIPs = append(s.VIPs, v)
 	}
 	s.Normalize()

@@ -75,6 +75,12 @@ func vipCommand() *cli.Command {
 					&cli.UintFlag{Name: "ring-size", Value: control.DefaultRingSize, Usage: "Maglev ring size (a prime)"},
 					&cli.IntFlag{Name: "min-active", Value: control.DefaultMinActive, Usage: "standbys join the ring below this many usable actives"},
 					&cli.StringFlag{Name: "udp-timeout", Value: "30s", Usage: "idle time after which a UDP flow is re-hashed"},
+					&cli.StringFlag{Name: "policy", Value: "maglev", Usage: "maglev (spread) or failover (one primary, replicas promoted on failure)"},
+					&cli.StringFlag{Name: "promote-cmd", Usage: "failover: command run on promotion (env SLUICE_VIP, SLUICE_OLD_PRIMARY, SLUICE_NEW_PRIMARY, SLUICE_EPOCH); exit 0 = success"},
+					&cli.StringFlag{Name: "promote-url", Usage: "failover: URL POSTed the same fields as JSON on promotion; 2xx = success"},
+					&cli.StringFlag{Name: "demote-cmd", Usage: "failover: command run when a recovered old primary rejoins as a replica"},
+					&cli.StringFlag{Name: "hook-timeout", Value: "10s", Usage: "failover: time limit of each hook"},
+					&cli.BoolFlag{Name: "failback", Usage: "failover: a recovered higher-priority backend takes the primary role back"},
 				},
 				Action: func(c *cli.Context) error {
 					vip, err := oneArg(c, "ADDR:PORT/PROTO")
@@ -96,9 +102,22 @@ func vipCommand() *cli.Command {
 					if t, err := time.ParseDuration(c.String("udp-timeout")); err != nil || t <= 0 {
 						return fmt.Errorf("--udp-timeout %q: want a positive duration such as 30s", c.String("udp-timeout"))
 					}
+					policy := c.String("policy")
+					if policy != control.PolicyMaglev && policy != control.PolicyFailover {
+						return fmt.Errorf("--policy %q: want maglev or failover", policy)
+					}
+					if t, err := time.ParseDuration(c.String("hook-timeout")); err != nil || t <= 0 {
+						return fmt.Errorf("--hook-timeout %q: want a positive duration such as 10s", c.String("hook-timeout"))
+					}
+					hookTimeout := ""
+					if policy == control.PolicyFailover {
+						hookTimeout = c.String("hook-timeout")
+					}
 					var st control.State
 					err = newClient(c).do(c.Context, "POST", "/v1/vips", nil, control.VIPAddRequest{VIP: vip, Forward: c.String("forward"),
-						RingSize: uint32(c.Uint("ring-size")), MinActive: c.Int("min-active"), UDPTimeout: c.String("udp-timeout")}, &st)
+						RingSize: uint32(c.Uint("ring-size")), MinActive: c.Int("min-active"), UDPTimeout: c.String("udp-timeout"),
+						Policy: policy, PromoteCmd: c.String("promote-cmd"), PromoteURL: c.String("promote-url"),
+						DemoteCmd: c.String("demote-cmd"), HookTimeout: hookTimeout, Failback: c.Bool("failback")}, &st)
 					if err != nil {
 						return err
 					}
@@ -200,6 +219,7 @@ func backendCommand() *cli.Command {
 	addFlags := []cli.Flag{socketFlag(),
 		&cli.UintFlag{Name: "weight", Value: control.DefaultWeight, Usage: "share of new flows (0 drains)"},
 		&cli.BoolFlag{Name: "standby", Usage: "take traffic only when usable actives fall below the VIP's min-active"},
+		&cli.IntFlag{Name: "priority", Usage: "failover VIPs: replicas with higher priority are promoted first"},
 		&cli.StringFlag{Name: "check", Value: "tcp", Usage: "tcp, http, https, udp or none"},
 		&cli.UintFlag{Name: "check-port", Usage: "port to probe (default: the VIP's port)"},
 		&cli.StringFlag{Name: "check-path", Usage: "http(s) path"},
@@ -301,7 +321,7 @@ func backendFromFlags(c *cli.Context, addr string) (control.Backend, error) {
 		return control.Backend{}, fmt.Errorf("--%w", err)
 	}
 	return control.Backend{
-		Addr: addr, Weight: uint32(c.Uint("weight")), Standby: c.Bool("standby"), MAC: c.String("mac"),
+		Addr: addr, Weight: uint32(c.Uint("weight")), Standby: c.Bool("standby"), MAC: c.String("mac"), Priority: c.Int("priority"),
 		Check: control.Check{Type: c.String("check"), Port: uint16(c.Uint("check-port")), Path: c.String("check-path"),
 			Method: c.String("check-method"), Codes: c.String("check-codes"), Body: c.String("check-body"),
 			TLSVerify: c.Bool("check-tls-verify"), Payload: c.String("check-payload"),
@@ -330,6 +350,13 @@ func statusCommand() *cli.Command {
 			for _, v := range st.VIPs {
 				fmt.Fprintf(w, "\nvip %s  forward %s  ring %d (sha256 %.12s)  min-active %d  packets %d  bytes %d\n",
 					v.VIP, v.Forward, v.RingSize, v.RingSHA256, v.MinActive, v.Packets, v.Bytes)
+				if v.Policy == control.PolicyFailover {
+					primary := v.Primary
+					if primary == "" {
+						primary = "none (dropping)"
+					}
+					fmt.Fprintf(w, "  policy failover  primary %s  epoch %d\n", primary, v.Epoch)
+				}
 				tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 				fmt.Fprintln(tw, "  BACKEND\tSTATE\tWEIGHT\tSTANDBY\tSLOTS\tPACKETS\tBYTES\tLAST CHANGE\tREASON")
 				for _, b := range v.Backends {
@@ -622,6 +649,32 @@ func backupCommand() *cli.Command {
 					return tw.Flush()
 				},
 			},
+		},
+	}
+}
+
+func promoteCommand() *cli.Command {
+	return &cli.Command{
+		Name: "promote", Usage: "planned switchover: make ADDR the primary of a failover VIP", ArgsUsage: "VIP ADDR",
+		Flags: []cli.Flag{socketFlag(), outputFlag()},
+		Action: func(c *cli.Context) error {
+			vip, addr, err := vipAndAddr(c)
+			if err != nil {
+				return err
+			}
+			asJSON, err := wantJSON(c)
+			if err != nil {
+				return err
+			}
+			var res control.PromoteResult
+			if err := newClient(c).do(c.Context, "POST", "/v1/promote", nil, control.PromoteRequest{VIP: vip, Addr: addr}, &res); err != nil {
+				return err
+			}
+			if asJSON {
+				return printJSON(c.App.Writer, res)
+			}
+			fmt.Fprintf(c.App.Writer, "%s is the primary of %s (epoch %d, was %s; hook took %s)\n", res.NewPrimary, res.VIP, res.Epoch, res.OldPrimary, res.HookTime)
+			return nil
 		},
 	}
 }

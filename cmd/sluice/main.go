@@ -41,6 +41,7 @@ func main() {
 			daemonCommand(),
 			vipCommand(),
 			backendCommand(),
+			promoteCommand(),
 			statusCommand(),
 			statsCommand(),
 			eventsCommand(),

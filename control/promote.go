@@ -1,0 +1,311 @@
+package control
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"net/netip"
+	"os"
+	"os/exec"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/sluicelb/sluice/health"
+	"github.com/sluicelb/sluice/loader"
+)
+
+// PromoteRequest is a planned switchover: `sluice promote VIP ADDR`.
+type PromoteRequest struct {
+	VIP  string `json:"vip"`
+	Addr string `json:"addr"`
+}
+
+// PromoteResult reports a promotion.
+type PromoteResult struct {
+	VIP        string `json:"vip"`
+	OldPrimary string `json:"old_primary"`
+	NewPrimary string `json:"new_primary"`
+	Epoch      uint64 `json:"epoch"`
+	HookOutput string `json:"hook_output,omitempty"`
+	HookTime   string `json:"hook_time,omitempty"`
+}
+
+// hookPayload is what --promote-url receives as JSON.
+type hookPayload struct {
+	VIP        string `json:"vip"`
+	OldPrimary string `json:"old_primary"`
+	NewPrimary string `json:"new_primary"`
+	Epoch      uint64 `json:"epoch"`
+}
+
+// runHook runs the command (through sh -c) or posts to the URL, bounded by
+// the VIP's hook timeout. Exit 0 or HTTP 2xx is success.
+func runHook(ctx context.Context, v VIP, cmdline, old, next string, epoch uint64) (string, error) {
+	ctx, cancel := context.WithTimeout(ctx, time.Duration(v.HookTimeout))
+	defer cancel()
+	if cmdline != "" {
+		cmd := exec.CommandContext(ctx, "/bin/sh", "-c", cmdline)
+		cmd.Env = append(os.Environ(), "SLUICE_VIP="+v.VIP, "SLUICE_OLD_PRIMARY="+old,
+			"SLUICE_NEW_PRIMARY="+next, fmt.Sprintf("SLUICE_EPOCH=%d", epoch))
+		out, err := cmd.CombinedOutput()
+		if ctx.Err() != nil {
+			return string(out), fmt.Errorf("hook timed out after %v", time.Duration(v.HookTimeout))
+		}
+		if err != nil {
+			return string(out), fmt.Errorf("hook %q: %v", cmdline, err)
+		}
+		return string(out), nil
+	}
+	if v.PromoteURL == "" {
+		return "", nil
+	}
+	body, _ := json.Marshal(hookPayload{VIP: v.VIP, OldPrimary: old, NewPrimary: next, Epoch: epoch})
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, v.PromoteURL, bytes.NewReader(body))
+	if err != nil {
+		return "", err
+	}
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return "", fmt.Errorf("hook %s: %v", v.PromoteURL, err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode < 200 || resp.StatusCode > 299 {
+		return "", fmt.Errorf("hook %s: %s", v.PromoteURL, resp.Status)
+	}
+	return resp.Status, nil
+}
+
+// candidates lists the up backends of a failover VIP that may become
+// primary, highest priority first.
+func (d *Daemon) candidates(v VIP, exclude string) []Backend {
+	k, _ := ParseVIPKey(v.VIP)
+	var out []Backend
+	for _, b := range v.Backends {
+		if b.Addr == exclude || b.Disabled || d.healthOf(k, b) != health.Up {
+			continue
+		}
+		out = append(out, b)
+	}
+	slices.SortStableFunc(out, func(a, b Backend) int {
+		if a.Priority != b.Priority {
+			return b.Priority - a.Priority
+		}
+		return strings.Compare(a.Addr, b.Addr)
+	})
+	return out
+}
+
+// checkPrimaries starts a promotion for every failover VIP whose primary
+// is missing or no longer up, and fails back where asked to. Only the
+// coordinator promotes.
+func (d *Daemon) checkPrimaries() {
+	if !d.coord.IsCoordinator() {
+		return
+	}
+	d.mu.Lock()
+	state := d.state.Clone()
+	d.mu.Unlock()
+	for _, v := range state.VIPs {
+		if v.Policy != PolicyFailover {
+			continue
+		}
+		k, _ := ParseVIPKey(v.VIP)
+		primaryUp := false
+		for _, b := range v.Backends {
+			if b.Addr == v.Primary && !b.Disabled && d.healthOf(k, b) == health.Up {
+				primaryUp = true
+			}
+		}
+		cands := d.candidates(v, "")
+		if primaryUp {
+			d.demoteRecovered(v)
+			if !v.Failback || len(cands) == 0 || cands[0].Addr == v.Primary {
+				continue
+			}
+			cur := -1
+			for _, b := range v.Backends {
+				if b.Addr == v.Primary {
+					cur = b.Priority
+				}
+			}
+			if cands[0].Priority <= cur {
+				continue
+			}
+		}
+		if len(cands) == 0 && v.Primary == "" {
+			continue
+		}
+		d.startPromotion(k, cands, "")
+	}
+}
+
+// startPromotion runs one promotion of a VIP at a time, off the caller's
+// goroutine: hooks may take seconds.
+func (d *Daemon) startPromotion(k loader.VIPKey, cands []Backend, planned string) {
+	d.promoMu.Lock()
+	if d.promoting[k] {
+		d.promoMu.Unlock()
+		return
+	}
+	d.promoting[k] = true
+	d.promoMu.Unlock()
+	go func() {
+		defer func() {
+			d.promoMu.Lock()
+			delete(d.promoting, k)
+			d.promoMu.Unlock()
+			d.checkPrimaries() // the world may have moved on meanwhile
+		}()
+		if _, err := d.promote(d.ctx, k, cands); err != nil {
+			d.log.Warn("promotion", "vip", FormatVIPKey(k), "err", err)
+		}
+	}()
+}
+
+// promote tries the candidates in order: commit the next epoch durably,
+// run the hook with it, and switch the data plane to the first candidate
+// whose hook succeeds. With none left the VIP has no primary and drops.
+func (d *Daemon) promote(ctx context.Context, k loader.VIPKey, cands []Backend) (PromoteResult, error) {
+	name := FormatVIPKey(k)
+	var lastErr error
+	for _, c := range cands {
+		var v VIP
+		if _, err := d.Change(ctx, fmt.Sprintf("epoch of %s raised for promoting %s", name, c.Addr), func(s *State) error {
+			i := s.FindVIP(k)
+			if i < 0 {
+				return notFound("vip %s: no such vip", name)
+			}
+			s.VIPs[i].Epoch++
+			v = s.VIPs[i]
+			return nil
+		}); err != nil {
+			return PromoteResult{}, err
+		}
+		old := v.Primary
+		start := time.Now()
+		out, herr := runHook(ctx, v, v.PromoteCmd, old, c.Addr, v.Epoch)
+		took := time.Since(start)
+		if herr != nil {
+			lastErr = herr
+			d.events.Add(Event{Kind: "failover", VIP: name, Backend: c.Addr, From: old, To: c.Addr,
+				Reason: fmt.Sprintf("promotion hook failed (epoch %d, %v): %v: %s", v.Epoch, took.Round(time.Millisecond), herr, strings.TrimSpace(out))})
+			d.metrics.promotions.WithLabelValues(name, "hook_failed").Inc()
+			continue
+		}
+		if _, err := d.Change(ctx, fmt.Sprintf("promoted %s to primary of %s (epoch %d)", c.Addr, name, v.Epoch), func(s *State) error {
+			i := s.FindVIP(k)
+			if i < 0 {
+				return notFound("vip %s: no such vip", name)
+			}
+			s.VIPs[i].Primary = c.Addr
+			return nil
+		}); err != nil {
+			return PromoteResult{}, err
+		}
+		d.events.Add(Event{Kind: "failover", VIP: name, Backend: c.Addr, From: old, To: c.Addr, Revision: v.Epoch,
+			Reason: fmt.Sprintf("promoted (epoch %d, hook %v): %s", v.Epoch, took.Round(time.Millisecond), strings.TrimSpace(out))})
+		d.metrics.promotions.WithLabelValues(name, "promoted").Inc()
+		if old != "" {
+			d.promoMu.Lock()
+			d.demotePending[k] = old
+			d.promoMu.Unlock()
+		}
+		return PromoteResult{VIP: name, OldPrimary: old, NewPrimary: c.Addr, Epoch: v.Epoch, HookOutput: out, HookTime: took.String()}, nil
+	}
+	// Nobody could take over: the VIP has no primary and drops, counted.
+	if _, err := d.Change(ctx, "no primary for "+name, func(s *State) error {
+		if i := s.FindVIP(k); i >= 0 {
+			s.VIPs[i].Primary = ""
+		}
+		return nil
+	}); err != nil {
+		return PromoteResult{}, err
+	}
+	reason := "no replica is up"
+	if lastErr != nil {
+		reason = "every promotion hook failed; last: " + lastErr.Error()
+	}
+	d.events.Add(Event{Kind: "failover", VIP: name, To: "none", Reason: "VIP has no primary, packets are dropped: " + reason})
+	d.metrics.promotions.WithLabelValues(name, "no_primary").Inc()
+	if lastErr == nil {
+		return PromoteResult{VIP: name}, errors.New(reason)
+	}
+	return PromoteResult{VIP: name}, lastErr
+}
+
+// demoteRecovered runs the demote hook once for an old primary that is up
+// again and rejoined as a replica.
+func (d *Daemon) demoteRecovered(v VIP) {
+	k, _ := ParseVIPKey(v.VIP)
+	d.promoMu.Lock()
+	old, ok := d.demotePending[k]
+	d.promoMu.Unlock()
+	if !ok || old == v.Primary {
+		return
+	}
+	for _, b := range v.Backends {
+		if b.Addr != old || d.healthOf(k, b) != health.Up {
+			continue
+		}
+		d.promoMu.Lock()
+		delete(d.demotePending, k)
+		d.promoMu.Unlock()
+		out, err := runHook(d.ctx, v, v.DemoteCmd, old, v.Primary, v.Epoch)
+		reason := "rejoined as a replica"
+		if v.DemoteCmd != "" {
+			reason += fmt.Sprintf("; demote hook: %v %s", err, strings.TrimSpace(out))
+		}
+		d.events.Add(Event{Kind: "failover", VIP: v.VIP, Backend: old, To: "replica", Reason: reason})
+	}
+}
+
+// Promote is a planned switchover to addr, through the same sequence.
+func (d *Daemon) Promote(ctx context.Context, vip, addr string) (PromoteResult, error) {
+	k, err := ParseVIPKey(vip)
+	if err != nil {
+		return PromoteResult{}, badRequest("%v", err)
+	}
+	a, err := netip.ParseAddr(addr)
+	if err != nil {
+		return PromoteResult{}, badRequest("backend address %q: not an IP address", addr)
+	}
+	st := d.State()
+	i := st.FindVIP(k)
+	if i < 0 {
+		return PromoteResult{}, notFound("vip %s: no such vip", FormatVIPKey(k))
+	}
+	v := st.VIPs[i]
+	if v.Policy != PolicyFailover {
+		return PromoteResult{}, badRequest("vip %s: policy %s has no primary (use --policy failover)", v.VIP, v.Policy)
+	}
+	if v.Primary == a.String() {
+		return PromoteResult{}, badRequest("%s is already the primary of %s", a, v.VIP)
+	}
+	var cand []Backend
+	for _, b := range d.candidates(v, "") {
+		if b.Addr == a.String() {
+			cand = append(cand, b)
+		}
+	}
+	if len(cand) == 0 {
+		return PromoteResult{}, badRequest("%s is not an up backend of %s", a, v.VIP)
+	}
+	d.promoMu.Lock()
+	if d.promoting[k] {
+		d.promoMu.Unlock()
+		return PromoteResult{}, httpError{http.StatusConflict, fmt.Errorf("vip %s: a promotion is already running", v.VIP)}
+	}
+	d.promoting[k] = true
+	d.promoMu.Unlock()
+	defer func() {
+		d.promoMu.Lock()
+		delete(d.promoting, k)
+		d.promoMu.Unlock()
+	}()
+	return d.promote(ctx, k, cand)
+}

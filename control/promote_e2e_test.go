@@ -1,0 +1,224 @@
+package control_test
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/sluicelb/sluice/control"
+	"github.com/sluicelb/sluice/testenv"
+)
+
+// hookScript writes a promotion hook that records its environment and
+// fails for the addresses listed in failFor.
+func hookScript(t testing.TB, dir string, failFor ...string) (script, log string) {
+	log = filepath.Join(dir, "hook.log")
+	script = filepath.Join(dir, "hook.sh")
+	body := "#!/bin/sh\necho \"$SLUICE_VIP $SLUICE_OLD_PRIMARY $SLUICE_NEW_PRIMARY $SLUICE_EPOCH\" >> " + log + "\n"
+	for _, a := range failFor {
+		body += "[ \"$SLUICE_NEW_PRIMARY\" = \"" + a + "\" ] && exit 1\n"
+	}
+	body += "exit 0\n"
+	if err := os.WriteFile(script, []byte(body), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return script, log
+}
+
+func hookCalls(t testing.TB, log string) []string {
+	raw, err := os.ReadFile(log)
+	if os.IsNotExist(err) {
+		return nil
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	return strings.Split(strings.TrimSpace(string(raw)), "\n")
+}
+
+func failoverLab(t *testing.T, hookArgs ...string) (*testenv.Lab, *daemonProc) {
+	t.Helper()
+	testenv.Require(t)
+	lab, err := testenv.NewLab(context.Background(), nil, testenv.LabOptions{Backends: 3})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { lab.Close() })
+	d := startDaemon(t, lab, "")
+	d.mustCLI(t, append([]string{"vip", "add", vipTCP, "--policy", "failover"}, hookArgs...)...)
+	for i, b := range lab.Backends {
+		d.mustCLI(t, append([]string{"backend", "add", vipTCP, b.Addr.Addr().String(), "--priority", fmt.Sprint(30 - 10*i)}, fastCheck...)...)
+	}
+	return lab, d
+}
+
+func primaryOf(st control.Status) string {
+	for _, v := range st.VIPs {
+		if v.VIP == vipTCP {
+			return v.Primary
+		}
+	}
+	return ""
+}
+
+func nameOf(addr string) string { return map[string]string{"10.77.0.11": "b1", "10.77.0.12": "b2", "10.77.0.13": "b3"}[addr] }
+
+// TestFailoverVIP: one primary at a time; killing it promotes the
+// highest-priority replica after its hook ran once with the right
+// environment; no interval sees two primaries take new connections; a
+// recovered primary does not take the role back; epochs only go up,
+// across restarts and restores.
+func TestFailoverVIP(t *testing.T) {
+	dir := t.TempDir()
+	script, log := hookScript(t, dir)
+	lab, d := failoverLab(t, "--promote-cmd", script)
+	st := d.waitStatus(t, "initial primary", func(s control.Status) bool { return primaryOf(s) == "10.77.0.11" })
+	if calls := hookCalls(t, log); len(calls) != 1 || calls[0] != vipTCP+"  10.77.0.11 1" {
+		t.Fatalf("initial promotion hook calls %q", calls)
+	}
+	for range 20 {
+		c, err := dialVIP(t, lab, vipAP)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.c.Close()
+		if c.backend != "b1" {
+			t.Fatalf("new connection reached %s, only the primary b1 may take them", c.backend)
+		}
+	}
+
+	var lat []time.Duration
+	epoch := st.VIPs[0].Epoch
+	for run := range 20 {
+		st = d.status(t)
+		old := primaryOf(st)
+		// The next primary: the highest-priority other backend that is up.
+		want := ""
+		for _, a := range []string{"10.77.0.11", "10.77.0.12", "10.77.0.13"} {
+			if a != old && backendState(st, vipTCP, a).State == "up" {
+				want = a
+				break
+			}
+		}
+		victim := backendByName(lab, nameOf(old))
+		calls := len(hookCalls(t, log))
+		t0 := time.Now()
+		victim.StopServers(true)
+		// Dial until the new primary answers; greetings must go old...
+		// then new, never back.
+		var seq []string
+		var got time.Duration
+		deadline := time.Now().Add(10 * time.Second)
+		for got == 0 {
+			if time.Now().After(deadline) {
+				t.Fatalf("run %d: %s never took over from %s (saw %v)", run, want, old, seq)
+			}
+			c, err := dialVIPWithin(t, lab, vipAP, 20*time.Millisecond)
+			if err != nil {
+				continue
+			}
+			c.c.Close()
+			seq = append(seq, c.backend)
+			if c.backend == nameOf(want) {
+				got = time.Since(t0)
+			}
+		}
+		for i := range seq {
+			if seq[i] != nameOf(old) && seq[i] != nameOf(want) {
+				t.Fatalf("run %d: a connection reached %s, neither old nor new primary", run, seq[i])
+			}
+			if i > 0 && seq[i-1] == nameOf(want) && seq[i] == nameOf(old) {
+				t.Fatalf("run %d: new connections alternated between two primaries: %v", run, seq)
+			}
+		}
+		lat = append(lat, got)
+		nc := hookCalls(t, log)
+		if len(nc) != calls+1 {
+			t.Fatalf("run %d: hook called %d times for one promotion", run, len(nc)-calls)
+		}
+		st = d.status(t)
+		wantCall := fmt.Sprintf("%s %s %s %d", vipTCP, old, want, st.VIPs[0].Epoch)
+		if nc[len(nc)-1] != wantCall || st.VIPs[0].Epoch <= epoch {
+			t.Fatalf("run %d: hook got %q, want %q (epoch before %d)", run, nc[len(nc)-1], wantCall, epoch)
+		}
+		epoch = st.VIPs[0].Epoch
+		// The old primary recovers and rejoins as a replica: no failback.
+		if err := victim.StartServers(); err != nil {
+			t.Fatal(err)
+		}
+		d.waitStatus(t, "old primary back up", func(s control.Status) bool { return backendState(s, vipTCP, old).State == "up" })
+		if p := primaryOf(d.status(t)); p != want {
+			t.Fatalf("run %d: primary went back to %s without --failback", run, p)
+		}
+	}
+	p50, p99 := percentile(lat, .5), percentile(lat, .99)
+	t.Logf("kill primary -> first connection accepted by the new primary, %d runs: p50 %v, p99 %v (target p99 ≤ 400ms + hook)", len(lat), p50, p99)
+	if p99 > 450*time.Millisecond {
+		t.Errorf("promotion p99 %v", p99)
+	}
+
+	// Epochs survive a restart and a restore, and never go backwards.
+	backup := filepath.Join(dir, "before.json")
+	d.mustCLI(t, "backup", "save", backup)
+	before := d.status(t).VIPs[0].Epoch
+	cur := primaryOf(d.status(t))
+	var other string
+	for _, a := range []string{"10.77.0.11", "10.77.0.12", "10.77.0.13"} {
+		if a != cur {
+			other = a
+			break
+		}
+	}
+	d.mustCLI(t, "promote", vipTCP, other)
+	promoted := d.status(t).VIPs[0].Epoch
+	if promoted != before+1 || primaryOf(d.status(t)) != other {
+		t.Fatalf("planned promotion: epoch %d -> %d, primary %s", before, promoted, primaryOf(d.status(t)))
+	}
+	d.mustCLI(t, "backup", "restore", backup)
+	if e := d.status(t).VIPs[0].Epoch; e < promoted {
+		t.Fatalf("restore took the epoch back from %d to %d", promoted, e)
+	}
+	d.stop()
+	d2 := startDaemon(t, lab, d.stateDir)
+	if e := d2.status(t).VIPs[0].Epoch; e < promoted {
+		t.Fatalf("restart took the epoch back from %d to %d", promoted, e)
+	}
+}
+
+// TestFailoverHooks: a failing hook moves on to the next replica; when
+// every hook fails the VIP has no primary, says so, and drops.
+func TestFailoverHooks(t *testing.T) {
+	dir := t.TempDir()
+	script, log := hookScript(t, dir, "10.77.0.12")
+	lab, d := failoverLab(t, "--promote-cmd", script)
+	d.waitStatus(t, "initial primary", func(s control.Status) bool { return primaryOf(s) == "10.77.0.11" })
+	backendByName(lab, "b1").StopServers(true)
+	d.waitStatus(t, "b3 promoted past failing b2", func(s control.Status) bool { return primaryOf(s) == "10.77.0.13" })
+	calls := hookCalls(t, log)
+	if n := len(calls); n < 3 || !strings.Contains(calls[n-2], "10.77.0.12") || !strings.Contains(calls[n-1], "10.77.0.13") {
+		t.Fatalf("hook calls %q: want a failed attempt for .12, then .13", calls)
+	}
+	if !strings.Contains(d.mustCLI(t, "events"), "promotion hook failed") {
+		t.Fatal("no event for the failed hook")
+	}
+
+	// Now every hook fails: kill b3; b1 is down, b2's hook fails.
+	os.WriteFile(script, []byte("#!/bin/sh\nexit 1\n"), 0o755)
+	backendByName(lab, "b3").StopServers(true)
+	d.waitStatus(t, "no primary", func(s control.Status) bool { return primaryOf(s) == "" })
+	if !strings.Contains(d.mustCLI(t, "events"), "VIP has no primary") {
+		t.Fatal("no event saying the VIP has no primary")
+	}
+	if c, err := dialVIP(t, lab, vipAP); err == nil {
+		c.c.Close()
+		t.Fatalf("a VIP without primary accepted a connection (to %s)", c.backend)
+	}
+	body := d.mustCLI(t, "status", "-o", "json")
+	if !strings.Contains(body, `"policy": "failover"`) {
+		t.Fatalf("status lacks the policy:\n%s", body)
+	}
+}

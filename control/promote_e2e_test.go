@@ -65,7 +65,9 @@ func primaryOf(st control.Status) string {
 	return ""
 }
 
-func nameOf(addr string) string { return map[string]string{"10.77.0.11": "b1", "10.77.0.12": "b2", "10.77.0.13": "b3"}[addr] }
+func nameOf(addr string) string {
+	return map[string]string{"10.77.0.11": "b1", "10.77.0.12": "b2", "10.77.0.13": "b3"}[addr]
+}
 
 // TestFailoverVIP: one primary at a time; killing it promotes the
 // highest-priority replica after its hook ran once with the right

@@ -140,6 +140,7 @@ func (d *Daemon) apiHandler() http.Handler {
 		})
 	})
 	handle("GET /v1/backups", func(*http.Request) (any, error) { return d.store.Archive() })
+	handle("GET /v1/availability", func(*http.Request) (any, error) { return d.Availability() })
 	handle("POST /v1/promote", func(r *http.Request) (any, error) {
 		var req PromoteRequest
 		if err := decode(r, &req); err != nil {

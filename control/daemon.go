@@ -74,6 +74,8 @@ type Daemon struct {
 	ctx   context.Context
 	ready bool
 
+	availability map[subjectKey]bool // last recorded availability
+
 	promoMu       sync.Mutex
 	promoting     map[loader.VIPKey]bool   // a promotion runs for the VIP
 	demotePending map[loader.VIPKey]string // old primary awaiting its demote hook
@@ -102,7 +104,7 @@ func New(ctx context.Context, opts Options) (*Daemon, error) {
 		log = slog.Default()
 	}
 	d := &Daemon{opts: opts, log: log, events: NewEventLog(1000), coord: SingleNode{}, started: time.Now(), ctx: ctx,
-		promoting: map[loader.VIPKey]bool{}, demotePending: map[loader.VIPKey]string{}}
+		promoting: map[loader.VIPKey]bool{}, demotePending: map[loader.VIPKey]string{}, availability: map[subjectKey]bool{}}
 	var err error
 	if d.store, err = OpenBoltStore(opts.StateDir, opts.ArchiveKeep); err != nil {
 		return nil, err
@@ -132,6 +134,9 @@ func New(ctx context.Context, opts Options) (*Daemon, error) {
 	d.mu.Lock()
 	d.syncChecksLocked()
 	res, err := d.rec.Apply(ctx, d.state, d.healthOf)
+	if err == nil {
+		d.recordAvailabilityLocked()
+	}
 	d.mu.Unlock()
 	if err != nil {
 		d.hm.Stop()
@@ -200,6 +205,7 @@ func (d *Daemon) onHealth(e health.Event) {
 		marked = applied
 	}
 	state := d.state
+	d.recordAvailabilityLocked()
 	d.mu.Unlock()
 	d.metrics.failoverApply.Observe(applied.Sub(e.Time).Seconds())
 	if err != nil {
@@ -246,6 +252,7 @@ func (d *Daemon) change(ctx context.Context, what string, change func(*State) er
 	if _, err := d.rec.Apply(ctx, d.state, d.healthOf); err != nil {
 		return st, fmt.Errorf("revision %d committed, but applying it failed: %w", st.Revision, err)
 	}
+	d.recordAvailabilityLocked()
 	d.events.Add(Event{Kind: "config", Reason: what, Revision: st.Revision})
 	return st, nil
 }
@@ -334,4 +341,61 @@ func (d *Daemon) listenAPI() (net.Listener, error) {
 		return nil, fmt.Errorf("--socket %s: %w", d.opts.Socket, err)
 	}
 	return l, nil
+}
+
+// recordAvailabilityLocked appends to the persisted timeline every backend
+// and VIP whose availability changed with the last apply. A VIP is
+// available while it has min_active usable backends, or (failover) a
+// usable primary.
+func (d *Daemon) recordAvailabilityLocked() {
+	now := time.Now()
+	var evs []TimelineEvent
+	seen := map[subjectKey]bool{}
+	note := func(k subjectKey, avail bool) {
+		seen[k] = true
+		if old, ok := d.availability[k]; ok && old == avail {
+			return
+		}
+		d.availability[k] = avail
+		evs = append(evs, TimelineEvent{Time: now, VIP: k.VIP, Backend: k.Backend, Available: avail})
+	}
+	for _, v := range d.state.VIPs {
+		k, _ := ParseVIPKey(v.VIP)
+		view, _, _ := d.rec.View(k)
+		usable := 0
+		primaryUsable := false
+		for _, b := range v.Backends {
+			bv := view[netip.MustParseAddr(b.Addr)]
+			ok := bv.Health == health.Up && !b.Disabled && bv.MACErr == nil
+			note(subjectKey{v.VIP, b.Addr}, ok)
+			if bv.Usable {
+				usable++
+				if b.Addr == v.Primary {
+					primaryUsable = true
+				}
+			}
+		}
+		avail := usable >= v.MinActive
+		if v.Policy == PolicyFailover {
+			avail = primaryUsable
+		}
+		note(subjectKey{v.VIP, ""}, avail)
+	}
+	for k := range d.availability {
+		if !seen[k] {
+			delete(d.availability, k) // removed from the state: its timeline just ends
+		}
+	}
+	if err := d.store.AppendTimeline(evs); err != nil {
+		d.log.Error("record availability", "err", err)
+	}
+}
+
+// Availability reports measured and modelled availability.
+func (d *Daemon) Availability() (AvailabilityReport, error) {
+	tl, err := d.store.Timeline()
+	if err != nil {
+		return AvailabilityReport{}, err
+	}
+	return BuildAvailability(d.State(), tl, time.Now()), nil
 }

@@ -34,6 +34,7 @@ var (
 	descRevision       = prometheus.NewDesc("sluice_state_revision", "Revision of the applied desired state.", nil, nil)
 	descEpoch          = prometheus.NewDesc("sluice_vip_epoch", "Promotion epoch of a failover VIP.", []string{"vip"}, nil)
 	descPrimary        = prometheus.NewDesc("sluice_vip_primary", "1 for the primary of a failover VIP.", []string{"vip", "backend"}, nil)
+	descAvailability   = prometheus.NewDesc("sluice_vip_availability_ratio", "Measured share of time the VIP was available, by window.", []string{"vip", "window"}, nil)
 	descHasPrimary     = prometheus.NewDesc("sluice_vip_has_primary", "1 while a failover VIP has a primary.", []string{"vip"}, nil)
 )
 
@@ -136,6 +137,13 @@ func (m *metrics) Collect(ch chan<- prometheus.Metric) {
 	if stats, err := m.d.dp.Stats(); err == nil {
 		for s, c := range stats {
 			ch <- prometheus.MustNewConstMetric(descXDP, prometheus.CounterValue, float64(c.Packets), s.String())
+		}
+	}
+	if rep, err := m.d.Availability(); err == nil {
+		for _, v := range rep.VIPs {
+			for w, a := range v.Measured {
+				ch <- prometheus.MustNewConstMetric(descAvailability, prometheus.GaugeValue, a, v.VIP, w)
+			}
 		}
 	}
 	if n, err := m.d.dp.FlowCount(); err == nil {

@@ -2,6 +2,7 @@ package control_test
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -222,5 +223,17 @@ func TestFailoverHooks(t *testing.T) {
 	body := d.mustCLI(t, "status", "-o", "json")
 	if !strings.Contains(body, `"policy": "failover"`) {
 		t.Fatalf("status lacks the policy:\n%s", body)
+	}
+	// The VIP was unavailable for a while: its measured availability says
+	// so, and the timeline was kept.
+	var rep control.AvailabilityReport
+	if err := json.Unmarshal([]byte(d.mustCLI(t, "availability", "-o", "json")), &rep); err != nil {
+		t.Fatal(err)
+	}
+	if a := rep.VIPs[0].Measured["all"]; a <= 0 || a >= 1 {
+		t.Fatalf("measured availability %v, want strictly between 0 and 1 after an outage", a)
+	}
+	if out := d.mustCLI(t, "availability"); !strings.Contains(out, "NINES") || !strings.Contains(out, "10.77.0.11") {
+		t.Fatalf("availability table:\n%s", out)
 	}
 }

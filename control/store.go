@@ -1,6 +1,7 @@
 package control
 
 import (
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -204,5 +205,60 @@ func (s *BoltStore) Archive() ([]ArchiveEntry, error) {
 		out = append(out, ArchiveEntry{Path: filepath.Join(s.ArchiveDir(), name), Revision: rev, Time: time.Unix(ts, 0), Size: info.Size()})
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Revision < out[j].Revision })
+	return out, nil
+}
+
+var timelineBucket = []byte("timeline")
+
+// AppendTimeline stores availability transitions in one transaction.
+func (s *BoltStore) AppendTimeline(evs []TimelineEvent) error {
+	if len(evs) == 0 {
+		return nil
+	}
+	return s.db.Update(func(tx *bolt.Tx) error {
+		b, err := tx.CreateBucketIfNotExists(timelineBucket)
+		if err != nil {
+			return err
+		}
+		for _, e := range evs {
+			seq, err := b.NextSequence()
+			if err != nil {
+				return err
+			}
+			key := make([]byte, 16)
+			binary.BigEndian.PutUint64(key, uint64(e.Time.UnixNano()))
+			binary.BigEndian.PutUint64(key[8:], seq)
+			raw, err := json.Marshal(e)
+			if err != nil {
+				return err
+			}
+			if err := b.Put(key, raw); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
+// Timeline reads every stored transition, oldest first.
+func (s *BoltStore) Timeline() ([]TimelineEvent, error) {
+	var out []TimelineEvent
+	err := s.db.View(func(tx *bolt.Tx) error {
+		b := tx.Bucket(timelineBucket)
+		if b == nil {
+			return nil
+		}
+		return b.ForEach(func(_, v []byte) error {
+			var e TimelineEvent
+			if err := json.Unmarshal(v, &e); err != nil {
+				return err
+			}
+			out = append(out, e)
+			return nil
+		})
+	})
+	if err != nil {
+		return nil, fmt.Errorf("read availability timeline: %w", err)
+	}
 	return out, nil
 }

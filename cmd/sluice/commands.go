@@ -678,3 +678,41 @@ func promoteCommand() *cli.Command {
 		},
 	}
 }
+
+func availabilityCommand() *cli.Command {
+	return &cli.Command{
+		Name: "availability", Usage: "measured and modelled (k-of-n) availability of each VIP, with nines",
+		Flags: []cli.Flag{socketFlag(), outputFlag()},
+		Action: func(c *cli.Context) error {
+			asJSON, err := wantJSON(c)
+			if err != nil {
+				return err
+			}
+			var rep control.AvailabilityReport
+			if err := newClient(c).do(c.Context, "GET", "/v1/availability", nil, nil, &rep); err != nil {
+				return err
+			}
+			if asJSON {
+				return printJSON(c.App.Writer, rep)
+			}
+			tw := tabwriter.NewWriter(c.App.Writer, 0, 0, 2, ' ', 0)
+			fmt.Fprintln(tw, "VIP / BACKEND\tNEEDS\tWINDOW\tMEASURED\tNINES\tMODELLED\tNINES")
+			for _, v := range rep.VIPs {
+				for _, w := range control.Windows {
+					m, ok := v.Measured[w.Name]
+					if !ok {
+						continue
+					}
+					fmt.Fprintf(tw, "%s\t%d of %d\t%s\t%.6f\t%.2f\t%.6f\t%.2f\n", v.VIP, v.Need, v.Of, w.Name,
+						m, control.Nines(m), v.Modelled[w.Name], control.Nines(v.Modelled[w.Name]))
+				}
+				for _, b := range v.Backends {
+					if m, ok := b.Measured["all"]; ok {
+						fmt.Fprintf(tw, "  %s\t\tall\t%.6f\t%.2f\t\t\n", b.Addr, m, control.Nines(m))
+					}
+				}
+			}
+			return tw.Flush()
+		},
+	}
+}

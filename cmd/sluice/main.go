@@ -42,6 +42,7 @@ func main() {
 			vipCommand(),
 			backendCommand(),
 			promoteCommand(),
+			availabilityCommand(),
 			statusCommand(),
 			statsCommand(),
 			eventsCommand(),

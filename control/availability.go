@@ -1,0 +1,166 @@
+package control
+
+import (
+	"math"
+	"sort"
+	"time"
+)
+
+// TimelineEvent records that a subject (a backend of a VIP, or a VIP as a
+// whole when Backend is empty) became available or unavailable.
+type TimelineEvent struct {
+	Time      time.Time `json:"time"`
+	VIP       string    `json:"vip"`
+	Backend   string    `json:"backend,omitempty"`
+	Available bool      `json:"available"`
+}
+
+// Windows over which availability is reported; 0 means since first seen.
+var Windows = []struct {
+	Name string
+	Dur  time.Duration
+}{{"1h", time.Hour}, {"24h", 24 * time.Hour}, {"30d", 30 * 24 * time.Hour}, {"all", 0}}
+
+// subjectKey names one timeline.
+type subjectKey struct{ VIP, Backend string }
+
+// MeasuredAvailability is the share of [max(now-window, first seen), now]
+// during which the subject was available, from its ordered transitions.
+// The subject is unavailable before its first event; it stays in the state
+// of its last event until now.
+func MeasuredAvailability(events []TimelineEvent, now time.Time, window time.Duration) (float64, bool) {
+	if len(events) == 0 {
+		return 0, false
+	}
+	start := events[0].Time
+	if window > 0 && now.Add(-window).After(start) {
+		start = now.Add(-window)
+	}
+	total := now.Sub(start)
+	if total <= 0 {
+		if events[len(events)-1].Available {
+			return 1, true
+		}
+		return 0, true
+	}
+	var up time.Duration
+	for i, e := range events {
+		from := e.Time
+		to := now
+		if i+1 < len(events) {
+			to = events[i+1].Time
+		}
+		if to.Before(start) || !e.Available {
+			continue
+		}
+		if from.Before(start) {
+			from = start
+		}
+		if to.After(from) {
+			up += to.Sub(from)
+		}
+	}
+	return float64(up) / float64(total), true
+}
+
+// AtLeastK is the probability that at least k of n independent
+// components are up, component i with probability ps[i] (the
+// Poisson-binomial tail): a VIP that needs k usable backends out of n. A
+// plain product of the A_i would model a chain of components that must all
+// work, which a load-balanced VIP is not.
+func AtLeastK(ps []float64, k int) float64 {
+	if k <= 0 {
+		return 1
+	}
+	if k > len(ps) {
+		return 0
+	}
+	// dist[j] = P(exactly j up among the components seen so far)
+	dist := make([]float64, len(ps)+1)
+	dist[0] = 1
+	for i, p := range ps {
+		for j := i + 1; j >= 1; j-- {
+			dist[j] = dist[j]*(1-p) + dist[j-1]*p
+		}
+		dist[0] *= 1 - p
+	}
+	sum := 0.0
+	for j := k; j <= len(ps); j++ {
+		sum += dist[j]
+	}
+	return math.Min(1, sum)
+}
+
+// Nines turns an availability into "nines": 0.999 -> 3.
+func Nines(a float64) float64 {
+	if a >= 1 {
+		return math.Inf(1)
+	}
+	if a <= 0 {
+		return 0
+	}
+	return -math.Log10(1 - a)
+}
+
+// AvailabilityReport is what `sluice availability -o json` prints.
+type AvailabilityReport struct {
+	VIPs []VIPAvailability `json:"vips"`
+}
+
+// VIPAvailability holds one VIP's measured and modelled figures.
+type VIPAvailability struct {
+	VIP      string                `json:"vip"`
+	Need     int                   `json:"need"` // k: usable backends the VIP needs
+	Of       int                   `json:"of"`   // n
+	Measured map[string]float64    `json:"measured"`
+	Modelled map[string]float64    `json:"modelled"`
+	Backends []BackendAvailability `json:"backends"`
+}
+
+// BackendAvailability is one backend's measured availability.
+type BackendAvailability struct {
+	Addr     string             `json:"addr"`
+	Measured map[string]float64 `json:"measured"`
+}
+
+// BuildAvailability computes the report from a timeline.
+func BuildAvailability(s State, timeline []TimelineEvent, now time.Time) AvailabilityReport {
+	by := map[subjectKey][]TimelineEvent{}
+	for _, e := range timeline {
+		k := subjectKey{e.VIP, e.Backend}
+		by[k] = append(by[k], e)
+	}
+	for k := range by {
+		sort.SliceStable(by[k], func(i, j int) bool { return by[k][i].Time.Before(by[k][j].Time) })
+	}
+	rep := AvailabilityReport{VIPs: []VIPAvailability{}}
+	for _, v := range s.VIPs {
+		va := VIPAvailability{VIP: v.VIP, Of: len(v.Backends), Need: v.MinActive,
+			Measured: map[string]float64{}, Modelled: map[string]float64{}}
+		if v.Policy == PolicyFailover {
+			va.Need = 1 // any replica can be promoted
+		}
+		for _, w := range Windows {
+			if a, ok := MeasuredAvailability(by[subjectKey{v.VIP, ""}], now, w.Dur); ok {
+				va.Measured[w.Name] = a
+			}
+		}
+		per := map[string][]float64{}
+		for _, b := range v.Backends {
+			ba := BackendAvailability{Addr: b.Addr, Measured: map[string]float64{}}
+			for _, w := range Windows {
+				a, ok := MeasuredAvailability(by[subjectKey{v.VIP, b.Addr}], now, w.Dur)
+				if ok {
+					ba.Measured[w.Name] = a
+				}
+				per[w.Name] = append(per[w.Name], a)
+			}
+			va.Backends = append(va.Backends, ba)
+		}
+		for _, w := range Windows {
+			va.Modelled[w.Name] = AtLeastK(per[w.Name], va.Need)
+		}
+		rep.VIPs = append(rep.VIPs, va)
+	}
+	return rep
+}

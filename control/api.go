@@ -140,6 +140,14 @@ func (d *Daemon) apiHandler() http.Handler {
 		})
 	})
 	handle("GET /v1/backups", func(*http.Request) (any, error) { return d.store.Archive() })
+	handle("POST /v1/drills", func(r *http.Request) (any, error) {
+		var req DrillRequest
+		if err := decode(r, &req); err != nil {
+			return nil, err
+		}
+		return d.Drill(r.Context(), req)
+	})
+	handle("GET /v1/drills", func(*http.Request) (any, error) { return d.Drills() })
 	handle("GET /v1/availability", func(*http.Request) (any, error) { return d.Availability() })
 	handle("POST /v1/promote", func(r *http.Request) (any, error) {
 		var req PromoteRequest

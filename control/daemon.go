@@ -75,6 +75,8 @@ type Daemon struct {
 	ready bool
 
 	availability map[subjectKey]bool // last recorded availability
+	lastApplied  time.Time           // when the last change reached the maps
+	lastCommit   time.Time           // when the last change was committed
 
 	promoMu       sync.Mutex
 	promoting     map[loader.VIPKey]bool   // a promotion runs for the VIP
@@ -244,6 +246,7 @@ func (d *Daemon) change(ctx context.Context, what string, change func(*State) er
 	if err != nil {
 		return State{}, err
 	}
+	d.lastCommit = time.Now()
 	d.state = st
 	if st.Revision == prev {
 		return st, nil
@@ -252,6 +255,7 @@ func (d *Daemon) change(ctx context.Context, what string, change func(*State) er
 	if _, err := d.rec.Apply(ctx, d.state, d.healthOf); err != nil {
 		return st, fmt.Errorf("revision %d committed, but applying it failed: %w", st.Revision, err)
 	}
+	d.lastApplied = time.Now()
 	d.recordAvailabilityLocked()
 	d.events.Add(Event{Kind: "config", Reason: what, Revision: st.Revision})
 	return st, nil

@@ -19,6 +19,7 @@ type metrics struct {
 	transitions   *prometheus.CounterVec
 	buildInfo     *prometheus.GaugeVec
 	promotions    *prometheus.CounterVec
+	drills        *prometheus.CounterVec
 }
 
 var (
@@ -68,7 +69,12 @@ func newMetrics(d *Daemon) *metrics {
 	m.promotions = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "sluice_promotions_total", Help: "Promotion attempts of failover VIPs by result.",
 	}, []string{"vip", "result"})
-	m.reg.MustRegister(m.probeDuration, m.failoverApply, m.checkFailures, m.transitions, m.buildInfo, m.promotions, m)
+	m.drills = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "sluice_drills_total", Help: "Disaster drills run, by result.",
+	}, []string{"result"})
+	m.drills.WithLabelValues("pass")
+	m.drills.WithLabelValues("fail")
+	m.reg.MustRegister(m.probeDuration, m.failoverApply, m.checkFailures, m.transitions, m.buildInfo, m.promotions, m.drills, m)
 	return m
 }
 

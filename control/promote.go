@@ -207,7 +207,7 @@ func (d *Daemon) promote(ctx context.Context, k loader.VIPKey, cands []Backend) 
 		}); err != nil {
 			return PromoteResult{}, err
 		}
-		d.events.Add(Event{Kind: "failover", VIP: name, Backend: c.Addr, From: old, To: c.Addr, Revision: v.Epoch,
+		d.events.Add(Event{Kind: "failover", VIP: name, Backend: c.Addr, From: old, To: c.Addr,
 			Reason: fmt.Sprintf("promoted (epoch %d, hook %v): %s", v.Epoch, took.Round(time.Millisecond), strings.TrimSpace(out))})
 		d.metrics.promotions.WithLabelValues(name, "promoted").Inc()
 		if old != "" {

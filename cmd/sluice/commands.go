@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"encoding/json"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/netip"
@@ -714,5 +715,111 @@ func availabilityCommand() *cli.Command {
 			}
 			return tw.Flush()
 		},
+	}
+}
+
+func drillCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "drill",
+		Usage: "disaster drills: perform a failure for real, measure, restore, report",
+		Subcommands: []*cli.Command{
+			{
+				Name: "run", Usage: "run a drill", ArgsUsage: "[ADDR]",
+				Flags: []cli.Flag{socketFlag(), outputFlag(),
+					&cli.StringFlag{Name: "vip", Required: true, Usage: "the VIP to drill"},
+					&cli.StringFlag{Name: "action", Required: true, Usage: "disable-backend ADDR, fail-primary, or promote ADDR"},
+					&cli.DurationFlag{Name: "hold", Value: 10 * time.Second, Usage: "how long to hold the failure"},
+					&cli.DurationFlag{Name: "max-apply", Value: 250 * time.Millisecond, Usage: "pass only if the change reached the maps within this"},
+					&cli.StringFlag{Name: "report", Usage: "also write the JSON report to this file"},
+				},
+				Action: func(c *cli.Context) error {
+					asJSON, err := wantJSON(c)
+					if err != nil {
+						return err
+					}
+					if _, err := control.ParseVIPKey(c.String("vip")); err != nil {
+						return fmt.Errorf("--vip: %w", err)
+					}
+					if c.Duration("hold") <= 0 || c.Duration("max-apply") <= 0 {
+						return fmt.Errorf("--hold and --max-apply must be positive")
+					}
+					req := control.DrillRequest{VIP: c.String("vip"), Action: c.String("action"), Addr: c.Args().First(),
+						Hold: c.Duration("hold").String(), MaxApply: c.Duration("max-apply").String()}
+					var rep control.DrillReport
+					if err := newClient(c).do(c.Context, "POST", "/v1/drills", nil, req, &rep); err != nil {
+						return err
+					}
+					if f := c.String("report"); f != "" {
+						raw, _ := json.MarshalIndent(rep, "", "  ")
+						if err := control.WriteFileAtomic(f, append(raw, '\n'), 0o600); err != nil {
+							return err
+						}
+					}
+					if asJSON {
+						return printJSON(c.App.Writer, rep)
+					}
+					printDrill(c.App.Writer, rep)
+					if !rep.Pass {
+						return cli.Exit("", 1)
+					}
+					return nil
+				},
+			},
+			{
+				Name: "list", Usage: "list past drill reports", Flags: []cli.Flag{socketFlag(), outputFlag()},
+				Action: func(c *cli.Context) error {
+					asJSON, err := wantJSON(c)
+					if err != nil {
+						return err
+					}
+					var reps []control.DrillReport
+					if err := newClient(c).do(c.Context, "GET", "/v1/drills", nil, nil, &reps); err != nil {
+						return err
+					}
+					if asJSON {
+						return printJSON(c.App.Writer, reps)
+					}
+					tw := tabwriter.NewWriter(c.App.Writer, 0, 0, 2, ' ', 0)
+					fmt.Fprintln(tw, "ID\tVIP\tACTION\tTARGET\tAPPLY\tRESULT")
+					for _, r := range reps {
+						res := "pass"
+						if !r.Pass {
+							res = "FAIL: " + strings.Join(r.Failures, "; ")
+						}
+						fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%v\t%s\n", r.ID, r.VIP, r.Action, r.Target,
+							time.Duration(r.ApplySeconds*float64(time.Second)).Round(time.Microsecond), res)
+					}
+					return tw.Flush()
+				},
+			},
+		},
+	}
+}
+
+func printDrill(w io.Writer, r control.DrillReport) {
+	fmt.Fprintf(w, "drill %s: %s %s on %s\n", r.ID, r.Action, r.Target, r.VIP)
+	for _, s := range r.Steps {
+		fmt.Fprintf(w, "  %s  %s\n", s.Time.Format("15:04:05.000"), s.What)
+	}
+	fmt.Fprintf(w, "  committed after %v; committed -> maps %v (max %s)\n",
+		time.Duration(r.CommitSeconds*float64(time.Second)).Round(time.Microsecond),
+		time.Duration(r.ApplySeconds*float64(time.Second)).Round(time.Microsecond), r.MaxApply)
+	if r.HookOutput != "" {
+		fmt.Fprintf(w, "  hook: %s (%s)\n", r.HookOutput, r.HookTime)
+	}
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "  BACKEND\tBEFORE PPS\tSHARE\tDURING PPS\tSHARE\tSTATE")
+	for _, b := range r.Backends {
+		fmt.Fprintf(tw, "  %s\t%.0f\t%.1f%%\t%.0f\t%.1f%%\t%s -> %s\n", b.Addr, b.BaselinePPS, 100*b.BaselineShare, b.DuringPPS, 100*b.DuringShare, b.StateBefore, b.StateAfter)
+	}
+	tw.Flush()
+	fmt.Fprintf(w, "  other backends stayed healthy: %v\n", r.OthersHealthy)
+	if len(r.NotRestored) > 0 {
+		fmt.Fprintf(w, "  NOT RESTORED: %s\n", strings.Join(r.NotRestored, "; "))
+	}
+	if r.Pass {
+		fmt.Fprintln(w, "  result: pass")
+	} else {
+		fmt.Fprintf(w, "  result: FAIL: %s\n", strings.Join(r.Failures, "; "))
 	}
 }

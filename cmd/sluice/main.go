@@ -43,6 +43,7 @@ func main() {
 			backendCommand(),
 			promoteCommand(),
 			availabilityCommand(),
+			drillCommand(),
 			statusCommand(),
 			statsCommand(),
 			eventsCommand(),

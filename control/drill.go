@@ -123,7 +123,7 @@ func (d *Daemon) Drill(ctx context.Context, req DrillRequest) (DrillReport, erro
 		return DrillReport{}, notFound("vip %s: no such vip", FormatVIPKey(k))
 	}
 	v := st.VIPs[i]
-	target := req.Addr
+	var target string
 	switch req.Action {
 	case "disable-backend", "promote":
 		a, err := netip.ParseAddr(req.Addr)

@@ -148,6 +148,7 @@ func (d *Daemon) apiHandler() http.Handler {
 		return d.Drill(r.Context(), req)
 	})
 	handle("GET /v1/drills", func(*http.Request) (any, error) { return d.Drills() })
+	handle("GET /v1/counters", func(*http.Request) (any, error) { return d.Counters() })
 	handle("GET /v1/availability", func(*http.Request) (any, error) { return d.Availability() })
 	handle("POST /v1/promote", func(r *http.Request) (any, error) {
 		var req PromoteRequest

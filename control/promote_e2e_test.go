@@ -4,9 +4,12 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -94,6 +97,10 @@ func TestFailoverVIP(t *testing.T) {
 		}
 	}
 
+	// Sample the data plane's per-backend counters all along: no interval
+	// may show new packets at two primaries, bar the one the switch falls in.
+	samp := startSampler(t, d, vipTCP)
+	defer samp.stop()
 	var lat []time.Duration
 	epoch := st.VIPs[0].Epoch
 	for run := range 20 {
@@ -139,6 +146,10 @@ func TestFailoverVIP(t *testing.T) {
 			}
 		}
 		lat = append(lat, got)
+		time.Sleep(50 * time.Millisecond) // a few more samples after the switch
+		if err := samp.check(t0, time.Now(), old, want); err != nil {
+			t.Fatalf("run %d: %v", run, err)
+		}
 		nc := hookCalls(t, log)
 		if len(nc) != calls+1 {
 			t.Fatalf("run %d: hook called %d times for one promotion", run, len(nc)-calls)
@@ -236,4 +247,97 @@ func TestFailoverHooks(t *testing.T) {
 	if out := d.mustCLI(t, "availability"); !strings.Contains(out, "NINES") || !strings.Contains(out, "10.77.0.11") {
 		t.Fatalf("availability table:\n%s", out)
 	}
+}
+
+// sampler polls the daemon's per-backend packet counters of one VIP.
+type sampler struct {
+	mu      sync.Mutex
+	samples []sample
+	done    chan struct{}
+	stopped chan struct{}
+}
+
+type sample struct {
+	at  time.Time
+	pkt map[string]uint64
+}
+
+func startSampler(t testing.TB, d *daemonProc, vip string) *sampler {
+	hc := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		return net.Dial("unix", d.socket)
+	}}}
+	s := &sampler{done: make(chan struct{}), stopped: make(chan struct{})}
+	go func() {
+		defer close(s.stopped)
+		for {
+			select {
+			case <-s.done:
+				return
+			default:
+			}
+			resp, err := hc.Get("http://sluice/v1/counters")
+			if err != nil {
+				continue
+			}
+			var c map[string]map[string]uint64
+			json.NewDecoder(resp.Body).Decode(&c)
+			resp.Body.Close()
+			s.mu.Lock()
+			s.samples = append(s.samples, sample{time.Now(), c[vip]})
+			s.mu.Unlock()
+		}
+	}()
+	return s
+}
+
+func (s *sampler) stop() { close(s.done); <-s.stopped }
+
+// check walks the intervals between samples in [from, to]: the backends
+// whose counters grew must go old... then new..., with at most one interval
+// (the one the switch falls in) showing both, and no other backend.
+func (s *sampler) check(from, to time.Time, old, next string) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	seenNew, mixed := false, 0
+	n := 0
+	for i := 1; i < len(s.samples); i++ {
+		a, b := s.samples[i-1], s.samples[i]
+		if a.at.Before(from) || b.at.After(to) {
+			continue
+		}
+		n++
+		var grew []string
+		for addr, p := range b.pkt {
+			if p > a.pkt[addr] {
+				grew = append(grew, addr)
+			}
+		}
+		hasOld, hasNew := false, false
+		for _, g := range grew {
+			switch g {
+			case old:
+				hasOld = true
+			case next:
+				hasNew = true
+			default:
+				return fmt.Errorf("backend %s (neither primary) received packets", g)
+			}
+		}
+		switch {
+		case hasOld && hasNew:
+			mixed++
+			seenNew = true
+		case hasNew:
+			seenNew = true
+		case hasOld && seenNew:
+			return fmt.Errorf("the old primary %s received packets again after the new one %s", old, next)
+		}
+	}
+	if mixed > 1 {
+		return fmt.Errorf("%d sampling intervals saw both primaries receive packets", mixed)
+	}
+	if n < 10 {
+		return fmt.Errorf("only %d counter samples in the run", n)
+	}
+	return nil
 }

@@ -10,6 +10,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -39,6 +40,10 @@ type BoltStore struct {
 	db          *bolt.DB
 	dir         string
 	archiveKeep int
+	// Archiving happens after the commit, in order, off the commit's path:
+	// a promotion commits twice and must not wait for the archive's fsyncs.
+	archiveq chan State
+	archived sync.WaitGroup
 }
 
 // OpenBoltStore opens (creating) <dir>/state.db; dir is made 0700.
@@ -60,7 +65,16 @@ func OpenBoltStore(dir string, archiveKeep int) (*BoltStore, error) {
 		db.Close()
 		return nil, fmt.Errorf("init state: %w", err)
 	}
-	return &BoltStore{db: db, dir: dir, archiveKeep: archiveKeep}, nil
+	s := &BoltStore{db: db, dir: dir, archiveKeep: archiveKeep, archiveq: make(chan State, 1024)}
+	go func() {
+		for prev := range s.archiveq {
+			if err := s.archive(prev); err != nil {
+				fmt.Fprintf(os.Stderr, "sluice: archive revision %d: %v\n", prev.Revision, err)
+			}
+			s.archived.Done()
+		}
+	}()
+	return s, nil
 }
 
 // Load implements Store.
@@ -81,7 +95,7 @@ func (s *BoltStore) Load() (State, error) {
 
 // Commit implements Store.
 func (s *BoltStore) Commit(change func(*State) error) (State, error) {
-	var out State
+	var out, prev State
 	err := s.db.Update(func(tx *bolt.Tx) error {
 		b := tx.Bucket(bucketName)
 		var cur State
@@ -109,15 +123,17 @@ func (s *BoltStore) Commit(change func(*State) error) (State, error) {
 			return err
 		}
 		if cur.Revision > 0 {
-			if err := s.archive(cur); err != nil {
-				return err
-			}
+			prev = cur
 		}
 		out = next
 		return b.Put(stateKey, raw)
 	})
 	if err != nil {
 		return State{}, err
+	}
+	if prev.Revision > 0 {
+		s.archived.Add(1)
+		s.archiveq <- prev
 	}
 	return out, nil
 }
@@ -128,8 +144,12 @@ func statesEqual(a, b State) bool {
 	return string(ja) == string(jb)
 }
 
-// Close implements Store.
-func (s *BoltStore) Close() error { return s.db.Close() }
+// Close implements Store; it finishes pending archive writes first.
+func (s *BoltStore) Close() error {
+	s.archived.Wait()
+	close(s.archiveq)
+	return s.db.Close()
+}
 
 // ArchiveDir is where previous states are kept.
 func (s *BoltStore) ArchiveDir() string { return filepath.Join(s.dir, "archive") }
@@ -151,7 +171,7 @@ func (s *BoltStore) archive(prev State) error {
 }
 
 func (s *BoltStore) prune() error {
-	entries, err := s.Archive()
+	entries, err := s.listArchive()
 	if err != nil {
 		return err
 	}
@@ -174,8 +194,13 @@ type ArchiveEntry struct {
 	Size     int64     `json:"size"`
 }
 
-// Archive lists archived states, oldest first.
+// Archive lists archived states, oldest first, once pending writes are done.
 func (s *BoltStore) Archive() ([]ArchiveEntry, error) {
+	s.archived.Wait()
+	return s.listArchive()
+}
+
+func (s *BoltStore) listArchive() ([]ArchiveEntry, error) {
 	ents, err := os.ReadDir(s.ArchiveDir())
 	if errors.Is(err, os.ErrNotExist) {
 		return nil, nil

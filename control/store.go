@@ -203,12 +203,12 @@ func (s *BoltStore) Archive() ([]ArchiveEntry, error) {
 func (s *BoltStore) listArchive() ([]ArchiveEntry, error) {
 	ents, err := os.ReadDir(s.ArchiveDir())
 	if errors.Is(err, os.ErrNotExist) {
-		return nil, nil
+		return []ArchiveEntry{}, nil
 	}
 	if err != nil {
 		return nil, fmt.Errorf("read archive: %w", err)
 	}
-	var out []ArchiveEntry
+	out := []ArchiveEntry{}
 	for _, e := range ents {
 		name := e.Name()
 		if !strings.HasPrefix(name, "state-") || !strings.HasSuffix(name, ".json") {

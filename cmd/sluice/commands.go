@@ -628,26 +628,14 @@ func backupCommand() *cli.Command {
 			{
 				Name: "list", Usage: "list archived previous states", Flags: []cli.Flag{socketFlag(), outputFlag()},
 				Action: func(c *cli.Context) error {
-					asJSON, err := wantJSON(c)
-					if err != nil {
-						return err
-					}
-					var entries []control.ArchiveEntry
-					if err := newClient(c).do(c.Context, "GET", "/v1/backups", nil, nil, &entries); err != nil {
-						return err
-					}
-					if asJSON {
-						if entries == nil {
-							entries = []control.ArchiveEntry{}
+					return show(c, "/v1/backups", func(entries []control.ArchiveEntry) error {
+						tw := tabwriter.NewWriter(c.App.Writer, 0, 0, 2, ' ', 0)
+						fmt.Fprintln(tw, "REVISION\tTIME\tSIZE\tPATH")
+						for _, e := range entries {
+							fmt.Fprintf(tw, "%d\t%s\t%d\t%s\n", e.Revision, e.Time.Format(time.RFC3339), e.Size, e.Path)
 						}
-						return printJSON(c.App.Writer, entries)
-					}
-					tw := tabwriter.NewWriter(c.App.Writer, 0, 0, 2, ' ', 0)
-					fmt.Fprintln(tw, "REVISION\tTIME\tSIZE\tPATH")
-					for _, e := range entries {
-						fmt.Fprintf(tw, "%d\t%s\t%d\t%s\n", e.Revision, e.Time.Format(time.RFC3339), e.Size, e.Path)
-					}
-					return tw.Flush()
+						return tw.Flush()
+					})
 				},
 			},
 		},
@@ -768,28 +756,19 @@ func drillCommand() *cli.Command {
 			{
 				Name: "list", Usage: "list past drill reports", Flags: []cli.Flag{socketFlag(), outputFlag()},
 				Action: func(c *cli.Context) error {
-					asJSON, err := wantJSON(c)
-					if err != nil {
-						return err
-					}
-					var reps []control.DrillReport
-					if err := newClient(c).do(c.Context, "GET", "/v1/drills", nil, nil, &reps); err != nil {
-						return err
-					}
-					if asJSON {
-						return printJSON(c.App.Writer, reps)
-					}
-					tw := tabwriter.NewWriter(c.App.Writer, 0, 0, 2, ' ', 0)
-					fmt.Fprintln(tw, "ID\tVIP\tACTION\tTARGET\tAPPLY\tRESULT")
-					for _, r := range reps {
-						res := "pass"
-						if !r.Pass {
-							res = "FAIL: " + strings.Join(r.Failures, "; ")
+					return show(c, "/v1/drills", func(reps []control.DrillReport) error {
+						tw := tabwriter.NewWriter(c.App.Writer, 0, 0, 2, ' ', 0)
+						fmt.Fprintln(tw, "ID\tVIP\tACTION\tTARGET\tAPPLY\tRESULT")
+						for _, r := range reps {
+							res := "pass"
+							if !r.Pass {
+								res = "FAIL: " + strings.Join(r.Failures, "; ")
+							}
+							fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%v\t%s\n", r.ID, r.VIP, r.Action, r.Target,
+								time.Duration(r.ApplySeconds*float64(time.Second)).Round(time.Microsecond), res)
 						}
-						fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%v\t%s\n", r.ID, r.VIP, r.Action, r.Target,
-							time.Duration(r.ApplySeconds*float64(time.Second)).Round(time.Microsecond), res)
-					}
-					return tw.Flush()
+						return tw.Flush()
+					})
 				},
 			},
 		},
@@ -822,4 +801,21 @@ func printDrill(w io.Writer, r control.DrillReport) {
 	} else {
 		fmt.Fprintf(w, "  result: FAIL: %s\n", strings.Join(r.Failures, "; "))
 	}
+}
+
+// show GETs path from the daemon and prints the answer as JSON (-o json)
+// or through table.
+func show[T any](c *cli.Context, path string, table func(T) error) error {
+	asJSON, err := wantJSON(c)
+	if err != nil {
+		return err
+	}
+	var v T
+	if err := newClient(c).do(c.Context, "GET", path, nil, nil, &v); err != nil {
+		return err
+	}
+	if asJSON {
+		return printJSON(c.App.Writer, v)
+	}
+	return table(v)
 }

@@ -11,9 +11,7 @@ import (
 	"net/http"
 	"net/netip"
 	"os"
-	"path/filepath"
 	"strings"
-	"syscall"
 	"text/tabwriter"
 	"time"
 
@@ -114,47 +112,16 @@ func runDemo(ctx context.Context, w io.Writer) error {
 }
 
 func (d *demo) startDaemon(ctx context.Context, dir string) (func(), error) {
-	self, err := os.Executable()
+	ld, err := startLabDaemon(d.lab, dir, "", "--log-level", "warn")
 	if err != nil {
 		return nil, err
 	}
-	sock := filepath.Join(dir, "sluice.sock")
-	cmd := d.lab.LB.Command(context.Background(), self, "daemon", "--iface", d.lab.LB.Link, "--xdp-mode", "native",
-		"--state-dir", filepath.Join(dir, "state"), "--socket", sock, "--metrics-addr", "", "--pin-root", d.lab.PinRoot(),
-		"--flow-table-size", "65536", "--log-level", "warn")
-	logf, err := os.Create(filepath.Join(dir, "daemon.log"))
-	if err != nil {
+	if err := ld.wait(ctx, 20*time.Second); err != nil {
+		ld.stop()
 		return nil, err
 	}
-	cmd.Stdout, cmd.Stderr = logf, logf
-	if err := cmd.Start(); err != nil {
-		return nil, err
-	}
-	stop := func() {
-		cmd.Process.Signal(syscall.SIGTERM)
-		done := make(chan struct{})
-		go func() { cmd.Wait(); close(done) }()
-		select {
-		case <-done:
-		case <-time.After(5 * time.Second):
-			cmd.Process.Kill()
-		}
-		logf.Close()
-	}
-	d.cl = newClientFor(sock)
-	deadline := time.Now().Add(20 * time.Second)
-	for {
-		var st control.Status
-		if err := d.cl.do(ctx, "GET", "/v1/status", nil, nil, &st); err == nil {
-			break
-		}
-		if time.Now().After(deadline) {
-			stop()
-			raw, _ := os.ReadFile(filepath.Join(dir, "daemon.log"))
-			return nil, fmt.Errorf("the daemon did not start:\n%s", raw)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	stop := ld.stop
+	d.cl = ld.client
 	d.events = make(chan control.Event, 256)
 	go func() {
 		req, _ := http.NewRequestWithContext(ctx, "GET", "http://sluice/v1/events?follow=1", nil)

@@ -28,7 +28,6 @@ const labPrefix = "sluicelab"
 var labDir = "/run/sluice-lab"
 
 func labStatePath() string { return filepath.Join(labDir, "lab.json") }
-func labSocket() string    { return filepath.Join(labDir, "sluice.sock") }
 
 type labHost struct {
 	Name  string `json:"name"`
@@ -249,7 +248,7 @@ func labRun(backends int) error {
 	if err != nil {
 		return err
 	}
-	st := &labState{ID: lab.ID(), PinRoot: lab.PinRoot(), Socket: labSocket(), RunnerPID: os.Getpid()}
+	st := &labState{ID: lab.ID(), PinRoot: lab.PinRoot(), Socket: filepath.Join(labDir, "sluice.sock"), RunnerPID: os.Getpid()}
 	for _, h := range append([]*testenv.Host{lab.Client, lab.LB}, backendHosts(lab)...) {
 		lh := labHost{Name: h.Name, NS: h.NSName(), Link: h.Link, Addr: h.Addr.Addr().String()}
 		if h.Addr6.IsValid() {
@@ -257,18 +256,9 @@ func labRun(backends int) error {
 		}
 		st.Hosts = append(st.Hosts, lh)
 	}
-	var daemon *exec.Cmd
+	var daemon *labDaemon
 	teardown := func() {
-		if daemon != nil && daemon.Process != nil {
-			daemon.Process.Signal(syscall.SIGTERM)
-			done := make(chan struct{})
-			go func() { daemon.Wait(); close(done) }()
-			select {
-			case <-done:
-			case <-time.After(5 * time.Second):
-				daemon.Process.Kill()
-			}
-		}
+		daemon.stop()
 		_ = loader.DetachPinned(lab.LB.Link, lab.PinRoot())
 		_ = lab.Close()
 		_ = testenv.RemoveWithPrefix(labPrefix + "-" + lab.ID())
@@ -278,34 +268,23 @@ func labRun(backends int) error {
 		teardown()
 		return err
 	}
-	self, _ := os.Executable()
-	daemon = lab.LB.Command(ctx, self, "daemon", "--iface", lab.LB.Link, "--xdp-mode", "native",
-		"--state-dir", filepath.Join(labDir, "state"), "--socket", st.Socket, "--metrics-addr", "127.0.0.1:9642",
-		"--pin-root", lab.PinRoot(), "--flow-table-size", "65536")
-	dlog, _ := os.Create(filepath.Join(labDir, "daemon.log"))
-	daemon.Stdout, daemon.Stderr = dlog, dlog
-	if err := daemon.Start(); err != nil {
+	daemon, err = startLabDaemon(lab, labDir, "127.0.0.1:9642")
+	if err != nil {
 		teardown()
 		return err
 	}
-	st.DaemonPID = daemon.Process.Pid
+	st.Socket = daemon.socket
+	st.DaemonPID = daemon.cmd.Process.Pid
 	if err := st.write(); err != nil {
 		teardown()
 		return err
 	}
 	setup := func() error {
-		cl := socketClient(st.Socket)
-		deadline := time.Now().Add(20 * time.Second)
-		for {
-			var s control.Status
-			if err := cl.do(ctx, "GET", "/v1/status", nil, nil, &s); err == nil {
-				break
-			}
-			if time.Now().After(deadline) {
-				return errors.New("the daemon did not start (see " + filepath.Join(labDir, "daemon.log") + ")")
-			}
-			time.Sleep(20 * time.Millisecond)
+		cl := daemon.client
+		if err := daemon.wait(ctx, 20*time.Second); err != nil {
+			return err
 		}
+		deadline := time.Now().Add(20 * time.Second)
 		for _, v := range labVIPs {
 			fwd := v.args[1]
 			k, _ := control.ParseVIPKey(v.vip)
@@ -392,8 +371,6 @@ func backendHosts(lab *testenv.Lab) []*testenv.Host {
 	}
 	return out
 }
-
-func socketClient(sock string) *client { return newClientFor(sock) }
 
 // labCleanup removes whatever a lab left, whether or not its runner lives.
 func labCleanup(st *labState) error {

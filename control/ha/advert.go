@@ -1,0 +1,135 @@
+// Package ha is the protocol of an active/standby pair of sluice nodes:
+// authenticated adverts and the VRRPv3-style master/backup state machine.
+// Wiring it into the daemon (VIP ownership, state and flow sync) is the
+// LB-pair issue's remaining work.
+package ha
+
+import (
+	"crypto/hmac"
+	"crypto/sha256"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"time"
+)
+
+// Wire format of an advert (big endian), 88 bytes:
+//
+//	0  magic "SLHA"        4  version (1)       5  priority
+//	6  advert interval, ms 8  boot (unix ns)    16 sequence
+//	24 state revision      32 node name (24 bytes, zero padded)
+//	56 HMAC-SHA256 over bytes 0..55 with the pair's shared key
+const (
+	advertSize = 88
+	macOffset  = 56
+	version    = 1
+	nameLen    = 24
+)
+
+var magic = [4]byte{'S', 'L', 'H', 'A'}
+
+// Reasons an advert is refused; each is counted in
+// sluice_ha_bad_adverts_total{reason}.
+var (
+	ErrLength  = errors.New("length")
+	ErrMagic   = errors.New("magic")
+	ErrVersion = errors.New("version")
+	ErrMAC     = errors.New("mac")
+	ErrReplay  = errors.New("replay")
+)
+
+// Reason names a refusal for metrics.
+func Reason(err error) string {
+	for _, e := range []error{ErrLength, ErrMagic, ErrVersion, ErrMAC, ErrReplay} {
+		if errors.Is(err, e) {
+			return e.Error()
+		}
+	}
+	return "other"
+}
+
+// Advert is one node's periodic announcement.
+type Advert struct {
+	Priority uint8 // 0 means "I am stepping down now"
+	Interval time.Duration
+	Boot     uint64 // when the sender started (unix ns): orders its sequences across restarts
+	Seq      uint64
+	Revision uint64 // the sender's desired-state revision
+	Node     string // at most 24 bytes
+}
+
+// Marshal signs the advert with key.
+func (a Advert) Marshal(key []byte) ([]byte, error) {
+	if len(a.Node) == 0 || len(a.Node) > nameLen {
+		return nil, fmt.Errorf("advert node name %q: 1 to %d bytes", a.Node, nameLen)
+	}
+	ms := a.Interval.Milliseconds()
+	if ms <= 0 || ms > 0xffff {
+		return nil, fmt.Errorf("advert interval %v: 1ms to 65s", a.Interval)
+	}
+	b := make([]byte, advertSize)
+	copy(b[0:4], magic[:])
+	b[4] = version
+	b[5] = a.Priority
+	binary.BigEndian.PutUint16(b[6:], uint16(ms))
+	binary.BigEndian.PutUint64(b[8:], a.Boot)
+	binary.BigEndian.PutUint64(b[16:], a.Seq)
+	binary.BigEndian.PutUint64(b[24:], a.Revision)
+	copy(b[32:32+nameLen], a.Node)
+	m := hmac.New(sha256.New, key)
+	m.Write(b[:macOffset])
+	copy(b[macOffset:], m.Sum(nil))
+	return b, nil
+}
+
+// Parse checks an advert's size, magic, version and MAC (in constant
+// time), and decodes it. It does not check for replays: see ReplayGuard.
+func Parse(b, key []byte) (Advert, error) {
+	if len(b) != advertSize {
+		return Advert{}, fmt.Errorf("advert of %d bytes, want %d: %w", len(b), advertSize, ErrLength)
+	}
+	if [4]byte(b[0:4]) != magic {
+		return Advert{}, ErrMagic
+	}
+	if b[4] != version {
+		return Advert{}, fmt.Errorf("advert version %d: %w", b[4], ErrVersion)
+	}
+	m := hmac.New(sha256.New, key)
+	m.Write(b[:macOffset])
+	if !hmac.Equal(m.Sum(nil), b[macOffset:]) {
+		return Advert{}, ErrMAC
+	}
+	name := b[32 : 32+nameLen]
+	n := 0
+	for n < len(name) && name[n] != 0 {
+		n++
+	}
+	return Advert{
+		Priority: b[5],
+		Interval: time.Duration(binary.BigEndian.Uint16(b[6:])) * time.Millisecond,
+		Boot:     binary.BigEndian.Uint64(b[8:]),
+		Seq:      binary.BigEndian.Uint64(b[16:]),
+		Revision: binary.BigEndian.Uint64(b[24:]),
+		Node:     string(name[:n]),
+	}, nil
+}
+
+// ReplayGuard refuses an advert unless its (boot, sequence) is newer than
+// the last accepted from the same node: a captured advert cannot be
+// played again, and a restarted node (later boot) starts afresh.
+type ReplayGuard struct {
+	last map[string][2]uint64
+}
+
+// Accept records a as seen, or says why it is refused.
+func (g *ReplayGuard) Accept(a Advert) error {
+	if g.last == nil {
+		g.last = map[string][2]uint64{}
+	}
+	l, ok := g.last[a.Node]
+	if ok && (a.Boot < l[0] || (a.Boot == l[0] && a.Seq <= l[1])) {
+		return fmt.Errorf("advert from %s boot %d seq %d, already saw boot %d seq %d: %w", a.Node, a.Boot, a.Seq, l[0], l[1], ErrReplay)
+	}
+	g.last[a.Node] = [2]uint64{a.Boot, a.Seq}
+	return nil
+}

@@ -180,13 +180,23 @@ func (d *Daemon) Drill(ctx context.Context, req DrillRequest) (DrillReport, erro
 			return nil
 		})
 		rep.CommitSeconds, rep.ApplySeconds = d.appliedSince(actStart)
-		// the coordinator promotes a replica through the normal path
+		// The coordinator promotes a replica through the normal path; wait
+		// for its event (it follows the commit of the new primary).
 		deadline := time.Now().Add(hold)
-		for time.Now().Before(deadline) {
-			if p := d.State(); p.VIPs[p.FindVIP(k)].Primary != origPrimary {
-				break
+		promoted := false
+		for !promoted && time.Now().Before(deadline) {
+			for _, e := range d.events.List() {
+				if e.Kind == "failover" && e.VIP == v.VIP && e.Time.After(actStart) && strings.HasPrefix(e.Reason, "promoted") {
+					rep.HookOutput = e.Reason
+					step("coordinator promoted %s", e.To)
+					promoted = true
+					break
+				}
 			}
 			time.Sleep(5 * time.Millisecond)
+		}
+		if !promoted {
+			rep.Failures = append(rep.Failures, "no replica was promoted within the hold")
 		}
 	case "promote":
 		var res PromoteResult
@@ -200,14 +210,6 @@ func (d *Daemon) Drill(ctx context.Context, req DrillRequest) (DrillReport, erro
 	step("action %s %s committed in %v, in the maps %v later", req.Action, target,
 		time.Duration(rep.CommitSeconds*float64(time.Second)).Round(time.Microsecond),
 		time.Duration(rep.ApplySeconds*float64(time.Second)).Round(time.Microsecond))
-	if req.Action == "fail-primary" {
-		for _, e := range d.events.List() {
-			if e.Kind == "failover" && e.VIP == v.VIP && e.Time.After(actStart) && strings.HasPrefix(e.Reason, "promoted") {
-				rep.HookOutput = e.Reason
-				step("coordinator promoted %s", e.To)
-			}
-		}
-	}
 
 	// 3. hold and measure
 	c2, t2, _ := d.counters(v.VIP)

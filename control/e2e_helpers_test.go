@@ -29,7 +29,11 @@ func TestMain(m *testing.M) {
 		panic(err)
 	}
 	sluiceBin = filepath.Join(dir, "sluice")
-	out, err := exec.Command("go", "build", "-o", sluiceBin, "github.com/sluicelb/sluice/cmd/sluice").CombinedOutput()
+	args := []string{"build", "-o", sluiceBin}
+	if os.Getenv("SLUICE_TEST_RACE") != "" {
+		args = append(args, "-race") // the daemon under test runs with the race detector
+	}
+	out, err := exec.Command("go", append(args, "github.com/sluicelb/sluice/cmd/sluice")...).CombinedOutput()
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "build sluice: %v\n%s", err, out)
 		os.Exit(1)

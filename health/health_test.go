@@ -76,7 +76,7 @@ func TestProbes(t *testing.T) {
 		name   string
 		probe  Probe
 		reason string // "" means pass
-	}{
+	}{ // every case has a 2s timeout but the timeout case, which has 150ms
 		{"tcp open", Probe{Type: TCP, Addr: httpAddr}, ""},
 		{"tcp refused", Probe{Type: TCP, Addr: closedPort(t)}, "connect: connection refused"},
 		{"http 200", Probe{Type: HTTP, Addr: httpAddr}, ""},
@@ -94,7 +94,11 @@ func TestProbes(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			err := tc.probe.Run(context.Background(), 150*time.Millisecond)
+			timeout := 2 * time.Second
+			if strings.Contains(tc.reason, "timeout") {
+				timeout = 150 * time.Millisecond
+			}
+			err := tc.probe.Run(context.Background(), timeout)
 			switch {
 			case tc.reason == "" && err != nil:
 				t.Fatalf("failed: %v", err)

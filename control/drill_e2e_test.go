@@ -110,7 +110,7 @@ func TestDrills(t *testing.T) {
 	}
 
 	// disable-backend on the Maglev VIP.
-	rep, _, _ := run("--vip", "10.77.1.100:53/udp", "--action", "disable-backend", "10.77.0.12", "--max-apply", "250ms")
+	rep, _, _ := run("--vip", "10.77.1.100:53/udp", "--action", "disable-backend", "10.77.0.12", "--max-apply", "1s")
 	var during time.Time
 	for _, s := range rep.Steps {
 		if strings.HasPrefix(s.What, "action") {
@@ -138,7 +138,7 @@ func TestDrills(t *testing.T) {
 	// fail-primary on the failover VIP: a replica takes over, then the
 	// original primary is put back.
 	epoch := d.status(t).VIPs[1].Epoch
-	rep, _, _ = run("--vip", vipTCP, "--action", "fail-primary", "--max-apply", "250ms")
+	rep, _, _ = run("--vip", vipTCP, "--action", "fail-primary", "--max-apply", "1s")
 	if !strings.Contains(rep.HookOutput, "promoted") {
 		t.Fatalf("fail-primary report shows no promotion: %+v", rep)
 	}
@@ -149,7 +149,7 @@ func TestDrills(t *testing.T) {
 	t.Logf("fail-primary: apply %.1f ms, during shares %v", 1000*rep.ApplySeconds, shares(rep))
 
 	// promote a replica for real, then back.
-	rep, _, _ = run("--vip", vipTCP, "--action", "promote", "10.77.0.13", "--max-apply", "250ms")
+	rep, _, _ = run("--vip", vipTCP, "--action", "promote", "10.77.0.13", "--max-apply", "1s")
 	if rep.HookTime == "" || primaryOf(d.status(t)) != "10.77.0.11" {
 		t.Fatalf("promote drill: hook %q, primary %s", rep.HookTime, primaryOf(d.status(t)))
 	}

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 
 	"github.com/sluicelb/sluice/loader"
 )
@@ -70,7 +71,11 @@ func (e *Env) AddBackend(ctx context.Context, name string, addr netip.Prefix, op
 			return err
 		}
 		for _, v := range opts.VIPs {
-			if err := nl.AddrAdd(lo, &netlink.Addr{IPNet: prefixNet(netip.PrefixFrom(v, v.BitLen()))}); err != nil {
+			a := &netlink.Addr{IPNet: prefixNet(netip.PrefixFrom(v, v.BitLen()))}
+			if v.Is6() {
+				a.Flags = unix.IFA_F_NODAD // usable at once, not tentative
+			}
+			if err := nl.AddrAdd(lo, a); err != nil {
 				return fmt.Errorf("add vip %s to lo of %s: %w", v, name, err)
 			}
 		}

@@ -140,8 +140,29 @@ func (d *Daemon) checkPrimaries() {
 		if len(cands) == 0 && v.Primary == "" {
 			continue
 		}
+		if v.Primary == "" && d.higherUndecided(k, v, cands[0].Priority) {
+			// First election: wait until every backend that would outrank
+			// the best candidate has been probed, so the highest priority
+			// wins rather than the fastest check.
+			continue
+		}
 		d.startPromotion(k, cands, "")
 	}
+}
+
+// higherUndecided reports whether a backend of v with a priority above p
+// has not been probed yet.
+func (d *Daemon) higherUndecided(k loader.VIPKey, v VIP, p int) bool {
+	for _, b := range v.Backends {
+		if b.Priority <= p || b.Disabled {
+			continue
+		}
+		c := checkFor(k, b)
+		if st, ok := d.hm.Status(c.ID()); ok && !st.Decided {
+			return true
+		}
+	}
+	return false
 }
 
 // startPromotion runs one promotion of a VIP at a time, off the caller's

@@ -91,12 +91,13 @@ type Manager struct {
 }
 
 type runner struct {
-	check  Check
-	cancel context.CancelFunc
-	mu     sync.Mutex
-	state  State
-	since  time.Time
-	reason string
+	check   Check
+	cancel  context.CancelFunc
+	mu      sync.Mutex
+	state   State
+	since   time.Time
+	reason  string
+	decided bool
 }
 
 // Status is a check's current view.
@@ -104,6 +105,10 @@ type Status struct {
 	State  State
 	Since  time.Time
 	Reason string
+	// Decided is false until the check has reached a verdict (rise passes
+	// or fall failures in a row, or a given state): "down" then only means
+	// "not known to be up yet".
+	Decided bool
 }
 
 // Sync makes the running set exactly checks. A new check starts in its
@@ -129,16 +134,16 @@ func (m *Manager) Sync(ctx context.Context, checks []Check, initial map[ID]State
 		if _, ok := m.checks[id]; ok {
 			continue
 		}
-		st, ok := initial[id]
-		if !ok {
+		st, decided := initial[id]
+		if !decided {
 			st = Down
 		}
 		reason := "initial state"
 		if c.Probe.Type == None {
-			st, reason = Up, "no health check"
+			st, reason, decided = Up, "no health check", true
 		}
 		rctx, cancel := context.WithCancel(ctx)
-		r := &runner{check: c, cancel: cancel, state: st, since: time.Now(), reason: reason}
+		r := &runner{check: c, cancel: cancel, state: st, since: time.Now(), reason: reason, decided: decided}
 		m.checks[id] = r
 		if c.Probe.Type == None {
 			continue
@@ -158,7 +163,7 @@ func (m *Manager) Status(id ID) (Status, bool) {
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	return Status{r.state, r.since, r.reason}, true
+	return Status{r.state, r.since, r.reason, r.decided}, true
 }
 
 // Stop stops every check and waits for them.
@@ -211,6 +216,9 @@ func (m *Manager) run(ctx context.Context, r *runner) {
 			if r.state == Up && fails >= s.Fall {
 				r.state, r.since = Down, time.Now()
 			}
+		}
+		if passes >= s.Rise || fails >= s.Fall {
+			r.decided = true // a verdict either way, not just "not up yet"
 		}
 		if r.state != from {
 			ev = &Event{Check: r.check.ID(), From: from, To: r.state, Time: r.since, Reason: r.reason}

@@ -147,6 +147,9 @@ func TestStateMachine(t *testing.T) {
 	c := Check{Probe: Probe{Type: TCP, Addr: addrOf(t, "192.0.2.1:80"), Dial: f.dial},
 		Settings: Settings{Interval: 20 * time.Millisecond, Timeout: 10 * time.Millisecond, Rise: 3, Fall: 2}}
 	m.Sync(context.Background(), []Check{c}, nil)
+	if st, _ := m.Status(c.ID()); st.Decided || st.State != Down {
+		t.Fatalf("fresh check: %+v, want undecided and down", st)
+	}
 	next := func() Event {
 		select {
 		case e := <-events:
@@ -162,6 +165,9 @@ func TestStateMachine(t *testing.T) {
 	}
 	if n := probes.Load(); n < 3 {
 		t.Fatalf("up after %d probes, want rise=3", n)
+	}
+	if st, _ := m.Status(c.ID()); !st.Decided {
+		t.Fatal("a check that reached a verdict is not decided")
 	}
 	base := probes.Load()
 	f.fail.Store(true)

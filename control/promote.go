@@ -146,7 +146,7 @@ func (d *Daemon) checkPrimaries() {
 			// wins rather than the fastest check.
 			continue
 		}
-		d.startPromotion(k, cands, "")
+		d.startPromotion(k, cands)
 	}
 }
 
@@ -167,7 +167,7 @@ func (d *Daemon) higherUndecided(k loader.VIPKey, v VIP, p int) bool {
 
 // startPromotion runs one promotion of a VIP at a time, off the caller's
 // goroutine: hooks may take seconds.
-func (d *Daemon) startPromotion(k loader.VIPKey, cands []Backend, planned string) {
+func (d *Daemon) startPromotion(k loader.VIPKey, cands []Backend) {
 	d.promoMu.Lock()
 	if d.promoting[k] {
 		d.promoMu.Unlock()

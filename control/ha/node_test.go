@@ -1,0 +1,168 @@
+package ha
+
+import (
+	"testing"
+	"time"
+)
+
+// bus connects simulated nodes; a cut side's adverts are lost.
+type bus struct {
+	nodes map[string]*Node
+	cut   map[string]bool // adverts from these nodes are dropped
+	now   *time.Time
+}
+
+type port struct {
+	b    *bus
+	name string
+}
+
+func (p port) Send(data []byte) error {
+	if p.b.cut[p.name] {
+		return nil
+	}
+	for name, n := range p.b.nodes {
+		if name != p.name && !p.b.cut[name] {
+			n.Receive(data, *p.b.now)
+		}
+	}
+	return nil
+}
+
+type pair struct {
+	b      *bus
+	now    time.Time
+	a, c   *Node
+	roles  map[string][]Role
+	advert time.Duration
+}
+
+func newPair(adv time.Duration) *pair {
+	p := &pair{advert: adv, roles: map[string][]Role{}}
+	p.now = time.Unix(1000, 0)
+	p.b = &bus{nodes: map[string]*Node{}, cut: map[string]bool{}, now: &p.now}
+	mk := func(name string, prio uint8) *Node {
+		n := NewNode(NewFSM(name, prio, adv, false, p.now), key, uint64(p.now.UnixNano()), port{p.b, name}, func() uint64 { return 7 })
+		n.OnRole = func(r Role) { p.roles[name] = append(p.roles[name], r) }
+		p.b.nodes[name] = n
+		return n
+	}
+	p.a, p.c = mk("lb-a", 200), mk("lb-b", 100)
+	return p
+}
+
+// run advances the clock in 1 ms steps.
+func (p *pair) run(d time.Duration) {
+	for end := p.now.Add(d); p.now.Before(end); p.now = p.now.Add(time.Millisecond) {
+		p.a.Tick(p.now)
+		p.c.Tick(p.now)
+	}
+}
+
+func masters(p *pair) int {
+	n := 0
+	for _, x := range []*Node{p.a, p.c} {
+		if x.Status(p.now).Role == Master {
+			n++
+		}
+	}
+	return n
+}
+
+func TestPairTakeoverAndHandoff(t *testing.T) {
+	adv := 100 * time.Millisecond
+	p := newPair(adv)
+	p.run(time.Second)
+	if p.a.Status(p.now).Role != Master || p.c.Status(p.now).Role != Backup {
+		t.Fatalf("steady state: a %s, b %s", p.a.Status(p.now).Role, p.c.Status(p.now).Role)
+	}
+	if rev := p.c.Status(p.now).PeerRev["lb-a"]; rev != 7 {
+		t.Fatalf("backup sees revision %d of the master", rev)
+	}
+
+	// The master dies: the backup takes over within 3 × advert + its skew
+	// of the last advert it heard.
+	p.b.cut["lb-a"] = true
+	dead := p.now
+	for p.c.Status(p.now).Role != Master {
+		p.run(time.Millisecond)
+		if p.now.Sub(dead) > time.Second {
+			t.Fatal("no takeover")
+		}
+	}
+	gap := p.now.Sub(dead)
+	if limit := p.c.fsm.MasterDown() + adv; gap > limit {
+		t.Fatalf("takeover after %v, want ≤ %v", gap, limit)
+	}
+	t.Logf("takeover %v after the master fell silent (master-down %v)", gap, p.c.fsm.MasterDown())
+
+	// A heals: two masters until A's next advert; B yields at once.
+	p.b.cut["lb-a"] = false
+	p.a.fsm.role = Master // it never noticed it was cut off
+	p.run(2 * adv)
+	if masters(p) != 1 || p.a.Status(p.now).Role != Master {
+		t.Fatalf("after healing: %d masters", masters(p))
+	}
+
+	// Planned handoff: B takes over within its skew.
+	h := p.now
+	if err := p.a.Handoff(p.now); err != nil {
+		t.Fatal(err)
+	}
+	for p.c.Status(p.now).Role != Master {
+		p.run(time.Millisecond)
+	}
+	if d := p.now.Sub(h); d > p.c.fsm.Skew()+2*time.Millisecond {
+		t.Fatalf("planned handoff took %v, want ≤ skew %v", d, p.c.fsm.Skew())
+	}
+}
+
+func TestPartitionDualMasterHeals(t *testing.T) {
+	adv := 50 * time.Millisecond
+	p := newPair(adv)
+	p.run(time.Second)
+	// Partition: both sides lose each other's adverts for 10 s.
+	p.b.cut["lb-a"], p.b.cut["lb-b"] = true, true
+	p.run(10 * time.Second)
+	if masters(p) != 2 {
+		t.Fatalf("partitioned: %d masters, want 2", masters(p))
+	}
+	p.b.cut["lb-a"], p.b.cut["lb-b"] = false, false
+	sawDual := false
+	healed := p.now
+	for masters(p) != 1 {
+		if p.a.Status(p.now).DualMaster || p.c.Status(p.now).DualMaster {
+			sawDual = true
+		}
+		p.run(time.Millisecond)
+		if p.now.Sub(healed) > 2*adv {
+			t.Fatalf("still %d masters %v after healing", masters(p), p.now.Sub(healed))
+		}
+	}
+	if p.a.Status(p.now).Role != Master {
+		t.Fatal("the higher priority should remain the only master")
+	}
+	if !sawDual {
+		t.Fatal("the dual-master condition was never reported")
+	}
+	// The flag clears once the other side has stopped advertising for a
+	// master-down interval.
+	p.run(p.a.fsm.MasterDown() + time.Millisecond)
+	if p.a.Status(p.now).DualMaster || p.c.Status(p.now).DualMaster || masters(p) != 1 {
+		t.Fatal("dual-master flag still set after the partition healed")
+	}
+}
+
+func TestBadAdvertsAreCounted(t *testing.T) {
+	p := newPair(100 * time.Millisecond)
+	good, _ := Advert{Priority: 250, Interval: 100 * time.Millisecond, Boot: 1, Seq: 1, Node: "intruder"}.Marshal([]byte("wrong key"))
+	p.c.Receive(good, p.now)
+	p.c.Receive([]byte("short"), p.now)
+	replay, _ := Advert{Priority: 250, Interval: 100 * time.Millisecond, Boot: 1, Seq: 1, Node: "lb-a"}.Marshal(key)
+	p.c.Receive(replay, p.now)
+	p.c.Receive(replay, p.now)
+	st := p.c.Status(p.now)
+	if st.BadAdverts["mac"] != 1 || st.BadAdverts["length"] != 1 || st.BadAdverts["replay"] != 1 {
+		t.Fatalf("bad adverts %v", st.BadAdverts)
+	}
+}

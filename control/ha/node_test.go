@@ -142,6 +142,9 @@ func TestPartitionDualMasterHeals(t *testing.T) {
 	if p.a.Status(p.now).Role != Master {
 		t.Fatal("the higher priority should remain the only master")
 	}
+	if p.a.Status(p.now).DualMaster || p.c.Status(p.now).DualMaster {
+		sawDual = true
+	}
 	if !sawDual {
 		t.Fatal("the dual-master condition was never reported")
 	}

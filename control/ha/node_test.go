@@ -150,7 +150,7 @@ func TestPartitionDualMasterHeals(t *testing.T) {
 	}
 	// The flag clears once the other side has stopped advertising for a
 	// master-down interval.
-	p.run(p.a.fsm.MasterDown() + time.Millisecond)
+	p.run(max(p.a.fsm.MasterDown(), p.c.fsm.MasterDown()) + time.Millisecond)
 	if p.a.Status(p.now).DualMaster || p.c.Status(p.now).DualMaster || masters(p) != 1 {
 		t.Fatal("dual-master flag still set after the partition healed")
 	}

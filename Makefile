@@ -47,10 +47,12 @@ lint: need-go
 	$(GO) vet ./...
 	$(GO) run $(STATICCHECK) ./...
 
-# Data-plane benchmark: live-frames generator through a veth, side by side
-# with a trivial reflector. Writes nothing; copy the table to docs/benchmarks.md.
+# Data-plane benchmark (live-frames generator through a veth, side by side
+# with a trivial reflector) and Maglev build times. Prints the tables; the
+# data-plane run fails when a target is missed. See docs/benchmarks.md.
 bench: need-go need-root
-	$(GO) test -count=1 -run '^$$' -bench BenchmarkDataplane -benchtime 1x -timeout 30m -v ./bench/
+	$(GO) test -count=1 -run '^$$' -bench BenchmarkMaglev -benchtime 20x ./control/
+	$(GO) test -count=1 -run '^$$' -bench BenchmarkDataplane -benchtime 1x -timeout 30m ./loader/
 
 # Failover figures in the lab; rewrites their section of docs/benchmarks.md.
 bench-failover: need-go need-root

@@ -276,12 +276,15 @@ func (d *Daemon) demoteRecovered(v VIP) {
 		d.promoMu.Lock()
 		delete(d.demotePending, k)
 		d.promoMu.Unlock()
-		out, err := runHook(d.ctx, v, v.DemoteCmd, old, v.Primary, v.Epoch)
-		reason := "rejoined as a replica"
-		if v.DemoteCmd != "" {
-			reason += fmt.Sprintf("; demote hook: %v %s", err, strings.TrimSpace(out))
-		}
-		d.events.Add(Event{Kind: "failover", VIP: v.VIP, Backend: old, To: "replica", Reason: reason})
+		// Off the caller's goroutine: that is a health check's.
+		go func() {
+			out, err := runHook(d.ctx, v, v.DemoteCmd, old, v.Primary, v.Epoch)
+			reason := "rejoined as a replica"
+			if v.DemoteCmd != "" {
+				reason += fmt.Sprintf("; demote hook: %v %s", err, strings.TrimSpace(out))
+			}
+			d.events.Add(Event{Kind: "failover", VIP: v.VIP, Backend: old, To: "replica", Reason: reason})
+		}()
 	}
 }
 

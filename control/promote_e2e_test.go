@@ -81,7 +81,9 @@ func nameOf(addr string) string {
 func TestFailoverVIP(t *testing.T) {
 	dir := t.TempDir()
 	script, log := hookScript(t, dir)
-	lab, d := failoverLab(t, "--promote-cmd", script)
+	demoteLog := filepath.Join(dir, "demote.log")
+	demote := "echo \"$SLUICE_OLD_PRIMARY $SLUICE_NEW_PRIMARY $SLUICE_EPOCH\" >> " + demoteLog
+	lab, d := failoverLab(t, "--promote-cmd", script, "--demote-cmd", demote)
 	st := d.waitStatus(t, "initial primary", func(s control.Status) bool { return primaryOf(s) == "10.77.0.11" })
 	if calls := hookCalls(t, log); len(calls) != 1 || calls[0] != vipTCP+"  10.77.0.11 1" {
 		t.Fatalf("initial promotion hook calls %q", calls)
@@ -167,6 +169,16 @@ func TestFailoverVIP(t *testing.T) {
 		d.waitStatus(t, "old primary back up", func(s control.Status) bool { return backendState(s, vipTCP, old).State == "up" })
 		if p := primaryOf(d.status(t)); p != want {
 			t.Fatalf("run %d: primary went back to %s without --failback", run, p)
+		}
+		if run == 0 {
+			// The recovered old primary's demote hook ran once, naming it.
+			deadline := time.Now().Add(5 * time.Second)
+			for len(hookCalls(t, demoteLog)) == 0 && time.Now().Before(deadline) {
+				time.Sleep(10 * time.Millisecond)
+			}
+			if calls := hookCalls(t, demoteLog); len(calls) != 1 || !strings.HasPrefix(calls[0], old+" "+want+" ") {
+				t.Fatalf("demote hook calls %q, want one for %s", calls, old)
+			}
 		}
 	}
 	p50, p99 := percentile(lat, .5), percentile(lat, .99)

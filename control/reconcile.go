@@ -200,7 +200,12 @@ func (r *Reconciler) Apply(ctx context.Context, s State, hv HealthOf) (Result, e
 			view[netip.MustParseAddr(m.ID)] = bv
 		}
 		fp := fmt.Sprintf("%d/%d/%v", v.RingSize, id, members)
-		if r.rings[k] != fp {
+		// A failover VIP whose primary is unusable keeps its ring: the
+		// primary's cleared flag already makes the data plane drop, and
+		// skipping a ring swap (an RCU grace period) gets the promotion
+		// started sooner.
+		keep := v.Policy == PolicyFailover && len(members) == 0
+		if r.rings[k] != fp && !keep {
 			ring, err := BuildMaglev(members, v.RingSize, r.seed)
 			if err != nil {
 				return res, fmt.Errorf("vip %s: %w", v.VIP, err)

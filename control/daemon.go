@@ -181,13 +181,14 @@ func (d *Daemon) healthOf(vip loader.VIPKey, b Backend) health.State {
 func (d *Daemon) syncChecksLocked() {
 	var checks []health.Check
 	initial := map[health.ID]health.State{}
+	adopted := d.rec.AdoptedHealth() // one read of the backend table, not one per backend
 	for _, v := range d.state.VIPs {
 		k, _ := ParseVIPKey(v.VIP)
 		for _, b := range v.Backends {
 			c := checkFor(k, b)
 			checks = append(checks, c)
 			d.metrics.checkFailures.WithLabelValues(v.VIP, b.Addr) // export 0 before the first failure
-			if st, ok := d.rec.AdoptedHealth(k, netip.MustParseAddr(b.Addr)); ok {
+			if st, ok := adopted(k, netip.MustParseAddr(b.Addr)); ok {
 				if cur, seen := initial[c.ID()]; !seen || cur == health.Down {
 					initial[c.ID()] = st
 				}

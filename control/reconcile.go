@@ -69,28 +69,28 @@ func NewReconciler(dp *loader.Datapath, macs MACResolver, seed uint64) (*Reconci
 	return r, nil
 }
 
-// AdoptedHealth reports, for backends already in the data plane, whether
-// they were usable: a restarted daemon starts its checks from there
-// instead of from "down", so no flow notices the restart.
-func (r *Reconciler) AdoptedHealth(vip loader.VIPKey, addr netip.Addr) (health.State, bool) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	id, ok := r.vipIDs[vip]
-	if !ok {
-		return "", false
-	}
-	idx, ok := r.beIdx[beKey{id, addr}]
-	if !ok {
-		return "", false
-	}
+// AdoptedHealth reads the backend table once and returns a lookup that
+// reports, for backends already in the data plane, whether they are usable:
+// a restarted daemon starts its checks from there instead of from "down",
+// so no flow notices the restart.
+func (r *Reconciler) AdoptedHealth() func(vip loader.VIPKey, addr netip.Addr) (health.State, bool) {
 	bes, err := r.dp.Backends()
-	if err != nil {
-		return "", false
+	return func(vip loader.VIPKey, addr netip.Addr) (health.State, bool) {
+		if err != nil {
+			return "", false
+		}
+		r.mu.Lock()
+		id, ok := r.vipIDs[vip]
+		idx, found := r.beIdx[beKey{id, addr}]
+		r.mu.Unlock()
+		if !ok || !found {
+			return "", false
+		}
+		if bes[idx].Flags&loader.BackendUsable != 0 {
+			return health.Up, true
+		}
+		return health.Down, true
 	}
-	if bes[idx].Flags&loader.BackendUsable != 0 {
-		return health.Up, true
-	}
-	return health.Down, true
 }
 
 // HealthOf answers a backend's probe state.

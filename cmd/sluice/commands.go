@@ -335,43 +335,35 @@ func statusCommand() *cli.Command {
 	return &cli.Command{
 		Name: "status", Usage: "VIPs, backends, health and counters", Flags: []cli.Flag{socketFlag(), outputFlag()},
 		Action: func(c *cli.Context) error {
-			asJSON, err := wantJSON(c)
-			if err != nil {
-				return err
-			}
-			var st control.Status
-			if err := newClient(c).do(c.Context, "GET", "/v1/status", nil, nil, &st); err != nil {
-				return err
-			}
-			if asJSON {
-				return printJSON(c.App.Writer, st)
-			}
-			w := c.App.Writer
-			fmt.Fprintf(w, "revision %d, role %s, iface %s, up %s\n", st.Revision, st.Role, st.Iface, st.Uptime)
-			for _, v := range st.VIPs {
-				fmt.Fprintf(w, "\nvip %s  forward %s  ring %d (sha256 %.12s)  min-active %d  packets %d  bytes %d\n",
-					v.VIP, v.Forward, v.RingSize, v.RingSHA256, v.MinActive, v.Packets, v.Bytes)
-				if v.Policy == control.PolicyFailover {
-					primary := v.Primary
-					if primary == "" {
-						primary = "none (dropping)"
-					}
-					fmt.Fprintf(w, "  policy failover  primary %s  epoch %d\n", primary, v.Epoch)
-				}
-				tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-				fmt.Fprintln(tw, "  BACKEND\tSTATE\tWEIGHT\tSTANDBY\tSLOTS\tPACKETS\tBYTES\tLAST CHANGE\tREASON")
-				for _, b := range v.Backends {
-					lc := "-"
-					if !b.LastChange.IsZero() {
-						lc = b.LastChange.Format(time.RFC3339)
-					}
-					fmt.Fprintf(tw, "  %s\t%s\t%d\t%v\t%d\t%d\t%d\t%s\t%s\n", b.Addr, b.State, b.Weight, b.Standby, b.RingSlots, b.Packets, b.Bytes, lc, b.Reason)
-				}
-				tw.Flush()
-			}
-			return nil
+			return show(c, "/v1/status", func(st control.Status) error { return printStatus(c.App.Writer, st) })
 		},
 	}
+}
+
+func printStatus(w io.Writer, st control.Status) error {
+	fmt.Fprintf(w, "revision %d, role %s, iface %s, up %s\n", st.Revision, st.Role, st.Iface, st.Uptime)
+	for _, v := range st.VIPs {
+		fmt.Fprintf(w, "\nvip %s  forward %s  ring %d (sha256 %.12s)  min-active %d  packets %d  bytes %d\n",
+			v.VIP, v.Forward, v.RingSize, v.RingSHA256, v.MinActive, v.Packets, v.Bytes)
+		if v.Policy == control.PolicyFailover {
+			primary := v.Primary
+			if primary == "" {
+				primary = "none (dropping)"
+			}
+			fmt.Fprintf(w, "  policy failover  primary %s  epoch %d\n", primary, v.Epoch)
+		}
+		tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+		fmt.Fprintln(tw, "  BACKEND\tSTATE\tWEIGHT\tSTANDBY\tSLOTS\tPACKETS\tBYTES\tLAST CHANGE\tREASON")
+		for _, b := range v.Backends {
+			lc := "-"
+			if !b.LastChange.IsZero() {
+				lc = b.LastChange.Format(time.RFC3339)
+			}
+			fmt.Fprintf(tw, "  %s\t%s\t%d\t%v\t%d\t%d\t%d\t%s\t%s\n", b.Addr, b.State, b.Weight, b.Standby, b.RingSlots, b.Packets, b.Bytes, lc, b.Reason)
+		}
+		tw.Flush()
+	}
+	return nil
 }
 
 func statsCommand() *cli.Command {
@@ -673,37 +665,32 @@ func availabilityCommand() *cli.Command {
 		Name: "availability", Usage: "measured and modelled (k-of-n) availability of each VIP, with nines",
 		Flags: []cli.Flag{socketFlag(), outputFlag()},
 		Action: func(c *cli.Context) error {
-			asJSON, err := wantJSON(c)
-			if err != nil {
-				return err
-			}
-			var rep control.AvailabilityReport
-			if err := newClient(c).do(c.Context, "GET", "/v1/availability", nil, nil, &rep); err != nil {
-				return err
-			}
-			if asJSON {
-				return printJSON(c.App.Writer, rep)
-			}
-			tw := tabwriter.NewWriter(c.App.Writer, 0, 0, 2, ' ', 0)
-			fmt.Fprintln(tw, "VIP / BACKEND\tNEEDS\tWINDOW\tMEASURED\tNINES\tMODELLED\tNINES")
-			for _, v := range rep.VIPs {
-				for _, w := range control.Windows {
-					m, ok := v.Measured[w.Name]
-					if !ok {
-						continue
-					}
-					fmt.Fprintf(tw, "%s\t%d of %d\t%s\t%.6f\t%.2f\t%.6f\t%.2f\n", v.VIP, v.Need, v.Of, w.Name,
-						m, control.Nines(m), v.Modelled[w.Name], control.Nines(v.Modelled[w.Name]))
-				}
-				for _, b := range v.Backends {
-					if m, ok := b.Measured["all"]; ok {
-						fmt.Fprintf(tw, "  %s\t\tall\t%.6f\t%.2f\t\t\n", b.Addr, m, control.Nines(m))
-					}
-				}
-			}
-			return tw.Flush()
+			return show(c, "/v1/availability", func(rep control.AvailabilityReport) error {
+				return printAvailability(c.App.Writer, rep)
+			})
 		},
 	}
+}
+
+func printAvailability(w io.Writer, rep control.AvailabilityReport) error {
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "VIP / BACKEND\tNEEDS\tWINDOW\tMEASURED\tNINES\tMODELLED\tNINES")
+	for _, v := range rep.VIPs {
+		for _, w := range control.Windows {
+			m, ok := v.Measured[w.Name]
+			if !ok {
+				continue
+			}
+			fmt.Fprintf(tw, "%s\t%d of %d\t%s\t%.6f\t%.2f\t%.6f\t%.2f\n", v.VIP, v.Need, v.Of, w.Name,
+				m, control.Nines(m), v.Modelled[w.Name], control.Nines(v.Modelled[w.Name]))
+		}
+		for _, b := range v.Backends {
+			if m, ok := b.Measured["all"]; ok {
+				fmt.Fprintf(tw, "  %s\t\tall\t%.6f\t%.2f\t\t\n", b.Addr, m, control.Nines(m))
+			}
+		}
+	}
+	return tw.Flush()
 }
 
 func drillCommand() *cli.Command {

@@ -285,42 +285,37 @@ func TestMetrics(t *testing.T) {
 		t.Fatalf("/readyz %d", code)
 	}
 	_, body := get("/metrics")
-	metric := func(name string, labels ...string) (float64, bool) {
+	// series returns the values of every line of metric name that carries
+	// all the given labels.
+	series := func(name string, labels ...string) []float64 {
+		var out []float64
 		for _, line := range strings.Split(body, "\n") {
 			if !strings.HasPrefix(line, name+"{") && !strings.HasPrefix(line, name+" ") {
 				continue
 			}
 			ok := true
 			for _, l := range labels {
-				if !strings.Contains(line, l) {
-					ok = false
+				ok = ok && strings.Contains(line, l)
+			}
+			if f := strings.Fields(line); ok && len(f) > 0 {
+				if v, err := strconv.ParseFloat(f[len(f)-1], 64); err == nil {
+					out = append(out, v)
 				}
 			}
-			if ok {
-				f := strings.Fields(line)
-				v, err := strconv.ParseFloat(f[len(f)-1], 64)
-				return v, err == nil
-			}
 		}
-		return 0, false
+		return out
+	}
+	metric := func(name string, labels ...string) (float64, bool) {
+		vs := series(name, labels...)
+		if len(vs) == 0 {
+			return 0, false
+		}
+		return vs[0], true
 	}
 	sum := func(name string, labels ...string) float64 {
 		total := 0.0
-		for _, line := range strings.Split(body, "\n") {
-			if !strings.HasPrefix(line, name+"{") {
-				continue
-			}
-			ok := true
-			for _, l := range labels {
-				if !strings.Contains(line, l) {
-					ok = false
-				}
-			}
-			if ok {
-				f := strings.Fields(line)
-				v, _ := strconv.ParseFloat(f[len(f)-1], 64)
-				total += v
-			}
+		for _, v := range series(name, labels...) {
+			total += v
 		}
 		return total
 	}

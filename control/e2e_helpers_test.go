@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
-	"fmt"
 	"io"
 	"net"
 	"net/netip"
@@ -23,25 +22,7 @@ import (
 
 var sluiceBin string
 
-func TestMain(m *testing.M) {
-	dir, err := os.MkdirTemp("", "sluice-bin-")
-	if err != nil {
-		panic(err)
-	}
-	sluiceBin = filepath.Join(dir, "sluice")
-	args := []string{"build", "-o", sluiceBin}
-	if os.Getenv("SLUICE_TEST_RACE") != "" {
-		args = append(args, "-race") // the daemon under test runs with the race detector
-	}
-	out, err := exec.Command("go", append(args, "github.com/sluicelb/sluice/cmd/sluice")...).CombinedOutput()
-	if err != nil {
-		fmt.Fprintf(os.Stderr, "build sluice: %v\n%s", err, out)
-		os.Exit(1)
-	}
-	code := m.Run()
-	os.RemoveAll(dir)
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { testenv.RunWithSluice(m, &sluiceBin) }
 
 type daemonProc struct {
 	cmd      *exec.Cmd

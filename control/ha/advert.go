@@ -13,17 +13,21 @@ import (
 	"time"
 )
 
-// Wire format of an advert (big endian), 88 bytes:
+// Wire format of an advert (big endian), 112 bytes:
 //
-//	0  magic "SLHA"        4  version (1)       5  priority
+//	0  magic "SLHA"        4  version (2)       5  priority
 //	6  advert interval, ms 8  boot (unix ns)    16 sequence
-//	24 state revision      32 node name (24 bytes, zero padded)
-//	56 HMAC-SHA256 over bytes 0..55 with the pair's shared key
+//	24 state revision      32 node name (40 bytes, zero padded)
+//	72 flags (bit 0: the sender is master)      73 reserved, zero (7 bytes)
+//	80 HMAC-SHA256 over bytes 0..79 with the pair's shared key
 const (
-	advertSize = 88
-	macOffset  = 56
-	version    = 1
-	nameLen    = 24
+	advertSize = 112
+	macOffset  = 80
+	version    = 2
+	nameLen    = 40
+	flagsAt    = 72
+
+	flagMaster = 1
 )
 
 var magic = [4]byte{'S', 'L', 'H', 'A'}
@@ -36,11 +40,15 @@ var (
 	ErrVersion = errors.New("version")
 	ErrMAC     = errors.New("mac")
 	ErrReplay  = errors.New("replay")
+	// ErrMalformed: the MAC is right but a field is not (reserved bits set).
+	ErrMalformed = errors.New("malformed")
+	// ErrUnknownPeer: the sender's address is not a configured peer.
+	ErrUnknownPeer = errors.New("unknown-peer")
 )
 
 // Reason names a refusal for metrics.
 func Reason(err error) string {
-	for _, e := range []error{ErrLength, ErrMagic, ErrVersion, ErrMAC, ErrReplay} {
+	for _, e := range []error{ErrLength, ErrMagic, ErrVersion, ErrMAC, ErrReplay, ErrMalformed, ErrUnknownPeer} {
 		if errors.Is(err, e) {
 			return e.Error()
 		}
@@ -55,7 +63,10 @@ type Advert struct {
 	Boot     uint64 // when the sender started (unix ns): orders its sequences across restarts
 	Seq      uint64
 	Revision uint64 // the sender's desired-state revision
-	Node     string // at most 24 bytes
+	Node     string // at most 40 bytes
+	// Master: the sender is master. Backups advertise too (unlike VRRP),
+	// so that the master sees its peers and their revisions.
+	Master bool
 }
 
 // Marshal signs the advert with key.
@@ -76,6 +87,9 @@ func (a Advert) Marshal(key []byte) ([]byte, error) {
 	binary.BigEndian.PutUint64(b[16:], a.Seq)
 	binary.BigEndian.PutUint64(b[24:], a.Revision)
 	copy(b[32:32+nameLen], a.Node)
+	if a.Master {
+		b[flagsAt] = flagMaster
+	}
 	m := hmac.New(sha256.New, key)
 	m.Write(b[:macOffset])
 	copy(b[macOffset:], m.Sum(nil))
@@ -99,10 +113,24 @@ func Parse(b, key []byte) (Advert, error) {
 	if !hmac.Equal(m.Sum(nil), b[macOffset:]) {
 		return Advert{}, ErrMAC
 	}
+	if b[flagsAt]&^flagMaster != 0 || binary.BigEndian.Uint64(b[flagsAt:])&0xffffffffffffff != 0 {
+		return Advert{}, fmt.Errorf("advert flags %#x: %w", b[flagsAt:macOffset], ErrMalformed)
+	}
 	name := b[32 : 32+nameLen]
 	n := 0
 	for n < len(name) && name[n] != 0 {
 		n++
+	}
+	for _, c := range name[n:] {
+		if c != 0 {
+			return Advert{}, fmt.Errorf("advert node name not zero padded: %w", ErrMalformed)
+		}
+	}
+	if n == 0 {
+		return Advert{}, fmt.Errorf("advert without a node name: %w", ErrMalformed)
+	}
+	if binary.BigEndian.Uint16(b[6:]) == 0 {
+		return Advert{}, fmt.Errorf("advert interval 0: %w", ErrMalformed)
 	}
 	return Advert{
 		Priority: b[5],
@@ -111,6 +139,7 @@ func Parse(b, key []byte) (Advert, error) {
 		Seq:      binary.BigEndian.Uint64(b[16:]),
 		Revision: binary.BigEndian.Uint64(b[24:]),
 		Node:     string(name[:n]),
+		Master:   b[flagsAt]&flagMaster != 0,
 	}, nil
 }
 

@@ -11,10 +11,12 @@ const (
 	Master Role = "master"
 )
 
-// FSM is the VRRPv3-style state machine of one node, driven by adverts and
-// a clock the caller passes in. A backup becomes master when no advert of a
-// master arrived for MasterDown (3 × advert + skew); a higher priority
-// wins, and equal priorities are broken by the larger node name.
+// FSM is the VRRPv3-style state machine of one node, driven by the
+// masters' adverts and a clock the caller passes in. A backup becomes
+// master when no advert of a master arrived for MasterDown (3 × advert +
+// skew); a higher priority wins, and equal priorities are broken by the
+// larger node name. A node whose interface is down (fault) is a backup and
+// does not take over.
 type FSM struct {
 	Node     string
 	Priority uint8 // 1..255
@@ -22,6 +24,7 @@ type FSM struct {
 	Preempt  bool
 
 	role         Role
+	fault        bool
 	masterDownAt time.Time
 }
 
@@ -42,33 +45,33 @@ func (f *FSM) MasterDown() time.Duration { return 3*f.Advert + f.Skew() }
 // Role is the current role.
 func (f *FSM) Role() Role { return f.role }
 
-// beats reports whether an advert's sender outranks this node.
-func (f *FSM) beats(a Advert) bool {
-	if a.Priority != f.Priority {
-		return a.Priority > f.Priority
+// Outranks reports whether a node of priority p and name n outranks this one.
+func (f *FSM) Outranks(p uint8, n string) bool {
+	if p != f.Priority {
+		return p > f.Priority
 	}
-	return a.Node > f.Node
+	return n > f.Node
 }
 
-// OnAdvert handles an authenticated, fresh advert from the peer and returns
-// the role afterwards.
-func (f *FSM) OnAdvert(a Advert, now time.Time) Role {
+// OnAdvert handles an authenticated, fresh advert from a master (or a
+// priority-0 step-down) and returns the role afterwards. mayPreempt says
+// whether this node's state and flow sync are complete, so that it may
+// pre-empt a lower-priority master when Preempt is on.
+func (f *FSM) OnAdvert(a Advert, now time.Time, mayPreempt bool) Role {
 	switch f.role {
 	case Master:
 		// Dual master (a healed partition) or a pre-empting peer: the
 		// outranked node steps down at once.
-		if a.Priority != 0 && f.beats(a) {
+		if a.Priority != 0 && f.Outranks(a.Priority, a.Node) {
 			f.role = Backup
 			f.masterDownAt = now.Add(f.MasterDown())
 		}
 	case Backup:
 		switch {
 		case a.Priority == 0:
-			// The master is stepping down: take over after the skew only.
-			f.masterDownAt = now.Add(f.Skew())
-		case f.Preempt && !f.beats(a):
-			// We outrank the master and may pre-empt (the caller holds
-			// pre-emption until state and flow sync are complete).
+			// The master is stepping down (planned handoff): take over now.
+			f.masterDownAt = now
+		case f.Preempt && mayPreempt && !f.Outranks(a.Priority, a.Node):
 			f.masterDownAt = now
 		default:
 			f.masterDownAt = now.Add(f.MasterDown())
@@ -78,17 +81,33 @@ func (f *FSM) OnAdvert(a Advert, now time.Time) Role {
 }
 
 // Tick advances the clock: a backup whose master-down timer ran out
-// becomes master. It returns the role afterwards.
+// becomes master, unless in fault. It returns the role afterwards.
 func (f *FSM) Tick(now time.Time) Role {
-	if f.role == Backup && !now.Before(f.masterDownAt) {
+	if f.role == Backup && !f.fault && !now.Before(f.masterDownAt) {
 		f.role = Master
 	}
 	return f.role
 }
 
-// StepDown is a planned handoff: the master goes to backup (and should send
-// a priority-0 advert so that the peer takes over after its skew).
+// StepDown makes the node a backup (a planned handoff sends a priority-0
+// advert first, so that the peer takes over at once).
 func (f *FSM) StepDown(now time.Time) {
 	f.role = Backup
 	f.masterDownAt = now.Add(f.MasterDown())
 }
+
+// SetFault marks the node's interface down (a backup that cannot take
+// over) or up again; coming back it waits a full master-down interval.
+func (f *FSM) SetFault(fault bool, now time.Time) {
+	if fault == f.fault {
+		return
+	}
+	f.fault = fault
+	if fault {
+		f.role = Backup
+	}
+	f.masterDownAt = now.Add(f.MasterDown())
+}
+
+// Fault reports whether the node is in fault.
+func (f *FSM) Fault() bool { return f.fault }

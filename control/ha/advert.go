@@ -151,14 +151,17 @@ type ReplayGuard struct {
 }
 
 // Accept records a as seen, or says why it is refused.
-func (g *ReplayGuard) Accept(a Advert) error {
+func (g *ReplayGuard) Accept(a Advert) error { return g.AcceptSeq(a.Node, a.Boot, a.Seq) }
+
+// AcceptSeq records (boot, seq) of node as seen, or says why it is refused.
+func (g *ReplayGuard) AcceptSeq(node string, boot, seq uint64) error {
 	if g.last == nil {
 		g.last = map[string][2]uint64{}
 	}
-	l, ok := g.last[a.Node]
-	if ok && (a.Boot < l[0] || (a.Boot == l[0] && a.Seq <= l[1])) {
-		return fmt.Errorf("advert from %s boot %d seq %d, already saw boot %d seq %d: %w", a.Node, a.Boot, a.Seq, l[0], l[1], ErrReplay)
+	l, ok := g.last[node]
+	if ok && (boot < l[0] || (boot == l[0] && seq <= l[1])) {
+		return fmt.Errorf("message from %s boot %d seq %d, already saw boot %d seq %d: %w", node, boot, seq, l[0], l[1], ErrReplay)
 	}
-	g.last[a.Node] = [2]uint64{a.Boot, a.Seq}
+	g.last[node] = [2]uint64{boot, seq}
 	return nil
 }

@@ -89,6 +89,12 @@ struct {
 	__type(value, struct flow_state);
 } flows6 SEC(".maps");
 
+/* Connection-table writes for flow sync, read by the daemon (config.flow_sync). */
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 4 << 20);
+} flow_events SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, SLUICE_MAX_VIPS);
@@ -128,13 +134,15 @@ struct {
 /* BTF anchor: bpf2go emits Go constants only for enums present in BTF, and
  * these three appear in no map declaration (their fields are __u8); clang
  * also emits the inner map's value type only as a forward declaration
- * unless something holds it by value. */
+ * unless something holds it by value. A ring buffer declares no value
+ * type, so struct flow_event is anchored here too. */
 struct sluice_btf_anchor {
 	enum sluice_forward forward;
 	enum sluice_family family;
 	enum sluice_backend_flags backend_flags;
 	struct vip_entry vip_entry;
 	struct ring_chunk ring_chunk;
+	struct flow_event flow_event;
 } sluice_btf_anchor __attribute__((unused));
 
 enum verdict {
@@ -475,6 +483,23 @@ static __always_inline int over_new_flow_limit(const struct config *cfg)
 	return 1;
 }
 
+/* Reports a connection-table write to the daemon for flow sync. A full
+ * ring buffer loses the event (counted); the flow itself is unaffected. */
+static __always_inline void report_flow(const struct flow_key *key, __u32 backend)
+{
+	struct flow_event *e = bpf_ringbuf_reserve(&flow_events, sizeof(*e), 0);
+
+	if (!e) {
+		add(&stats, SLUICE_STAT_SYNC_LOST, 0);
+		return;
+	}
+	e->key = *key;
+	e->backend = backend;
+	e->pad = 0;
+	e->time_ns = bpf_ktime_get_ns();
+	bpf_ringbuf_submit(e, 0); /* adaptive wakeup: only an idle reader is woken */
+}
+
 /* Returns the backend for p, or NULL when the VIP has no usable one. */
 static __always_inline struct backend *select_backend(struct pkt *p, const struct vip_info *vip,
 						      const struct config *cfg, __u32 *idx)
@@ -555,12 +580,16 @@ static __always_inline struct backend *select_backend(struct pkt *p, const struc
 
 		if (p->key.proto == IPPROTO_UDP && !now)
 			ns.atime_ns = bpf_ktime_get_coarse_ns();
-		if (over_new_flow_limit(cfg))
+		if (over_new_flow_limit(cfg)) {
 			add(&stats, SLUICE_STAT_CT_FLOOD_SKIP, 0);
-		else if (v4)
-			bpf_map_update_elem(&flows4, &k4, &ns, BPF_ANY);
-		else
-			bpf_map_update_elem(&flows6, &p->key, &ns, BPF_ANY);
+		} else {
+			if (v4)
+				bpf_map_update_elem(&flows4, &k4, &ns, BPF_ANY);
+			else
+				bpf_map_update_elem(&flows6, &p->key, &ns, BPF_ANY);
+			if (cfg->flow_sync)
+				report_flow(&p->key, *idx);
+		}
 	}
 	return b;
 }

@@ -37,7 +37,7 @@ type LbConfig struct {
 	Mac          [6]uint8
 	Pad          [2]uint8
 	NewFlowLimit uint32
-	Pad2         uint32
+	FlowSync     uint32
 }
 
 type LbCounter struct {
@@ -61,6 +61,14 @@ type LbFlow4Key struct {
 	Dport uint16
 	Proto uint8
 	Pad   [3]uint8
+}
+
+type LbFlowEvent struct {
+	_       structs.HostLayout
+	Key     LbFlowKey
+	Backend uint32
+	Pad     uint32
+	TimeNs  uint64
 }
 
 type LbFlowKey struct {
@@ -123,6 +131,22 @@ type LbSluiceBtfAnchor struct {
 		_    structs.HostLayout
 		Slot [4]uint16
 	}
+	FlowEvent struct {
+		_   structs.HostLayout
+		Key struct {
+			_      structs.HostLayout
+			Src    [4]uint32
+			Dst    [4]uint32
+			Sport  uint16
+			Dport  uint16
+			Proto  uint8
+			Family uint8
+			Pad    [2]uint8
+		}
+		Backend uint32
+		Pad     uint32
+		TimeNs  uint64
+	}
 }
 
 type LbSluiceFamily uint32
@@ -157,7 +181,8 @@ const (
 	LbSluiceStatSLUICE_STAT_CT_RESTEER       LbSluiceStat = 12
 	LbSluiceStatSLUICE_STAT_ICMP_TOO_BIG     LbSluiceStat = 13
 	LbSluiceStatSLUICE_STAT_CT_FLOOD_SKIP    LbSluiceStat = 14
-	LbSluiceStatSLUICE_STAT_MAX              LbSluiceStat = 15
+	LbSluiceStatSLUICE_STAT_SYNC_LOST        LbSluiceStat = 15
+	LbSluiceStatSLUICE_STAT_MAX              LbSluiceStat = 16
 )
 
 type LbVipEntry struct {
@@ -193,6 +218,7 @@ const (
 	LbMapBackends        = "backends"
 	LbMapConfig          = "config"
 	LbMapFlood           = "flood"
+	LbMapFlowEvents      = "flow_events"
 	LbMapFlows4          = "flows4"
 	LbMapFlows6          = "flows6"
 	LbMapRings           = "rings"
@@ -257,6 +283,7 @@ type LbMapSpecs struct {
 	Backends     *ebpf.MapSpec `ebpf:"backends"`
 	Config       *ebpf.MapSpec `ebpf:"config"`
 	Flood        *ebpf.MapSpec `ebpf:"flood"`
+	FlowEvents   *ebpf.MapSpec `ebpf:"flow_events"`
 	Flows4       *ebpf.MapSpec `ebpf:"flows4"`
 	Flows6       *ebpf.MapSpec `ebpf:"flows6"`
 	Rings        *ebpf.MapSpec `ebpf:"rings"`
@@ -297,6 +324,7 @@ type LbMaps struct {
 	Backends     *ebpf.Map `ebpf:"backends"`
 	Config       *ebpf.Map `ebpf:"config"`
 	Flood        *ebpf.Map `ebpf:"flood"`
+	FlowEvents   *ebpf.Map `ebpf:"flow_events"`
 	Flows4       *ebpf.Map `ebpf:"flows4"`
 	Flows6       *ebpf.Map `ebpf:"flows6"`
 	Rings        *ebpf.Map `ebpf:"rings"`
@@ -312,6 +340,7 @@ func (m *LbMaps) Close() error {
 		m.Backends,
 		m.Config,
 		m.Flood,
+		m.FlowEvents,
 		m.Flows4,
 		m.Flows6,
 		m.Rings,

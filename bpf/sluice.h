@@ -68,6 +68,7 @@ enum sluice_stat {
 	SLUICE_STAT_CT_RESTEER,
 	SLUICE_STAT_ICMP_TOO_BIG,
 	SLUICE_STAT_CT_FLOOD_SKIP,
+	SLUICE_STAT_SYNC_LOST, /* flow sync on, but the event ring buffer was full */
 	SLUICE_STAT_MAX,
 };
 
@@ -154,7 +155,17 @@ struct config {
 	 * CPU, new flows are steered by the ring without being written to the
 	 * table (SYN floods cannot churn out established flows). 0: no limit. */
 	__u32 new_flow_limit;
-	__u32 pad2;
+	/* 1: report every connection-table write to flow_events (LB pairs). */
+	__u32 flow_sync;
+};
+
+/* A connection-table write (a new flow, or a re-steered one), reported
+ * through the flow_events ring buffer so that a peer can copy it. */
+struct flow_event {
+	struct flow_key key;
+	__u32 backend; /* index into backends */
+	__u32 pad;
+	__u64 time_ns; /* bpf_ktime_get_ns() at the write */
 };
 
 /* Per-CPU state of the new-flow guard. */

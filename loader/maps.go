@@ -45,6 +45,9 @@ func (d *Datapath) SetConfig(c Config) (bool, error) {
 	default:
 		raw.NewFlowLimit = c.NewFlowLimit
 	}
+	if c.FlowSync {
+		raw.FlowSync = 1
+	}
 	var cur bpf.LbConfig
 	if err := d.objs.Config.Lookup(uint32(0), &cur); err != nil {
 		return false, fmt.Errorf("read config: %w", err)
@@ -75,6 +78,7 @@ func (d *Datapath) Config() (Config, error) {
 			}
 			return raw.NewFlowLimit
 		}(),
+		FlowSync: raw.FlowSync != 0,
 	}, nil
 }
 

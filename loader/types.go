@@ -134,6 +134,8 @@ type Config struct {
 	// flows beyond it are steered by the ring alone. 0 means
 	// DefaultNewFlowLimit; NoNewFlowLimit disables the guard.
 	NewFlowLimit uint32
+	// FlowSync reports every connection-table write through FlowEvents.
+	FlowSync bool
 }
 
 // New-flow guard settings.
@@ -174,6 +176,7 @@ const (
 	StatCTResteer       = Stat(bpf.LbSluiceStatSLUICE_STAT_CT_RESTEER)
 	StatICMPTooBig      = Stat(bpf.LbSluiceStatSLUICE_STAT_ICMP_TOO_BIG)
 	StatCTFloodSkip     = Stat(bpf.LbSluiceStatSLUICE_STAT_CT_FLOOD_SKIP)
+	StatSyncLost        = Stat(bpf.LbSluiceStatSLUICE_STAT_SYNC_LOST)
 	numStats            = int(bpf.LbSluiceStatSLUICE_STAT_MAX)
 )
 
@@ -193,6 +196,7 @@ var statNames = [...]string{
 	StatCTResteer:       "ct_resteer",
 	StatICMPTooBig:      "icmp_too_big",
 	StatCTFloodSkip:     "ct_flood_skip",
+	StatSyncLost:        "sync_lost",
 }
 
 func (s Stat) String() string {

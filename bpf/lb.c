@@ -594,6 +594,11 @@ static __always_inline struct backend *select_backend(struct pkt *p, const struc
 	return b;
 }
 
+static __always_inline int mac_equal(const __u8 *a, const __u8 *b)
+{
+	return *(const __u32 *)a == *(const __u32 *)b && *(const __u16 *)(a + 4) == *(const __u16 *)(b + 4);
+}
+
 static __always_inline void set_macs(struct ethhdr *eth, const struct backend *b,
 				     const struct config *cfg, __u16 proto)
 {
@@ -701,14 +706,21 @@ int xdp_lb(struct xdp_md *ctx)
 		add(&stats, SLUICE_STAT_PASS_NON_VIP, len);
 		return XDP_PASS;
 	}
-	add(&vip_stats, vip->id, len);
-	if (p.icmp)
-		add(&stats, SLUICE_STAT_ICMP_TOO_BIG, len);
 
 	struct config *cfg = bpf_map_lookup_elem(&config, &zero);
 
 	if (!cfg)
 		return XDP_PASS; /* cannot happen: a one-entry array */
+	/* A frame addressed to another MAC reached us only because a switch
+	 * flooded it (e.g. the pair's peer, whose port just went down): the
+	 * node that owns the VIP forwards it, not us, or it would go twice. */
+	if (!mac_equal(eth->h_dest, cfg->mac)) {
+		add(&stats, SLUICE_STAT_PASS_OTHER_HOST, len);
+		return XDP_PASS;
+	}
+	add(&vip_stats, vip->id, len);
+	if (p.icmp)
+		add(&stats, SLUICE_STAT_ICMP_TOO_BIG, len);
 	struct backend *b = select_backend(&p, vip, cfg, &idx);
 
 	if (!b) {

@@ -182,7 +182,8 @@ const (
 	LbSluiceStatSLUICE_STAT_ICMP_TOO_BIG     LbSluiceStat = 13
 	LbSluiceStatSLUICE_STAT_CT_FLOOD_SKIP    LbSluiceStat = 14
 	LbSluiceStatSLUICE_STAT_SYNC_LOST        LbSluiceStat = 15
-	LbSluiceStatSLUICE_STAT_MAX              LbSluiceStat = 16
+	LbSluiceStatSLUICE_STAT_PASS_OTHER_HOST  LbSluiceStat = 16
+	LbSluiceStatSLUICE_STAT_MAX              LbSluiceStat = 17
 )
 
 type LbVipEntry struct {

@@ -69,6 +69,7 @@ enum sluice_stat {
 	SLUICE_STAT_ICMP_TOO_BIG,
 	SLUICE_STAT_CT_FLOOD_SKIP,
 	SLUICE_STAT_SYNC_LOST, /* flow sync on, but the event ring buffer was full */
+	SLUICE_STAT_PASS_OTHER_HOST, /* a VIP packet in a frame for another MAC (flooded) */
 	SLUICE_STAT_MAX,
 };
 

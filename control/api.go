@@ -157,6 +157,13 @@ func (d *Daemon) apiHandler() http.Handler {
 		}
 		return d.Promote(r.Context(), req.VIP, req.Addr)
 	})
+	handle("GET /v1/ha/status", func(*http.Request) (any, error) { return d.HAStatus(), nil })
+	handle("POST /v1/ha/failover", func(*http.Request) (any, error) {
+		if d.pair == nil {
+			return nil, httpError{http.StatusConflict, errors.New("ha failover: this daemon is not part of an LB pair (start it with --ha-peer)")}
+		}
+		return d.pair.handoff()
+	})
 	mux.HandleFunc("GET /v1/events", d.apiEvents)
 	return mux
 }

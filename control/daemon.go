@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/sluicelb/sluice/health"
@@ -54,6 +55,8 @@ type Options struct {
 	PinRoot       string
 	Resolver      MACResolver
 	Logger        *slog.Logger
+	// HA, when set, makes this daemon one node of an active/standby pair.
+	HA *HAOptions
 }
 
 // Daemon runs the data plane, health checks, reconciler, API and metrics.
@@ -67,7 +70,9 @@ type Daemon struct {
 	events  *EventLog
 	metrics *metrics
 	coord   Coordinator
+	pair    *pair // nil for a lone daemon
 	started time.Time
+	rev     atomic.Uint64 // d.state.Revision, readable without d.mu
 
 	mu    sync.Mutex // serialises changes and applies
 	state State
@@ -115,23 +120,37 @@ func New(ctx context.Context, opts Options) (*Daemon, error) {
 		d.store.Close()
 		return nil, err
 	}
+	d.rev.Store(d.state.Revision)
 	if d.dp, err = loader.Load(ctx, loader.Options{Iface: opts.Iface, Mode: opts.Mode, PinRoot: opts.PinRoot,
 		FlowTableSize: opts.FlowTableSize, Logger: log}); err != nil {
 		d.store.Close()
 		return nil, err
 	}
 	fail := func(err error) (*Daemon, error) {
+		if d.pair != nil {
+			d.pair.close()
+		}
 		d.dp.Close()
 		d.store.Close()
 		return nil, err
 	}
-	if _, err := d.dp.SetConfig(loader.Config{Seed: uint32(opts.Seed ^ opts.Seed>>32), MAC: d.dp.Iface().HardwareAddr}); err != nil {
+	if _, err := d.dp.SetConfig(loader.Config{Seed: uint32(opts.Seed ^ opts.Seed>>32), MAC: d.dp.Iface().HardwareAddr,
+		FlowSync: opts.HA != nil}); err != nil {
 		return fail(err)
+	}
+	if opts.HA != nil {
+		if d.pair, err = newPair(d, *opts.HA); err != nil {
+			return fail(err)
+		}
+		d.coord = d.pair
 	}
 	if d.rec, err = NewReconciler(d.dp, opts.Resolver, opts.Seed); err != nil {
 		return fail(err)
 	}
 	d.metrics = newMetrics(d)
+	if d.pair != nil {
+		d.metrics.reg.MustRegister(d.pair, d.pair.syncLag, d.pair.syncEntries)
+	}
 	d.hm = &health.Manager{OnEvent: d.onHealth, OnResult: d.metrics.observeProbe}
 	d.mu.Lock()
 	d.syncChecksLocked()
@@ -147,6 +166,12 @@ func New(ctx context.Context, opts Options) (*Daemon, error) {
 	log.Info("daemon started", "iface", opts.Iface, "revision", d.state.Revision, "adopted", d.dp.Adopted(), "map_writes", res.Writes)
 	d.events.Add(Event{Kind: "config", Reason: fmt.Sprintf("daemon started (adopted=%v, map writes=%d)", d.dp.Adopted(), res.Writes), Revision: d.state.Revision})
 	d.ready = true
+	if d.pair != nil {
+		if err := d.pair.start(ctx); err != nil {
+			d.hm.Stop()
+			return fail(fmt.Errorf("start ha: %w", err))
+		}
+	}
 	go d.checkPrimaries()
 	return d, nil
 }
@@ -239,7 +264,13 @@ func (d *Daemon) Change(ctx context.Context, what string, change func(*State) er
 	return st, err
 }
 
+// ErrNotMaster refuses changes on the backup of an LB pair.
+var ErrNotMaster = errors.New("this node is the backup of an LB pair: make changes on the master (see `sluice ha status`)")
+
 func (d *Daemon) change(ctx context.Context, what string, change func(*State) error) (State, error) {
+	if d.pair != nil && !d.pair.IsCoordinator() {
+		return State{}, httpError{http.StatusConflict, ErrNotMaster}
+	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	prev := d.state.Revision
@@ -249,8 +280,12 @@ func (d *Daemon) change(ctx context.Context, what string, change func(*State) er
 	}
 	d.lastCommit = time.Now()
 	d.state = st
+	d.rev.Store(st.Revision)
 	if st.Revision == prev {
 		return st, nil
+	}
+	if d.pair != nil {
+		d.pair.committed()
 	}
 	d.syncChecksLocked()
 	if _, err := d.rec.Apply(ctx, d.state, d.healthOf); err != nil {
@@ -261,6 +296,34 @@ func (d *Daemon) change(ctx context.Context, what string, change func(*State) er
 	d.events.Add(Event{Kind: "config", Reason: what, Revision: st.Revision})
 	return st, nil
 }
+
+// applyReplica stores and applies a state the master of the pair
+// committed, with its revision.
+func (d *Daemon) applyReplica(next State) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if next.Revision == d.state.Revision && statesEqual(next, d.state) {
+		return nil
+	}
+	prev := d.state.Revision
+	st, err := d.store.Replace(next)
+	if err != nil {
+		return err
+	}
+	d.state = st
+	d.rev.Store(st.Revision)
+	d.lastCommit = time.Now()
+	d.syncChecksLocked()
+	if _, err := d.rec.Apply(d.ctx, d.state, d.healthOf); err != nil {
+		return fmt.Errorf("revision %d replicated, but applying it failed: %w", st.Revision, err)
+	}
+	d.lastApplied = time.Now()
+	d.recordAvailabilityLocked()
+	d.events.Add(Event{Kind: "config", Reason: fmt.Sprintf("replicated from the master (revision %d, was %d)", st.Revision, prev), Revision: st.Revision})
+	return nil
+}
+
+func (d *Daemon) revision() uint64 { return d.rev.Load() }
 
 // State returns the committed desired state.
 func (d *Daemon) State() State {
@@ -322,6 +385,9 @@ func (d *Daemon) Run(ctx context.Context) error {
 }
 
 func (d *Daemon) shutdown() {
+	if d.pair != nil {
+		d.pair.stop()
+	}
 	d.hm.Stop()
 	d.dp.Close()
 	d.store.Close()

@@ -37,13 +37,19 @@ type daemonProc struct {
 // until its API answers.
 func startDaemon(t testing.TB, lab *testenv.Lab, stateDir string, extra ...string) *daemonProc {
 	t.Helper()
+	return startDaemonOn(t, lab, lab.LB, stateDir, extra...)
+}
+
+// startDaemonOn runs `sluice daemon` on one of the lab's LB hosts.
+func startDaemonOn(t testing.TB, lab *testenv.Lab, host *testenv.Host, stateDir string, extra ...string) *daemonProc {
+	t.Helper()
 	if stateDir == "" {
 		stateDir = t.TempDir()
 	}
 	sock := filepath.Join(stateDir, "sluice.sock")
-	args := append([]string{"daemon", "--iface", lab.LB.Link, "--xdp-mode", "native", "--state-dir", stateDir,
+	args := append([]string{"daemon", "--iface", host.Link, "--xdp-mode", "native", "--state-dir", stateDir,
 		"--socket", sock, "--metrics-addr", "127.0.0.1:9642", "--pin-root", lab.PinRoot(), "--flow-table-size", "65536"}, extra...)
-	cmd := lab.LB.Command(context.Background(), sluiceBin, args...)
+	cmd := host.Command(context.Background(), sluiceBin, args...)
 	p := &daemonProc{cmd: cmd, socket: sock, stateDir: stateDir, log: &strings.Builder{}, mu: &sync.Mutex{}, done: make(chan error, 1)}
 	stderr, err := cmd.StderrPipe()
 	if err != nil {

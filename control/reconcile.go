@@ -341,3 +341,41 @@ func isZeroMAC(m net.HardwareAddr) bool {
 	}
 	return true
 }
+
+// BackendRef names a backend entry independently of its index, which
+// differs between nodes.
+type BackendRef struct {
+	VIP  loader.VIPKey
+	Addr netip.Addr
+}
+
+// BackendRefs maps every backend index in use to its VIP and address.
+func (r *Reconciler) BackendRefs() map[uint32]BackendRef {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	ids := make(map[uint32]loader.VIPKey, len(r.vipIDs))
+	for k, id := range r.vipIDs {
+		ids[id] = k
+	}
+	out := make(map[uint32]BackendRef, len(r.beIdx))
+	for bk, idx := range r.beIdx {
+		out[idx] = BackendRef{VIP: ids[bk.vip], Addr: bk.addr}
+	}
+	return out
+}
+
+// FlowBackend is the local index of backend addr of the VIP a client
+// flow to dst/proto belongs to (the VIP of that port, else the
+// address's port-0 VIP), if both exist here.
+func (r *Reconciler) FlowBackend(dst netip.AddrPort, proto loader.Proto, addr netip.Addr) (uint32, bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	id, ok := r.vipIDs[loader.VIPKey{Addr: dst.Addr(), Port: dst.Port(), Proto: proto}]
+	if !ok {
+		if id, ok = r.vipIDs[loader.VIPKey{Addr: dst.Addr(), Proto: proto}]; !ok {
+			return 0, false
+		}
+	}
+	idx, ok := r.beIdx[beKey{id, addr}]
+	return idx, ok
+}

@@ -20,6 +20,8 @@ type Status struct {
 	Iface    string      `json:"iface"`
 	Uptime   string      `json:"uptime"`
 	VIPs     []VIPStatus `json:"vips"`
+	// HA is this node's view of its LB pair, with each node's revision.
+	HA *HAStatus `json:"ha,omitempty"`
 }
 
 // VIPStatus is one VIP in Status.
@@ -52,6 +54,14 @@ type BackendStatus struct {
 	Reason     string    `json:"reason"`
 }
 
+// HAStatus is `sluice ha status`.
+func (d *Daemon) HAStatus() HAStatus {
+	if d.pair == nil {
+		return HAStatus{Role: d.coord.Role(), Revision: d.revision()}
+	}
+	return d.pair.status()
+}
+
 // Status reads the desired state, health and the kernel's maps.
 func (d *Daemon) Status() (Status, error) {
 	d.mu.Lock()
@@ -59,6 +69,10 @@ func (d *Daemon) Status() (Status, error) {
 	d.mu.Unlock()
 	out := Status{Revision: state.Revision, Role: d.coord.Role(), Iface: d.opts.Iface,
 		Uptime: time.Since(d.started).Round(time.Second).String(), VIPs: []VIPStatus{}}
+	if d.pair != nil {
+		hs := d.pair.status()
+		out.HA = &hs
+	}
 	for _, v := range state.VIPs {
 		k, _ := ParseVIPKey(v.VIP)
 		vs := VIPStatus{VIP: v.VIP, Forward: v.Forward, RingSize: v.RingSize, MinActive: v.MinActive,

@@ -26,6 +26,9 @@ type Store interface {
 	// or nothing changes. A change that leaves the state equal commits
 	// nothing and returns the state as it was.
 	Commit(change func(*State) error) (State, error)
+	// Replace stores a state committed elsewhere (an LB pair's master)
+	// with its revision, in one transaction.
+	Replace(next State) (State, error)
 	Close() error
 }
 
@@ -136,6 +139,45 @@ func (s *BoltStore) Commit(change func(*State) error) (State, error) {
 		s.archiveq <- prev
 	}
 	return out, nil
+}
+
+// Replace stores next, a state committed elsewhere (the master of an LB
+// pair), keeping its revision; the previous state is archived. A state
+// equal to the stored one writes nothing.
+func (s *BoltStore) Replace(next State) (State, error) {
+	next = next.Clone()
+	next.Normalize()
+	if err := next.Validate(); err != nil {
+		return State{}, fmt.Errorf("replicated revision %d: %w", next.Revision, err)
+	}
+	var prev State
+	changed := false
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketName)
+		var cur State
+		if raw := b.Get(stateKey); raw != nil {
+			if err := json.Unmarshal(raw, &cur); err != nil {
+				return fmt.Errorf("decode committed state: %w", err)
+			}
+		}
+		if statesEqual(cur, next) {
+			return nil
+		}
+		raw, err := json.Marshal(next)
+		if err != nil {
+			return err
+		}
+		prev, changed = cur, true
+		return b.Put(stateKey, raw)
+	})
+	if err != nil {
+		return State{}, err
+	}
+	if changed && prev.Revision > 0 {
+		s.archived.Add(1)
+		s.archiveq <- prev
+	}
+	return next, nil
 }
 
 func statesEqual(a, b State) bool {

@@ -325,6 +325,10 @@ func pktCases() []pktCase {
 			vip: vUDP, backend: picked(vUDP, client4, "10.0.0.100:53")},
 		{name: "port-0 vip any port", in: tcp4(synSeg, "10.0.0.101:8443"), act: xdpTx, want: ipip4To(vAny, client4, "10.0.0.101:8443"),
 			stats: map[Stat]uint64{StatTxIPIP: 1}, vip: vAny, backend: fixed(6)},
+		{name: "vip packet in a frame for another mac passes (flooded)", act: xdpPass, stats: map[Stat]uint64{StatPassOtherHost: 1},
+			in: mutate(tcp4(synSeg, vip4), func(b []byte) []byte { b[5] ^= 0xff; return b })},
+		{name: "vip packet in a broadcast frame passes", act: xdpPass, stats: map[Stat]uint64{StatPassOtherHost: 1},
+			in: mutate(tcp6(synSeg, vip6), func(b []byte) []byte { copy(b, []byte{0xff, 0xff, 0xff, 0xff, 0xff, 0xff}); return b })},
 		{name: "port-0 vip other proto passes", in: tcp4(udpDg, "10.0.0.101:8443"), act: xdpPass,
 			stats: map[Stat]uint64{StatPassNonVIP: 1}},
 

@@ -72,3 +72,13 @@ func (r *FlowEventReader) Read(deadline time.Time) (FlowEvent, error) {
 
 // Close stops the reader; a blocked Read returns ErrClosed.
 func (r *FlowEventReader) Close() error { return r.r.Close() }
+
+// MonotonicCoarseNow reads the clock connection-table entries age by
+// (bpf_ktime_get_coarse_ns), for entries written from user space.
+func MonotonicCoarseNow() uint64 {
+	var ts unix.Timespec
+	if err := unix.ClockGettime(unix.CLOCK_MONOTONIC_COARSE, &ts); err != nil {
+		return 0
+	}
+	return uint64(ts.Nano())
+}

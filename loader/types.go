@@ -177,6 +177,7 @@ const (
 	StatICMPTooBig      = Stat(bpf.LbSluiceStatSLUICE_STAT_ICMP_TOO_BIG)
 	StatCTFloodSkip     = Stat(bpf.LbSluiceStatSLUICE_STAT_CT_FLOOD_SKIP)
 	StatSyncLost        = Stat(bpf.LbSluiceStatSLUICE_STAT_SYNC_LOST)
+	StatPassOtherHost   = Stat(bpf.LbSluiceStatSLUICE_STAT_PASS_OTHER_HOST)
 	numStats            = int(bpf.LbSluiceStatSLUICE_STAT_MAX)
 )
 
@@ -197,6 +198,7 @@ var statNames = [...]string{
 	StatICMPTooBig:      "icmp_too_big",
 	StatCTFloodSkip:     "ct_flood_skip",
 	StatSyncLost:        "sync_lost",
+	StatPassOtherHost:   "pass_other_host",
 }
 
 func (s Stat) String() string {

@@ -416,7 +416,8 @@ func (h *Host) Sysctl(key, value string) error {
 	})
 }
 
-// AddRoute routes dst via gw from this host.
+// AddRoute routes dst via gw from this host; an invalid (zero) gw makes
+// dst on-link: the host resolves its addresses with ARP/ND itself.
 func (h *Host) AddRoute(dst netip.Prefix, gw netip.Addr) error {
 	return h.Netlink(func(nl *netlink.Handle) error {
 		l, err := nl.LinkByName(h.Link)
@@ -424,6 +425,9 @@ func (h *Host) AddRoute(dst netip.Prefix, gw netip.Addr) error {
 			return err
 		}
 		r := &netlink.Route{LinkIndex: l.Attrs().Index, Dst: prefixNet(dst), Gw: gw.AsSlice()}
+		if !gw.IsValid() {
+			r.Scope = netlink.SCOPE_LINK
+		}
 		if err := nl.RouteAdd(r); err != nil {
 			return fmt.Errorf("route %s via %s on %s: %w", dst, gw, h.Name, err)
 		}

@@ -35,6 +35,10 @@ type LabOptions struct {
 	VIPs      []netip.Addr // default LabVIP4 and LabVIP6
 	// Prefix of the lab's names; default Prefix (swept when its process dies).
 	Prefix string
+	// Pair adds a second LB host, lb2 (.3), and makes the VIP networks
+	// on-link for the client: it finds the VIPs' owner with ARP and ND,
+	// as behind an active/standby pair.
+	Pair bool
 }
 
 // Host returns the lab host called name (client, lb, b1...), or nil.
@@ -44,6 +48,8 @@ func (l *Lab) Host(name string) *Host {
 		return l.Client
 	case "lb":
 		return l.LB
+	case "lb2":
+		return l.LB2
 	}
 	for _, b := range l.Backends {
 		if b.Name == name {
@@ -59,6 +65,7 @@ type Lab struct {
 	*Env
 	Client   *Host
 	LB       *Host
+	LB2      *Host // with LabOptions.Pair
 	Backends []*Backend
 }
 
@@ -112,10 +119,18 @@ func (l *Lab) build(ctx context.Context, opts LabOptions) error {
 	if err != nil {
 		return err
 	}
-	if err := l.Client.AddRoute(LabVIPNet4, lb4.Addr()); err != nil {
+	gw4, gw6 := lb4.Addr(), lb6.Addr()
+	if opts.Pair {
+		b4, b6 := labAddr(3)
+		if l.LB2, err = l.AddHost("lb2", b4, HostOptions{PeerXDPPass: true, Addr6: b6}); err != nil {
+			return err
+		}
+		gw4, gw6 = netip.Addr{}, netip.Addr{}
+	}
+	if err := l.Client.AddRoute(LabVIPNet4, gw4); err != nil {
 		return err
 	}
-	if err := l.Client.AddRoute(LabVIPNet6, lb6.Addr()); err != nil {
+	if err := l.Client.AddRoute(LabVIPNet6, gw6); err != nil {
 		return err
 	}
 	for i := range opts.Backends {

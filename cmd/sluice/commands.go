@@ -3,6 +3,7 @@ package main
 import (
 	"bufio"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -18,6 +19,7 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"github.com/sluicelb/sluice/control"
+	"github.com/sluicelb/sluice/control/ha"
 	"github.com/sluicelb/sluice/health"
 	"github.com/sluicelb/sluice/loader"
 )
@@ -37,6 +39,13 @@ func daemonCommand() *cli.Command {
 			&cli.Uint64Flag{Name: "flow-table-size", Value: loader.DefaultFlowTableSize, Usage: "connection table entries per address family"},
 			&cli.StringFlag{Name: "pin-root", Value: loader.DefaultPinRoot, Usage: "bpffs directory for pinned objects"},
 			&cli.StringFlag{Name: "log-level", Value: "info", Usage: "debug, info, warn or error"},
+			&cli.StringSliceFlag{Name: "ha-peer", Usage: "LB pair: the peer's ADDR or ADDR:PORT (repeatable); enables HA"},
+			&cli.UintFlag{Name: "ha-priority", Value: control.DefaultHAPriority, Usage: "LB pair: 1-255, the higher wins"},
+			&cli.DurationFlag{Name: "ha-advert", Value: control.DefaultHAAdvert, Usage: "LB pair: advert interval; takeover after 3 × advert + skew"},
+			&cli.BoolFlag{Name: "ha-preempt", Usage: "LB pair: take the master role back from a lower priority (after state and flow sync)"},
+			&cli.StringFlag{Name: "ha-key-file", Usage: "LB pair: file holding the shared HMAC key (at least 16 bytes)"},
+			&cli.StringFlag{Name: "ha-name", Usage: "LB pair: this node's name in adverts (default: the interface's first address)"},
+			&cli.UintFlag{Name: "ha-port", Value: 9643, Usage: "LB pair: UDP port of adverts and TCP port of state and flow sync"},
 		},
 		Action: func(c *cli.Context) error {
 			mode, err := loader.ParseMode(c.String("xdp-mode"))
@@ -50,11 +59,15 @@ func daemonCommand() *cli.Command {
 			if c.Uint64("flow-table-size") == 0 || c.Uint64("flow-table-size") > 1<<28 {
 				return fmt.Errorf("--flow-table-size %d: want 1 to %d", c.Uint64("flow-table-size"), 1<<28)
 			}
+			haOpts, err := haOptions(c)
+			if err != nil {
+				return err
+			}
 			log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
 			d, err := control.New(c.Context, control.Options{
 				Iface: c.String("iface"), Mode: mode, StateDir: c.String("state-dir"), Socket: c.String("socket"),
 				MetricsAddr: c.String("metrics-addr"), Seed: c.Uint64("seed"), ArchiveKeep: c.Int("archive-keep"),
-				FlowTableSize: uint32(c.Uint64("flow-table-size")), PinRoot: c.String("pin-root"), Logger: log,
+				FlowTableSize: uint32(c.Uint64("flow-table-size")), PinRoot: c.String("pin-root"), Logger: log, HA: haOpts,
 			})
 			if err != nil {
 				return err
@@ -62,6 +75,123 @@ func daemonCommand() *cli.Command {
 			return d.Run(c.Context)
 		},
 	}
+}
+
+// haOptions reads the --ha-* flags; without --ha-peer the daemon runs alone.
+func haOptions(c *cli.Context) (*control.HAOptions, error) {
+	peers := c.StringSlice("ha-peer")
+	if len(peers) == 0 {
+		for _, f := range []string{"ha-key-file", "ha-preempt", "ha-name"} {
+			if c.IsSet(f) {
+				return nil, fmt.Errorf("--%s: needs --ha-peer", f)
+			}
+		}
+		return nil, nil
+	}
+	o := &control.HAOptions{Advert: c.Duration("ha-advert"), Preempt: c.Bool("ha-preempt"), Node: c.String("ha-name")}
+	for _, s := range peers {
+		p, err := ha.ParsePeer(s)
+		if err != nil {
+			return nil, err
+		}
+		o.Peers = append(o.Peers, p)
+	}
+	if pr := c.Uint("ha-priority"); pr < 1 || pr > 255 {
+		return nil, fmt.Errorf("--ha-priority %d: 1 to 255", pr)
+	} else {
+		o.Priority = uint8(pr)
+	}
+	if pt := c.Uint("ha-port"); pt < 1 || pt > 65535 {
+		return nil, fmt.Errorf("--ha-port %d: 1 to 65535", pt)
+	} else {
+		o.Port = uint16(pt)
+	}
+	if len(o.Node) > 40 {
+		return nil, fmt.Errorf("--ha-name %q: at most 40 bytes", o.Node)
+	}
+	if c.String("ha-key-file") == "" {
+		return nil, errors.New("--ha-key-file: required with --ha-peer (a shared secret of at least 16 bytes)")
+	}
+	key, err := control.ReadHAKey(c.String("ha-key-file"))
+	if err != nil {
+		return nil, err
+	}
+	o.Key = key
+	return o, nil
+}
+
+func haCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "ha",
+		Usage: "the LB pair: role, peers, sync, planned failover",
+		Subcommands: []*cli.Command{
+			{
+				Name: "status", Usage: "role, peers, advert age, revisions and flow sync lag", Flags: []cli.Flag{socketFlag(), outputFlag()},
+				Action: func(c *cli.Context) error {
+					return show(c, "/v1/ha/status", func(st control.HAStatus) error { return printHAStatus(c.App.Writer, st) })
+				},
+			},
+			{
+				Name: "failover", Usage: "planned handoff: the master steps down and the peer takes over at once", Flags: []cli.Flag{socketFlag(), outputFlag()},
+				Action: func(c *cli.Context) error {
+					asJSON, err := wantJSON(c)
+					if err != nil {
+						return err
+					}
+					var st control.HAStatus
+					if err := newClient(c).do(c.Context, "POST", "/v1/ha/failover", nil, struct{}{}, &st); err != nil {
+						return err
+					}
+					if asJSON {
+						return printJSON(c.App.Writer, st)
+					}
+					fmt.Fprintf(c.App.Writer, "stepped down: this node is now %s; the peer takes over\n", st.Role)
+					return nil
+				},
+			},
+		},
+	}
+}
+
+func printHAStatus(w io.Writer, st control.HAStatus) error {
+	if !st.Enabled {
+		fmt.Fprintf(w, "not part of an LB pair (role %s, revision %d)\n", st.Role, st.Revision)
+		return nil
+	}
+	role := st.Role
+	if st.Fault {
+		role += " (fault: interface down)"
+	}
+	if st.DualMaster {
+		role += " (DUAL MASTER)"
+	}
+	fmt.Fprintf(w, "node %s  role %s  priority %d  preempt %v  advert %s  master-down %s\n", st.Node, role, st.Priority, st.Preempt, st.Advert, st.MasterDown)
+	lag := st.SyncLag
+	if lag == "" {
+		lag = "-"
+	}
+	fmt.Fprintf(w, "revision %d  synced %v  flow sync lag %s\n", st.Revision, st.Synced, lag)
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "PEER\tNODE\tROLE\tUP\tADVERT AGE\tREVISION")
+	for _, p := range st.Peers {
+		rev := fmt.Sprint(p.Revision)
+		if !p.RevisionOK {
+			rev += " (differs)"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%v\t%s\t%s\n", p.Addr, dash(p.Node), dash(p.Role), p.Up, dash(p.AdvertAge), rev)
+	}
+	tw.Flush()
+	if len(st.BadAdverts) > 0 {
+		fmt.Fprintf(w, "refused adverts: %v\n", st.BadAdverts)
+	}
+	return nil
+}
+
+func dash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
 }
 
 func vipCommand() *cli.Command {
@@ -342,6 +472,15 @@ func statusCommand() *cli.Command {
 
 func printStatus(w io.Writer, st control.Status) error {
 	fmt.Fprintf(w, "revision %d, role %s, iface %s, up %s\n", st.Revision, st.Role, st.Iface, st.Uptime)
+	if st.HA != nil {
+		for _, p := range st.HA.Peers {
+			match := "same revision"
+			if !p.RevisionOK {
+				match = "REVISION DIFFERS"
+			}
+			fmt.Fprintf(w, "ha peer %s (%s): %s, revision %d, %s\n", p.Addr, dash(p.Node), dash(p.Role), p.Revision, match)
+		}
+	}
 	for _, v := range st.VIPs {
 		fmt.Fprintf(w, "\nvip %s  forward %s  ring %d (sha256 %.12s)  min-active %d  packets %d  bytes %d\n",
 			v.VIP, v.Forward, v.RingSize, v.RingSHA256, v.MinActive, v.Packets, v.Bytes)

@@ -45,6 +45,7 @@ func main() {
 			availabilityCommand(),
 			drillCommand(),
 			statusCommand(),
+			haCommand(),
 			statsCommand(),
 			eventsCommand(),
 			applyCommand(),

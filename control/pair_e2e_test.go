@@ -16,7 +16,6 @@ import (
 	"github.com/sluicelb/sluice/testenv"
 )
 
-
 // lbPair is a lab with two LB nodes running sluice as an HA pair: node 0
 // on lb (priority 200), node 1 on lb2 (priority 100).
 type lbPair struct {

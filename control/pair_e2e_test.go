@@ -25,7 +25,8 @@ type lbPair struct {
 	key   string
 }
 
-func newLBPair(t *testing.T, advert string, backends int, extra ...string) *lbPair {
+// newLBPair builds the pair with the first active of backends in the VIPs.
+func newLBPair(t *testing.T, advert string, backends, active int, extra ...string) *lbPair {
 	t.Helper()
 	testenv.Require(t)
 	lab, err := testenv.NewLab(context.Background(), nil, testenv.LabOptions{Backends: backends, Pair: true})
@@ -46,12 +47,12 @@ func newLBPair(t *testing.T, advert string, backends int, extra ...string) *lbPa
 	m := lp.nodes[0]
 	m.mustCLI(t, "vip", "add", vipTCP, "--forward", "ipip")
 	m.mustCLI(t, "vip", "add", vipUDP, "--forward", "ipip")
-	for _, b := range lab.Backends {
+	for _, b := range lab.Backends[:active] {
 		m.mustCLI(t, append([]string{"backend", "add", vipTCP, b.Addr.Addr().String()}, fastCheck...)...)
 		m.mustCLI(t, append([]string{"backend", "add", vipUDP, b.Addr.Addr().String(), "--check-port", "7"}, fastCheck...)...)
 	}
 	for _, n := range lp.nodes {
-		n.waitStatus(t, "all backends up on both nodes (warm standby)", allUp(2*backends))
+		n.waitStatus(t, "all backends up on both nodes (warm standby)", allUp(2*active))
 	}
 	lp.waitRoles(t, 0)
 	return lp
@@ -180,7 +181,7 @@ func TestLBPairTakeover(t *testing.T) {
 		limit  time.Duration
 	}{{"100ms", 500 * time.Millisecond}, {"50ms", 300 * time.Millisecond}} {
 		t.Run("advert="+c.advert, func(t *testing.T) {
-			lp := newLBPair(t, c.advert, 2)
+			lp := newLBPair(t, c.advert, 2, 2)
 			runs := 20
 			var gaps []time.Duration
 			m := 0
@@ -223,5 +224,128 @@ func TestLBPairTakeover(t *testing.T) {
 				t.Errorf("planned gap p99 %v > 50ms: %v", p99, gaps)
 			}
 		})
+	}
+}
+
+// openConns opens n long-lived connections to the TCP VIP.
+func openConns(t *testing.T, lab *testenv.Lab, n int) []conn {
+	t.Helper()
+	var cs []conn
+	for len(cs) < n {
+		c, err := dialVIP(t, lab, vipAP)
+		if err != nil {
+			t.Fatalf("connection %d: %v", len(cs), err)
+		}
+		cs = append(cs, c)
+	}
+	t.Cleanup(func() {
+		for _, c := range cs {
+			c.c.Close()
+		}
+	})
+	return cs
+}
+
+// broken counts connections that no longer echo through their backend
+// (a reset, or silence).
+func broken(cs []conn) (int, map[string]int) {
+	n := 0
+	per := map[string]int{}
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	for _, c := range cs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			ok := c.alive()
+			mu.Lock()
+			defer mu.Unlock()
+			if !ok {
+				n++
+				per[c.backend]++
+			}
+		}()
+	}
+	wg.Wait()
+	return n, per
+}
+
+func spread(cs []conn) map[string]int {
+	m := map[string]int{}
+	for _, c := range cs {
+		m[c.backend]++
+	}
+	return m
+}
+
+// TestLBPairConnections: 500 long-lived TCP connections survive an
+// unplanned takeover with an unchanged backend set, each on its backend.
+// Then 500 connections opened through the new master survive a takeover
+// right after a backend change (b2 drained, b4 added): the new ring would
+// move some of them, so only the synced connection table keeps them.
+func TestLBPairConnections(t *testing.T) {
+	lp := newLBPair(t, "100ms", 4, 3)
+	first := openConns(t, lp.lab, 500)
+	if n, per := broken(first); n != 0 {
+		t.Fatalf("before any takeover %d connections are broken: %v", n, per)
+	}
+	if err := lp.hosts[0].SetLinkUp(false); err != nil {
+		t.Fatal(err)
+	}
+	waitRole(t, lp.nodes[1], "master")
+	n, per := broken(first)
+	t.Logf("unplanned takeover, unchanged backends: %d of %d connections broken %v (spread %v)", n, len(first), per, spread(first))
+	if n != 0 {
+		t.Fatalf("%d connections broken by the takeover: %v", n, per)
+	}
+	if err := lp.hosts[0].SetLinkUp(true); err != nil {
+		t.Fatal(err)
+	}
+	lp.waitRoles(t, 1)
+
+	// Connections through node 1 only: node 0 knows them by flow sync.
+	second := openConns(t, lp.lab, 500)
+	m := lp.nodes[1]
+	m.mustCLI(t, "backend", "drain", vipTCP, lp.lab.Backends[1].Addr.Addr().String())
+	m.mustCLI(t, append([]string{"backend", "add", vipTCP, lp.lab.Backends[3].Addr.Addr().String()}, fastCheck...)...)
+	rev := m.ha(t).Revision
+	lag := m.ha(t).SyncLag
+	for lp.nodes[0].ha(t).Revision != rev {
+		time.Sleep(time.Millisecond)
+	}
+	if err := lp.hosts[1].SetLinkUp(false); err != nil {
+		t.Fatal(err)
+	}
+	waitRole(t, lp.nodes[0], "master")
+	n, per = broken(second)
+	t.Logf("takeover right after drain b2 + add b4: %d of %d connections broken %v (spread %v); last flow sync lag %s",
+		n, len(second), per, spread(second), lag)
+	if n != 0 {
+		t.Fatalf("%d connections broken: %v", n, per)
+	}
+	if n, per := broken(first); n != 0 {
+		t.Fatalf("%d of the first connections broken by the second takeover: %v", n, per)
+	}
+	// New connections avoid the drained backend and may use the new one.
+	for range 50 {
+		c, err := dialVIP(t, lp.lab, vipAP)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.c.Close()
+		if c.backend == "b2" {
+			t.Fatal("a new connection went to the drained b2")
+		}
+	}
+}
+
+func waitRole(t testing.TB, d *daemonProc, role string) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for d.ha(t).Role != role {
+		if time.Now().After(deadline) {
+			t.Fatalf("node did not become %s: %+v", role, d.ha(t))
+		}
+		time.Sleep(5 * time.Millisecond)
 	}
 }

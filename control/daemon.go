@@ -267,9 +267,17 @@ func (d *Daemon) Change(ctx context.Context, what string, change func(*State) er
 // ErrNotMaster refuses changes on the backup of an LB pair.
 var ErrNotMaster = errors.New("this node is the backup of an LB pair: make changes on the master (see `sluice ha status`)")
 
-func (d *Daemon) change(ctx context.Context, what string, change func(*State) error) (State, error) {
+// mayChange refuses changes, promotions and drills on a backup.
+func (d *Daemon) mayChange() error {
 	if d.pair != nil && !d.pair.IsCoordinator() {
-		return State{}, httpError{http.StatusConflict, ErrNotMaster}
+		return httpError{http.StatusConflict, ErrNotMaster}
+	}
+	return nil
+}
+
+func (d *Daemon) change(ctx context.Context, what string, change func(*State) error) (State, error) {
+	if err := d.mayChange(); err != nil {
+		return State{}, err
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()

@@ -102,6 +102,9 @@ func (d *Daemon) backendStates(vip string) map[string]string {
 // Drill records a baseline, performs the action through the normal path,
 // holds and measures, restores the original state, and reports.
 func (d *Daemon) Drill(ctx context.Context, req DrillRequest) (DrillReport, error) {
+	if err := d.mayChange(); err != nil {
+		return DrillReport{}, err
+	}
 	k, err := ParseVIPKey(req.VIP)
 	if err != nil {
 		return DrillReport{}, badRequest("%v", err)

@@ -4,15 +4,20 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/sluicelb/sluice/control"
+	"github.com/sluicelb/sluice/control/ha"
 	"github.com/sluicelb/sluice/testenv"
 )
 
@@ -347,5 +352,257 @@ func waitRole(t testing.TB, d *daemonProc, role string) {
 			t.Fatalf("node did not become %s: %+v", role, d.ha(t))
 		}
 		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// scraper reads a node's /metrics from inside its namespace.
+type scraper struct {
+	hc *http.Client
+}
+
+func newScraper(h *testenv.Host) *scraper {
+	return &scraper{hc: &http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+		return h.Dial(ctx, network, "", addr)
+	}}}}
+}
+
+// value returns the first sample of name carrying every label.
+func (s *scraper) value(t testing.TB, name string, labels ...string) float64 {
+	t.Helper()
+	resp, err := s.hc.Get("http://127.0.0.1:9642/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	for _, line := range strings.Split(string(body), "\n") {
+		if !strings.HasPrefix(line, name+"{") && !strings.HasPrefix(line, name+" ") {
+			continue
+		}
+		ok := true
+		for _, l := range labels {
+			ok = ok && strings.Contains(line, l)
+		}
+		if f := strings.Fields(line); ok && len(f) > 1 {
+			v, err := strconv.ParseFloat(f[len(f)-1], 64)
+			if err == nil {
+				return v
+			}
+		}
+	}
+	t.Fatalf("no metric %s%v in:\n%s", name, labels, body)
+	return 0
+}
+
+// nft runs nft in a host's namespace.
+func nft(t testing.TB, h *testenv.Host, args ...string) {
+	t.Helper()
+	if out, err := h.Command(context.Background(), "nft", args...).CombinedOutput(); err != nil {
+		t.Fatalf("nft %v: %v\n%s", args, err, out)
+	}
+}
+
+// TestLBPairPartition: adverts and sync between the nodes are dropped by
+// nftables for 10 s. Both become master and no established connection is
+// reset; after healing one master remains within 2 adverts, and the
+// dual-master metric went to 1 and back to 0.
+func TestLBPairPartition(t *testing.T) {
+	lp := newLBPair(t, "100ms", 3, 3)
+	conns := openConns(t, lp.lab, 200)
+	a, b := lp.hosts[0], lp.hosts[1]
+	peer := b.Addr.Addr().String()
+	nft(t, a, "add", "table", "inet", "sluicet")
+	t.Cleanup(func() { a.Command(context.Background(), "nft", "delete", "table", "inet", "sluicet").Run() })
+	nft(t, a, "add", "chain", "inet", "sluicet", "in", "{ type filter hook input priority 0 ; }")
+	nft(t, a, "add", "chain", "inet", "sluicet", "out", "{ type filter hook output priority 0 ; }")
+	for _, proto := range []string{"udp", "tcp"} {
+		nft(t, a, "add", "rule", "inet", "sluicet", "in", "ip", "saddr", peer, proto, "dport", "9643", "drop")
+		nft(t, a, "add", "rule", "inet", "sluicet", "out", "ip", "daddr", peer, proto, "dport", "9643", "drop")
+	}
+	start := time.Now()
+	waitRole(t, lp.nodes[1], "master")
+	if r := lp.nodes[0].ha(t).Role; r != "master" {
+		t.Fatalf("partitioned node 0 is %s", r)
+	}
+	t.Logf("partitioned: both masters after %v", time.Since(start))
+	for time.Since(start) < 10*time.Second {
+		if n, per := broken(conns); n != 0 {
+			t.Fatalf("during the partition %d connections broke: %v", n, per)
+		}
+		time.Sleep(time.Second)
+	}
+
+	sa, sb := newScraper(a), newScraper(b)
+	if sa.value(t, "sluice_ha_dual_master") != 0 || sb.value(t, "sluice_ha_dual_master") != 0 {
+		t.Fatal("dual master reported before the nodes could hear each other")
+	}
+	nft(t, a, "delete", "table", "inet", "sluicet")
+	healed := time.Now()
+	var oneMaster time.Duration
+	sawDual := false
+	for {
+		ra, rb := sa.value(t, "sluice_ha_role", `role="master"`), sb.value(t, "sluice_ha_role", `role="master"`)
+		if sa.value(t, "sluice_ha_dual_master") == 1 || sb.value(t, "sluice_ha_dual_master") == 1 {
+			sawDual = true
+		}
+		if ra+rb == 1 && oneMaster == 0 {
+			oneMaster = time.Since(healed)
+			if ra != 1 {
+				t.Fatal("the lower-priority node kept the master role")
+			}
+		}
+		if oneMaster > 0 && sawDual && sa.value(t, "sluice_ha_dual_master") == 0 && sb.value(t, "sluice_ha_dual_master") == 0 {
+			break
+		}
+		if time.Since(healed) > 5*time.Second {
+			t.Fatalf("after healing: one master after %v, dual seen %v", oneMaster, sawDual)
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+	t.Logf("healed: one master %v after the rules went, dual-master metric 1 then 0 after %v", oneMaster, time.Since(healed))
+	if oneMaster > 200*time.Millisecond {
+		t.Errorf("one master only after %v, want within 2 adverts (200ms)", oneMaster)
+	}
+	if n, per := broken(conns); n != 0 {
+		t.Fatalf("after healing %d connections broke: %v", n, per)
+	}
+	lp.waitRoles(t, 0)
+}
+
+// TestLBPairPromotion: a backup never runs a promotion hook; after a
+// takeover the new master promotes, with a higher epoch.
+func TestLBPairPromotion(t *testing.T) {
+	lp := newLBPair(t, "100ms", 2, 2)
+	dir := t.TempDir()
+	log := filepath.Join(dir, "hook.log")
+	script := filepath.Join(dir, "hook.sh")
+	body := "#!/bin/sh\necho \"$SLUICE_NODE $SLUICE_NEW_PRIMARY $SLUICE_EPOCH\" >> " + log + "\n"
+	if err := os.WriteFile(script, []byte(body), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	const vip = "10.77.1.100:80/tcp"
+	m := lp.nodes[0]
+	m.mustCLI(t, "vip", "add", vip, "--policy", "failover", "--promote-cmd", script)
+	for i, b := range lp.lab.Backends {
+		m.mustCLI(t, append([]string{"backend", "add", vip, b.Addr.Addr().String(), "--priority", fmt.Sprint(30 - 10*i)}, fastCheck...)...)
+	}
+	epochOf := func(d *daemonProc) (string, uint64) {
+		for _, v := range d.status(t).VIPs {
+			if v.VIP == vip {
+				return v.Primary, v.Epoch
+			}
+		}
+		return "", 0
+	}
+	var e0 uint64
+	for _, n := range lp.nodes {
+		n.waitStatus(t, "b1 primary on both nodes", func(st control.Status) bool {
+			for _, v := range st.VIPs {
+				if v.VIP == vip && v.Primary == "10.77.0.11" {
+					return true
+				}
+			}
+			return false
+		})
+	}
+	_, e0 = epochOf(lp.nodes[1])
+	calls := hookCalls(t, log)
+	for _, c := range calls {
+		if !strings.HasPrefix(c, "10.77.0.2 ") {
+			t.Fatalf("hook run by a node other than the master: %q", c)
+		}
+	}
+	// The master's link goes down: node 1 takes over. Then b1 dies: only
+	// node 1 (master) may promote; node 0 (backup, in fault, whose checks
+	// all fail) must not.
+	if err := lp.hosts[0].SetLinkUp(false); err != nil {
+		t.Fatal(err)
+	}
+	waitRole(t, lp.nodes[1], "master")
+	lp.lab.Backends[0].StopServers(true)
+	lp.nodes[1].waitStatus(t, "b2 promoted by the new master", func(st control.Status) bool {
+		for _, v := range st.VIPs {
+			if v.VIP == vip && v.Primary == "10.77.0.12" {
+				return true
+			}
+		}
+		return false
+	})
+	_, e1 := epochOf(lp.nodes[1])
+	after := hookCalls(t, log)[len(calls):]
+	t.Logf("hook calls before takeover %q, after %q; epoch %d -> %d", calls, after, e0, e1)
+	if len(after) != 1 || after[0] != fmt.Sprintf("10.77.0.3 10.77.0.12 %d", e1) {
+		t.Fatalf("after takeover the hook ran %q, want once on node 1 for b2 with epoch %d", after, e1)
+	}
+	if e1 <= e0 {
+		t.Fatalf("epoch %d after takeover, not above %d", e1, e0)
+	}
+	// Node 0 returns as backup, gets the new epoch, and runs no hook.
+	if err := lp.hosts[0].SetLinkUp(true); err != nil {
+		t.Fatal(err)
+	}
+	lp.waitRoles(t, 1)
+	if p, e := epochOf(lp.nodes[0]); p != "10.77.0.12" || e != e1 {
+		t.Fatalf("backup has primary %s epoch %d, want 10.77.0.12 epoch %d", p, e, e1)
+	}
+	if got := hookCalls(t, log); len(got) != len(calls)+1 {
+		t.Fatalf("extra hook calls: %q", got[len(calls)+1:])
+	}
+	if out, err := lp.nodes[0].cli(t, "promote", vip, "10.77.0.13"); err == nil || !strings.Contains(out, "backup") {
+		t.Fatalf("a promote on the backup was not refused: %v %s", err, out)
+	}
+}
+
+// TestLBPairBadAdverts: adverts with a wrong key, a replayed sequence,
+// malformed bytes or from an unknown address are ignored and counted.
+func TestLBPairBadAdverts(t *testing.T) {
+	lp := newLBPair(t, "100ms", 1, 1)
+	s := newScraper(lp.hosts[0])
+	before := map[string]float64{}
+	reasons := []string{"mac", "replay", "length", "unknown-peer"}
+	for _, r := range reasons {
+		before[r] = s.value(t, "sluice_ha_bad_adverts_total", `reason="`+r+`"`)
+	}
+	master := &net.UDPAddr{IP: lp.hosts[0].Addr.Addr().AsSlice(), Port: 9643}
+	send := func(h *testenv.Host, b []byte) {
+		c, err := h.ListenPacket("udp4", ":0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		if _, err := c.WriteTo(b, master); err != nil {
+			t.Fatal(err)
+		}
+	}
+	key, _ := os.ReadFile(lp.key)
+	key = []byte(strings.TrimSpace(string(key)))
+	peerName := lp.hosts[1].Addr.Addr().String()
+	// A claim to outrank the master: priority 255.
+	forged, _ := ha.Advert{Priority: 255, Interval: 100 * time.Millisecond, Boot: uint64(time.Now().UnixNano()), Seq: 1, Node: "intruder", Master: true}.Marshal([]byte("not the key of the pair"))
+	replayed, _ := ha.Advert{Priority: 255, Interval: 100 * time.Millisecond, Boot: 1, Seq: 1, Node: peerName, Master: true}.Marshal(key)
+	send(lp.hosts[1], forged)
+	send(lp.hosts[1], replayed) // boot 1 is older than the peer's real boot: a replay
+	send(lp.hosts[1], []byte("not an advert"))
+	send(lp.lab.Client, forged)
+	want := map[string]float64{"mac": 1, "replay": 1, "length": 1, "unknown-peer": 1}
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		ok := true
+		got := map[string]float64{}
+		for _, r := range reasons {
+			got[r] = s.value(t, "sluice_ha_bad_adverts_total", `reason="`+r+`"`) - before[r]
+			ok = ok && got[r] == want[r]
+		}
+		if ok {
+			t.Logf("refused and counted: %v", got)
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("bad adverts counted %v, want %v", got, want)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if st := lp.nodes[0].ha(t); st.Role != "master" || st.Transitions["backup"] != 0 {
+		t.Fatalf("the master yielded to a bad advert: %+v", st)
 	}
 }

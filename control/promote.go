@@ -40,17 +40,28 @@ type hookPayload struct {
 	OldPrimary string `json:"old_primary"`
 	NewPrimary string `json:"new_primary"`
 	Epoch      uint64 `json:"epoch"`
+	Node       string `json:"node"`
+}
+
+// nodeName names this node to hooks: its name in the LB pair, else the
+// host name.
+func (d *Daemon) nodeName() string {
+	if d.pair != nil {
+		return d.pair.opts.Node
+	}
+	h, _ := os.Hostname()
+	return h
 }
 
 // runHook runs the command (through sh -c) or posts to the URL, bounded by
 // the VIP's hook timeout. Exit 0 or HTTP 2xx is success.
-func runHook(ctx context.Context, v VIP, cmdline, old, next string, epoch uint64) (string, error) {
+func runHook(ctx context.Context, v VIP, cmdline, old, next string, epoch uint64, node string) (string, error) {
 	ctx, cancel := context.WithTimeout(ctx, time.Duration(v.HookTimeout))
 	defer cancel()
 	if cmdline != "" {
 		cmd := exec.CommandContext(ctx, "/bin/sh", "-c", cmdline)
 		cmd.Env = append(os.Environ(), "SLUICE_VIP="+v.VIP, "SLUICE_OLD_PRIMARY="+old,
-			"SLUICE_NEW_PRIMARY="+next, fmt.Sprintf("SLUICE_EPOCH=%d", epoch))
+			"SLUICE_NEW_PRIMARY="+next, fmt.Sprintf("SLUICE_EPOCH=%d", epoch), "SLUICE_NODE="+node)
 		out, err := cmd.CombinedOutput()
 		if ctx.Err() != nil {
 			return string(out), fmt.Errorf("hook timed out after %v", time.Duration(v.HookTimeout))
@@ -63,7 +74,7 @@ func runHook(ctx context.Context, v VIP, cmdline, old, next string, epoch uint64
 	if v.PromoteURL == "" {
 		return "", nil
 	}
-	body, _ := json.Marshal(hookPayload{VIP: v.VIP, OldPrimary: old, NewPrimary: next, Epoch: epoch})
+	body, _ := json.Marshal(hookPayload{VIP: v.VIP, OldPrimary: old, NewPrimary: next, Epoch: epoch, Node: node})
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, v.PromoteURL, bytes.NewReader(body))
 	if err != nil {
 		return "", err
@@ -209,7 +220,7 @@ func (d *Daemon) promote(ctx context.Context, k loader.VIPKey, cands []Backend) 
 		}
 		old := v.Primary
 		start := time.Now()
-		out, herr := runHook(ctx, v, v.PromoteCmd, old, c.Addr, v.Epoch)
+		out, herr := runHook(ctx, v, v.PromoteCmd, old, c.Addr, v.Epoch, d.nodeName())
 		took := time.Since(start)
 		if herr != nil {
 			lastErr = herr
@@ -278,7 +289,7 @@ func (d *Daemon) demoteRecovered(v VIP) {
 		d.promoMu.Unlock()
 		// Off the caller's goroutine: that is a health check's.
 		go func() {
-			out, err := runHook(d.ctx, v, v.DemoteCmd, old, v.Primary, v.Epoch)
+			out, err := runHook(d.ctx, v, v.DemoteCmd, old, v.Primary, v.Epoch, d.nodeName())
 			reason := "rejoined as a replica"
 			if v.DemoteCmd != "" {
 				reason += fmt.Sprintf("; demote hook: %v %s", err, strings.TrimSpace(out))
@@ -290,6 +301,9 @@ func (d *Daemon) demoteRecovered(v VIP) {
 
 // Promote is a planned switchover to addr, through the same sequence.
 func (d *Daemon) Promote(ctx context.Context, vip, addr string) (PromoteResult, error) {
+	if err := d.mayChange(); err != nil {
+		return PromoteResult{}, err
+	}
 	k, err := ParseVIPKey(vip)
 	if err != nil {
 		return PromoteResult{}, badRequest("%v", err)

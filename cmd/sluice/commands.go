@@ -207,7 +207,7 @@ func vipCommand() *cli.Command {
 					&cli.IntFlag{Name: "min-active", Value: control.DefaultMinActive, Usage: "standbys join the ring below this many usable actives"},
 					&cli.StringFlag{Name: "udp-timeout", Value: "30s", Usage: "idle time after which a UDP flow is re-hashed"},
 					&cli.StringFlag{Name: "policy", Value: "maglev", Usage: "maglev (spread) or failover (one primary, replicas promoted on failure)"},
-					&cli.StringFlag{Name: "promote-cmd", Usage: "failover: command run on promotion (env SLUICE_VIP, SLUICE_OLD_PRIMARY, SLUICE_NEW_PRIMARY, SLUICE_EPOCH); exit 0 = success"},
+					&cli.StringFlag{Name: "promote-cmd", Usage: "failover: command run on promotion (env SLUICE_VIP, SLUICE_OLD_PRIMARY, SLUICE_NEW_PRIMARY, SLUICE_EPOCH, SLUICE_NODE); exit 0 = success"},
 					&cli.StringFlag{Name: "promote-url", Usage: "failover: URL POSTed the same fields as JSON on promotion; 2xx = success"},
 					&cli.StringFlag{Name: "demote-cmd", Usage: "failover: command run when a recovered old primary rejoins as a replica"},
 					&cli.StringFlag{Name: "hook-timeout", Value: "10s", Usage: "failover: time limit of each hook"},

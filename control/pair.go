@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"net/netip"
 	"os"
+	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -104,7 +105,8 @@ type pair struct {
 	pulling   atomic.Bool
 	lastPull  atomic.Int64 // unix ns
 	flowsDone atomic.Bool  // a full flow table was received since becoming backup
-	synced    atomic.Bool  // state and flows match the master: may pre-empt
+	healthOK  atomic.Bool  // our usable backends were the master's at the last pull
+	synced    atomic.Bool  // state, flows and health match the master: may pre-empt
 
 	mu       sync.Mutex
 	mismatch map[string]time.Time // peer -> since when its revision differs
@@ -333,8 +335,9 @@ func (p *pair) checkSync(now time.Time) {
 		p.synced.Store(false)
 		return
 	}
-	p.synced.Store(master.Revision == rev && p.flowsDone.Load())
-	if master.Revision == rev && p.flowsDone.Load() {
+	synced := master.Revision == rev && p.flowsDone.Load() && p.healthOK.Load()
+	p.synced.Store(synced)
+	if synced {
 		return
 	}
 	if now.UnixNano()-p.lastPull.Load() < int64(p.opts.Advert) || !p.pulling.CompareAndSwap(false, true) {
@@ -448,13 +451,15 @@ func (p *pair) pull(peer netip.AddrPort) error {
 	if err != nil {
 		return err
 	}
-	var st State
-	if err := json.Unmarshal(body, &st); err != nil {
+	var view syncView
+	if err := json.Unmarshal(body, &view); err != nil {
 		return fmt.Errorf("state from %s: %w", peer, err)
 	}
+	st := view.State
 	if err := p.d.applyReplica(st); err != nil {
 		return err
 	}
+	p.healthOK.Store(slices.Equal(view.Usable, p.d.usableView()))
 	if p.flowsDone.Load() {
 		return nil
 	}
@@ -471,6 +476,29 @@ func (p *pair) pull(peer netip.AddrPort) error {
 	p.log.Info("flow table copied from master", "peer", peer, "entries", applied, "unknown", unknown)
 	p.d.events.Add(Event{Kind: "ha", Reason: fmt.Sprintf("ha: copied %d flows from %s (%d for unknown backends)", applied, peer, unknown), Revision: st.Revision})
 	return nil
+}
+
+// syncView is what a backup pulls: the master's state and which backends
+// it forwards to, so that the backup pre-empts only with the same view.
+type syncView struct {
+	State  State    `json:"state"`
+	Usable []string `json:"usable"`
+}
+
+// usableView lists "VIP backend" for every backend the data plane may use.
+func (d *Daemon) usableView() []string {
+	var out []string
+	for _, v := range d.State().VIPs {
+		k, _ := ParseVIPKey(v.VIP)
+		view, _, _ := d.rec.View(k)
+		for a, bv := range view {
+			if bv.Usable {
+				out = append(out, v.VIP+" "+a.String())
+			}
+		}
+	}
+	slices.Sort(out)
+	return out
 }
 
 // applyFlows writes synced entries with this node's backend indexes.
@@ -642,7 +670,7 @@ func (p *pair) syncHandler() http.Handler {
 		return nil, p.d.applyReplica(st)
 	})
 	serve("GET /ha/state-pull", "state-pull", func([]byte) ([]byte, error) {
-		return json.Marshal(p.d.State())
+		return json.Marshal(syncView{State: p.d.State(), Usable: p.d.usableView()})
 	})
 	serve("POST /ha/flows", "flows", func(body []byte) ([]byte, error) {
 		fs, err := ha.UnmarshalFlows(body)

@@ -331,6 +331,26 @@ func TestLBPairConnections(t *testing.T) {
 	if n, per := broken(first); n != 0 {
 		t.Fatalf("%d of the first connections broken by the second takeover: %v", n, per)
 	}
+	// Node 1 synced the second set to node 0 and says so in its metrics.
+	s := newScraper(lp.hosts[1])
+	sent := s.value(t, "sluice_flow_sync_entries_total", `direction="sent"`, `result="ok"`)
+	batches := s.value(t, "sluice_flow_sync_lag_seconds_count")
+	lagSum := s.value(t, "sluice_flow_sync_lag_seconds_sum")
+	t.Logf("node 1 synced %v entries in %v batches, mean lag %.1f ms", sent, batches, 1000*lagSum/batches)
+	if sent < 500 || batches == 0 {
+		t.Fatalf("flow sync metrics: %v entries sent in %v batches", sent, batches)
+	}
+	s0 := newScraper(lp.hosts[0])
+	if got := s0.value(t, "sluice_flow_sync_entries_total", `direction="received"`, `result="applied"`); got < 500 {
+		t.Fatalf("node 0 applied %v synced entries", got)
+	}
+	if s0.value(t, "sluice_ha_role", `role="master"`) != 1 || s0.value(t, "sluice_ha_transitions_total", `to="master"`) != 2 {
+		t.Fatal("node 0's role metrics do not show two takeovers")
+	}
+	if s0.value(t, "sluice_ha_peer_up", `peer="10.77.0.3"`) != 0 {
+		t.Fatal("node 1's link is down, yet node 0 reports it up")
+	}
+
 	// New connections avoid the drained backend and may use the new one.
 	for range 50 {
 		c, err := dialVIP(t, lp.lab, vipAP)
@@ -605,4 +625,64 @@ func TestLBPairBadAdverts(t *testing.T) {
 	if st := lp.nodes[0].ha(t); st.Role != "master" || st.Transitions["backup"] != 0 {
 		t.Fatalf("the master yielded to a bad advert: %+v", st)
 	}
+}
+
+func (p *daemonProc) events(t testing.TB) []control.Event {
+	t.Helper()
+	var out []control.Event
+	for _, line := range strings.Split(strings.TrimSpace(p.mustCLI(t, "events", "-o", "json")), "\n") {
+		var e control.Event
+		if err := json.Unmarshal([]byte(line), &e); err != nil {
+			t.Fatalf("event %q: %v", line, err)
+		}
+		out = append(out, e)
+	}
+	return out
+}
+
+// TestLBPairPreempt: with --ha-preempt, the returning higher-priority
+// node takes the master role back only after it copied the state and the
+// connection table, so connections opened through the other node survive
+// although the backend set changed meanwhile (LoxiLB #565).
+func TestLBPairPreempt(t *testing.T) {
+	lp := newLBPair(t, "100ms", 3, 2, "--ha-preempt")
+	if err := lp.hosts[0].SetLinkUp(false); err != nil {
+		t.Fatal(err)
+	}
+	waitRole(t, lp.nodes[1], "master")
+	// While node 0 is away: b1 drained, b3 added, then connections that
+	// land on b2 and b3, which node 0's old state knows nothing of.
+	m := lp.nodes[1]
+	m.mustCLI(t, "backend", "drain", vipTCP, lp.lab.Backends[0].Addr.Addr().String())
+	m.mustCLI(t, append([]string{"backend", "add", vipTCP, lp.lab.Backends[2].Addr.Addr().String()}, fastCheck...)...)
+	m.waitStatus(t, "b3 up", func(st control.Status) bool { return backendState(st, vipTCP, "10.77.0.13").Usable })
+	conns := openConns(t, lp.lab, 300)
+	t.Logf("connections through node 1: %v", spread(conns))
+	back := time.Now()
+	if err := lp.hosts[0].SetLinkUp(true); err != nil {
+		t.Fatal(err)
+	}
+	waitRole(t, lp.nodes[0], "master")
+	took := time.Since(back)
+	var copied, master time.Time
+	var copiedWhat string
+	for _, e := range lp.nodes[0].events(t) {
+		if e.Kind != "ha" || e.Time.Before(back) {
+			continue
+		}
+		if strings.Contains(e.Reason, "copied") && copied.IsZero() {
+			copied, copiedWhat = e.Time, e.Reason
+		}
+		if e.To == "master" && master.IsZero() {
+			master = e.Time
+		}
+	}
+	t.Logf("link up -> master again in %v; %q at +%v, master at +%v", took, copiedWhat, copied.Sub(back), master.Sub(back))
+	if copied.IsZero() || master.IsZero() || !copied.Before(master) {
+		t.Fatal("pre-empted before the flow table was copied")
+	}
+	if n, per := broken(conns); n != 0 {
+		t.Fatalf("%d of %d connections broken by the pre-emption: %v", n, len(conns), per)
+	}
+	lp.waitRoles(t, 0)
 }

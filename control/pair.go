@@ -231,7 +231,7 @@ func (p *pair) start(ctx context.Context) error {
 		srv.Close()
 	}()
 	go func() {
-		if err := p.udp.Serve(ctx, p.node); err != nil {
+		if err := p.udp.Serve(p.node); err != nil {
 			p.log.Error("ha adverts", "err", err)
 		}
 	}()
@@ -256,8 +256,15 @@ func (p *pair) close() {
 	p.tcp.Close()
 }
 
-// stop gives up the VIP addresses; the data plane keeps forwarding.
+// stop hands the master role over at once (a priority-0 advert, as on
+// `sluice ha failover`) and gives up the VIP addresses; the data plane
+// keeps forwarding.
 func (p *pair) stop() {
+	if p.node.Role() == ha.Master {
+		if err := p.node.Handoff(time.Now()); err != nil {
+			p.log.Warn("hand over on shutdown", "err", err)
+		}
+	}
 	p.close()
 	if err := p.owner.set(context.Background(), nil, nil, false); err != nil {
 		p.log.Error("release vip addresses", "err", err)

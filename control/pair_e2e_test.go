@@ -686,3 +686,75 @@ func TestLBPairPreempt(t *testing.T) {
 	}
 	lp.waitRoles(t, 0)
 }
+
+// TestLBPairIPv6: an IPv6 VIP moves with the master (ND answered by the
+// owner, unsolicited neighbour advertisements on takeover); its
+// connections survive the takeover.
+func TestLBPairIPv6(t *testing.T) {
+	lp := newLBPair(t, "100ms", 2, 2)
+	const vip6 = "[fd77:1::100]:7/tcp"
+	m := lp.nodes[0]
+	m.mustCLI(t, "vip", "add", vip6)
+	for _, b := range lp.lab.Backends {
+		m.mustCLI(t, append([]string{"backend", "add", vip6, b.Addr6.Addr().String()}, fastCheck...)...)
+	}
+	for _, n := range lp.nodes {
+		n.waitStatus(t, "all up", allUp(6))
+	}
+	dial6 := func() conn {
+		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+		defer cancel()
+		c, err := lp.lab.Client.Dial(ctx, "tcp6", "", "[fd77:1::100]:7")
+		if err != nil {
+			t.Fatal(err)
+		}
+		name, err := testenv.Greeting(c)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return conn{c: c, backend: name}
+	}
+	var cs []conn
+	for range 50 {
+		cs = append(cs, dial6())
+	}
+	defer func() {
+		for _, c := range cs {
+			c.c.Close()
+		}
+	}()
+	if err := lp.hosts[0].SetLinkUp(false); err != nil {
+		t.Fatal(err)
+	}
+	waitRole(t, lp.nodes[1], "master")
+	if n, per := broken(cs); n != 0 {
+		t.Fatalf("%d of %d IPv6 connections broken by the takeover: %v", n, len(cs), per)
+	}
+	c := dial6()
+	c.c.Close()
+	out, _ := lp.lab.Client.Command(context.Background(), "ip", "-6", "neigh", "show", "fd77:1::100").CombinedOutput()
+	if !strings.Contains(string(out), lp.hosts[1].MAC.String()) {
+		t.Fatalf("the client's neighbour entry for the VIP is %q, want node 1's MAC %s", out, lp.hosts[1].MAC)
+	}
+	t.Logf("after takeover: %d IPv6 connections alive; neighbour %s", len(cs), strings.TrimSpace(string(out)))
+}
+
+// TestLBPairShutdown: stopping the master's daemon hands over at once
+// (priority-0 advert) and removes the VIP address from its interface.
+func TestLBPairShutdown(t *testing.T) {
+	lp := newLBPair(t, "100ms", 2, 2)
+	p := startProber(t, lp.lab)
+	p.waitAnswers(t, 50, "before the shutdown")
+	lp.nodes[0].stop()
+	waitRole(t, lp.nodes[1], "master")
+	p.waitAnswers(t, 100, "after the shutdown")
+	gap := p.finish()
+	out, _ := lp.hosts[0].Command(context.Background(), "ip", "-br", "addr", "show", "dev", lp.hosts[0].Link).CombinedOutput()
+	t.Logf("master stopped: gap %v; its addresses now %s", gap, strings.TrimSpace(string(out)))
+	if strings.Contains(string(out), testenv.LabVIP4.String()) {
+		t.Fatal("the stopped master kept the VIP address")
+	}
+	if gap > 50*time.Millisecond {
+		t.Fatalf("gap %v on a clean shutdown, want ≤ 50ms", gap)
+	}
+}

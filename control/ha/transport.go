@@ -1,7 +1,6 @@
 package ha
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"net"
@@ -58,23 +57,19 @@ func (u *UDP) Close() error { return u.conn.Close() }
 // PeerKey names a peer by address in status and metrics.
 func PeerKey(a netip.Addr) string { return a.Unmap().String() }
 
-// Serve passes every datagram from a peer to n until ctx ends or the
-// socket is closed.
-func (u *UDP) Serve(ctx context.Context, n *Node) error {
+// Serve passes every datagram from a peer to n until the socket is
+// closed (the owner closes it after its last advert, on shutdown).
+func (u *UDP) Serve(n *Node) error {
 	known := map[netip.Addr]bool{}
 	for _, p := range u.peers {
 		known[p.Addr().Unmap()] = true
 		n.AddPeer(PeerKey(p.Addr()))
 	}
-	go func() {
-		<-ctx.Done()
-		u.conn.Close()
-	}()
 	buf := make([]byte, 2048)
 	for {
 		m, from, err := u.conn.ReadFromUDPAddrPort(buf)
 		if err != nil {
-			if ctx.Err() != nil || errors.Is(err, net.ErrClosed) {
+			if errors.Is(err, net.ErrClosed) {
 				return nil
 			}
 			return fmt.Errorf("read adverts: %w", err)

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net"
 	"net/netip"
@@ -271,15 +272,27 @@ func dialVIPWithin(t testing.TB, lab *testenv.Lab, vip netip.AddrPort, within ti
 }
 
 // alive checks a long-lived connection still echoes through its backend.
-func (c conn) alive() bool {
-	c.c.SetDeadline(time.Now().Add(2 * time.Second))
+func (c conn) alive() bool { return c.echo() == nil }
+
+// echo sends a line on a long-lived connection and says why it did not
+// come back (a reset, a timeout, other bytes).
+func (c conn) echo() error { return c.echoWithin(2 * time.Second) }
+
+// echoWithin is echo with a deadline of d.
+func (c conn) echoWithin(d time.Duration) error {
+	c.c.SetDeadline(time.Now().Add(d))
 	defer c.c.SetDeadline(time.Time{})
 	if _, err := c.c.Write([]byte("ping\n")); err != nil {
-		return false
+		return err
 	}
 	buf := make([]byte, 5)
-	_, err := io.ReadFull(c.c, buf)
-	return err == nil && string(buf) == "ping\n"
+	if _, err := io.ReadFull(c.c, buf); err != nil {
+		return err
+	}
+	if string(buf) != "ping\n" {
+		return fmt.Errorf("echo %q", buf)
+	}
+	return nil
 }
 
 func backendByName(lab *testenv.Lab, name string) *testenv.Backend {

@@ -619,7 +619,10 @@ func (p *pair) sendFlows(ctx context.Context, peer netip.AddrPort, q chan flowBa
 			p.syncEntries.WithLabelValues("sent", "dropped").Add(float64(b.n))
 			continue
 		}
-		if _, err := p.call(ctx, http.MethodPost, peer, "flows", b.body); err != nil {
+		t0 := time.Now()
+		_, err := p.call(ctx, http.MethodPost, peer, "flows", b.body)
+		p.log.Debug("flow batch", "peer", peer, "entries", b.n, "post", time.Since(t0), "queued", len(q), "age", loader.MonotonicNow()-b.oldest)
+		if err != nil {
 			p.syncEntries.WithLabelValues("sent", "dropped").Add(float64(b.n))
 			p.log.Debug("flow sync", "peer", peer, "err", err)
 			continue

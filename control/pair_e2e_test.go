@@ -60,7 +60,25 @@ func newLBPair(t *testing.T, advert string, backends, active int, extra ...strin
 		n.waitStatus(t, "all backends up on both nodes (warm standby)", allUp(2*active))
 	}
 	lp.waitRoles(t, 0)
+	lp.sameRings(t)
 	return lp
+}
+
+// sameRings checks that both nodes built byte-identical rings (the ring
+// digest covers every slot as read back from the kernel).
+func (lp *lbPair) sameRings(t testing.TB) {
+	t.Helper()
+	rings := func(d *daemonProc) map[string]string {
+		m := map[string]string{}
+		for _, v := range d.status(t).VIPs {
+			m[v.VIP] = v.RingSHA256
+		}
+		return m
+	}
+	a, b := rings(lp.nodes[0]), rings(lp.nodes[1])
+	if fmt.Sprint(a) != fmt.Sprint(b) {
+		t.Fatalf("the nodes' rings differ:\n%v\n%v", a, b)
+	}
 }
 
 func (p *daemonProc) ha(t testing.TB) control.HAStatus {
@@ -252,22 +270,24 @@ func openConns(t *testing.T, lab *testenv.Lab, n int) []conn {
 }
 
 // broken counts connections that no longer echo through their backend
-// (a reset, or silence).
+// (a reset, or silence). The deadline leaves room for one retransmission
+// at TCP's 3 s fallback RTO (a connection whose SYN was retransmitted
+// keeps it), as a lost first attempt is not a broken connection.
 func broken(cs []conn) (int, map[string]int) {
 	n := 0
 	per := map[string]int{}
 	var mu sync.Mutex
 	var wg sync.WaitGroup
-	for _, c := range cs {
+	for i, c := range cs {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			ok := c.alive()
+			err := c.echoWithin(5 * time.Second)
 			mu.Lock()
 			defer mu.Unlock()
-			if !ok {
+			if err != nil {
 				n++
-				per[c.backend]++
+				per[fmt.Sprintf("#%d %s: %v", i, c.backend, err)]++
 			}
 		}()
 	}
@@ -691,7 +711,7 @@ func TestLBPairPreempt(t *testing.T) {
 // owner, unsolicited neighbour advertisements on takeover); its
 // connections survive the takeover.
 func TestLBPairIPv6(t *testing.T) {
-	lp := newLBPair(t, "100ms", 2, 2)
+	lp := newLBPair(t, "100ms", 2, 2, "--log-level", "debug")
 	const vip6 = "[fd77:1::100]:7/tcp"
 	m := lp.nodes[0]
 	m.mustCLI(t, "vip", "add", vip6)
@@ -714,6 +734,7 @@ func TestLBPairIPv6(t *testing.T) {
 		}
 		return conn{c: c, backend: name}
 	}
+	lp.sameRings(t)
 	var cs []conn
 	for range 50 {
 		cs = append(cs, dial6())
@@ -728,7 +749,27 @@ func TestLBPairIPv6(t *testing.T) {
 	}
 	waitRole(t, lp.nodes[1], "master")
 	if n, per := broken(cs); n != 0 {
-		t.Fatalf("%d of %d IPv6 connections broken by the takeover: %v", n, len(cs), per)
+		out, _ := lp.lab.Client.Command(context.Background(), "ip", "-6", "neigh").CombinedOutput()
+		var st string
+		for _, h := range lp.hosts {
+			resp, err := newScraper(h).hc.Get("http://127.0.0.1:9642/metrics")
+			if err == nil {
+				b, _ := io.ReadAll(resp.Body)
+				resp.Body.Close()
+				for _, l := range strings.Split(string(b), "\n") {
+					if strings.HasPrefix(l, "sluice_xdp_packets_total") || strings.HasPrefix(l, "sluice_flow_sync_entries_total") || strings.HasPrefix(l, "sluice_backend_packets_total{backend=\"fd77") {
+						st += h.Name + " " + l + "\n"
+					}
+				}
+			}
+		}
+		for _, d := range lp.nodes {
+			for _, v := range d.status(t).VIPs {
+				st += fmt.Sprintf("%s ring %.12s\n", v.VIP, v.RingSHA256)
+			}
+		}
+		n2, per2 := broken(cs)
+		t.Fatalf("%d of %d IPv6 connections broken by the takeover: %v\nclient neighbours:\n%s\nnode 1 stats %s\nagain: %d %v", n, len(cs), per, out, st, n2, per2)
 	}
 	c := dial6()
 	c.c.Close()

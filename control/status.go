@@ -2,7 +2,6 @@ package control
 
 import (
 	"crypto/sha256"
-	"encoding/binary"
 	"encoding/hex"
 	"net/netip"
 	"time"
@@ -29,7 +28,7 @@ type VIPStatus struct {
 	VIP        string          `json:"vip"`
 	Forward    string          `json:"forward"`
 	RingSize   uint32          `json:"ring_size"`
-	RingSHA256 string          `json:"ring_sha256"`
+	RingSHA256 string          `json:"ring_sha256"` // of the slots' backend addresses (16 bytes each): equal on every node with equal rings
 	MinActive  int             `json:"min_active"`
 	Policy     string          `json:"policy"`
 	Primary    string          `json:"primary,omitempty"`
@@ -84,12 +83,17 @@ func (d *Daemon) Status() (Status, error) {
 				vs.Packets, vs.Bytes = c.Packets, c.Bytes
 			}
 			if ring, err := d.dp.Ring(k); err == nil {
+				// Hash each slot's backend address, not its local index:
+				// indexes differ between nodes, the addresses must not.
+				addrOf := map[uint32][16]byte{}
+				for a, bv := range view {
+					addrOf[bv.Index] = a.As16()
+				}
 				h := sha256.New()
-				var b [4]byte
 				for _, s := range ring {
 					slots[s]++
-					binary.LittleEndian.PutUint32(b[:], s)
-					h.Write(b[:])
+					a := addrOf[s]
+					h.Write(a[:])
 				}
 				vs.RingSHA256 = hex.EncodeToString(h.Sum(nil))
 			}

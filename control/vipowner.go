@@ -193,19 +193,29 @@ func (o *vipOwner) garp(addrs []netip.Addr) error {
 	return nil
 }
 
+// unsolicitedNA sends each advertisement from the VIP itself: it was added
+// without duplicate address detection, so it is usable at once, where the
+// link-local address may still be tentative after the link came up.
 func (o *vipOwner) unsolicitedNA(addrs []netip.Addr) error {
-	c, _, err := ndp.Listen(o.ifi, ndp.LinkLocal)
+	for _, a := range addrs {
+		if err := o.advertise(a); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (o *vipOwner) advertise(a netip.Addr) error {
+	c, _, err := ndp.Listen(o.ifi, ndp.Addr(a.String()))
 	if err != nil {
-		return fmt.Errorf("neighbour advertisement on %s: %w", o.ifi.Name, err)
+		return fmt.Errorf("neighbour advertisement for %s on %s: %w", a, o.ifi.Name, err)
 	}
 	defer c.Close()
-	for _, a := range addrs {
-		na := &ndp.NeighborAdvertisement{Override: true, TargetAddress: a,
-			Options: []ndp.Option{&ndp.LinkLayerAddress{Direction: ndp.Target, Addr: o.ifi.HardwareAddr}}}
-		for range announceBurst {
-			if err := c.WriteTo(na, nil, netip.IPv6LinkLocalAllNodes()); err != nil {
-				return fmt.Errorf("neighbour advertisement for %s on %s: %w", a, o.ifi.Name, err)
-			}
+	na := &ndp.NeighborAdvertisement{Override: true, TargetAddress: a,
+		Options: []ndp.Option{&ndp.LinkLayerAddress{Direction: ndp.Target, Addr: o.ifi.HardwareAddr}}}
+	for range announceBurst {
+		if err := c.WriteTo(na, nil, netip.IPv6LinkLocalAllNodes()); err != nil {
+			return fmt.Errorf("neighbour advertisement for %s on %s: %w", a, o.ifi.Name, err)
 		}
 	}
 	return nil

@@ -160,8 +160,16 @@ func BenchmarkFailover(b *testing.B) {
 		row("apply: verdict → ring swapped", applied),
 		row("kill → new connections land only on healthy backends (last failed connect)", newOK),
 		row("replica promotion: kill primary → first connection accepted by the new primary (shell hook)", promo),
-		"| LB pair takeover gap | not built yet | |",
 	}, "\n")
+	// The LB pair: a client probing the VIP at 1 kHz, the master's link
+	// taken down (or a planned handoff), the longest silence per run.
+	for _, adv := range []string{"100ms", "50ms"} {
+		lp := newLBPair(b, adv, 2, 2)
+		table += "\n" + row(fmt.Sprintf("LB pair, advert %s: master's link down → longest silence of a 1 kHz VIP prober", adv), unplannedGaps(b, lp, failoverRuns))
+		if adv == "100ms" {
+			table += "\n" + row("LB pair: planned `sluice ha failover` → longest silence of a 1 kHz VIP prober", plannedGaps(b, lp, failoverRuns))
+		}
+	}
 	fmt.Println(table)
 	if doc := os.Getenv("SLUICE_BENCH_DOC"); doc != "" {
 		if err := replaceSection(doc, "bench-failover", table); err != nil {

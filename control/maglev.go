@@ -8,6 +8,7 @@ import (
 	"math"
 	"math/bits"
 	"slices"
+	"strings"
 )
 
 // MaglevBackend is one backend as Maglev sees it.
@@ -60,18 +61,19 @@ func buildMaglev(backends []MaglevBackend, m uint32, seed uint64, tail int) ([]u
 	if m < 2 || !isPrime(m) {
 		return nil, fmt.Errorf("maglev table size %d: must be a prime", m)
 	}
-	bs := make([]MaglevBackend, 0, len(backends))
-	seen := map[string]bool{}
-	for _, b := range backends {
-		if seen[b.ID] {
+	// Sorted by identity: the turn order, and duplicates become neighbours.
+	all := slices.Clone(backends)
+	slices.SortFunc(all, func(a, b MaglevBackend) int { return strings.Compare(a.ID, b.ID) })
+	bs := all[:0]
+	for k, b := range all {
+		if k > 0 && all[k-1].ID == b.ID {
 			return nil, fmt.Errorf("maglev: backend %q listed twice", b.ID)
 		}
-		seen[b.ID] = true
 		if b.Slot == 0 {
 			return nil, fmt.Errorf("maglev: backend %q has slot value 0", b.ID)
 		}
 		if b.Weight > 0 {
-			bs = append(bs, b)
+			bs = append(bs, b) // in place: bs never overtakes k
 		}
 	}
 	table := make([]uint32, m)
@@ -81,56 +83,95 @@ func buildMaglev(backends []MaglevBackend, m uint32, seed uint64, tail int) ([]u
 	if uint64(len(bs)) > uint64(m) {
 		return nil, fmt.Errorf("maglev: %d backends do not fit a table of %d", len(bs), m)
 	}
-	slices.SortFunc(bs, func(a, b MaglevBackend) int {
-		switch {
-		case a.ID < b.ID:
-			return -1
-		case a.ID > b.ID:
-			return 1
-		}
-		return 0
-	})
 	g := bs[0].Weight
 	for _, b := range bs[1:] {
 		g = gcd(g, b.Weight)
 	}
 	n := len(bs)
-	// pos[i] is backend i's next candidate slot: permutation[j] =
-	// (offset + j*skip) mod m, walked by addition so that no division
-	// happens in the fill loop.
-	pos := make([]uint32, n)
-	skip := make([]uint32, n)
-	turns := make([]uint32, n)
+	// ws[i] walks backend i's permutation: permutation[j] = (offset +
+	// j*skip) mod m, by addition so that no division happens in the fill
+	// loop. One array of small structs keeps a claim's reads on one line.
+	ws := make([]walker, n)
 	for i, b := range bs {
-		pos[i] = uint32(maglevHash(seed, 1, b.ID) % uint64(m))
-		skip[i] = uint32(maglevHash(seed, 2, b.ID)%uint64(m-1) + 1)
-		turns[i] = b.Weight / g
+		ws[i] = walker{
+			pos:   uint32(maglevHash(seed, 1, b.ID) % uint64(m)),
+			skip:  uint32(maglevHash(seed, 2, b.ID)%uint64(m-1) + 1),
+			slot:  b.Slot,
+			turns: b.Weight / g,
+		}
 	}
 	taken := make([]uint64, (m+63)/64) // a bitset stays in cache where []bool would not
-	filled := uint32(0)
-	// Claims go round the backends in order, backend i taking turns[i]
+	left := int(m)
+	uniform := true
+	for _, w := range ws {
+		uniform = uniform && w.turns == 1
+	}
+	// Claims go round the backends in order, backend i taking turns
 	// turns; (i, t) is the next claim's place in that cycle.
 	i, t := 0, uint32(0)
-	for filled < m && int(m-filled) > tail {
-		c, sk := pos[i], skip[i]
-		for taken[c>>6]&(1<<(c&63)) != 0 {
+	if uniform {
+		// Equal weights: one claim per backend per round.
+		i = fillUniform(table, taken, ws, m, left-tail)
+		left = tail
+	}
+	for left > tail {
+		w := &ws[i]
+		c, sk := w.pos, w.skip
+		for {
+			word, bit := taken[c>>6], uint64(1)<<(c&63)
+			if word&bit == 0 {
+				taken[c>>6] = word | bit
+				break
+			}
 			c = addMod(c, sk, m)
 		}
-		taken[c>>6] |= 1 << (c & 63)
-		table[c] = bs[i].Slot
-		pos[i] = addMod(c, sk, m)
-		filled++
-		if t++; t == turns[i] {
+		table[c] = w.slot
+		w.pos = addMod(c, sk, m)
+		left--
+		if t++; t == w.turns {
 			t = 0
 			if i++; i == n {
 				i = 0
 			}
 		}
 	}
-	if filled < m {
-		fillTail(table, taken, bs, pos, skip, turns, m, i, t)
+	if left > 0 {
+		fillTail(table, taken, ws, m, i, t)
 	}
 	return table, nil
+}
+
+// fillUniform makes count claims, one per backend in turn from backend 0,
+// and returns the backend whose turn is next: the fill loop of
+// buildMaglev without weighted turns, the common case.
+func fillUniform(table []uint32, taken []uint64, ws []walker, m uint32, count int) int {
+	i := 0
+	for ; count > 0; count-- {
+		w := &ws[i]
+		c, sk := w.pos, w.skip
+		for {
+			word, bit := taken[c>>6], uint64(1)<<(c&63)
+			if word&bit == 0 {
+				taken[c>>6] = word | bit
+				break
+			}
+			c = addMod(c, sk, m)
+		}
+		table[c] = w.slot
+		w.pos = addMod(c, sk, m)
+		if i++; i == len(ws) {
+			i = 0
+		}
+	}
+	return i
+}
+
+// walker is one backend's place in its permutation.
+type walker struct {
+	pos   uint32 // next candidate slot
+	skip  uint32
+	slot  uint32 // the value its slots hold
+	turns uint32 // claims per round (weight / gcd of weights)
 }
 
 // fillTail finishes the table when few slots are free. Walking a
@@ -140,17 +181,17 @@ func buildMaglev(backends []MaglevBackend, m uint32, seed uint64, tail int) ([]u
 // nearest. Every slot the backend walked past is taken (slots are never
 // freed), so the nearest free slot is exactly the one the walk would reach:
 // the table is identical, only faster to build.
-func fillTail(table []uint32, taken []uint64, bs []MaglevBackend, pos, skip, turns []uint32, m uint32, i int, t uint32) {
+func fillTail(table []uint32, taken []uint64, ws []walker, m uint32, i int, t uint32) {
 	var free []uint32
 	for c := uint32(0); c < m; c++ {
 		if taken[c>>6]&(1<<(c&63)) == 0 {
 			free = append(free, c)
 		}
 	}
-	n := len(bs)
+	n := len(ws)
 	inv := make([]uint64, n)
-	for k := range bs {
-		inv[k] = modInverse(uint64(skip[k]), uint64(m))
+	for k := range ws {
+		inv[k] = modInverse(uint64(ws[k].skip), uint64(m))
 	}
 	recip := ^uint64(0) / uint64(m)
 	mod := func(a uint64) uint64 { // Barrett reduction: a mod m without a divide
@@ -162,14 +203,17 @@ func fillTail(table []uint32, taken []uint64, bs []MaglevBackend, pos, skip, tur
 		return r
 	}
 	for len(free) > 0 {
+		w := &ws[i]
 		best, bestJ := 0, uint64(m)
-		p := uint64(pos[i])
+		p := uint64(w.pos)
+		iv := inv[i]
 		for k, c := range free {
-			d := uint64(c) + uint64(m) - p // steps from the next candidate, times skip
-			if d >= uint64(m) {
-				d -= uint64(m)
-			}
-			j := mod(d * inv[i])
+			// d = (c - p) mod m: steps from the next candidate, times
+			// skip. The wrap is computed, not branched on: it is taken
+			// at random.
+			d := uint64(c) + uint64(m) - p
+			d -= uint64(m) & uint64(int64(uint64(m)-1-d)>>63)
+			j := mod(d * iv)
 			if j < bestJ {
 				best, bestJ = k, j
 			}
@@ -177,9 +221,9 @@ func fillTail(table []uint32, taken []uint64, bs []MaglevBackend, pos, skip, tur
 		c := free[best]
 		free[best] = free[len(free)-1]
 		free = free[:len(free)-1]
-		table[c] = bs[i].Slot
-		pos[i] = addMod(c, skip[i], m)
-		if t++; t == turns[i] {
+		table[c] = w.slot
+		w.pos = addMod(c, w.skip, m)
+		if t++; t == w.turns {
 			t = 0
 			if i++; i == n {
 				i = 0

@@ -228,6 +228,9 @@ func (d *Daemon) onHealth(e health.Event) {
 	d.mu.Lock()
 	res, err := d.rec.Apply(d.ctx, d.state, d.healthOf)
 	applied := time.Now()
+	if d.pair != nil {
+		d.pair.invalidate()
+	}
 	marked := res.FirstWrite
 	if marked.IsZero() {
 		marked = applied
@@ -321,6 +324,7 @@ func (d *Daemon) applyReplica(next State) error {
 	d.state = st
 	d.rev.Store(st.Revision)
 	d.lastCommit = time.Now()
+	d.pair.invalidate()
 	d.syncChecksLocked()
 	if _, err := d.rec.Apply(d.ctx, d.state, d.healthOf); err != nil {
 		return fmt.Errorf("revision %d replicated, but applying it failed: %w", st.Revision, err)

@@ -104,12 +104,12 @@ type pair struct {
 	pushq     chan struct{} // a committed revision to push (coalesced)
 	pulling   atomic.Bool
 	lastPull  atomic.Int64 // unix ns
-	flowsDone atomic.Bool  // a full flow table was received since becoming backup
-	healthOK  atomic.Bool  // our usable backends were the master's at the last pull
-	synced    atomic.Bool  // state, flows and health match the master: may pre-empt
+	flowsDone atomic.Bool // a full flow table was received since becoming backup
+	synced    atomic.Bool // state, flows and health match the master: may pre-empt
 
-	mu       sync.Mutex
-	mismatch map[string]time.Time // peer -> since when its revision differs
+	mu           sync.Mutex
+	masterUsable []string             // the master's usable backends at the last pull
+	mismatch     map[string]time.Time // peer -> since when its revision differs
 	reported map[string]bool      // mismatch event sent
 	lastLag  time.Duration
 
@@ -200,9 +200,9 @@ func vipAddrs(s State) []netip.Addr {
 	return out
 }
 
-func (p *pair) onRole(r ha.Role) {
-	p.log.Info("ha role changed", "role", r)
-	p.d.events.Add(Event{Kind: "ha", To: string(r), Reason: "ha: this node is now " + string(r), Revision: p.d.revision()})
+func (p *pair) onRole(r ha.Role, why string) {
+	p.log.Info("ha role changed", "role", r, "reason", why)
+	p.d.events.Add(Event{Kind: "ha", To: string(r), Reason: "ha: this node is now " + string(r) + ": " + why, Revision: p.d.revision()})
 	if r == ha.Master {
 		if err := p.owner.set(p.ctx, vipAddrs(p.d.State()), nil, true); err != nil {
 			p.log.Error("take vip addresses", "err", err)
@@ -212,6 +212,9 @@ func (p *pair) onRole(r ha.Role) {
 	}
 	p.flowsDone.Store(false)
 	p.synced.Store(false)
+	p.mu.Lock()
+	p.masterUsable = nil
+	p.mu.Unlock()
 	if err := p.owner.set(p.ctx, nil, nil, false); err != nil {
 		p.log.Error("release vip addresses", "err", err)
 	}
@@ -342,7 +345,15 @@ func (p *pair) checkSync(now time.Time) {
 		p.synced.Store(false)
 		return
 	}
-	synced := master.Revision == rev && p.flowsDone.Load() && p.healthOK.Load()
+	synced := master.Revision == rev && p.flowsDone.Load()
+	if synced {
+		// The health view is compared now, not at the pull: a check that
+		// restarted since must not count as up.
+		p.mu.Lock()
+		mu := p.masterUsable
+		p.mu.Unlock()
+		synced = mu != nil && slices.Equal(mu, p.d.usableView())
+	}
 	p.synced.Store(synced)
 	if synced {
 		return
@@ -466,7 +477,9 @@ func (p *pair) pull(peer netip.AddrPort) error {
 	if err := p.d.applyReplica(st); err != nil {
 		return err
 	}
-	p.healthOK.Store(slices.Equal(view.Usable, p.d.usableView()))
+	p.mu.Lock()
+	p.masterUsable = append([]string{}, view.Usable...) // non-nil: pulled
+	p.mu.Unlock()
 	if p.flowsDone.Load() {
 		return nil
 	}
@@ -484,6 +497,10 @@ func (p *pair) pull(peer netip.AddrPort) error {
 	p.d.events.Add(Event{Kind: "ha", Reason: fmt.Sprintf("ha: copied %d flows from %s (%d for unknown backends)", applied, peer, unknown), Revision: st.Revision})
 	return nil
 }
+
+// invalidate drops the synced flag at once when this node's state or
+// health view changes; checkSync re-derives it on its next tick.
+func (p *pair) invalidate() { p.synced.Store(false) }
 
 // syncView is what a backup pulls: the master's state and which backends
 // it forwards to, so that the backup pre-empts only with the same view.
@@ -676,6 +693,12 @@ func (p *pair) syncHandler() http.Handler {
 		var st State
 		if err := json.Unmarshal(body, &st); err != nil {
 			return nil, err
+		}
+		if st.Revision <= p.d.revision() {
+			// A push that arrives late (held up while this node was
+			// unreachable) must not roll back what a pull brought since.
+			// Pulls, which answer this node's own request, always apply.
+			return nil, nil
 		}
 		return nil, p.d.applyReplica(st)
 	})

@@ -459,6 +459,28 @@ func (s *scraper) value(t testing.TB, name string, labels ...string) float64 {
 	return 0
 }
 
+// counters lists the data-plane outcome, flow sync and per-backend
+// counters of both nodes, for failure messages.
+func (lp *lbPair) counters() string {
+	var out strings.Builder
+	for _, h := range lp.hosts {
+		resp, err := newScraper(h).hc.Get("http://127.0.0.1:9642/metrics")
+		if err != nil {
+			fmt.Fprintf(&out, "%s: %v\n", h.Name, err)
+			continue
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		for _, l := range strings.Split(string(b), "\n") {
+			if (strings.HasPrefix(l, "sluice_xdp_packets_total") || strings.HasPrefix(l, "sluice_flow_sync_entries_total") ||
+				strings.HasPrefix(l, "sluice_backend_packets_total")) && !strings.HasSuffix(l, " 0") {
+				fmt.Fprintf(&out, "%s %s\n", h.Name, l)
+			}
+		}
+	}
+	return out.String()
+}
+
 // nft runs nft in a host's namespace.
 func nft(t testing.TB, h *testenv.Host, args ...string) {
 	t.Helper()
@@ -734,7 +756,7 @@ func TestLBPairPreempt(t *testing.T) {
 		t.Fatal("pre-empted before the flow table was copied")
 	}
 	if n, per := broken(conns); n != 0 {
-		t.Fatalf("%d of %d connections broken by the pre-emption: %v", n, len(conns), per)
+		t.Fatalf("%d of %d connections broken by the pre-emption: %v\n%s\nnode 0:\n%s", n, len(conns), per, lp.counters(), lp.nodes[0].mustCLI(t, "status"))
 	}
 	lp.waitRoles(t, 0)
 }
@@ -782,19 +804,7 @@ func TestLBPairIPv6(t *testing.T) {
 	waitRole(t, lp.nodes[1], "master")
 	if n, per := broken(cs); n != 0 {
 		out, _ := lp.lab.Client.Command(context.Background(), "ip", "-6", "neigh").CombinedOutput()
-		var st string
-		for _, h := range lp.hosts {
-			resp, err := newScraper(h).hc.Get("http://127.0.0.1:9642/metrics")
-			if err == nil {
-				b, _ := io.ReadAll(resp.Body)
-				resp.Body.Close()
-				for _, l := range strings.Split(string(b), "\n") {
-					if strings.HasPrefix(l, "sluice_xdp_packets_total") || strings.HasPrefix(l, "sluice_flow_sync_entries_total") || strings.HasPrefix(l, "sluice_backend_packets_total{backend=\"fd77") {
-						st += h.Name + " " + l + "\n"
-					}
-				}
-			}
-		}
+		st := lp.counters()
 		for _, d := range lp.nodes {
 			for _, v := range d.status(t).VIPs {
 				st += fmt.Sprintf("%s ring %.12s\n", v.VIP, v.RingSHA256)
@@ -830,4 +840,50 @@ func TestLBPairShutdown(t *testing.T) {
 	if gap > 50*time.Millisecond {
 		t.Fatalf("gap %v on a clean shutdown, want ≤ 50ms", gap)
 	}
+}
+
+// TestLBPairRevisionMismatch: adverts still flow but state sync is cut;
+// after a change on the master both nodes report the mismatch (event,
+// metric, status); once sync is back, the backup catches up and the
+// mismatch clears.
+func TestLBPairRevisionMismatch(t *testing.T) {
+	lp := newLBPair(t, "100ms", 2, 2)
+	b := lp.hosts[1]
+	nft(t, b, "add", "table", "inet", "sluicet")
+	t.Cleanup(func() { b.Command(context.Background(), "nft", "delete", "table", "inet", "sluicet").Run() })
+	nft(t, b, "add", "chain", "inet", "sluicet", "in", "{ type filter hook input priority 0 ; }")
+	nft(t, b, "add", "rule", "inet", "sluicet", "in", "tcp", "dport", "9643", "drop")
+	m := lp.nodes[0]
+	m.mustCLI(t, "backend", "drain", vipTCP, lp.lab.Backends[0].Addr.Addr().String())
+	rev := m.ha(t).Revision
+	s0, s1 := newScraper(lp.hosts[0]), newScraper(b)
+	deadline := time.Now().Add(10 * time.Second)
+	for s0.value(t, "sluice_ha_revision_mismatch", `peer="10.77.0.3"`) != 1 || s1.value(t, "sluice_ha_revision_mismatch", `peer="10.77.0.2"`) != 1 {
+		if time.Now().After(deadline) {
+			t.Fatal("no revision mismatch reported")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if r := lp.nodes[1].ha(t).Revision; r == rev {
+		t.Fatalf("the backup has revision %d although sync is cut", r)
+	}
+	if out := m.mustCLI(t, "status"); !strings.Contains(out, "REVISION DIFFERS") {
+		t.Fatalf("status does not show the mismatch:\n%s", out)
+	}
+	found := false
+	for _, e := range m.events(t) {
+		found = found || strings.Contains(e.Reason, "revision mismatch")
+	}
+	if !found {
+		t.Fatal("no revision mismatch event on the master")
+	}
+	nft(t, b, "delete", "table", "inet", "sluicet")
+	deadline = time.Now().Add(10 * time.Second)
+	for lp.nodes[1].ha(t).Revision != rev || s0.value(t, "sluice_ha_revision_mismatch", `peer="10.77.0.3"`) != 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("the backup did not catch up, or the mismatch stayed reported")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	t.Logf("mismatch reported on both nodes while sync was cut; backup caught up to revision %d after", rev)
 }

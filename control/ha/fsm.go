@@ -26,12 +26,14 @@ type FSM struct {
 	role         Role
 	fault        bool
 	masterDownAt time.Time
+	why          string // what armed masterDownAt; the reason of a takeover
+	reason       string // why the last role change happened
 }
 
 // NewFSM starts as a backup, waiting MasterDown for a master.
 func NewFSM(node string, priority uint8, advert time.Duration, preempt bool, now time.Time) *FSM {
 	f := &FSM{Node: node, Priority: priority, Advert: advert, Preempt: preempt, role: Backup}
-	f.masterDownAt = now.Add(f.MasterDown())
+	f.masterDownAt, f.why = now.Add(f.MasterDown()), "no master advert since start"
 	return f
 }
 
@@ -63,18 +65,18 @@ func (f *FSM) OnAdvert(a Advert, now time.Time, mayPreempt bool) Role {
 		// Dual master (a healed partition) or a pre-empting peer: the
 		// outranked node steps down at once.
 		if a.Priority != 0 && f.Outranks(a.Priority, a.Node) {
-			f.role = Backup
-			f.masterDownAt = now.Add(f.MasterDown())
+			f.role, f.reason = Backup, "outranked by master "+a.Node
+			f.masterDownAt, f.why = now.Add(f.MasterDown()), "no master advert since stepping down"
 		}
 	case Backup:
 		switch {
 		case a.Priority == 0:
 			// The master is stepping down (planned handoff): take over now.
-			f.masterDownAt = now
+			f.masterDownAt, f.why = now, a.Node+" stepped down (priority 0)"
 		case f.Preempt && mayPreempt && !f.Outranks(a.Priority, a.Node):
-			f.masterDownAt = now
+			f.masterDownAt, f.why = now, "pre-empted lower-priority master "+a.Node+" (sync complete)"
 		default:
-			f.masterDownAt = now.Add(f.MasterDown())
+			f.masterDownAt, f.why = now.Add(f.MasterDown()), "no advert from master "+a.Node+" for the master-down interval"
 		}
 	}
 	return f.role
@@ -84,7 +86,7 @@ func (f *FSM) OnAdvert(a Advert, now time.Time, mayPreempt bool) Role {
 // becomes master, unless in fault. It returns the role afterwards.
 func (f *FSM) Tick(now time.Time) Role {
 	if f.role == Backup && !f.fault && !now.Before(f.masterDownAt) {
-		f.role = Master
+		f.role, f.reason = Master, f.why
 	}
 	return f.role
 }
@@ -92,8 +94,8 @@ func (f *FSM) Tick(now time.Time) Role {
 // StepDown makes the node a backup (a planned handoff sends a priority-0
 // advert first, so that the peer takes over at once).
 func (f *FSM) StepDown(now time.Time) {
-	f.role = Backup
-	f.masterDownAt = now.Add(f.MasterDown())
+	f.role, f.reason = Backup, "stepped down (planned handoff)"
+	f.masterDownAt, f.why = now.Add(f.MasterDown()), "no master advert since stepping down"
 }
 
 // SetFault marks the node's interface down (a backup that cannot take
@@ -104,10 +106,13 @@ func (f *FSM) SetFault(fault bool, now time.Time) {
 	}
 	f.fault = fault
 	if fault {
-		f.role = Backup
+		f.role, f.reason = Backup, "interface down (fault)"
 	}
-	f.masterDownAt = now.Add(f.MasterDown())
+	f.masterDownAt, f.why = now.Add(f.MasterDown()), "no master advert since the interface came back"
 }
+
+// Reason says why the last role change happened.
+func (f *FSM) Reason() string { return f.reason }
 
 // Fault reports whether the node is in fault.
 func (f *FSM) Fault() bool { return f.fault }

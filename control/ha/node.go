@@ -21,8 +21,9 @@ type Node struct {
 	boot     uint64
 	send     Transport
 	revision func() uint64
-	// OnRole is called (outside the node's lock) after each role change.
-	OnRole func(Role)
+	// OnRole is called (outside the node's lock) after each role change,
+	// with the reason.
+	OnRole func(role Role, reason string)
 	// OnOutranked is called (outside the lock) when this node, as master,
 	// hears a master it outranks: a healed partition. The caller announces
 	// its addresses again, since clients may have followed the other one.
@@ -198,7 +199,10 @@ func (n *Node) Role() Role {
 
 func (n *Node) changed(before, after Role) {
 	if before != after && n.OnRole != nil {
-		n.OnRole(after)
+		n.mu.Lock()
+		why := n.fsm.Reason()
+		n.mu.Unlock()
+		n.OnRole(after, why)
 	}
 }
 

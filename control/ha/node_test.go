@@ -43,7 +43,7 @@ func newPair(adv time.Duration) *pair {
 	p.b = &bus{nodes: map[string]*Node{}, cut: map[string]bool{}, now: &p.now}
 	mk := func(name string, prio uint8) *Node {
 		n := NewNode(NewFSM(name, prio, adv, false, p.now), key, uint64(p.now.UnixNano()), port{p.b, name}, func() uint64 { return 7 })
-		n.OnRole = func(r Role) { p.roles[name] = append(p.roles[name], r) }
+		n.OnRole = func(r Role, _ string) { p.roles[name] = append(p.roles[name], r) }
 		p.b.nodes[name] = n
 		return n
 	}

@@ -104,14 +104,14 @@ type pair struct {
 	pushq     chan struct{} // a committed revision to push (coalesced)
 	pulling   atomic.Bool
 	lastPull  atomic.Int64 // unix ns
-	flowsDone atomic.Bool // a full flow table was received since becoming backup
-	synced    atomic.Bool // state, flows and health match the master: may pre-empt
+	flowsDone atomic.Bool  // a full flow table was received since becoming backup
+	synced    atomic.Bool  // state, flows and health match the master: may pre-empt
 
 	mu           sync.Mutex
 	masterUsable []string             // the master's usable backends at the last pull
 	mismatch     map[string]time.Time // peer -> since when its revision differs
-	reported map[string]bool      // mismatch event sent
-	lastLag  time.Duration
+	reported     map[string]bool      // mismatch event sent
+	lastLag      time.Duration
 
 	syncLag     prometheus.Histogram
 	syncEntries *prometheus.CounterVec

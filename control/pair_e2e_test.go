@@ -852,7 +852,8 @@ func TestLBPairRevisionMismatch(t *testing.T) {
 	nft(t, b, "add", "table", "inet", "sluicet")
 	t.Cleanup(func() { b.Command(context.Background(), "nft", "delete", "table", "inet", "sluicet").Run() })
 	nft(t, b, "add", "chain", "inet", "sluicet", "in", "{ type filter hook input priority 0 ; }")
-	nft(t, b, "add", "rule", "inet", "sluicet", "in", "tcp", "dport", "9643", "drop")
+	nft(t, b, "add", "rule", "inet", "sluicet", "in", "tcp", "dport", "9643", "drop") // pushes
+	nft(t, b, "add", "rule", "inet", "sluicet", "in", "tcp", "sport", "9643", "drop") // answers to pulls
 	m := lp.nodes[0]
 	m.mustCLI(t, "backend", "drain", vipTCP, lp.lab.Backends[0].Addr.Addr().String())
 	rev := m.ha(t).Revision

@@ -206,6 +206,8 @@ func TestCLI(t *testing.T) {
 		{[]string{"apply", "-f", filepath.Join(dir, "missing.yaml")}, "-f"},
 		{[]string{"backup", "restore", filepath.Join(dir, "missing.json")}, "no such file"},
 		{[]string{"stats", "--every", "0s"}, "--every"},
+		{[]string{"ha", "failover"}, "not part of an LB pair"},
+		{[]string{"ha", "status", "-o", "yaml"}, "want table or json"},
 	}
 	unknown := filepath.Join(dir, "unknown.yaml")
 	os.WriteFile(unknown, []byte("vips:\n- vip: 10.0.0.1:80/tcp\n  colour: blue\n"), 0o600)
@@ -231,6 +233,11 @@ func TestCLI(t *testing.T) {
 	}
 	if after := d.status(t).Revision; after != before {
 		t.Fatalf("bad input changed the revision %d -> %d", before, after)
+	}
+	expect(d.mustCLI(t, "ha", "status"), "not part of an LB pair")
+	var hs control.HAStatus
+	if err := json.Unmarshal([]byte(d.mustCLI(t, "ha", "status", "-o", "json")), &hs); err != nil || hs.Enabled || hs.Role != "single" {
+		t.Fatalf("ha status -o json of a lone daemon: %+v %v", hs, err)
 	}
 	expect(d.mustCLI(t, "vip", "del", vipUDP), "deleted")
 }

@@ -94,6 +94,14 @@ func New(ctx context.Context, opts Options) (*Daemon, error) {
 	if opts.Iface == "" {
 		return nil, errors.New("--iface: required (the interface to attach to)")
 	}
+	if ifi, err := net.InterfaceByName(opts.Iface); err == nil && len(ifi.HardwareAddr) != 6 {
+		return nil, fmt.Errorf("--iface %s: not an Ethernet interface (no 6-byte MAC address to send frames from)", opts.Iface)
+	}
+	if opts.HA != nil {
+		if err := opts.HA.validate(); err != nil {
+			return nil, err
+		}
+	}
 	if opts.StateDir == "" {
 		opts.StateDir = DefaultStateDir
 	}
@@ -130,7 +138,11 @@ func New(ctx context.Context, opts Options) (*Daemon, error) {
 		if d.pair != nil {
 			d.pair.close()
 		}
-		d.dp.Close()
+		if d.dp.Adopted() {
+			d.dp.Close() // a data plane that was forwarding before keeps forwarding
+		} else {
+			d.dp.Detach() // nothing half-done stays attached
+		}
 		d.store.Close()
 		return nil, err
 	}

@@ -47,11 +47,10 @@ func addrPrefix(a netip.Addr) *net.IPNet {
 	return &net.IPNet{IP: a.AsSlice(), Mask: net.CIDRMask(a.BitLen(), a.BitLen())}
 }
 
-// own makes addrs exactly the VIP addresses on the interface: missing ones
-// are added (and, with announce, announced), ones no longer wanted are
-// removed. Addresses the interface had before are left alone on removal
-// only if they were never ours; stale ones from a previous run are named
-// in stale and removed.
+// set makes want the VIP addresses this node holds on the interface:
+// missing ones are added (and, with announce, announced), ones it added
+// before and no longer wants are removed. stale names addresses a previous
+// run may have left; they are removed unless wanted.
 func (o *vipOwner) set(ctx context.Context, want []netip.Addr, stale []netip.Addr, announce bool) error {
 	o.mu.Lock()
 	defer o.mu.Unlock()

@@ -1,0 +1,341 @@
+package control
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/netip"
+	"os"
+	"slices"
+	"time"
+
+	"github.com/sluicelb/sluice/control/ha"
+	"github.com/sluicelb/sluice/loader"
+)
+
+// committed is called after every committed change on this node.
+func (p *pair) committed() {
+	select {
+	case p.pushq <- struct{}{}:
+	default:
+	}
+}
+
+// pushLoop follows committed revisions: the master updates its VIP
+// addresses and streams the state to every peer.
+func (p *pair) pushLoop(ctx context.Context) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-p.pushq:
+		}
+		if p.node.Role() != ha.Master {
+			continue
+		}
+		st := p.d.State()
+		if err := p.owner.set(ctx, vipAddrs(st), nil, true); err != nil {
+			p.log.Error("vip addresses", "err", err)
+		}
+		body, err := json.Marshal(st)
+		if err != nil {
+			continue
+		}
+		for _, peer := range p.opts.Peers {
+			if _, err := p.call(ctx, http.MethodPost, peer, "state", body); err != nil {
+				p.log.Debug("push state", "peer", peer, "revision", st.Revision, "err", err)
+			}
+		}
+	}
+}
+
+// call sends a signed request of kind to peer and returns the verified
+// response body.
+func (p *pair) call(ctx context.Context, method string, peer netip.AddrPort, kind string, body []byte) ([]byte, error) {
+	req, err := http.NewRequestWithContext(ctx, method, ha.PeerURL(peer)+"/ha/"+kind, bytes.NewReader(body))
+	if err != nil {
+		return nil, err
+	}
+	p.signer.Sign(req.Header, kind, body)
+	resp, err := p.client.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	out, err := io.ReadAll(io.LimitReader(resp.Body, 1<<30))
+	if err != nil {
+		return nil, err
+	}
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("%s %s: %s: %s", method, kind, resp.Status, bytes.TrimSpace(out))
+	}
+	if err := ha.VerifyResponse(p.opts.Key, req.Header, resp.Header, kind, out); err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// pull copies the master's state and, once per backup term, its whole
+// connection table.
+func (p *pair) pull(peer netip.AddrPort) error {
+	body, err := p.call(p.ctx, http.MethodGet, peer, "state-pull", nil)
+	if err != nil {
+		return err
+	}
+	var view syncView
+	if err := json.Unmarshal(body, &view); err != nil {
+		return fmt.Errorf("state from %s: %w", peer, err)
+	}
+	st := view.State
+	if err := p.d.applyReplica(st); err != nil {
+		return err
+	}
+	p.mu.Lock()
+	p.masterUsable = append([]string{}, view.Usable...) // non-nil: pulled
+	p.mu.Unlock()
+	if p.flowsDone.Load() {
+		return nil
+	}
+	body, err = p.call(p.ctx, http.MethodGet, peer, "flows-dump", nil)
+	if err != nil {
+		return err
+	}
+	fs, err := ha.UnmarshalFlows(body)
+	if err != nil {
+		return fmt.Errorf("flow table from %s: %w", peer, err)
+	}
+	applied, unknown := p.applyFlows(fs)
+	p.flowsDone.Store(true)
+	p.log.Info("flow table copied from master", "peer", peer, "entries", applied, "unknown", unknown)
+	p.d.events.Add(Event{Kind: "ha", Reason: fmt.Sprintf("ha: copied %d flows from %s (%d for unknown backends)", applied, peer, unknown), Revision: st.Revision})
+	return nil
+}
+
+// invalidate drops the synced flag at once when this node's state or
+// health view changes; checkSync re-derives it on its next tick.
+func (p *pair) invalidate() { p.synced.Store(false) }
+
+// syncView is what a backup pulls: the master's state and which backends
+// it forwards to, so that the backup pre-empts only with the same view.
+type syncView struct {
+	State  State    `json:"state"`
+	Usable []string `json:"usable"`
+}
+
+// usableView lists "VIP backend" for every backend the data plane may use.
+func (d *Daemon) usableView() []string {
+	var out []string
+	for _, v := range d.State().VIPs {
+		k, _ := ParseVIPKey(v.VIP)
+		view, _, _ := d.rec.View(k)
+		for a, bv := range view {
+			if bv.Usable {
+				out = append(out, v.VIP+" "+a.String())
+			}
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
+// applyFlows writes synced entries with this node's backend indexes.
+func (p *pair) applyFlows(fs []ha.FlowEntry) (applied, unknown int) {
+	now := loader.MonotonicCoarseNow()
+	for _, f := range fs {
+		idx, ok := p.d.rec.FlowBackend(f.Dst, loader.Proto(f.Proto), f.Backend)
+		if !ok {
+			unknown++
+			continue
+		}
+		if err := p.d.dp.SetFlow(loader.Flow{Src: f.Src, Dst: f.Dst, Proto: loader.Proto(f.Proto), Backend: idx, LastSeenNano: now}); err != nil {
+			p.log.Warn("write synced flow", "err", err)
+			unknown++
+			continue
+		}
+		applied++
+	}
+	p.syncEntries.WithLabelValues("received", "applied").Add(float64(applied))
+	p.syncEntries.WithLabelValues("received", "unknown").Add(float64(unknown))
+	return applied, unknown
+}
+
+// flowEntries turns data-plane flows into synced entries.
+func (p *pair) flowEntries(flows []loader.Flow) []ha.FlowEntry {
+	refs := p.d.rec.BackendRefs()
+	out := make([]ha.FlowEntry, 0, len(flows))
+	for _, f := range flows {
+		ref, ok := refs[f.Backend]
+		if !ok {
+			continue
+		}
+		out = append(out, ha.FlowEntry{Src: f.Src, Dst: f.Dst, Proto: uint8(f.Proto), Backend: ref.Addr})
+	}
+	return out
+}
+
+type flowBatch struct {
+	body   []byte
+	n      int
+	oldest time.Duration // monotonic time of the oldest write in the batch
+}
+
+// flowLoop reads connection-table writes, batches them and hands each
+// batch to every peer's sender; a slow peer loses batches (counted), not
+// the reader.
+func (p *pair) flowLoop(ctx context.Context, r *loader.FlowEventReader) {
+	go func() {
+		<-ctx.Done()
+		r.Close()
+	}()
+	queues := map[netip.AddrPort]chan flowBatch{}
+	for _, peer := range p.opts.Peers {
+		q := make(chan flowBatch, 64)
+		queues[peer] = q
+		go p.sendFlows(ctx, peer, q)
+	}
+	var pending []loader.Flow
+	var oldest time.Duration
+	flush := func() {
+		if len(pending) == 0 {
+			return
+		}
+		es := p.flowEntries(pending)
+		b := flowBatch{body: ha.MarshalFlows(es), n: len(es), oldest: oldest}
+		pending = pending[:0]
+		for _, q := range queues {
+			select {
+			case q <- b:
+			default:
+				p.syncEntries.WithLabelValues("sent", "dropped").Add(float64(b.n))
+			}
+		}
+	}
+	for {
+		deadline := time.Time{}
+		if len(pending) > 0 {
+			deadline = time.Now().Add(flowBatchWait)
+		}
+		ev, err := r.Read(deadline)
+		switch {
+		case errors.Is(err, loader.ErrClosed):
+			return
+		case errors.Is(err, os.ErrDeadlineExceeded):
+			flush()
+			continue
+		case err != nil:
+			p.log.Warn("flow events", "err", err)
+			continue
+		}
+		if len(pending) == 0 {
+			oldest = ev.At
+		}
+		pending = append(pending, ev.Flow)
+		if len(pending) >= flowBatchMax {
+			flush()
+		}
+	}
+}
+
+func (p *pair) sendFlows(ctx context.Context, peer netip.AddrPort, q chan flowBatch) {
+	key := ha.PeerKey(peer.Addr())
+	for {
+		var b flowBatch
+		select {
+		case <-ctx.Done():
+			return
+		case b = <-q:
+		}
+		if !p.peerUp(key) {
+			p.syncEntries.WithLabelValues("sent", "dropped").Add(float64(b.n))
+			continue
+		}
+		t0 := time.Now()
+		_, err := p.call(ctx, http.MethodPost, peer, "flows", b.body)
+		p.log.Debug("flow batch", "peer", peer, "entries", b.n, "post", time.Since(t0), "queued", len(q), "age", loader.MonotonicNow()-b.oldest)
+		if err != nil {
+			p.syncEntries.WithLabelValues("sent", "dropped").Add(float64(b.n))
+			p.log.Debug("flow sync", "peer", peer, "err", err)
+			continue
+		}
+		lag := loader.MonotonicNow() - b.oldest
+		p.syncLag.Observe(lag.Seconds())
+		p.syncEntries.WithLabelValues("sent", "ok").Add(float64(b.n))
+		p.mu.Lock()
+		p.lastLag = lag
+		p.mu.Unlock()
+	}
+}
+
+func (p *pair) peerUp(key string) bool {
+	for _, pe := range p.node.Status(time.Now()).Peers {
+		if pe.Addr == key {
+			return pe.Up
+		}
+	}
+	return false
+}
+
+// syncHandler serves the peer's state pushes and pulls and flow sync.
+func (p *pair) syncHandler() http.Handler {
+	mux := http.NewServeMux()
+	serve := func(pattern, kind string, fn func(body []byte) ([]byte, error)) {
+		mux.HandleFunc(pattern, func(w http.ResponseWriter, r *http.Request) {
+			body, err := io.ReadAll(io.LimitReader(r.Body, 1<<30))
+			if err != nil {
+				http.Error(w, err.Error(), http.StatusBadRequest)
+				return
+			}
+			if _, err := p.verify.Verify(r.Header, kind, body); err != nil {
+				p.node.Refuse(err)
+				http.Error(w, "refused: "+ha.Reason(err), http.StatusForbidden)
+				return
+			}
+			out, err := fn(body)
+			if err != nil {
+				http.Error(w, err.Error(), http.StatusConflict)
+				return
+			}
+			ha.SignResponse(p.opts.Key, r.Header, w.Header(), kind, out)
+			w.Write(out)
+		})
+	}
+	serve("POST /ha/state", "state", func(body []byte) ([]byte, error) {
+		if p.node.Role() == ha.Master {
+			return nil, errors.New("this node is master: it keeps its own state")
+		}
+		var st State
+		if err := json.Unmarshal(body, &st); err != nil {
+			return nil, err
+		}
+		if st.Revision <= p.d.revision() {
+			// A push that arrives late (held up while this node was
+			// unreachable) must not roll back what a pull brought since.
+			// Pulls, which answer this node's own request, always apply.
+			return nil, nil
+		}
+		return nil, p.d.applyReplica(st)
+	})
+	serve("GET /ha/state-pull", "state-pull", func([]byte) ([]byte, error) {
+		return json.Marshal(syncView{State: p.d.State(), Usable: p.d.usableView()})
+	})
+	serve("POST /ha/flows", "flows", func(body []byte) ([]byte, error) {
+		fs, err := ha.UnmarshalFlows(body)
+		if err != nil {
+			return nil, err
+		}
+		p.applyFlows(fs)
+		return nil, nil
+	})
+	serve("GET /ha/flows-dump", "flows-dump", func([]byte) ([]byte, error) {
+		flows, err := p.d.dp.Flows()
+		if err != nil {
+			return nil, err
+		}
+		return ha.MarshalFlows(p.flowEntries(flows)), nil
+	})
+	return mux
+}

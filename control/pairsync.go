@@ -214,10 +214,10 @@ func (p *pair) flowLoop(ctx context.Context, r *loader.FlowEventReader) {
 			}
 		}
 	}
+	var deadline time.Time // when the pending batch must go: its first entry + flowBatchWait
 	for {
-		deadline := time.Time{}
-		if len(pending) > 0 {
-			deadline = time.Now().Add(flowBatchWait)
+		if len(pending) == 0 {
+			deadline = time.Time{}
 		}
 		ev, err := r.Read(deadline)
 		switch {
@@ -232,6 +232,7 @@ func (p *pair) flowLoop(ctx context.Context, r *loader.FlowEventReader) {
 		}
 		if len(pending) == 0 {
 			oldest = ev.At
+			deadline = time.Now().Add(flowBatchWait)
 		}
 		pending = append(pending, ev.Flow)
 		if len(pending) >= flowBatchMax {

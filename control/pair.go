@@ -104,6 +104,10 @@ type pair struct {
 	flowsDone atomic.Bool  // a full flow table was received since becoming backup
 	synced    atomic.Bool  // state, flows and health match the master: may pre-empt
 
+	// roleMu orders VIP-address changes: a role change and a commit's
+	// address update never interleave, so a backup never keeps an address.
+	roleMu sync.Mutex
+
 	mu           sync.Mutex
 	masterUsable []string             // the master's usable backends at the last pull
 	mismatch     map[string]time.Time // peer -> since when its revision differs
@@ -198,6 +202,8 @@ func vipAddrs(s State) []netip.Addr {
 }
 
 func (p *pair) onRole(r ha.Role, why string) {
+	p.roleMu.Lock()
+	defer p.roleMu.Unlock()
 	p.log.Info("ha role changed", "role", r, "reason", why)
 	p.d.events.Add(Event{Kind: "ha", To: string(r), Reason: "ha: this node is now " + string(r) + ": " + why, Revision: p.d.revision()})
 	if r == ha.Master {
@@ -342,7 +348,11 @@ func (p *pair) checkSync(now time.Time) {
 		p.synced.Store(false)
 		return
 	}
-	synced := master.Revision == rev && p.flowsDone.Load()
+	stateOK := master.Revision == rev && p.flowsDone.Load()
+	if stateOK && p.synced.Load() {
+		return // nothing changed here since it was found synced (invalidate)
+	}
+	synced := stateOK
 	if synced {
 		// The health view is compared now, not at the pull: a check that
 		// restarted since must not count as up.
@@ -355,7 +365,14 @@ func (p *pair) checkSync(now time.Time) {
 	if synced {
 		return
 	}
-	if now.UnixNano()-p.lastPull.Load() < int64(p.opts.Advert) || !p.pulling.CompareAndSwap(false, true) {
+	// Pull at most once per advert while the state differs, once a second
+	// while only the health views do (they may differ for good: a backend
+	// only one node reaches).
+	every := int64(p.opts.Advert)
+	if stateOK {
+		every = int64(time.Second)
+	}
+	if now.UnixNano()-p.lastPull.Load() < every || !p.pulling.CompareAndSwap(false, true) {
 		return
 	}
 	p.lastPull.Store(now.UnixNano())

@@ -34,13 +34,16 @@ func (p *pair) pushLoop(ctx context.Context) {
 			return
 		case <-p.pushq:
 		}
+		p.roleMu.Lock()
 		if p.node.Role() != ha.Master {
+			p.roleMu.Unlock()
 			continue
 		}
 		st := p.d.State()
 		if err := p.owner.set(ctx, vipAddrs(st), nil, true); err != nil {
 			p.log.Error("vip addresses", "err", err)
 		}
+		p.roleMu.Unlock()
 		body, err := json.Marshal(st)
 		if err != nil {
 			continue

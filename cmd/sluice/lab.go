@@ -3,6 +3,7 @@ package main
 import (
 	"bufio"
 	"context"
+	"crypto/rand"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -38,14 +39,18 @@ type labHost struct {
 }
 
 type labState struct {
-	ID        string    `json:"id"`
-	PinRoot   string    `json:"pin_root"`
-	Socket    string    `json:"socket"`
-	RunnerPID int       `json:"runner_pid"`
-	DaemonPID int       `json:"daemon_pid,omitempty"`
-	Hosts     []labHost `json:"hosts"`
-	VIPs      []string  `json:"vips"`
-	Ready     bool      `json:"ready"`
+	ID        string `json:"id"`
+	PinRoot   string `json:"pin_root"`
+	Socket    string `json:"socket"`
+	RunnerPID int    `json:"runner_pid"`
+	DaemonPID int    `json:"daemon_pid,omitempty"`
+	// With --pair: the second LB node, lb2, and its daemon.
+	Pair       bool      `json:"pair,omitempty"`
+	Socket2    string    `json:"socket2,omitempty"`
+	Daemon2PID int       `json:"daemon2_pid,omitempty"`
+	Hosts      []labHost `json:"hosts"`
+	VIPs       []string  `json:"vips"`
+	Ready      bool      `json:"ready"`
 }
 
 func readLabState() (*labState, error) {
@@ -96,19 +101,20 @@ func labCommand() *cli.Command {
 		Subcommands: []*cli.Command{
 			{
 				Name: "up", Usage: "build the lab and start the daemon in it",
-				Flags: []cli.Flag{&cli.IntFlag{Name: "backends", Value: 3, Usage: "number of backends (1 to 8)"}},
+				Flags: []cli.Flag{&cli.IntFlag{Name: "backends", Value: 3, Usage: "number of backends (1 to 8)"},
+					&cli.BoolFlag{Name: "pair", Usage: "two LB nodes, lb and lb2, as an active/standby pair"}},
 				Action: func(c *cli.Context) error {
 					n := c.Int("backends")
 					if n < 1 || n > 8 {
 						return fmt.Errorf("--backends %d: want 1 to 8", n)
 					}
-					return labUp(c.Context, c.App.Writer, n)
+					return labUp(c.Context, c.App.Writer, n, c.Bool("pair"))
 				},
 			},
 			{
 				Name: "run", Hidden: true, Usage: "(internal) build and hold the lab until signalled",
-				Flags:  []cli.Flag{&cli.IntFlag{Name: "backends", Value: 3}},
-				Action: func(c *cli.Context) error { return labRun(c.Int("backends")) },
+				Flags:  []cli.Flag{&cli.IntFlag{Name: "backends", Value: 3}, &cli.BoolFlag{Name: "pair"}},
+				Action: func(c *cli.Context) error { return labRun(c.Int("backends"), c.Bool("pair")) },
 			},
 			{
 				Name: "down", Usage: "remove the lab: namespaces, links, pinned objects and processes",
@@ -150,11 +156,11 @@ func labCommand() *cli.Command {
 				},
 			},
 			{
-				Name: "fault", Usage: "inject a fault: kill (connections refused), blackhole (packets dropped), restore",
-				ArgsUsage: "kill|blackhole|restore BACKEND",
+				Name: "fault", Usage: "inject a fault: kill (connections refused), blackhole (packets dropped), restore; down/up an LB node's link",
+				ArgsUsage: "kill|blackhole|restore BACKEND | down|up lb|lb2",
 				Action: func(c *cli.Context) error {
 					if c.NArg() != 2 {
-						return errors.New("want: sluice lab fault kill|blackhole|restore BACKEND")
+						return errors.New("want: sluice lab fault kill|blackhole|restore BACKEND, or down|up lb|lb2")
 					}
 					return labFault(c.Context, c.App.Writer, c.Args().Get(0), c.Args().Get(1))
 				},
@@ -172,7 +178,7 @@ func hostNames(st *labState) string {
 }
 
 // labUp starts the lab runner in the background and waits until it is ready.
-func labUp(ctx context.Context, w io.Writer, backends int) error {
+func labUp(ctx context.Context, w io.Writer, backends int, pair bool) error {
 	if st, err := readLabState(); err == nil {
 		if alive(st.RunnerPID) {
 			return errors.New("a lab is already up (remove it with: sluice lab down)")
@@ -192,7 +198,7 @@ func labUp(ctx context.Context, w io.Writer, backends int) error {
 		return err
 	}
 	defer logf.Close()
-	cmd := exec.Command(self, "lab", "run", "--backends", fmt.Sprint(backends))
+	cmd := exec.Command(self, "lab", "run", "--backends", fmt.Sprint(backends), fmt.Sprintf("--pair=%v", pair))
 	cmd.Stderr = logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true} // not killed with our terminal
 	out, err := cmd.StdoutPipe()
@@ -215,11 +221,19 @@ func labUp(ctx context.Context, w io.Writer, backends int) error {
 			if err != nil {
 				return err
 			}
-			fmt.Fprintf(w, "lab %s is up: client, lb (sluice daemon, XDP), %d backends\n\n", st.ID, backends)
+			if st.Pair {
+				fmt.Fprintf(w, "lab %s is up: client, lb and lb2 (an active/standby pair of sluice daemons), %d backends\n\n", st.ID, backends)
+			} else {
+				fmt.Fprintf(w, "lab %s is up: client, lb (sluice daemon, XDP), %d backends\n\n", st.ID, backends)
+			}
 			fmt.Fprintf(w, "  sluice lab exec client -- curl -s http://10.77.1.100/\n")
 			fmt.Fprintf(w, "  SLUICE_SOCKET=%s sluice status\n", st.Socket)
 			fmt.Fprintf(w, "  sluice lab exec lb -- curl -s 127.0.0.1:9642/metrics\n")
 			fmt.Fprintf(w, "  sluice lab fault kill b1    # then: sluice lab fault restore b1\n")
+			if st.Pair {
+				fmt.Fprintf(w, "  SLUICE_SOCKET=%s sluice ha status    # lb2: SLUICE_SOCKET=%s\n", st.Socket, st.Socket2)
+				fmt.Fprintf(w, "  sluice lab fault down lb    # lb2 takes over; then: sluice lab fault up lb\n")
+			}
 			fmt.Fprintf(w, "  sluice lab down\n")
 			_, err = io.WriteString(confirm, "OK\n")
 			return err
@@ -232,7 +246,7 @@ func labUp(ctx context.Context, w io.Writer, backends int) error {
 
 // labRun builds the lab, runs the daemon in the LB namespace and holds
 // everything until SIGTERM or SIGINT, then removes it all.
-func labRun(backends int) error {
+func labRun(backends int, pair bool) error {
 	sigs := make(chan os.Signal, 1)
 	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
 	signal.Ignore(syscall.SIGHUP, syscall.SIGPIPE)
@@ -244,22 +258,29 @@ func labRun(backends int) error {
 		confirmed <- line == "OK\n"
 	}()
 	ctx := context.Background()
-	lab, err := testenv.NewLab(ctx, nil, testenv.LabOptions{Backends: backends, Prefix: labPrefix})
+	lab, err := testenv.NewLab(ctx, nil, testenv.LabOptions{Backends: backends, Prefix: labPrefix, Pair: pair})
 	if err != nil {
 		return err
 	}
-	st := &labState{ID: lab.ID(), PinRoot: lab.PinRoot(), Socket: filepath.Join(labDir, "sluice.sock"), RunnerPID: os.Getpid()}
-	for _, h := range append([]*testenv.Host{lab.Client, lab.LB}, backendHosts(lab)...) {
+	st := &labState{ID: lab.ID(), PinRoot: lab.PinRoot(), Socket: filepath.Join(labDir, "sluice.sock"), RunnerPID: os.Getpid(), Pair: pair}
+	lbs := []*testenv.Host{lab.LB}
+	if pair {
+		lbs = append(lbs, lab.LB2)
+	}
+	for _, h := range append(append([]*testenv.Host{lab.Client}, lbs...), backendHosts(lab)...) {
 		lh := labHost{Name: h.Name, NS: h.NSName(), Link: h.Link, Addr: h.Addr.Addr().String()}
 		if h.Addr6.IsValid() {
 			lh.Addr6 = h.Addr6.Addr().String()
 		}
 		st.Hosts = append(st.Hosts, lh)
 	}
-	var daemon *labDaemon
+	var daemon, daemon2 *labDaemon
 	teardown := func() {
 		daemon.stop()
-		_ = loader.DetachPinned(lab.LB.Link, lab.PinRoot())
+		daemon2.stop()
+		for _, h := range lbs {
+			_ = loader.DetachPinned(h.Link, lab.PinRoot())
+		}
 		_ = lab.Close()
 		_ = testenv.RemoveWithPrefix(labPrefix + "-" + lab.ID())
 		os.RemoveAll(labDir)
@@ -268,13 +289,31 @@ func labRun(backends int) error {
 		teardown()
 		return err
 	}
-	daemon, err = startLabDaemon(lab, labDir, "127.0.0.1:9642")
+	var ha1, ha2 []string
+	if pair {
+		key := filepath.Join(labDir, "ha.key")
+		if err := control.WriteFileAtomic(key, []byte(fmt.Sprintf("%x\n", randomKey())), 0o600); err != nil {
+			teardown()
+			return err
+		}
+		ha1 = []string{"--ha-peer", lab.LB2.Addr.Addr().String(), "--ha-priority", "200", "--ha-key-file", key}
+		ha2 = []string{"--ha-peer", lab.LB.Addr.Addr().String(), "--ha-priority", "100", "--ha-key-file", key}
+	}
+	daemon, err = startLabDaemon(lab, labDir, "127.0.0.1:9642", ha1...)
 	if err != nil {
 		teardown()
 		return err
 	}
 	st.Socket = daemon.socket
 	st.DaemonPID = daemon.cmd.Process.Pid
+	if pair {
+		if daemon2, err = startLabDaemonOn(lab, lab.LB2, filepath.Join(labDir, "lb2"), "127.0.0.1:9642", ha2...); err != nil {
+			teardown()
+			return err
+		}
+		st.Socket2 = daemon2.socket
+		st.Daemon2PID = daemon2.cmd.Process.Pid
+	}
 	if err := st.write(); err != nil {
 		teardown()
 		return err
@@ -283,6 +322,15 @@ func labRun(backends int) error {
 		cl := daemon.client
 		if err := daemon.wait(ctx, 20*time.Second); err != nil {
 			return err
+		}
+		if pair {
+			if err := daemon2.wait(ctx, 20*time.Second); err != nil {
+				return err
+			}
+			// Changes go to the master: lb, the higher priority.
+			if err := waitRole(ctx, cl, "master", 20*time.Second); err != nil {
+				return err
+			}
 		}
 		deadline := time.Now().Add(20 * time.Second)
 		for _, v := range labVIPs {
@@ -304,27 +352,34 @@ func labRun(backends int) error {
 				}
 			}
 		}
-		for {
-			var s control.Status
-			if err := cl.do(ctx, "GET", "/v1/status", nil, nil, &s); err != nil {
-				return err
-			}
-			up := 0
-			for _, v := range s.VIPs {
-				for _, b := range v.Backends {
-					if b.State == "up" {
-						up++
+		clients := []*client{cl}
+		if pair {
+			clients = append(clients, daemon2.client) // the backup checks too: a warm standby
+		}
+		for _, c := range clients {
+			for {
+				var s control.Status
+				if err := c.do(ctx, "GET", "/v1/status", nil, nil, &s); err != nil {
+					return err
+				}
+				up := 0
+				for _, v := range s.VIPs {
+					for _, b := range v.Backends {
+						if b.State == "up" {
+							up++
+						}
 					}
 				}
+				if up == len(labVIPs)*len(lab.Backends) {
+					break
+				}
+				if time.Now().After(deadline) {
+					return errors.New("backends did not come up")
+				}
+				time.Sleep(50 * time.Millisecond)
 			}
-			if up == len(labVIPs)*len(lab.Backends) {
-				return nil
-			}
-			if time.Now().After(deadline) {
-				return errors.New("backends did not come up")
-			}
-			time.Sleep(50 * time.Millisecond)
 		}
+		return nil
 	}
 	errc := make(chan error, 1)
 	go func() { errc <- setup() }()
@@ -364,6 +419,30 @@ func labRun(backends int) error {
 	return nil
 }
 
+// randomKey is a fresh shared key for the lab pair.
+func randomKey() []byte {
+	b := make([]byte, 32)
+	if _, err := rand.Read(b); err != nil {
+		panic(err) // crypto/rand does not fail on Linux
+	}
+	return b
+}
+
+// waitRole waits until the daemon behind cl reports role in its LB pair.
+func waitRole(ctx context.Context, cl *client, role string, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	for {
+		var hs control.HAStatus
+		if err := cl.do(ctx, "GET", "/v1/ha/status", nil, nil, &hs); err == nil && hs.Role == role {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("the lab's LB node did not become %s", role)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
 func backendHosts(lab *testenv.Lab) []*testenv.Host {
 	var out []*testenv.Host
 	for _, b := range lab.Backends {
@@ -381,15 +460,17 @@ func labCleanup(st *labState) error {
 				time.Sleep(50 * time.Millisecond)
 			}
 		}
-		if alive(st.DaemonPID) {
-			syscall.Kill(st.DaemonPID, syscall.SIGKILL)
-			for i := 0; i < 100 && alive(st.DaemonPID); i++ {
-				time.Sleep(20 * time.Millisecond)
+		for _, pid := range []int{st.DaemonPID, st.Daemon2PID} {
+			if alive(pid) {
+				syscall.Kill(pid, syscall.SIGKILL)
+				for i := 0; i < 100 && alive(pid); i++ {
+					time.Sleep(20 * time.Millisecond)
+				}
 			}
 		}
 		if st.PinRoot != "" {
 			for _, h := range st.Hosts {
-				if h.Name == "lb" {
+				if h.Name == "lb" || h.Name == "lb2" {
 					_ = loader.DetachPinned(h.Link, st.PinRoot)
 				}
 			}
@@ -424,6 +505,15 @@ func labStatus(c *cli.Context) error {
 	w := c.App.Writer
 	fmt.Fprintf(w, "lab %s: runner pid %d (alive %v), daemon pid %d (alive %v), socket %s\n",
 		st.ID, st.RunnerPID, alive(st.RunnerPID), st.DaemonPID, alive(st.DaemonPID), st.Socket)
+	if st.Pair {
+		fmt.Fprintf(w, "lb2: daemon pid %d (alive %v), socket %s\n", st.Daemon2PID, alive(st.Daemon2PID), st.Socket2)
+		for _, n := range []struct{ name, sock string }{{"lb", st.Socket}, {"lb2", st.Socket2}} {
+			var hs control.HAStatus
+			if err := newClientFor(n.sock).do(c.Context, "GET", "/v1/ha/status", nil, nil, &hs); err == nil {
+				fmt.Fprintf(w, "%s: %s, revision %d\n", n.name, hs.Role, hs.Revision)
+			}
+		}
+	}
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "HOST\tADDRESS\tIPV6\tNETNS")
 	for _, h := range st.Hosts {
@@ -449,9 +539,12 @@ func labFault(ctx context.Context, w io.Writer, kind, backend string) error {
 	if err != nil {
 		return errors.New("no lab is up (start one with: sluice lab up)")
 	}
+	if kind == "down" || kind == "up" {
+		return labLinkFault(ctx, w, st, kind, backend)
+	}
 	h, ok := st.host(backend)
 	if !ok || !strings.HasPrefix(backend, "b") {
-		return fmt.Errorf("backend %q: the lab's backends are %s", backend, strings.TrimPrefix(hostNames(st), "client, lb, "))
+		return fmt.Errorf("backend %q: the lab's backends are %s", backend, backendNames(st))
 	}
 	nft := func(args ...string) error {
 		out, err := exec.CommandContext(ctx, "nsenter", append([]string{"--net=/var/run/netns/" + h.NS, "--", "nft"}, args...)...).CombinedOutput()
@@ -467,7 +560,7 @@ func labFault(ctx context.Context, w io.Writer, kind, backend string) error {
 		return nil
 	case "kill", "blackhole":
 	default:
-		return fmt.Errorf("fault %q: want kill, blackhole or restore", kind)
+		return fmt.Errorf("fault %q: want kill, blackhole or restore (a backend), or down or up (an LB node)", kind)
 	}
 	if err := nft("add", "table", "inet", "sluicelab_fault"); err != nil {
 		return err
@@ -486,5 +579,31 @@ func labFault(ctx context.Context, w io.Writer, kind, backend string) error {
 	}
 	fmt.Fprintf(w, "%s: %s (undo with: sluice lab fault restore %s)\n", backend, map[string]string{
 		"kill": "servers refuse connections", "blackhole": "packets to its servers are dropped"}[kind], backend)
+	return nil
+}
+
+// backendNames lists the lab's backends.
+func backendNames(st *labState) string {
+	var out []string
+	for _, h := range st.Hosts {
+		if strings.HasPrefix(h.Name, "b") {
+			out = append(out, h.Name)
+		}
+	}
+	return strings.Join(out, ", ")
+}
+
+// labLinkFault takes an LB node's link down or up: in a pair, the other
+// node takes over (or the node returns, as backup).
+func labLinkFault(ctx context.Context, w io.Writer, st *labState, kind, node string) error {
+	h, ok := st.host(node)
+	if !ok || (node != "lb" && node != "lb2") {
+		return fmt.Errorf("node %q: want lb or lb2 (lb2 only in a lab started with --pair)", node)
+	}
+	out, err := exec.CommandContext(ctx, "nsenter", "--net=/var/run/netns/"+h.NS, "--", "ip", "link", "set", h.Link, kind).CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("ip link set %s %s: %v: %s", h.Link, kind, err, out)
+	}
+	fmt.Fprintf(w, "%s: link %s\n", node, kind)
 	return nil
 }

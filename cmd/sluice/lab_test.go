@@ -90,6 +90,52 @@ func TestLab(t *testing.T) {
 	assertGone(t, st.RunnerPID, st.DaemonPID)
 }
 
+// TestLabPair: `lab up --pair` runs lb and lb2 as an LB pair; the VIP
+// answers through lb, keeps answering after lb's link goes down (lb2 takes
+// over), and `lab down` removes both.
+func TestLabPair(t *testing.T) {
+	testenv.Require(t)
+	t.Cleanup(func() { run(t, "lab", "down") })
+	out := mustRun(t, "lab", "up", "--pair", "--backends", "2")
+	if !strings.Contains(out, "active/standby pair") || !strings.Contains(out, "sluice lab fault down lb") {
+		t.Fatalf("lab up --pair:\n%s", out)
+	}
+	st, err := readLabState()
+	if err != nil {
+		t.Fatal(err)
+	}
+	curl := func() string {
+		t.Helper()
+		name := strings.TrimSpace(mustRun(t, "lab", "exec", "client", "--", "curl", "-s", "--max-time", "5", "http://10.77.1.100/"))
+		if name != "b1" && name != "b2" {
+			t.Fatalf("curl through the VIP answered %q", name)
+		}
+		return name
+	}
+	curl()
+	status := mustRun(t, "lab", "status")
+	if !strings.Contains(status, "lb: master") || !strings.Contains(status, "lb2: backup") {
+		t.Fatalf("lab status:\n%s", status)
+	}
+	mustRun(t, "lab", "fault", "down", "lb")
+	deadline := time.Now().Add(10 * time.Second)
+	for !strings.Contains(mustRun(t, "lab", "status"), "lb2: master") {
+		if time.Now().After(deadline) {
+			t.Fatal("lb2 did not take over")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	curl()
+	mustRun(t, "lab", "fault", "up", "lb")
+	if _, err := run(t, "lab", "fault", "down", "b1"); err == nil {
+		t.Fatal("fault down accepted a backend")
+	}
+	if !strings.Contains(mustRun(t, "lab", "down"), "lab removed") {
+		t.Fatal("lab down did not confirm")
+	}
+	assertGone(t, st.RunnerPID, st.DaemonPID, st.Daemon2PID)
+}
+
 // TestLabUpKilledMidway: when `lab up` dies while the lab is being built,
 // the lab removes itself, and `lab down` leaves nothing either.
 func TestLabUpKilledMidway(t *testing.T) {

@@ -23,20 +23,29 @@ type labDaemon struct {
 	socket  string
 }
 
-// startLabDaemon starts the daemon; wait tells when its API answers.
+// startLabDaemon starts the daemon on the lab's LB host; wait tells when
+// its API answers.
 func startLabDaemon(lab *testenv.Lab, dir, metricsAddr string, extra ...string) (*labDaemon, error) {
+	return startLabDaemonOn(lab, lab.LB, dir, metricsAddr, extra...)
+}
+
+// startLabDaemonOn starts the daemon on one of the lab's LB hosts.
+func startLabDaemonOn(lab *testenv.Lab, host *testenv.Host, dir, metricsAddr string, extra ...string) (*labDaemon, error) {
 	self, err := os.Executable()
 	if err != nil {
 		return nil, err
 	}
 	d := &labDaemon{logPath: filepath.Join(dir, "daemon.log"), socket: filepath.Join(dir, "sluice.sock")}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, err
+	}
 	if d.logf, err = os.Create(d.logPath); err != nil {
 		return nil, err
 	}
-	args := append([]string{"daemon", "--iface", lab.LB.Link, "--xdp-mode", "native",
+	args := append([]string{"daemon", "--iface", host.Link, "--xdp-mode", "native",
 		"--state-dir", filepath.Join(dir, "state"), "--socket", d.socket, "--metrics-addr", metricsAddr,
 		"--pin-root", lab.PinRoot(), "--flow-table-size", "65536"}, extra...)
-	d.cmd = lab.LB.Command(context.Background(), self, args...)
+	d.cmd = host.Command(context.Background(), self, args...)
 	d.cmd.Stdout, d.cmd.Stderr = d.logf, d.logf
 	if err := d.cmd.Start(); err != nil {
 		d.logf.Close()

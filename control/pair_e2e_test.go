@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -938,6 +939,27 @@ func TestHAStatusText(t *testing.T) {
 				t.Errorf("node %d: ha status lacks %q:\n%s", i, s, out)
 			}
 		}
+	}
+	// The shipped dashboard's LB-pair panels query series a pair exports.
+	dash, err := os.ReadFile("../docs/grafana-dashboard.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := newScraper(lp.hosts[0]).hc.Get("http://127.0.0.1:9642/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	n := 0
+	for _, name := range regexp.MustCompile(`sluice_(ha|flow_sync)_[a-z_]+`).FindAllString(string(dash), -1) {
+		n++
+		if !strings.Contains(string(body), name) {
+			t.Errorf("dashboard queries %s, which a pair node does not export", name)
+		}
+	}
+	if n < 8 {
+		t.Fatalf("dashboard has %d LB-pair series", n)
 	}
 	out := lp.nodes[0].mustCLI(t, "ha", "failover", "-o", "json")
 	var st control.HAStatus

@@ -996,3 +996,21 @@ func TestHAStatusText(t *testing.T) {
 		t.Fatalf("a change on the backup: %v %s", err, out)
 	}
 }
+
+// TestLBPairKill9: the master's daemon is killed without any cleanup (its
+// XDP program stays attached): the backup takes over within master down
+// and the client follows it.
+func TestLBPairKill9(t *testing.T) {
+	lp := newLBPair(t, "100ms", 2, 2)
+	p := startProber(t, lp.lab)
+	p.waitAnswers(t, 50, "before the kill")
+	lp.nodes[0].kill9(t)
+	waitRole(t, lp.nodes[1], "master")
+	lp.waitNeighbour(t, 1)
+	p.waitAnswers(t, 100, "after the kill")
+	gap := p.finish()
+	t.Logf("master's daemon killed (-9): node 1 master, client follows it; longest prober silence %v", gap)
+	if gap > 500*time.Millisecond {
+		t.Fatalf("gap %v > 500ms", gap)
+	}
+}

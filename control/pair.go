@@ -47,6 +47,12 @@ const (
 	flowBatchMax  = 512
 	flowBatchWait = 2 * time.Millisecond
 	syncTimeout   = time.Second
+	// dumpTimeout bounds the copy of a whole connection table (two
+	// families of up to millions of entries, 55 bytes each at most).
+	dumpTimeout = time.Minute
+	// maxSyncBody bounds what a sync request may carry (a state, like the
+	// API's limit, or a flow batch), read before it is authenticated.
+	maxSyncBody = 64 << 20
 )
 
 func (o *HAOptions) validate() error {
@@ -93,7 +99,8 @@ type pair struct {
 	tcp    net.Listener
 	signer *ha.Signer
 	verify *ha.Verifier
-	client *http.Client
+	client *http.Client // state pushes and pulls, flow batches
+	bulk   *http.Client // whole-table copies
 	owner  *vipOwner
 	peers  map[string]netip.AddrPort // by ha.PeerKey
 	ctx    context.Context
@@ -139,7 +146,7 @@ func newPair(d *Daemon, opts HAOptions) (*pair, error) {
 	boot := uint64(time.Now().UnixNano())
 	p := &pair{d: d, opts: opts, log: d.log.With("component", "ha"), owner: newVIPOwner(d.dp.Iface(), d.log),
 		signer: &ha.Signer{Key: opts.Key, Node: opts.Node, Boot: boot}, verify: &ha.Verifier{Key: opts.Key},
-		client: &http.Client{Timeout: syncTimeout}, peers: map[string]netip.AddrPort{}, pushq: make(chan struct{}, 1),
+		client: &http.Client{Timeout: syncTimeout}, bulk: &http.Client{Timeout: dumpTimeout}, peers: map[string]netip.AddrPort{}, pushq: make(chan struct{}, 1),
 		mismatch: map[string]time.Time{}, reported: map[string]bool{}}
 	for _, a := range opts.Peers {
 		p.peers[ha.PeerKey(a.Addr())] = a

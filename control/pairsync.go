@@ -64,7 +64,11 @@ func (p *pair) call(ctx context.Context, method string, peer netip.AddrPort, kin
 		return nil, err
 	}
 	p.signer.Sign(req.Header, kind, body)
-	resp, err := p.client.Do(req)
+	c := p.client
+	if kind == "flows-dump" {
+		c = p.bulk
+	}
+	resp, err := c.Do(req)
 	if err != nil {
 		return nil, err
 	}
@@ -288,7 +292,11 @@ func (p *pair) syncHandler() http.Handler {
 	mux := http.NewServeMux()
 	serve := func(pattern, kind string, fn func(body []byte) ([]byte, error)) {
 		mux.HandleFunc(pattern, func(w http.ResponseWriter, r *http.Request) {
-			body, err := io.ReadAll(io.LimitReader(r.Body, 1<<30))
+			body, err := io.ReadAll(io.LimitReader(r.Body, maxSyncBody+1))
+			if len(body) > maxSyncBody {
+				http.Error(w, "request too large", http.StatusRequestEntityTooLarge)
+				return
+			}
 			if err != nil {
 				http.Error(w, err.Error(), http.StatusBadRequest)
 				return

@@ -109,9 +109,11 @@ struct {
 	__type(value, struct counter);
 } backend_stats SEC(".maps");
 
+_Static_assert(SLUICE_STAT_MAX <= SLUICE_STAT_SLOTS, "more outcomes than counter slots");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, SLUICE_STAT_MAX);
+	__uint(max_entries, SLUICE_STAT_SLOTS);
 	__type(key, enum sluice_stat);
 	__type(value, struct counter);
 } stats SEC(".maps");

@@ -73,6 +73,13 @@ enum sluice_stat {
 	SLUICE_STAT_MAX,
 };
 
+/* Capacity of the global counter array: room for outcomes added later, so
+ * that a new counter does not change the pinned map's layout (an upgrade
+ * adopts the maps instead of refusing them). */
+enum {
+	SLUICE_STAT_SLOTS = 64,
+};
+
 /* Key of the vips map. port is in network byte order; port 0 matches every
  * port of the address and protocol. */
 struct vip_key {

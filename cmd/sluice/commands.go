@@ -45,7 +45,7 @@ func daemonCommand() *cli.Command {
 			&cli.BoolFlag{Name: "ha-preempt", Usage: "LB pair: take the master role back from a lower priority (after state and flow sync)"},
 			&cli.StringFlag{Name: "ha-key-file", Usage: "LB pair: file holding the shared HMAC key (at least 16 bytes)"},
 			&cli.StringFlag{Name: "ha-name", Usage: "LB pair: this node's name in adverts (default: the interface's first address)"},
-			&cli.UintFlag{Name: "ha-port", Value: 9643, Usage: "LB pair: UDP port of adverts and TCP port of state and flow sync"},
+			&cli.UintFlag{Name: "ha-port", Value: ha.DefaultPort, Usage: "LB pair: UDP port of adverts and TCP port of state and flow sync"},
 		},
 		Action: func(c *cli.Context) error {
 			mode, err := loader.ParseMode(c.String("xdp-mode"))
@@ -96,16 +96,14 @@ func haOptions(c *cli.Context) (*control.HAOptions, error) {
 		}
 		o.Peers = append(o.Peers, p)
 	}
-	if pr := c.Uint("ha-priority"); pr < 1 || pr > 255 {
+	pr, pt := c.Uint("ha-priority"), c.Uint("ha-port")
+	if pr < 1 || pr > 255 {
 		return nil, fmt.Errorf("--ha-priority %d: 1 to 255", pr)
-	} else {
-		o.Priority = uint8(pr)
 	}
-	if pt := c.Uint("ha-port"); pt < 1 || pt > 65535 {
+	if pt < 1 || pt > 65535 {
 		return nil, fmt.Errorf("--ha-port %d: 1 to 65535", pt)
-	} else {
-		o.Port = uint16(pt)
 	}
+	o.Priority, o.Port = uint8(pr), uint16(pt)
 	if len(o.Node) > 40 {
 		return nil, fmt.Errorf("--ha-name %q: at most 40 bytes", o.Node)
 	}

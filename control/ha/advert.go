@@ -1,7 +1,8 @@
 // Package ha is the protocol of an active/standby pair of sluice nodes:
-// authenticated adverts and the VRRPv3-style master/backup state machine.
-// Wiring it into the daemon (VIP ownership, state and flow sync) is the
-// LB-pair issue's remaining work.
+// authenticated adverts, the VRRPv3-style master/backup state machine, the
+// UDP advert transport, and the signing and wire formats of state and flow
+// sync. The daemon's side of the pair (VIP ownership, replication, flow
+// sync) lives in package control.
 package ha
 
 import (

@@ -114,7 +114,14 @@ func labCommand() *cli.Command {
 			{
 				Name: "run", Hidden: true, Usage: "(internal) build and hold the lab until signalled",
 				Flags:  []cli.Flag{&cli.IntFlag{Name: "backends", Value: 3}, &cli.BoolFlag{Name: "pair"}},
-				Action: func(c *cli.Context) error { return labRun(c.Int("backends"), c.Bool("pair")) },
+				Action: func(c *cli.Context) error {
+					err := labRun(c.Int("backends"), c.Bool("pair"))
+					if err != nil {
+						// `lab up` reads this: the log goes with the lab directory.
+						fmt.Println("ERROR " + strings.ReplaceAll(err.Error(), "\n", " | "))
+					}
+					return err
+				},
 			},
 			{
 				Name: "down", Usage: "remove the lab: namespaces, links, pinned objects and processes",
@@ -215,7 +222,11 @@ func labUp(ctx context.Context, w io.Writer, backends int, pair bool) error {
 		return err
 	}
 	sc := bufio.NewScanner(out)
+	var runErr string
 	for sc.Scan() {
+		if msg, ok := strings.CutPrefix(sc.Text(), "ERROR "); ok {
+			runErr = msg
+		}
 		if sc.Text() == "READY" {
 			st, err := readLabState()
 			if err != nil {
@@ -240,6 +251,9 @@ func labUp(ctx context.Context, w io.Writer, backends int, pair bool) error {
 		}
 	}
 	err = cmd.Wait()
+	if runErr != "" {
+		return fmt.Errorf("lab did not come up: %s", runErr)
+	}
 	raw, _ := os.ReadFile(filepath.Join(labDir, "runner.log"))
 	return fmt.Errorf("lab did not come up: %v\n%s", err, raw)
 }
@@ -307,6 +321,12 @@ func labRun(backends int, pair bool) error {
 	st.Socket = daemon.socket
 	st.DaemonPID = daemon.cmd.Process.Pid
 	if pair {
+		// lb first: started together, either could become master first,
+		// and without pre-emption the first stays master.
+		if err := daemon.wait(ctx, 20*time.Second); err != nil {
+			teardown()
+			return err
+		}
 		if daemon2, err = startLabDaemonOn(lab, lab.LB2, filepath.Join(labDir, "lb2"), "127.0.0.1:9642", ha2...); err != nil {
 			teardown()
 			return err
@@ -327,10 +347,13 @@ func labRun(backends int, pair bool) error {
 			if err := daemon2.wait(ctx, 20*time.Second); err != nil {
 				return err
 			}
-			// Changes go to the master: lb, the higher priority.
-			if err := waitRole(ctx, cl, "master", 20*time.Second); err != nil {
+			// Changes go to the master (normally lb, which started first
+			// and has the higher priority).
+			m, err := waitMaster(ctx, 20*time.Second, daemon.client, daemon2.client)
+			if err != nil {
 				return err
 			}
+			cl = m
 		}
 		deadline := time.Now().Add(20 * time.Second)
 		for _, v := range labVIPs {
@@ -428,16 +451,18 @@ func randomKey() []byte {
 	return b
 }
 
-// waitRole waits until the daemon behind cl reports role in its LB pair.
-func waitRole(ctx context.Context, cl *client, role string, timeout time.Duration) error {
+// waitMaster waits until one of the pair's daemons is master and returns it.
+func waitMaster(ctx context.Context, timeout time.Duration, cls ...*client) (*client, error) {
 	deadline := time.Now().Add(timeout)
 	for {
-		var hs control.HAStatus
-		if err := cl.do(ctx, "GET", "/v1/ha/status", nil, nil, &hs); err == nil && hs.Role == role {
-			return nil
+		for _, cl := range cls {
+			var hs control.HAStatus
+			if err := cl.do(ctx, "GET", "/v1/ha/status", nil, nil, &hs); err == nil && hs.Role == "master" {
+				return cl, nil
+			}
 		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("the lab's LB node did not become %s", role)
+			return nil, errors.New("neither of the lab's LB nodes became master")
 		}
 		time.Sleep(20 * time.Millisecond)
 	}

@@ -113,7 +113,7 @@ func labCommand() *cli.Command {
 			},
 			{
 				Name: "run", Hidden: true, Usage: "(internal) build and hold the lab until signalled",
-				Flags:  []cli.Flag{&cli.IntFlag{Name: "backends", Value: 3}, &cli.BoolFlag{Name: "pair"}},
+				Flags: []cli.Flag{&cli.IntFlag{Name: "backends", Value: 3}, &cli.BoolFlag{Name: "pair"}},
 				Action: func(c *cli.Context) error {
 					err := labRun(c.Int("backends"), c.Bool("pair"))
 					if err != nil {

@@ -997,20 +997,33 @@ func TestHAStatusText(t *testing.T) {
 	}
 }
 
-// TestLBPairKill9: the master's daemon is killed without any cleanup (its
-// XDP program stays attached): the backup takes over within master down
-// and the client follows it.
-func TestLBPairKill9(t *testing.T) {
-	lp := newLBPair(t, "100ms", 2, 2)
-	p := startProber(t, lp.lab)
-	p.waitAnswers(t, 50, "before the kill")
-	lp.nodes[0].kill9(t)
-	waitRole(t, lp.nodes[1], "master")
-	lp.waitNeighbour(t, 1)
-	p.waitAnswers(t, 100, "after the kill")
-	gap := p.finish()
-	t.Logf("master's daemon killed (-9): node 1 master, client follows it; longest prober silence %v", gap)
-	if gap > 500*time.Millisecond {
-		t.Fatalf("gap %v > 500ms", gap)
+// TestLBPairNodeGone: the master's daemon is killed without any cleanup
+// (its XDP program stays attached), and then its namespace is torn down
+// as well (the machine is gone): each time the backup takes over within
+// master down and the client follows it.
+func TestLBPairNodeGone(t *testing.T) {
+	for _, c := range []struct {
+		name    string
+		destroy bool
+	}{{"daemon killed", false}, {"namespace torn down", true}} {
+		t.Run(c.name, func(t *testing.T) {
+			lp := newLBPair(t, "100ms", 2, 2)
+			p := startProber(t, lp.lab)
+			p.waitAnswers(t, 50, "before the fault")
+			lp.nodes[0].kill9(t)
+			if c.destroy {
+				if err := lp.hosts[0].Destroy(); err != nil {
+					t.Fatal(err)
+				}
+			}
+			waitRole(t, lp.nodes[1], "master")
+			lp.waitNeighbour(t, 1)
+			p.waitAnswers(t, 100, "after the fault")
+			gap := p.finish()
+			t.Logf("%s: node 1 master, the client follows it; longest prober silence %v", c.name, gap)
+			if gap > 500*time.Millisecond {
+				t.Fatalf("gap %v > 500ms", gap)
+			}
+		})
 	}
 }

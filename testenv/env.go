@@ -18,6 +18,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -433,6 +434,18 @@ func (h *Host) AddRoute(dst netip.Prefix, gw netip.Addr) error {
 		}
 		return nil
 	})
+}
+
+// Destroy tears the host's namespace down, and its link with it, like a
+// machine that vanishes (fault injection). Processes running in it must be
+// gone first, or they keep the namespace alive.
+func (h *Host) Destroy() error {
+	e := h.env
+	e.mu.Lock()
+	e.hosts = slices.DeleteFunc(e.hosts, func(x *Host) bool { return x == h })
+	e.mu.Unlock()
+	h.ns.Close()
+	return deleteNS(h.nsName)
 }
 
 // SetLinkUp sets the host's link up or down (fault injection).

@@ -97,7 +97,13 @@ func (o *vipOwner) set(ctx context.Context, want []netip.Addr, stale []netip.Add
 		delete(o.owned, a)
 	}
 	if announce && len(added) > 0 {
-		o.startAnnounceLocked(ctx, added)
+		// A new schedule replaces the running one, so it covers every
+		// address held, not only the new ones.
+		all := make([]netip.Addr, 0, len(o.owned))
+		for a := range o.owned {
+			all = append(all, a)
+		}
+		o.startAnnounceLocked(ctx, all)
 	}
 	if len(o.owned) == 0 && o.announce != nil {
 		o.announce()

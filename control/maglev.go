@@ -116,17 +116,7 @@ func buildMaglev(backends []MaglevBackend, m uint32, seed uint64, tail int) ([]u
 	}
 	for left > tail {
 		w := &ws[i]
-		c, sk := w.pos, w.skip
-		for {
-			word, bit := taken[c>>6], uint64(1)<<(c&63)
-			if word&bit == 0 {
-				taken[c>>6] = word | bit
-				break
-			}
-			c = addMod(c, sk, m)
-		}
-		table[c] = w.slot
-		w.pos = addMod(c, sk, m)
+		table[w.claim(taken, m)] = w.slot
 		left--
 		if t++; t == w.turns {
 			t = 0
@@ -141,6 +131,22 @@ func buildMaglev(backends []MaglevBackend, m uint32, seed uint64, tail int) ([]u
 	return table, nil
 }
 
+// claim takes the first free slot at or after the walker's position in its
+// permutation and moves the walker past it.
+func (w *walker) claim(taken []uint64, m uint32) uint32 {
+	c, sk := w.pos, w.skip
+	for {
+		word, bit := taken[c>>6], uint64(1)<<(c&63)
+		if word&bit == 0 {
+			taken[c>>6] = word | bit
+			break
+		}
+		c = addMod(c, sk, m)
+	}
+	w.pos = addMod(c, sk, m)
+	return c
+}
+
 // fillUniform makes count claims, one per backend in turn from backend 0,
 // and returns the backend whose turn is next: the fill loop of
 // buildMaglev without weighted turns, the common case.
@@ -148,17 +154,7 @@ func fillUniform(table []uint32, taken []uint64, ws []walker, m uint32, count in
 	i := 0
 	for ; count > 0; count-- {
 		w := &ws[i]
-		c, sk := w.pos, w.skip
-		for {
-			word, bit := taken[c>>6], uint64(1)<<(c&63)
-			if word&bit == 0 {
-				taken[c>>6] = word | bit
-				break
-			}
-			c = addMod(c, sk, m)
-		}
-		table[c] = w.slot
-		w.pos = addMod(c, sk, m)
+		table[w.claim(taken, m)] = w.slot
 		if i++; i == len(ws) {
 			i = 0
 		}

@@ -136,10 +136,8 @@ var (
 	descHAPeerRev  = prometheus.NewDesc("sluice_ha_peer_revision", "The peer's state revision, from its adverts.", []string{"peer"}, nil)
 )
 
+// newPair sets up the pair; New has validated opts.
 func newPair(d *Daemon, opts HAOptions) (*pair, error) {
-	if err := opts.validate(); err != nil {
-		return nil, err
-	}
 	if opts.Node == "" {
 		opts.Node = defaultNodeName(d.dp.Iface())
 	}

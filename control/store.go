@@ -96,16 +96,26 @@ func (s *BoltStore) Load() (State, error) {
 	return st, nil
 }
 
+// committedState decodes the state stored in b (revision 0 and no VIPs
+// when there is none).
+func committedState(b *bolt.Bucket) (State, error) {
+	var cur State
+	if raw := b.Get(stateKey); raw != nil {
+		if err := json.Unmarshal(raw, &cur); err != nil {
+			return State{}, fmt.Errorf("decode committed state: %w", err)
+		}
+	}
+	return cur, nil
+}
+
 // Commit implements Store.
 func (s *BoltStore) Commit(change func(*State) error) (State, error) {
 	var out, prev State
 	err := s.db.Update(func(tx *bolt.Tx) error {
 		b := tx.Bucket(bucketName)
-		var cur State
-		if raw := b.Get(stateKey); raw != nil {
-			if err := json.Unmarshal(raw, &cur); err != nil {
-				return fmt.Errorf("decode committed state: %w", err)
-			}
+		cur, err := committedState(b)
+		if err != nil {
+			return err
 		}
 		next := cur.Clone()
 		if err := change(&next); err != nil {
@@ -154,11 +164,9 @@ func (s *BoltStore) Replace(next State) (State, error) {
 	changed := false
 	err := s.db.Update(func(tx *bolt.Tx) error {
 		b := tx.Bucket(bucketName)
-		var cur State
-		if raw := b.Get(stateKey); raw != nil {
-			if err := json.Unmarshal(raw, &cur); err != nil {
-				return fmt.Errorf("decode committed state: %w", err)
-			}
+		cur, err := committedState(b)
+		if err != nil {
+			return err
 		}
 		if statesEqual(cur, next) {
 			return nil

@@ -99,11 +99,7 @@ func (o *vipOwner) set(ctx context.Context, want []netip.Addr, stale []netip.Add
 	if announce && len(added) > 0 {
 		// A new schedule replaces the running one, so it covers every
 		// address held, not only the new ones.
-		all := make([]netip.Addr, 0, len(o.owned))
-		for a := range o.owned {
-			all = append(all, a)
-		}
-		o.startAnnounceLocked(ctx, all)
+		o.startAnnounceLocked(ctx, o.ownedLocked())
 	}
 	if len(o.owned) == 0 && o.announce != nil {
 		o.announce()
@@ -117,13 +113,18 @@ func (o *vipOwner) set(ctx context.Context, want []netip.Addr, stale []netip.Add
 func (o *vipOwner) reannounce(ctx context.Context) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
-	var all []netip.Addr
+	if len(o.owned) > 0 {
+		o.startAnnounceLocked(ctx, o.ownedLocked())
+	}
+}
+
+// ownedLocked lists the addresses this node holds.
+func (o *vipOwner) ownedLocked() []netip.Addr {
+	all := make([]netip.Addr, 0, len(o.owned))
 	for a := range o.owned {
 		all = append(all, a)
 	}
-	if len(all) > 0 {
-		o.startAnnounceLocked(ctx, all)
-	}
+	return all
 }
 
 func (o *vipOwner) startAnnounceLocked(ctx context.Context, addrs []netip.Addr) {

@@ -23,12 +23,14 @@ type FlowEvent struct {
 }
 
 // MonotonicNow reads the clock FlowEvent.At is on.
-func MonotonicNow() time.Duration {
+func MonotonicNow() time.Duration { return time.Duration(clockNano(unix.CLOCK_MONOTONIC)) }
+
+func clockNano(id int32) int64 {
 	var ts unix.Timespec
-	if err := unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts); err != nil {
+	if err := unix.ClockGettime(id, &ts); err != nil {
 		return 0
 	}
-	return time.Duration(ts.Nano())
+	return ts.Nano()
 }
 
 // ErrClosed is returned by FlowEventReader.Read after Close.
@@ -75,10 +77,4 @@ func (r *FlowEventReader) Close() error { return r.r.Close() }
 
 // MonotonicCoarseNow reads the clock connection-table entries age by
 // (bpf_ktime_get_coarse_ns), for entries written from user space.
-func MonotonicCoarseNow() uint64 {
-	var ts unix.Timespec
-	if err := unix.ClockGettime(unix.CLOCK_MONOTONIC_COARSE, &ts); err != nil {
-		return 0
-	}
-	return uint64(ts.Nano())
-}
+func MonotonicCoarseNow() uint64 { return uint64(clockNano(unix.CLOCK_MONOTONIC_COARSE)) }

@@ -546,8 +546,11 @@ func TestLBPairPartition(t *testing.T) {
 	if sa.value(t, "sluice_ha_dual_master") != 0 || sb.value(t, "sluice_ha_dual_master") != 0 {
 		t.Fatal("dual master reported before the nodes could hear each other")
 	}
-	nft(t, a, "delete", "table", "inet", "sluicet")
+	// The clock starts before nft runs: the rules are gone inside the
+	// kernel before the nft process has exited, and a step-down can land
+	// in between (seen in CI). Starting early only makes the figure longer.
 	healed := time.Now()
+	nft(t, a, "delete", "table", "inet", "sluicet")
 	sawDual := false
 	for {
 		ra, rb := sa.value(t, "sluice_ha_role", `role="master"`), sb.value(t, "sluice_ha_role", `role="master"`)

@@ -1,6 +1,8 @@
 package control
 
 import (
+	"crypto/sha256"
+	"encoding/binary"
 	"fmt"
 	"hash/fnv"
 	"math/rand/v2"
@@ -169,7 +171,25 @@ func TestMaglevRejectsBadInput(t *testing.T) {
 	}
 }
 
+// BenchmarkMaglev: build time as the reconciler builds, with one
+// MaglevBuilder reused from ring to ring.
 func BenchmarkMaglev(b *testing.B) {
+	for _, m := range []uint32{65537, 655373} {
+		b.Run(fmt.Sprintf("M=%d,N=1000", m), func(b *testing.B) {
+			bs := backends(1000)
+			var mb MaglevBuilder
+			for b.Loop() {
+				if _, err := mb.Build(bs, m, 1); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
+
+// BenchmarkMaglevFresh: the same builds into freshly allocated memory
+// (BuildMaglev), page faults included.
+func BenchmarkMaglevFresh(b *testing.B) {
 	for _, m := range []uint32{65537, 655373} {
 		b.Run(fmt.Sprintf("M=%d,N=1000", m), func(b *testing.B) {
 			bs := backends(1000)
@@ -193,12 +213,12 @@ func TestMaglevTailFillIsExact(t *testing.T) {
 			bs[i].Weight = rapid.Uint32Range(1, 4).Draw(t, "w")
 		}
 		seed := rapid.Uint64().Draw(t, "seed")
-		walk, err := buildMaglev(bs, m, seed, 0)
+		walk, err := new(MaglevBuilder).build(bs, m, seed, 0)
 		if err != nil {
 			t.Fatal(err)
 		}
 		tail := rapid.IntRange(1, int(m)).Draw(t, "tail")
-		fast, err := buildMaglev(bs, m, seed, tail)
+		fast, err := new(MaglevBuilder).build(bs, m, seed, tail)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -206,6 +226,83 @@ func TestMaglevTailFillIsExact(t *testing.T) {
 			t.Fatalf("tail fill from %d free slots differs from the walk", tail)
 		}
 	})
+}
+
+// TestMaglevBuilderReuse: one builder, reused across builds of different
+// sizes, backend sets and seeds, gives exactly the tables fresh builds do
+// (nothing of one build leaks into the next).
+func TestMaglevBuilderReuse(t *testing.T) {
+	var mb MaglevBuilder
+	rapid.Check(t, func(t *rapid.T) {
+		m := rapid.SampledFrom([]uint32{2, 13, 251, 4099}).Draw(t, "m")
+		n := rapid.IntRange(0, min(300, int(m))).Draw(t, "n")
+		bs := backends(n)
+		for i := range bs {
+			bs[i].Weight = rapid.Uint32Range(0, 3).Draw(t, "w")
+		}
+		seed := rapid.Uint64().Draw(t, "seed")
+		got, err := mb.Build(bs, m, seed)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if want := maglevReference(bs, m, seed); !slices.Equal(got, want) {
+			t.Fatalf("reused builder: table differs from the paper's pseudocode")
+		}
+	})
+}
+
+// TestMaglevGolden: tables are byte-identical to those of earlier builds
+// (digests recorded from the build of 2026-11-25). The nodes of an LB pair,
+// or a fleet part-way through an upgrade, must build the same ring from the
+// same backends, so a faster build may never change a table.
+func TestMaglevGolden(t *testing.T) {
+	for _, c := range []struct {
+		m        uint32
+		seed     uint64
+		weighted bool
+		sha256   string
+	}{
+		{65537, 0x1, false, "1d46b403a3e487e26e33bf1d945aab073c626a8f21ad77e8b733abab02a2554b"},
+		{65537, 0x1, true, "541d68b559976872a8016617359eee758c06b7b1094a5b0e16a1766bfeedceb0"},
+		{4099, 0xdeadbeef, true, "67173345f8ed2fe324f63546ee9d64378f541492e994fd745ac13acaa576c2d8"},
+		{655373, 0x2a, false, "8fe267ea687bfaac013fb44d49c21cd3ba406a1edc57d2a1b9cb5c1df4cf0879"},
+	} {
+		bs := backends(1000)
+		for i := range bs {
+			if c.weighted {
+				bs[i].Weight = uint32(1 + i%3)
+			}
+		}
+		table, err := BuildMaglev(bs, c.m, c.seed)
+		if err != nil {
+			t.Fatal(err)
+		}
+		h := sha256.New()
+		if err := binary.Write(h, binary.LittleEndian, table); err != nil {
+			t.Fatal(err)
+		}
+		if got := fmt.Sprintf("%x", h.Sum(nil)); got != c.sha256 {
+			t.Errorf("M=%d seed=%#x weighted=%v: table digest %s, want %s", c.m, c.seed, c.weighted, got, c.sha256)
+		}
+	}
+}
+
+// TestBarrett: the divide-free reduction equals the % operator.
+func TestBarrett(t *testing.T) {
+	rapid.Check(t, func(t *rapid.T) {
+		d := rapid.Uint64Range(1, 1<<32).Draw(t, "d")
+		a := rapid.Uint64().Draw(t, "a")
+		if got, want := newBarrett(d).mod(a), a%d; got != want {
+			t.Fatalf("%d mod %d = %d, want %d", a, d, got, want)
+		}
+	})
+	for _, a := range []uint64{0, 1, 65536, 65537, 1<<64 - 1, 1<<64 - 2} {
+		for _, d := range []uint64{1, 2, 65536, 65537, 655373} {
+			if got, want := newBarrett(d).mod(a), a%d; got != want {
+				t.Fatalf("%d mod %d = %d, want %d", a, d, got, want)
+			}
+		}
+	}
 }
 
 // maglevReference is the paper's Pseudocode 1, written plainly (with

@@ -38,6 +38,8 @@ type Reconciler struct {
 	// rings remembers what each VIP's ring was built from, so that a
 	// change elsewhere rebuilds only the rings whose members changed.
 	rings map[loader.VIPKey]string
+	// maglev keeps its memory from ring to ring (guarded by mu).
+	maglev MaglevBuilder
 }
 
 type beKey struct {
@@ -206,7 +208,7 @@ func (r *Reconciler) Apply(ctx context.Context, s State, hv HealthOf) (Result, e
 		// started sooner.
 		keep := v.Policy == PolicyFailover && len(members) == 0
 		if r.rings[k] != fp && !keep {
-			ring, err := BuildMaglev(members, v.RingSize, r.seed)
+			ring, err := r.maglev.Build(members, v.RingSize, r.seed)
 			if err != nil {
 				return res, fmt.Errorf("vip %s: %w", v.VIP, err)
 			}

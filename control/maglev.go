@@ -249,17 +249,13 @@ const wideFrom = 8
 // walker past it. It marks only the first copy of the bitset (mirror
 // makes the second).
 func fillNarrow(table []uint32, taken []uint64, ws []walker, m uint32, i int, t uint32, count int) (int, uint32) {
+	if uniform(ws) {
+		return fillNarrowUniform(table, taken, ws, m, i, count), 0
+	}
 	for ; count > 0; count-- {
 		w := &ws[i]
-		c, sk := w.pos, w.skip
-		for {
-			if word, bit := taken[c>>6], uint64(1)<<(c&63); word&bit == 0 {
-				taken[c>>6] = word | bit
-				break
-			}
-			c = addMod(c, sk, m)
-		}
-		w.pos = addMod(c, sk, m)
+		c := firstFree(taken, w.pos, w.skip, m)
+		w.pos = addMod(c, w.skip, m)
 		table[c] = w.slot
 		if t++; t == w.turns {
 			t = 0
@@ -269,6 +265,43 @@ func fillNarrow(table []uint32, taken []uint64, ws []walker, m uint32, i int, t 
 		}
 	}
 	return i, t
+}
+
+// fillNarrowUniform is fillNarrow when every backend takes one turn per
+// round (equal weights, the common case): without the turn count, the
+// loop keeps its variables in registers, about 10% faster.
+func fillNarrowUniform(table []uint32, taken []uint64, ws []walker, m uint32, i int, count int) int {
+	for ; count > 0; count-- {
+		w := &ws[i]
+		c := firstFree(taken, w.pos, w.skip, m)
+		w.pos = addMod(c, w.skip, m)
+		table[c] = w.slot
+		if i++; i == len(ws) {
+			i = 0
+		}
+	}
+	return i
+}
+
+// firstFree marks and returns the first free slot at or after c in the
+// permutation with step sk.
+func firstFree(taken []uint64, c, sk, m uint32) uint32 {
+	for {
+		if word, bit := taken[c>>6], uint64(1)<<(c&63); word&bit == 0 {
+			taken[c>>6] = word | bit
+			return c
+		}
+		c = addMod(c, sk, m)
+	}
+}
+
+func uniform(ws []walker) bool {
+	for _, w := range ws {
+		if w.turns != 1 {
+			return false
+		}
+	}
+	return true
 }
 
 // mirror copies the bitset's first copy (bits 0..m-1) to its second
@@ -350,7 +383,11 @@ func take(taken []uint64, c, m uint32) {
 
 // isFree is 1 when slot c is free, else 0.
 func isFree(taken []uint64, c uint32) uint32 {
-	return uint32(^taken[c>>6]>>(c&63)) & 1
+	var f uint32
+	if taken[c>>6]&(1<<(c&63)) == 0 {
+		f = 1
+	}
+	return f
 }
 
 // walker is one backend's place in its permutation.
@@ -383,13 +420,14 @@ func (mb *MaglevBuilder) fillTail(table []uint32, taken []uint64, ws []walker, m
 	// at most one per free slot, not one per backend.
 	mb.inv = resize(mb.inv, n)
 	inv := mb.inv
-	mod := newBarrett(uint64(m)).mod
+	bm := newBarrett(uint64(m))
+	mod := bm.mod
 	for len(free) > 0 {
 		w := &ws[i]
 		best, bestJ := 0, uint64(m)
 		p := uint64(w.pos)
 		if inv[i] == 0 { // no inverse is 0
-			inv[i] = modInverse(uint64(w.skip), uint64(m))
+			inv[i] = modInverse(uint64(w.skip), bm)
 		}
 		iv := inv[i]
 		for k, c := range free {
@@ -444,14 +482,15 @@ func addMod(c, sk, m uint32) uint32 {
 	return c - m&uint32(int32(m-1-c)>>31)
 }
 
-// modInverse returns x^-1 mod m for prime m.
-func modInverse(x, m uint64) uint64 {
-	r, e := uint64(1), m-2
-	for b := x % m; e > 0; e >>= 1 {
+// modInverse returns x^-1 mod m for prime m (Fermat: x^(m-2)), with the
+// divide-free reduction.
+func modInverse(x uint64, mod barrett) uint64 {
+	r, e := uint64(1), mod.d-2
+	for b := mod.mod(x); e > 0; e >>= 1 {
 		if e&1 == 1 {
-			r = r * b % m
+			r = mod.mod(r * b)
 		}
-		b = b * b % m
+		b = mod.mod(b * b)
 	}
 	return r
 }

@@ -254,8 +254,9 @@ func fillNarrow(table []uint32, taken []uint64, ws []walker, m uint32, i int, t 
 	}
 	for ; count > 0; count-- {
 		w := &ws[i]
-		c := firstFree(taken, w.pos, w.skip, m)
-		w.pos = addMod(c, w.skip, m)
+		skm := w.skip - m
+		c := firstFree(taken, w.pos, skm, m)
+		w.pos = subMod(c, skm, m)
 		table[c] = w.slot
 		if t++; t == w.turns {
 			t = 0
@@ -273,8 +274,9 @@ func fillNarrow(table []uint32, taken []uint64, ws []walker, m uint32, i int, t 
 func fillNarrowUniform(table []uint32, taken []uint64, ws []walker, m uint32, i int, count int) int {
 	for ; count > 0; count-- {
 		w := &ws[i]
-		c := firstFree(taken, w.pos, w.skip, m)
-		w.pos = addMod(c, w.skip, m)
+		skm := w.skip - m
+		c := firstFree(taken, w.pos, skm, m)
+		w.pos = subMod(c, skm, m)
 		table[c] = w.slot
 		if i++; i == len(ws) {
 			i = 0
@@ -284,14 +286,14 @@ func fillNarrowUniform(table []uint32, taken []uint64, ws []walker, m uint32, i 
 }
 
 // firstFree marks and returns the first free slot at or after c in the
-// permutation with step sk.
-func firstFree(taken []uint64, c, sk, m uint32) uint32 {
+// permutation with step sk; skm is sk-m (see subMod).
+func firstFree(taken []uint64, c, skm, m uint32) uint32 {
 	for {
 		if word, bit := taken[c>>6], uint64(1)<<(c&63); word&bit == 0 {
 			taken[c>>6] = word | bit
 			return c
 		}
-		c = addMod(c, sk, m)
+		c = subMod(c, skm, m)
 	}
 }
 
@@ -351,7 +353,7 @@ func (w *walker) claimWide(taken []uint64, m uint32) uint32 {
 	st[5] = addMod(st[4], sk, m)
 	st[6] = addMod(st[4], st[2], m)
 	st[7] = addMod(st[4], st[3], m)
-	sk8 := addMod(st[4], st[4], m)
+	sk8m := addMod(st[4], st[4], m) - m // see subMod
 	c := w.pos
 	for {
 		// c+st[k] < 2m: the bitset's second copy answers for the
@@ -370,7 +372,7 @@ func (w *walker) claimWide(taken []uint64, m uint32) uint32 {
 			w.pos = addMod(c, sk, m)
 			return c
 		}
-		c = addMod(c, sk8, m)
+		c = subMod(c, sk8m, m)
 	}
 }
 
@@ -471,15 +473,17 @@ func (b barrett) mod(a uint64) uint64 {
 	return r
 }
 
-// addMod returns (c + sk) mod m for c, sk < m < 2^31, without a branch:
-// the wrap is taken about half the time, so a branch would mispredict.
-func addMod(c, sk, m uint32) uint32 {
-	c += sk
-	// m-1-c is negative exactly when c >= m (c < 2m < 2^32 and m < 2^31,
-	// so it fits in an int32): the arithmetic shift makes that a mask.
-	// Written as arithmetic because the compiler turns an if into a
-	// branch inside the probe loop.
-	return c - m&uint32(int32(m-1-c)>>31)
+// addMod returns (c + sk) mod m for c, sk < m < 2^31, without a branch
+// (the wrap is taken at random, so a branch would mispredict, and the
+// compiler keeps an if in a loop as a branch): c+sk-m is negative exactly
+// when no wrap is due, and its sign, spread into a mask, adds m back.
+func addMod(c, sk, m uint32) uint32 { return subMod(c, sk-m, m) }
+
+// subMod is addMod with skm = sk-m (mod 2^32) given: a loop that steps by
+// a fixed skip computes it once, and each step is four operations long.
+func subMod(c, skm, m uint32) uint32 {
+	d := int32(c + skm)
+	return uint32(d + int32(m)&(d>>31))
 }
 
 // modInverse returns x^-1 mod m for prime m (Fermat: x^(m-2)), with the

@@ -165,8 +165,8 @@ func resize[T any](s []T, n int) []T {
 }
 
 func (mb *MaglevBuilder) build(backends []MaglevBackend, m uint32, seed uint64, tail int) ([]uint32, error) {
-	if m < 2 || !isPrime(m) {
-		return nil, fmt.Errorf("maglev table size %d: must be a prime", m)
+	if m < 2 || m >= 1<<31 || !isPrime(m) {
+		return nil, fmt.Errorf("maglev table size %d: must be a prime below 2^31", m)
 	}
 	// Sorted by identity: the turn order, and duplicates become neighbours.
 	order := mb.sortByID(backends)

@@ -160,6 +160,7 @@ func TestMaglevRejectsBadInput(t *testing.T) {
 		{"duplicate id", append(backends(2), MaglevBackend{ID: "10.0.0.0", Weight: 1, Slot: 9}), 13},
 		{"slot zero", []MaglevBackend{{ID: "a", Weight: 1}}, 13},
 		{"more backends than slots", backends(20), 13},
+		{"size past 2^31 (a prime)", backends(3), 1<<31 + 11},
 	} {
 		if _, err := BuildMaglev(tc.bs, tc.m, 1); err == nil {
 			t.Errorf("%s: accepted", tc.name)

@@ -337,12 +337,13 @@ func fillWide(table []uint32, taken []uint64, ws []walker, m uint32, i int, t ui
 	return i, t
 }
 
-// claimWide is claim for a crowded table, where a claim takes many
-// probes: it tests the next eight candidates per step, computed from the
-// position independently of each other, so that the loads overlap instead
-// of waiting on a chain of additions, and one branch (well predicted: most
-// steps find nothing) covers eight probes. It claims the same slot claim
-// would: the first free one in permutation order.
+// claimWide claims for a crowded table, where a claim takes many probes:
+// it tests the next eight candidates per step, computed from the position
+// independently of each other, so that the loads overlap instead of
+// waiting on a chain of additions, and one branch (well predicted: most
+// steps find nothing) covers eight probes. It claims the slot firstFree
+// would, the first free one in permutation order, marks it in both
+// copies of the bitset and moves the walker past it.
 func (w *walker) claimWide(taken []uint64, m uint32) uint32 {
 	var st [8]uint32 // st[k] = k*skip mod m
 	sk := w.skip

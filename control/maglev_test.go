@@ -253,7 +253,7 @@ func TestMaglevBuilderReuse(t *testing.T) {
 }
 
 // TestMaglevGolden: tables are byte-identical to those of earlier builds
-// (digests recorded from the build of 2026-11-25). The nodes of an LB pair,
+// (digests recorded from commit b5d5a9f, before the 2026-11-26 speed-ups). The nodes of an LB pair,
 // or a fleet part-way through an upgrade, must build the same ring from the
 // same backends, so a faster build may never change a table.
 func TestMaglevGolden(t *testing.T) {

@@ -253,9 +253,10 @@ func TestMaglevBuilderReuse(t *testing.T) {
 }
 
 // TestMaglevGolden: tables are byte-identical to those of earlier builds
-// (digests recorded from commit b5d5a9f, before the 2026-11-26 speed-ups). The nodes of an LB pair,
-// or a fleet part-way through an upgrade, must build the same ring from the
-// same backends, so a faster build may never change a table.
+// (digests recorded from commit b5d5a9f, before the 2026-11-26
+// speed-ups). The nodes of an LB pair, or a fleet part-way through an
+// upgrade, must build the same ring from the same backends, so a faster
+// build may never change a table.
 func TestMaglevGolden(t *testing.T) {
 	for _, c := range []struct {
 		m        uint32

@@ -13,7 +13,6 @@ import (
 	"time"
 
 	"github.com/sluicelb/sluice/control"
-	"github.com/sluicelb/sluice/testenv"
 )
 
 const failoverRuns = 20
@@ -23,13 +22,7 @@ const failoverRuns = 20
 // failing after a backend dies. With SLUICE_BENCH_DOC set to a markdown
 // file, it replaces the section between the bench-failover markers.
 func BenchmarkFailover(b *testing.B) {
-	testenv.Require(b)
-	lab, err := testenv.NewLab(context.Background(), nil, testenv.LabOptions{Backends: 4})
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer lab.Close()
-	d := startDaemon(b, lab, "")
+	lab, d := labWithDaemon(b, 4)
 	d.mustCLI(b, "vip", "add", vipTCP)
 	for _, be := range lab.Backends {
 		d.mustCLI(b, append([]string{"backend", "add", vipTCP, be.Addr.Addr().String()}, fastCheck...)...)

@@ -17,7 +17,6 @@ import (
 	"time"
 
 	"github.com/sluicelb/sluice/control"
-	"github.com/sluicelb/sluice/testenv"
 )
 
 const vipUDP = "10.77.1.100:53/udp"
@@ -34,13 +33,7 @@ func TestCLINoDaemon(t *testing.T) {
 // TestCLI drives every command in both output formats, and feeds bad
 // input of each argument type.
 func TestCLI(t *testing.T) {
-	testenv.Require(t)
-	lab, err := testenv.NewLab(context.Background(), nil, testenv.LabOptions{Backends: 3})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer lab.Close()
-	d := startDaemon(t, lab, "")
+	lab, d := labWithDaemon(t, 3)
 
 	expect := func(out string, subs ...string) {
 		t.Helper()
@@ -244,13 +237,7 @@ func TestCLI(t *testing.T) {
 
 // TestMetrics scrapes the daemon after an exactly known number of packets.
 func TestMetrics(t *testing.T) {
-	testenv.Require(t)
-	lab, err := testenv.NewLab(context.Background(), nil, testenv.LabOptions{Backends: 3})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer lab.Close()
-	d := startDaemon(t, lab, "")
+	lab, d := labWithDaemon(t, 3)
 	d.mustCLI(t, "vip", "add", vipUDP, "--forward", "dsr")
 	for _, b := range lab.Backends {
 		d.mustCLI(t, "backend", "add", vipUDP, b.Addr.Addr().String(), "--check", "udp", "--interval", "100ms", "--timeout", "100ms", "--rise", "1")

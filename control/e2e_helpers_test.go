@@ -34,6 +34,27 @@ type daemonProc struct {
 	done     chan error
 }
 
+// newLab makes a lab that lasts as long as the test (closed after the
+// daemons the test starts have stopped).
+func newLab(t testing.TB, opts testenv.LabOptions) *testenv.Lab {
+	t.Helper()
+	testenv.Require(t)
+	lab, err := testenv.NewLab(context.Background(), nil, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { lab.Close() })
+	return lab
+}
+
+// labWithDaemon is newLab with the given number of backends and a daemon
+// on its LB node.
+func labWithDaemon(t testing.TB, backends int) (*testenv.Lab, *daemonProc) {
+	t.Helper()
+	lab := newLab(t, testenv.LabOptions{Backends: backends})
+	return lab, startDaemon(t, lab, "")
+}
+
 // startDaemon runs `sluice daemon` inside the lab's LB namespace and waits
 // until its API answers.
 func startDaemon(t testing.TB, lab *testenv.Lab, stateDir string, extra ...string) *daemonProc {

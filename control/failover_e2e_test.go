@@ -2,7 +2,6 @@ package control_test
 
 import (
 	"context"
-	"fmt"
 	"net/netip"
 	"strings"
 	"sync/atomic"
@@ -18,13 +17,7 @@ var vipAP = netip.MustParseAddrPort("10.77.1.100:7")
 
 func newLabDaemon(t *testing.T, backends int, checkArgs ...string) (*testenv.Lab, *daemonProc) {
 	t.Helper()
-	testenv.Require(t)
-	lab, err := testenv.NewLab(context.Background(), nil, testenv.LabOptions{Backends: backends})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { lab.Close() })
-	d := startDaemon(t, lab, "")
+	lab, d := labWithDaemon(t, backends)
 	d.mustCLI(t, "vip", "add", vipTCP, "--forward", "ipip")
 	for _, b := range lab.Backends {
 		args := append([]string{"backend", "add", vipTCP, b.Addr.Addr().String()}, checkArgs...)
@@ -148,19 +141,12 @@ func TestFailover(t *testing.T) {
 	if broken != 0 {
 		t.Errorf("%d of %d connections to healthy backends broke", broken, len(healthy))
 	}
-	_ = fmt.Sprint()
 }
 
 // TestIPv6 runs an IPv6 VIP through the daemon: ip6ip6 to IPv6 backends,
 // next hops resolved by neighbour discovery.
 func TestIPv6(t *testing.T) {
-	testenv.Require(t)
-	lab, err := testenv.NewLab(context.Background(), nil, testenv.LabOptions{Backends: 3})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer lab.Close()
-	d := startDaemon(t, lab, "")
+	lab, d := labWithDaemon(t, 3)
 	const vip6 = "[fd77:1::100]:7/tcp"
 	d.mustCLI(t, "vip", "add", vip6)
 	for _, b := range lab.Backends {

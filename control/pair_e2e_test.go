@@ -35,12 +35,7 @@ type lbPair struct {
 // newLBPair builds the pair with the first active of backends in the VIPs.
 func newLBPair(t testing.TB, advert string, backends, active int, extra ...string) *lbPair {
 	t.Helper()
-	testenv.Require(t)
-	lab, err := testenv.NewLab(context.Background(), nil, testenv.LabOptions{Backends: backends, Pair: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { lab.Close() })
+	lab := newLab(t, testenv.LabOptions{Backends: backends, Pair: true})
 	lp := &lbPair{lab: lab, hosts: [2]*testenv.Host{lab.LB, lab.LB2}, key: filepath.Join(t.TempDir(), "ha.key")}
 	if err := os.WriteFile(lp.key, []byte("a shared secret of the lab pair\n"), 0o600); err != nil {
 		t.Fatal(err)

@@ -46,13 +46,7 @@ func hookCalls(t testing.TB, log string) []string {
 
 func failoverLab(t *testing.T, hookArgs ...string) (*testenv.Lab, *daemonProc) {
 	t.Helper()
-	testenv.Require(t)
-	lab, err := testenv.NewLab(context.Background(), nil, testenv.LabOptions{Backends: 3})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { lab.Close() })
-	d := startDaemon(t, lab, "")
+	lab, d := labWithDaemon(t, 3)
 	d.mustCLI(t, append([]string{"vip", "add", vipTCP, "--policy", "failover"}, hookArgs...)...)
 	for i, b := range lab.Backends {
 		d.mustCLI(t, append([]string{"backend", "add", vipTCP, b.Addr.Addr().String(), "--priority", fmt.Sprint(30 - 10*i)}, fastCheck...)...)

@@ -113,13 +113,7 @@ func TestKill9Restart(t *testing.T) {
 // TestStandby: standbys join the ring exactly when usable actives fall
 // below min_active, and leave it when they recover.
 func TestStandby(t *testing.T) {
-	testenv.Require(t)
-	lab, err := testenv.NewLab(context.Background(), nil, testenv.LabOptions{Backends: 3})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer lab.Close()
-	d := startDaemon(t, lab, "")
+	lab, d := labWithDaemon(t, 3)
 	d.mustCLI(t, "vip", "add", vipTCP, "--min-active", "2")
 	for _, b := range lab.Backends {
 		args := append([]string{"backend", "add", vipTCP, b.Addr.Addr().String()}, fastCheck...)

@@ -195,15 +195,5 @@ func removeEmptyParents(dir string, n int) {
 
 // DetachDecap removes the pinned decap program from iface.
 func DetachDecap(iface, pinRoot string) error {
-	dir := decapPinDir(pinRoot, iface)
-	l, err := link.LoadPinnedLink(filepath.Join(dir, "link"), nil)
-	if errors.Is(err, os.ErrNotExist) {
-		return fmt.Errorf("no decap program is pinned for %s (%s)", iface, dir)
-	}
-	if err != nil {
-		return fmt.Errorf("load pinned decap link for %s: %w", iface, err)
-	}
-	errs := []error{l.Unpin(), l.Close(), os.RemoveAll(dir)}
-	removeEmptyParents(dir, 2)
-	return errors.Join(errs...)
+	return detachPinned(decapPinDir(pinRoot, iface), iface, "decap program", "decap", 2)
 }

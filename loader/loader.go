@@ -311,15 +311,21 @@ func DetachPinned(iface, pinRoot string) error {
 	if pinRoot == "" {
 		pinRoot = DefaultPinRoot
 	}
-	dir := filepath.Join(pinRoot, iface)
+	return detachPinned(filepath.Join(pinRoot, iface), iface, "sluice data plane", "xdp", 1)
+}
+
+// detachPinned unpins and closes the XDP link pinned in dir, removes dir,
+// and then its parents that are left empty, up to parents levels. what
+// and kind name the program in errors.
+func detachPinned(dir, iface, what, kind string, parents int) error {
 	l, err := link.LoadPinnedLink(filepath.Join(dir, "link"), nil)
 	if errors.Is(err, os.ErrNotExist) {
-		return fmt.Errorf("no sluice data plane is pinned for %s (%s)", iface, dir)
+		return fmt.Errorf("no %s is pinned for %s (%s)", what, iface, dir)
 	}
 	if err != nil {
-		return fmt.Errorf("load pinned xdp link for %s: %w", iface, err)
+		return fmt.Errorf("load pinned %s link for %s: %w", kind, iface, err)
 	}
 	errs := []error{l.Unpin(), l.Close(), os.RemoveAll(dir)}
-	removeEmptyParents(dir, 1)
+	removeEmptyParents(dir, parents)
 	return errors.Join(errs...)
 }

@@ -56,14 +56,22 @@ func assertGone(t *testing.T, pids ...int) {
 	}
 }
 
-func TestLab(t *testing.T) {
+// startLab runs `lab up` with args (and `lab down` when the test ends) and
+// returns the lab's state and what `lab up` printed.
+func startLab(t *testing.T, args ...string) (*labState, string) {
+	t.Helper()
 	testenv.Require(t)
 	t.Cleanup(func() { run(t, "lab", "down") })
-	mustRun(t, "lab", "up")
+	out := mustRun(t, append([]string{"lab", "up"}, args...)...)
 	st, err := readLabState()
 	if err != nil {
 		t.Fatal(err)
 	}
+	return st, out
+}
+
+func TestLab(t *testing.T) {
+	st, _ := startLab(t)
 	seen := map[string]bool{}
 	for range 20 {
 		name := strings.TrimSpace(mustRun(t, "lab", "exec", "client", "--", "curl", "-s", "--max-time", "5", "http://10.77.1.100/"))
@@ -94,15 +102,9 @@ func TestLab(t *testing.T) {
 // answers through lb, keeps answering after lb's link goes down (lb2 takes
 // over), and `lab down` removes both.
 func TestLabPair(t *testing.T) {
-	testenv.Require(t)
-	t.Cleanup(func() { run(t, "lab", "down") })
-	out := mustRun(t, "lab", "up", "--pair", "--backends", "2")
+	st, out := startLab(t, "--pair", "--backends", "2")
 	if !strings.Contains(out, "active/standby pair") || !strings.Contains(out, "sluice lab fault down lb") {
 		t.Fatalf("lab up --pair:\n%s", out)
-	}
-	st, err := readLabState()
-	if err != nil {
-		t.Fatal(err)
 	}
 	curl := func() string {
 		t.Helper()
@@ -176,13 +178,7 @@ func TestLabUpKilledMidway(t *testing.T) {
 // TestLabRunnerKilled: the process holding the lab is killed outright;
 // `lab down` still removes everything it had made.
 func TestLabRunnerKilled(t *testing.T) {
-	testenv.Require(t)
-	t.Cleanup(func() { run(t, "lab", "down") })
-	mustRun(t, "lab", "up")
-	st, err := readLabState()
-	if err != nil {
-		t.Fatal(err)
-	}
+	st, _ := startLab(t)
 	syscall.Kill(st.RunnerPID, syscall.SIGKILL)
 	for alive(st.RunnerPID) {
 		time.Sleep(10 * time.Millisecond)

@@ -7,9 +7,9 @@ import (
 	"io"
 	"net/http"
 	"net/netip"
-	"strings"
 	"time"
 
+	"github.com/sluicelb/sluice/control/state"
 	"github.com/sluicelb/sluice/health"
 )
 
@@ -32,8 +32,8 @@ type VIPAddRequest struct {
 
 // BackendAddRequest adds a backend to a VIP.
 type BackendAddRequest struct {
-	VIP     string  `json:"vip"`
-	Backend Backend `json:"backend"`
+	VIP     string        `json:"vip"`
+	Backend state.Backend `json:"backend"`
 }
 
 // BackendActionRequest changes one backend: del, drain, undrain, disable, enable.
@@ -45,8 +45,8 @@ type BackendActionRequest struct {
 
 // ApplyRequest replaces the desired state.
 type ApplyRequest struct {
-	State  State `json:"state"`
-	DryRun bool  `json:"dry_run"`
+	State  state.State `json:"state"`
+	DryRun bool        `json:"dry_run"`
 }
 
 // ApplyResponse reports an apply.
@@ -108,14 +108,14 @@ func (d *Daemon) apiHandler() http.Handler {
 	handle("POST /v1/apply", d.apiApply)
 	handle("POST /v1/vips", d.apiVIPAdd)
 	handle("DELETE /v1/vips", func(r *http.Request) (any, error) {
-		k, err := ParseVIPKey(r.URL.Query().Get("vip"))
+		k, err := state.ParseVIPKey(r.URL.Query().Get("vip"))
 		if err != nil {
 			return nil, badRequest("%v", err)
 		}
-		return d.Change(r.Context(), "vip del "+FormatVIPKey(k), func(s *State) error {
+		return d.Change(r.Context(), "vip del "+state.FormatVIPKey(k), func(s *state.State) error {
 			i := s.FindVIP(k)
 			if i < 0 {
-				return notFound("vip %s: no such vip", FormatVIPKey(k))
+				return notFound("vip %s: no such vip", state.FormatVIPKey(k))
 			}
 			s.VIPs = append(s.VIPs[:i], s.VIPs[i+1:]...)
 			return nil
@@ -124,18 +124,18 @@ func (d *Daemon) apiHandler() http.Handler {
 	handle("GET /v1/ring", d.apiRing)
 	handle("POST /v1/backends", d.apiBackendAdd)
 	handle("POST /v1/backends/action", d.apiBackendAction)
-	handle("GET /v1/backup", func(*http.Request) (any, error) { return NewSnapshot(d.State(), time.Now()) })
+	handle("GET /v1/backup", func(*http.Request) (any, error) { return state.NewSnapshot(d.State(), time.Now()) })
 	handle("POST /v1/restore", func(r *http.Request) (any, error) {
 		data, err := io.ReadAll(io.LimitReader(r.Body, 64<<20))
 		if err != nil {
 			return nil, err
 		}
-		snap, err := ParseSnapshot(data)
+		snap, err := state.ParseSnapshot(data)
 		if err != nil {
 			return nil, badRequest("%v", err)
 		}
-		return d.Change(r.Context(), fmt.Sprintf("backup restored (snapshot revision %d)", snap.Revision), func(s *State) error {
-			s.VIPs = keepFailover(s.VIPs, snap.VIPs)
+		return d.Change(r.Context(), fmt.Sprintf("backup restored (snapshot revision %d)", snap.Revision), func(s *state.State) error {
+			s.VIPs = state.KeepFailover(s.VIPs, snap.VIPs)
 			return nil
 		})
 	})
@@ -182,27 +182,27 @@ func (d *Daemon) apiVIPAdd(r *http.Request) (any, error) {
 	if err := decode(r, &req); err != nil {
 		return nil, err
 	}
-	k, err := ParseVIPKey(req.VIP)
+	k, err := state.ParseVIPKey(req.VIP)
 	if err != nil {
 		return nil, badRequest("%v", err)
 	}
-	v := VIP{VIP: FormatVIPKey(k), Forward: req.Forward, RingSize: req.RingSize, MinActive: req.MinActive,
+	v := state.VIP{VIP: state.FormatVIPKey(k), Forward: req.Forward, RingSize: req.RingSize, MinActive: req.MinActive,
 		Policy: req.Policy, PromoteCmd: req.PromoteCmd, PromoteURL: req.PromoteURL, DemoteCmd: req.DemoteCmd, Failback: req.Failback}
 	if req.HookTimeout != "" {
 		t, err := time.ParseDuration(req.HookTimeout)
 		if err != nil || t <= 0 {
 			return nil, badRequest("--hook-timeout %q: want a positive duration such as 10s", req.HookTimeout)
 		}
-		v.HookTimeout = Duration(t)
+		v.HookTimeout = state.Duration(t)
 	}
 	if req.UDPTimeout != "" {
 		t, err := time.ParseDuration(req.UDPTimeout)
 		if err != nil || t <= 0 {
 			return nil, badRequest("--udp-timeout %q: want a positive duration such as 30s", req.UDPTimeout)
 		}
-		v.UDPTimeout = Duration(t)
+		v.UDPTimeout = state.Duration(t)
 	}
-	return d.Change(r.Context(), "vip add "+v.VIP, func(s *State) error {
+	return d.Change(r.Context(), "vip add "+v.VIP, func(s *state.State) error {
 		if s.FindVIP(k) >= 0 {
 			return httpError{http.StatusConflict, fmt.Errorf("vip %s: already exists", v.VIP)}
 		}
@@ -216,7 +216,7 @@ func (d *Daemon) apiBackendAdd(r *http.Request) (any, error) {
 	if err := decode(r, &req); err != nil {
 		return nil, err
 	}
-	k, err := ParseVIPKey(req.VIP)
+	k, err := state.ParseVIPKey(req.VIP)
 	if err != nil {
 		return nil, badRequest("%v", err)
 	}
@@ -224,13 +224,13 @@ func (d *Daemon) apiBackendAdd(r *http.Request) (any, error) {
 	if err != nil {
 		return nil, badRequest("backend address %q: not an IP address", req.Backend.Addr)
 	}
-	return d.Change(r.Context(), fmt.Sprintf("backend add %s %s", FormatVIPKey(k), addr), func(s *State) error {
+	return d.Change(r.Context(), fmt.Sprintf("backend add %s %s", state.FormatVIPKey(k), addr), func(s *state.State) error {
 		i := s.FindVIP(k)
 		if i < 0 {
-			return notFound("vip %s: no such vip", FormatVIPKey(k))
+			return notFound("vip %s: no such vip", state.FormatVIPKey(k))
 		}
 		if s.VIPs[i].FindBackend(addr) >= 0 {
-			return httpError{http.StatusConflict, fmt.Errorf("backend %s of %s: already exists", addr, FormatVIPKey(k))}
+			return httpError{http.StatusConflict, fmt.Errorf("backend %s of %s: already exists", addr, state.FormatVIPKey(k))}
 		}
 		if k.Port == 0 && req.Backend.Check.Port == 0 && req.Backend.Check.Type != string(health.None) {
 			return badRequest("--check-port: required for a VIP on port 0 (or --check none)")
@@ -245,7 +245,7 @@ func (d *Daemon) apiBackendAction(r *http.Request) (any, error) {
 	if err := decode(r, &req); err != nil {
 		return nil, err
 	}
-	k, err := ParseVIPKey(req.VIP)
+	k, err := state.ParseVIPKey(req.VIP)
 	if err != nil {
 		return nil, badRequest("%v", err)
 	}
@@ -258,15 +258,15 @@ func (d *Daemon) apiBackendAction(r *http.Request) (any, error) {
 	default:
 		return nil, badRequest("action %q: want del, drain, undrain, disable or enable", req.Action)
 	}
-	return d.Change(r.Context(), fmt.Sprintf("backend %s %s %s", req.Action, FormatVIPKey(k), addr), func(s *State) error {
+	return d.Change(r.Context(), fmt.Sprintf("backend %s %s %s", req.Action, state.FormatVIPKey(k), addr), func(s *state.State) error {
 		i := s.FindVIP(k)
 		if i < 0 {
-			return notFound("vip %s: no such vip", FormatVIPKey(k))
+			return notFound("vip %s: no such vip", state.FormatVIPKey(k))
 		}
 		v := &s.VIPs[i]
 		j := v.FindBackend(addr)
 		if j < 0 {
-			return notFound("backend %s of %s: no such backend", addr, FormatVIPKey(k))
+			return notFound("backend %s of %s: no such backend", addr, state.FormatVIPKey(k))
 		}
 		switch req.Action {
 		case "del":
@@ -285,12 +285,12 @@ func (d *Daemon) apiBackendAction(r *http.Request) (any, error) {
 }
 
 func (d *Daemon) apiRing(r *http.Request) (any, error) {
-	k, err := ParseVIPKey(r.URL.Query().Get("vip"))
+	k, err := state.ParseVIPKey(r.URL.Query().Get("vip"))
 	if err != nil {
 		return nil, badRequest("%v", err)
 	}
 	if st := d.State(); st.FindVIP(k) < 0 {
-		return nil, notFound("vip %s: no such vip", FormatVIPKey(k))
+		return nil, notFound("vip %s: no such vip", state.FormatVIPKey(k))
 	}
 	ring, err := d.dp.Ring(k)
 	if err != nil {
@@ -300,7 +300,7 @@ func (d *Daemon) apiRing(r *http.Request) (any, error) {
 	if err != nil {
 		return nil, err
 	}
-	out := RingResponse{VIP: FormatVIPKey(k), RingSize: len(ring), Slots: make([]string, len(ring))}
+	out := RingResponse{VIP: state.FormatVIPKey(k), RingSize: len(ring), Slots: make([]string, len(ring))}
 	for i, s := range ring {
 		if b, ok := bes[s]; ok && s != 0 {
 			out.Slots[i] = b.Addr.String()
@@ -320,12 +320,12 @@ func (d *Daemon) apiApply(r *http.Request) (any, error) {
 		return nil, badRequest("%v", err)
 	}
 	cur := d.State()
-	diff := Diff(cur, next)
+	diff := state.Diff(cur, next)
 	if req.DryRun || len(diff) == 0 {
 		return ApplyResponse{Diff: diff, Revision: cur.Revision}, nil
 	}
-	st, err := d.Change(r.Context(), "apply", func(s *State) error {
-		s.VIPs = keepFailover(s.VIPs, next.VIPs)
+	st, err := d.Change(r.Context(), "apply", func(s *state.State) error {
+		s.VIPs = state.KeepFailover(s.VIPs, next.VIPs)
 		return nil
 	})
 	if err != nil {
@@ -362,84 +362,4 @@ func (d *Daemon) apiEvents(w http.ResponseWriter, r *http.Request) {
 			}
 		}
 	}
-}
-
-// Diff lists, one line each, what differs between two normalised states.
-func Diff(cur, next State) []string {
-	var out []string
-	byKey := func(s State) map[string]VIP {
-		m := map[string]VIP{}
-		for _, v := range s.VIPs {
-			m[v.VIP] = v
-		}
-		return m
-	}
-	a, b := byKey(cur), byKey(next)
-	js := func(v any) string { j, _ := json.Marshal(v); return string(j) }
-	for _, v := range next.VIPs {
-		old, ok := a[v.VIP]
-		if !ok {
-			out = append(out, fmt.Sprintf("+ vip %s (forward %s, %d backends)", v.VIP, v.Forward, len(v.Backends)))
-			continue
-		}
-		ov, nv := old, v
-		ov.Backends, nv.Backends = nil, nil
-		if js(ov) != js(nv) {
-			out = append(out, fmt.Sprintf("~ vip %s: %s -> %s", v.VIP, js(ov), js(nv)))
-		}
-		ob := map[string]Backend{}
-		for _, be := range old.Backends {
-			ob[be.Addr] = be
-		}
-		for _, be := range v.Backends {
-			o, ok := ob[be.Addr]
-			switch {
-			case !ok:
-				out = append(out, fmt.Sprintf("+ backend %s of %s", be.Addr, v.VIP))
-			case js(o) != js(be):
-				out = append(out, fmt.Sprintf("~ backend %s of %s: %s -> %s", be.Addr, v.VIP, js(o), js(be)))
-			}
-			delete(ob, be.Addr)
-		}
-		for addr := range ob {
-			out = append(out, fmt.Sprintf("- backend %s of %s", addr, v.VIP))
-		}
-	}
-	for _, v := range cur.VIPs {
-		if _, ok := b[v.VIP]; !ok {
-			out = append(out, fmt.Sprintf("- vip %s", v.VIP))
-		}
-	}
-	return out
-}
-
-// keepFailover carries epochs and primaries over a wholesale replacement
-// (apply, restore): an epoch never goes backwards, and a file that names no
-// primary does not depose the current one.
-func keepFailover(cur, next []VIP) []VIP {
-	old := map[string]VIP{}
-	for _, v := range cur {
-		if k, err := ParseVIPKey(v.VIP); err == nil {
-			old[FormatVIPKey(k)] = v
-		}
-	}
-	out := make([]VIP, len(next))
-	copy(out, next)
-	for i, v := range out {
-		k, err := ParseVIPKey(v.VIP)
-		if err != nil {
-			continue
-		}
-		o, ok := old[FormatVIPKey(k)]
-		if !ok {
-			continue
-		}
-		if o.Epoch > v.Epoch {
-			out[i].Epoch = o.Epoch
-		}
-		if v.Primary == "" && strings.EqualFold(v.Policy, PolicyFailover) {
-			out[i].Primary = o.Primary
-		}
-	}
-	return out
 }

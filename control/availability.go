@@ -4,16 +4,9 @@ import (
 	"math"
 	"sort"
 	"time"
-)
 
-// TimelineEvent records that a subject (a backend of a VIP, or a VIP as a
-// whole when Backend is empty) became available or unavailable.
-type TimelineEvent struct {
-	Time      time.Time `json:"time"`
-	VIP       string    `json:"vip"`
-	Backend   string    `json:"backend,omitempty"`
-	Available bool      `json:"available"`
-}
+	"github.com/sluicelb/sluice/control/state"
+)
 
 // Windows over which availability is reported; 0 means since first seen.
 var Windows = []struct {
@@ -28,7 +21,7 @@ type subjectKey struct{ VIP, Backend string }
 // during which the subject was available, from its ordered transitions.
 // The subject is unavailable before its first event; it stays in the state
 // of its last event until now.
-func MeasuredAvailability(events []TimelineEvent, now time.Time, window time.Duration) (float64, bool) {
+func MeasuredAvailability(events []state.TimelineEvent, now time.Time, window time.Duration) (float64, bool) {
 	if len(events) == 0 {
 		return 0, false
 	}
@@ -124,8 +117,8 @@ type BackendAvailability struct {
 }
 
 // BuildAvailability computes the report from a timeline.
-func BuildAvailability(s State, timeline []TimelineEvent, now time.Time) AvailabilityReport {
-	by := map[subjectKey][]TimelineEvent{}
+func BuildAvailability(s state.State, timeline []state.TimelineEvent, now time.Time) AvailabilityReport {
+	by := map[subjectKey][]state.TimelineEvent{}
 	for _, e := range timeline {
 		k := subjectKey{e.VIP, e.Backend}
 		by[k] = append(by[k], e)
@@ -137,7 +130,7 @@ func BuildAvailability(s State, timeline []TimelineEvent, now time.Time) Availab
 	for _, v := range s.VIPs {
 		va := VIPAvailability{VIP: v.VIP, Of: len(v.Backends), Need: v.MinActive,
 			Measured: map[string]float64{}, Modelled: map[string]float64{}}
-		if v.Policy == PolicyFailover {
+		if v.Policy == state.PolicyFailover {
 			va.Need = 1 // any replica can be promoted
 		}
 		for _, w := range Windows {

@@ -5,6 +5,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sluicelb/sluice/control/state"
 	"pgregory.net/rapid"
 )
 
@@ -12,11 +13,11 @@ import (
 // is known exactly.
 func TestMeasuredAvailabilityExact(t *testing.T) {
 	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
-	ev := func(min int, up bool) TimelineEvent {
-		return TimelineEvent{Time: t0.Add(time.Duration(min) * time.Minute), VIP: "v", Backend: "b", Available: up}
+	ev := func(min int, up bool) state.TimelineEvent {
+		return state.TimelineEvent{Time: t0.Add(time.Duration(min) * time.Minute), VIP: "v", Backend: "b", Available: up}
 	}
 	// up 0-50, down 50-60, up 60-120 (now): since first seen 110/120.
-	tl := []TimelineEvent{ev(0, true), ev(50, false), ev(60, true)}
+	tl := []state.TimelineEvent{ev(0, true), ev(50, false), ev(60, true)}
 	now := t0.Add(120 * time.Minute)
 	cases := []struct {
 		window time.Duration
@@ -75,16 +76,16 @@ func TestAtLeastKMatchesBruteForce(t *testing.T) {
 
 func TestBuildAvailability(t *testing.T) {
 	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
-	s := State{VIPs: []VIP{{VIP: "10.0.0.1:80/tcp", MinActive: 2, Policy: PolicyMaglev,
-		Backends: []Backend{{Addr: "10.0.1.1"}, {Addr: "10.0.1.2"}, {Addr: "10.0.1.3"}}}}}
-	var tl []TimelineEvent
+	s := state.State{VIPs: []state.VIP{{VIP: "10.0.0.1:80/tcp", MinActive: 2, Policy: state.PolicyMaglev,
+		Backends: []state.Backend{{Addr: "10.0.1.1"}, {Addr: "10.0.1.2"}, {Addr: "10.0.1.3"}}}}}
+	var tl []state.TimelineEvent
 	for i, b := range s.VIPs[0].Backends {
-		tl = append(tl, TimelineEvent{Time: t0, VIP: s.VIPs[0].VIP, Backend: b.Addr, Available: true})
+		tl = append(tl, state.TimelineEvent{Time: t0, VIP: s.VIPs[0].VIP, Backend: b.Addr, Available: true})
 		if i == 0 { // b1 down for the second half
-			tl = append(tl, TimelineEvent{Time: t0.Add(30 * time.Minute), VIP: s.VIPs[0].VIP, Backend: b.Addr, Available: false})
+			tl = append(tl, state.TimelineEvent{Time: t0.Add(30 * time.Minute), VIP: s.VIPs[0].VIP, Backend: b.Addr, Available: false})
 		}
 	}
-	tl = append(tl, TimelineEvent{Time: t0, VIP: s.VIPs[0].VIP, Available: true})
+	tl = append(tl, state.TimelineEvent{Time: t0, VIP: s.VIPs[0].VIP, Available: true})
 	rep := BuildAvailability(s, tl, t0.Add(time.Hour))
 	v := rep.VIPs[0]
 	if v.Measured["all"] != 1 || v.Backends[0].Measured["all"] != 0.5 {

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/sluicelb/sluice/control"
+	"github.com/sluicelb/sluice/control/state"
 )
 
 const vipUDP = "10.77.1.100:53/udp"
@@ -55,7 +56,7 @@ func TestCLI(t *testing.T) {
 
 	// vip list, both formats
 	expect(d.mustCLI(t, "vip", "list"), "VIP", "FORWARD", "10.77.1.100:7/tcp", "ipip", "10.77.1.100:53/udp", "dsr", "4099", "10s")
-	var vips []control.VIP
+	var vips []state.VIP
 	if err := json.Unmarshal([]byte(d.mustCLI(t, "vip", "list", "-o", "json")), &vips); err != nil || len(vips) != 2 {
 		t.Fatalf("vip list -o json: %v %+v", err, vips)
 	}
@@ -108,7 +109,7 @@ func TestCLI(t *testing.T) {
 	os.WriteFile(yamlFile, []byte(changed), 0o600)
 	expect(d.mustCLI(t, "apply", "-f", yamlFile, "--dry-run"), "~ vip 10.77.1.100:7/tcp", "dry run")
 	expect(d.mustCLI(t, "apply", "-f", yamlFile), fmt.Sprintf("applied as revision %d", rev+1))
-	var exported control.State
+	var exported state.State
 	if err := json.Unmarshal([]byte(d.mustCLI(t, "export", "-o", "json")), &exported); err != nil || exported.VIPs[0].Forward != "dsr" {
 		t.Fatalf("export -o json after apply: %v %+v", err, exported.VIPs)
 	}
@@ -116,7 +117,7 @@ func TestCLI(t *testing.T) {
 	bfile := filepath.Join(dir, "backup.json")
 	expect(d.mustCLI(t, "backup", "save", bfile), fmt.Sprintf("saved revision %d", rev+1))
 	expect(d.mustCLI(t, "backup", "list"), "REVISION", "state-")
-	var arch []control.ArchiveEntry
+	var arch []state.ArchiveEntry
 	if err := json.Unmarshal([]byte(d.mustCLI(t, "backup", "list", "-o", "json")), &arch); err != nil || len(arch) == 0 {
 		t.Fatalf("backup list -o json: %v %d", err, len(arch))
 	}

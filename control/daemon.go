@@ -14,6 +14,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/sluicelb/sluice/control/state"
 	"github.com/sluicelb/sluice/health"
 	"github.com/sluicelb/sluice/loader"
 )
@@ -63,7 +64,7 @@ type Options struct {
 type Daemon struct {
 	opts    Options
 	log     *slog.Logger
-	store   *BoltStore
+	store   *state.BoltStore
 	dp      *loader.Datapath
 	rec     *Reconciler
 	hm      *health.Manager
@@ -75,7 +76,7 @@ type Daemon struct {
 	rev     atomic.Uint64 // d.state.Revision, readable without d.mu
 
 	mu    sync.Mutex // serialises changes and applies
-	state State
+	state state.State
 	ctx   context.Context
 	ready bool
 
@@ -121,7 +122,7 @@ func New(ctx context.Context, opts Options) (*Daemon, error) {
 	d := &Daemon{opts: opts, log: log, events: NewEventLog(1000), coord: SingleNode{}, started: time.Now(), ctx: ctx,
 		promoting: map[loader.VIPKey]bool{}, demotePending: map[loader.VIPKey]string{}, availability: map[subjectKey]bool{}}
 	var err error
-	if d.store, err = OpenBoltStore(opts.StateDir, opts.ArchiveKeep); err != nil {
+	if d.store, err = state.OpenBoltStore(opts.StateDir, opts.ArchiveKeep); err != nil {
 		return nil, err
 	}
 	if d.state, err = d.store.Load(); err != nil {
@@ -189,7 +190,7 @@ func New(ctx context.Context, opts Options) (*Daemon, error) {
 }
 
 // checkFor turns a backend's check into a health check.
-func checkFor(vip loader.VIPKey, b Backend) health.Check {
+func checkFor(vip loader.VIPKey, b state.Backend) health.Check {
 	port := b.Check.Port
 	if port == 0 {
 		port = vip.Port
@@ -204,7 +205,7 @@ func checkFor(vip loader.VIPKey, b Backend) health.Check {
 	}
 }
 
-func (d *Daemon) healthOf(vip loader.VIPKey, b Backend) health.State {
+func (d *Daemon) healthOf(vip loader.VIPKey, b state.Backend) health.State {
 	c := checkFor(vip, b)
 	if c.Probe.Type == health.None {
 		return health.Up
@@ -220,7 +221,7 @@ func (d *Daemon) syncChecksLocked() {
 	initial := map[health.ID]health.State{}
 	adopted := d.rec.AdoptedHealth() // one read of the backend table, not one per backend
 	for _, v := range d.state.VIPs {
-		k, _ := ParseVIPKey(v.VIP)
+		k, _ := state.ParseVIPKey(v.VIP)
 		for _, b := range v.Backends {
 			c := checkFor(k, b)
 			checks = append(checks, c)
@@ -247,15 +248,15 @@ func (d *Daemon) onHealth(e health.Event) {
 	if marked.IsZero() {
 		marked = applied
 	}
-	state := d.state
+	cur := d.state
 	d.recordAvailabilityLocked()
 	d.mu.Unlock()
 	d.metrics.failoverApply.Observe(applied.Sub(e.Time).Seconds())
 	if err != nil {
 		d.log.Error("apply health verdict", "err", err)
 	}
-	for _, v := range state.VIPs {
-		k, _ := ParseVIPKey(v.VIP)
+	for _, v := range cur.VIPs {
+		k, _ := state.ParseVIPKey(v.VIP)
 		for _, b := range v.Backends {
 			if checkFor(k, b).ID() == e.Check {
 				d.metrics.transition(v.VIP, b.Addr, string(e.To))
@@ -271,7 +272,7 @@ func (d *Daemon) onHealth(e health.Event) {
 
 // Change commits a change to the desired state and applies it; failover
 // VIPs that now lack a primary get one.
-func (d *Daemon) Change(ctx context.Context, what string, change func(*State) error) (State, error) {
+func (d *Daemon) Change(ctx context.Context, what string, change func(*state.State) error) (state.State, error) {
 	st, err := d.change(ctx, what, change)
 	if err == nil {
 		go d.checkPrimaries()
@@ -290,16 +291,16 @@ func (d *Daemon) mayChange() error {
 	return nil
 }
 
-func (d *Daemon) change(ctx context.Context, what string, change func(*State) error) (State, error) {
+func (d *Daemon) change(ctx context.Context, what string, change func(*state.State) error) (state.State, error) {
 	if err := d.mayChange(); err != nil {
-		return State{}, err
+		return state.State{}, err
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	prev := d.state.Revision
 	st, err := d.store.Commit(change)
 	if err != nil {
-		return State{}, err
+		return state.State{}, err
 	}
 	d.lastCommit = time.Now()
 	d.state = st
@@ -322,10 +323,10 @@ func (d *Daemon) change(ctx context.Context, what string, change func(*State) er
 
 // applyReplica stores and applies a state the master of the pair
 // committed, with its revision.
-func (d *Daemon) applyReplica(next State) error {
+func (d *Daemon) applyReplica(next state.State) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	if next.Revision == d.state.Revision && statesEqual(next, d.state) {
+	if next.Revision == d.state.Revision && state.Equal(next, d.state) {
 		return nil
 	}
 	prev := d.state.Revision
@@ -350,7 +351,7 @@ func (d *Daemon) applyReplica(next State) error {
 func (d *Daemon) revision() uint64 { return d.rev.Load() }
 
 // State returns the committed desired state.
-func (d *Daemon) State() State {
+func (d *Daemon) State() state.State {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	return d.state.Clone()
@@ -444,7 +445,7 @@ func (d *Daemon) listenAPI() (net.Listener, error) {
 // usable primary.
 func (d *Daemon) recordAvailabilityLocked() {
 	now := time.Now()
-	var evs []TimelineEvent
+	var evs []state.TimelineEvent
 	seen := map[subjectKey]bool{}
 	note := func(k subjectKey, avail bool) {
 		seen[k] = true
@@ -452,10 +453,10 @@ func (d *Daemon) recordAvailabilityLocked() {
 			return
 		}
 		d.availability[k] = avail
-		evs = append(evs, TimelineEvent{Time: now, VIP: k.VIP, Backend: k.Backend, Available: avail})
+		evs = append(evs, state.TimelineEvent{Time: now, VIP: k.VIP, Backend: k.Backend, Available: avail})
 	}
 	for _, v := range d.state.VIPs {
-		k, _ := ParseVIPKey(v.VIP)
+		k, _ := state.ParseVIPKey(v.VIP)
 		view, _, _ := d.rec.View(k)
 		usable := 0
 		primaryUsable := false
@@ -471,7 +472,7 @@ func (d *Daemon) recordAvailabilityLocked() {
 			}
 		}
 		avail := usable >= v.MinActive
-		if v.Policy == PolicyFailover {
+		if v.Policy == state.PolicyFailover {
 			avail = primaryUsable
 		}
 		note(subjectKey{v.VIP, ""}, avail)

@@ -12,6 +12,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/sluicelb/sluice/control/state"
 	"github.com/sluicelb/sluice/health"
 )
 
@@ -105,7 +106,7 @@ func (d *Daemon) Drill(ctx context.Context, req DrillRequest) (DrillReport, erro
 	if err := d.mayChange(); err != nil {
 		return DrillReport{}, err
 	}
-	k, err := ParseVIPKey(req.VIP)
+	k, err := state.ParseVIPKey(req.VIP)
 	if err != nil {
 		return DrillReport{}, badRequest("%v", err)
 	}
@@ -123,7 +124,7 @@ func (d *Daemon) Drill(ctx context.Context, req DrillRequest) (DrillReport, erro
 	st := d.State()
 	i := st.FindVIP(k)
 	if i < 0 {
-		return DrillReport{}, notFound("vip %s: no such vip", FormatVIPKey(k))
+		return DrillReport{}, notFound("vip %s: no such vip", state.FormatVIPKey(k))
 	}
 	v := st.VIPs[i]
 	var target string
@@ -134,11 +135,11 @@ func (d *Daemon) Drill(ctx context.Context, req DrillRequest) (DrillReport, erro
 			return DrillReport{}, badRequest("--action %s: %q is not a backend of %s", req.Action, req.Addr, v.VIP)
 		}
 		target = a.String()
-		if req.Action == "promote" && v.Policy != PolicyFailover {
+		if req.Action == "promote" && v.Policy != state.PolicyFailover {
 			return DrillReport{}, badRequest("--action promote: %s is not a failover VIP", v.VIP)
 		}
 	case "fail-primary":
-		if v.Policy != PolicyFailover || v.Primary == "" {
+		if v.Policy != state.PolicyFailover || v.Primary == "" {
 			return DrillReport{}, badRequest("--action fail-primary: %s has no primary", v.VIP)
 		}
 		target = v.Primary
@@ -172,13 +173,13 @@ func (d *Daemon) Drill(ctx context.Context, req DrillRequest) (DrillReport, erro
 	actStart := time.Now()
 	switch req.Action {
 	case "disable-backend":
-		_, err = d.Change(ctx, "drill: disable "+target, func(s *State) error {
+		_, err = d.Change(ctx, "drill: disable "+target, func(s *state.State) error {
 			s.VIPs[s.FindVIP(k)].Backends[s.VIPs[s.FindVIP(k)].FindBackend(netip.MustParseAddr(target))].Disabled = true
 			return nil
 		})
 		rep.CommitSeconds, rep.ApplySeconds = d.appliedSince(actStart)
 	case "fail-primary":
-		_, err = d.Change(ctx, "drill: fail primary "+target, func(s *State) error {
+		_, err = d.Change(ctx, "drill: fail primary "+target, func(s *state.State) error {
 			s.VIPs[s.FindVIP(k)].Backends[s.VIPs[s.FindVIP(k)].FindBackend(netip.MustParseAddr(target))].Disabled = true
 			return nil
 		})
@@ -249,7 +250,7 @@ func (d *Daemon) Drill(ctx context.Context, req DrillRequest) (DrillReport, erro
 	// 4. restore the original state
 	switch req.Action {
 	case "disable-backend", "fail-primary":
-		if _, err := d.Change(ctx, "drill: restore "+target, func(s *State) error {
+		if _, err := d.Change(ctx, "drill: restore "+target, func(s *state.State) error {
 			s.VIPs[s.FindVIP(k)].Backends[s.VIPs[s.FindVIP(k)].FindBackend(netip.MustParseAddr(target))].Disabled = false
 			return nil
 		}); err != nil {
@@ -295,7 +296,7 @@ func (d *Daemon) Drill(ctx context.Context, req DrillRequest) (DrillReport, erro
 	d.events.Add(Event{Kind: "drill", VIP: v.VIP, Backend: target, Reason: fmt.Sprintf("drill %s finished: %s %s", req.Action, result, strings.Join(rep.Failures, "; "))})
 	if err := os.MkdirAll(d.drillDir(), 0o700); err == nil {
 		raw, _ := json.MarshalIndent(rep, "", "  ")
-		if err := WriteFileAtomic(filepath.Join(d.drillDir(), rep.ID+".json"), raw, 0o600); err != nil {
+		if err := state.WriteFileAtomic(filepath.Join(d.drillDir(), rep.ID+".json"), raw, 0o600); err != nil {
 			d.log.Error("keep drill report", "err", err)
 		}
 	}

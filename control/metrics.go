@@ -7,6 +7,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/sluicelb/sluice/control/state"
 	"github.com/sluicelb/sluice/health"
 )
 
@@ -85,7 +86,7 @@ func (m *metrics) observeProbe(r health.Result) {
 	}
 	st := m.d.State()
 	for _, v := range st.VIPs {
-		k, _ := ParseVIPKey(v.VIP)
+		k, _ := state.ParseVIPKey(v.VIP)
 		for _, b := range v.Backends {
 			if checkFor(k, b).ID() == r.Check {
 				m.checkFailures.WithLabelValues(v.VIP, b.Addr).Inc()
@@ -109,7 +110,7 @@ func (m *metrics) Collect(ch chan<- prometheus.Metric) {
 	}
 	ch <- prometheus.MustNewConstMetric(descRevision, prometheus.GaugeValue, float64(st.Revision))
 	for _, v := range st.VIPs {
-		if v.Policy == PolicyFailover {
+		if v.Policy == state.PolicyFailover {
 			ch <- prometheus.MustNewConstMetric(descEpoch, prometheus.GaugeValue, float64(v.Epoch), v.VIP)
 			has := 0.0
 			if v.Primary != "" {

@@ -21,6 +21,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/sluicelb/sluice/control/ha"
+	"github.com/sluicelb/sluice/control/state"
 )
 
 // HAOptions configure an active/standby pair (sluice daemon --ha-*).
@@ -193,11 +194,11 @@ func (p *pair) IsCoordinator() bool { return p.node.Role() == ha.Master }
 func (p *pair) Role() string { return string(p.node.Role()) }
 
 // vipAddrs are the distinct VIP addresses of a state.
-func vipAddrs(s State) []netip.Addr {
+func vipAddrs(s state.State) []netip.Addr {
 	seen := map[netip.Addr]bool{}
 	var out []netip.Addr
 	for _, v := range s.VIPs {
-		k, err := ParseVIPKey(v.VIP)
+		k, err := state.ParseVIPKey(v.VIP)
 		if err == nil && !seen[k.Addr] {
 			seen[k.Addr] = true
 			out = append(out, k.Addr)

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/sluicelb/sluice/control/ha"
+	"github.com/sluicelb/sluice/control/state"
 	"github.com/sluicelb/sluice/loader"
 )
 
@@ -129,15 +130,15 @@ func (p *pair) invalidate() { p.synced.Store(false) }
 // syncView is what a backup pulls: the master's state and which backends
 // it forwards to, so that the backup pre-empts only with the same view.
 type syncView struct {
-	State  State    `json:"state"`
-	Usable []string `json:"usable"`
+	State  state.State `json:"state"`
+	Usable []string    `json:"usable"`
 }
 
 // usableView lists "VIP backend" for every backend the data plane may use.
 func (d *Daemon) usableView() []string {
 	var out []string
 	for _, v := range d.State().VIPs {
-		k, _ := ParseVIPKey(v.VIP)
+		k, _ := state.ParseVIPKey(v.VIP)
 		view, _, _ := d.rec.View(k)
 		for a, bv := range view {
 			if bv.Usable {
@@ -319,7 +320,7 @@ func (p *pair) syncHandler() http.Handler {
 		if p.node.Role() == ha.Master {
 			return nil, errors.New("this node is master: it keeps its own state")
 		}
-		var st State
+		var st state.State
 		if err := json.Unmarshal(body, &st); err != nil {
 			return nil, err
 		}

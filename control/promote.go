@@ -14,6 +14,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/sluicelb/sluice/control/state"
 	"github.com/sluicelb/sluice/health"
 	"github.com/sluicelb/sluice/loader"
 )
@@ -55,7 +56,7 @@ func (d *Daemon) nodeName() string {
 
 // runHook runs the command (through sh -c) or posts to the URL, bounded by
 // the VIP's hook timeout. Exit 0 or HTTP 2xx is success.
-func runHook(ctx context.Context, v VIP, cmdline, old, next string, epoch uint64, node string) (string, error) {
+func runHook(ctx context.Context, v state.VIP, cmdline, old, next string, epoch uint64, node string) (string, error) {
 	ctx, cancel := context.WithTimeout(ctx, time.Duration(v.HookTimeout))
 	defer cancel()
 	if cmdline != "" {
@@ -93,16 +94,16 @@ func runHook(ctx context.Context, v VIP, cmdline, old, next string, epoch uint64
 
 // candidates lists the up backends of a failover VIP that may become
 // primary, highest priority first.
-func (d *Daemon) candidates(v VIP, exclude string) []Backend {
-	k, _ := ParseVIPKey(v.VIP)
-	var out []Backend
+func (d *Daemon) candidates(v state.VIP, exclude string) []state.Backend {
+	k, _ := state.ParseVIPKey(v.VIP)
+	var out []state.Backend
 	for _, b := range v.Backends {
 		if b.Addr == exclude || b.Disabled || d.healthOf(k, b) != health.Up {
 			continue
 		}
 		out = append(out, b)
 	}
-	slices.SortStableFunc(out, func(a, b Backend) int {
+	slices.SortStableFunc(out, func(a, b state.Backend) int {
 		if a.Priority != b.Priority {
 			return b.Priority - a.Priority
 		}
@@ -119,13 +120,13 @@ func (d *Daemon) checkPrimaries() {
 		return
 	}
 	d.mu.Lock()
-	state := d.state.Clone()
+	cur := d.state.Clone()
 	d.mu.Unlock()
-	for _, v := range state.VIPs {
-		if v.Policy != PolicyFailover {
+	for _, v := range cur.VIPs {
+		if v.Policy != state.PolicyFailover {
 			continue
 		}
-		k, _ := ParseVIPKey(v.VIP)
+		k, _ := state.ParseVIPKey(v.VIP)
 		primaryUp := false
 		for _, b := range v.Backends {
 			if b.Addr == v.Primary && !b.Disabled && d.healthOf(k, b) == health.Up {
@@ -163,7 +164,7 @@ func (d *Daemon) checkPrimaries() {
 
 // higherUndecided reports whether a backend of v with a priority above p
 // has not been probed yet.
-func (d *Daemon) higherUndecided(k loader.VIPKey, v VIP, p int) bool {
+func (d *Daemon) higherUndecided(k loader.VIPKey, v state.VIP, p int) bool {
 	for _, b := range v.Backends {
 		if b.Priority <= p || b.Disabled {
 			continue
@@ -178,7 +179,7 @@ func (d *Daemon) higherUndecided(k loader.VIPKey, v VIP, p int) bool {
 
 // startPromotion runs one promotion of a VIP at a time, off the caller's
 // goroutine: hooks may take seconds.
-func (d *Daemon) startPromotion(k loader.VIPKey, cands []Backend) {
+func (d *Daemon) startPromotion(k loader.VIPKey, cands []state.Backend) {
 	d.promoMu.Lock()
 	if d.promoting[k] {
 		d.promoMu.Unlock()
@@ -194,7 +195,7 @@ func (d *Daemon) startPromotion(k loader.VIPKey, cands []Backend) {
 			d.checkPrimaries() // the world may have moved on meanwhile
 		}()
 		if _, err := d.promote(d.ctx, k, cands); err != nil {
-			d.log.Warn("promotion", "vip", FormatVIPKey(k), "err", err)
+			d.log.Warn("promotion", "vip", state.FormatVIPKey(k), "err", err)
 		}
 	}()
 }
@@ -202,12 +203,12 @@ func (d *Daemon) startPromotion(k loader.VIPKey, cands []Backend) {
 // promote tries the candidates in order: commit the next epoch durably,
 // run the hook with it, and switch the data plane to the first candidate
 // whose hook succeeds. With none left the VIP has no primary and drops.
-func (d *Daemon) promote(ctx context.Context, k loader.VIPKey, cands []Backend) (PromoteResult, error) {
-	name := FormatVIPKey(k)
+func (d *Daemon) promote(ctx context.Context, k loader.VIPKey, cands []state.Backend) (PromoteResult, error) {
+	name := state.FormatVIPKey(k)
 	var lastErr error
 	for _, c := range cands {
-		var v VIP
-		if _, err := d.Change(ctx, fmt.Sprintf("epoch of %s raised for promoting %s", name, c.Addr), func(s *State) error {
+		var v state.VIP
+		if _, err := d.Change(ctx, fmt.Sprintf("epoch of %s raised for promoting %s", name, c.Addr), func(s *state.State) error {
 			i := s.FindVIP(k)
 			if i < 0 {
 				return notFound("vip %s: no such vip", name)
@@ -229,7 +230,7 @@ func (d *Daemon) promote(ctx context.Context, k loader.VIPKey, cands []Backend) 
 			d.metrics.promotions.WithLabelValues(name, "hook_failed").Inc()
 			continue
 		}
-		if _, err := d.Change(ctx, fmt.Sprintf("promoted %s to primary of %s (epoch %d)", c.Addr, name, v.Epoch), func(s *State) error {
+		if _, err := d.Change(ctx, fmt.Sprintf("promoted %s to primary of %s (epoch %d)", c.Addr, name, v.Epoch), func(s *state.State) error {
 			i := s.FindVIP(k)
 			if i < 0 {
 				return notFound("vip %s: no such vip", name)
@@ -250,7 +251,7 @@ func (d *Daemon) promote(ctx context.Context, k loader.VIPKey, cands []Backend) 
 		return PromoteResult{VIP: name, OldPrimary: old, NewPrimary: c.Addr, Epoch: v.Epoch, HookOutput: out, HookTime: took.String()}, nil
 	}
 	// Nobody could take over: the VIP has no primary and drops, counted.
-	if _, err := d.Change(ctx, "no primary for "+name, func(s *State) error {
+	if _, err := d.Change(ctx, "no primary for "+name, func(s *state.State) error {
 		if i := s.FindVIP(k); i >= 0 {
 			s.VIPs[i].Primary = ""
 		}
@@ -272,8 +273,8 @@ func (d *Daemon) promote(ctx context.Context, k loader.VIPKey, cands []Backend) 
 
 // demoteRecovered runs the demote hook once for an old primary that is up
 // again and rejoined as a replica.
-func (d *Daemon) demoteRecovered(v VIP) {
-	k, _ := ParseVIPKey(v.VIP)
+func (d *Daemon) demoteRecovered(v state.VIP) {
+	k, _ := state.ParseVIPKey(v.VIP)
 	d.promoMu.Lock()
 	old, ok := d.demotePending[k]
 	d.promoMu.Unlock()
@@ -304,7 +305,7 @@ func (d *Daemon) Promote(ctx context.Context, vip, addr string) (PromoteResult, 
 	if err := d.mayChange(); err != nil {
 		return PromoteResult{}, err
 	}
-	k, err := ParseVIPKey(vip)
+	k, err := state.ParseVIPKey(vip)
 	if err != nil {
 		return PromoteResult{}, badRequest("%v", err)
 	}
@@ -315,16 +316,16 @@ func (d *Daemon) Promote(ctx context.Context, vip, addr string) (PromoteResult, 
 	st := d.State()
 	i := st.FindVIP(k)
 	if i < 0 {
-		return PromoteResult{}, notFound("vip %s: no such vip", FormatVIPKey(k))
+		return PromoteResult{}, notFound("vip %s: no such vip", state.FormatVIPKey(k))
 	}
 	v := st.VIPs[i]
-	if v.Policy != PolicyFailover {
+	if v.Policy != state.PolicyFailover {
 		return PromoteResult{}, badRequest("vip %s: policy %s has no primary (use --policy failover)", v.VIP, v.Policy)
 	}
 	if v.Primary == a.String() {
 		return PromoteResult{}, badRequest("%s is already the primary of %s", a, v.VIP)
 	}
-	var cand []Backend
+	var cand []state.Backend
 	for _, b := range d.candidates(v, "") {
 		if b.Addr == a.String() {
 			cand = append(cand, b)

@@ -9,6 +9,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/sluicelb/sluice/control/maglev"
+	"github.com/sluicelb/sluice/control/state"
 	"github.com/sluicelb/sluice/health"
 	"github.com/sluicelb/sluice/loader"
 )
@@ -39,7 +41,7 @@ type Reconciler struct {
 	// change elsewhere rebuilds only the rings whose members changed.
 	rings map[loader.VIPKey]string
 	// maglev keeps its memory from ring to ring (guarded by mu).
-	maglev MaglevBuilder
+	maglev maglev.Builder
 }
 
 type beKey struct {
@@ -96,7 +98,7 @@ func (r *Reconciler) AdoptedHealth() func(vip loader.VIPKey, addr netip.Addr) (h
 }
 
 // HealthOf answers a backend's probe state.
-type HealthOf func(vip loader.VIPKey, b Backend) health.State
+type HealthOf func(vip loader.VIPKey, b state.Backend) health.State
 
 // Result says what one Apply wrote.
 type Result struct {
@@ -107,7 +109,7 @@ type Result struct {
 }
 
 // Apply makes the data plane match s under the given health view.
-func (r *Reconciler) Apply(ctx context.Context, s State, hv HealthOf) (Result, error) {
+func (r *Reconciler) Apply(ctx context.Context, s state.State, hv HealthOf) (Result, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	var res Result
@@ -124,7 +126,7 @@ func (r *Reconciler) Apply(ctx context.Context, s State, hv HealthOf) (Result, e
 	keepBackends := map[uint32]bool{}
 	views := map[loader.VIPKey]map[netip.Addr]BackendView{}
 	for _, v := range s.VIPs {
-		k, err := ParseVIPKey(v.VIP)
+		k, err := state.ParseVIPKey(v.VIP)
 		if err != nil {
 			return res, err
 		}
@@ -138,7 +140,7 @@ func (r *Reconciler) Apply(ctx context.Context, s State, hv HealthOf) (Result, e
 			return res, err
 		}
 		view := map[netip.Addr]BackendView{}
-		var active, standby []MaglevBackend
+		var active, standby []maglev.Backend
 		for _, b := range v.Backends {
 			addr := netip.MustParseAddr(b.Addr)
 			idx, err := r.backendIndex(id, addr)
@@ -149,7 +151,7 @@ func (r *Reconciler) Apply(ctx context.Context, s State, hv HealthOf) (Result, e
 			hs := hv(k, b)
 			bv := BackendView{Index: idx, Health: hs, Drain: b.Drain || b.Weight == 0}
 			bv.Usable = hs == health.Up && !b.Disabled
-			if v.Policy == PolicyFailover {
+			if v.Policy == state.PolicyFailover {
 				// Replicas must not keep tracked flows: nothing may ever
 				// reach two primaries.
 				bv.Usable = bv.Usable && addr.String() == v.Primary
@@ -174,7 +176,7 @@ func (r *Reconciler) Apply(ctx context.Context, s State, hv HealthOf) (Result, e
 				return res, err
 			}
 			if bv.Usable && !bv.Drain {
-				mb := MaglevBackend{ID: addr.String(), Weight: b.Weight, Slot: idx}
+				mb := maglev.Backend{ID: addr.String(), Weight: b.Weight, Slot: idx}
 				if b.Standby {
 					standby = append(standby, mb)
 				} else {
@@ -187,12 +189,12 @@ func (r *Reconciler) Apply(ctx context.Context, s State, hv HealthOf) (Result, e
 		if len(active) < v.MinActive {
 			members = append(slices.Clone(active), standby...)
 		}
-		if v.Policy == PolicyFailover {
+		if v.Policy == state.PolicyFailover {
 			// Exactly one backend, the primary, receives traffic.
 			members = nil
 			for _, m := range append(slices.Clone(active), standby...) {
 				if m.ID == v.Primary {
-					members = []MaglevBackend{{ID: m.ID, Weight: 1, Slot: m.Slot}}
+					members = []maglev.Backend{{ID: m.ID, Weight: 1, Slot: m.Slot}}
 				}
 			}
 		}
@@ -206,7 +208,7 @@ func (r *Reconciler) Apply(ctx context.Context, s State, hv HealthOf) (Result, e
 		// primary's cleared flag already makes the data plane drop, and
 		// skipping a ring swap (an RCU grace period) gets the promotion
 		// started sooner.
-		keep := v.Policy == PolicyFailover && len(members) == 0
+		keep := v.Policy == state.PolicyFailover && len(members) == 0
 		if r.rings[k] != fp && !keep {
 			ring, err := r.maglev.Build(members, v.RingSize, r.seed)
 			if err != nil {

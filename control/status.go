@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"time"
 
+	"github.com/sluicelb/sluice/control/state"
 	"github.com/sluicelb/sluice/health"
 )
 
@@ -64,16 +65,16 @@ func (d *Daemon) HAStatus() HAStatus {
 // Status reads the desired state, health and the kernel's maps.
 func (d *Daemon) Status() (Status, error) {
 	d.mu.Lock()
-	state := d.state.Clone()
+	cur := d.state.Clone()
 	d.mu.Unlock()
-	out := Status{Revision: state.Revision, Role: d.coord.Role(), Iface: d.opts.Iface,
+	out := Status{Revision: cur.Revision, Role: d.coord.Role(), Iface: d.opts.Iface,
 		Uptime: time.Since(d.started).Round(time.Second).String(), VIPs: []VIPStatus{}}
 	if d.pair != nil {
 		hs := d.pair.status()
 		out.HA = &hs
 	}
-	for _, v := range state.VIPs {
-		k, _ := ParseVIPKey(v.VIP)
+	for _, v := range cur.VIPs {
+		k, _ := state.ParseVIPKey(v.VIP)
 		vs := VIPStatus{VIP: v.VIP, Forward: v.Forward, RingSize: v.RingSize, MinActive: v.MinActive,
 			Policy: v.Policy, Primary: v.Primary, Epoch: v.Epoch, Backends: []BackendStatus{}}
 		view, id, ok := d.rec.View(k)
@@ -142,7 +143,7 @@ func (d *Daemon) Counters() (map[string]map[string]uint64, error) {
 	st := d.State()
 	out := map[string]map[string]uint64{}
 	for _, v := range st.VIPs {
-		k, _ := ParseVIPKey(v.VIP)
+		k, _ := state.ParseVIPKey(v.VIP)
 		view, _, _ := d.rec.View(k)
 		m := map[string]uint64{}
 		for _, b := range v.Backends {

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"math/big"
 	"net"
 	"net/netip"
 	"slices"
@@ -178,19 +179,6 @@ func (d *Datapath) VIPs() (map[VIPKey]VIP, error) {
 	return out, nil
 }
 
-// IsPrime reports whether n is prime (ring sizes must be).
-func IsPrime(n uint32) bool {
-	if n < 2 {
-		return false
-	}
-	for i := uint32(2); uint64(i)*uint64(i) <= uint64(n); i++ {
-		if n%i == 0 {
-			return false
-		}
-	}
-	return true
-}
-
 // ReplaceRing installs slots (backend indices, 0 for "no backend") as the
 // VIP's ring in one atomic step: a ring of the active size replaces the
 // active ring in one map-in-map update; a ring of another size goes into
@@ -200,7 +188,7 @@ func IsPrime(n uint32) bool {
 // returns false when the active ring already holds slots.
 func (d *Datapath) ReplaceRing(k VIPKey, slots []uint32) (bool, error) {
 	n := len(slots)
-	if n == 0 || n > MaxRingSize || !IsPrime(uint32(n)) {
+	if n == 0 || n > MaxRingSize || !big.NewInt(int64(n)).ProbablyPrime(0) { // exact below 2^64
 		return false, fmt.Errorf("ring of vip %s: size %d must be a prime up to %d", k, n, MaxRingSize)
 	}
 	for i, b := range slots {

@@ -7,7 +7,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/sluicelb/sluice/control"
+	"github.com/sluicelb/sluice/control/maglev"
 	"github.com/sluicelb/sluice/loader"
 )
 
@@ -30,14 +30,14 @@ func lbForVIP(t *testing.T, lab *Lab, fwd loader.Forward, seed uint32) (*loader.
 	if _, err := d.SetVIP(vip, loader.VIP{ID: 0, Forward: fwd}); err != nil {
 		t.Fatal(err)
 	}
-	var mb []control.MaglevBackend
+	var mb []maglev.Backend
 	for i, b := range lab.Backends {
 		if _, err := d.SetBackend(uint32(i+1), loader.Backend{Addr: b.Addr.Addr(), VIPID: 0, Flags: loader.BackendUsable, MAC: b.MAC}); err != nil {
 			t.Fatal(err)
 		}
-		mb = append(mb, control.MaglevBackend{ID: b.Addr.Addr().String(), Weight: 1, Slot: uint32(i + 1)})
+		mb = append(mb, maglev.Backend{ID: b.Addr.Addr().String(), Weight: 1, Slot: uint32(i + 1)})
 	}
-	ring, err := control.BuildMaglev(mb, 65537, uint64(seed))
+	ring, err := maglev.Build(mb, 65537, uint64(seed))
 	if err != nil {
 		t.Fatal(err)
 	}

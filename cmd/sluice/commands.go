@@ -20,6 +20,8 @@ import (
 
 	"github.com/sluicelb/sluice/control"
 	"github.com/sluicelb/sluice/control/ha"
+	"github.com/sluicelb/sluice/control/maglev"
+	"github.com/sluicelb/sluice/control/state"
 	"github.com/sluicelb/sluice/health"
 	"github.com/sluicelb/sluice/loader"
 )
@@ -201,8 +203,8 @@ func vipCommand() *cli.Command {
 				Name: "add", Usage: "add a VIP", ArgsUsage: "ADDR:PORT/PROTO",
 				Flags: []cli.Flag{socketFlag(),
 					&cli.StringFlag{Name: "forward", Value: "ipip", Usage: "ipip or dsr"},
-					&cli.UintFlag{Name: "ring-size", Value: control.DefaultRingSize, Usage: "Maglev ring size (a prime)"},
-					&cli.IntFlag{Name: "min-active", Value: control.DefaultMinActive, Usage: "standbys join the ring below this many usable actives"},
+					&cli.UintFlag{Name: "ring-size", Value: state.DefaultRingSize, Usage: "Maglev ring size (a prime)"},
+					&cli.IntFlag{Name: "min-active", Value: state.DefaultMinActive, Usage: "standbys join the ring below this many usable actives"},
 					&cli.StringFlag{Name: "udp-timeout", Value: "30s", Usage: "idle time after which a UDP flow is re-hashed"},
 					&cli.StringFlag{Name: "policy", Value: "maglev", Usage: "maglev (spread) or failover (one primary, replicas promoted on failure)"},
 					&cli.StringFlag{Name: "promote-cmd", Usage: "failover: command run on promotion (env SLUICE_VIP, SLUICE_OLD_PRIMARY, SLUICE_NEW_PRIMARY, SLUICE_EPOCH, SLUICE_NODE); exit 0 = success"},
@@ -216,13 +218,13 @@ func vipCommand() *cli.Command {
 					if err != nil {
 						return err
 					}
-					if _, err := control.ParseVIPKey(vip); err != nil {
+					if _, err := state.ParseVIPKey(vip); err != nil {
 						return err
 					}
 					if _, err := loader.ParseForward(c.String("forward")); err != nil {
 						return fmt.Errorf("--forward: %w", err)
 					}
-					if !loaderIsPrime(c.Uint("ring-size")) || c.Uint("ring-size") > loader.MaxRingSize {
+					if !maglev.IsPrime(uint32(c.Uint("ring-size"))) || c.Uint("ring-size") > loader.MaxRingSize {
 						return fmt.Errorf("--ring-size %d: must be a prime up to %d (e.g. 4099, 65537, 655373)", c.Uint("ring-size"), loader.MaxRingSize)
 					}
 					if c.Int("min-active") < 1 {
@@ -232,17 +234,17 @@ func vipCommand() *cli.Command {
 						return fmt.Errorf("--udp-timeout %q: want a positive duration such as 30s", c.String("udp-timeout"))
 					}
 					policy := c.String("policy")
-					if policy != control.PolicyMaglev && policy != control.PolicyFailover {
+					if policy != state.PolicyMaglev && policy != state.PolicyFailover {
 						return fmt.Errorf("--policy %q: want maglev or failover", policy)
 					}
 					if t, err := time.ParseDuration(c.String("hook-timeout")); err != nil || t <= 0 {
 						return fmt.Errorf("--hook-timeout %q: want a positive duration such as 10s", c.String("hook-timeout"))
 					}
 					hookTimeout := ""
-					if policy == control.PolicyFailover {
+					if policy == state.PolicyFailover {
 						hookTimeout = c.String("hook-timeout")
 					}
-					var st control.State
+					var st state.State
 					err = newClient(c).do(c.Context, "POST", "/v1/vips", nil, control.VIPAddRequest{VIP: vip, Forward: c.String("forward"),
 						RingSize: uint32(c.Uint("ring-size")), MinActive: c.Int("min-active"), UDPTimeout: c.String("udp-timeout"),
 						Policy: policy, PromoteCmd: c.String("promote-cmd"), PromoteURL: c.String("promote-url"),
@@ -261,10 +263,10 @@ func vipCommand() *cli.Command {
 					if err != nil {
 						return err
 					}
-					if _, err := control.ParseVIPKey(vip); err != nil {
+					if _, err := state.ParseVIPKey(vip); err != nil {
 						return err
 					}
-					var st control.State
+					var st state.State
 					if err := newClient(c).do(c.Context, "DELETE", "/v1/vips", url.Values{"vip": {vip}}, nil, &st); err != nil {
 						return err
 					}
@@ -279,7 +281,7 @@ func vipCommand() *cli.Command {
 					if err != nil {
 						return err
 					}
-					var st control.State
+					var st state.State
 					if err := newClient(c).do(c.Context, "GET", "/v1/state", nil, nil, &st); err != nil {
 						return err
 					}
@@ -305,7 +307,7 @@ func vipCommand() *cli.Command {
 					if err != nil {
 						return err
 					}
-					if _, err := control.ParseVIPKey(vip); err != nil {
+					if _, err := state.ParseVIPKey(vip); err != nil {
 						return err
 					}
 					var ring control.RingResponse
@@ -335,8 +337,6 @@ func vipCommand() *cli.Command {
 	}
 }
 
-func loaderIsPrime(n uint) bool { return n < 1<<32 && loader.IsPrime(uint32(n)) }
-
 func oneArg(c *cli.Context, what string) (string, error) {
 	if c.NArg() != 1 {
 		return "", fmt.Errorf("want one argument: %s", what)
@@ -346,7 +346,7 @@ func oneArg(c *cli.Context, what string) (string, error) {
 
 func backendCommand() *cli.Command {
 	addFlags := []cli.Flag{socketFlag(),
-		&cli.UintFlag{Name: "weight", Value: control.DefaultWeight, Usage: "share of new flows (0 drains)"},
+		&cli.UintFlag{Name: "weight", Value: state.DefaultWeight, Usage: "share of new flows (0 drains)"},
 		&cli.BoolFlag{Name: "standby", Usage: "take traffic only when usable actives fall below the VIP's min-active"},
 		&cli.IntFlag{Name: "priority", Usage: "failover VIPs: replicas with higher priority are promoted first"},
 		&cli.StringFlag{Name: "check", Value: "tcp", Usage: "tcp, http, https, udp or none"},
@@ -372,7 +372,7 @@ func backendCommand() *cli.Command {
 				if err != nil {
 					return err
 				}
-				var st control.State
+				var st state.State
 				if err := newClient(c).do(c.Context, "POST", "/v1/backends/action", nil,
 					control.BackendActionRequest{VIP: vip, Addr: addr, Action: name}, &st); err != nil {
 					return err
@@ -397,7 +397,7 @@ func backendCommand() *cli.Command {
 					if err != nil {
 						return err
 					}
-					var st control.State
+					var st state.State
 					if err := newClient(c).do(c.Context, "POST", "/v1/backends", nil, control.BackendAddRequest{VIP: vip, Backend: b}, &st); err != nil {
 						return err
 					}
@@ -415,7 +415,7 @@ func vipAndAddr(c *cli.Context) (string, string, error) {
 		return "", "", fmt.Errorf("want two arguments: VIP ADDR")
 	}
 	vip, addr := c.Args().Get(0), c.Args().Get(1)
-	if _, err := control.ParseVIPKey(vip); err != nil {
+	if _, err := state.ParseVIPKey(vip); err != nil {
 		return "", "", err
 	}
 	if a, err := netip.ParseAddr(addr); err != nil || a.Zone() != "" {
@@ -424,37 +424,37 @@ func vipAndAddr(c *cli.Context) (string, string, error) {
 	return vip, addr, nil
 }
 
-func backendFromFlags(c *cli.Context, addr string) (control.Backend, error) {
+func backendFromFlags(c *cli.Context, addr string) (state.Backend, error) {
 	if _, err := health.ParseType(c.String("check")); err != nil {
-		return control.Backend{}, fmt.Errorf("--check: %w", err)
+		return state.Backend{}, fmt.Errorf("--check: %w", err)
 	}
 	if c.Uint("check-port") > 65535 {
-		return control.Backend{}, fmt.Errorf("--check-port %d: not a port", c.Uint("check-port"))
+		return state.Backend{}, fmt.Errorf("--check-port %d: not a port", c.Uint("check-port"))
 	}
 	if c.Uint("weight") > 1<<16 {
-		return control.Backend{}, fmt.Errorf("--weight %d: at most 65536", c.Uint("weight"))
+		return state.Backend{}, fmt.Errorf("--weight %d: at most 65536", c.Uint("weight"))
 	}
 	if m := c.String("mac"); m != "" {
 		if hw, err := net.ParseMAC(m); err != nil || len(hw) != 6 {
-			return control.Backend{}, fmt.Errorf("--mac %q: not an Ethernet address", m)
+			return state.Backend{}, fmt.Errorf("--mac %q: not an Ethernet address", m)
 		}
 	}
 	if codes := c.String("check-codes"); codes != "" {
 		if err := health.ParseCodes(codes); err != nil {
-			return control.Backend{}, fmt.Errorf("--check-codes: %w", err)
+			return state.Backend{}, fmt.Errorf("--check-codes: %w", err)
 		}
 	}
 	s := health.Settings{Interval: c.Duration("interval"), Timeout: c.Duration("timeout"), FastInter: c.Duration("fastinter"),
 		Rise: c.Int("rise"), Fall: c.Int("fall")}
 	if err := s.Validate(); err != nil {
-		return control.Backend{}, fmt.Errorf("--%w", err)
+		return state.Backend{}, fmt.Errorf("--%w", err)
 	}
-	return control.Backend{
+	return state.Backend{
 		Addr: addr, Weight: uint32(c.Uint("weight")), Standby: c.Bool("standby"), MAC: c.String("mac"), Priority: c.Int("priority"),
-		Check: control.Check{Type: c.String("check"), Port: uint16(c.Uint("check-port")), Path: c.String("check-path"),
+		Check: state.Check{Type: c.String("check"), Port: uint16(c.Uint("check-port")), Path: c.String("check-path"),
 			Method: c.String("check-method"), Codes: c.String("check-codes"), Body: c.String("check-body"),
 			TLSVerify: c.Bool("check-tls-verify"), Payload: c.String("check-payload"),
-			Interval: control.Duration(s.Interval), Timeout: control.Duration(s.Timeout), FastInter: control.Duration(s.FastInter),
+			Interval: state.Duration(s.Interval), Timeout: state.Duration(s.Timeout), FastInter: state.Duration(s.FastInter),
 			Rise: s.Rise, Fall: s.Fall},
 	}, nil
 }
@@ -482,7 +482,7 @@ func printStatus(w io.Writer, st control.Status) error {
 	for _, v := range st.VIPs {
 		fmt.Fprintf(w, "\nvip %s  forward %s  ring %d (sha256 %.12s)  min-active %d  packets %d  bytes %d\n",
 			v.VIP, v.Forward, v.RingSize, v.RingSHA256, v.MinActive, v.Packets, v.Bytes)
-		if v.Policy == control.PolicyFailover {
+		if v.Policy == state.PolicyFailover {
 			primary := v.Primary
 			if primary == "" {
 				primary = "none (dropping)"
@@ -660,7 +660,7 @@ func applyCommand() *cli.Command {
 			if err != nil {
 				return fmt.Errorf("-f: %w", err)
 			}
-			var st control.State
+			var st state.State
 			dec := yaml.NewDecoder(strings.NewReader(string(raw)))
 			dec.KnownFields(true)
 			if err := dec.Decode(&st); err != nil {
@@ -691,7 +691,7 @@ func exportCommand() *cli.Command {
 		Name: "export", Usage: "print the desired state in the format apply accepts",
 		Flags: []cli.Flag{socketFlag(), &cli.StringFlag{Name: "output", Aliases: []string{"o"}, Value: "yaml", Usage: "yaml or json"}},
 		Action: func(c *cli.Context) error {
-			var st control.State
+			var st state.State
 			if err := newClient(c).do(c.Context, "GET", "/v1/state", nil, nil, &st); err != nil {
 				return err
 			}
@@ -720,7 +720,7 @@ func backupCommand() *cli.Command {
 					if err != nil {
 						return err
 					}
-					var snap control.Snapshot
+					var snap state.Snapshot
 					if err := newClient(c).do(c.Context, "GET", "/v1/backup", nil, nil, &snap); err != nil {
 						return err
 					}
@@ -742,11 +742,11 @@ func backupCommand() *cli.Command {
 					if err != nil {
 						return err
 					}
-					snap, err := control.ParseSnapshot(data)
+					snap, err := state.ParseSnapshot(data)
 					if err != nil {
 						return fmt.Errorf("%s refused, nothing changed: %w", file, err)
 					}
-					var st control.State
+					var st state.State
 					if err := newClient(c).do(c.Context, "POST", "/v1/restore", nil, data, &st); err != nil {
 						return err
 					}
@@ -757,7 +757,7 @@ func backupCommand() *cli.Command {
 			{
 				Name: "list", Usage: "list archived previous states", Flags: []cli.Flag{socketFlag(), outputFlag()},
 				Action: func(c *cli.Context) error {
-					return show(c, "/v1/backups", func(entries []control.ArchiveEntry) error {
+					return show(c, "/v1/backups", func(entries []state.ArchiveEntry) error {
 						tw := tabwriter.NewWriter(c.App.Writer, 0, 0, 2, ' ', 0)
 						fmt.Fprintln(tw, "REVISION\tTIME\tSIZE\tPATH")
 						for _, e := range entries {
@@ -849,7 +849,7 @@ func drillCommand() *cli.Command {
 					if err != nil {
 						return err
 					}
-					if _, err := control.ParseVIPKey(c.String("vip")); err != nil {
+					if _, err := state.ParseVIPKey(c.String("vip")); err != nil {
 						return fmt.Errorf("--vip: %w", err)
 					}
 					if c.Duration("hold") <= 0 || c.Duration("max-apply") <= 0 {
@@ -863,7 +863,7 @@ func drillCommand() *cli.Command {
 					}
 					if f := c.String("report"); f != "" {
 						raw, _ := json.MarshalIndent(rep, "", "  ")
-						if err := control.WriteFileAtomic(f, append(raw, '\n'), 0o600); err != nil {
+						if err := state.WriteFileAtomic(f, append(raw, '\n'), 0o600); err != nil {
 							return err
 						}
 					}

@@ -18,6 +18,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/sluicelb/sluice/control"
+	"github.com/sluicelb/sluice/control/state"
 	"github.com/sluicelb/sluice/loader"
 	"github.com/sluicelb/sluice/testenv"
 )
@@ -167,8 +168,8 @@ func (d *demo) configure(ctx context.Context) error {
 		return err
 	}
 	for _, b := range d.lab.Backends {
-		be := control.Backend{Addr: b.Addr.Addr().String(), Weight: 1, Check: control.Check{Type: "tcp",
-			Interval: control.Duration(100 * time.Millisecond), Timeout: control.Duration(100 * time.Millisecond), Rise: 2, Fall: 2}}
+		be := state.Backend{Addr: b.Addr.Addr().String(), Weight: 1, Check: state.Check{Type: "tcp",
+			Interval: state.Duration(100 * time.Millisecond), Timeout: state.Duration(100 * time.Millisecond), Rise: 2, Fall: 2}}
 		if err := d.cl.do(ctx, "POST", "/v1/backends", nil, control.BackendAddRequest{VIP: demoVIP, Backend: be}, nil); err != nil {
 			return err
 		}

@@ -20,6 +20,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/sluicelb/sluice/control"
+	"github.com/sluicelb/sluice/control/state"
 	"github.com/sluicelb/sluice/loader"
 	"github.com/sluicelb/sluice/testenv"
 )
@@ -70,7 +71,7 @@ func (s *labState) write() error {
 	if err != nil {
 		return err
 	}
-	return control.WriteFileAtomic(labStatePath(), raw, 0o600)
+	return state.WriteFileAtomic(labStatePath(), raw, 0o600)
 }
 
 func (s *labState) host(name string) (labHost, bool) {
@@ -306,7 +307,7 @@ func labRun(backends int, pair bool) error {
 	var ha1, ha2 []string
 	if pair {
 		key := filepath.Join(labDir, "ha.key")
-		if err := control.WriteFileAtomic(key, []byte(fmt.Sprintf("%x\n", randomKey())), 0o600); err != nil {
+		if err := state.WriteFileAtomic(key, []byte(fmt.Sprintf("%x\n", randomKey())), 0o600); err != nil {
 			teardown()
 			return err
 		}
@@ -358,15 +359,15 @@ func labRun(backends int, pair bool) error {
 		deadline := time.Now().Add(20 * time.Second)
 		for _, v := range labVIPs {
 			fwd := v.args[1]
-			k, _ := control.ParseVIPKey(v.vip)
+			k, _ := state.ParseVIPKey(v.vip)
 			if err := cl.do(ctx, "POST", "/v1/vips", nil, control.VIPAddRequest{VIP: v.vip, Forward: fwd}, nil); err != nil {
 				return err
 			}
 			st.VIPs = append(st.VIPs, v.vip)
 			for _, b := range lab.Backends {
-				be := control.Backend{Addr: b.Addr.Addr().String(), Weight: 1, Check: control.Check{
-					Type: v.check[1], Path: "/", Interval: control.Duration(200 * time.Millisecond),
-					Timeout: control.Duration(200 * time.Millisecond), Rise: 2, Fall: 2}}
+				be := state.Backend{Addr: b.Addr.Addr().String(), Weight: 1, Check: state.Check{
+					Type: v.check[1], Path: "/", Interval: state.Duration(200 * time.Millisecond),
+					Timeout: state.Duration(200 * time.Millisecond), Rise: 2, Fall: 2}}
 				if k.Proto != loader.TCP || v.check[1] != "http" {
 					be.Check.Path = ""
 				}

@@ -1,4 +1,4 @@
-package control
+package state
 
 import (
 	"bytes"
@@ -193,7 +193,7 @@ func FuzzSnapshot(f *testing.F) {
 		}
 		if rerr != nil {
 			now, _ := st.Load()
-			if !statesEqual(before, now) {
+			if !Equal(before, now) {
 				t.Fatalf("a refused snapshot changed the state: %v", rerr)
 			}
 			return

@@ -1,18 +1,20 @@
-// Package control holds sluice's control plane: desired state, Maglev ring
-// building, reconciliation into the data plane, failover, state and API.
-package control
+// Package maglev builds Maglev consistent-hashing tables (Eisenbud et al.,
+// NSDI 2016): deterministic, weighted, and identical on every node that is
+// given the same backends and seed. It imports only the standard library.
+package maglev
 
 import (
 	"encoding/binary"
 	"fmt"
 	"math"
+	"math/big"
 	"math/bits"
 	"slices"
 	"strings"
 )
 
-// MaglevBackend is one backend as Maglev sees it.
-type MaglevBackend struct {
+// Backend is one backend as Maglev sees it.
+type Backend struct {
 	// ID is the backend's identity (its address): offset and skip derive
 	// from it and the seed, never from insertion order.
 	ID string
@@ -56,27 +58,27 @@ func fnvString(h uint64, id string) uint64 {
 	return h
 }
 
-// BuildMaglev builds a Maglev lookup table of size m (a prime) as in
+// Build builds a Maglev lookup table of size m (a prime) as in
 // Eisenbud et al., NSDI 2016, Pseudocode 1: backends take turns claiming
 // their next free slot in permutation order, and a backend of weight w takes
 // w turns per round (weights are reduced by their GCD first). The result
 // depends only on the set of backends and the seed: the same set gives a
 // byte-identical table in any order, on any node. With no weighted backend,
 // every slot is 0. The table is the caller's; a caller that builds many
-// uses a MaglevBuilder.
-func BuildMaglev(backends []MaglevBackend, m uint32, seed uint64) ([]uint32, error) {
-	var b MaglevBuilder
+// uses a Builder.
+func Build(backends []Backend, m uint32, seed uint64) ([]uint32, error) {
+	var b Builder
 	return b.Build(backends, m, seed)
 }
 
-// MaglevBuilder builds Maglev tables like BuildMaglev, keeping its memory
+// Builder builds Maglev tables like Build, keeping its memory
 // from one build to the next: the table of a 65537-slot ring is 256 KiB,
 // and fresh memory costs a page fault per 4 KiB on first touch (about
 // 0.2 ms per such table on our test VM, where the build itself takes about
 // 1.2 ms). The zero value is ready to use; a builder is not safe for
 // concurrent use.
-type MaglevBuilder struct {
-	live  []MaglevBackend
+type Builder struct {
+	live  []Backend
 	keys  []uint64
 	order []uint32
 	spare []uint32
@@ -87,9 +89,9 @@ type MaglevBuilder struct {
 	inv   []uint64
 }
 
-// Build builds the table of backends, as BuildMaglev does. The table it
+// Build builds the table of backends, as Build does. The table it
 // returns is valid until the next Build.
-func (mb *MaglevBuilder) Build(backends []MaglevBackend, m uint32, seed uint64) ([]uint32, error) {
+func (mb *Builder) Build(backends []Backend, m uint32, seed uint64) ([]uint32, error) {
 	return mb.build(backends, m, seed, tailThreshold(m))
 }
 
@@ -103,7 +105,7 @@ func (mb *MaglevBuilder) Build(backends []MaglevBackend, m uint32, seed uint64) 
 // both IDs have a byte there, which decides both orders, or one ID has
 // ended (it reads as 0) and is a prefix of the other, which sorts it
 // first either way.
-func (mb *MaglevBuilder) sortByID(backends []MaglevBackend) []uint32 {
+func (mb *Builder) sortByID(backends []Backend) []uint32 {
 	n := len(backends)
 	mb.keys = resize(mb.keys, 2*n)
 	keys := mb.keys // keys[2j], keys[2j+1]: backend j's high and low words
@@ -164,8 +166,8 @@ func resize[T any](s []T, n int) []T {
 	return s
 }
 
-func (mb *MaglevBuilder) build(backends []MaglevBackend, m uint32, seed uint64, tail int) ([]uint32, error) {
-	if m < 2 || m >= 1<<31 || !isPrime(m) {
+func (mb *Builder) build(backends []Backend, m uint32, seed uint64, tail int) ([]uint32, error) {
+	if m < 2 || m >= 1<<31 || !IsPrime(m) {
 		return nil, fmt.Errorf("maglev table size %d: must be a prime below 2^31", m)
 	}
 	// Sorted by identity: the turn order, and duplicates become neighbours.
@@ -408,7 +410,7 @@ type walker struct {
 // nearest. Every slot the backend walked past is taken (slots are never
 // freed), so the nearest free slot is exactly the one the walk would reach:
 // the table is identical, only faster to build.
-func (mb *MaglevBuilder) fillTail(table []uint32, taken []uint64, ws []walker, m uint32, i int, t uint32) {
+func (mb *Builder) fillTail(table []uint32, taken []uint64, ws []walker, m uint32, i int, t uint32) {
 	free := mb.free[:0]
 	for k, word := range taken {
 		for f := ^word; f != 0; f &= f - 1 {
@@ -507,14 +509,6 @@ func gcd(a, b uint32) uint32 {
 	return a
 }
 
-func isPrime(n uint32) bool {
-	if n < 2 {
-		return false
-	}
-	for i := uint32(2); uint64(i)*uint64(i) <= uint64(n); i++ {
-		if n%i == 0 {
-			return false
-		}
-	}
-	return true
-}
+// IsPrime reports whether n is prime: Maglev table sizes must be. It is
+// the project's one primality test (math/big's test is exact below 2^64).
+func IsPrime(n uint32) bool { return big.NewInt(int64(n)).ProbablyPrime(0) }

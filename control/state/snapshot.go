@@ -1,4 +1,4 @@
-package control
+package state
 
 import (
 	"bytes"
@@ -135,15 +135,27 @@ func ParseSnapshot(data []byte) (State, error) {
 	return st, nil
 }
 
+// Restore checks a snapshot completely and returns the change that
+// restores it, with the snapshot's revision. Epochs and primaries carry
+// over as KeepFailover says. Nothing is applied here: the server commits
+// the change through the daemon, RestoreSnapshot through a store.
+func Restore(data []byte) (change func(*State) error, revision uint64, err error) {
+	snap, err := ParseSnapshot(data)
+	if err != nil {
+		return nil, 0, err
+	}
+	return func(s *State) error {
+		s.VIPs = KeepFailover(s.VIPs, snap.Clone().VIPs)
+		return nil
+	}, snap.Revision, nil
+}
+
 // RestoreSnapshot validates data completely and, only then, replaces the
 // store's state with the snapshot's as one new revision.
 func RestoreSnapshot(st Store, data []byte) (State, error) {
-	snap, err := ParseSnapshot(data)
+	change, _, err := Restore(data)
 	if err != nil {
 		return State{}, err
 	}
-	return st.Commit(func(s *State) error {
-		s.VIPs = snap.Clone().VIPs
-		return nil
-	})
+	return st.Commit(change)
 }

@@ -1,4 +1,8 @@
-package control
+// Package state is sluice's desired state: the model an operator edits
+// (VIPs, backends, checks), validated in one place, and its durable home —
+// the bbolt store with revisions, the archive of previous states, checksummed
+// snapshots and the availability timeline.
+package state
 
 import (
 	"encoding/json"
@@ -11,6 +15,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/sluicelb/sluice/control/maglev"
 	"github.com/sluicelb/sluice/health"
 	"github.com/sluicelb/sluice/loader"
 )
@@ -221,7 +226,7 @@ func (s *State) Validate() error {
 		if err != nil {
 			return fmt.Errorf("%s.forward: %w", where, err)
 		}
-		if v.RingSize < 2 || v.RingSize > loader.MaxRingSize || !isPrime(v.RingSize) {
+		if v.RingSize < 2 || v.RingSize > loader.MaxRingSize || !maglev.IsPrime(v.RingSize) {
 			return fmt.Errorf("%s.ring_size %d: must be a prime up to %d (e.g. 4099, 65537, 655373)", where, v.RingSize, loader.MaxRingSize)
 		}
 		if v.MinActive < 1 {

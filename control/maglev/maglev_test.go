@@ -1,4 +1,4 @@
-package control
+package maglev
 
 import (
 	"crypto/sha256"
@@ -12,10 +12,10 @@ import (
 	"pgregory.net/rapid"
 )
 
-func backends(n int) []MaglevBackend {
-	out := make([]MaglevBackend, n)
+func backends(n int) []Backend {
+	out := make([]Backend, n)
 	for i := range out {
-		out[i] = MaglevBackend{ID: fmt.Sprintf("10.%d.%d.%d", i>>16&255, i>>8&255, i&255), Weight: 1, Slot: uint32(i + 1)}
+		out[i] = Backend{ID: fmt.Sprintf("10.%d.%d.%d", i>>16&255, i>>8&255, i&255), Weight: 1, Slot: uint32(i + 1)}
 	}
 	return out
 }
@@ -34,7 +34,7 @@ func TestMaglevBalanceProperty(t *testing.T) {
 		m := rapid.SampledFrom([]uint32{13, 251, 4099, 65537}).Draw(t, "m")
 		n := rapid.IntRange(1, min(300, int(m))).Draw(t, "n")
 		seed := rapid.Uint64().Draw(t, "seed")
-		table, err := BuildMaglev(backends(n), m, seed)
+		table, err := Build(backends(n), m, seed)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -60,14 +60,14 @@ func TestMaglevDeterminism(t *testing.T) {
 			bs[i].Weight = rapid.Uint32Range(0, 5).Draw(t, "w")
 		}
 		seed := rapid.Uint64().Draw(t, "seed")
-		a, err := BuildMaglev(bs, 4099, seed)
+		a, err := Build(bs, 4099, seed)
 		if err != nil {
 			t.Fatal(err)
 		}
 		shuffled := slices.Clone(bs)
 		r := rand.New(rand.NewPCG(seed, 1))
 		r.Shuffle(len(shuffled), func(i, j int) { shuffled[i], shuffled[j] = shuffled[j], shuffled[i] })
-		b, err := BuildMaglev(shuffled, 4099, seed)
+		b, err := Build(shuffled, 4099, seed)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -88,7 +88,7 @@ func TestMaglevWeights(t *testing.T) {
 			total += w
 		}
 		const m = 65537
-		table, err := BuildMaglev(bs, m, 7)
+		table, err := Build(bs, m, 7)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -116,7 +116,7 @@ func TestMaglevWeights(t *testing.T) {
 func TestMaglevResilience(t *testing.T) {
 	const m, n = 65537, 1000
 	all := backends(n)
-	before, err := BuildMaglev(all, m, 42)
+	before, err := Build(all, m, 42)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -126,13 +126,13 @@ func TestMaglevResilience(t *testing.T) {
 		for len(failed) < int(frac*n) {
 			failed[all[r.IntN(n)].Slot] = true
 		}
-		var alive []MaglevBackend
+		var alive []Backend
 		for _, b := range all {
 			if !failed[b.Slot] {
 				alive = append(alive, b)
 			}
 		}
-		after, err := BuildMaglev(alive, m, 42)
+		after, err := Build(alive, m, 42)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -153,32 +153,32 @@ func TestMaglevResilience(t *testing.T) {
 func TestMaglevRejectsBadInput(t *testing.T) {
 	for _, tc := range []struct {
 		name string
-		bs   []MaglevBackend
+		bs   []Backend
 		m    uint32
 	}{
 		{"size not prime", backends(3), 65536},
-		{"duplicate id", append(backends(2), MaglevBackend{ID: "10.0.0.0", Weight: 1, Slot: 9}), 13},
-		{"slot zero", []MaglevBackend{{ID: "a", Weight: 1}}, 13},
+		{"duplicate id", append(backends(2), Backend{ID: "10.0.0.0", Weight: 1, Slot: 9}), 13},
+		{"slot zero", []Backend{{ID: "a", Weight: 1}}, 13},
 		{"more backends than slots", backends(20), 13},
 		{"size past 2^31 (a prime)", backends(3), 1<<31 + 11},
 	} {
-		if _, err := BuildMaglev(tc.bs, tc.m, 1); err == nil {
+		if _, err := Build(tc.bs, tc.m, 1); err == nil {
 			t.Errorf("%s: accepted", tc.name)
 		}
 	}
-	table, err := BuildMaglev(nil, 13, 1)
+	table, err := Build(nil, 13, 1)
 	if err != nil || slices.ContainsFunc(table, func(s uint32) bool { return s != 0 }) {
 		t.Fatalf("no backends: %v %v, want an all-zero table", table, err)
 	}
 }
 
 // BenchmarkMaglev: build time as the reconciler builds, with one
-// MaglevBuilder reused from ring to ring.
+// Builder reused from ring to ring.
 func BenchmarkMaglev(b *testing.B) {
 	for _, m := range []uint32{65537, 655373} {
 		b.Run(fmt.Sprintf("M=%d,N=1000", m), func(b *testing.B) {
 			bs := backends(1000)
-			var mb MaglevBuilder
+			var mb Builder
 			for b.Loop() {
 				if _, err := mb.Build(bs, m, 1); err != nil {
 					b.Fatal(err)
@@ -189,13 +189,13 @@ func BenchmarkMaglev(b *testing.B) {
 }
 
 // BenchmarkMaglevFresh: the same builds into freshly allocated memory
-// (BuildMaglev), page faults included.
+// (Build), page faults included.
 func BenchmarkMaglevFresh(b *testing.B) {
 	for _, m := range []uint32{65537, 655373} {
 		b.Run(fmt.Sprintf("M=%d,N=1000", m), func(b *testing.B) {
 			bs := backends(1000)
 			for b.Loop() {
-				if _, err := BuildMaglev(bs, m, 1); err != nil {
+				if _, err := Build(bs, m, 1); err != nil {
 					b.Fatal(err)
 				}
 			}
@@ -214,12 +214,12 @@ func TestMaglevTailFillIsExact(t *testing.T) {
 			bs[i].Weight = rapid.Uint32Range(1, 4).Draw(t, "w")
 		}
 		seed := rapid.Uint64().Draw(t, "seed")
-		walk, err := new(MaglevBuilder).build(bs, m, seed, 0)
+		walk, err := new(Builder).build(bs, m, seed, 0)
 		if err != nil {
 			t.Fatal(err)
 		}
 		tail := rapid.IntRange(1, int(m)).Draw(t, "tail")
-		fast, err := new(MaglevBuilder).build(bs, m, seed, tail)
+		fast, err := new(Builder).build(bs, m, seed, tail)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -252,7 +252,7 @@ func TestMaglevGolden(t *testing.T) {
 				bs[i].Weight = uint32(1 + i%3)
 			}
 		}
-		table, err := BuildMaglev(bs, c.m, c.seed)
+		table, err := Build(bs, c.m, c.seed)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -286,14 +286,14 @@ func TestBarrett(t *testing.T) {
 
 // maglevReference is the paper's Pseudocode 1, written plainly (with
 // weighted turns), to check the optimised build against.
-func maglevReference(bs []MaglevBackend, m uint32, seed uint64) []uint32 {
-	var live []MaglevBackend
+func maglevReference(bs []Backend, m uint32, seed uint64) []uint32 {
+	var live []Backend
 	for _, b := range bs {
 		if b.Weight > 0 {
 			live = append(live, b)
 		}
 	}
-	slices.SortFunc(live, func(a, b MaglevBackend) int {
+	slices.SortFunc(live, func(a, b Backend) int {
 		if a.ID < b.ID {
 			return -1
 		}
@@ -336,11 +336,11 @@ func maglevReference(bs []MaglevBackend, m uint32, seed uint64) []uint32 {
 }
 
 // TestMaglevMatchesReference: the optimised build gives exactly the table
-// of the paper's pseudocode, both fresh (BuildMaglev) and from one builder
+// of the paper's pseudocode, both fresh (Build) and from one builder
 // reused across sizes, backend sets and seeds (nothing of one build leaks
 // into the next).
 func TestMaglevMatchesReference(t *testing.T) {
-	var mb MaglevBuilder
+	var mb Builder
 	rapid.Check(t, func(t *rapid.T) {
 		m := rapid.SampledFrom([]uint32{2, 13, 251, 4099, 65537}).Draw(t, "m")
 		n := rapid.IntRange(0, min(300, int(m))).Draw(t, "n")
@@ -350,7 +350,7 @@ func TestMaglevMatchesReference(t *testing.T) {
 		}
 		seed := rapid.Uint64().Draw(t, "seed")
 		want := maglevReference(bs, m, seed)
-		got, err := BuildMaglev(bs, m, seed)
+		got, err := Build(bs, m, seed)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -1,4 +1,4 @@
-package control
+package state
 
 import (
 	"encoding/binary"
@@ -126,7 +126,7 @@ func (s *BoltStore) Commit(change func(*State) error) (State, error) {
 			return err
 		}
 		next.Revision = cur.Revision
-		if statesEqual(cur, next) {
+		if Equal(cur, next) {
 			out = cur
 			return nil
 		}
@@ -168,7 +168,7 @@ func (s *BoltStore) Replace(next State) (State, error) {
 		if err != nil {
 			return err
 		}
-		if statesEqual(cur, next) {
+		if Equal(cur, next) {
 			return nil
 		}
 		raw, err := json.Marshal(next)
@@ -188,7 +188,8 @@ func (s *BoltStore) Replace(next State) (State, error) {
 	return next, nil
 }
 
-func statesEqual(a, b State) bool {
+// Equal reports whether two states are the same, revision included.
+func Equal(a, b State) bool {
 	ja, _ := json.Marshal(a)
 	jb, _ := json.Marshal(b)
 	return string(ja) == string(jb)

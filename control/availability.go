@@ -5,6 +5,7 @@ import (
 	"sort"
 	"time"
 
+	"github.com/sluicelb/sluice/control/api"
 	"github.com/sluicelb/sluice/control/state"
 )
 
@@ -95,29 +96,8 @@ func Nines(a float64) float64 {
 	return -math.Log10(1 - a)
 }
 
-// AvailabilityReport is what `sluice availability -o json` prints.
-type AvailabilityReport struct {
-	VIPs []VIPAvailability `json:"vips"`
-}
-
-// VIPAvailability holds one VIP's measured and modelled figures.
-type VIPAvailability struct {
-	VIP      string                `json:"vip"`
-	Need     int                   `json:"need"` // k: usable backends the VIP needs
-	Of       int                   `json:"of"`   // n
-	Measured map[string]float64    `json:"measured"`
-	Modelled map[string]float64    `json:"modelled"`
-	Backends []BackendAvailability `json:"backends"`
-}
-
-// BackendAvailability is one backend's measured availability.
-type BackendAvailability struct {
-	Addr     string             `json:"addr"`
-	Measured map[string]float64 `json:"measured"`
-}
-
 // BuildAvailability computes the report from a timeline.
-func BuildAvailability(s state.State, timeline []state.TimelineEvent, now time.Time) AvailabilityReport {
+func BuildAvailability(s state.State, timeline []state.TimelineEvent, now time.Time) api.AvailabilityReport {
 	by := map[subjectKey][]state.TimelineEvent{}
 	for _, e := range timeline {
 		k := subjectKey{e.VIP, e.Backend}
@@ -126,9 +106,9 @@ func BuildAvailability(s state.State, timeline []state.TimelineEvent, now time.T
 	for k := range by {
 		sort.SliceStable(by[k], func(i, j int) bool { return by[k][i].Time.Before(by[k][j].Time) })
 	}
-	rep := AvailabilityReport{VIPs: []VIPAvailability{}}
+	rep := api.AvailabilityReport{VIPs: []api.VIPAvailability{}}
 	for _, v := range s.VIPs {
-		va := VIPAvailability{VIP: v.VIP, Of: len(v.Backends), Need: v.MinActive,
+		va := api.VIPAvailability{VIP: v.VIP, Of: len(v.Backends), Need: v.MinActive,
 			Measured: map[string]float64{}, Modelled: map[string]float64{}}
 		if v.Policy == state.PolicyFailover {
 			va.Need = 1 // any replica can be promoted
@@ -140,7 +120,7 @@ func BuildAvailability(s state.State, timeline []state.TimelineEvent, now time.T
 		}
 		per := map[string][]float64{}
 		for _, b := range v.Backends {
-			ba := BackendAvailability{Addr: b.Addr, Measured: map[string]float64{}}
+			ba := api.BackendAvailability{Addr: b.Addr, Measured: map[string]float64{}}
 			for _, w := range Windows {
 				a, ok := MeasuredAvailability(by[subjectKey{v.VIP, b.Addr}], now, w.Dur)
 				if ok {

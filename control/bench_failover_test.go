@@ -12,7 +12,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/sluicelb/sluice/control"
+	"github.com/sluicelb/sluice/control/api"
 )
 
 const failoverRuns = 20
@@ -107,7 +107,7 @@ func BenchmarkFailover(b *testing.B) {
 		}
 		return ""
 	}
-	d.waitStatus(b, "a primary", func(s control.Status) bool { return primary() != "" })
+	d.waitStatus(b, "a primary", func(s api.Status) bool { return primary() != "" })
 	var promo []time.Duration
 	for range failoverRuns {
 		old := primary()
@@ -137,7 +137,7 @@ func BenchmarkFailover(b *testing.B) {
 		if err := victim.StartServers(); err != nil {
 			b.Fatal(err)
 		}
-		d.waitStatus(b, "old primary back", func(s control.Status) bool { return backendState(s, fvip, old).State == "up" })
+		d.waitStatus(b, "old primary back", func(s api.Status) bool { return backendState(s, fvip, old).State == "up" })
 	}
 	row := func(name string, ds []time.Duration) string {
 		return fmt.Sprintf("| %s | %v | %v |", name, percentile(ds, .5).Round(100*time.Microsecond), percentile(ds, .99).Round(100*time.Microsecond))

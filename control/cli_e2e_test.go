@@ -16,7 +16,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/sluicelb/sluice/control"
+	"github.com/sluicelb/sluice/control/api"
 	"github.com/sluicelb/sluice/control/state"
 )
 
@@ -62,7 +62,7 @@ func TestCLI(t *testing.T) {
 	}
 	// ring, both formats
 	expect(d.mustCLI(t, "vip", "ring", vipTCP), "ring of 65537 slots", "10.77.0.11", "10.77.0.12", "10.77.0.13")
-	var ring control.RingResponse
+	var ring api.RingResponse
 	if err := json.Unmarshal([]byte(d.mustCLI(t, "vip", "ring", vipUDP, "-o", "json")), &ring); err != nil || ring.RingSize != 4099 || len(ring.Slots) != 4099 {
 		t.Fatalf("vip ring -o json: %v size %d slots %d", err, ring.RingSize, len(ring.Slots))
 	}
@@ -86,12 +86,12 @@ func TestCLI(t *testing.T) {
 	// backend actions
 	for _, step := range []struct{ action, state string }{{"drain", "draining"}, {"undrain", "up"}, {"disable", "disabled"}, {"enable", "up"}} {
 		expect(d.mustCLI(t, "backend", step.action, vipTCP, "10.77.0.12"), step.action+" done")
-		d.waitStatus(t, "state "+step.state, func(s control.Status) bool { return backendState(s, vipTCP, "10.77.0.12").State == step.state })
+		d.waitStatus(t, "state "+step.state, func(s api.Status) bool { return backendState(s, vipTCP, "10.77.0.12").State == step.state })
 	}
 	// events, both formats
 	expect(d.mustCLI(t, "events"), "config", "backend drain 10.77.1.100:7/tcp 10.77.0.12")
 	for _, line := range strings.Split(strings.TrimSpace(d.mustCLI(t, "events", "-o", "json")), "\n") {
-		var e control.Event
+		var e api.Event
 		if err := json.Unmarshal([]byte(line), &e); err != nil {
 			t.Fatalf("events -o json line %q: %v", line, err)
 		}
@@ -229,7 +229,7 @@ func TestCLI(t *testing.T) {
 		t.Fatalf("bad input changed the revision %d -> %d", before, after)
 	}
 	expect(d.mustCLI(t, "ha", "status"), "not part of an LB pair")
-	var hs control.HAStatus
+	var hs api.HAStatus
 	if err := json.Unmarshal([]byte(d.mustCLI(t, "ha", "status", "-o", "json")), &hs); err != nil || hs.Enabled || hs.Role != "single" {
 		t.Fatalf("ha status -o json of a lone daemon: %+v %v", hs, err)
 	}

@@ -14,6 +14,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/sluicelb/sluice/control/api"
 	"github.com/sluicelb/sluice/control/state"
 	"github.com/sluicelb/sluice/health"
 	"github.com/sluicelb/sluice/loader"
@@ -177,7 +178,7 @@ func New(ctx context.Context, opts Options) (*Daemon, error) {
 		return fail(fmt.Errorf("apply committed state: %w", err))
 	}
 	log.Info("daemon started", "iface", opts.Iface, "revision", d.state.Revision, "adopted", d.dp.Adopted(), "map_writes", res.Writes)
-	d.events.Add(Event{Kind: "config", Reason: fmt.Sprintf("daemon started (adopted=%v, map writes=%d)", d.dp.Adopted(), res.Writes), Revision: d.state.Revision})
+	d.events.Add(api.Event{Kind: "config", Reason: fmt.Sprintf("daemon started (adopted=%v, map writes=%d)", d.dp.Adopted(), res.Writes), Revision: d.state.Revision})
 	d.ready = true
 	if d.pair != nil {
 		if err := d.pair.start(ctx); err != nil {
@@ -260,7 +261,7 @@ func (d *Daemon) onHealth(e health.Event) {
 		for _, b := range v.Backends {
 			if checkFor(k, b).ID() == e.Check {
 				d.metrics.transition(v.VIP, b.Addr, string(e.To))
-				d.events.Add(Event{Time: e.Time, Kind: "health", VIP: v.VIP, Backend: b.Addr, From: string(e.From), To: string(e.To),
+				d.events.Add(api.Event{Time: e.Time, Kind: "health", VIP: v.VIP, Backend: b.Addr, From: string(e.From), To: string(e.To),
 					Reason: e.Reason, Marked: &marked, Applied: &applied})
 			}
 		}
@@ -286,7 +287,7 @@ var ErrNotMaster = errors.New("this node is the backup of an LB pair: make chang
 // mayChange refuses changes, promotions and drills on a backup.
 func (d *Daemon) mayChange() error {
 	if d.pair != nil && !d.pair.IsCoordinator() {
-		return httpError{http.StatusConflict, ErrNotMaster}
+		return ErrNotMaster
 	}
 	return nil
 }
@@ -317,7 +318,7 @@ func (d *Daemon) change(ctx context.Context, what string, change func(*state.Sta
 	}
 	d.lastApplied = time.Now()
 	d.recordAvailabilityLocked()
-	d.events.Add(Event{Kind: "config", Reason: what, Revision: st.Revision})
+	d.events.Add(api.Event{Kind: "config", Reason: what, Revision: st.Revision})
 	return st, nil
 }
 
@@ -344,7 +345,7 @@ func (d *Daemon) applyReplica(next state.State) error {
 	}
 	d.lastApplied = time.Now()
 	d.recordAvailabilityLocked()
-	d.events.Add(Event{Kind: "config", Reason: fmt.Sprintf("replicated from the master (revision %d, was %d)", st.Revision, prev), Revision: st.Revision})
+	d.events.Add(api.Event{Kind: "config", Reason: fmt.Sprintf("replicated from the master (revision %d, was %d)", st.Revision, prev), Revision: st.Revision})
 	return nil
 }
 
@@ -488,10 +489,10 @@ func (d *Daemon) recordAvailabilityLocked() {
 }
 
 // Availability reports measured and modelled availability.
-func (d *Daemon) Availability() (AvailabilityReport, error) {
+func (d *Daemon) Availability() (api.AvailabilityReport, error) {
 	tl, err := d.store.Timeline()
 	if err != nil {
-		return AvailabilityReport{}, err
+		return api.AvailabilityReport{}, err
 	}
 	return BuildAvailability(d.State(), tl, time.Now()), nil
 }

@@ -12,61 +12,10 @@ import (
 	"strings"
 	"time"
 
+	"github.com/sluicelb/sluice/control/api"
 	"github.com/sluicelb/sluice/control/state"
 	"github.com/sluicelb/sluice/health"
 )
-
-// DrillRequest asks for a disaster drill.
-type DrillRequest struct {
-	VIP      string `json:"vip"`
-	Action   string `json:"action"` // disable-backend, fail-primary, promote
-	Addr     string `json:"addr,omitempty"`
-	Hold     string `json:"hold,omitempty"`      // default 10s
-	MaxApply string `json:"max_apply,omitempty"` // default 50ms
-}
-
-// DrillStep is one timestamped step of a drill.
-type DrillStep struct {
-	Time time.Time `json:"time"`
-	What string    `json:"what"`
-}
-
-// DrillBackend is one backend's traffic before and during the drill.
-type DrillBackend struct {
-	Addr          string  `json:"addr"`
-	BaselinePPS   float64 `json:"baseline_pps"`
-	DuringPPS     float64 `json:"during_pps"`
-	BaselineShare float64 `json:"baseline_share"`
-	DuringShare   float64 `json:"during_share"`
-	// Packets counted by the data plane during the hold.
-	DuringPackets uint64 `json:"during_packets"`
-	StateBefore   string `json:"state_before"`
-	StateAfter    string `json:"state_after"`
-}
-
-// DrillReport is what a drill measured; reports are kept in the state dir.
-type DrillReport struct {
-	ID       string      `json:"id"`
-	VIP      string      `json:"vip"`
-	Action   string      `json:"action"`
-	Target   string      `json:"target"`
-	Started  time.Time   `json:"started"`
-	Finished time.Time   `json:"finished"`
-	Steps    []DrillStep `json:"steps"`
-	// CommitSeconds: action started -> change committed durably (for a
-	// promotion: epoch, hook, primary); ApplySeconds: committed -> maps
-	// written, which --max-apply judges.
-	CommitSeconds float64        `json:"commit_seconds"`
-	ApplySeconds  float64        `json:"apply_seconds"`
-	MaxApply      string         `json:"max_apply"`
-	Backends      []DrillBackend `json:"backends"`
-	OthersHealthy bool           `json:"others_healthy"`
-	HookOutput    string         `json:"hook_output,omitempty"`
-	HookTime      string         `json:"hook_time,omitempty"`
-	NotRestored   []string       `json:"not_restored"`
-	Pass          bool           `json:"pass"`
-	Failures      []string       `json:"failures"`
-}
 
 func (d *Daemon) drillDir() string { return filepath.Join(d.opts.StateDir, "drills") }
 
@@ -102,29 +51,29 @@ func (d *Daemon) backendStates(vip string) map[string]string {
 
 // Drill records a baseline, performs the action through the normal path,
 // holds and measures, restores the original state, and reports.
-func (d *Daemon) Drill(ctx context.Context, req DrillRequest) (DrillReport, error) {
+func (d *Daemon) Drill(ctx context.Context, req api.DrillRequest) (api.DrillReport, error) {
 	if err := d.mayChange(); err != nil {
-		return DrillReport{}, err
+		return api.DrillReport{}, err
 	}
 	k, err := state.ParseVIPKey(req.VIP)
 	if err != nil {
-		return DrillReport{}, badRequest("%v", err)
+		return api.DrillReport{}, err
 	}
 	hold, maxApply := 10*time.Second, 250*time.Millisecond
 	if req.Hold != "" {
 		if hold, err = time.ParseDuration(req.Hold); err != nil || hold <= 0 {
-			return DrillReport{}, badRequest("--hold %q: want a positive duration", req.Hold)
+			return api.DrillReport{}, fmt.Errorf("hold %q: want a positive duration", req.Hold)
 		}
 	}
 	if req.MaxApply != "" {
 		if maxApply, err = time.ParseDuration(req.MaxApply); err != nil || maxApply <= 0 {
-			return DrillReport{}, badRequest("--max-apply %q: want a positive duration", req.MaxApply)
+			return api.DrillReport{}, fmt.Errorf("max_apply %q: want a positive duration", req.MaxApply)
 		}
 	}
 	st := d.State()
 	i := st.FindVIP(k)
 	if i < 0 {
-		return DrillReport{}, notFound("vip %s: no such vip", state.FormatVIPKey(k))
+		return api.DrillReport{}, state.NotFound("vip %s: no such vip", state.FormatVIPKey(k))
 	}
 	v := st.VIPs[i]
 	var target string
@@ -132,26 +81,26 @@ func (d *Daemon) Drill(ctx context.Context, req DrillRequest) (DrillReport, erro
 	case "disable-backend", "promote":
 		a, err := netip.ParseAddr(req.Addr)
 		if err != nil || v.FindBackend(a) < 0 {
-			return DrillReport{}, badRequest("--action %s: %q is not a backend of %s", req.Action, req.Addr, v.VIP)
+			return api.DrillReport{}, fmt.Errorf("action %s: %q is not a backend of %s", req.Action, req.Addr, v.VIP)
 		}
 		target = a.String()
 		if req.Action == "promote" && v.Policy != state.PolicyFailover {
-			return DrillReport{}, badRequest("--action promote: %s is not a failover VIP", v.VIP)
+			return api.DrillReport{}, fmt.Errorf("action promote: %s is not a failover VIP", v.VIP)
 		}
 	case "fail-primary":
 		if v.Policy != state.PolicyFailover || v.Primary == "" {
-			return DrillReport{}, badRequest("--action fail-primary: %s has no primary", v.VIP)
+			return api.DrillReport{}, fmt.Errorf("action fail-primary: %s has no primary", v.VIP)
 		}
 		target = v.Primary
 	default:
-		return DrillReport{}, badRequest("--action %q: want disable-backend, fail-primary or promote", req.Action)
+		return api.DrillReport{}, fmt.Errorf("action %q: want disable-backend, fail-primary or promote", req.Action)
 	}
-	rep := DrillReport{ID: time.Now().UTC().Format("20060102T150405.000Z"), VIP: v.VIP, Action: req.Action, Target: target,
+	rep := api.DrillReport{ID: time.Now().UTC().Format("20060102T150405.000Z"), VIP: v.VIP, Action: req.Action, Target: target,
 		Started: time.Now(), MaxApply: maxApply.String(), NotRestored: []string{}, Failures: []string{}}
 	step := func(format string, args ...any) {
-		rep.Steps = append(rep.Steps, DrillStep{Time: time.Now(), What: fmt.Sprintf(format, args...)})
+		rep.Steps = append(rep.Steps, api.DrillStep{Time: time.Now(), What: fmt.Sprintf(format, args...)})
 	}
-	d.events.Add(Event{Kind: "drill", VIP: v.VIP, Backend: target, Reason: "drill " + req.Action + " started"})
+	d.events.Add(api.Event{Kind: "drill", VIP: v.VIP, Backend: target, Reason: "drill " + req.Action + " started"})
 
 	// 1. baseline
 	before := d.backendStates(v.VIP)
@@ -203,7 +152,7 @@ func (d *Daemon) Drill(ctx context.Context, req DrillRequest) (DrillReport, erro
 			rep.Failures = append(rep.Failures, "no replica was promoted within the hold")
 		}
 	case "promote":
-		var res PromoteResult
+		var res api.PromoteResult
 		res, err = d.Promote(ctx, v.VIP, target)
 		rep.CommitSeconds, rep.ApplySeconds = d.appliedSince(actStart)
 		rep.HookOutput, rep.HookTime = strings.TrimSpace(res.HookOutput), res.HookTime
@@ -231,7 +180,7 @@ func (d *Daemon) Drill(ctx context.Context, req DrillRequest) (DrillReport, erro
 	}
 	rep.OthersHealthy = true
 	for _, b := range v.Backends {
-		db := DrillBackend{Addr: b.Addr, BaselinePPS: float64(c1[b.Addr]-c0[b.Addr]) / t1.Sub(t0).Seconds(),
+		db := api.DrillBackend{Addr: b.Addr, BaselinePPS: float64(c1[b.Addr]-c0[b.Addr]) / t1.Sub(t0).Seconds(),
 			DuringPPS: float64(c3[b.Addr]-c2[b.Addr]) / t3.Sub(t2).Seconds(), DuringPackets: c3[b.Addr] - c2[b.Addr],
 			StateBefore: before[b.Addr], StateAfter: after[b.Addr]}
 		if baseTotal > 0 {
@@ -293,7 +242,7 @@ func (d *Daemon) Drill(ctx context.Context, req DrillRequest) (DrillReport, erro
 		result = "fail"
 	}
 	d.metrics.drills.WithLabelValues(result).Inc()
-	d.events.Add(Event{Kind: "drill", VIP: v.VIP, Backend: target, Reason: fmt.Sprintf("drill %s finished: %s %s", req.Action, result, strings.Join(rep.Failures, "; "))})
+	d.events.Add(api.Event{Kind: "drill", VIP: v.VIP, Backend: target, Reason: fmt.Sprintf("drill %s finished: %s %s", req.Action, result, strings.Join(rep.Failures, "; "))})
 	if err := os.MkdirAll(d.drillDir(), 0o700); err == nil {
 		raw, _ := json.MarshalIndent(rep, "", "  ")
 		if err := state.WriteFileAtomic(filepath.Join(d.drillDir(), rep.ID+".json"), raw, 0o600); err != nil {
@@ -315,21 +264,21 @@ func (d *Daemon) appliedSince(start time.Time) (float64, float64) {
 }
 
 // Drills lists kept drill reports, oldest first.
-func (d *Daemon) Drills() ([]DrillReport, error) {
+func (d *Daemon) Drills() ([]api.DrillReport, error) {
 	ents, err := os.ReadDir(d.drillDir())
 	if errors.Is(err, os.ErrNotExist) {
-		return []DrillReport{}, nil
+		return []api.DrillReport{}, nil
 	}
 	if err != nil {
 		return nil, err
 	}
-	out := []DrillReport{}
+	out := []api.DrillReport{}
 	for _, e := range ents {
 		raw, err := os.ReadFile(filepath.Join(d.drillDir(), e.Name()))
 		if err != nil {
 			continue
 		}
-		var r DrillReport
+		var r api.DrillReport
 		if json.Unmarshal(raw, &r) == nil {
 			out = append(out, r)
 		}

@@ -8,7 +8,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/sluicelb/sluice/control"
+	"github.com/sluicelb/sluice/control/api"
 )
 
 // udpLoad sends UDP queries to the VIP and counts answers per backend with
@@ -45,7 +45,7 @@ func TestDrills(t *testing.T) {
 		d.mustCLI(t, append([]string{"backend", "add", "10.77.1.100:53/udp", b.Addr.Addr().String(), "--check", "udp"},
 			"--interval", "100ms", "--timeout", "100ms", "--fall", "2", "--rise", "2")...)
 	}
-	d.waitStatus(t, "all up and a primary", func(s control.Status) bool {
+	d.waitStatus(t, "all up and a primary", func(s api.Status) bool {
 		up := 0
 		for _, v := range s.VIPs {
 			for _, b := range v.Backends {
@@ -90,12 +90,12 @@ func TestDrills(t *testing.T) {
 	l := startLoad(t, lab) // TCP load on the failover VIP
 	defer l.finish()
 
-	run := func(args ...string) (control.DrillReport, time.Time, time.Time) {
+	run := func(args ...string) (api.DrillReport, time.Time, time.Time) {
 		t.Helper()
 		before := time.Now()
 		out := d.mustCLI(t, append([]string{"drill", "run", "-o", "json", "--hold", "2s"}, args...)...)
 		after := time.Now()
-		var rep control.DrillReport
+		var rep api.DrillReport
 		if err := json.Unmarshal([]byte(out), &rep); err != nil {
 			t.Fatalf("drill report: %v\n%s", err, out)
 		}
@@ -160,7 +160,7 @@ func TestDrills(t *testing.T) {
 	}
 	t.Logf("promote: apply %.1f ms, hook %s", 1000*rep.ApplySeconds, rep.HookTime)
 
-	var list []control.DrillReport
+	var list []api.DrillReport
 	if err := json.Unmarshal([]byte(d.mustCLI(t, "drill", "list", "-o", "json")), &list); err != nil || len(list) != 3 {
 		t.Fatalf("drill list: %v, %d reports", err, len(list))
 	}
@@ -172,7 +172,7 @@ func TestDrills(t *testing.T) {
 	}
 }
 
-func shares(r control.DrillReport) map[string]string {
+func shares(r api.DrillReport) map[string]string {
 	out := map[string]string{}
 	for _, b := range r.Backends {
 		out[nameOf(b.Addr)] = strings.TrimRight(strings.TrimRight(jsonFloat(b.DuringShare), "0"), ".")

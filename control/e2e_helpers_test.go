@@ -17,7 +17,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/sluicelb/sluice/control"
+	"github.com/sluicelb/sluice/control/api"
 	"github.com/sluicelb/sluice/testenv"
 )
 
@@ -158,9 +158,9 @@ func (p *daemonProc) mustCLI(t testing.TB, args ...string) string {
 	return out
 }
 
-func (p *daemonProc) status(t testing.TB) control.Status {
+func (p *daemonProc) status(t testing.TB) api.Status {
 	t.Helper()
-	var st control.Status
+	var st api.Status
 	if err := json.Unmarshal([]byte(p.mustCLI(t, "status", "-o", "json")), &st); err != nil {
 		t.Fatal(err)
 	}
@@ -168,7 +168,7 @@ func (p *daemonProc) status(t testing.TB) control.Status {
 }
 
 // waitStatus polls status until ok, or fails after the deadline.
-func (p *daemonProc) waitStatus(t testing.TB, what string, ok func(control.Status) bool) control.Status {
+func (p *daemonProc) waitStatus(t testing.TB, what string, ok func(api.Status) bool) api.Status {
 	t.Helper()
 	deadline := time.Now().Add(20 * time.Second)
 	for {
@@ -183,7 +183,7 @@ func (p *daemonProc) waitStatus(t testing.TB, what string, ok func(control.Statu
 	}
 }
 
-func backendState(st control.Status, vip, addr string) control.BackendStatus {
+func backendState(st api.Status, vip, addr string) api.BackendStatus {
 	for _, v := range st.VIPs {
 		for _, b := range v.Backends {
 			if v.VIP == vip && b.Addr == addr {
@@ -191,11 +191,11 @@ func backendState(st control.Status, vip, addr string) control.BackendStatus {
 			}
 		}
 	}
-	return control.BackendStatus{}
+	return api.BackendStatus{}
 }
 
-func allUp(n int) func(control.Status) bool {
-	return func(st control.Status) bool {
+func allUp(n int) func(api.Status) bool {
+	return func(st api.Status) bool {
 		up := 0
 		for _, v := range st.VIPs {
 			for _, b := range v.Backends {
@@ -210,7 +210,7 @@ func allUp(n int) func(control.Status) bool {
 
 // eventWatcher follows `sluice events -o json --follow`.
 type eventWatcher struct {
-	ch   chan control.Event
+	ch   chan api.Event
 	stop func()
 }
 
@@ -226,11 +226,11 @@ func (p *daemonProc) follow(t testing.TB) *eventWatcher {
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	w := &eventWatcher{ch: make(chan control.Event, 1024), stop: func() { cancel(); cmd.Wait() }}
+	w := &eventWatcher{ch: make(chan api.Event, 1024), stop: func() { cancel(); cmd.Wait() }}
 	go func() {
 		sc := bufio.NewScanner(out)
 		for sc.Scan() {
-			var e control.Event
+			var e api.Event
 			if json.Unmarshal(sc.Bytes(), &e) == nil {
 				w.ch <- e
 			}
@@ -241,7 +241,7 @@ func (p *daemonProc) follow(t testing.TB) *eventWatcher {
 }
 
 // next waits for the next health event of backend addr to state to.
-func (w *eventWatcher) next(t testing.TB, addr, to string, since time.Time) control.Event {
+func (w *eventWatcher) next(t testing.TB, addr, to string, since time.Time) api.Event {
 	t.Helper()
 	timeout := time.After(15 * time.Second)
 	for {

@@ -3,41 +3,26 @@ package control
 import (
 	"sync"
 	"time"
-)
 
-// Event is one state transition or change, as `sluice events` shows it.
-type Event struct {
-	Time     time.Time `json:"time"`
-	Kind     string    `json:"kind"` // health, admin, config, failover
-	VIP      string    `json:"vip,omitempty"`
-	Backend  string    `json:"backend,omitempty"`
-	From     string    `json:"from,omitempty"`
-	To       string    `json:"to,omitempty"`
-	Reason   string    `json:"reason,omitempty"`
-	Revision uint64    `json:"revision,omitempty"`
-	// Marked is when the first map write for a health verdict completed
-	// (the backend flag: the data plane stops or starts using it there);
-	// Applied is when every write, rings included, had completed.
-	Marked  *time.Time `json:"marked,omitempty"`
-	Applied *time.Time `json:"applied,omitempty"`
-}
+	"github.com/sluicelb/sluice/control/api"
+)
 
 // EventLog keeps the last events and feeds followers.
 type EventLog struct {
 	mu   sync.Mutex
-	buf  []Event
+	buf  []api.Event
 	max  int
-	subs map[chan Event]struct{}
+	subs map[chan api.Event]struct{}
 }
 
 // NewEventLog keeps up to max events.
 func NewEventLog(max int) *EventLog {
-	return &EventLog{max: max, subs: map[chan Event]struct{}{}}
+	return &EventLog{max: max, subs: map[chan api.Event]struct{}{}}
 }
 
 // Add records an event and hands it to followers (dropping it for a
 // follower too slow to take it).
-func (l *EventLog) Add(e Event) {
+func (l *EventLog) Add(e api.Event) {
 	if e.Time.IsZero() {
 		e.Time = time.Now()
 	}
@@ -56,15 +41,15 @@ func (l *EventLog) Add(e Event) {
 }
 
 // List returns the kept events, oldest first.
-func (l *EventLog) List() []Event {
+func (l *EventLog) List() []api.Event {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	return append([]Event(nil), l.buf...)
+	return append([]api.Event(nil), l.buf...)
 }
 
 // Follow subscribes to new events; call the returned func to stop.
-func (l *EventLog) Follow() (<-chan Event, func()) {
-	c := make(chan Event, 256)
+func (l *EventLog) Follow() (<-chan api.Event, func()) {
+	c := make(chan api.Event, 256)
 	l.mu.Lock()
 	l.subs[c] = struct{}{}
 	l.mu.Unlock()

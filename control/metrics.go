@@ -7,6 +7,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/sluicelb/sluice/control/api"
 	"github.com/sluicelb/sluice/control/state"
 	"github.com/sluicelb/sluice/health"
 )
@@ -129,7 +130,7 @@ func (m *metrics) Collect(ch chan<- prometheus.Metric) {
 				up = 1
 			}
 			ch <- prometheus.MustNewConstMetric(descBackendUp, prometheus.GaugeValue, up, v.VIP, b.Addr)
-			for _, s := range BackendStates {
+			for _, s := range api.BackendStates {
 				val := 0.0
 				if b.State == s {
 					val = 1

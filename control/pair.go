@@ -20,6 +20,7 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
+	"github.com/sluicelb/sluice/control/api"
 	"github.com/sluicelb/sluice/control/ha"
 	"github.com/sluicelb/sluice/control/state"
 )
@@ -211,7 +212,7 @@ func (p *pair) onRole(r ha.Role, why string) {
 	p.roleMu.Lock()
 	defer p.roleMu.Unlock()
 	p.log.Info("ha role changed", "role", r, "reason", why)
-	p.d.events.Add(Event{Kind: "ha", To: string(r), Reason: "ha: this node is now " + string(r) + ": " + why, Revision: p.d.revision()})
+	p.d.events.Add(api.Event{Kind: "ha", To: string(r), Reason: "ha: this node is now " + string(r) + ": " + why, Revision: p.d.revision()})
 	if r == ha.Master {
 		if err := p.owner.set(p.ctx, vipAddrs(p.d.State()), nil, true); err != nil {
 			p.log.Error("take vip addresses", "err", err)
@@ -308,7 +309,7 @@ func (p *pair) watchLink(ctx context.Context) error {
 				up := u.Flags&unix.IFF_UP != 0 && u.Flags&unix.IFF_LOWER_UP != 0
 				if fault := !up; fault != p.node.Status(time.Now()).Fault {
 					p.log.Warn("ha interface state", "iface", p.d.opts.Iface, "up", up)
-					p.d.events.Add(Event{Kind: "ha", Reason: fmt.Sprintf("ha: interface %s up=%v", p.d.opts.Iface, up)})
+					p.d.events.Add(api.Event{Kind: "ha", Reason: fmt.Sprintf("ha: interface %s up=%v", p.d.opts.Iface, up)})
 					p.node.SetFault(fault, time.Now())
 				}
 			}
@@ -396,7 +397,7 @@ func (p *pair) noteRevision(pe ha.PeerStatus, rev uint64, now time.Time, grace t
 	defer p.mu.Unlock()
 	if pe.Revision == rev {
 		if p.reported[pe.Addr] {
-			p.d.events.Add(Event{Kind: "ha", Reason: fmt.Sprintf("ha: revision in sync with peer %s (%d)", pe.Addr, rev), Revision: rev})
+			p.d.events.Add(api.Event{Kind: "ha", Reason: fmt.Sprintf("ha: revision in sync with peer %s (%d)", pe.Addr, rev), Revision: rev})
 		}
 		delete(p.mismatch, pe.Addr)
 		delete(p.reported, pe.Addr)
@@ -409,7 +410,7 @@ func (p *pair) noteRevision(pe ha.PeerStatus, rev uint64, now time.Time, grace t
 	}
 	if now.Sub(since) > grace && !p.reported[pe.Addr] {
 		p.reported[pe.Addr] = true
-		p.d.events.Add(Event{Kind: "ha", Reason: fmt.Sprintf("ha: revision mismatch: peer %s has %d, this node %d", pe.Addr, pe.Revision, rev), Revision: rev})
+		p.d.events.Add(api.Event{Kind: "ha", Reason: fmt.Sprintf("ha: revision mismatch: peer %s has %d, this node %d", pe.Addr, pe.Revision, rev), Revision: rev})
 	}
 }
 
@@ -420,40 +421,10 @@ func (p *pair) clearMismatch(peer string) {
 	p.mu.Unlock()
 }
 
-// HAStatus is what `sluice ha status -o json` prints.
-type HAStatus struct {
-	Enabled     bool              `json:"enabled"`
-	Node        string            `json:"node,omitempty"`
-	Role        string            `json:"role"`
-	Fault       bool              `json:"fault,omitempty"`
-	Priority    uint8             `json:"priority,omitempty"`
-	Preempt     bool              `json:"preempt,omitempty"`
-	Advert      string            `json:"advert,omitempty"`
-	MasterDown  string            `json:"master_down,omitempty"`
-	Revision    uint64            `json:"revision"`
-	DualMaster  bool              `json:"dual_master"`
-	Synced      bool              `json:"synced"`
-	SyncLag     string            `json:"flow_sync_lag,omitempty"`
-	Peers       []HAPeer          `json:"peers,omitempty"`
-	BadAdverts  map[string]uint64 `json:"bad_adverts,omitempty"`
-	Transitions map[string]uint64 `json:"transitions,omitempty"`
-}
-
-// HAPeer is one peer in HAStatus.
-type HAPeer struct {
-	Addr       string `json:"addr"`
-	Node       string `json:"node,omitempty"`
-	Role       string `json:"role,omitempty"`
-	Up         bool   `json:"up"`
-	AdvertAge  string `json:"advert_age,omitempty"`
-	Revision   uint64 `json:"revision"`
-	RevisionOK bool   `json:"revision_match"`
-}
-
-func (p *pair) status() HAStatus {
+func (p *pair) status() api.HAStatus {
 	st := p.node.Status(time.Now())
 	rev := p.d.revision()
-	out := HAStatus{Enabled: true, Node: st.Node, Role: string(st.Role), Fault: st.Fault, Priority: st.Priority, Preempt: p.opts.Preempt,
+	out := api.HAStatus{Enabled: true, Node: st.Node, Role: string(st.Role), Fault: st.Fault, Priority: st.Priority, Preempt: p.opts.Preempt,
 		Advert: st.AdvertEvery.String(), MasterDown: st.MasterDown.String(), Revision: rev, DualMaster: st.DualMaster,
 		BadAdverts: st.BadAdverts, Transitions: map[string]uint64{}}
 	out.Synced = st.Role == ha.Master || p.synced.Load()
@@ -466,7 +437,7 @@ func (p *pair) status() HAStatus {
 	}
 	p.mu.Unlock()
 	for _, pe := range st.Peers {
-		hp := HAPeer{Addr: pe.Addr, Node: pe.Node, Role: string(pe.Role), Up: pe.Up, Revision: pe.Revision, RevisionOK: pe.Revision == rev}
+		hp := api.HAPeer{Addr: pe.Addr, Node: pe.Node, Role: string(pe.Role), Up: pe.Up, Revision: pe.Revision, RevisionOK: pe.Revision == rev}
 		if pe.Node != "" {
 			hp.AdvertAge = pe.Age.Round(time.Millisecond).String()
 		}
@@ -477,12 +448,12 @@ func (p *pair) status() HAStatus {
 
 // handoff is `sluice ha failover`: the master steps down with a
 // priority-0 advert and the peer takes over at once.
-func (p *pair) handoff() (HAStatus, error) {
+func (p *pair) handoff() (api.HAStatus, error) {
 	if p.node.Role() != ha.Master {
-		return HAStatus{}, httpError{http.StatusConflict, errors.New("ha failover: this node is not the master")}
+		return api.HAStatus{}, state.Conflict("ha failover: this node is not the master")
 	}
 	if err := p.node.Handoff(time.Now()); err != nil {
-		return HAStatus{}, fmt.Errorf("ha failover: %w", err)
+		return api.HAStatus{}, fmt.Errorf("ha failover: %w", err)
 	}
 	return p.status(), nil
 }

@@ -18,7 +18,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/sluicelb/sluice/control"
+	"github.com/sluicelb/sluice/control/api"
 	"github.com/sluicelb/sluice/control/ha"
 	"github.com/sluicelb/sluice/testenv"
 )
@@ -78,9 +78,9 @@ func (lp *lbPair) sameRings(t testing.TB) {
 	}
 }
 
-func (p *daemonProc) ha(t testing.TB) control.HAStatus {
+func (p *daemonProc) ha(t testing.TB) api.HAStatus {
 	t.Helper()
-	var st control.HAStatus
+	var st api.HAStatus
 	if err := json.Unmarshal([]byte(p.mustCLI(t, "ha", "status", "-o", "json")), &st); err != nil {
 		t.Fatal(err)
 	}
@@ -611,7 +611,7 @@ func TestLBPairPromotion(t *testing.T) {
 	}
 	var e0 uint64
 	for _, n := range lp.nodes {
-		n.waitStatus(t, "b1 primary on both nodes", func(st control.Status) bool {
+		n.waitStatus(t, "b1 primary on both nodes", func(st api.Status) bool {
 			for _, v := range st.VIPs {
 				if v.VIP == vip && v.Primary == "10.77.0.11" {
 					return true
@@ -635,7 +635,7 @@ func TestLBPairPromotion(t *testing.T) {
 	}
 	waitRole(t, lp.nodes[1], "master")
 	lp.lab.Backends[0].StopServers(true)
-	lp.nodes[1].waitStatus(t, "b2 promoted by the new master", func(st control.Status) bool {
+	lp.nodes[1].waitStatus(t, "b2 promoted by the new master", func(st api.Status) bool {
 		for _, v := range st.VIPs {
 			if v.VIP == vip && v.Primary == "10.77.0.12" {
 				return true
@@ -722,11 +722,11 @@ func TestLBPairBadAdverts(t *testing.T) {
 	}
 }
 
-func (p *daemonProc) events(t testing.TB) []control.Event {
+func (p *daemonProc) events(t testing.TB) []api.Event {
 	t.Helper()
-	var out []control.Event
+	var out []api.Event
 	for _, line := range strings.Split(strings.TrimSpace(p.mustCLI(t, "events", "-o", "json")), "\n") {
-		var e control.Event
+		var e api.Event
 		if err := json.Unmarshal([]byte(line), &e); err != nil {
 			t.Fatalf("event %q: %v", line, err)
 		}
@@ -750,7 +750,7 @@ func TestLBPairPreempt(t *testing.T) {
 	m := lp.nodes[1]
 	m.mustCLI(t, "backend", "drain", vipTCP, lp.lab.Backends[0].Addr.Addr().String())
 	m.mustCLI(t, append([]string{"backend", "add", vipTCP, lp.lab.Backends[2].Addr.Addr().String()}, fastCheck...)...)
-	m.waitStatus(t, "b3 up", func(st control.Status) bool { return backendState(st, vipTCP, "10.77.0.13").Usable })
+	m.waitStatus(t, "b3 up", func(st api.Status) bool { return backendState(st, vipTCP, "10.77.0.13").Usable })
 	conns := openConns(t, lp.lab, 300)
 	t.Logf("connections through node 1: %v", spread(conns))
 	back := time.Now()
@@ -982,7 +982,7 @@ func TestHAStatusText(t *testing.T) {
 		t.Fatalf("dashboard has %d LB-pair series", n)
 	}
 	out := lp.nodes[0].mustCLI(t, "ha", "failover", "-o", "json")
-	var st control.HAStatus
+	var st api.HAStatus
 	if err := json.Unmarshal([]byte(out), &st); err != nil || st.Role != "backup" {
 		t.Fatalf("ha failover -o json: %+v %v", st, err)
 	}

@@ -13,6 +13,7 @@ import (
 	"slices"
 	"time"
 
+	"github.com/sluicelb/sluice/control/api"
 	"github.com/sluicelb/sluice/control/ha"
 	"github.com/sluicelb/sluice/control/state"
 	"github.com/sluicelb/sluice/loader"
@@ -119,7 +120,7 @@ func (p *pair) pull(peer netip.AddrPort) error {
 	applied, unknown := p.applyFlows(fs)
 	p.flowsDone.Store(true)
 	p.log.Info("flow table copied from master", "peer", peer, "entries", applied, "unknown", unknown)
-	p.d.events.Add(Event{Kind: "ha", Reason: fmt.Sprintf("ha: copied %d flows from %s (%d for unknown backends)", applied, peer, unknown), Revision: st.Revision})
+	p.d.events.Add(api.Event{Kind: "ha", Reason: fmt.Sprintf("ha: copied %d flows from %s (%d for unknown backends)", applied, peer, unknown), Revision: st.Revision})
 	return nil
 }
 

@@ -14,26 +14,11 @@ import (
 	"strings"
 	"time"
 
+	"github.com/sluicelb/sluice/control/api"
 	"github.com/sluicelb/sluice/control/state"
 	"github.com/sluicelb/sluice/health"
 	"github.com/sluicelb/sluice/loader"
 )
-
-// PromoteRequest is a planned switchover: `sluice promote VIP ADDR`.
-type PromoteRequest struct {
-	VIP  string `json:"vip"`
-	Addr string `json:"addr"`
-}
-
-// PromoteResult reports a promotion.
-type PromoteResult struct {
-	VIP        string `json:"vip"`
-	OldPrimary string `json:"old_primary"`
-	NewPrimary string `json:"new_primary"`
-	Epoch      uint64 `json:"epoch"`
-	HookOutput string `json:"hook_output,omitempty"`
-	HookTime   string `json:"hook_time,omitempty"`
-}
 
 // hookPayload is what --promote-url receives as JSON.
 type hookPayload struct {
@@ -203,7 +188,7 @@ func (d *Daemon) startPromotion(k loader.VIPKey, cands []state.Backend) {
 // promote tries the candidates in order: commit the next epoch durably,
 // run the hook with it, and switch the data plane to the first candidate
 // whose hook succeeds. With none left the VIP has no primary and drops.
-func (d *Daemon) promote(ctx context.Context, k loader.VIPKey, cands []state.Backend) (PromoteResult, error) {
+func (d *Daemon) promote(ctx context.Context, k loader.VIPKey, cands []state.Backend) (api.PromoteResult, error) {
 	name := state.FormatVIPKey(k)
 	var lastErr error
 	for _, c := range cands {
@@ -211,13 +196,13 @@ func (d *Daemon) promote(ctx context.Context, k loader.VIPKey, cands []state.Bac
 		if _, err := d.Change(ctx, fmt.Sprintf("epoch of %s raised for promoting %s", name, c.Addr), func(s *state.State) error {
 			i := s.FindVIP(k)
 			if i < 0 {
-				return notFound("vip %s: no such vip", name)
+				return state.NotFound("vip %s: no such vip", name)
 			}
 			s.VIPs[i].Epoch++
 			v = s.VIPs[i]
 			return nil
 		}); err != nil {
-			return PromoteResult{}, err
+			return api.PromoteResult{}, err
 		}
 		old := v.Primary
 		start := time.Now()
@@ -225,7 +210,7 @@ func (d *Daemon) promote(ctx context.Context, k loader.VIPKey, cands []state.Bac
 		took := time.Since(start)
 		if herr != nil {
 			lastErr = herr
-			d.events.Add(Event{Kind: "failover", VIP: name, Backend: c.Addr, From: old, To: c.Addr,
+			d.events.Add(api.Event{Kind: "failover", VIP: name, Backend: c.Addr, From: old, To: c.Addr,
 				Reason: fmt.Sprintf("promotion hook failed (epoch %d, %v): %v: %s", v.Epoch, took.Round(time.Millisecond), herr, strings.TrimSpace(out))})
 			d.metrics.promotions.WithLabelValues(name, "hook_failed").Inc()
 			continue
@@ -233,14 +218,14 @@ func (d *Daemon) promote(ctx context.Context, k loader.VIPKey, cands []state.Bac
 		if _, err := d.Change(ctx, fmt.Sprintf("promoted %s to primary of %s (epoch %d)", c.Addr, name, v.Epoch), func(s *state.State) error {
 			i := s.FindVIP(k)
 			if i < 0 {
-				return notFound("vip %s: no such vip", name)
+				return state.NotFound("vip %s: no such vip", name)
 			}
 			s.VIPs[i].Primary = c.Addr
 			return nil
 		}); err != nil {
-			return PromoteResult{}, err
+			return api.PromoteResult{}, err
 		}
-		d.events.Add(Event{Kind: "failover", VIP: name, Backend: c.Addr, From: old, To: c.Addr,
+		d.events.Add(api.Event{Kind: "failover", VIP: name, Backend: c.Addr, From: old, To: c.Addr,
 			Reason: fmt.Sprintf("promoted (epoch %d, hook %v): %s", v.Epoch, took.Round(time.Millisecond), strings.TrimSpace(out))})
 		d.metrics.promotions.WithLabelValues(name, "promoted").Inc()
 		if old != "" {
@@ -248,7 +233,7 @@ func (d *Daemon) promote(ctx context.Context, k loader.VIPKey, cands []state.Bac
 			d.demotePending[k] = old
 			d.promoMu.Unlock()
 		}
-		return PromoteResult{VIP: name, OldPrimary: old, NewPrimary: c.Addr, Epoch: v.Epoch, HookOutput: out, HookTime: took.String()}, nil
+		return api.PromoteResult{VIP: name, OldPrimary: old, NewPrimary: c.Addr, Epoch: v.Epoch, HookOutput: out, HookTime: took.String()}, nil
 	}
 	// Nobody could take over: the VIP has no primary and drops, counted.
 	if _, err := d.Change(ctx, "no primary for "+name, func(s *state.State) error {
@@ -257,18 +242,18 @@ func (d *Daemon) promote(ctx context.Context, k loader.VIPKey, cands []state.Bac
 		}
 		return nil
 	}); err != nil {
-		return PromoteResult{}, err
+		return api.PromoteResult{}, err
 	}
 	reason := "no replica is up"
 	if lastErr != nil {
 		reason = "every promotion hook failed; last: " + lastErr.Error()
 	}
-	d.events.Add(Event{Kind: "failover", VIP: name, To: "none", Reason: "VIP has no primary, packets are dropped: " + reason})
+	d.events.Add(api.Event{Kind: "failover", VIP: name, To: "none", Reason: "VIP has no primary, packets are dropped: " + reason})
 	d.metrics.promotions.WithLabelValues(name, "no_primary").Inc()
 	if lastErr == nil {
-		return PromoteResult{VIP: name}, errors.New(reason)
+		return api.PromoteResult{VIP: name}, errors.New(reason)
 	}
-	return PromoteResult{VIP: name}, lastErr
+	return api.PromoteResult{VIP: name}, lastErr
 }
 
 // demoteRecovered runs the demote hook once for an old primary that is up
@@ -295,35 +280,35 @@ func (d *Daemon) demoteRecovered(v state.VIP) {
 			if v.DemoteCmd != "" {
 				reason += fmt.Sprintf("; demote hook: %v %s", err, strings.TrimSpace(out))
 			}
-			d.events.Add(Event{Kind: "failover", VIP: v.VIP, Backend: old, To: "replica", Reason: reason})
+			d.events.Add(api.Event{Kind: "failover", VIP: v.VIP, Backend: old, To: "replica", Reason: reason})
 		}()
 	}
 }
 
 // Promote is a planned switchover to addr, through the same sequence.
-func (d *Daemon) Promote(ctx context.Context, vip, addr string) (PromoteResult, error) {
+func (d *Daemon) Promote(ctx context.Context, vip, addr string) (api.PromoteResult, error) {
 	if err := d.mayChange(); err != nil {
-		return PromoteResult{}, err
+		return api.PromoteResult{}, err
 	}
 	k, err := state.ParseVIPKey(vip)
 	if err != nil {
-		return PromoteResult{}, badRequest("%v", err)
+		return api.PromoteResult{}, err
 	}
 	a, err := netip.ParseAddr(addr)
 	if err != nil {
-		return PromoteResult{}, badRequest("backend address %q: not an IP address", addr)
+		return api.PromoteResult{}, fmt.Errorf("backend address %q: not an IP address", addr)
 	}
 	st := d.State()
 	i := st.FindVIP(k)
 	if i < 0 {
-		return PromoteResult{}, notFound("vip %s: no such vip", state.FormatVIPKey(k))
+		return api.PromoteResult{}, state.NotFound("vip %s: no such vip", state.FormatVIPKey(k))
 	}
 	v := st.VIPs[i]
 	if v.Policy != state.PolicyFailover {
-		return PromoteResult{}, badRequest("vip %s: policy %s has no primary (use --policy failover)", v.VIP, v.Policy)
+		return api.PromoteResult{}, fmt.Errorf("vip %s: policy %s has no primary (it needs policy failover)", v.VIP, v.Policy)
 	}
 	if v.Primary == a.String() {
-		return PromoteResult{}, badRequest("%s is already the primary of %s", a, v.VIP)
+		return api.PromoteResult{}, fmt.Errorf("%s is already the primary of %s", a, v.VIP)
 	}
 	var cand []state.Backend
 	for _, b := range d.candidates(v, "") {
@@ -332,12 +317,12 @@ func (d *Daemon) Promote(ctx context.Context, vip, addr string) (PromoteResult, 
 		}
 	}
 	if len(cand) == 0 {
-		return PromoteResult{}, badRequest("%s is not an up backend of %s", a, v.VIP)
+		return api.PromoteResult{}, fmt.Errorf("%s is not an up backend of %s", a, v.VIP)
 	}
 	d.promoMu.Lock()
 	if d.promoting[k] {
 		d.promoMu.Unlock()
-		return PromoteResult{}, httpError{http.StatusConflict, fmt.Errorf("vip %s: a promotion is already running", v.VIP)}
+		return api.PromoteResult{}, state.Conflict("vip %s: a promotion is already running", v.VIP)
 	}
 	d.promoting[k] = true
 	d.promoMu.Unlock()

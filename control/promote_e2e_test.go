@@ -13,7 +13,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/sluicelb/sluice/control"
+	"github.com/sluicelb/sluice/control/api"
 	"github.com/sluicelb/sluice/testenv"
 )
 
@@ -54,7 +54,7 @@ func failoverLab(t *testing.T, hookArgs ...string) (*testenv.Lab, *daemonProc) {
 	return lab, d
 }
 
-func primaryOf(st control.Status) string {
+func primaryOf(st api.Status) string {
 	for _, v := range st.VIPs {
 		if v.VIP == vipTCP {
 			return v.Primary
@@ -78,7 +78,7 @@ func TestFailoverVIP(t *testing.T) {
 	demoteLog := filepath.Join(dir, "demote.log")
 	demote := "echo \"$SLUICE_OLD_PRIMARY $SLUICE_NEW_PRIMARY $SLUICE_EPOCH\" >> " + demoteLog
 	lab, d := failoverLab(t, "--promote-cmd", script, "--demote-cmd", demote)
-	st := d.waitStatus(t, "initial primary", func(s control.Status) bool { return primaryOf(s) == "10.77.0.11" })
+	st := d.waitStatus(t, "initial primary", func(s api.Status) bool { return primaryOf(s) == "10.77.0.11" })
 	if calls := hookCalls(t, log); len(calls) != 1 || calls[0] != vipTCP+"  10.77.0.11 1" {
 		t.Fatalf("initial promotion hook calls %q", calls)
 	}
@@ -160,7 +160,7 @@ func TestFailoverVIP(t *testing.T) {
 		if err := victim.StartServers(); err != nil {
 			t.Fatal(err)
 		}
-		d.waitStatus(t, "old primary back up", func(s control.Status) bool { return backendState(s, vipTCP, old).State == "up" })
+		d.waitStatus(t, "old primary back up", func(s api.Status) bool { return backendState(s, vipTCP, old).State == "up" })
 		if p := primaryOf(d.status(t)); p != want {
 			t.Fatalf("run %d: primary went back to %s without --failback", run, p)
 		}
@@ -218,9 +218,9 @@ func TestFailoverHooks(t *testing.T) {
 	dir := t.TempDir()
 	script, log := hookScript(t, dir, "10.77.0.12")
 	lab, d := failoverLab(t, "--promote-cmd", script)
-	d.waitStatus(t, "initial primary", func(s control.Status) bool { return primaryOf(s) == "10.77.0.11" })
+	d.waitStatus(t, "initial primary", func(s api.Status) bool { return primaryOf(s) == "10.77.0.11" })
 	backendByName(lab, "b1").StopServers(true)
-	d.waitStatus(t, "b3 promoted past failing b2", func(s control.Status) bool { return primaryOf(s) == "10.77.0.13" })
+	d.waitStatus(t, "b3 promoted past failing b2", func(s api.Status) bool { return primaryOf(s) == "10.77.0.13" })
 	calls := hookCalls(t, log)
 	if n := len(calls); n < 3 || !strings.Contains(calls[n-2], "10.77.0.12") || !strings.Contains(calls[n-1], "10.77.0.13") {
 		t.Fatalf("hook calls %q: want a failed attempt for .12, then .13", calls)
@@ -232,7 +232,7 @@ func TestFailoverHooks(t *testing.T) {
 	// Now every hook fails: kill b3; b1 is down, b2's hook fails.
 	os.WriteFile(script, []byte("#!/bin/sh\nexit 1\n"), 0o755)
 	backendByName(lab, "b3").StopServers(true)
-	d.waitStatus(t, "no primary", func(s control.Status) bool { return primaryOf(s) == "" })
+	d.waitStatus(t, "no primary", func(s api.Status) bool { return primaryOf(s) == "" })
 	if !strings.Contains(d.mustCLI(t, "events"), "VIP has no primary") {
 		t.Fatal("no event saying the VIP has no primary")
 	}
@@ -246,7 +246,7 @@ func TestFailoverHooks(t *testing.T) {
 	}
 	// The VIP was unavailable for a while: its measured availability says
 	// so, and the timeline was kept.
-	var rep control.AvailabilityReport
+	var rep api.AvailabilityReport
 	if err := json.Unmarshal([]byte(d.mustCLI(t, "availability", "-o", "json")), &rep); err != nil {
 		t.Fatal(err)
 	}

@@ -7,7 +7,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/sluicelb/sluice/control"
+	"github.com/sluicelb/sluice/control/api"
 	"github.com/sluicelb/sluice/testenv"
 )
 
@@ -76,11 +76,11 @@ func TestKill9Restart(t *testing.T) {
 	l.waitMore(t, 200)
 	l.finish()
 
-	var started *control.Event
+	var started *api.Event
 	evs := d2.mustCLI(t, "events")
 	for _, line := range strings.Split(evs, "\n") {
 		if strings.Contains(line, "daemon started") {
-			started = &control.Event{Reason: line}
+			started = &api.Event{Reason: line}
 		}
 	}
 	if started == nil || !strings.Contains(started.Reason, "adopted=true, map writes=0") {

@@ -6,77 +6,34 @@ import (
 	"net/netip"
 	"time"
 
+	"github.com/sluicelb/sluice/control/api"
 	"github.com/sluicelb/sluice/control/state"
 	"github.com/sluicelb/sluice/health"
 )
 
-// BackendStates are the states status and metrics report.
-var BackendStates = []string{"up", "down", "draining", "disabled"}
-
-// Status is what `sluice status -o json` prints.
-type Status struct {
-	Revision uint64      `json:"revision"`
-	Role     string      `json:"role"`
-	Iface    string      `json:"iface"`
-	Uptime   string      `json:"uptime"`
-	VIPs     []VIPStatus `json:"vips"`
-	// HA is this node's view of its LB pair, with each node's revision.
-	HA *HAStatus `json:"ha,omitempty"`
-}
-
-// VIPStatus is one VIP in Status.
-type VIPStatus struct {
-	VIP        string          `json:"vip"`
-	Forward    string          `json:"forward"`
-	RingSize   uint32          `json:"ring_size"`
-	RingSHA256 string          `json:"ring_sha256"` // of the slots' backend addresses (16 bytes each): equal on every node with equal rings
-	MinActive  int             `json:"min_active"`
-	Policy     string          `json:"policy"`
-	Primary    string          `json:"primary,omitempty"`
-	Epoch      uint64          `json:"epoch,omitempty"`
-	Packets    uint64          `json:"packets"`
-	Bytes      uint64          `json:"bytes"`
-	Backends   []BackendStatus `json:"backends"`
-}
-
-// BackendStatus is one backend in Status.
-type BackendStatus struct {
-	Addr       string    `json:"addr"`
-	State      string    `json:"state"`
-	Usable     bool      `json:"usable"`
-	Weight     uint32    `json:"weight"`
-	Standby    bool      `json:"standby"`
-	Priority   int       `json:"priority,omitempty"`
-	RingSlots  int       `json:"ring_slots"`
-	Packets    uint64    `json:"packets"`
-	Bytes      uint64    `json:"bytes"`
-	LastChange time.Time `json:"last_change"`
-	Reason     string    `json:"reason"`
-}
-
 // HAStatus is `sluice ha status`.
-func (d *Daemon) HAStatus() HAStatus {
+func (d *Daemon) HAStatus() api.HAStatus {
 	if d.pair == nil {
-		return HAStatus{Role: d.coord.Role(), Revision: d.revision()}
+		return api.HAStatus{Role: d.coord.Role(), Revision: d.revision()}
 	}
 	return d.pair.status()
 }
 
 // Status reads the desired state, health and the kernel's maps.
-func (d *Daemon) Status() (Status, error) {
+func (d *Daemon) Status() (api.Status, error) {
 	d.mu.Lock()
 	cur := d.state.Clone()
 	d.mu.Unlock()
-	out := Status{Revision: cur.Revision, Role: d.coord.Role(), Iface: d.opts.Iface,
-		Uptime: time.Since(d.started).Round(time.Second).String(), VIPs: []VIPStatus{}}
+	out := api.Status{Revision: cur.Revision, Role: d.coord.Role(), Iface: d.opts.Iface,
+		Uptime: time.Since(d.started).Round(time.Second).String(), VIPs: []api.VIPStatus{}}
 	if d.pair != nil {
 		hs := d.pair.status()
 		out.HA = &hs
 	}
 	for _, v := range cur.VIPs {
 		k, _ := state.ParseVIPKey(v.VIP)
-		vs := VIPStatus{VIP: v.VIP, Forward: v.Forward, RingSize: v.RingSize, MinActive: v.MinActive,
-			Policy: v.Policy, Primary: v.Primary, Epoch: v.Epoch, Backends: []BackendStatus{}}
+		vs := api.VIPStatus{VIP: v.VIP, Forward: v.Forward, RingSize: v.RingSize, MinActive: v.MinActive,
+			Policy: v.Policy, Primary: v.Primary, Epoch: v.Epoch, Backends: []api.BackendStatus{}}
 		view, id, ok := d.rec.View(k)
 		slots := map[uint32]int{}
 		if ok {
@@ -101,7 +58,7 @@ func (d *Daemon) Status() (Status, error) {
 		}
 		for _, b := range v.Backends {
 			addr := netip.MustParseAddr(b.Addr)
-			bs := BackendStatus{Addr: b.Addr, Weight: b.Weight, Standby: b.Standby, Priority: b.Priority}
+			bs := api.BackendStatus{Addr: b.Addr, Weight: b.Weight, Standby: b.Standby, Priority: b.Priority}
 			bv := view[addr]
 			bs.Usable = bv.Usable
 			bs.RingSlots = slots[bv.Index]

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bufio"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -19,6 +18,7 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"github.com/sluicelb/sluice/control"
+	"github.com/sluicelb/sluice/control/api"
 	"github.com/sluicelb/sluice/control/ha"
 	"github.com/sluicelb/sluice/control/maglev"
 	"github.com/sluicelb/sluice/control/state"
@@ -128,7 +128,7 @@ func haCommand() *cli.Command {
 			{
 				Name: "status", Usage: "role, peers, advert age, revisions and flow sync lag", Flags: []cli.Flag{socketFlag(), outputFlag()},
 				Action: func(c *cli.Context) error {
-					return show(c, "/v1/ha/status", func(st control.HAStatus) error { return printHAStatus(c.App.Writer, st) })
+					return show(c, "/v1/ha/status", func(st api.HAStatus) error { return printHAStatus(c.App.Writer, st) })
 				},
 			},
 			{
@@ -138,7 +138,7 @@ func haCommand() *cli.Command {
 					if err != nil {
 						return err
 					}
-					var st control.HAStatus
+					var st api.HAStatus
 					if err := newClient(c).do(c.Context, "POST", "/v1/ha/failover", nil, struct{}{}, &st); err != nil {
 						return err
 					}
@@ -153,7 +153,7 @@ func haCommand() *cli.Command {
 	}
 }
 
-func printHAStatus(w io.Writer, st control.HAStatus) error {
+func printHAStatus(w io.Writer, st api.HAStatus) error {
 	if !st.Enabled {
 		fmt.Fprintf(w, "not part of an LB pair (role %s, revision %d)\n", st.Role, st.Revision)
 		return nil
@@ -245,7 +245,7 @@ func vipCommand() *cli.Command {
 						hookTimeout = c.String("hook-timeout")
 					}
 					var st state.State
-					err = newClient(c).do(c.Context, "POST", "/v1/vips", nil, control.VIPAddRequest{VIP: vip, Forward: c.String("forward"),
+					err = newClient(c).do(c.Context, "POST", "/v1/vips", nil, api.VIPAddRequest{VIP: vip, Forward: c.String("forward"),
 						RingSize: uint32(c.Uint("ring-size")), MinActive: c.Int("min-active"), UDPTimeout: c.String("udp-timeout"),
 						Policy: policy, PromoteCmd: c.String("promote-cmd"), PromoteURL: c.String("promote-url"),
 						DemoteCmd: c.String("demote-cmd"), HookTimeout: hookTimeout, Failback: c.Bool("failback")}, &st)
@@ -310,7 +310,7 @@ func vipCommand() *cli.Command {
 					if _, err := state.ParseVIPKey(vip); err != nil {
 						return err
 					}
-					var ring control.RingResponse
+					var ring api.RingResponse
 					if err := newClient(c).do(c.Context, "GET", "/v1/ring", url.Values{"vip": {vip}}, nil, &ring); err != nil {
 						return err
 					}
@@ -374,7 +374,7 @@ func backendCommand() *cli.Command {
 				}
 				var st state.State
 				if err := newClient(c).do(c.Context, "POST", "/v1/backends/action", nil,
-					control.BackendActionRequest{VIP: vip, Addr: addr, Action: name}, &st); err != nil {
+					api.BackendActionRequest{VIP: vip, Addr: addr, Action: name}, &st); err != nil {
 					return err
 				}
 				fmt.Fprintf(c.App.Writer, "backend %s of %s: %s done (revision %d)\n", addr, vip, name, st.Revision)
@@ -398,7 +398,7 @@ func backendCommand() *cli.Command {
 						return err
 					}
 					var st state.State
-					if err := newClient(c).do(c.Context, "POST", "/v1/backends", nil, control.BackendAddRequest{VIP: vip, Backend: b}, &st); err != nil {
+					if err := newClient(c).do(c.Context, "POST", "/v1/backends", nil, api.BackendAddRequest{VIP: vip, Backend: b}, &st); err != nil {
 						return err
 					}
 					fmt.Fprintf(c.App.Writer, "backend %s added to %s (revision %d)\n", addr, vip, st.Revision)
@@ -463,12 +463,12 @@ func statusCommand() *cli.Command {
 	return &cli.Command{
 		Name: "status", Usage: "VIPs, backends, health and counters", Flags: []cli.Flag{socketFlag(), outputFlag()},
 		Action: func(c *cli.Context) error {
-			return show(c, "/v1/status", func(st control.Status) error { return printStatus(c.App.Writer, st) })
+			return show(c, "/v1/status", func(st api.Status) error { return printStatus(c.App.Writer, st) })
 		},
 	}
 }
 
-func printStatus(w io.Writer, st control.Status) error {
+func printStatus(w io.Writer, st api.Status) error {
 	fmt.Fprintf(w, "revision %d, role %s, iface %s, up %s\n", st.Revision, st.Role, st.Iface, st.Uptime)
 	if st.HA != nil {
 		for _, p := range st.HA.Peers {
@@ -518,7 +518,7 @@ func statsCommand() *cli.Command {
 				return fmt.Errorf("--every %v: must be positive", c.Duration("every"))
 			}
 			cl := newClient(c)
-			var prev control.Status
+			var prev api.Status
 			if err := cl.do(c.Context, "GET", "/v1/status", nil, nil, &prev); err != nil {
 				return err
 			}
@@ -528,7 +528,7 @@ func statsCommand() *cli.Command {
 					return nil
 				case <-time.After(c.Duration("every")):
 				}
-				var cur control.Status
+				var cur api.Status
 				if err := cl.do(c.Context, "GET", "/v1/status", nil, nil, &cur); err != nil {
 					return err
 				}
@@ -563,7 +563,7 @@ type rate struct {
 	Share   float64 `json:"share"`
 }
 
-func statRates(prev, cur control.Status, every time.Duration) []rate {
+func statRates(prev, cur api.Status, every time.Duration) []rate {
 	old := map[string]uint64{}
 	oldB := map[string]uint64{}
 	for _, v := range prev.VIPs {
@@ -606,25 +606,11 @@ func eventsCommand() *cli.Command {
 			if err != nil {
 				return err
 			}
-			q := url.Values{}
-			if c.Bool("follow") {
-				q.Set("follow", "1")
-			}
-			pr, pw := ioPipe()
-			errc := make(chan error, 1)
-			go func() {
-				errc <- newClient(c).do(c.Context, "GET", "/v1/events", q, nil, pw)
-				pw.Close()
-			}()
-			sc := bufio.NewScanner(pr)
-			for sc.Scan() {
+			var perr error
+			err = newClient(c).events(c.Context, c.Bool("follow"), func(e api.Event) bool {
 				if asJSON {
-					fmt.Fprintln(c.App.Writer, sc.Text())
-					continue
-				}
-				var e control.Event
-				if json.Unmarshal(sc.Bytes(), &e) != nil {
-					continue
+					perr = json.NewEncoder(c.App.Writer).Encode(e)
+					return perr == nil
 				}
 				line := fmt.Sprintf("%s  %-7s", e.Time.Format(time.RFC3339Nano), e.Kind)
 				if e.VIP != "" {
@@ -642,9 +628,10 @@ func eventsCommand() *cli.Command {
 				if e.Reason != "" {
 					line += ": " + e.Reason
 				}
-				fmt.Fprintln(c.App.Writer, line)
-			}
-			return <-errc
+				_, perr = fmt.Fprintln(c.App.Writer, line)
+				return perr == nil
+			})
+			return errors.Join(err, perr)
 		},
 	}
 }
@@ -666,8 +653,8 @@ func applyCommand() *cli.Command {
 			if err := dec.Decode(&st); err != nil {
 				return fmt.Errorf("-f %s: %w", c.String("file"), err)
 			}
-			var resp control.ApplyResponse
-			if err := newClient(c).do(c.Context, "POST", "/v1/apply", nil, control.ApplyRequest{State: st, DryRun: c.Bool("dry-run")}, &resp); err != nil {
+			var resp api.ApplyResponse
+			if err := newClient(c).do(c.Context, "POST", "/v1/apply", nil, api.ApplyRequest{State: st, DryRun: c.Bool("dry-run")}, &resp); err != nil {
 				return err
 			}
 			for _, l := range resp.Diff {
@@ -784,8 +771,8 @@ func promoteCommand() *cli.Command {
 			if err != nil {
 				return err
 			}
-			var res control.PromoteResult
-			if err := newClient(c).do(c.Context, "POST", "/v1/promote", nil, control.PromoteRequest{VIP: vip, Addr: addr}, &res); err != nil {
+			var res api.PromoteResult
+			if err := newClient(c).do(c.Context, "POST", "/v1/promote", nil, api.PromoteRequest{VIP: vip, Addr: addr}, &res); err != nil {
 				return err
 			}
 			if asJSON {
@@ -802,14 +789,14 @@ func availabilityCommand() *cli.Command {
 		Name: "availability", Usage: "measured and modelled (k-of-n) availability of each VIP, with nines",
 		Flags: []cli.Flag{socketFlag(), outputFlag()},
 		Action: func(c *cli.Context) error {
-			return show(c, "/v1/availability", func(rep control.AvailabilityReport) error {
+			return show(c, "/v1/availability", func(rep api.AvailabilityReport) error {
 				return printAvailability(c.App.Writer, rep)
 			})
 		},
 	}
 }
 
-func printAvailability(w io.Writer, rep control.AvailabilityReport) error {
+func printAvailability(w io.Writer, rep api.AvailabilityReport) error {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "VIP / BACKEND\tNEEDS\tWINDOW\tMEASURED\tNINES\tMODELLED\tNINES")
 	for _, v := range rep.VIPs {
@@ -855,9 +842,9 @@ func drillCommand() *cli.Command {
 					if c.Duration("hold") <= 0 || c.Duration("max-apply") <= 0 {
 						return fmt.Errorf("--hold and --max-apply must be positive")
 					}
-					req := control.DrillRequest{VIP: c.String("vip"), Action: c.String("action"), Addr: c.Args().First(),
+					req := api.DrillRequest{VIP: c.String("vip"), Action: c.String("action"), Addr: c.Args().First(),
 						Hold: c.Duration("hold").String(), MaxApply: c.Duration("max-apply").String()}
-					var rep control.DrillReport
+					var rep api.DrillReport
 					if err := newClient(c).do(c.Context, "POST", "/v1/drills", nil, req, &rep); err != nil {
 						return err
 					}
@@ -880,7 +867,7 @@ func drillCommand() *cli.Command {
 			{
 				Name: "list", Usage: "list past drill reports", Flags: []cli.Flag{socketFlag(), outputFlag()},
 				Action: func(c *cli.Context) error {
-					return show(c, "/v1/drills", func(reps []control.DrillReport) error {
+					return show(c, "/v1/drills", func(reps []api.DrillReport) error {
 						tw := tabwriter.NewWriter(c.App.Writer, 0, 0, 2, ' ', 0)
 						fmt.Fprintln(tw, "ID\tVIP\tACTION\tTARGET\tAPPLY\tRESULT")
 						for _, r := range reps {
@@ -899,7 +886,7 @@ func drillCommand() *cli.Command {
 	}
 }
 
-func printDrill(w io.Writer, r control.DrillReport) {
+func printDrill(w io.Writer, r api.DrillReport) {
 	fmt.Fprintf(w, "drill %s: %s %s on %s\n", r.ID, r.Action, r.Target, r.VIP)
 	for _, s := range r.Steps {
 		fmt.Fprintf(w, "  %s  %s\n", s.Time.Format("15:04:05.000"), s.What)

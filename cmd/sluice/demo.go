@@ -3,12 +3,10 @@ package main
 import (
 	"bufio"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"net"
-	"net/http"
 	"net/netip"
 	"os"
 	"strings"
@@ -17,7 +15,7 @@ import (
 
 	"github.com/urfave/cli/v2"
 
-	"github.com/sluicelb/sluice/control"
+	"github.com/sluicelb/sluice/control/api"
 	"github.com/sluicelb/sluice/control/state"
 	"github.com/sluicelb/sluice/loader"
 	"github.com/sluicelb/sluice/testenv"
@@ -41,7 +39,7 @@ type demo struct {
 	w       io.Writer
 	lab     *testenv.Lab
 	cl      *client
-	events  chan control.Event
+	events  chan api.Event
 	summary [][2]string
 	long    []demoConn
 }
@@ -123,32 +121,23 @@ func (d *demo) startDaemon(ctx context.Context, dir string) (func(), error) {
 	}
 	stop := ld.stop
 	d.cl = ld.client
-	d.events = make(chan control.Event, 256)
+	d.events = make(chan api.Event, 256)
 	go func() {
-		req, _ := http.NewRequestWithContext(ctx, "GET", "http://sluice/v1/events?follow=1", nil)
-		resp, err := d.cl.http.Do(req)
-		if err != nil {
-			return
-		}
-		defer resp.Body.Close()
-		sc := bufio.NewScanner(resp.Body)
-		for sc.Scan() {
-			var e control.Event
-			if json.Unmarshal(sc.Bytes(), &e) == nil {
-				d.events <- e
-			}
-		}
+		_ = d.cl.api.Events(ctx, true, func(e api.Event) bool {
+			d.events <- e
+			return true
+		})
 	}()
 	return stop, nil
 }
 
-func (d *demo) status(ctx context.Context) (control.Status, error) {
-	var st control.Status
+func (d *demo) status(ctx context.Context) (api.Status, error) {
+	var st api.Status
 	err := d.cl.do(ctx, "GET", "/v1/status", nil, nil, &st)
 	return st, err
 }
 
-func (d *demo) waitEvent(addr, to string, since time.Time) (control.Event, error) {
+func (d *demo) waitEvent(addr, to string, since time.Time) (api.Event, error) {
 	timeout := time.After(15 * time.Second)
 	for {
 		select {
@@ -157,20 +146,20 @@ func (d *demo) waitEvent(addr, to string, since time.Time) (control.Event, error
 				return e, nil
 			}
 		case <-timeout:
-			return control.Event{}, fmt.Errorf("no %s -> %s event within 15s", addr, to)
+			return api.Event{}, fmt.Errorf("no %s -> %s event within 15s", addr, to)
 		}
 	}
 }
 
 func (d *demo) configure(ctx context.Context) error {
 	d.say("\n0. sluice vip add %s; sluice backend add ... --check tcp --interval 100ms --fall 2 --rise 2", demoVIP)
-	if err := d.cl.do(ctx, "POST", "/v1/vips", nil, control.VIPAddRequest{VIP: demoVIP, Forward: "ipip"}, nil); err != nil {
+	if err := d.cl.do(ctx, "POST", "/v1/vips", nil, api.VIPAddRequest{VIP: demoVIP, Forward: "ipip"}, nil); err != nil {
 		return err
 	}
 	for _, b := range d.lab.Backends {
 		be := state.Backend{Addr: b.Addr.Addr().String(), Weight: 1, Check: state.Check{Type: "tcp",
 			Interval: state.Duration(100 * time.Millisecond), Timeout: state.Duration(100 * time.Millisecond), Rise: 2, Fall: 2}}
-		if err := d.cl.do(ctx, "POST", "/v1/backends", nil, control.BackendAddRequest{VIP: demoVIP, Backend: be}, nil); err != nil {
+		if err := d.cl.do(ctx, "POST", "/v1/backends", nil, api.BackendAddRequest{VIP: demoVIP, Backend: be}, nil); err != nil {
 			return err
 		}
 	}
@@ -327,7 +316,7 @@ func (d *demo) failover(ctx context.Context) error {
 
 func (d *demo) drain(ctx context.Context) error {
 	d.say("\n3. sluice backend drain %s 10.77.0.13: b3 takes no new flows, keeps its own", demoVIP)
-	if err := d.cl.do(ctx, "POST", "/v1/backends/action", nil, control.BackendActionRequest{VIP: demoVIP, Addr: "10.77.0.13", Action: "drain"}, nil); err != nil {
+	if err := d.cl.do(ctx, "POST", "/v1/backends/action", nil, api.BackendActionRequest{VIP: demoVIP, Addr: "10.77.0.13", Action: "drain"}, nil); err != nil {
 		return err
 	}
 	count, err := d.burst(ctx, 100)

@@ -19,7 +19,7 @@ import (
 
 	"github.com/urfave/cli/v2"
 
-	"github.com/sluicelb/sluice/control"
+	"github.com/sluicelb/sluice/control/api"
 	"github.com/sluicelb/sluice/control/state"
 	"github.com/sluicelb/sluice/loader"
 	"github.com/sluicelb/sluice/testenv"
@@ -360,7 +360,7 @@ func labRun(backends int, pair bool) error {
 		for _, v := range labVIPs {
 			fwd := v.args[1]
 			k, _ := state.ParseVIPKey(v.vip)
-			if err := cl.do(ctx, "POST", "/v1/vips", nil, control.VIPAddRequest{VIP: v.vip, Forward: fwd}, nil); err != nil {
+			if err := cl.do(ctx, "POST", "/v1/vips", nil, api.VIPAddRequest{VIP: v.vip, Forward: fwd}, nil); err != nil {
 				return err
 			}
 			st.VIPs = append(st.VIPs, v.vip)
@@ -371,7 +371,7 @@ func labRun(backends int, pair bool) error {
 				if k.Proto != loader.TCP || v.check[1] != "http" {
 					be.Check.Path = ""
 				}
-				if err := cl.do(ctx, "POST", "/v1/backends", nil, control.BackendAddRequest{VIP: v.vip, Backend: be}, nil); err != nil {
+				if err := cl.do(ctx, "POST", "/v1/backends", nil, api.BackendAddRequest{VIP: v.vip, Backend: be}, nil); err != nil {
 					return err
 				}
 			}
@@ -382,7 +382,7 @@ func labRun(backends int, pair bool) error {
 		}
 		for _, c := range clients {
 			for {
-				var s control.Status
+				var s api.Status
 				if err := c.do(ctx, "GET", "/v1/status", nil, nil, &s); err != nil {
 					return err
 				}
@@ -457,7 +457,7 @@ func waitMaster(ctx context.Context, timeout time.Duration, cls ...*client) (*cl
 	deadline := time.Now().Add(timeout)
 	for {
 		for _, cl := range cls {
-			var hs control.HAStatus
+			var hs api.HAStatus
 			if err := cl.do(ctx, "GET", "/v1/ha/status", nil, nil, &hs); err == nil && hs.Role == "master" {
 				return cl, nil
 			}
@@ -534,7 +534,7 @@ func labStatus(c *cli.Context) error {
 	if st.Pair {
 		fmt.Fprintf(w, "lb2: daemon pid %d (alive %v), socket %s\n", st.Daemon2PID, alive(st.Daemon2PID), st.Socket2)
 		for _, n := range []struct{ name, sock string }{{"lb", st.Socket}, {"lb2", st.Socket2}} {
-			var hs control.HAStatus
+			var hs api.HAStatus
 			if err := newClientFor(n.sock).do(c.Context, "GET", "/v1/ha/status", nil, nil, &hs); err == nil {
 				fmt.Fprintf(w, "%s: %s, revision %d\n", n.name, hs.Role, hs.Revision)
 			}
@@ -546,7 +546,7 @@ func labStatus(c *cli.Context) error {
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", h.Name, h.Addr, h.Addr6, h.NS)
 	}
 	tw.Flush()
-	var s control.Status
+	var s api.Status
 	if err := newClientFor(st.Socket).do(c.Context, "GET", "/v1/status", nil, nil, &s); err != nil {
 		return err
 	}

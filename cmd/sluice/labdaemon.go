@@ -9,7 +9,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/sluicelb/sluice/control"
+	"github.com/sluicelb/sluice/control/api"
 	"github.com/sluicelb/sluice/testenv"
 )
 
@@ -59,7 +59,7 @@ func startLabDaemonOn(lab *testenv.Lab, host *testenv.Host, dir, metricsAddr str
 func (d *labDaemon) wait(ctx context.Context, timeout time.Duration) error {
 	deadline := time.Now().Add(timeout)
 	for {
-		var st control.Status
+		var st api.Status
 		if err := d.client.do(ctx, "GET", "/v1/status", nil, nil, &st); err == nil {
 			return nil
 		}

@@ -1,0 +1,77 @@
+package api
+
+import "time"
+
+// BackendStates are the states status and metrics report.
+var BackendStates = []string{"up", "down", "draining", "disabled"}
+
+// Status is what `sluice status -o json` prints.
+type Status struct {
+	Revision uint64      `json:"revision"`
+	Role     string      `json:"role"`
+	Iface    string      `json:"iface"`
+	Uptime   string      `json:"uptime"`
+	VIPs     []VIPStatus `json:"vips"`
+	// HA is this node's view of its LB pair, with each node's revision.
+	HA *HAStatus `json:"ha,omitempty"`
+}
+
+// VIPStatus is one VIP in Status.
+type VIPStatus struct {
+	VIP        string          `json:"vip"`
+	Forward    string          `json:"forward"`
+	RingSize   uint32          `json:"ring_size"`
+	RingSHA256 string          `json:"ring_sha256"` // of the slots' backend addresses (16 bytes each): equal on every node with equal rings
+	MinActive  int             `json:"min_active"`
+	Policy     string          `json:"policy"`
+	Primary    string          `json:"primary,omitempty"`
+	Epoch      uint64          `json:"epoch,omitempty"`
+	Packets    uint64          `json:"packets"`
+	Bytes      uint64          `json:"bytes"`
+	Backends   []BackendStatus `json:"backends"`
+}
+
+// BackendStatus is one backend in Status.
+type BackendStatus struct {
+	Addr       string    `json:"addr"`
+	State      string    `json:"state"`
+	Usable     bool      `json:"usable"`
+	Weight     uint32    `json:"weight"`
+	Standby    bool      `json:"standby"`
+	Priority   int       `json:"priority,omitempty"`
+	RingSlots  int       `json:"ring_slots"`
+	Packets    uint64    `json:"packets"`
+	Bytes      uint64    `json:"bytes"`
+	LastChange time.Time `json:"last_change"`
+	Reason     string    `json:"reason"`
+}
+
+// HAStatus is what `sluice ha status -o json` prints.
+type HAStatus struct {
+	Enabled     bool              `json:"enabled"`
+	Node        string            `json:"node,omitempty"`
+	Role        string            `json:"role"`
+	Fault       bool              `json:"fault,omitempty"`
+	Priority    uint8             `json:"priority,omitempty"`
+	Preempt     bool              `json:"preempt,omitempty"`
+	Advert      string            `json:"advert,omitempty"`
+	MasterDown  string            `json:"master_down,omitempty"`
+	Revision    uint64            `json:"revision"`
+	DualMaster  bool              `json:"dual_master"`
+	Synced      bool              `json:"synced"`
+	SyncLag     string            `json:"flow_sync_lag,omitempty"`
+	Peers       []HAPeer          `json:"peers,omitempty"`
+	BadAdverts  map[string]uint64 `json:"bad_adverts,omitempty"`
+	Transitions map[string]uint64 `json:"transitions,omitempty"`
+}
+
+// HAPeer is one peer in HAStatus.
+type HAPeer struct {
+	Addr       string `json:"addr"`
+	Node       string `json:"node,omitempty"`
+	Role       string `json:"role,omitempty"`
+	Up         bool   `json:"up"`
+	AdvertAge  string `json:"advert_age,omitempty"`
+	Revision   uint64 `json:"revision"`
+	RevisionOK bool   `json:"revision_match"`
+}

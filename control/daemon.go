@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/sluicelb/sluice/control/api"
+	"github.com/sluicelb/sluice/control/pair"
 	"github.com/sluicelb/sluice/control/state"
 	"github.com/sluicelb/sluice/health"
 	"github.com/sluicelb/sluice/loader"
@@ -58,7 +59,7 @@ type Options struct {
 	Resolver      MACResolver
 	Logger        *slog.Logger
 	// HA, when set, makes this daemon one node of an active/standby pair.
-	HA *HAOptions
+	HA *pair.Options
 }
 
 // Daemon runs the data plane, health checks, reconciler, API and metrics.
@@ -72,7 +73,7 @@ type Daemon struct {
 	events  *EventLog
 	metrics *metrics
 	coord   Coordinator
-	pair    *pair // nil for a lone daemon
+	pair    *pair.Pair // nil for a lone daemon
 	started time.Time
 	rev     atomic.Uint64 // d.state.Revision, readable without d.mu
 
@@ -93,34 +94,10 @@ type Daemon struct {
 // New opens the state, adopts or attaches the data plane and applies the
 // committed state. Maps already right are not written.
 func New(ctx context.Context, opts Options) (*Daemon, error) {
-	if opts.Iface == "" {
-		return nil, errors.New("--iface: required (the interface to attach to)")
+	if err := opts.complete(); err != nil {
+		return nil, err
 	}
-	if ifi, err := net.InterfaceByName(opts.Iface); err == nil && len(ifi.HardwareAddr) != 6 {
-		return nil, fmt.Errorf("--iface %s: not an Ethernet interface (no 6-byte MAC address to send frames from)", opts.Iface)
-	}
-	if opts.HA != nil {
-		if err := opts.HA.validate(); err != nil {
-			return nil, err
-		}
-	}
-	if opts.StateDir == "" {
-		opts.StateDir = DefaultStateDir
-	}
-	if opts.Socket == "" {
-		opts.Socket = DefaultSocket
-	}
-	if opts.ArchiveKeep == 0 {
-		opts.ArchiveKeep = DefaultArchiveKeep
-	}
-	if opts.Resolver == nil {
-		opts.Resolver = NetlinkResolver{}
-	}
-	log := opts.Logger
-	if log == nil {
-		log = slog.Default()
-	}
-	d := &Daemon{opts: opts, log: log, events: NewEventLog(1000), coord: SingleNode{}, started: time.Now(), ctx: ctx,
+	d := &Daemon{opts: opts, log: opts.Logger, events: NewEventLog(1000), coord: SingleNode{}, started: time.Now(), ctx: ctx,
 		promoting: map[loader.VIPKey]bool{}, demotePending: map[loader.VIPKey]string{}, availability: map[subjectKey]bool{}}
 	var err error
 	if d.store, err = state.OpenBoltStore(opts.StateDir, opts.ArchiveKeep); err != nil {
@@ -132,62 +109,120 @@ func New(ctx context.Context, opts Options) (*Daemon, error) {
 	}
 	d.rev.Store(d.state.Revision)
 	if d.dp, err = loader.Load(ctx, loader.Options{Iface: opts.Iface, Mode: opts.Mode, PinRoot: opts.PinRoot,
-		FlowTableSize: opts.FlowTableSize, Logger: log}); err != nil {
+		FlowTableSize: opts.FlowTableSize, Logger: d.log}); err != nil {
 		d.store.Close()
 		return nil, err
 	}
-	fail := func(err error) (*Daemon, error) {
-		if d.pair != nil {
-			d.pair.close()
-		}
-		if d.dp.Adopted() {
-			d.dp.Close() // a data plane that was forwarding before keeps forwarding
-		} else {
-			d.dp.Detach() // nothing half-done stays attached
-		}
-		d.store.Close()
+	if err := d.setUp(ctx); err != nil {
+		d.abort()
 		return nil, err
 	}
+	go d.checkPrimaries()
+	return d, nil
+}
+
+// complete validates the options and fills in the defaults.
+func (o *Options) complete() error {
+	if o.Iface == "" {
+		return errors.New("--iface: required (the interface to attach to)")
+	}
+	if ifi, err := net.InterfaceByName(o.Iface); err == nil && len(ifi.HardwareAddr) != 6 {
+		return fmt.Errorf("--iface %s: not an Ethernet interface (no 6-byte MAC address to send frames from)", o.Iface)
+	}
+	if o.HA != nil {
+		if err := o.HA.Validate(); err != nil {
+			return err
+		}
+	}
+	if o.StateDir == "" {
+		o.StateDir = DefaultStateDir
+	}
+	if o.Socket == "" {
+		o.Socket = DefaultSocket
+	}
+	if o.ArchiveKeep == 0 {
+		o.ArchiveKeep = DefaultArchiveKeep
+	}
+	if o.Resolver == nil {
+		o.Resolver = NetlinkResolver{}
+	}
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	return nil
+}
+
+// setUp configures the data plane, the pair, the reconciler, metrics and
+// health checks, applies the committed state and starts the pair.
+func (d *Daemon) setUp(ctx context.Context) error {
+	opts := d.opts
 	if _, err := d.dp.SetConfig(loader.Config{Seed: uint32(opts.Seed ^ opts.Seed>>32), MAC: d.dp.Iface().HardwareAddr,
 		FlowSync: opts.HA != nil}); err != nil {
-		return fail(err)
+		return err
 	}
+	var err error
 	if opts.HA != nil {
-		if d.pair, err = newPair(d, *opts.HA); err != nil {
-			return fail(err)
+		if d.pair, err = pair.New(*opts.HA, pairHost{d}, d.dp, d.log); err != nil {
+			return err
 		}
+		d.pair.OnEvent, d.pair.OnMaster = d.events.Add, d.checkPrimaries
 		d.coord = d.pair
 	}
 	if d.rec, err = NewReconciler(d.dp, opts.Resolver, opts.Seed); err != nil {
-		return fail(err)
+		return err
 	}
 	d.metrics = newMetrics(d)
 	if d.pair != nil {
-		d.metrics.reg.MustRegister(d.pair, d.pair.syncLag, d.pair.syncEntries)
+		d.metrics.reg.MustRegister(d.pair.Collectors()...)
 	}
 	d.hm = &health.Manager{OnEvent: d.onHealth, OnResult: d.metrics.observeProbe}
 	d.mu.Lock()
 	d.syncChecksLocked()
-	res, err := d.rec.Apply(ctx, d.state, d.healthOf)
-	if err == nil {
-		d.recordAvailabilityLocked()
-	}
+	res, err := d.applyLocked(ctx)
 	d.mu.Unlock()
 	if err != nil {
-		d.hm.Stop()
-		return fail(fmt.Errorf("apply committed state: %w", err))
+		return fmt.Errorf("apply committed state: %w", err)
 	}
-	log.Info("daemon started", "iface", opts.Iface, "revision", d.state.Revision, "adopted", d.dp.Adopted(), "map_writes", res.Writes)
+	d.log.Info("daemon started", "iface", opts.Iface, "revision", d.state.Revision, "adopted", d.dp.Adopted(), "map_writes", res.Writes)
 	d.events.Add(api.Event{Kind: "config", Reason: fmt.Sprintf("daemon started (adopted=%v, map writes=%d)", d.dp.Adopted(), res.Writes), Revision: d.state.Revision})
 	d.ready = true
 	if d.pair != nil {
-		if err := d.pair.start(ctx); err != nil {
-			d.hm.Stop()
-			return fail(fmt.Errorf("start ha: %w", err))
+		if err := d.pair.Start(ctx); err != nil {
+			return fmt.Errorf("start ha: %w", err)
 		}
 	}
-	go d.checkPrimaries()
-	return d, nil
+	return nil
+}
+
+// abort releases what a failed New set up.
+func (d *Daemon) abort() {
+	if d.hm != nil {
+		d.hm.Stop()
+	}
+	if d.pair != nil {
+		d.pair.Close()
+	}
+	if d.dp.Adopted() {
+		d.dp.Close() // a data plane that was forwarding before keeps forwarding
+	} else {
+		d.dp.Detach() // nothing half-done stays attached
+	}
+	d.store.Close()
+}
+
+// applyLocked makes the data plane match the committed state under the
+// current health view, then lets the pair re-check its sync and records
+// availability. Every apply goes through here; d.mu is held.
+func (d *Daemon) applyLocked(ctx context.Context) (Result, error) {
+	res, err := d.rec.Apply(ctx, d.state, d.healthOf)
+	if d.pair != nil {
+		d.pair.Invalidate()
+	}
+	if err != nil {
+		return res, err
+	}
+	d.recordAvailabilityLocked()
+	return res, nil
 }
 
 // checkFor turns a backend's check into a health check.
@@ -240,17 +275,13 @@ func (d *Daemon) syncChecksLocked() {
 // onHealth applies a health verdict at once and times verdict -> maps.
 func (d *Daemon) onHealth(e health.Event) {
 	d.mu.Lock()
-	res, err := d.rec.Apply(d.ctx, d.state, d.healthOf)
-	applied := time.Now()
-	if d.pair != nil {
-		d.pair.invalidate()
-	}
+	res, err := d.applyLocked(d.ctx)
+	applied := res.Done
 	marked := res.FirstWrite
 	if marked.IsZero() {
 		marked = applied
 	}
 	cur := d.state
-	d.recordAvailabilityLocked()
 	d.mu.Unlock()
 	d.metrics.failoverApply.Observe(applied.Sub(e.Time).Seconds())
 	if err != nil {
@@ -310,14 +341,14 @@ func (d *Daemon) change(ctx context.Context, what string, change func(*state.Sta
 		return st, nil
 	}
 	if d.pair != nil {
-		d.pair.committed()
+		d.pair.Committed()
 	}
 	d.syncChecksLocked()
-	if _, err := d.rec.Apply(ctx, d.state, d.healthOf); err != nil {
+	res, err := d.applyLocked(ctx)
+	if err != nil {
 		return st, fmt.Errorf("revision %d committed, but applying it failed: %w", st.Revision, err)
 	}
-	d.lastApplied = time.Now()
-	d.recordAvailabilityLocked()
+	d.lastApplied = res.Done
 	d.events.Add(api.Event{Kind: "config", Reason: what, Revision: st.Revision})
 	return st, nil
 }
@@ -338,13 +369,12 @@ func (d *Daemon) applyReplica(next state.State) error {
 	d.state = st
 	d.rev.Store(st.Revision)
 	d.lastCommit = time.Now()
-	d.pair.invalidate()
 	d.syncChecksLocked()
-	if _, err := d.rec.Apply(d.ctx, d.state, d.healthOf); err != nil {
+	res, err := d.applyLocked(d.ctx)
+	if err != nil {
 		return fmt.Errorf("revision %d replicated, but applying it failed: %w", st.Revision, err)
 	}
-	d.lastApplied = time.Now()
-	d.recordAvailabilityLocked()
+	d.lastApplied = res.Done
 	d.events.Add(api.Event{Kind: "config", Reason: fmt.Sprintf("replicated from the master (revision %d, was %d)", st.Revision, prev), Revision: st.Revision})
 	return nil
 }
@@ -401,7 +431,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 		case <-refresh.C:
 			if d.rec.RefreshMACs(ctx) {
 				d.mu.Lock()
-				if _, err := d.rec.Apply(ctx, d.state, d.healthOf); err != nil {
+				if _, err := d.applyLocked(ctx); err != nil {
 					d.log.Error("apply refreshed next-hop macs", "err", err)
 				}
 				d.mu.Unlock()
@@ -412,7 +442,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 
 func (d *Daemon) shutdown() {
 	if d.pair != nil {
-		d.pair.stop()
+		d.pair.Stop()
 	}
 	d.hm.Stop()
 	d.dp.Close()

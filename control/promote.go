@@ -33,7 +33,7 @@ type hookPayload struct {
 // host name.
 func (d *Daemon) nodeName() string {
 	if d.pair != nil {
-		return d.pair.opts.Node
+		return d.pair.Node()
 	}
 	h, _ := os.Hostname()
 	return h

@@ -106,143 +106,200 @@ type Result struct {
 	// FirstWrite is when the first map write completed: for a backend
 	// going down, the moment the data plane stops using it.
 	FirstWrite time.Time
+	// Done is when the apply finished, every write included.
+	Done time.Time
 }
 
 // Apply makes the data plane match s under the given health view.
 func (r *Reconciler) Apply(ctx context.Context, s state.State, hv HealthOf) (Result, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	var res Result
-	count := func(changed bool, err error) error {
-		if changed {
-			if res.Writes == 0 {
-				res.FirstWrite = time.Now()
-			}
-			res.Writes++
+	a := &applying{r: r, ctx: ctx, hv: hv, want: map[loader.VIPKey]bool{}, keepBackends: map[uint32]bool{},
+		views: map[loader.VIPKey]map[netip.Addr]BackendView{}}
+	err := a.run(s)
+	a.res.Done = time.Now()
+	return a.res, err
+}
+
+// applying is one Apply in progress (under the reconciler's lock).
+type applying struct {
+	r            *Reconciler
+	ctx          context.Context
+	hv           HealthOf
+	res          Result
+	want         map[loader.VIPKey]bool
+	keepBackends map[uint32]bool
+	views        map[loader.VIPKey]map[netip.Addr]BackendView
+}
+
+// count notes one map write that changed something.
+func (a *applying) count(changed bool, err error) error {
+	if changed {
+		if a.res.Writes == 0 {
+			a.res.FirstWrite = time.Now()
 		}
+		a.res.Writes++
+	}
+	return err
+}
+
+func (a *applying) run(s state.State) error {
+	for _, v := range s.VIPs {
+		if err := a.vip(v); err != nil {
+			return err
+		}
+	}
+	if err := a.prune(); err != nil {
 		return err
 	}
-	want := map[loader.VIPKey]bool{}
-	keepBackends := map[uint32]bool{}
-	views := map[loader.VIPKey]map[netip.Addr]BackendView{}
-	for _, v := range s.VIPs {
-		k, err := state.ParseVIPKey(v.VIP)
-		if err != nil {
-			return res, err
-		}
-		want[k] = true
-		id, err := r.vipID(k)
-		if err != nil {
-			return res, err
-		}
-		fwd, _ := loader.ParseForward(v.Forward)
-		if err := count(r.dp.SetVIP(k, loader.VIP{ID: id, Forward: fwd, UDPTimeout: time.Duration(v.UDPTimeout)})); err != nil {
-			return res, err
-		}
-		view := map[netip.Addr]BackendView{}
-		var active, standby []maglev.Backend
-		for _, b := range v.Backends {
-			addr := netip.MustParseAddr(b.Addr)
-			idx, err := r.backendIndex(id, addr)
-			if err != nil {
-				return res, err
-			}
-			keepBackends[idx] = true
-			hs := hv(k, b)
-			bv := BackendView{Index: idx, Health: hs, Drain: b.Drain || b.Weight == 0}
-			bv.Usable = hs == health.Up && !b.Disabled
-			if v.Policy == state.PolicyFailover {
-				// Replicas must not keep tracked flows: nothing may ever
-				// reach two primaries.
-				bv.Usable = bv.Usable && addr.String() == v.Primary
-				bv.Drain = false
-			}
-			mac, merr := r.mac(ctx, addr, b.MAC)
-			bv.MACErr = merr
-			if merr != nil {
-				bv.Usable = false
-			}
-			flags := loader.BackendFlags(0)
-			if bv.Usable {
-				flags |= loader.BackendUsable
-			}
-			if bv.Drain {
-				flags |= loader.BackendDraining
-			}
-			if mac == nil {
-				mac = net.HardwareAddr{0, 0, 0, 0, 0, 0}
-			}
-			if err := count(r.dp.SetBackend(idx, loader.Backend{Addr: addr, VIPID: id, Flags: flags, MAC: mac})); err != nil {
-				return res, err
-			}
-			if bv.Usable && !bv.Drain {
-				mb := maglev.Backend{ID: addr.String(), Weight: b.Weight, Slot: idx}
-				if b.Standby {
-					standby = append(standby, mb)
-				} else {
-					active = append(active, mb)
-				}
-			}
-			view[addr] = bv
-		}
-		members := active
-		if len(active) < v.MinActive {
-			members = append(slices.Clone(active), standby...)
-		}
-		if v.Policy == state.PolicyFailover {
-			// Exactly one backend, the primary, receives traffic.
-			members = nil
-			for _, m := range append(slices.Clone(active), standby...) {
-				if m.ID == v.Primary {
-					members = []maglev.Backend{{ID: m.ID, Weight: 1, Slot: m.Slot}}
-				}
-			}
-		}
-		for _, m := range members {
-			bv := view[netip.MustParseAddr(m.ID)]
-			bv.InRing = true
-			view[netip.MustParseAddr(m.ID)] = bv
-		}
-		fp := fmt.Sprintf("%d/%d/%v", v.RingSize, id, members)
-		// A failover VIP whose primary is unusable keeps its ring: the
-		// primary's cleared flag already makes the data plane drop, and
-		// skipping a ring swap (an RCU grace period) gets the promotion
-		// started sooner.
-		keep := v.Policy == state.PolicyFailover && len(members) == 0
-		if r.rings[k] != fp && !keep {
-			ring, err := r.maglev.Build(members, v.RingSize, r.seed)
-			if err != nil {
-				return res, fmt.Errorf("vip %s: %w", v.VIP, err)
-			}
-			if err := count(r.dp.ReplaceRing(k, ring)); err != nil {
-				return res, err
-			}
-			r.rings[k] = fp
-		}
-		views[k] = view
+	a.r.views = a.views
+	return nil
+}
+
+// vip writes one VIP, its backends and, when its members changed, its ring.
+func (a *applying) vip(v state.VIP) error {
+	r := a.r
+	k, err := state.ParseVIPKey(v.VIP)
+	if err != nil {
+		return err
 	}
-	// Remove what is no longer wanted, after the rings stopped naming it.
-	for k := range r.vipIDs {
-		if !want[k] {
-			if err := r.dp.DeleteVIP(k); err != nil {
-				return res, err
+	a.want[k] = true
+	id, err := r.vipID(k)
+	if err != nil {
+		return err
+	}
+	fwd, _ := loader.ParseForward(v.Forward)
+	if err := a.count(r.dp.SetVIP(k, loader.VIP{ID: id, Forward: fwd, UDPTimeout: time.Duration(v.UDPTimeout)})); err != nil {
+		return err
+	}
+	view := map[netip.Addr]BackendView{}
+	var active, standby []maglev.Backend
+	for _, b := range v.Backends {
+		bv, err := a.backend(k, id, v, b)
+		if err != nil {
+			return err
+		}
+		addr := netip.MustParseAddr(b.Addr)
+		view[addr] = bv
+		if bv.Usable && !bv.Drain {
+			mb := maglev.Backend{ID: addr.String(), Weight: b.Weight, Slot: bv.Index}
+			if b.Standby {
+				standby = append(standby, mb)
+			} else {
+				active = append(active, mb)
 			}
-			res.Writes++
+		}
+	}
+	members := ringMembers(v, active, standby)
+	for _, m := range members {
+		bv := view[netip.MustParseAddr(m.ID)]
+		bv.InRing = true
+		view[netip.MustParseAddr(m.ID)] = bv
+	}
+	a.views[k] = view
+	return a.ring(k, id, v, members)
+}
+
+// backend writes one backend entry and returns its verdict.
+func (a *applying) backend(k loader.VIPKey, id uint32, v state.VIP, b state.Backend) (BackendView, error) {
+	r := a.r
+	addr := netip.MustParseAddr(b.Addr)
+	idx, err := r.backendIndex(id, addr)
+	if err != nil {
+		return BackendView{}, err
+	}
+	a.keepBackends[idx] = true
+	hs := a.hv(k, b)
+	bv := BackendView{Index: idx, Health: hs, Drain: b.Drain || b.Weight == 0}
+	bv.Usable = hs == health.Up && !b.Disabled
+	if v.Policy == state.PolicyFailover {
+		// Replicas must not keep tracked flows: nothing may ever reach
+		// two primaries.
+		bv.Usable = bv.Usable && addr.String() == v.Primary
+		bv.Drain = false
+	}
+	mac, merr := r.mac(a.ctx, addr, b.MAC)
+	bv.MACErr = merr
+	if merr != nil {
+		bv.Usable = false
+	}
+	flags := loader.BackendFlags(0)
+	if bv.Usable {
+		flags |= loader.BackendUsable
+	}
+	if bv.Drain {
+		flags |= loader.BackendDraining
+	}
+	if mac == nil {
+		mac = net.HardwareAddr{0, 0, 0, 0, 0, 0}
+	}
+	return bv, a.count(r.dp.SetBackend(idx, loader.Backend{Addr: addr, VIPID: id, Flags: flags, MAC: mac}))
+}
+
+// ringMembers picks who is in a VIP's ring: the usable actives, plus the
+// standbys while the actives are fewer than min_active; for a failover
+// VIP, exactly its primary.
+func ringMembers(v state.VIP, active, standby []maglev.Backend) []maglev.Backend {
+	if v.Policy == state.PolicyFailover {
+		for _, m := range append(slices.Clone(active), standby...) {
+			if m.ID == v.Primary {
+				return []maglev.Backend{{ID: m.ID, Weight: 1, Slot: m.Slot}}
+			}
+		}
+		return nil
+	}
+	if len(active) < v.MinActive {
+		return append(slices.Clone(active), standby...)
+	}
+	return active
+}
+
+// ring rebuilds and swaps a VIP's ring when its members changed.
+func (a *applying) ring(k loader.VIPKey, id uint32, v state.VIP, members []maglev.Backend) error {
+	r := a.r
+	fp := fmt.Sprintf("%d/%d/%v", v.RingSize, id, members)
+	// A failover VIP whose primary is unusable keeps its ring: the
+	// primary's cleared flag already makes the data plane drop, and
+	// skipping a ring swap (an RCU grace period) gets the promotion
+	// started sooner.
+	keep := v.Policy == state.PolicyFailover && len(members) == 0
+	if r.rings[k] == fp || keep {
+		return nil
+	}
+	ring, err := r.maglev.Build(members, v.RingSize, r.seed)
+	if err != nil {
+		return fmt.Errorf("vip %s: %w", v.VIP, err)
+	}
+	if err := a.count(r.dp.ReplaceRing(k, ring)); err != nil {
+		return err
+	}
+	r.rings[k] = fp
+	return nil
+}
+
+// prune removes what is no longer wanted, after the rings stopped naming it.
+func (a *applying) prune() error {
+	r := a.r
+	for k := range r.vipIDs {
+		if !a.want[k] {
+			if err := r.dp.DeleteVIP(k); err != nil {
+				return err
+			}
+			a.res.Writes++
 			delete(r.vipIDs, k)
 			delete(r.rings, k)
 		}
 	}
 	for bk, idx := range r.beIdx {
-		if !keepBackends[idx] {
+		if !a.keepBackends[idx] {
 			if err := r.dp.ClearBackend(idx); err != nil {
-				return res, err
+				return err
 			}
-			res.Writes++
+			a.res.Writes++
 			delete(r.beIdx, bk)
 		}
 	}
-	r.views = views
-	return res, nil
+	return nil
 }
 
 // View is the last applied verdict of every backend.

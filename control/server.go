@@ -56,7 +56,7 @@ func (d *Daemon) apiHandler() http.Handler {
 		if d.pair == nil {
 			return nil, state.Conflict("ha failover: this daemon is not part of an LB pair (it was started without peers)")
 		}
-		return d.pair.handoff()
+		return d.pair.Handoff()
 	}))
 	mux.HandleFunc("GET /v1/events", d.apiEvents)
 	return mux

@@ -16,7 +16,7 @@ func (d *Daemon) HAStatus() api.HAStatus {
 	if d.pair == nil {
 		return api.HAStatus{Role: d.coord.Role(), Revision: d.revision()}
 	}
-	return d.pair.status()
+	return d.pair.Status()
 }
 
 // Status reads the desired state, health and the kernel's maps.
@@ -27,7 +27,7 @@ func (d *Daemon) Status() (api.Status, error) {
 	out := api.Status{Revision: cur.Revision, Role: d.coord.Role(), Iface: d.opts.Iface,
 		Uptime: time.Since(d.started).Round(time.Second).String(), VIPs: []api.VIPStatus{}}
 	if d.pair != nil {
-		hs := d.pair.status()
+		hs := d.pair.Status()
 		out.HA = &hs
 	}
 	for _, v := range cur.VIPs {

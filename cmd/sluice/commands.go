@@ -21,6 +21,7 @@ import (
 	"github.com/sluicelb/sluice/control/api"
 	"github.com/sluicelb/sluice/control/ha"
 	"github.com/sluicelb/sluice/control/maglev"
+	"github.com/sluicelb/sluice/control/pair"
 	"github.com/sluicelb/sluice/control/state"
 	"github.com/sluicelb/sluice/health"
 	"github.com/sluicelb/sluice/loader"
@@ -42,8 +43,8 @@ func daemonCommand() *cli.Command {
 			&cli.StringFlag{Name: "pin-root", Value: loader.DefaultPinRoot, Usage: "bpffs directory for pinned objects"},
 			&cli.StringFlag{Name: "log-level", Value: "info", Usage: "debug, info, warn or error"},
 			&cli.StringSliceFlag{Name: "ha-peer", Usage: "LB pair: the peer's ADDR or ADDR:PORT (repeatable); enables HA"},
-			&cli.UintFlag{Name: "ha-priority", Value: control.DefaultHAPriority, Usage: "LB pair: 1-255, the higher wins"},
-			&cli.DurationFlag{Name: "ha-advert", Value: control.DefaultHAAdvert, Usage: "LB pair: advert interval; takeover after 3 × advert + skew"},
+			&cli.UintFlag{Name: "ha-priority", Value: pair.DefaultPriority, Usage: "LB pair: 1-255, the higher wins"},
+			&cli.DurationFlag{Name: "ha-advert", Value: pair.DefaultAdvert, Usage: "LB pair: advert interval; takeover after 3 × advert + skew"},
 			&cli.BoolFlag{Name: "ha-preempt", Usage: "LB pair: take the master role back from a lower priority (after state and flow sync)"},
 			&cli.StringFlag{Name: "ha-key-file", Usage: "LB pair: file holding the shared HMAC key (at least 16 bytes)"},
 			&cli.StringFlag{Name: "ha-name", Usage: "LB pair: this node's name in adverts (default: the interface's first address)"},
@@ -80,7 +81,7 @@ func daemonCommand() *cli.Command {
 }
 
 // haOptions reads the --ha-* flags; without --ha-peer the daemon runs alone.
-func haOptions(c *cli.Context) (*control.HAOptions, error) {
+func haOptions(c *cli.Context) (*pair.Options, error) {
 	peers := c.StringSlice("ha-peer")
 	if len(peers) == 0 {
 		for _, f := range []string{"ha-key-file", "ha-preempt", "ha-name"} {
@@ -90,7 +91,7 @@ func haOptions(c *cli.Context) (*control.HAOptions, error) {
 		}
 		return nil, nil
 	}
-	o := &control.HAOptions{Advert: c.Duration("ha-advert"), Preempt: c.Bool("ha-preempt"), Node: c.String("ha-name")}
+	o := &pair.Options{Advert: c.Duration("ha-advert"), Preempt: c.Bool("ha-preempt"), Node: c.String("ha-name")}
 	for _, s := range peers {
 		p, err := ha.ParsePeer(s)
 		if err != nil {
@@ -112,7 +113,7 @@ func haOptions(c *cli.Context) (*control.HAOptions, error) {
 	if c.String("ha-key-file") == "" {
 		return nil, errors.New("--ha-key-file: required with --ha-peer (a shared secret of at least 16 bytes)")
 	}
-	key, err := control.ReadHAKey(c.String("ha-key-file"))
+	key, err := pair.ReadKey(c.String("ha-key-file"))
 	if err != nil {
 		return nil, err
 	}

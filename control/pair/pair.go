@@ -1,4 +1,9 @@
-package control
+// Package pair runs one node of an active/standby LB pair on top of the
+// advert protocol in control/ha: VIP addresses on the master (with
+// gratuitous ARP and unsolicited NA), state replication from the master,
+// connection-table sync, and the pair's status and metrics. It reaches the
+// daemon only through the Host interface.
+package pair
 
 import (
 	"bytes"
@@ -23,10 +28,11 @@ import (
 	"github.com/sluicelb/sluice/control/api"
 	"github.com/sluicelb/sluice/control/ha"
 	"github.com/sluicelb/sluice/control/state"
+	"github.com/sluicelb/sluice/loader"
 )
 
-// HAOptions configure an active/standby pair (sluice daemon --ha-*).
-type HAOptions struct {
+// Options configure an active/standby pair (sluice daemon --ha-*).
+type Options struct {
 	Peers    []netip.AddrPort
 	Priority uint8
 	Advert   time.Duration
@@ -41,9 +47,9 @@ type HAOptions struct {
 
 // Defaults of an LB pair.
 const (
-	DefaultHAAdvert   = 100 * time.Millisecond
-	DefaultHAPriority = 100
-	minHAKey          = 16
+	DefaultAdvert   = 100 * time.Millisecond
+	DefaultPriority = 100
+	minKey          = 16
 	// flowBatchMax and flowBatchWait bound how many entries and how long
 	// a flow-sync batch collects before it is sent.
 	flowBatchMax  = 512
@@ -57,7 +63,7 @@ const (
 	maxSyncBody = 64 << 20
 )
 
-func (o *HAOptions) validate() error {
+func (o *Options) Validate() error {
 	if len(o.Peers) == 0 {
 		return errors.New("--ha-peer: at least one peer address is required")
 	}
@@ -67,8 +73,8 @@ func (o *HAOptions) validate() error {
 	if o.Advert < 10*time.Millisecond || o.Advert > 10*time.Second {
 		return fmt.Errorf("--ha-advert %v: 10ms to 10s", o.Advert)
 	}
-	if len(o.Key) < minHAKey {
-		return fmt.Errorf("--ha-key-file: the key has %d bytes, want at least %d", len(o.Key), minHAKey)
+	if len(o.Key) < minKey {
+		return fmt.Errorf("--ha-key-file: the key has %d bytes, want at least %d", len(o.Key), minKey)
 	}
 	if o.Port == 0 {
 		o.Port = ha.DefaultPort
@@ -76,25 +82,62 @@ func (o *HAOptions) validate() error {
 	return nil
 }
 
-// ReadHAKey reads a pair's shared key; surrounding white space is ignored.
-func ReadHAKey(path string) ([]byte, error) {
+// ReadKey reads a pair's shared key; surrounding white space is ignored.
+func ReadKey(path string) ([]byte, error) {
 	b, err := os.ReadFile(path)
 	if err != nil {
 		return nil, fmt.Errorf("--ha-key-file: %w", err)
 	}
 	b = bytes.TrimSpace(b)
-	if len(b) < minHAKey {
-		return nil, fmt.Errorf("--ha-key-file %s: %d bytes, want at least %d", path, len(b), minHAKey)
+	if len(b) < minKey {
+		return nil, fmt.Errorf("--ha-key-file %s: %d bytes, want at least %d", path, len(b), minKey)
 	}
 	return b, nil
 }
 
-// pair runs this daemon's side of an LB pair: adverts and roles, VIP
+// Host is what the pair needs of the daemon it runs in. The daemon
+// implements it; a test can give a pair a host of its own.
+type Host interface {
+	// State is the committed desired state.
+	State() state.State
+	// Revision is the committed revision, readable at any time without
+	// waiting for a change in progress.
+	Revision() uint64
+	// ApplyReplica stores and applies a state the master committed, with
+	// its revision.
+	ApplyReplica(state.State) error
+	// UsableView lists "VIP backend" for every backend the data plane may
+	// use, sorted: a backup pre-empts only with the master's view.
+	UsableView() []string
+	// FlowBackend is the local index of backend addr of the VIP a client
+	// flow to dst belongs to, if both exist here.
+	FlowBackend(dst netip.AddrPort, proto loader.Proto, addr netip.Addr) (uint32, bool)
+	// BackendAddrs maps every backend index in use to its address.
+	BackendAddrs() map[uint32]netip.Addr
+}
+
+// Datapath is the part of the data plane the pair reads and writes: the
+// interface, and the connection table it syncs. *loader.Datapath has it.
+type Datapath interface {
+	Iface() *net.Interface
+	FlowEvents() (*loader.FlowEventReader, error)
+	Flows() ([]loader.Flow, error)
+	SetFlow(loader.Flow) error
+}
+
+// Pair runs this daemon's side of an LB pair: adverts and roles, VIP
 // addresses, state replication and flow sync. It is the daemon's
 // Coordinator: only the master promotes replicas.
-type pair struct {
-	d      *Daemon
-	opts   HAOptions
+type Pair struct {
+	// OnEvent receives the pair's events (role changes, sync, revision
+	// mismatches); OnMaster is called, on a goroutine of its own, when
+	// this node becomes master. Set both before Start; either may be nil.
+	OnEvent  func(api.Event)
+	OnMaster func()
+
+	host   Host
+	dp     Datapath
+	opts   Options
 	log    *slog.Logger
 	node   *ha.Node
 	udp    *ha.UDP
@@ -138,13 +181,17 @@ var (
 	descHAPeerRev  = prometheus.NewDesc("sluice_ha_peer_revision", "The peer's state revision, from its adverts.", []string{"peer"}, nil)
 )
 
-// newPair sets up the pair; New has validated opts.
-func newPair(d *Daemon, opts HAOptions) (*pair, error) {
+// New sets up the pair on dp's interface and opens its sockets; Start
+// runs it. opts must have passed Validate. log may be nil.
+func New(opts Options, host Host, dp Datapath, log *slog.Logger) (*Pair, error) {
+	if log == nil {
+		log = slog.Default()
+	}
 	if opts.Node == "" {
-		opts.Node = defaultNodeName(d.dp.Iface())
+		opts.Node = defaultNodeName(dp.Iface())
 	}
 	boot := uint64(time.Now().UnixNano())
-	p := &pair{d: d, opts: opts, log: d.log.With("component", "ha"), owner: newVIPOwner(d.dp.Iface(), d.log),
+	p := &Pair{host: host, dp: dp, opts: opts, log: log.With("component", "ha"), owner: newVIPOwner(dp.Iface(), log),
 		signer: &ha.Signer{Key: opts.Key, Node: opts.Node, Boot: boot}, verify: &ha.Verifier{Key: opts.Key},
 		client: &http.Client{Timeout: syncTimeout}, bulk: &http.Client{Timeout: dumpTimeout}, peers: map[string]netip.AddrPort{}, pushq: make(chan struct{}, 1),
 		mismatch: map[string]time.Time{}, reported: map[string]bool{}}
@@ -160,7 +207,7 @@ func newPair(d *Daemon, opts HAOptions) (*pair, error) {
 		return nil, fmt.Errorf("ha sync listener on port %d: %w", opts.Port, err)
 	}
 	fsm := ha.NewFSM(opts.Node, opts.Priority, opts.Advert, opts.Preempt, time.Now())
-	p.node = ha.NewNode(fsm, opts.Key, boot, p.udp, d.revision)
+	p.node = ha.NewNode(fsm, opts.Key, boot, p.udp, host.Revision)
 	p.node.OnRole = p.onRole
 	p.node.OnOutranked = func() { p.owner.reannounce(p.ctx) }
 	p.node.MayPreempt = p.synced.Load
@@ -177,6 +224,26 @@ func newPair(d *Daemon, opts HAOptions) (*pair, error) {
 	return p, nil
 }
 
+func (p *Pair) event(e api.Event) {
+	if p.OnEvent != nil {
+		p.OnEvent(e)
+	}
+}
+
+func (p *Pair) onMaster() {
+	if p.OnMaster != nil {
+		p.OnMaster()
+	}
+}
+
+// Node is this node's name in the pair.
+func (p *Pair) Node() string { return p.opts.Node }
+
+// Collectors are the pair's metrics, for the daemon's registry.
+func (p *Pair) Collectors() []prometheus.Collector {
+	return []prometheus.Collector{p, p.syncLag, p.syncEntries}
+}
+
 // defaultNodeName is the interface's first address: unique in the pair.
 func defaultNodeName(ifi *net.Interface) string {
 	addrs, _ := ifi.Addrs()
@@ -189,10 +256,10 @@ func defaultNodeName(ifi *net.Interface) string {
 }
 
 // IsCoordinator implements Coordinator: only the master promotes.
-func (p *pair) IsCoordinator() bool { return p.node.Role() == ha.Master }
+func (p *Pair) IsCoordinator() bool { return p.node.Role() == ha.Master }
 
 // Role implements Coordinator.
-func (p *pair) Role() string { return string(p.node.Role()) }
+func (p *Pair) Role() string { return string(p.node.Role()) }
 
 // vipAddrs are the distinct VIP addresses of a state.
 func vipAddrs(s state.State) []netip.Addr {
@@ -208,16 +275,16 @@ func vipAddrs(s state.State) []netip.Addr {
 	return out
 }
 
-func (p *pair) onRole(r ha.Role, why string) {
+func (p *Pair) onRole(r ha.Role, why string) {
 	p.roleMu.Lock()
 	defer p.roleMu.Unlock()
 	p.log.Info("ha role changed", "role", r, "reason", why)
-	p.d.events.Add(api.Event{Kind: "ha", To: string(r), Reason: "ha: this node is now " + string(r) + ": " + why, Revision: p.d.revision()})
+	p.event(api.Event{Kind: "ha", To: string(r), Reason: "ha: this node is now " + string(r) + ": " + why, Revision: p.host.Revision()})
 	if r == ha.Master {
-		if err := p.owner.set(p.ctx, vipAddrs(p.d.State()), nil, true); err != nil {
+		if err := p.owner.set(p.ctx, vipAddrs(p.host.State()), nil, true); err != nil {
 			p.log.Error("take vip addresses", "err", err)
 		}
-		go p.d.checkPrimaries()
+		go p.onMaster()
 		return
 	}
 	p.flowsDone.Store(false)
@@ -232,9 +299,9 @@ func (p *pair) onRole(r ha.Role, why string) {
 
 // start runs the pair until ctx ends. The node starts as backup and holds
 // no VIP address, including any a previous run left behind.
-func (p *pair) start(ctx context.Context) error {
+func (p *Pair) Start(ctx context.Context) error {
 	p.ctx = ctx
-	if err := p.owner.set(ctx, nil, vipAddrs(p.d.State()), false); err != nil {
+	if err := p.owner.set(ctx, nil, vipAddrs(p.host.State()), false); err != nil {
 		return err
 	}
 	srv := &http.Server{Handler: p.syncHandler(), ReadHeaderTimeout: 5 * time.Second}
@@ -253,7 +320,7 @@ func (p *pair) start(ctx context.Context) error {
 	}
 	go p.tickLoop(ctx)
 	go p.pushLoop(ctx)
-	r, err := p.d.dp.FlowEvents()
+	r, err := p.dp.FlowEvents()
 	if err != nil {
 		return err
 	}
@@ -264,7 +331,7 @@ func (p *pair) start(ctx context.Context) error {
 }
 
 // close releases the sockets of a pair that never started.
-func (p *pair) close() {
+func (p *Pair) Close() {
 	p.udp.Close()
 	p.tcp.Close()
 }
@@ -272,13 +339,13 @@ func (p *pair) close() {
 // stop hands the master role over at once (a priority-0 advert, as on
 // `sluice ha failover`) and gives up the VIP addresses; the data plane
 // keeps forwarding.
-func (p *pair) stop() {
+func (p *Pair) Stop() {
 	if p.node.Role() == ha.Master {
 		if err := p.node.Handoff(time.Now()); err != nil {
 			p.log.Warn("hand over on shutdown", "err", err)
 		}
 	}
-	p.close()
+	p.Close()
 	if err := p.owner.set(context.Background(), nil, nil, false); err != nil {
 		p.log.Error("release vip addresses", "err", err)
 	}
@@ -286,13 +353,13 @@ func (p *pair) stop() {
 
 // watchLink puts the node in fault (backup, no takeover) while its
 // interface is down or has no carrier.
-func (p *pair) watchLink(ctx context.Context) error {
+func (p *Pair) watchLink(ctx context.Context) error {
 	ch := make(chan netlink.LinkUpdate, 16)
 	done := make(chan struct{})
 	if err := netlink.LinkSubscribeWithOptions(ch, done, netlink.LinkSubscribeOptions{ListExisting: true}); err != nil {
-		return fmt.Errorf("watch link %s: %w", p.d.opts.Iface, err)
+		return fmt.Errorf("watch link %s: %w", p.dp.Iface().Name, err)
 	}
-	idx := int32(p.d.dp.Iface().Index)
+	idx := int32(p.dp.Iface().Index)
 	go func() {
 		defer close(done)
 		for {
@@ -308,8 +375,8 @@ func (p *pair) watchLink(ctx context.Context) error {
 				}
 				up := u.Flags&unix.IFF_UP != 0 && u.Flags&unix.IFF_LOWER_UP != 0
 				if fault := !up; fault != p.node.Status(time.Now()).Fault {
-					p.log.Warn("ha interface state", "iface", p.d.opts.Iface, "up", up)
-					p.d.events.Add(api.Event{Kind: "ha", Reason: fmt.Sprintf("ha: interface %s up=%v", p.d.opts.Iface, up)})
+					p.log.Warn("ha interface state", "iface", p.dp.Iface().Name, "up", up)
+					p.event(api.Event{Kind: "ha", Reason: fmt.Sprintf("ha: interface %s up=%v", p.dp.Iface().Name, up)})
 					p.node.SetFault(fault, time.Now())
 				}
 			}
@@ -318,7 +385,7 @@ func (p *pair) watchLink(ctx context.Context) error {
 	return nil
 }
 
-func (p *pair) tickLoop(ctx context.Context) {
+func (p *Pair) tickLoop(ctx context.Context) {
 	every := min(p.opts.Advert/20, 5*time.Millisecond)
 	t := time.NewTicker(every)
 	defer t.Stop()
@@ -337,9 +404,9 @@ func (p *pair) tickLoop(ctx context.Context) {
 
 // checkSync pulls state and the flow table from the master while this
 // backup differs from it, and tracks revision mismatches with peers.
-func (p *pair) checkSync(now time.Time) {
+func (p *Pair) checkSync(now time.Time) {
 	st := p.node.Status(now)
-	rev := p.d.revision()
+	rev := p.host.Revision()
 	var master *ha.PeerStatus
 	for i, pe := range st.Peers {
 		if !pe.Up {
@@ -366,7 +433,7 @@ func (p *pair) checkSync(now time.Time) {
 		p.mu.Lock()
 		mu := p.masterUsable
 		p.mu.Unlock()
-		synced = mu != nil && slices.Equal(mu, p.d.usableView())
+		synced = mu != nil && slices.Equal(mu, p.host.UsableView())
 	}
 	p.synced.Store(synced)
 	if synced {
@@ -392,12 +459,12 @@ func (p *pair) checkSync(now time.Time) {
 	}()
 }
 
-func (p *pair) noteRevision(pe ha.PeerStatus, rev uint64, now time.Time, grace time.Duration) {
+func (p *Pair) noteRevision(pe ha.PeerStatus, rev uint64, now time.Time, grace time.Duration) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if pe.Revision == rev {
 		if p.reported[pe.Addr] {
-			p.d.events.Add(api.Event{Kind: "ha", Reason: fmt.Sprintf("ha: revision in sync with peer %s (%d)", pe.Addr, rev), Revision: rev})
+			p.event(api.Event{Kind: "ha", Reason: fmt.Sprintf("ha: revision in sync with peer %s (%d)", pe.Addr, rev), Revision: rev})
 		}
 		delete(p.mismatch, pe.Addr)
 		delete(p.reported, pe.Addr)
@@ -410,20 +477,20 @@ func (p *pair) noteRevision(pe ha.PeerStatus, rev uint64, now time.Time, grace t
 	}
 	if now.Sub(since) > grace && !p.reported[pe.Addr] {
 		p.reported[pe.Addr] = true
-		p.d.events.Add(api.Event{Kind: "ha", Reason: fmt.Sprintf("ha: revision mismatch: peer %s has %d, this node %d", pe.Addr, pe.Revision, rev), Revision: rev})
+		p.event(api.Event{Kind: "ha", Reason: fmt.Sprintf("ha: revision mismatch: peer %s has %d, this node %d", pe.Addr, pe.Revision, rev), Revision: rev})
 	}
 }
 
-func (p *pair) clearMismatch(peer string) {
+func (p *Pair) clearMismatch(peer string) {
 	p.mu.Lock()
 	delete(p.mismatch, peer)
 	delete(p.reported, peer)
 	p.mu.Unlock()
 }
 
-func (p *pair) status() api.HAStatus {
+func (p *Pair) Status() api.HAStatus {
 	st := p.node.Status(time.Now())
-	rev := p.d.revision()
+	rev := p.host.Revision()
 	out := api.HAStatus{Enabled: true, Node: st.Node, Role: string(st.Role), Fault: st.Fault, Priority: st.Priority, Preempt: p.opts.Preempt,
 		Advert: st.AdvertEvery.String(), MasterDown: st.MasterDown.String(), Revision: rev, DualMaster: st.DualMaster,
 		BadAdverts: st.BadAdverts, Transitions: map[string]uint64{}}
@@ -448,21 +515,21 @@ func (p *pair) status() api.HAStatus {
 
 // handoff is `sluice ha failover`: the master steps down with a
 // priority-0 advert and the peer takes over at once.
-func (p *pair) handoff() (api.HAStatus, error) {
+func (p *Pair) Handoff() (api.HAStatus, error) {
 	if p.node.Role() != ha.Master {
 		return api.HAStatus{}, state.Conflict("ha failover: this node is not the master")
 	}
 	if err := p.node.Handoff(time.Now()); err != nil {
 		return api.HAStatus{}, fmt.Errorf("ha failover: %w", err)
 	}
-	return p.status(), nil
+	return p.Status(), nil
 }
 
 // Describe implements prometheus.Collector (unchecked).
-func (p *pair) Describe(chan<- *prometheus.Desc) {}
+func (p *Pair) Describe(chan<- *prometheus.Desc) {}
 
 // Collect implements prometheus.Collector.
-func (p *pair) Collect(ch chan<- prometheus.Metric) {
+func (p *Pair) Collect(ch chan<- prometheus.Metric) {
 	st := p.node.Status(time.Now())
 	for _, r := range []ha.Role{ha.Master, ha.Backup} {
 		v := 0.0

@@ -1,4 +1,4 @@
-package control
+package pair
 
 import (
 	"bytes"
@@ -10,7 +10,6 @@ import (
 	"net/http"
 	"net/netip"
 	"os"
-	"slices"
 	"time"
 
 	"github.com/sluicelb/sluice/control/api"
@@ -20,7 +19,7 @@ import (
 )
 
 // committed is called after every committed change on this node.
-func (p *pair) committed() {
+func (p *Pair) Committed() {
 	select {
 	case p.pushq <- struct{}{}:
 	default:
@@ -29,7 +28,7 @@ func (p *pair) committed() {
 
 // pushLoop follows committed revisions: the master updates its VIP
 // addresses and streams the state to every peer.
-func (p *pair) pushLoop(ctx context.Context) {
+func (p *Pair) pushLoop(ctx context.Context) {
 	for {
 		select {
 		case <-ctx.Done():
@@ -41,7 +40,7 @@ func (p *pair) pushLoop(ctx context.Context) {
 			p.roleMu.Unlock()
 			continue
 		}
-		st := p.d.State()
+		st := p.host.State()
 		if err := p.owner.set(ctx, vipAddrs(st), nil, true); err != nil {
 			p.log.Error("vip addresses", "err", err)
 		}
@@ -60,7 +59,7 @@ func (p *pair) pushLoop(ctx context.Context) {
 
 // call sends a signed request of kind to peer and returns the verified
 // response body.
-func (p *pair) call(ctx context.Context, method string, peer netip.AddrPort, kind string, body []byte) ([]byte, error) {
+func (p *Pair) call(ctx context.Context, method string, peer netip.AddrPort, kind string, body []byte) ([]byte, error) {
 	req, err := http.NewRequestWithContext(ctx, method, ha.PeerURL(peer)+"/ha/"+kind, bytes.NewReader(body))
 	if err != nil {
 		return nil, err
@@ -90,7 +89,7 @@ func (p *pair) call(ctx context.Context, method string, peer netip.AddrPort, kin
 
 // pull copies the master's state and, once per backup term, its whole
 // connection table.
-func (p *pair) pull(peer netip.AddrPort) error {
+func (p *Pair) pull(peer netip.AddrPort) error {
 	body, err := p.call(p.ctx, http.MethodGet, peer, "state-pull", nil)
 	if err != nil {
 		return err
@@ -100,7 +99,7 @@ func (p *pair) pull(peer netip.AddrPort) error {
 		return fmt.Errorf("state from %s: %w", peer, err)
 	}
 	st := view.State
-	if err := p.d.applyReplica(st); err != nil {
+	if err := p.host.ApplyReplica(st); err != nil {
 		return err
 	}
 	p.mu.Lock()
@@ -120,13 +119,13 @@ func (p *pair) pull(peer netip.AddrPort) error {
 	applied, unknown := p.applyFlows(fs)
 	p.flowsDone.Store(true)
 	p.log.Info("flow table copied from master", "peer", peer, "entries", applied, "unknown", unknown)
-	p.d.events.Add(api.Event{Kind: "ha", Reason: fmt.Sprintf("ha: copied %d flows from %s (%d for unknown backends)", applied, peer, unknown), Revision: st.Revision})
+	p.event(api.Event{Kind: "ha", Reason: fmt.Sprintf("ha: copied %d flows from %s (%d for unknown backends)", applied, peer, unknown), Revision: st.Revision})
 	return nil
 }
 
 // invalidate drops the synced flag at once when this node's state or
 // health view changes; checkSync re-derives it on its next tick.
-func (p *pair) invalidate() { p.synced.Store(false) }
+func (p *Pair) Invalidate() { p.synced.Store(false) }
 
 // syncView is what a backup pulls: the master's state and which backends
 // it forwards to, so that the backup pre-empts only with the same view.
@@ -135,32 +134,16 @@ type syncView struct {
 	Usable []string    `json:"usable"`
 }
 
-// usableView lists "VIP backend" for every backend the data plane may use.
-func (d *Daemon) usableView() []string {
-	var out []string
-	for _, v := range d.State().VIPs {
-		k, _ := state.ParseVIPKey(v.VIP)
-		view, _, _ := d.rec.View(k)
-		for a, bv := range view {
-			if bv.Usable {
-				out = append(out, v.VIP+" "+a.String())
-			}
-		}
-	}
-	slices.Sort(out)
-	return out
-}
-
 // applyFlows writes synced entries with this node's backend indexes.
-func (p *pair) applyFlows(fs []ha.FlowEntry) (applied, unknown int) {
+func (p *Pair) applyFlows(fs []ha.FlowEntry) (applied, unknown int) {
 	now := loader.MonotonicCoarseNow()
 	for _, f := range fs {
-		idx, ok := p.d.rec.FlowBackend(f.Dst, loader.Proto(f.Proto), f.Backend)
+		idx, ok := p.host.FlowBackend(f.Dst, loader.Proto(f.Proto), f.Backend)
 		if !ok {
 			unknown++
 			continue
 		}
-		if err := p.d.dp.SetFlow(loader.Flow{Src: f.Src, Dst: f.Dst, Proto: loader.Proto(f.Proto), Backend: idx, LastSeenNano: now}); err != nil {
+		if err := p.dp.SetFlow(loader.Flow{Src: f.Src, Dst: f.Dst, Proto: loader.Proto(f.Proto), Backend: idx, LastSeenNano: now}); err != nil {
 			p.log.Warn("write synced flow", "err", err)
 			unknown++
 			continue
@@ -173,15 +156,15 @@ func (p *pair) applyFlows(fs []ha.FlowEntry) (applied, unknown int) {
 }
 
 // flowEntries turns data-plane flows into synced entries.
-func (p *pair) flowEntries(flows []loader.Flow) []ha.FlowEntry {
-	refs := p.d.rec.BackendRefs()
+func (p *Pair) flowEntries(flows []loader.Flow) []ha.FlowEntry {
+	addrs := p.host.BackendAddrs()
 	out := make([]ha.FlowEntry, 0, len(flows))
 	for _, f := range flows {
-		ref, ok := refs[f.Backend]
+		addr, ok := addrs[f.Backend]
 		if !ok {
 			continue
 		}
-		out = append(out, ha.FlowEntry{Src: f.Src, Dst: f.Dst, Proto: uint8(f.Proto), Backend: ref.Addr})
+		out = append(out, ha.FlowEntry{Src: f.Src, Dst: f.Dst, Proto: uint8(f.Proto), Backend: addr})
 	}
 	return out
 }
@@ -195,7 +178,7 @@ type flowBatch struct {
 // flowLoop reads connection-table writes, batches them and hands each
 // batch to every peer's sender; a slow peer loses batches (counted), not
 // the reader.
-func (p *pair) flowLoop(ctx context.Context, r *loader.FlowEventReader) {
+func (p *Pair) flowLoop(ctx context.Context, r *loader.FlowEventReader) {
 	go func() {
 		<-ctx.Done()
 		r.Close()
@@ -250,7 +233,7 @@ func (p *pair) flowLoop(ctx context.Context, r *loader.FlowEventReader) {
 	}
 }
 
-func (p *pair) sendFlows(ctx context.Context, peer netip.AddrPort, q chan flowBatch) {
+func (p *Pair) sendFlows(ctx context.Context, peer netip.AddrPort, q chan flowBatch) {
 	key := ha.PeerKey(peer.Addr())
 	for {
 		var b flowBatch
@@ -280,7 +263,7 @@ func (p *pair) sendFlows(ctx context.Context, peer netip.AddrPort, q chan flowBa
 	}
 }
 
-func (p *pair) peerUp(key string) bool {
+func (p *Pair) peerUp(key string) bool {
 	for _, pe := range p.node.Status(time.Now()).Peers {
 		if pe.Addr == key {
 			return pe.Up
@@ -290,7 +273,7 @@ func (p *pair) peerUp(key string) bool {
 }
 
 // syncHandler serves the peer's state pushes and pulls and flow sync.
-func (p *pair) syncHandler() http.Handler {
+func (p *Pair) syncHandler() http.Handler {
 	mux := http.NewServeMux()
 	serve := func(pattern, kind string, fn func(body []byte) ([]byte, error)) {
 		mux.HandleFunc(pattern, func(w http.ResponseWriter, r *http.Request) {
@@ -325,16 +308,16 @@ func (p *pair) syncHandler() http.Handler {
 		if err := json.Unmarshal(body, &st); err != nil {
 			return nil, err
 		}
-		if st.Revision <= p.d.revision() {
+		if st.Revision <= p.host.Revision() {
 			// A push that arrives late (held up while this node was
 			// unreachable) must not roll back what a pull brought since.
 			// Pulls, which answer this node's own request, always apply.
 			return nil, nil
 		}
-		return nil, p.d.applyReplica(st)
+		return nil, p.host.ApplyReplica(st)
 	})
 	serve("GET /ha/state-pull", "state-pull", func([]byte) ([]byte, error) {
-		return json.Marshal(syncView{State: p.d.State(), Usable: p.d.usableView()})
+		return json.Marshal(syncView{State: p.host.State(), Usable: p.host.UsableView()})
 	})
 	serve("POST /ha/flows", "flows", func(body []byte) ([]byte, error) {
 		fs, err := ha.UnmarshalFlows(body)
@@ -345,7 +328,7 @@ func (p *pair) syncHandler() http.Handler {
 		return nil, nil
 	})
 	serve("GET /ha/flows-dump", "flows-dump", func([]byte) ([]byte, error) {
-		flows, err := p.d.dp.Flows()
+		flows, err := p.dp.Flows()
 		if err != nil {
 			return nil, err
 		}

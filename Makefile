@@ -51,12 +51,12 @@ lint: need-go
 # with a trivial reflector) and Maglev build times. Prints the tables; the
 # data-plane run fails when a target is missed. See docs/benchmarks.md.
 bench: need-go need-root
-	$(GO) test -count=1 -run '^$$' -bench BenchmarkMaglev -benchtime 20x ./control/
+	$(GO) test -count=1 -run '^$$' -bench BenchmarkMaglev -benchtime 20x ./control/maglev/
 	$(GO) test -count=1 -run '^$$' -bench BenchmarkDataplane -benchtime 1x -timeout 30m ./loader/
 
 # Failover figures in the lab; rewrites their section of docs/benchmarks.md.
 bench-failover: need-go need-root
-	SLUICE_BENCH_DOC=$(CURDIR)/docs/benchmarks.md $(GO) test -count=1 -run '^$$' -bench BenchmarkFailover -benchtime 1x -timeout 10m ./control/
+	SLUICE_BENCH_DOC=$(CURDIR)/docs/benchmarks.md $(GO) test -count=1 -run '^$$' -bench BenchmarkFailover -benchtime 1x -timeout 10m ./testenv/e2e/
 
 FUZZTIME ?= 5m
 fuzz: need-go need-root

@@ -21,6 +21,7 @@ import (
 	"github.com/sluicelb/sluice/bpf"
 	"github.com/sluicelb/sluice/loader"
 	"github.com/sluicelb/sluice/testenv"
+	"github.com/sluicelb/sluice/testenv/testutil"
 )
 
 const (
@@ -75,7 +76,7 @@ func (r *benchRig) template(b *testing.B, syn bool) bpf.ToolsGenTemplate {
 }
 
 func newBenchRig(b *testing.B) *benchRig {
-	testenv.Require(b)
+	testutil.Require(b)
 	env, err := testenv.New(context.Background(), nil)
 	if err != nil {
 		b.Fatal(err)

@@ -5,13 +5,13 @@ import (
 	"context"
 	"encoding/binary"
 	"net/netip"
-	"os"
 	"testing"
 	"time"
 
 	"github.com/cilium/ebpf"
 	"github.com/gopacket/gopacket"
 	"github.com/gopacket/gopacket/layers"
+	"github.com/sluicelb/sluice/testenv/testutil"
 	"golang.org/x/sys/unix"
 )
 
@@ -22,19 +22,6 @@ const (
 	seed    = 0x5eed
 	ringN   = 13
 )
-
-// requirePrivileges skips without root, but fails under CI, where the
-// privileged tests must run.
-func requirePrivileges(t testing.TB) {
-	t.Helper()
-	if os.Geteuid() == 0 {
-		return
-	}
-	if os.Getenv("CI") == "true" {
-		t.Fatal("this test needs root (CAP_BPF, CAP_NET_ADMIN) and CI=true")
-	}
-	t.Skip("needs root")
-}
 
 type testVIP struct {
 	key      VIPKey
@@ -80,7 +67,7 @@ type fixture struct {
 
 func newFixture(t testing.TB, seedVal uint32) *fixture {
 	t.Helper()
-	requirePrivileges(t)
+	testutil.Require(t)
 	d, err := Load(context.Background(), Options{FlowTableSize: 4096})
 	if err != nil {
 		t.Fatal(err)

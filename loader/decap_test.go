@@ -9,11 +9,12 @@ import (
 	"github.com/cilium/ebpf"
 	"github.com/gopacket/gopacket"
 	"github.com/gopacket/gopacket/layers"
+	"github.com/sluicelb/sluice/testenv/testutil"
 )
 
 func newDecap(t testing.TB, addrs ...string) *Decap {
 	t.Helper()
-	requirePrivileges(t)
+	testutil.Require(t)
 	var as []netip.Addr
 	for _, a := range addrs {
 		as = append(as, netip.MustParseAddr(a))

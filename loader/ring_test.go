@@ -7,6 +7,8 @@ import (
 	"slices"
 	"strings"
 	"testing"
+
+	"github.com/sluicelb/sluice/testenv/testutil"
 )
 
 // TestRingSwapObservedByNextPacket swaps a ring of one size for a ring of
@@ -178,7 +180,7 @@ func TestDeleteVIPKeepsSharedAddress(t *testing.T) {
 }
 
 func TestLoadBadInterface(t *testing.T) {
-	requirePrivileges(t)
+	testutil.Require(t)
 	_, err := Load(context.Background(), Options{Iface: "sluice-nope0"})
 	if err == nil || !strings.Contains(err.Error(), `interface "sluice-nope0"`) {
 		t.Fatalf("err = %v, want a clear interface error", err)

@@ -19,6 +19,7 @@ import (
 	"github.com/vishvananda/netns"
 
 	"github.com/sluicelb/sluice/loader"
+	"github.com/sluicelb/sluice/testenv/testutil"
 )
 
 // helperConfig is what the helper process needs to configure the LB.
@@ -215,7 +216,7 @@ func (p *prober) waitAnswers(t *testing.T, n int64) {
 // on; a second process adopts the pinned state without rewriting any map;
 // UDP probes through both events lose nothing.
 func TestAdoptAcrossProcesses(t *testing.T) {
-	Require(t)
+	testutil.Require(t)
 	lab, err := NewLab(context.Background(), nil, LabOptions{})
 	if err != nil {
 		t.Fatal(err)

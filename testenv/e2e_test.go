@@ -9,6 +9,7 @@ import (
 
 	"github.com/sluicelb/sluice/control/maglev"
 	"github.com/sluicelb/sluice/loader"
+	"github.com/sluicelb/sluice/testenv/testutil"
 )
 
 const e2eConns = 300
@@ -72,7 +73,7 @@ func connectAll(t *testing.T, lab *Lab) []string {
 }
 
 func TestEndToEndSpreadAndDeterminism(t *testing.T) {
-	Require(t)
+	testutil.Require(t)
 	for _, fwd := range []loader.Forward{loader.ForwardIPIP, loader.ForwardDSR} {
 		t.Run(fwd.String(), func(t *testing.T) {
 			var runs [2][]string

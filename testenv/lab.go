@@ -5,8 +5,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
-	"os"
-	"testing"
 )
 
 // Lab addresses: hosts share 10.77.0.0/24 and fd77::/64; VIPs live in
@@ -144,17 +142,4 @@ func (l *Lab) build(ctx context.Context, opts LabOptions) error {
 		l.Backends = append(l.Backends, b)
 	}
 	return nil
-}
-
-// Require skips a test that needs root, except under CI=true, where it
-// fails: privileged tests must run there.
-func Require(t testing.TB) {
-	t.Helper()
-	if os.Geteuid() == 0 {
-		return
-	}
-	if os.Getenv("CI") == "true" {
-		t.Fatal("this test needs root (network namespaces, BPF) and CI=true")
-	}
-	t.Skip("needs root")
 }

@@ -10,11 +10,12 @@ import (
 	"time"
 
 	"github.com/sluicelb/sluice/testenv"
+	"github.com/sluicelb/sluice/testenv/testutil"
 )
 
 var sluiceBin string
 
-func TestMain(m *testing.M) { testenv.RunWithSluice(m, &sluiceBin) }
+func TestMain(m *testing.M) { testutil.RunWithSluice(m, &sluiceBin) }
 
 func run(t *testing.T, args ...string) (string, error) {
 	t.Helper()
@@ -60,7 +61,7 @@ func assertGone(t *testing.T, pids ...int) {
 // returns the lab's state and what `lab up` printed.
 func startLab(t *testing.T, args ...string) (*labState, string) {
 	t.Helper()
-	testenv.Require(t)
+	testutil.Require(t)
 	t.Cleanup(func() { run(t, "lab", "down") })
 	out := mustRun(t, append([]string{"lab", "up"}, args...)...)
 	st, err := readLabState()
@@ -141,7 +142,7 @@ func TestLabPair(t *testing.T) {
 // TestLabUpKilledMidway: when `lab up` dies while the lab is being built,
 // the lab removes itself, and `lab down` leaves nothing either.
 func TestLabUpKilledMidway(t *testing.T) {
-	testenv.Require(t)
+	testutil.Require(t)
 	t.Cleanup(func() { run(t, "lab", "down") })
 	cmd := exec.Command(sluiceBin, "lab", "up")
 	if err := cmd.Start(); err != nil {
@@ -193,7 +194,7 @@ func TestLabRunnerKilled(t *testing.T) {
 // TestDemo runs the guided tour end to end: it must pass, print its
 // summary, and leave nothing behind.
 func TestDemo(t *testing.T) {
-	testenv.Require(t)
+	testutil.Require(t)
 	out := mustRun(t, "demo")
 	for _, want := range []string{"summary", "failure detected", "healthy flows that survived", "lab removed"} {
 		if !strings.Contains(out, want) {

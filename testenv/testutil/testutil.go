@@ -1,11 +1,16 @@
-package testenv
+// Package testutil holds what sluice's tests share and the binary must not
+// link: the privilege gate, building the binary under test, percentiles.
+// Only _test.go files import it.
+package testutil
 
 import (
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"testing"
+	"time"
 )
 
 // RunWithSluice builds the sluice binary into a temporary directory, sets
@@ -30,4 +35,26 @@ func RunWithSluice(m *testing.M, bin *string) {
 	code := m.Run()
 	os.RemoveAll(dir)
 	os.Exit(code)
+}
+
+// Require skips a test that needs root, except under CI=true, where it
+// fails: privileged tests must run there.
+func Require(t testing.TB) {
+	t.Helper()
+	if os.Geteuid() == 0 {
+		return
+	}
+	if os.Getenv("CI") == "true" {
+		t.Fatal("this test needs root (BPF, network namespaces) and CI=true")
+	}
+	t.Skip("needs root")
+}
+
+// Percentile is the nearest-rank p-quantile (0 < p <= 1) of ds, which it
+// does not reorder.
+func Percentile(ds []time.Duration, p float64) time.Duration {
+	s := slices.Clone(ds)
+	slices.Sort(s)
+	idx := int(p*float64(len(s))+0.999999) - 1 // ceil, forgiving float error
+	return s[max(0, min(len(s)-1, idx))]
 }

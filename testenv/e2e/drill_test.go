@@ -1,4 +1,4 @@
-package control_test
+package e2e
 
 import (
 	"context"

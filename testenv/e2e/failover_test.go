@@ -1,4 +1,4 @@
-package control_test
+package e2e
 
 import (
 	"context"
@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/sluicelb/sluice/testenv"
+	"github.com/sluicelb/sluice/testenv/testutil"
 )
 
 const vipTCP = "10.77.1.100:7/tcp"
@@ -80,7 +81,7 @@ func TestFailover(t *testing.T) {
 	run := func(name string, victim *testenv.Backend, fail, recover func()) []time.Duration {
 		var lat, full []time.Duration
 		defer func() {
-			t.Logf("%s -> rings swapped too: p50 %v, p99 %v", name, percentile(full, .5), percentile(full, .99))
+			t.Logf("%s -> rings swapped too: p50 %v, p99 %v", name, testutil.Percentile(full, .5), testutil.Percentile(full, .99))
 		}()
 		addr := victim.Addr.Addr().String()
 		for i := range 20 {
@@ -120,8 +121,8 @@ func TestFailover(t *testing.T) {
 	close(stop)
 	<-loadDone
 
-	kp50, kp99 := percentile(killLat, .5), percentile(killLat, .99)
-	hp50, hp99 := percentile(holeLat, .5), percentile(holeLat, .99)
+	kp50, kp99 := testutil.Percentile(killLat, .5), testutil.Percentile(killLat, .99)
+	hp50, hp99 := testutil.Percentile(holeLat, .5), testutil.Percentile(holeLat, .99)
 	t.Logf("kill -> map update over %d runs: p50 %v, p99 %v (target p99 ≤ 300ms)", len(killLat), kp50, kp99)
 	t.Logf("blackhole -> map update over %d runs: p50 %v, p99 %v (target p99 ≤ 500ms)", len(holeLat), hp50, hp99)
 	if kp99 > 300*time.Millisecond {

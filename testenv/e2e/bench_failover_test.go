@@ -1,4 +1,4 @@
-package control_test
+package e2e
 
 import (
 	"context"
@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/sluicelb/sluice/control/api"
+	"github.com/sluicelb/sluice/testenv/testutil"
 )
 
 const failoverRuns = 20
@@ -140,7 +141,7 @@ func BenchmarkFailover(b *testing.B) {
 		d.waitStatus(b, "old primary back", func(s api.Status) bool { return backendState(s, fvip, old).State == "up" })
 	}
 	row := func(name string, ds []time.Duration) string {
-		return fmt.Sprintf("| %s | %v | %v |", name, percentile(ds, .5).Round(100*time.Microsecond), percentile(ds, .99).Round(100*time.Microsecond))
+		return fmt.Sprintf("| %s | %v | %v |", name, testutil.Percentile(ds, .5).Round(100*time.Microsecond), testutil.Percentile(ds, .99).Round(100*time.Microsecond))
 	}
 	table := strings.Join([]string{
 		fmt.Sprintf("Measured %s by `make bench-failover` on %d CPUs (%s/%s): 4 backends, a steady stream of new client connections, one backend's server stopped (connections refused) %d times; health profile `interval 100ms, timeout 100ms, fall 2, rise 2`.",

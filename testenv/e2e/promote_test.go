@@ -1,4 +1,4 @@
-package control_test
+package e2e
 
 import (
 	"context"
@@ -15,6 +15,7 @@ import (
 
 	"github.com/sluicelb/sluice/control/api"
 	"github.com/sluicelb/sluice/testenv"
+	"github.com/sluicelb/sluice/testenv/testutil"
 )
 
 // hookScript writes a promotion hook that records its environment and
@@ -175,7 +176,7 @@ func TestFailoverVIP(t *testing.T) {
 			}
 		}
 	}
-	p50, p99 := percentile(lat, .5), percentile(lat, .99)
+	p50, p99 := testutil.Percentile(lat, .5), testutil.Percentile(lat, .99)
 	t.Logf("kill primary -> first connection accepted by the new primary, %d runs: p50 %v, p99 %v (target p99 ≤ 400ms + hook)", len(lat), p50, p99)
 	// The target is judged from the logged figure; the assertion only
 	// catches a promotion path that became grossly slower, without making

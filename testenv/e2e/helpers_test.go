@@ -1,4 +1,4 @@
-package control_test
+package e2e
 
 import (
 	"bufio"
@@ -11,7 +11,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"sort"
 	"strings"
 	"sync"
 	"testing"
@@ -19,11 +18,12 @@ import (
 
 	"github.com/sluicelb/sluice/control/api"
 	"github.com/sluicelb/sluice/testenv"
+	"github.com/sluicelb/sluice/testenv/testutil"
 )
 
 var sluiceBin string
 
-func TestMain(m *testing.M) { testenv.RunWithSluice(m, &sluiceBin) }
+func TestMain(m *testing.M) { testutil.RunWithSluice(m, &sluiceBin) }
 
 type daemonProc struct {
 	cmd      *exec.Cmd
@@ -38,7 +38,7 @@ type daemonProc struct {
 // daemons the test starts have stopped).
 func newLab(t testing.TB, opts testenv.LabOptions) *testenv.Lab {
 	t.Helper()
-	testenv.Require(t)
+	testutil.Require(t)
 	lab, err := testenv.NewLab(context.Background(), nil, opts)
 	if err != nil {
 		t.Fatal(err)
@@ -254,13 +254,6 @@ func (w *eventWatcher) next(t testing.TB, addr, to string, since time.Time) api.
 			t.Fatalf("no event %s -> %s", addr, to)
 		}
 	}
-}
-
-func percentile(ds []time.Duration, p float64) time.Duration {
-	s := append([]time.Duration(nil), ds...)
-	sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
-	idx := int(p*float64(len(s))+0.999999) - 1
-	return s[max(0, min(len(s)-1, idx))]
 }
 
 // conn is a long-lived connection through the VIP and the backend that took it.

@@ -1,8 +1,11 @@
 package main
 
 import (
+	"fmt"
+	"net/netip"
 	"strings"
 
+	"github.com/sluicelb/sluice/control/state"
 	"github.com/urfave/cli/v2"
 )
 
@@ -68,4 +71,25 @@ func interspersed(app *cli.App, args []string) []string {
 		out = append(out, pos...)
 	}
 	return out
+}
+
+func oneArg(c *cli.Context, what string) (string, error) {
+	if c.NArg() != 1 {
+		return "", fmt.Errorf("want one argument: %s", what)
+	}
+	return c.Args().First(), nil
+}
+
+func vipAndAddr(c *cli.Context) (string, string, error) {
+	if c.NArg() != 2 {
+		return "", "", fmt.Errorf("want two arguments: VIP ADDR")
+	}
+	vip, addr := c.Args().Get(0), c.Args().Get(1)
+	if _, err := state.ParseVIPKey(vip); err != nil {
+		return "", "", err
+	}
+	if a, err := netip.ParseAddr(addr); err != nil || a.Zone() != "" {
+		return "", "", fmt.Errorf("backend address %q: not an IP address", addr)
+	}
+	return vip, addr, nil
 }

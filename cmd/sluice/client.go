@@ -2,10 +2,8 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"net/url"
 	"syscall"
 
@@ -45,24 +43,4 @@ func (cl *client) events(ctx context.Context, follow bool, fn func(api.Event) bo
 
 func socketFlag() cli.Flag {
 	return &cli.StringFlag{Name: "socket", Value: control.DefaultSocket, EnvVars: []string{"SLUICE_SOCKET"}, Usage: "the daemon's API socket"}
-}
-
-func outputFlag() cli.Flag {
-	return &cli.StringFlag{Name: "output", Aliases: []string{"o"}, Value: "table", Usage: "table or json"}
-}
-
-func wantJSON(c *cli.Context) (bool, error) {
-	switch c.String("output") {
-	case "table", "":
-		return false, nil
-	case "json":
-		return true, nil
-	}
-	return false, fmt.Errorf("-o %q: want table or json", c.String("output"))
-}
-
-func printJSON(w io.Writer, v any) error {
-	enc := json.NewEncoder(w)
-	enc.SetIndent("", "  ")
-	return enc.Encode(v)
 }

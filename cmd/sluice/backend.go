@@ -1,0 +1,113 @@
+package main
+
+import (
+	"fmt"
+	"net"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/sluicelb/sluice/control/api"
+	"github.com/sluicelb/sluice/control/state"
+	"github.com/sluicelb/sluice/health"
+)
+
+func backendCommand() *cli.Command {
+	addFlags := []cli.Flag{socketFlag(),
+		&cli.UintFlag{Name: "weight", Value: state.DefaultWeight, Usage: "share of new flows (0 drains)"},
+		&cli.BoolFlag{Name: "standby", Usage: "take traffic only when usable actives fall below the VIP's min-active"},
+		&cli.IntFlag{Name: "priority", Usage: "failover VIPs: replicas with higher priority are promoted first"},
+		&cli.StringFlag{Name: "check", Value: "tcp", Usage: "tcp, http, https, udp or none"},
+		&cli.UintFlag{Name: "check-port", Usage: "port to probe (default: the VIP's port)"},
+		&cli.StringFlag{Name: "check-path", Usage: "http(s) path"},
+		&cli.StringFlag{Name: "check-method", Usage: "http(s) method (default GET)"},
+		&cli.StringFlag{Name: "check-codes", Usage: "expected http status codes, e.g. 200-399 or 200,204"},
+		&cli.StringFlag{Name: "check-body", Usage: "substring the http body must contain"},
+		&cli.BoolFlag{Name: "check-tls-verify", Usage: "https: verify the certificate"},
+		&cli.StringFlag{Name: "check-payload", Usage: "udp: payload to send (a reply is expected)"},
+		&cli.DurationFlag{Name: "interval", Value: health.Defaults.Interval, Usage: "between checks"},
+		&cli.DurationFlag{Name: "timeout", Value: health.Defaults.Timeout, Usage: "per check"},
+		&cli.DurationFlag{Name: "fastinter", Usage: "between checks while in transition (default: interval)"},
+		&cli.IntFlag{Name: "rise", Value: health.Defaults.Rise, Usage: "consecutive passes to become up"},
+		&cli.IntFlag{Name: "fall", Value: health.Defaults.Fall, Usage: "consecutive failures to become down"},
+		&cli.StringFlag{Name: "mac", Usage: "next-hop MAC (default: resolved through the route and neighbour tables)"},
+	}
+	action := func(name string) *cli.Command {
+		return &cli.Command{
+			Name: name, Usage: name + " a backend", ArgsUsage: "VIP ADDR", Flags: []cli.Flag{socketFlag()},
+			Action: func(c *cli.Context) error {
+				vip, addr, err := vipAndAddr(c)
+				if err != nil {
+					return err
+				}
+				var st state.State
+				if err := newClient(c).do(c.Context, "POST", "/v1/backends/action", nil,
+					api.BackendActionRequest{VIP: vip, Addr: addr, Action: name}, &st); err != nil {
+					return err
+				}
+				fmt.Fprintf(c.App.Writer, "backend %s of %s: %s done (revision %d)\n", addr, vip, name, st.Revision)
+				return nil
+			},
+		}
+	}
+	return &cli.Command{
+		Name:  "backend",
+		Usage: "add, delete, drain, undrain, disable, enable backends",
+		Subcommands: []*cli.Command{
+			{
+				Name: "add", Usage: "add a backend to a VIP", ArgsUsage: "VIP ADDR", Flags: addFlags,
+				Action: func(c *cli.Context) error {
+					vip, addr, err := vipAndAddr(c)
+					if err != nil {
+						return err
+					}
+					b, err := backendFromFlags(c, addr)
+					if err != nil {
+						return err
+					}
+					var st state.State
+					if err := newClient(c).do(c.Context, "POST", "/v1/backends", nil, api.BackendAddRequest{VIP: vip, Backend: b}, &st); err != nil {
+						return err
+					}
+					fmt.Fprintf(c.App.Writer, "backend %s added to %s (revision %d)\n", addr, vip, st.Revision)
+					return nil
+				},
+			},
+			action("del"), action("drain"), action("undrain"), action("disable"), action("enable"),
+		},
+	}
+}
+
+func backendFromFlags(c *cli.Context, addr string) (state.Backend, error) {
+	if _, err := health.ParseType(c.String("check")); err != nil {
+		return state.Backend{}, fmt.Errorf("--check: %w", err)
+	}
+	if c.Uint("check-port") > 65535 {
+		return state.Backend{}, fmt.Errorf("--check-port %d: not a port", c.Uint("check-port"))
+	}
+	if c.Uint("weight") > 1<<16 {
+		return state.Backend{}, fmt.Errorf("--weight %d: at most 65536", c.Uint("weight"))
+	}
+	if m := c.String("mac"); m != "" {
+		if hw, err := net.ParseMAC(m); err != nil || len(hw) != 6 {
+			return state.Backend{}, fmt.Errorf("--mac %q: not an Ethernet address", m)
+		}
+	}
+	if codes := c.String("check-codes"); codes != "" {
+		if err := health.ParseCodes(codes); err != nil {
+			return state.Backend{}, fmt.Errorf("--check-codes: %w", err)
+		}
+	}
+	s := health.Settings{Interval: c.Duration("interval"), Timeout: c.Duration("timeout"), FastInter: c.Duration("fastinter"),
+		Rise: c.Int("rise"), Fall: c.Int("fall")}
+	if err := s.Validate(); err != nil {
+		return state.Backend{}, fmt.Errorf("--%w", err)
+	}
+	return state.Backend{
+		Addr: addr, Weight: uint32(c.Uint("weight")), Standby: c.Bool("standby"), MAC: c.String("mac"), Priority: c.Int("priority"),
+		Check: state.Check{Type: c.String("check"), Port: uint16(c.Uint("check-port")), Path: c.String("check-path"),
+			Method: c.String("check-method"), Codes: c.String("check-codes"), Body: c.String("check-body"),
+			TLSVerify: c.Bool("check-tls-verify"), Payload: c.String("check-payload"),
+			Interval: state.Duration(s.Interval), Timeout: state.Duration(s.Timeout), FastInter: state.Duration(s.FastInter),
+			Rise: s.Rise, Fall: s.Fall},
+	}, nil
+}

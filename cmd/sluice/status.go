@@ -1,0 +1,193 @@
+package main
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/sluicelb/sluice/control/api"
+	"github.com/sluicelb/sluice/control/state"
+)
+
+func statusCommand() *cli.Command {
+	return &cli.Command{
+		Name: "status", Usage: "VIPs, backends, health and counters", Flags: []cli.Flag{socketFlag(), outputFlag()},
+		Action: func(c *cli.Context) error {
+			return show(c, "/v1/status", func(st api.Status) error { return printStatus(c.App.Writer, st) })
+		},
+	}
+}
+
+func printStatus(w io.Writer, st api.Status) error {
+	fmt.Fprintf(w, "revision %d, role %s, iface %s, up %s\n", st.Revision, st.Role, st.Iface, st.Uptime)
+	if st.HA != nil {
+		for _, p := range st.HA.Peers {
+			match := "same revision"
+			if !p.RevisionOK {
+				match = "REVISION DIFFERS"
+			}
+			fmt.Fprintf(w, "ha peer %s (%s): %s, revision %d, %s\n", p.Addr, dash(p.Node), dash(p.Role), p.Revision, match)
+		}
+	}
+	for _, v := range st.VIPs {
+		fmt.Fprintf(w, "\nvip %s  forward %s  ring %d (sha256 %.12s)  min-active %d  packets %d  bytes %d\n",
+			v.VIP, v.Forward, v.RingSize, v.RingSHA256, v.MinActive, v.Packets, v.Bytes)
+		if v.Policy == state.PolicyFailover {
+			primary := v.Primary
+			if primary == "" {
+				primary = "none (dropping)"
+			}
+			fmt.Fprintf(w, "  policy failover  primary %s  epoch %d\n", primary, v.Epoch)
+		}
+		tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+		fmt.Fprintln(tw, "  BACKEND\tSTATE\tWEIGHT\tSTANDBY\tSLOTS\tPACKETS\tBYTES\tLAST CHANGE\tREASON")
+		for _, b := range v.Backends {
+			lc := "-"
+			if !b.LastChange.IsZero() {
+				lc = b.LastChange.Format(time.RFC3339)
+			}
+			fmt.Fprintf(tw, "  %s\t%s\t%d\t%v\t%d\t%d\t%d\t%s\t%s\n", b.Addr, b.State, b.Weight, b.Standby, b.RingSlots, b.Packets, b.Bytes, lc, b.Reason)
+		}
+		tw.Flush()
+	}
+	return nil
+}
+
+func statsCommand() *cli.Command {
+	return &cli.Command{
+		Name: "stats", Usage: "live per-VIP and per-backend packet rates",
+		Flags: []cli.Flag{socketFlag(), outputFlag(),
+			&cli.BoolFlag{Name: "watch", Usage: "keep printing every --every"},
+			&cli.DurationFlag{Name: "every", Value: time.Second, Usage: "sampling period"}},
+		Action: func(c *cli.Context) error {
+			asJSON, err := wantJSON(c)
+			if err != nil {
+				return err
+			}
+			if c.Duration("every") <= 0 {
+				return fmt.Errorf("--every %v: must be positive", c.Duration("every"))
+			}
+			cl := newClient(c)
+			var prev api.Status
+			if err := cl.do(c.Context, "GET", "/v1/status", nil, nil, &prev); err != nil {
+				return err
+			}
+			for {
+				select {
+				case <-c.Context.Done():
+					return nil
+				case <-time.After(c.Duration("every")):
+				}
+				var cur api.Status
+				if err := cl.do(c.Context, "GET", "/v1/status", nil, nil, &cur); err != nil {
+					return err
+				}
+				rates := statRates(prev, cur, c.Duration("every"))
+				if err := output(c, asJSON, rates, func(rs []rate) error { return printRates(c.App.Writer, rs) }); err != nil {
+					return err
+				}
+				prev = cur
+				if !c.Bool("watch") {
+					return nil
+				}
+			}
+		},
+	}
+}
+
+func printRates(w io.Writer, rates []rate) error {
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "VIP\tBACKEND\tSTATE\tPPS\tBPS\tSHARE")
+	for _, r := range rates {
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%.0f\t%.0f\t%s\n", r.VIP, r.Backend, r.State, r.PPS, r.BPS, bar(r.Share))
+	}
+	return tw.Flush()
+}
+
+type rate struct {
+	VIP     string  `json:"vip"`
+	Backend string  `json:"backend,omitempty"`
+	State   string  `json:"state,omitempty"`
+	PPS     float64 `json:"pps"`
+	BPS     float64 `json:"bps"`
+	Share   float64 `json:"share"`
+}
+
+func statRates(prev, cur api.Status, every time.Duration) []rate {
+	old := map[string]uint64{}
+	oldB := map[string]uint64{}
+	for _, v := range prev.VIPs {
+		old[v.VIP] = v.Packets
+		oldB[v.VIP] = v.Bytes
+		for _, b := range v.Backends {
+			old[v.VIP+" "+b.Addr] = b.Packets
+			oldB[v.VIP+" "+b.Addr] = b.Bytes
+		}
+	}
+	sec := every.Seconds()
+	var out []rate
+	for _, v := range cur.VIPs {
+		vp := float64(v.Packets-old[v.VIP]) / sec
+		out = append(out, rate{VIP: v.VIP, PPS: vp, BPS: float64(v.Bytes-oldB[v.VIP]) / sec, Share: 1})
+		for _, b := range v.Backends {
+			k := v.VIP + " " + b.Addr
+			p := float64(b.Packets-old[k]) / sec
+			share := 0.0
+			if vp > 0 {
+				share = p / vp
+			}
+			out = append(out, rate{VIP: v.VIP, Backend: b.Addr, State: b.State, PPS: p, BPS: float64(b.Bytes-oldB[k]) / sec, Share: share})
+		}
+	}
+	return out
+}
+
+func bar(share float64) string {
+	n := int(share*30 + 0.5)
+	return strings.Repeat("█", max(0, min(30, n))) + fmt.Sprintf(" %5.1f%%", 100*share)
+}
+
+func eventsCommand() *cli.Command {
+	return &cli.Command{
+		Name: "events", Usage: "state transitions and changes",
+		Flags: []cli.Flag{socketFlag(), outputFlag(), &cli.BoolFlag{Name: "follow", Aliases: []string{"f"}, Usage: "keep printing new events"}},
+		Action: func(c *cli.Context) error {
+			asJSON, err := wantJSON(c)
+			if err != nil {
+				return err
+			}
+			var perr error
+			err = newClient(c).events(c.Context, c.Bool("follow"), func(e api.Event) bool {
+				if asJSON {
+					perr = json.NewEncoder(c.App.Writer).Encode(e)
+					return perr == nil
+				}
+				line := fmt.Sprintf("%s  %-7s", e.Time.Format(time.RFC3339Nano), e.Kind)
+				if e.VIP != "" {
+					line += " " + e.VIP
+				}
+				if e.Backend != "" {
+					line += " " + e.Backend
+				}
+				if e.From != "" || e.To != "" {
+					line += fmt.Sprintf(" %s -> %s", e.From, e.To)
+				}
+				if e.Revision != 0 {
+					line += fmt.Sprintf(" (revision %d)", e.Revision)
+				}
+				if e.Reason != "" {
+					line += ": " + e.Reason
+				}
+				_, perr = fmt.Fprintln(c.App.Writer, line)
+				return perr == nil
+			})
+			return errors.Join(err, perr)
+		},
+	}
+}

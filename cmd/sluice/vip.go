@@ -1,0 +1,173 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"net/url"
+	"text/tabwriter"
+	"time"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/sluicelb/sluice/control/api"
+	"github.com/sluicelb/sluice/control/maglev"
+	"github.com/sluicelb/sluice/control/state"
+	"github.com/sluicelb/sluice/loader"
+)
+
+func vipCommand() *cli.Command {
+	return &cli.Command{
+		Name:        "vip",
+		Usage:       "add, delete, list VIPs and read their rings",
+		Subcommands: []*cli.Command{vipAddCommand(), vipDelCommand(), vipListCommand(), vipRingCommand()},
+	}
+}
+
+func vipAddCommand() *cli.Command {
+	return &cli.Command{
+		Name: "add", Usage: "add a VIP", ArgsUsage: "ADDR:PORT/PROTO",
+		Flags: []cli.Flag{socketFlag(),
+			&cli.StringFlag{Name: "forward", Value: "ipip", Usage: "ipip or dsr"},
+			&cli.UintFlag{Name: "ring-size", Value: state.DefaultRingSize, Usage: "Maglev ring size (a prime)"},
+			&cli.IntFlag{Name: "min-active", Value: state.DefaultMinActive, Usage: "standbys join the ring below this many usable actives"},
+			&cli.StringFlag{Name: "udp-timeout", Value: "30s", Usage: "idle time after which a UDP flow is re-hashed"},
+			&cli.StringFlag{Name: "policy", Value: "maglev", Usage: "maglev (spread) or failover (one primary, replicas promoted on failure)"},
+			&cli.StringFlag{Name: "promote-cmd", Usage: "failover: command run on promotion (env SLUICE_VIP, SLUICE_OLD_PRIMARY, SLUICE_NEW_PRIMARY, SLUICE_EPOCH, SLUICE_NODE); exit 0 = success"},
+			&cli.StringFlag{Name: "promote-url", Usage: "failover: URL POSTed the same fields as JSON on promotion; 2xx = success"},
+			&cli.StringFlag{Name: "demote-cmd", Usage: "failover: command run when a recovered old primary rejoins as a replica"},
+			&cli.StringFlag{Name: "hook-timeout", Value: "10s", Usage: "failover: time limit of each hook"},
+			&cli.BoolFlag{Name: "failback", Usage: "failover: a recovered higher-priority backend takes the primary role back"},
+		},
+		Action: func(c *cli.Context) error {
+			req, err := vipAddRequest(c)
+			if err != nil {
+				return err
+			}
+			var st state.State
+			if err := newClient(c).do(c.Context, "POST", "/v1/vips", nil, req, &st); err != nil {
+				return err
+			}
+			fmt.Fprintf(c.App.Writer, "vip %s added (revision %d)\n", req.VIP, st.Revision)
+			return nil
+		},
+	}
+}
+
+// vipAddRequest reads `vip add`'s argument and flags, naming the flag of
+// any bad value before anything is sent.
+func vipAddRequest(c *cli.Context) (api.VIPAddRequest, error) {
+	vip, err := oneArg(c, "ADDR:PORT/PROTO")
+	if err != nil {
+		return api.VIPAddRequest{}, err
+	}
+	if _, err := state.ParseVIPKey(vip); err != nil {
+		return api.VIPAddRequest{}, err
+	}
+	if _, err := loader.ParseForward(c.String("forward")); err != nil {
+		return api.VIPAddRequest{}, fmt.Errorf("--forward: %w", err)
+	}
+	if !maglev.IsPrime(uint32(c.Uint("ring-size"))) || c.Uint("ring-size") > loader.MaxRingSize {
+		return api.VIPAddRequest{}, fmt.Errorf("--ring-size %d: must be a prime up to %d (e.g. 4099, 65537, 655373)", c.Uint("ring-size"), loader.MaxRingSize)
+	}
+	if c.Int("min-active") < 1 {
+		return api.VIPAddRequest{}, fmt.Errorf("--min-active %d: must be at least 1", c.Int("min-active"))
+	}
+	if t, err := time.ParseDuration(c.String("udp-timeout")); err != nil || t <= 0 {
+		return api.VIPAddRequest{}, fmt.Errorf("--udp-timeout %q: want a positive duration such as 30s", c.String("udp-timeout"))
+	}
+	policy := c.String("policy")
+	if policy != state.PolicyMaglev && policy != state.PolicyFailover {
+		return api.VIPAddRequest{}, fmt.Errorf("--policy %q: want maglev or failover", policy)
+	}
+	if t, err := time.ParseDuration(c.String("hook-timeout")); err != nil || t <= 0 {
+		return api.VIPAddRequest{}, fmt.Errorf("--hook-timeout %q: want a positive duration such as 10s", c.String("hook-timeout"))
+	}
+	hookTimeout := ""
+	if policy == state.PolicyFailover {
+		hookTimeout = c.String("hook-timeout")
+	}
+	return api.VIPAddRequest{VIP: vip, Forward: c.String("forward"),
+		RingSize: uint32(c.Uint("ring-size")), MinActive: c.Int("min-active"), UDPTimeout: c.String("udp-timeout"),
+		Policy: policy, PromoteCmd: c.String("promote-cmd"), PromoteURL: c.String("promote-url"),
+		DemoteCmd: c.String("demote-cmd"), HookTimeout: hookTimeout, Failback: c.Bool("failback")}, nil
+}
+
+func vipDelCommand() *cli.Command {
+	return &cli.Command{
+		Name: "del", Usage: "delete a VIP", ArgsUsage: "ADDR:PORT/PROTO", Flags: []cli.Flag{socketFlag()},
+		Action: func(c *cli.Context) error {
+			vip, err := oneArg(c, "ADDR:PORT/PROTO")
+			if err != nil {
+				return err
+			}
+			if _, err := state.ParseVIPKey(vip); err != nil {
+				return err
+			}
+			var st state.State
+			if err := newClient(c).do(c.Context, "DELETE", "/v1/vips", url.Values{"vip": {vip}}, nil, &st); err != nil {
+				return err
+			}
+			fmt.Fprintf(c.App.Writer, "vip %s deleted (revision %d)\n", vip, st.Revision)
+			return nil
+		},
+	}
+}
+
+func vipListCommand() *cli.Command {
+	return &cli.Command{
+		Name: "list", Usage: "list VIPs", Flags: []cli.Flag{socketFlag(), outputFlag()},
+		Action: func(c *cli.Context) error {
+			return call(c, func(cl *client) ([]state.VIP, error) {
+				var st state.State
+				err := cl.do(c.Context, "GET", "/v1/state", nil, nil, &st)
+				return st.VIPs, err
+			}, func(vips []state.VIP) error { return printVIPs(c.App.Writer, vips) })
+		},
+	}
+}
+
+func printVIPs(w io.Writer, vips []state.VIP) error {
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "VIP\tFORWARD\tRING\tMIN-ACTIVE\tUDP-TIMEOUT\tBACKENDS")
+	for _, v := range vips {
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%s\t%d\n", v.VIP, v.Forward, v.RingSize, v.MinActive, time.Duration(v.UDPTimeout), len(v.Backends))
+	}
+	return tw.Flush()
+}
+
+func vipRingCommand() *cli.Command {
+	return &cli.Command{
+		Name: "ring", Usage: "read a VIP's ring back from the kernel", ArgsUsage: "ADDR:PORT/PROTO", Flags: []cli.Flag{socketFlag(), outputFlag()},
+		Action: func(c *cli.Context) error {
+			vip, err := oneArg(c, "ADDR:PORT/PROTO")
+			if err != nil {
+				return err
+			}
+			if _, err := state.ParseVIPKey(vip); err != nil {
+				return err
+			}
+			return call(c, func(cl *client) (api.RingResponse, error) {
+				var ring api.RingResponse
+				err := cl.do(c.Context, "GET", "/v1/ring", url.Values{"vip": {vip}}, nil, &ring)
+				return ring, err
+			}, func(ring api.RingResponse) error { return printRing(c.App.Writer, ring) })
+		},
+	}
+}
+
+func printRing(w io.Writer, ring api.RingResponse) error {
+	count := map[string]int{}
+	for _, s := range ring.Slots {
+		count[s]++
+	}
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintf(tw, "vip %s, ring of %d slots\nBACKEND\tSLOTS\tSHARE\n", ring.VIP, ring.RingSize)
+	for b, n := range count {
+		name := b
+		if name == "" {
+			name = "(none)"
+		}
+		fmt.Fprintf(tw, "%s\t%d\t%.2f%%\n", name, n, 100*float64(n)/float64(max(1, ring.RingSize)))
+	}
+	return tw.Flush()
+}

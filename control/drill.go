@@ -15,6 +15,7 @@ import (
 	"github.com/sluicelb/sluice/control/api"
 	"github.com/sluicelb/sluice/control/state"
 	"github.com/sluicelb/sluice/health"
+	"github.com/sluicelb/sluice/loader"
 )
 
 func (d *Daemon) drillDir() string { return filepath.Join(d.opts.StateDir, "drills") }
@@ -55,180 +56,237 @@ func (d *Daemon) Drill(ctx context.Context, req api.DrillRequest) (api.DrillRepo
 	if err := d.mayChange(); err != nil {
 		return api.DrillReport{}, err
 	}
-	k, err := state.ParseVIPKey(req.VIP)
+	dr, err := d.newDrill(req)
 	if err != nil {
 		return api.DrillReport{}, err
 	}
-	hold, maxApply := 10*time.Second, 250*time.Millisecond
+	d.events.Add(api.Event{Kind: "drill", VIP: dr.v.VIP, Backend: dr.target, Reason: "drill " + req.Action + " started"})
+	if err := dr.baseline(ctx); err != nil {
+		return dr.rep, err
+	}
+	dr.act(ctx)
+	dr.measure(ctx)
+	dr.restore(ctx)
+	dr.finish()
+	return dr.rep, nil
+}
+
+// drill is one drill in progress.
+type drill struct {
+	d              *Daemon
+	req            api.DrillRequest
+	k              loader.VIPKey
+	v              state.VIP
+	target         string
+	hold, maxApply time.Duration
+	rep            api.DrillReport
+	before         map[string]string // backend states before the action
+	c0, c1         map[string]uint64 // baseline counters
+	t0, t1         time.Time
+}
+
+// newDrill checks a drill request against the state, naming the bad field.
+func (d *Daemon) newDrill(req api.DrillRequest) (*drill, error) {
+	k, err := state.ParseVIPKey(req.VIP)
+	if err != nil {
+		return nil, err
+	}
+	dr := &drill{d: d, req: req, k: k, hold: 10 * time.Second, maxApply: 250 * time.Millisecond}
 	if req.Hold != "" {
-		if hold, err = time.ParseDuration(req.Hold); err != nil || hold <= 0 {
-			return api.DrillReport{}, fmt.Errorf("hold %q: want a positive duration", req.Hold)
+		if dr.hold, err = time.ParseDuration(req.Hold); err != nil || dr.hold <= 0 {
+			return nil, fmt.Errorf("hold %q: want a positive duration", req.Hold)
 		}
 	}
 	if req.MaxApply != "" {
-		if maxApply, err = time.ParseDuration(req.MaxApply); err != nil || maxApply <= 0 {
-			return api.DrillReport{}, fmt.Errorf("max_apply %q: want a positive duration", req.MaxApply)
+		if dr.maxApply, err = time.ParseDuration(req.MaxApply); err != nil || dr.maxApply <= 0 {
+			return nil, fmt.Errorf("max_apply %q: want a positive duration", req.MaxApply)
 		}
 	}
 	st := d.State()
 	i := st.FindVIP(k)
 	if i < 0 {
-		return api.DrillReport{}, state.NotFound("vip %s: no such vip", state.FormatVIPKey(k))
+		return nil, state.NotFound("vip %s: no such vip", state.FormatVIPKey(k))
 	}
-	v := st.VIPs[i]
-	var target string
+	dr.v = st.VIPs[i]
+	if dr.target, err = drillTarget(req, dr.v); err != nil {
+		return nil, err
+	}
+	dr.rep = api.DrillReport{ID: time.Now().UTC().Format("20060102T150405.000Z"), VIP: dr.v.VIP, Action: req.Action, Target: dr.target,
+		Started: time.Now(), MaxApply: dr.maxApply.String(), NotRestored: []string{}, Failures: []string{}}
+	return dr, nil
+}
+
+// drillTarget is the backend a drill acts on.
+func drillTarget(req api.DrillRequest, v state.VIP) (string, error) {
 	switch req.Action {
 	case "disable-backend", "promote":
 		a, err := netip.ParseAddr(req.Addr)
 		if err != nil || v.FindBackend(a) < 0 {
-			return api.DrillReport{}, fmt.Errorf("action %s: %q is not a backend of %s", req.Action, req.Addr, v.VIP)
+			return "", fmt.Errorf("action %s: %q is not a backend of %s", req.Action, req.Addr, v.VIP)
 		}
-		target = a.String()
 		if req.Action == "promote" && v.Policy != state.PolicyFailover {
-			return api.DrillReport{}, fmt.Errorf("action promote: %s is not a failover VIP", v.VIP)
+			return "", fmt.Errorf("action promote: %s is not a failover VIP", v.VIP)
 		}
+		return a.String(), nil
 	case "fail-primary":
 		if v.Policy != state.PolicyFailover || v.Primary == "" {
-			return api.DrillReport{}, fmt.Errorf("action fail-primary: %s has no primary", v.VIP)
+			return "", fmt.Errorf("action fail-primary: %s has no primary", v.VIP)
 		}
-		target = v.Primary
-	default:
-		return api.DrillReport{}, fmt.Errorf("action %q: want disable-backend, fail-primary or promote", req.Action)
+		return v.Primary, nil
 	}
-	rep := api.DrillReport{ID: time.Now().UTC().Format("20060102T150405.000Z"), VIP: v.VIP, Action: req.Action, Target: target,
-		Started: time.Now(), MaxApply: maxApply.String(), NotRestored: []string{}, Failures: []string{}}
-	step := func(format string, args ...any) {
-		rep.Steps = append(rep.Steps, api.DrillStep{Time: time.Now(), What: fmt.Sprintf(format, args...)})
-	}
-	d.events.Add(api.Event{Kind: "drill", VIP: v.VIP, Backend: target, Reason: "drill " + req.Action + " started"})
+	return "", fmt.Errorf("action %q: want disable-backend, fail-primary or promote", req.Action)
+}
 
-	// 1. baseline
-	before := d.backendStates(v.VIP)
-	base := min(hold/2, 2*time.Second)
-	c0, t0, err := d.counters(v.VIP)
-	if err != nil {
-		return rep, err
+func (dr *drill) step(format string, args ...any) {
+	dr.rep.Steps = append(dr.rep.Steps, api.DrillStep{Time: time.Now(), What: fmt.Sprintf(format, args...)})
+}
+
+// baseline measures every backend's rate before the action.
+func (dr *drill) baseline(ctx context.Context) error {
+	dr.before = dr.d.backendStates(dr.v.VIP)
+	base := min(dr.hold/2, 2*time.Second)
+	var err error
+	if dr.c0, dr.t0, err = dr.d.counters(dr.v.VIP); err != nil {
+		return err
 	}
 	select {
 	case <-ctx.Done():
-		return rep, ctx.Err()
+		return ctx.Err()
 	case <-time.After(base):
 	}
-	c1, t1, _ := d.counters(v.VIP)
-	step("baseline measured over %v", t1.Sub(t0).Round(time.Millisecond))
+	dr.c1, dr.t1, _ = dr.d.counters(dr.v.VIP)
+	dr.step("baseline measured over %v", dr.t1.Sub(dr.t0).Round(time.Millisecond))
+	return nil
+}
 
-	// 2. the action, as a real change
-	origPrimary := v.Primary
+// setDisabled commits the target's disabled flag.
+func (dr *drill) setDisabled(ctx context.Context, what string, disabled bool) error {
+	target := netip.MustParseAddr(dr.target)
+	_, err := dr.d.Change(ctx, what, func(s *state.State) error {
+		v := &s.VIPs[s.FindVIP(dr.k)]
+		v.Backends[v.FindBackend(target)].Disabled = disabled
+		return nil
+	})
+	return err
+}
+
+// act performs the action as a real change and times it.
+func (dr *drill) act(ctx context.Context) {
+	d, rep := dr.d, &dr.rep
 	actStart := time.Now()
-	switch req.Action {
+	var err error
+	switch dr.req.Action {
 	case "disable-backend":
-		_, err = d.Change(ctx, "drill: disable "+target, func(s *state.State) error {
-			s.VIPs[s.FindVIP(k)].Backends[s.VIPs[s.FindVIP(k)].FindBackend(netip.MustParseAddr(target))].Disabled = true
-			return nil
-		})
+		err = dr.setDisabled(ctx, "drill: disable "+dr.target, true)
 		rep.CommitSeconds, rep.ApplySeconds = d.appliedSince(actStart)
 	case "fail-primary":
-		_, err = d.Change(ctx, "drill: fail primary "+target, func(s *state.State) error {
-			s.VIPs[s.FindVIP(k)].Backends[s.VIPs[s.FindVIP(k)].FindBackend(netip.MustParseAddr(target))].Disabled = true
-			return nil
-		})
+		err = dr.setDisabled(ctx, "drill: fail primary "+dr.target, true)
 		rep.CommitSeconds, rep.ApplySeconds = d.appliedSince(actStart)
-		// The coordinator promotes a replica through the normal path; wait
-		// for its event (it follows the commit of the new primary).
-		deadline := time.Now().Add(hold)
-		promoted := false
-		for !promoted && time.Now().Before(deadline) {
-			for _, e := range d.events.List() {
-				if e.Kind == "failover" && e.VIP == v.VIP && e.Time.After(actStart) && strings.HasPrefix(e.Reason, "promoted") {
-					rep.HookOutput = e.Reason
-					step("coordinator promoted %s", e.To)
-					promoted = true
-					break
-				}
-			}
-			time.Sleep(5 * time.Millisecond)
-		}
-		if !promoted {
-			rep.Failures = append(rep.Failures, "no replica was promoted within the hold")
-		}
+		dr.awaitPromotion(actStart)
 	case "promote":
 		var res api.PromoteResult
-		res, err = d.Promote(ctx, v.VIP, target)
+		res, err = d.Promote(ctx, dr.v.VIP, dr.target)
 		rep.CommitSeconds, rep.ApplySeconds = d.appliedSince(actStart)
 		rep.HookOutput, rep.HookTime = strings.TrimSpace(res.HookOutput), res.HookTime
 	}
 	if err != nil {
 		rep.Failures = append(rep.Failures, "action: "+err.Error())
 	}
-	step("action %s %s committed in %v, in the maps %v later", req.Action, target,
+	dr.step("action %s %s committed in %v, in the maps %v later", dr.req.Action, dr.target,
 		time.Duration(rep.CommitSeconds*float64(time.Second)).Round(time.Microsecond),
 		time.Duration(rep.ApplySeconds*float64(time.Second)).Round(time.Microsecond))
+}
 
-	// 3. hold and measure
-	c2, t2, _ := d.counters(v.VIP)
+// awaitPromotion waits, within the hold, for the coordinator to promote a
+// replica through the normal path (its event follows the commit of the
+// new primary).
+func (dr *drill) awaitPromotion(since time.Time) {
+	deadline := time.Now().Add(dr.hold)
+	for time.Now().Before(deadline) {
+		for _, e := range dr.d.events.List() {
+			if e.Kind == "failover" && e.VIP == dr.v.VIP && e.Time.After(since) && strings.HasPrefix(e.Reason, "promoted") {
+				dr.rep.HookOutput = e.Reason
+				dr.step("coordinator promoted %s", e.To)
+				return
+			}
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	dr.rep.Failures = append(dr.rep.Failures, "no replica was promoted within the hold")
+}
+
+// measure holds the failure and reports each backend's rate and share
+// before and during it.
+func (dr *drill) measure(ctx context.Context) {
+	c2, t2, _ := dr.d.counters(dr.v.VIP)
 	select {
 	case <-ctx.Done():
-	case <-time.After(hold):
+	case <-time.After(dr.hold):
 	}
-	c3, t3, _ := d.counters(v.VIP)
-	after := d.backendStates(v.VIP)
-	step("held for %v", t3.Sub(t2).Round(time.Millisecond))
+	c3, t3, _ := dr.d.counters(dr.v.VIP)
+	after := dr.d.backendStates(dr.v.VIP)
+	dr.step("held for %v", t3.Sub(t2).Round(time.Millisecond))
+	c0, c1 := dr.c0, dr.c1
 	var baseTotal, holdTotal float64
-	for _, b := range v.Backends {
+	for _, b := range dr.v.Backends {
 		baseTotal += float64(c1[b.Addr] - c0[b.Addr])
 		holdTotal += float64(c3[b.Addr] - c2[b.Addr])
 	}
-	rep.OthersHealthy = true
-	for _, b := range v.Backends {
-		db := api.DrillBackend{Addr: b.Addr, BaselinePPS: float64(c1[b.Addr]-c0[b.Addr]) / t1.Sub(t0).Seconds(),
+	dr.rep.OthersHealthy = true
+	for _, b := range dr.v.Backends {
+		db := api.DrillBackend{Addr: b.Addr, BaselinePPS: float64(c1[b.Addr]-c0[b.Addr]) / dr.t1.Sub(dr.t0).Seconds(),
 			DuringPPS: float64(c3[b.Addr]-c2[b.Addr]) / t3.Sub(t2).Seconds(), DuringPackets: c3[b.Addr] - c2[b.Addr],
-			StateBefore: before[b.Addr], StateAfter: after[b.Addr]}
+			StateBefore: dr.before[b.Addr], StateAfter: after[b.Addr]}
 		if baseTotal > 0 {
 			db.BaselineShare = float64(c1[b.Addr]-c0[b.Addr]) / baseTotal
 		}
 		if holdTotal > 0 {
 			db.DuringShare = float64(c3[b.Addr]-c2[b.Addr]) / holdTotal
 		}
-		if b.Addr != target && before[b.Addr] == string(health.Up) && after[b.Addr] != string(health.Up) {
-			rep.OthersHealthy = false
+		if b.Addr != dr.target && dr.before[b.Addr] == string(health.Up) && after[b.Addr] != string(health.Up) {
+			dr.rep.OthersHealthy = false
 		}
-		rep.Backends = append(rep.Backends, db)
+		dr.rep.Backends = append(dr.rep.Backends, db)
 	}
-	sort.Slice(rep.Backends, func(i, j int) bool { return rep.Backends[i].Addr < rep.Backends[j].Addr })
+	sort.Slice(dr.rep.Backends, func(i, j int) bool { return dr.rep.Backends[i].Addr < dr.rep.Backends[j].Addr })
+}
 
-	// 4. restore the original state
-	switch req.Action {
+// restore puts the original state back: the target enabled again, and
+// the original primary promoted back (the epoch rises).
+func (dr *drill) restore(ctx context.Context) {
+	switch dr.req.Action {
 	case "disable-backend", "fail-primary":
-		if _, err := d.Change(ctx, "drill: restore "+target, func(s *state.State) error {
-			s.VIPs[s.FindVIP(k)].Backends[s.VIPs[s.FindVIP(k)].FindBackend(netip.MustParseAddr(target))].Disabled = false
-			return nil
-		}); err != nil {
-			rep.NotRestored = append(rep.NotRestored, fmt.Sprintf("%s still disabled: %v", target, err))
+		if err := dr.setDisabled(ctx, "drill: restore "+dr.target, false); err != nil {
+			dr.rep.NotRestored = append(dr.rep.NotRestored, fmt.Sprintf("%s still disabled: %v", dr.target, err))
 		}
 	}
-	if origPrimary != "" {
-		// Put the original primary back (a promotion: the epoch rises).
+	if orig := dr.v.Primary; orig != "" {
 		deadline := time.Now().Add(10 * time.Second)
 		for {
-			s := d.State()
-			cur := s.VIPs[s.FindVIP(k)].Primary
-			if cur == origPrimary {
+			s := dr.d.State()
+			cur := s.VIPs[s.FindVIP(dr.k)].Primary
+			if cur == orig {
 				break
 			}
-			if _, err := d.Promote(ctx, v.VIP, origPrimary); err == nil {
+			if _, err := dr.d.Promote(ctx, dr.v.VIP, orig); err == nil {
 				continue
 			} else if time.Now().After(deadline) {
-				rep.NotRestored = append(rep.NotRestored, fmt.Sprintf("primary is %s, was %s: %v", cur, origPrimary, err))
+				dr.rep.NotRestored = append(dr.rep.NotRestored, fmt.Sprintf("primary is %s, was %s: %v", cur, orig, err))
 				break
 			}
 			time.Sleep(20 * time.Millisecond)
 		}
 	}
-	step("original state restored")
+	dr.step("original state restored")
+}
+
+// finish judges the drill, counts and logs it, and keeps its report.
+func (dr *drill) finish() {
+	d, rep := dr.d, &dr.rep
 	rep.Finished = time.Now()
-	if time.Duration(rep.ApplySeconds*float64(time.Second)) > maxApply {
-		rep.Failures = append(rep.Failures, fmt.Sprintf("apply took %v, more than --max-apply %v",
-			time.Duration(rep.ApplySeconds*float64(time.Second)).Round(time.Microsecond), maxApply))
+	if time.Duration(rep.ApplySeconds*float64(time.Second)) > dr.maxApply {
+		rep.Failures = append(rep.Failures, fmt.Sprintf("apply took %v, more than max_apply %v",
+			time.Duration(rep.ApplySeconds*float64(time.Second)).Round(time.Microsecond), dr.maxApply))
 	}
 	if !rep.OthersHealthy {
 		rep.Failures = append(rep.Failures, "another backend went down during the drill")
@@ -242,14 +300,13 @@ func (d *Daemon) Drill(ctx context.Context, req api.DrillRequest) (api.DrillRepo
 		result = "fail"
 	}
 	d.metrics.drills.WithLabelValues(result).Inc()
-	d.events.Add(api.Event{Kind: "drill", VIP: v.VIP, Backend: target, Reason: fmt.Sprintf("drill %s finished: %s %s", req.Action, result, strings.Join(rep.Failures, "; "))})
+	d.events.Add(api.Event{Kind: "drill", VIP: dr.v.VIP, Backend: dr.target, Reason: fmt.Sprintf("drill %s finished: %s %s", dr.req.Action, result, strings.Join(rep.Failures, "; "))})
 	if err := os.MkdirAll(d.drillDir(), 0o700); err == nil {
 		raw, _ := json.MarshalIndent(rep, "", "  ")
 		if err := state.WriteFileAtomic(filepath.Join(d.drillDir(), rep.ID+".json"), raw, 0o600); err != nil {
 			d.log.Error("keep drill report", "err", err)
 		}
 	}
-	return rep, nil
 }
 
 // appliedSince splits the time since start of the last change into

@@ -295,59 +295,10 @@ func (e *Env) AddHost(name string, addr netip.Prefix, opts HostOptions) (*Host, 
 	e.hosts = append(e.hosts, h)
 	e.mu.Unlock()
 
-	err = withHandle(ns, func(nl *netlink.Handle) error {
-		veth := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: h.Link, MTU: opts.MTU},
-			PeerName: h.peer, PeerNamespace: netlink.NsFd(int(e.sw))}
-		if err := nl.LinkAdd(veth); err != nil {
-			return fmt.Errorf("add veth %s: %w", h.Link, err)
-		}
-		l, err := nl.LinkByName(h.Link)
-		if err != nil {
-			return err
-		}
-		h.MAC = l.Attrs().HardwareAddr
-		for _, p := range []netip.Prefix{addr, opts.Addr6} {
-			if !p.IsValid() {
-				continue
-			}
-			a := &netlink.Addr{IPNet: prefixNet(p)}
-			if p.Addr().Is6() {
-				a.Flags = unix.IFA_F_NODAD
-			}
-			if err := nl.AddrAdd(l, a); err != nil {
-				return fmt.Errorf("add address %s to %s: %w", p, h.Link, err)
-			}
-		}
-		lo, err := nl.LinkByName("lo")
-		if err != nil {
-			return err
-		}
-		if err := nl.LinkSetUp(lo); err != nil {
-			return err
-		}
-		return nl.LinkSetUp(l)
-	})
-	if err != nil {
+	if err := h.addLink(opts); err != nil {
 		return nil, err
 	}
-	err = withHandle(e.sw, func(nl *netlink.Handle) error {
-		p, err := nl.LinkByName(h.peer)
-		if err != nil {
-			return fmt.Errorf("find peer %s: %w", h.peer, err)
-		}
-		if err := nl.LinkSetMTU(p, opts.MTU); err != nil {
-			return err
-		}
-		br, err := nl.LinkByName("br0")
-		if err != nil {
-			return err
-		}
-		if err := nl.LinkSetMaster(p, br); err != nil {
-			return fmt.Errorf("enslave %s: %w", h.peer, err)
-		}
-		return nl.LinkSetUp(p)
-	})
-	if err != nil {
+	if err := h.plugPeer(opts.MTU); err != nil {
 		return nil, err
 	}
 	if opts.PeerXDPPass {
@@ -368,6 +319,64 @@ func (e *Env) AddHost(name string, addr netip.Prefix, opts HostOptions) (*Host, 
 		}
 	}
 	return h, nil
+}
+
+// addLink creates the host's veth (its peer in the switch namespace),
+// gives it the host's addresses and brings it and lo up.
+func (h *Host) addLink(opts HostOptions) error {
+	return withHandle(h.ns, func(nl *netlink.Handle) error {
+		veth := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: h.Link, MTU: opts.MTU},
+			PeerName: h.peer, PeerNamespace: netlink.NsFd(int(h.env.sw))}
+		if err := nl.LinkAdd(veth); err != nil {
+			return fmt.Errorf("add veth %s: %w", h.Link, err)
+		}
+		l, err := nl.LinkByName(h.Link)
+		if err != nil {
+			return err
+		}
+		h.MAC = l.Attrs().HardwareAddr
+		for _, p := range []netip.Prefix{h.Addr, opts.Addr6} {
+			if !p.IsValid() {
+				continue
+			}
+			a := &netlink.Addr{IPNet: prefixNet(p)}
+			if p.Addr().Is6() {
+				a.Flags = unix.IFA_F_NODAD
+			}
+			if err := nl.AddrAdd(l, a); err != nil {
+				return fmt.Errorf("add address %s to %s: %w", p, h.Link, err)
+			}
+		}
+		lo, err := nl.LinkByName("lo")
+		if err != nil {
+			return err
+		}
+		if err := nl.LinkSetUp(lo); err != nil {
+			return err
+		}
+		return nl.LinkSetUp(l)
+	})
+}
+
+// plugPeer puts the host's peer link on the switch's bridge.
+func (h *Host) plugPeer(mtu int) error {
+	return withHandle(h.env.sw, func(nl *netlink.Handle) error {
+		p, err := nl.LinkByName(h.peer)
+		if err != nil {
+			return fmt.Errorf("find peer %s: %w", h.peer, err)
+		}
+		if err := nl.LinkSetMTU(p, mtu); err != nil {
+			return err
+		}
+		br, err := nl.LinkByName("br0")
+		if err != nil {
+			return err
+		}
+		if err := nl.LinkSetMaster(p, br); err != nil {
+			return fmt.Errorf("enslave %s: %w", h.peer, err)
+		}
+		return nl.LinkSetUp(p)
+	})
 }
 
 // attachPass attaches xdp_pass natively to a link of the current

@@ -135,33 +135,7 @@ func labCommand() *cli.Command {
 			{
 				Name: "exec", Usage: "run a command on a lab host", ArgsUsage: "HOST -- COMMAND [ARG...]",
 				SkipFlagParsing: true,
-				Action: func(c *cli.Context) error {
-					args := c.Args().Slice()
-					if len(args) > 1 && args[1] == "--" {
-						args = append(args[:1], args[2:]...)
-					}
-					if len(args) < 2 {
-						return errors.New("want: sluice lab exec HOST -- COMMAND [ARG...]")
-					}
-					st, err := readLabState()
-					if err != nil {
-						return errors.New("no lab is up (start one with: sluice lab up)")
-					}
-					h, ok := st.host(args[0])
-					if !ok {
-						return fmt.Errorf("host %q: the lab has %s", args[0], hostNames(st))
-					}
-					cmd := exec.CommandContext(c.Context, "nsenter", append([]string{"--net=/var/run/netns/" + h.NS, "--"}, args[1:]...)...)
-					cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, c.App.Writer, c.App.ErrWriter
-					if err := cmd.Run(); err != nil {
-						var ee *exec.ExitError
-						if errors.As(err, &ee) {
-							return cli.Exit("", ee.ExitCode())
-						}
-						return err
-					}
-					return nil
-				},
+				Action:          labExec,
 			},
 			{
 				Name: "fault", Usage: "inject a fault: kill (connections refused), blackhole (packets dropped), restore; down/up an LB node's link",
@@ -175,6 +149,35 @@ func labCommand() *cli.Command {
 			},
 		},
 	}
+}
+
+// labExec runs a command in a lab host's network namespace.
+func labExec(c *cli.Context) error {
+	args := c.Args().Slice()
+	if len(args) > 1 && args[1] == "--" {
+		args = append(args[:1], args[2:]...)
+	}
+	if len(args) < 2 {
+		return errors.New("want: sluice lab exec HOST -- COMMAND [ARG...]")
+	}
+	st, err := readLabState()
+	if err != nil {
+		return errors.New("no lab is up (start one with: sluice lab up)")
+	}
+	h, ok := st.host(args[0])
+	if !ok {
+		return fmt.Errorf("host %q: the lab has %s", args[0], hostNames(st))
+	}
+	cmd := exec.CommandContext(c.Context, "nsenter", append([]string{"--net=/var/run/netns/" + h.NS, "--"}, args[1:]...)...)
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, c.App.Writer, c.App.ErrWriter
+	if err := cmd.Run(); err != nil {
+		var ee *exec.ExitError
+		if errors.As(err, &ee) {
+			return cli.Exit("", ee.ExitCode())
+		}
+		return err
+	}
+	return nil
 }
 
 func hostNames(st *labState) string {
@@ -273,174 +276,214 @@ func labRun(backends int, pair bool) error {
 		confirmed <- line == "OK\n"
 	}()
 	ctx := context.Background()
-	lab, err := testenv.NewLab(ctx, nil, testenv.LabOptions{Backends: backends, Prefix: labPrefix, Pair: pair})
+	r, err := newLabRunner(ctx, backends, pair)
 	if err != nil {
 		return err
 	}
-	st := &labState{ID: lab.ID(), PinRoot: lab.PinRoot(), Socket: filepath.Join(labDir, "sluice.sock"), RunnerPID: os.Getpid(), Pair: pair}
-	lbs := []*testenv.Host{lab.LB}
-	if pair {
-		lbs = append(lbs, lab.LB2)
-	}
-	for _, h := range append(append([]*testenv.Host{lab.Client}, lbs...), backendHosts(lab)...) {
-		lh := labHost{Name: h.Name, NS: h.NSName(), Link: h.Link, Addr: h.Addr.Addr().String()}
-		if h.Addr6.IsValid() {
-			lh.Addr6 = h.Addr6.Addr().String()
-		}
-		st.Hosts = append(st.Hosts, lh)
-	}
-	var daemon, daemon2 *labDaemon
-	teardown := func() {
-		daemon.stop()
-		daemon2.stop()
-		for _, h := range lbs {
-			_ = loader.DetachPinned(h.Link, lab.PinRoot())
-		}
-		_ = lab.Close()
-		_ = testenv.RemoveWithPrefix(labPrefix + "-" + lab.ID())
-		os.RemoveAll(labDir)
-	}
-	if err := st.write(); err != nil {
-		teardown()
+	// The daemons start here, not in the goroutine below, so that a
+	// teardown never races a daemon still being started.
+	if err := r.startDaemons(ctx); err != nil {
+		r.teardown()
 		return err
-	}
-	var ha1, ha2 []string
-	if pair {
-		key := filepath.Join(labDir, "ha.key")
-		if err := state.WriteFileAtomic(key, []byte(fmt.Sprintf("%x\n", randomKey())), 0o600); err != nil {
-			teardown()
-			return err
-		}
-		ha1 = []string{"--ha-peer", lab.LB2.Addr.Addr().String(), "--ha-priority", "200", "--ha-key-file", key}
-		ha2 = []string{"--ha-peer", lab.LB.Addr.Addr().String(), "--ha-priority", "100", "--ha-key-file", key}
-	}
-	daemon, err = startLabDaemon(lab, labDir, "127.0.0.1:9642", ha1...)
-	if err != nil {
-		teardown()
-		return err
-	}
-	st.Socket = daemon.socket
-	st.DaemonPID = daemon.cmd.Process.Pid
-	if pair {
-		// lb first: started together, either could become master first,
-		// and without pre-emption the first stays master.
-		if err := daemon.wait(ctx, 20*time.Second); err != nil {
-			teardown()
-			return err
-		}
-		if daemon2, err = startLabDaemonOn(lab, lab.LB2, filepath.Join(labDir, "lb2"), "127.0.0.1:9642", ha2...); err != nil {
-			teardown()
-			return err
-		}
-		st.Socket2 = daemon2.socket
-		st.Daemon2PID = daemon2.cmd.Process.Pid
-	}
-	if err := st.write(); err != nil {
-		teardown()
-		return err
-	}
-	setup := func() error {
-		cl := daemon.client
-		if err := daemon.wait(ctx, 20*time.Second); err != nil {
-			return err
-		}
-		if pair {
-			if err := daemon2.wait(ctx, 20*time.Second); err != nil {
-				return err
-			}
-			// Changes go to the master (normally lb, which started first
-			// and has the higher priority).
-			m, err := waitMaster(ctx, 20*time.Second, daemon.client, daemon2.client)
-			if err != nil {
-				return err
-			}
-			cl = m
-		}
-		deadline := time.Now().Add(20 * time.Second)
-		for _, v := range labVIPs {
-			fwd := v.args[1]
-			k, _ := state.ParseVIPKey(v.vip)
-			if err := cl.do(ctx, "POST", "/v1/vips", nil, api.VIPAddRequest{VIP: v.vip, Forward: fwd}, nil); err != nil {
-				return err
-			}
-			st.VIPs = append(st.VIPs, v.vip)
-			for _, b := range lab.Backends {
-				be := state.Backend{Addr: b.Addr.Addr().String(), Weight: 1, Check: state.Check{
-					Type: v.check[1], Path: "/", Interval: state.Duration(200 * time.Millisecond),
-					Timeout: state.Duration(200 * time.Millisecond), Rise: 2, Fall: 2}}
-				if k.Proto != loader.TCP || v.check[1] != "http" {
-					be.Check.Path = ""
-				}
-				if err := cl.do(ctx, "POST", "/v1/backends", nil, api.BackendAddRequest{VIP: v.vip, Backend: be}, nil); err != nil {
-					return err
-				}
-			}
-		}
-		clients := []*client{cl}
-		if pair {
-			clients = append(clients, daemon2.client) // the backup checks too: a warm standby
-		}
-		for _, c := range clients {
-			for {
-				var s api.Status
-				if err := c.do(ctx, "GET", "/v1/status", nil, nil, &s); err != nil {
-					return err
-				}
-				up := 0
-				for _, v := range s.VIPs {
-					for _, b := range v.Backends {
-						if b.State == "up" {
-							up++
-						}
-					}
-				}
-				if up == len(labVIPs)*len(lab.Backends) {
-					break
-				}
-				if time.Now().After(deadline) {
-					return errors.New("backends did not come up")
-				}
-				time.Sleep(50 * time.Millisecond)
-			}
-		}
-		return nil
 	}
 	errc := make(chan error, 1)
-	go func() { errc <- setup() }()
+	go func() { errc <- r.configure(ctx) }()
 	select {
 	case sig := <-sigs:
-		teardown()
+		r.teardown()
 		return fmt.Errorf("interrupted by %v while starting", sig)
 	case <-confirmed:
-		teardown()
+		r.teardown()
 		return errors.New("sluice lab up went away while starting")
 	case err := <-errc:
 		if err != nil {
-			teardown()
+			r.teardown()
 			return err
 		}
 	}
-	st.Ready = true
-	if err := st.write(); err != nil {
-		teardown()
+	r.st.Ready = true
+	if err := r.st.write(); err != nil {
+		r.teardown()
 		return err
 	}
 	fmt.Println("READY")
 	select {
 	case sig := <-sigs:
-		teardown()
+		r.teardown()
 		return fmt.Errorf("interrupted by %v while starting", sig)
 	case ok := <-confirmed:
 		if !ok {
-			teardown()
+			r.teardown()
 			return errors.New("sluice lab up went away before reporting the lab")
 		}
 	}
 	os.Stdout.Close()
 	// The lab outlives `lab up` from here on, until `lab down`.
 	<-sigs
-	teardown()
+	r.teardown()
 	return nil
+}
+
+// labRunner is what `lab run` built and must remove: the lab, its state
+// file and its daemons.
+type labRunner struct {
+	lab             *testenv.Lab
+	st              *labState
+	pair            bool
+	lbs             []*testenv.Host
+	daemon, daemon2 *labDaemon
+}
+
+// newLabRunner builds the lab's namespaces and writes its state file.
+func newLabRunner(ctx context.Context, backends int, pair bool) (*labRunner, error) {
+	lab, err := testenv.NewLab(ctx, nil, testenv.LabOptions{Backends: backends, Prefix: labPrefix, Pair: pair})
+	if err != nil {
+		return nil, err
+	}
+	r := &labRunner{lab: lab, pair: pair, lbs: []*testenv.Host{lab.LB},
+		st: &labState{ID: lab.ID(), PinRoot: lab.PinRoot(), Socket: filepath.Join(labDir, "sluice.sock"), RunnerPID: os.Getpid(), Pair: pair}}
+	if pair {
+		r.lbs = append(r.lbs, lab.LB2)
+	}
+	for _, h := range append(append([]*testenv.Host{lab.Client}, r.lbs...), backendHosts(lab)...) {
+		lh := labHost{Name: h.Name, NS: h.NSName(), Link: h.Link, Addr: h.Addr.Addr().String()}
+		if h.Addr6.IsValid() {
+			lh.Addr6 = h.Addr6.Addr().String()
+		}
+		r.st.Hosts = append(r.st.Hosts, lh)
+	}
+	if err := r.st.write(); err != nil {
+		r.teardown()
+		return nil, err
+	}
+	return r, nil
+}
+
+// teardown removes everything the runner made.
+func (r *labRunner) teardown() {
+	r.daemon.stop()
+	r.daemon2.stop()
+	for _, h := range r.lbs {
+		_ = loader.DetachPinned(h.Link, r.lab.PinRoot())
+	}
+	_ = r.lab.Close()
+	_ = testenv.RemoveWithPrefix(labPrefix + "-" + r.lab.ID())
+	os.RemoveAll(labDir)
+}
+
+// configure adds the lab's VIPs and backends once the daemons answer, and
+// waits until every backend is up on every node.
+func (r *labRunner) configure(ctx context.Context) error {
+	cl := r.daemon.client
+	if err := r.daemon.wait(ctx, 20*time.Second); err != nil {
+		return err
+	}
+	clients := []*client{cl}
+	if r.pair {
+		if err := r.daemon2.wait(ctx, 20*time.Second); err != nil {
+			return err
+		}
+		// Changes go to the master (normally lb, which started first
+		// and has the higher priority).
+		m, err := waitMaster(ctx, 20*time.Second, r.daemon.client, r.daemon2.client)
+		if err != nil {
+			return err
+		}
+		cl = m
+		clients = []*client{cl, r.daemon2.client} // the backup checks too: a warm standby
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	if err := r.addVIPs(ctx, cl); err != nil {
+		return err
+	}
+	for _, c := range clients {
+		if err := r.waitUp(ctx, c, deadline); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// startDaemons starts lb's daemon and, for a pair, lb2's once lb's answers.
+func (r *labRunner) startDaemons(ctx context.Context) error {
+	var ha1, ha2 []string
+	lab := r.lab
+	if r.pair {
+		key := filepath.Join(labDir, "ha.key")
+		if err := state.WriteFileAtomic(key, []byte(fmt.Sprintf("%x\n", randomKey())), 0o600); err != nil {
+			return err
+		}
+		ha1 = []string{"--ha-peer", lab.LB2.Addr.Addr().String(), "--ha-priority", "200", "--ha-key-file", key}
+		ha2 = []string{"--ha-peer", lab.LB.Addr.Addr().String(), "--ha-priority", "100", "--ha-key-file", key}
+	}
+	var err error
+	if r.daemon, err = startLabDaemon(lab, labDir, "127.0.0.1:9642", ha1...); err != nil {
+		return err
+	}
+	r.st.Socket = r.daemon.socket
+	r.st.DaemonPID = r.daemon.cmd.Process.Pid
+	if r.pair {
+		// lb first: started together, either could become master first,
+		// and without pre-emption the first stays master.
+		if err := r.daemon.wait(ctx, 20*time.Second); err != nil {
+			return err
+		}
+		if r.daemon2, err = startLabDaemonOn(lab, lab.LB2, filepath.Join(labDir, "lb2"), "127.0.0.1:9642", ha2...); err != nil {
+			return err
+		}
+		r.st.Socket2 = r.daemon2.socket
+		r.st.Daemon2PID = r.daemon2.cmd.Process.Pid
+	}
+	return r.st.write()
+}
+
+// addVIPs adds the lab's VIPs with every backend through cl.
+func (r *labRunner) addVIPs(ctx context.Context, cl *client) error {
+	for _, v := range labVIPs {
+		fwd := v.args[1]
+		k, _ := state.ParseVIPKey(v.vip)
+		if err := cl.do(ctx, "POST", "/v1/vips", nil, api.VIPAddRequest{VIP: v.vip, Forward: fwd}, nil); err != nil {
+			return err
+		}
+		r.st.VIPs = append(r.st.VIPs, v.vip)
+		for _, b := range r.lab.Backends {
+			be := state.Backend{Addr: b.Addr.Addr().String(), Weight: 1, Check: state.Check{
+				Type: v.check[1], Path: "/", Interval: state.Duration(200 * time.Millisecond),
+				Timeout: state.Duration(200 * time.Millisecond), Rise: 2, Fall: 2}}
+			if k.Proto != loader.TCP || v.check[1] != "http" {
+				be.Check.Path = ""
+			}
+			if err := cl.do(ctx, "POST", "/v1/backends", nil, api.BackendAddRequest{VIP: v.vip, Backend: be}, nil); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// waitUp waits until the daemon behind c sees every backend of every VIP up.
+func (r *labRunner) waitUp(ctx context.Context, c *client, deadline time.Time) error {
+	for {
+		var s api.Status
+		if err := c.do(ctx, "GET", "/v1/status", nil, nil, &s); err != nil {
+			return err
+		}
+		up := 0
+		for _, v := range s.VIPs {
+			for _, b := range v.Backends {
+				if b.State == "up" {
+					up++
+				}
+			}
+		}
+		if up == len(labVIPs)*len(r.lab.Backends) {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return errors.New("backends did not come up")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 }
 
 // randomKey is a fresh shared key for the lab pair.

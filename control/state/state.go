@@ -213,81 +213,106 @@ func (s *State) Validate() error {
 	seen := map[loader.VIPKey]bool{}
 	backends := 0
 	for i, v := range s.VIPs {
-		where := fmt.Sprintf("vips[%d] (%s)", i, v.VIP)
 		k, err := ParseVIPKey(v.VIP)
 		if err != nil {
 			return fmt.Errorf("vips[%d].vip: %w", i, err)
 		}
+		where := fmt.Sprintf("vips[%d] (%s)", i, v.VIP)
 		if seen[k] {
 			return fmt.Errorf("%s: listed twice", where)
 		}
 		seen[k] = true
-		fwd, err := loader.ParseForward(v.Forward)
-		if err != nil {
-			return fmt.Errorf("%s.forward: %w", where, err)
+		if err := v.validate(where, k); err != nil {
+			return err
 		}
-		if v.RingSize < 2 || v.RingSize > loader.MaxRingSize || !maglev.IsPrime(v.RingSize) {
-			return fmt.Errorf("%s.ring_size %d: must be a prime up to %d (e.g. 4099, 65537, 655373)", where, v.RingSize, loader.MaxRingSize)
-		}
-		if v.MinActive < 1 {
-			return fmt.Errorf("%s.min_active %d: must be at least 1", where, v.MinActive)
-		}
-		if v.UDPTimeout <= 0 {
-			return fmt.Errorf("%s.udp_timeout %v: must be positive", where, time.Duration(v.UDPTimeout))
-		}
-		switch v.Policy {
-		case PolicyMaglev:
-			if v.PromoteCmd != "" || v.PromoteURL != "" || v.DemoteCmd != "" || v.Failback || v.Primary != "" {
-				return fmt.Errorf("%s: promotion settings need policy failover", where)
-			}
-		case PolicyFailover:
-			if v.HookTimeout <= 0 {
-				return fmt.Errorf("%s.hook_timeout %v: must be positive", where, time.Duration(v.HookTimeout))
-			}
-			if v.PromoteURL != "" {
-				if u, err := url.Parse(v.PromoteURL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-					return fmt.Errorf("%s.promote_url %q: want an http(s) URL", where, v.PromoteURL)
-				}
-			}
-		default:
-			return fmt.Errorf("%s.policy %q: want maglev or failover", where, v.Policy)
-		}
-		addrs := map[netip.Addr]bool{}
-		for j, b := range v.Backends {
-			bw := fmt.Sprintf("%s.backends[%d]", where, j)
-			a, err := netip.ParseAddr(b.Addr)
-			if err != nil || a.Zone() != "" || a.Is4In6() {
-				return fmt.Errorf("%s.addr %q: not an IP address", bw, b.Addr)
-			}
-			if addrs[a] {
-				return fmt.Errorf("%s.addr %s: listed twice", bw, a)
-			}
-			addrs[a] = true
-			if k.Addr.Is6() && a.Is4() && fwd == loader.ForwardIPIP {
-				return fmt.Errorf("%s.addr %s: an IPv6 VIP cannot be encapsulated to an IPv4 backend", bw, a)
-			}
-			if b.MAC != "" {
-				if m, err := net.ParseMAC(b.MAC); err != nil || len(m) != 6 {
-					return fmt.Errorf("%s.mac %q: not an Ethernet address", bw, b.MAC)
-				}
-			}
-			if err := validateCheck(b.Check); err != nil {
-				return fmt.Errorf("%s.check.%w", bw, err)
-			}
-			backends++
-		}
-		if v.Primary != "" {
-			a, err := netip.ParseAddr(v.Primary)
-			if err != nil || !addrs[a] {
-				return fmt.Errorf("%s.primary %q: not one of its backends", where, v.Primary)
-			}
-		}
-		if uint32(len(v.Backends)) > v.RingSize {
-			return fmt.Errorf("%s: %d backends do not fit a ring of %d", where, len(v.Backends), v.RingSize)
-		}
+		backends += len(v.Backends)
 	}
 	if backends >= loader.MaxBackends {
 		return fmt.Errorf("backends: %d in all, at most %d", backends, loader.MaxBackends-1)
+	}
+	return nil
+}
+
+// validate checks one VIP (key k, named where in messages).
+func (v *VIP) validate(where string, k loader.VIPKey) error {
+	fwd, err := loader.ParseForward(v.Forward)
+	if err != nil {
+		return fmt.Errorf("%s.forward: %w", where, err)
+	}
+	if v.RingSize < 2 || v.RingSize > loader.MaxRingSize || !maglev.IsPrime(v.RingSize) {
+		return fmt.Errorf("%s.ring_size %d: must be a prime up to %d (e.g. 4099, 65537, 655373)", where, v.RingSize, loader.MaxRingSize)
+	}
+	if v.MinActive < 1 {
+		return fmt.Errorf("%s.min_active %d: must be at least 1", where, v.MinActive)
+	}
+	if v.UDPTimeout <= 0 {
+		return fmt.Errorf("%s.udp_timeout %v: must be positive", where, time.Duration(v.UDPTimeout))
+	}
+	if err := v.validatePolicy(where); err != nil {
+		return err
+	}
+	addrs := map[netip.Addr]bool{}
+	for j, b := range v.Backends {
+		bw := fmt.Sprintf("%s.backends[%d]", where, j)
+		a, err := netip.ParseAddr(b.Addr)
+		if err != nil || a.Zone() != "" || a.Is4In6() {
+			return fmt.Errorf("%s.addr %q: not an IP address", bw, b.Addr)
+		}
+		if addrs[a] {
+			return fmt.Errorf("%s.addr %s: listed twice", bw, a)
+		}
+		addrs[a] = true
+		if k.Addr.Is6() && a.Is4() && fwd == loader.ForwardIPIP {
+			return fmt.Errorf("%s.addr %s: an IPv6 VIP cannot be encapsulated to an IPv4 backend", bw, a)
+		}
+		if err := b.validate(bw); err != nil {
+			return err
+		}
+	}
+	if v.Primary != "" {
+		a, err := netip.ParseAddr(v.Primary)
+		if err != nil || !addrs[a] {
+			return fmt.Errorf("%s.primary %q: not one of its backends", where, v.Primary)
+		}
+	}
+	if uint32(len(v.Backends)) > v.RingSize {
+		return fmt.Errorf("%s: %d backends do not fit a ring of %d", where, len(v.Backends), v.RingSize)
+	}
+	return nil
+}
+
+// validatePolicy checks the policy and the settings that go with it.
+func (v *VIP) validatePolicy(where string) error {
+	switch v.Policy {
+	case PolicyMaglev:
+		if v.PromoteCmd != "" || v.PromoteURL != "" || v.DemoteCmd != "" || v.Failback || v.Primary != "" {
+			return fmt.Errorf("%s: promotion settings need policy failover", where)
+		}
+	case PolicyFailover:
+		if v.HookTimeout <= 0 {
+			return fmt.Errorf("%s.hook_timeout %v: must be positive", where, time.Duration(v.HookTimeout))
+		}
+		if v.PromoteURL != "" {
+			if u, err := url.Parse(v.PromoteURL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+				return fmt.Errorf("%s.promote_url %q: want an http(s) URL", where, v.PromoteURL)
+			}
+		}
+	default:
+		return fmt.Errorf("%s.policy %q: want maglev or failover", where, v.Policy)
+	}
+	return nil
+}
+
+// validate checks a backend's MAC and check (named bw in messages); its
+// address is checked with its VIP's other backends.
+func (b *Backend) validate(bw string) error {
+	if b.MAC != "" {
+		if m, err := net.ParseMAC(b.MAC); err != nil || len(m) != 6 {
+			return fmt.Errorf("%s.mac %q: not an Ethernet address", bw, b.MAC)
+		}
+	}
+	if err := validateCheck(b.Check); err != nil {
+		return fmt.Errorf("%s.check.%w", bw, err)
 	}
 	return nil
 }

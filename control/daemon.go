@@ -15,6 +15,8 @@ import (
 	"time"
 
 	"github.com/sluicelb/sluice/control/api"
+	"github.com/sluicelb/sluice/control/availability"
+	"github.com/sluicelb/sluice/control/neigh"
 	"github.com/sluicelb/sluice/control/pair"
 	"github.com/sluicelb/sluice/control/state"
 	"github.com/sluicelb/sluice/health"
@@ -82,9 +84,9 @@ type Daemon struct {
 	ctx   context.Context
 	ready bool
 
-	availability map[subjectKey]bool // last recorded availability
-	lastApplied  time.Time           // when the last change reached the maps
-	lastCommit   time.Time           // when the last change was committed
+	availability map[availability.Subject]bool // last recorded availability
+	lastApplied  time.Time                     // when the last change reached the maps
+	lastCommit   time.Time                     // when the last change was committed
 
 	promoMu       sync.Mutex
 	promoting     map[loader.VIPKey]bool   // a promotion runs for the VIP
@@ -98,7 +100,7 @@ func New(ctx context.Context, opts Options) (*Daemon, error) {
 		return nil, err
 	}
 	d := &Daemon{opts: opts, log: opts.Logger, events: NewEventLog(1000), coord: SingleNode{}, started: time.Now(), ctx: ctx,
-		promoting: map[loader.VIPKey]bool{}, demotePending: map[loader.VIPKey]string{}, availability: map[subjectKey]bool{}}
+		promoting: map[loader.VIPKey]bool{}, demotePending: map[loader.VIPKey]string{}, availability: map[availability.Subject]bool{}}
 	var err error
 	if d.store, err = state.OpenBoltStore(opts.StateDir, opts.ArchiveKeep); err != nil {
 		return nil, err
@@ -144,7 +146,7 @@ func (o *Options) complete() error {
 		o.ArchiveKeep = DefaultArchiveKeep
 	}
 	if o.Resolver == nil {
-		o.Resolver = NetlinkResolver{}
+		o.Resolver = neigh.NetlinkResolver{}
 	}
 	if o.Logger == nil {
 		o.Logger = slog.Default()
@@ -477,8 +479,8 @@ func (d *Daemon) listenAPI() (net.Listener, error) {
 func (d *Daemon) recordAvailabilityLocked() {
 	now := time.Now()
 	var evs []state.TimelineEvent
-	seen := map[subjectKey]bool{}
-	note := func(k subjectKey, avail bool) {
+	seen := map[availability.Subject]bool{}
+	note := func(k availability.Subject, avail bool) {
 		seen[k] = true
 		if old, ok := d.availability[k]; ok && old == avail {
 			return
@@ -494,7 +496,7 @@ func (d *Daemon) recordAvailabilityLocked() {
 		for _, b := range v.Backends {
 			bv := view[netip.MustParseAddr(b.Addr)]
 			ok := bv.Health == health.Up && !b.Disabled && bv.MACErr == nil
-			note(subjectKey{v.VIP, b.Addr}, ok)
+			note(availability.Subject{VIP: v.VIP, Backend: b.Addr}, ok)
 			if bv.Usable {
 				usable++
 				if b.Addr == v.Primary {
@@ -506,7 +508,7 @@ func (d *Daemon) recordAvailabilityLocked() {
 		if v.Policy == state.PolicyFailover {
 			avail = primaryUsable
 		}
-		note(subjectKey{v.VIP, ""}, avail)
+		note(availability.Subject{VIP: v.VIP}, avail)
 	}
 	for k := range d.availability {
 		if !seen[k] {
@@ -524,5 +526,5 @@ func (d *Daemon) Availability() (api.AvailabilityReport, error) {
 	if err != nil {
 		return api.AvailabilityReport{}, err
 	}
-	return BuildAvailability(d.State(), tl, time.Now()), nil
+	return availability.Build(d.State(), tl, time.Now()), nil
 }

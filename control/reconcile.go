@@ -15,6 +15,11 @@ import (
 	"github.com/sluicelb/sluice/loader"
 )
 
+// MACResolver finds the next-hop MAC for a backend.
+type MACResolver interface {
+	Resolve(ctx context.Context, addr netip.Addr) (net.HardwareAddr, error)
+}
+
 // BackendView is the reconciler's verdict for one backend.
 type BackendView struct {
 	Index  uint32 // data-plane backend index

@@ -10,8 +10,8 @@ import (
 
 	"github.com/urfave/cli/v2"
 
-	"github.com/sluicelb/sluice/control"
 	"github.com/sluicelb/sluice/control/api"
+	"github.com/sluicelb/sluice/control/availability"
 	"github.com/sluicelb/sluice/control/state"
 )
 
@@ -52,17 +52,17 @@ func printAvailability(w io.Writer, rep api.AvailabilityReport) error {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "VIP / BACKEND\tNEEDS\tWINDOW\tMEASURED\tNINES\tMODELLED\tNINES")
 	for _, v := range rep.VIPs {
-		for _, w := range control.Windows {
+		for _, w := range availability.Windows {
 			m, ok := v.Measured[w.Name]
 			if !ok {
 				continue
 			}
 			fmt.Fprintf(tw, "%s\t%d of %d\t%s\t%.6f\t%.2f\t%.6f\t%.2f\n", v.VIP, v.Need, v.Of, w.Name,
-				m, control.Nines(m), v.Modelled[w.Name], control.Nines(v.Modelled[w.Name]))
+				m, availability.Nines(m), v.Modelled[w.Name], availability.Nines(v.Modelled[w.Name]))
 		}
 		for _, b := range v.Backends {
 			if m, ok := b.Measured["all"]; ok {
-				fmt.Fprintf(tw, "  %s\t\tall\t%.6f\t%.2f\t\t\n", b.Addr, m, control.Nines(m))
+				fmt.Fprintf(tw, "  %s\t\tall\t%.6f\t%.2f\t\t\n", b.Addr, m, availability.Nines(m))
 			}
 		}
 	}

@@ -1,4 +1,6 @@
-package control
+// Package neigh resolves backends' next-hop MAC addresses from the
+// kernel's route and neighbour tables.
+package neigh
 
 import (
 	"context"
@@ -11,11 +13,6 @@ import (
 	"github.com/vishvananda/netlink"
 )
 
-// MACResolver finds the next-hop MAC for a backend.
-type MACResolver interface {
-	Resolve(ctx context.Context, addr netip.Addr) (net.HardwareAddr, error)
-}
-
 // NetlinkResolver reads the kernel's route and neighbour tables, nudging
 // the kernel to resolve a missing neighbour with one UDP datagram to the
 // discard port.
@@ -23,7 +20,7 @@ type NetlinkResolver struct {
 	Wait time.Duration // how long to wait for resolution; default 1s
 }
 
-// Resolve implements MACResolver.
+// Resolve finds addr's next hop and its MAC address.
 func (r NetlinkResolver) Resolve(ctx context.Context, addr netip.Addr) (net.HardwareAddr, error) {
 	routes, err := netlink.RouteGet(addr.AsSlice())
 	if err != nil || len(routes) == 0 {

@@ -1,4 +1,7 @@
-package control
+// Package availability turns the availability timeline into figures:
+// the measured share of time each VIP and backend was available, per
+// window, and the k-of-n model of a VIP from its backends' figures.
+package availability
 
 import (
 	"math"
@@ -15,8 +18,8 @@ var Windows = []struct {
 	Dur  time.Duration
 }{{"1h", time.Hour}, {"24h", 24 * time.Hour}, {"30d", 30 * 24 * time.Hour}, {"all", 0}}
 
-// subjectKey names one timeline.
-type subjectKey struct{ VIP, Backend string }
+// Subject names one timeline: a backend of a VIP, or the VIP itself when Backend is empty.
+type Subject struct{ VIP, Backend string }
 
 // MeasuredAvailability is the share of [max(now-window, first seen), now]
 // during which the subject was available, from its ordered transitions.
@@ -96,11 +99,11 @@ func Nines(a float64) float64 {
 	return -math.Log10(1 - a)
 }
 
-// BuildAvailability computes the report from a timeline.
-func BuildAvailability(s state.State, timeline []state.TimelineEvent, now time.Time) api.AvailabilityReport {
-	by := map[subjectKey][]state.TimelineEvent{}
+// Build computes the report from a timeline.
+func Build(s state.State, timeline []state.TimelineEvent, now time.Time) api.AvailabilityReport {
+	by := map[Subject][]state.TimelineEvent{}
 	for _, e := range timeline {
-		k := subjectKey{e.VIP, e.Backend}
+		k := Subject{e.VIP, e.Backend}
 		by[k] = append(by[k], e)
 	}
 	for k := range by {
@@ -114,7 +117,7 @@ func BuildAvailability(s state.State, timeline []state.TimelineEvent, now time.T
 			va.Need = 1 // any replica can be promoted
 		}
 		for _, w := range Windows {
-			if a, ok := MeasuredAvailability(by[subjectKey{v.VIP, ""}], now, w.Dur); ok {
+			if a, ok := MeasuredAvailability(by[Subject{v.VIP, ""}], now, w.Dur); ok {
 				va.Measured[w.Name] = a
 			}
 		}
@@ -122,7 +125,7 @@ func BuildAvailability(s state.State, timeline []state.TimelineEvent, now time.T
 		for _, b := range v.Backends {
 			ba := api.BackendAvailability{Addr: b.Addr, Measured: map[string]float64{}}
 			for _, w := range Windows {
-				a, ok := MeasuredAvailability(by[subjectKey{v.VIP, b.Addr}], now, w.Dur)
+				a, ok := MeasuredAvailability(by[Subject{v.VIP, b.Addr}], now, w.Dur)
 				if ok {
 					ba.Measured[w.Name] = a
 				}

@@ -1,4 +1,4 @@
-package control
+package availability
 
 import (
 	"math"
@@ -74,7 +74,7 @@ func TestAtLeastKMatchesBruteForce(t *testing.T) {
 	})
 }
 
-func TestBuildAvailability(t *testing.T) {
+func TestBuild(t *testing.T) {
 	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
 	s := state.State{VIPs: []state.VIP{{VIP: "10.0.0.1:80/tcp", MinActive: 2, Policy: state.PolicyMaglev,
 		Backends: []state.Backend{{Addr: "10.0.1.1"}, {Addr: "10.0.1.2"}, {Addr: "10.0.1.3"}}}}}
@@ -86,7 +86,7 @@ func TestBuildAvailability(t *testing.T) {
 		}
 	}
 	tl = append(tl, state.TimelineEvent{Time: t0, VIP: s.VIPs[0].VIP, Available: true})
-	rep := BuildAvailability(s, tl, t0.Add(time.Hour))
+	rep := Build(s, tl, t0.Add(time.Hour))
 	v := rep.VIPs[0]
 	if v.Measured["all"] != 1 || v.Backends[0].Measured["all"] != 0.5 {
 		t.Fatalf("measured %+v", v)

@@ -103,9 +103,9 @@ func (d *Daemon) newDrill(req api.DrillRequest) (*drill, error) {
 		}
 	}
 	st := d.State()
-	i := st.FindVIP(k)
-	if i < 0 {
-		return nil, state.NotFound("vip %s: no such vip", state.FormatVIPKey(k))
+	i, err := st.LookupVIP(k)
+	if err != nil {
+		return nil, err
 	}
 	dr.v = st.VIPs[i]
 	if dr.target, err = drillTarget(req, dr.v); err != nil {

@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
-	"net/netip"
 	"os"
 	"os/exec"
 	"slices"
@@ -194,9 +193,9 @@ func (d *Daemon) promote(ctx context.Context, k loader.VIPKey, cands []state.Bac
 	for _, c := range cands {
 		var v state.VIP
 		if _, err := d.Change(ctx, fmt.Sprintf("epoch of %s raised for promoting %s", name, c.Addr), func(s *state.State) error {
-			i := s.FindVIP(k)
-			if i < 0 {
-				return state.NotFound("vip %s: no such vip", name)
+			i, err := s.LookupVIP(k)
+			if err != nil {
+				return err
 			}
 			s.VIPs[i].Epoch++
 			v = s.VIPs[i]
@@ -216,9 +215,9 @@ func (d *Daemon) promote(ctx context.Context, k loader.VIPKey, cands []state.Bac
 			continue
 		}
 		if _, err := d.Change(ctx, fmt.Sprintf("promoted %s to primary of %s (epoch %d)", c.Addr, name, v.Epoch), func(s *state.State) error {
-			i := s.FindVIP(k)
-			if i < 0 {
-				return state.NotFound("vip %s: no such vip", name)
+			i, err := s.LookupVIP(k)
+			if err != nil {
+				return err
 			}
 			s.VIPs[i].Primary = c.Addr
 			return nil
@@ -290,18 +289,14 @@ func (d *Daemon) Promote(ctx context.Context, vip, addr string) (api.PromoteResu
 	if err := d.mayChange(); err != nil {
 		return api.PromoteResult{}, err
 	}
-	k, err := state.ParseVIPKey(vip)
+	k, a, err := vipAndBackend(vip, addr)
 	if err != nil {
 		return api.PromoteResult{}, err
 	}
-	a, err := netip.ParseAddr(addr)
-	if err != nil {
-		return api.PromoteResult{}, fmt.Errorf("backend address %q: not an IP address", addr)
-	}
 	st := d.State()
-	i := st.FindVIP(k)
-	if i < 0 {
-		return api.PromoteResult{}, state.NotFound("vip %s: no such vip", state.FormatVIPKey(k))
+	i, err := st.LookupVIP(k)
+	if err != nil {
+		return api.PromoteResult{}, err
 	}
 	v := st.VIPs[i]
 	if v.Policy != state.PolicyFailover {

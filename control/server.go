@@ -12,6 +12,7 @@ import (
 	"github.com/sluicelb/sluice/control/api"
 	"github.com/sluicelb/sluice/control/state"
 	"github.com/sluicelb/sluice/health"
+	"github.com/sluicelb/sluice/loader"
 )
 
 // maxBody bounds a request body read from the socket.
@@ -101,9 +102,9 @@ func (d *Daemon) apiVIPDel(r *http.Request) (any, error) {
 		return nil, err
 	}
 	return d.Change(r.Context(), "vip del "+state.FormatVIPKey(k), func(s *state.State) error {
-		i := s.FindVIP(k)
-		if i < 0 {
-			return state.NotFound("vip %s: no such vip", state.FormatVIPKey(k))
+		i, err := s.LookupVIP(k)
+		if err != nil {
+			return err
 		}
 		s.VIPs = append(s.VIPs[:i], s.VIPs[i+1:]...)
 		return nil
@@ -167,23 +168,32 @@ func (d *Daemon) apiVIPAdd(r *http.Request) (any, error) {
 	})
 }
 
+// vipAndBackend parses a request's VIP and backend address.
+func vipAndBackend(vip, addr string) (loader.VIPKey, netip.Addr, error) {
+	k, err := state.ParseVIPKey(vip)
+	if err != nil {
+		return loader.VIPKey{}, netip.Addr{}, err
+	}
+	a, err := netip.ParseAddr(addr)
+	if err != nil {
+		return loader.VIPKey{}, netip.Addr{}, fmt.Errorf("backend address %q: not an IP address", addr)
+	}
+	return k, a, nil
+}
+
 func (d *Daemon) apiBackendAdd(r *http.Request) (any, error) {
 	var req api.BackendAddRequest
 	if err := decode(r, &req); err != nil {
 		return nil, err
 	}
-	k, err := state.ParseVIPKey(req.VIP)
+	k, addr, err := vipAndBackend(req.VIP, req.Backend.Addr)
 	if err != nil {
 		return nil, err
 	}
-	addr, err := netip.ParseAddr(req.Backend.Addr)
-	if err != nil {
-		return nil, fmt.Errorf("backend address %q: not an IP address", req.Backend.Addr)
-	}
 	return d.Change(r.Context(), fmt.Sprintf("backend add %s %s", state.FormatVIPKey(k), addr), func(s *state.State) error {
-		i := s.FindVIP(k)
-		if i < 0 {
-			return state.NotFound("vip %s: no such vip", state.FormatVIPKey(k))
+		i, err := s.LookupVIP(k)
+		if err != nil {
+			return err
 		}
 		if s.VIPs[i].FindBackend(addr) >= 0 {
 			return state.Conflict("backend %s of %s: already exists", addr, state.FormatVIPKey(k))
@@ -201,13 +211,9 @@ func (d *Daemon) apiBackendAction(r *http.Request) (any, error) {
 	if err := decode(r, &req); err != nil {
 		return nil, err
 	}
-	k, err := state.ParseVIPKey(req.VIP)
+	k, addr, err := vipAndBackend(req.VIP, req.Addr)
 	if err != nil {
 		return nil, err
-	}
-	addr, err := netip.ParseAddr(req.Addr)
-	if err != nil {
-		return nil, fmt.Errorf("backend address %q: not an IP address", req.Addr)
 	}
 	switch req.Action {
 	case "del", "drain", "undrain", "disable", "enable":
@@ -215,9 +221,9 @@ func (d *Daemon) apiBackendAction(r *http.Request) (any, error) {
 		return nil, fmt.Errorf("action %q: want del, drain, undrain, disable or enable", req.Action)
 	}
 	return d.Change(r.Context(), fmt.Sprintf("backend %s %s %s", req.Action, state.FormatVIPKey(k), addr), func(s *state.State) error {
-		i := s.FindVIP(k)
-		if i < 0 {
-			return state.NotFound("vip %s: no such vip", state.FormatVIPKey(k))
+		i, err := s.LookupVIP(k)
+		if err != nil {
+			return err
 		}
 		v := &s.VIPs[i]
 		j := v.FindBackend(addr)

@@ -201,15 +201,9 @@ func startProber(t *testing.T, lab *Lab) *prober {
 // waitAnswers blocks until n more queries were answered.
 func (p *prober) waitAnswers(t *testing.T, n int64) {
 	t.Helper()
-	target := p.ok.Load() + n
-	deadline := time.Now().Add(20 * time.Second)
-	for p.ok.Load() < target {
-		if time.Now().After(deadline) {
-			t.Fatalf("traffic stalled: %d answered, %d lost", p.ok.Load(), p.lost.Load())
-		}
-		runtime.Gosched()
-		time.Sleep(time.Millisecond)
-	}
+	testutil.WaitCount(t, p.ok.Load, p.ok.Load()+n, 20*time.Second, func() string {
+		return fmt.Sprintf("traffic stalled: %d answered, %d lost", p.ok.Load(), p.lost.Load())
+	})
 }
 
 // TestAdoptAcrossProcesses: one process attaches and exits, forwarding goes

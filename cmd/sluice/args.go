@@ -80,6 +80,18 @@ func oneArg(c *cli.Context, what string) (string, error) {
 	return c.Args().First(), nil
 }
 
+// vipArg is a command's one argument, a VIP.
+func vipArg(c *cli.Context) (string, error) {
+	vip, err := oneArg(c, "ADDR:PORT/PROTO")
+	if err != nil {
+		return "", err
+	}
+	if _, err := state.ParseVIPKey(vip); err != nil {
+		return "", err
+	}
+	return vip, nil
+}
+
 func vipAndAddr(c *cli.Context) (string, string, error) {
 	if c.NArg() != 2 {
 		return "", "", fmt.Errorf("want two arguments: VIP ADDR")

@@ -10,7 +10,6 @@ import (
 	"net/netip"
 	"os"
 	"strings"
-	"text/tabwriter"
 	"time"
 
 	"github.com/urfave/cli/v2"
@@ -103,7 +102,7 @@ func runDemo(ctx context.Context, w io.Writer) error {
 	}
 	d.summary = append(d.summary, [2]string{"total demo time", time.Since(start).Round(time.Millisecond).String()})
 	d.say("\nsummary")
-	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	tw := newTable(w)
 	for _, row := range d.summary {
 		fmt.Fprintf(tw, "  %s\t%s\n", row[0], row[1])
 	}

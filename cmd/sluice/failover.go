@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"io"
 	"strings"
-	"text/tabwriter"
 	"time"
 
 	"github.com/urfave/cli/v2"
@@ -49,7 +48,7 @@ func availabilityCommand() *cli.Command {
 }
 
 func printAvailability(w io.Writer, rep api.AvailabilityReport) error {
-	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	tw := newTable(w)
 	fmt.Fprintln(tw, "VIP / BACKEND\tNEEDS\tWINDOW\tMEASURED\tNINES\tMODELLED\tNINES")
 	for _, v := range rep.VIPs {
 		for _, w := range availability.Windows {
@@ -111,7 +110,7 @@ func drillCommand() *cli.Command {
 				Name: "list", Usage: "list past drill reports", Flags: []cli.Flag{socketFlag(), outputFlag()},
 				Action: func(c *cli.Context) error {
 					return show(c, "/v1/drills", func(reps []api.DrillReport) error {
-						tw := tabwriter.NewWriter(c.App.Writer, 0, 0, 2, ' ', 0)
+						tw := newTable(c.App.Writer)
 						fmt.Fprintln(tw, "ID\tVIP\tACTION\tTARGET\tAPPLY\tRESULT")
 						for _, r := range reps {
 							res := "pass"
@@ -140,7 +139,7 @@ func printDrill(w io.Writer, r api.DrillReport) error {
 	if r.HookOutput != "" {
 		fmt.Fprintf(w, "  hook: %s (%s)\n", r.HookOutput, r.HookTime)
 	}
-	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	tw := newTable(w)
 	fmt.Fprintln(tw, "  BACKEND\tBEFORE PPS\tSHARE\tDURING PPS\tSHARE\tSTATE")
 	for _, b := range r.Backends {
 		fmt.Fprintf(tw, "  %s\t%.0f\t%.1f%%\t%.0f\t%.1f%%\t%s -> %s\n", b.Addr, b.BaselinePPS, 100*b.BaselineShare, b.DuringPPS, 100*b.DuringShare, b.StateBefore, b.StateAfter)

@@ -3,7 +3,6 @@ package main
 import (
 	"fmt"
 	"io"
-	"text/tabwriter"
 
 	"github.com/urfave/cli/v2"
 
@@ -56,7 +55,7 @@ func printHAStatus(w io.Writer, st api.HAStatus) error {
 		lag = "-"
 	}
 	fmt.Fprintf(w, "revision %d  synced %v  flow sync lag %s\n", st.Revision, st.Synced, lag)
-	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	tw := newTable(w)
 	fmt.Fprintln(tw, "PEER\tNODE\tROLE\tUP\tADVERT AGE\tREVISION")
 	for _, p := range st.Peers {
 		rev := fmt.Sprint(p.Revision)

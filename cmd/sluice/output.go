@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"text/tabwriter"
 
 	"github.com/urfave/cli/v2"
 )
@@ -62,3 +63,6 @@ func show[T any](c *cli.Context, path string, table func(T) error) error {
 		return v, err
 	}, table)
 }
+
+// newTable is a writer of aligned columns, as every table printer uses.
+func newTable(w io.Writer) *tabwriter.Writer { return tabwriter.NewWriter(w, 0, 0, 2, ' ', 0) }

@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"os"
 	"strings"
-	"text/tabwriter"
 	"time"
 
 	"github.com/urfave/cli/v2"
@@ -123,7 +122,7 @@ func backupCommand() *cli.Command {
 				Name: "list", Usage: "list archived previous states", Flags: []cli.Flag{socketFlag(), outputFlag()},
 				Action: func(c *cli.Context) error {
 					return show(c, "/v1/backups", func(entries []state.ArchiveEntry) error {
-						tw := tabwriter.NewWriter(c.App.Writer, 0, 0, 2, ' ', 0)
+						tw := newTable(c.App.Writer)
 						fmt.Fprintln(tw, "REVISION\tTIME\tSIZE\tPATH")
 						for _, e := range entries {
 							fmt.Fprintf(tw, "%d\t%s\t%d\t%s\n", e.Revision, e.Time.Format(time.RFC3339), e.Size, e.Path)

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"strings"
-	"text/tabwriter"
 	"time"
 
 	"github.com/urfave/cli/v2"
@@ -45,7 +44,7 @@ func printStatus(w io.Writer, st api.Status) error {
 			}
 			fmt.Fprintf(w, "  policy failover  primary %s  epoch %d\n", primary, v.Epoch)
 		}
-		tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+		tw := newTable(w)
 		fmt.Fprintln(tw, "  BACKEND\tSTATE\tWEIGHT\tSTANDBY\tSLOTS\tPACKETS\tBYTES\tLAST CHANGE\tREASON")
 		for _, b := range v.Backends {
 			lc := "-"
@@ -102,7 +101,7 @@ func statsCommand() *cli.Command {
 }
 
 func printRates(w io.Writer, rates []rate) error {
-	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	tw := newTable(w)
 	fmt.Fprintln(tw, "VIP\tBACKEND\tSTATE\tPPS\tBPS\tSHARE")
 	for _, r := range rates {
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%.0f\t%.0f\t%s\n", r.VIP, r.Backend, r.State, r.PPS, r.BPS, bar(r.Share))

@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"io"
 	"net/url"
-	"text/tabwriter"
 	"time"
 
 	"github.com/urfave/cli/v2"
@@ -56,11 +55,8 @@ func vipAddCommand() *cli.Command {
 // vipAddRequest reads `vip add`'s argument and flags, naming the flag of
 // any bad value before anything is sent.
 func vipAddRequest(c *cli.Context) (api.VIPAddRequest, error) {
-	vip, err := oneArg(c, "ADDR:PORT/PROTO")
+	vip, err := vipArg(c)
 	if err != nil {
-		return api.VIPAddRequest{}, err
-	}
-	if _, err := state.ParseVIPKey(vip); err != nil {
 		return api.VIPAddRequest{}, err
 	}
 	if _, err := loader.ParseForward(c.String("forward")); err != nil {
@@ -96,11 +92,8 @@ func vipDelCommand() *cli.Command {
 	return &cli.Command{
 		Name: "del", Usage: "delete a VIP", ArgsUsage: "ADDR:PORT/PROTO", Flags: []cli.Flag{socketFlag()},
 		Action: func(c *cli.Context) error {
-			vip, err := oneArg(c, "ADDR:PORT/PROTO")
+			vip, err := vipArg(c)
 			if err != nil {
-				return err
-			}
-			if _, err := state.ParseVIPKey(vip); err != nil {
 				return err
 			}
 			var st state.State
@@ -127,7 +120,7 @@ func vipListCommand() *cli.Command {
 }
 
 func printVIPs(w io.Writer, vips []state.VIP) error {
-	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	tw := newTable(w)
 	fmt.Fprintln(tw, "VIP\tFORWARD\tRING\tMIN-ACTIVE\tUDP-TIMEOUT\tBACKENDS")
 	for _, v := range vips {
 		fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%s\t%d\n", v.VIP, v.Forward, v.RingSize, v.MinActive, time.Duration(v.UDPTimeout), len(v.Backends))
@@ -139,11 +132,8 @@ func vipRingCommand() *cli.Command {
 	return &cli.Command{
 		Name: "ring", Usage: "read a VIP's ring back from the kernel", ArgsUsage: "ADDR:PORT/PROTO", Flags: []cli.Flag{socketFlag(), outputFlag()},
 		Action: func(c *cli.Context) error {
-			vip, err := oneArg(c, "ADDR:PORT/PROTO")
+			vip, err := vipArg(c)
 			if err != nil {
-				return err
-			}
-			if _, err := state.ParseVIPKey(vip); err != nil {
 				return err
 			}
 			return call(c, func(cl *client) (api.RingResponse, error) {
@@ -160,7 +150,7 @@ func printRing(w io.Writer, ring api.RingResponse) error {
 	for _, s := range ring.Slots {
 		count[s]++
 	}
-	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	tw := newTable(w)
 	fmt.Fprintf(tw, "vip %s, ring of %d slots\nBACKEND\tSLOTS\tSHARE\n", ring.VIP, ring.RingSize)
 	for b, n := range count {
 		name := b

@@ -355,6 +355,15 @@ func (s *State) FindVIP(k loader.VIPKey) int {
 	return -1
 }
 
+// LookupVIP returns the index of the VIP with key k, or an ErrNotFound
+// that names it.
+func (s *State) LookupVIP(k loader.VIPKey) (int, error) {
+	if i := s.FindVIP(k); i >= 0 {
+		return i, nil
+	}
+	return -1, NotFound("vip %s: no such vip", FormatVIPKey(k))
+}
+
 // FindBackend returns the index of backend addr in v, or -1.
 func (v *VIP) FindBackend(addr netip.Addr) int {
 	for i, b := range v.Backends {

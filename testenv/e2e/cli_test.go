@@ -11,7 +11,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -280,26 +279,7 @@ func TestMetrics(t *testing.T) {
 		t.Fatalf("/readyz %d", code)
 	}
 	_, body := get("/metrics")
-	// series returns the values of every line of metric name that carries
-	// all the given labels.
-	series := func(name string, labels ...string) []float64 {
-		var out []float64
-		for _, line := range strings.Split(body, "\n") {
-			if !strings.HasPrefix(line, name+"{") && !strings.HasPrefix(line, name+" ") {
-				continue
-			}
-			ok := true
-			for _, l := range labels {
-				ok = ok && strings.Contains(line, l)
-			}
-			if f := strings.Fields(line); ok && len(f) > 0 {
-				if v, err := strconv.ParseFloat(f[len(f)-1], 64); err == nil {
-					out = append(out, v)
-				}
-			}
-		}
-		return out
-	}
+	series := func(name string, labels ...string) []float64 { return metricSeries(body, name, labels...) }
 	metric := func(name string, labels ...string) (float64, bool) {
 		vs := series(name, labels...)
 		if len(vs) == 0 {
@@ -345,7 +325,7 @@ func TestMetrics(t *testing.T) {
 		}
 	}
 	// The shipped dashboard queries only series the daemon exports.
-	dash, err := os.ReadFile("../docs/grafana-dashboard.json")
+	dash, err := os.ReadFile("../../docs/grafana-dashboard.json")
 	if err != nil {
 		t.Fatal(err)
 	}

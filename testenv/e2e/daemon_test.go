@@ -64,7 +64,7 @@ func TestHAStatusText(t *testing.T) {
 		}
 	}
 	// The shipped dashboard's LB-pair panels query series a pair exports.
-	dash, err := os.ReadFile("../docs/grafana-dashboard.json")
+	dash, err := os.ReadFile("../../docs/grafana-dashboard.json")
 	if err != nil {
 		t.Fatal(err)
 	}

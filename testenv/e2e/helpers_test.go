@@ -16,6 +16,10 @@ import (
 	"testing"
 	"time"
 
+	dto "github.com/prometheus/client_model/go"
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
+
 	"github.com/sluicelb/sluice/control/api"
 	"github.com/sluicelb/sluice/testenv"
 	"github.com/sluicelb/sluice/testenv/testutil"
@@ -316,4 +320,53 @@ func backendByName(lab *testenv.Lab, name string) *testenv.Backend {
 		}
 	}
 	return nil
+}
+
+// metricSeries returns, from a Prometheus text exposition, the value of
+// every sample of metric name that carries all the given labels (written
+// `k="v"`). A histogram's name_count and name_sum are series too.
+func metricSeries(body, name string, labels ...string) []float64 {
+	p := expfmt.NewTextParser(model.UTF8Validation)
+	fams, err := p.TextToMetricFamilies(strings.NewReader(body))
+	if err != nil {
+		return nil
+	}
+	value := func(m *dto.Metric) float64 {
+		switch {
+		case m.Gauge != nil:
+			return m.Gauge.GetValue()
+		case m.Counter != nil:
+			return m.Counter.GetValue()
+		}
+		return m.Untyped.GetValue()
+	}
+	fam := fams[name]
+	if fam == nil {
+		for suffix, get := range map[string]func(*dto.Metric) float64{
+			"_count": func(m *dto.Metric) float64 { return float64(m.Histogram.GetSampleCount()) },
+			"_sum":   func(m *dto.Metric) float64 { return m.Histogram.GetSampleSum() },
+		} {
+			if base, ok := strings.CutSuffix(name, suffix); ok && fams[base] != nil && fams[base].GetType() == dto.MetricType_HISTOGRAM {
+				fam, value = fams[base], get
+			}
+		}
+	}
+	if fam == nil {
+		return nil
+	}
+	var out []float64
+	for _, m := range fam.Metric {
+		have := map[string]bool{}
+		for _, lp := range m.Label {
+			have[fmt.Sprintf("%s=%q", lp.GetName(), lp.GetValue())] = true
+		}
+		ok := true
+		for _, l := range labels {
+			ok = ok && have[l]
+		}
+		if ok {
+			out = append(out, value(m))
+		}
+	}
+	return out
 }

@@ -9,7 +9,6 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -335,20 +334,8 @@ func (s *scraper) value(t testing.TB, name string, labels ...string) float64 {
 	}
 	defer resp.Body.Close()
 	body, _ := io.ReadAll(resp.Body)
-	for _, line := range strings.Split(string(body), "\n") {
-		if !strings.HasPrefix(line, name+"{") && !strings.HasPrefix(line, name+" ") {
-			continue
-		}
-		ok := true
-		for _, l := range labels {
-			ok = ok && strings.Contains(line, l)
-		}
-		if f := strings.Fields(line); ok && len(f) > 1 {
-			v, err := strconv.ParseFloat(f[len(f)-1], 64)
-			if err == nil {
-				return v
-			}
-		}
+	if vs := metricSeries(string(body), name, labels...); len(vs) > 0 {
+		return vs[0]
 	}
 	t.Fatalf("no metric %s%v in:\n%s", name, labels, body)
 	return 0

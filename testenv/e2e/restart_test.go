@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"fmt"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -9,6 +10,7 @@ import (
 
 	"github.com/sluicelb/sluice/control/api"
 	"github.com/sluicelb/sluice/testenv"
+	"github.com/sluicelb/sluice/testenv/testutil"
 )
 
 // load opens new connections through the VIP until stopped, counting
@@ -41,14 +43,9 @@ func startLoad(t *testing.T, lab *testenv.Lab) *load {
 
 func (l *load) waitMore(t *testing.T, n int64) {
 	t.Helper()
-	target := l.ok.Load() + n
-	deadline := time.Now().Add(20 * time.Second)
-	for l.ok.Load() < target {
-		if time.Now().After(deadline) {
-			t.Fatalf("load stalled at %d ok, %d failed", l.ok.Load(), l.failed.Load())
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	testutil.WaitCount(t, l.ok.Load, l.ok.Load()+n, 20*time.Second, func() string {
+		return fmt.Sprintf("load stalled at %d ok, %d failed", l.ok.Load(), l.failed.Load())
+	})
 }
 
 func (l *load) finish() { close(l.stop); <-l.done }

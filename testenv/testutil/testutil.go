@@ -58,3 +58,17 @@ func Percentile(ds []time.Duration, p float64) time.Duration {
 	idx := int(p*float64(len(s))+0.999999) - 1 // ceil, forgiving float error
 	return s[max(0, min(len(s)-1, idx))]
 }
+
+// WaitCount polls count until it reaches target, failing t with stalled's
+// message after timeout. It is for counters that a load generator moves
+// many times a second.
+func WaitCount(t testing.TB, count func() int64, target int64, timeout time.Duration, stalled func() string) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for count() < target {
+		if time.Now().After(deadline) {
+			t.Fatal(stalled())
+		}
+		time.Sleep(time.Millisecond)
+	}
+}

@@ -1,0 +1,175 @@
+package layout
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"go/ast"
+	"go/parser"
+	"go/token"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+const module = "github.com/sluicelb/sluice"
+
+// layer ranks every package: a package may import only packages of a
+// lower rank, so dependencies point one way, down, and the subpackages
+// of control sit below control itself. A package missing here fails the
+// test: a new package must be given its place.
+var layer = map[string]int{
+	"bpf":                  0,
+	"loader":               1,
+	"health":               1,
+	"control/maglev":       1,
+	"control/ha":           1,
+	"control/neigh":        1,
+	"control/state":        2,
+	"testenv":              2,
+	"control/api":          3,
+	"control/availability": 4,
+	"control/pair":         4,
+	"control":              5,
+	"cmd/sluice":           6,
+	// Imported by tests only.
+	"testenv/testutil": 7,
+	"testenv/e2e":      8,
+	"testenv/layout":   8,
+}
+
+// Limits of a package (non-test, non-generated lines) and of a function.
+const (
+	maxPackageLines  = 2500
+	maxFunctionLines = 80
+)
+
+type pkg struct {
+	ImportPath string
+	Dir        string
+	Doc        string
+	GoFiles    []string
+	Imports    []string
+	Deps       []string
+}
+
+func list(t *testing.T, args ...string) []pkg {
+	t.Helper()
+	cmd := exec.Command("go", append([]string{"list", "-json"}, args...)...)
+	cmd.Dir = "../.."
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("go list %v: %v", args, err)
+	}
+	var pkgs []pkg
+	dec := json.NewDecoder(bytes.NewReader(out))
+	for dec.More() {
+		var p pkg
+		if err := dec.Decode(&p); err != nil {
+			t.Fatal(err)
+		}
+		pkgs = append(pkgs, p)
+	}
+	return pkgs
+}
+
+func rel(path string) (string, bool) {
+	if path == module {
+		return "", true
+	}
+	return strings.CutPrefix(path, module+"/")
+}
+
+// TestBinaryLinksNoTestCode: the shipped binary does not link testing or
+// the test-only packages.
+func TestBinaryLinksNoTestCode(t *testing.T) {
+	for _, d := range list(t, "./cmd/sluice")[0].Deps {
+		if d == "testing" || d == module+"/testenv/testutil" {
+			t.Errorf("cmd/sluice links %s", d)
+		}
+	}
+}
+
+// TestImportsPointDown: every import goes to a lower layer; control/maglev
+// imports only the standard library; control/pair does not import control.
+func TestImportsPointDown(t *testing.T) {
+	for _, p := range list(t, "./...") {
+		name, _ := rel(p.ImportPath)
+		rank, ok := layer[name]
+		if !ok {
+			t.Errorf("%s: not in the layer table of this test; give it its place", name)
+			continue
+		}
+		for _, imp := range p.Imports {
+			dep, ours := rel(imp)
+			if !ours {
+				if name == "control/maglev" && strings.Contains(strings.Split(imp, "/")[0], ".") {
+					t.Errorf("control/maglev imports %s: it may import only the standard library", imp)
+				}
+				continue
+			}
+			if layer[dep] >= rank {
+				t.Errorf("%s (layer %d) imports %s (layer %d): imports must point down", name, rank, dep, layer[dep])
+			}
+		}
+	}
+}
+
+// TestPackagesAreSmall: each package has a doc comment, holds at most
+// maxPackageLines lines outside tests and generated code, and no function
+// there is longer than maxFunctionLines.
+func TestPackagesAreSmall(t *testing.T) {
+	for _, p := range list(t, "./...") {
+		name, _ := rel(p.ImportPath)
+		if p.Doc == "" {
+			t.Errorf("%s: no package doc comment", name)
+		}
+		lines := 0
+		for _, f := range p.GoFiles {
+			n, long, err := measure(filepath.Join(p.Dir, f))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if n < 0 {
+				continue // generated
+			}
+			lines += n
+			for _, l := range long {
+				t.Errorf("%s/%s: %s", name, f, l)
+			}
+		}
+		t.Logf("%-22s %5d lines", name, lines)
+		if lines > maxPackageLines {
+			t.Errorf("%s: %d lines outside tests, at most %d", name, lines, maxPackageLines)
+		}
+	}
+}
+
+// measure counts a file's lines and lists its functions longer than
+// maxFunctionLines; a generated file counts -1.
+func measure(path string) (int, []string, error) {
+	src, err := os.ReadFile(path)
+	if err != nil {
+		return 0, nil, err
+	}
+	fs := token.NewFileSet()
+	f, err := parser.ParseFile(fs, path, src, parser.ParseComments)
+	if err != nil {
+		return 0, nil, err
+	}
+	if ast.IsGenerated(f) {
+		return -1, nil, nil
+	}
+	var long []string
+	for _, d := range f.Decls {
+		if fd, ok := d.(*ast.FuncDecl); ok {
+			n := fs.Position(fd.End()).Line - fs.Position(fd.Pos()).Line + 1
+			if n > maxFunctionLines {
+				long = append(long, fmt.Sprintf("func %s: %d lines, at most %d", fd.Name.Name, n, maxFunctionLines))
+			}
+		}
+	}
+	return bytes.Count(src, []byte("\n")), long, nil
+}

@@ -164,7 +164,7 @@ func (d *Daemon) setUp(ctx context.Context) error {
 	}
 	var err error
 	if opts.HA != nil {
-		if d.pair, err = pair.New(*opts.HA, pairHost{d}, d.dp, d.log); err != nil {
+		if d.pair, err = pair.New(*opts.HA, pairHost{d}, pairDatapath{d.dp}, d.log); err != nil {
 			return err
 		}
 		d.pair.OnEvent, d.pair.OnMaster = d.events.Add, d.checkPrimaries

@@ -4,6 +4,7 @@ import (
 	"net/netip"
 	"slices"
 
+	"github.com/sluicelb/sluice/control/pair"
 	"github.com/sluicelb/sluice/control/state"
 	"github.com/sluicelb/sluice/loader"
 )
@@ -42,4 +43,15 @@ func (h pairHost) BackendAddrs() map[uint32]netip.Addr {
 		out[idx] = ref.Addr
 	}
 	return out
+}
+
+// pairDatapath is the data plane as the pair sees it (pair.Datapath).
+type pairDatapath struct{ *loader.Datapath }
+
+func (p pairDatapath) FlowEvents() (pair.FlowReader, error) {
+	r, err := p.Datapath.FlowEvents()
+	if err != nil {
+		return nil, err // not a typed nil in an interface
+	}
+	return r, nil
 }

@@ -117,12 +117,20 @@ type Host interface {
 }
 
 // Datapath is the part of the data plane the pair reads and writes: the
-// interface, and the connection table it syncs. *loader.Datapath has it.
+// interface, and the connection table it syncs.
 type Datapath interface {
 	Iface() *net.Interface
-	FlowEvents() (*loader.FlowEventReader, error)
+	FlowEvents() (FlowReader, error)
 	Flows() ([]loader.Flow, error)
 	SetFlow(loader.Flow) error
+}
+
+// FlowReader yields the data plane's connection-table writes, as
+// *loader.FlowEventReader does: Read returns os.ErrDeadlineExceeded when
+// none came by deadline (zero: wait), and loader.ErrClosed after Close.
+type FlowReader interface {
+	Read(deadline time.Time) (loader.FlowEvent, error)
+	Close() error
 }
 
 // Pair runs this daemon's side of an LB pair: adverts and roles, VIP

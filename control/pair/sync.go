@@ -178,7 +178,7 @@ type flowBatch struct {
 // flowLoop reads connection-table writes, batches them and hands each
 // batch to every peer's sender; a slow peer loses batches (counted), not
 // the reader.
-func (p *Pair) flowLoop(ctx context.Context, r *loader.FlowEventReader) {
+func (p *Pair) flowLoop(ctx context.Context, r FlowReader) {
 	go func() {
 		<-ctx.Done()
 		r.Close()

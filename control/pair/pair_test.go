@@ -96,10 +96,6 @@ func freePort(t *testing.T) uint16 {
 	return 0
 }
 
-func itoa(n int) string {
-	return netip.AddrPortFrom(netip.Addr{}, uint16(n)).String()[len("invalid AddrPort:"):]
-}
-
 // node is one started pair with the events it reported.
 type node struct {
 	p     *Pair

@@ -80,6 +80,17 @@ func TestFailoverVIP(t *testing.T) {
 	demote := "echo \"$SLUICE_OLD_PRIMARY $SLUICE_NEW_PRIMARY $SLUICE_EPOCH\" >> " + demoteLog
 	lab, d := failoverLab(t, "--promote-cmd", script, "--demote-cmd", demote)
 	st := d.waitStatus(t, "initial primary", func(s api.Status) bool { return primaryOf(s) == "10.77.0.11" })
+	// Each run below picks the next primary from the backends it sees up:
+	// the replicas' checks must have settled first.
+	d.waitStatus(t, "every backend up", func(s api.Status) bool {
+		up := 0
+		for _, a := range []string{"10.77.0.11", "10.77.0.12", "10.77.0.13"} {
+			if backendState(s, vipTCP, a).State == "up" {
+				up++
+			}
+		}
+		return up == 3
+	})
 	if calls := hookCalls(t, log); len(calls) != 1 || calls[0] != vipTCP+"  10.77.0.11 1" {
 		t.Fatalf("initial promotion hook calls %q", calls)
 	}

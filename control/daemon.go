@@ -164,7 +164,11 @@ func (d *Daemon) setUp(ctx context.Context) error {
 	}
 	var err error
 	if opts.HA != nil {
-		if d.pair, err = pair.New(*opts.HA, pairHost{d}, pairDatapath{d.dp}, d.log); err != nil {
+		ho := *opts.HA
+		if ho.Boot, err = state.NextBoot(opts.StateDir, time.Now()); err != nil {
+			return err
+		}
+		if d.pair, err = pair.New(ho, pairHost{d}, pairDatapath{d.dp}, d.log); err != nil {
 			return err
 		}
 		d.pair.OnEvent, d.pair.OnMaster = d.events.Add, d.checkPrimaries

@@ -10,6 +10,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -19,6 +20,7 @@ import (
 	"strconv"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -43,6 +45,10 @@ type Options struct {
 	Node string
 	// Port carries adverts (UDP) and sync (TCP); default ha.DefaultPort.
 	Port uint16
+	// Boot identifies this start of the node in adverts and sync
+	// requests; it must grow with every start (state.NextBoot keeps it in
+	// the state directory), so that peers' replay guards accept it.
+	Boot uint64
 }
 
 // Defaults of an LB pair.
@@ -83,16 +89,51 @@ func (o *Options) Validate() error {
 }
 
 // ReadKey reads a pair's shared key; surrounding white space is ignored.
+// The file must be root's and readable by nobody else (mode 0400 or
+// 0600): anyone who reads the key can take over the pair.
 func ReadKey(path string) ([]byte, error) {
-	b, err := os.ReadFile(path)
+	f, err := os.Open(path)
 	if err != nil {
 		return nil, fmt.Errorf("--ha-key-file: %w", err)
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return nil, fmt.Errorf("--ha-key-file %s: %w", path, err)
+	}
+	if err := keyFileSafe(path, fi); err != nil {
+		return nil, fmt.Errorf("--ha-key-file %s: %w", path, err)
+	}
+	b, err := io.ReadAll(io.LimitReader(f, maxKeyFile+1))
+	if err != nil {
+		return nil, fmt.Errorf("--ha-key-file %s: %w", path, err)
+	}
+	if len(b) > maxKeyFile {
+		return nil, fmt.Errorf("--ha-key-file %s: more than %d bytes: not a key", path, maxKeyFile)
 	}
 	b = bytes.TrimSpace(b)
 	if len(b) < minKey {
 		return nil, fmt.Errorf("--ha-key-file %s: %d bytes, want at least %d", path, len(b), minKey)
 	}
 	return b, nil
+}
+
+// maxKeyFile bounds what ReadKey reads.
+const maxKeyFile = 4096
+
+// keyFileSafe refuses a key file that is not a regular file, not owned by
+// root, or readable or writable by group or others.
+func keyFileSafe(path string, fi os.FileInfo) error {
+	if !fi.Mode().IsRegular() {
+		return fmt.Errorf("not a regular file (mode %v)", fi.Mode())
+	}
+	if perm := fi.Mode().Perm(); perm&0o077 != 0 {
+		return fmt.Errorf("mode %04o: group or others may read it; make it 0400 (chmod 0400 %s)", perm, path)
+	}
+	if st, ok := fi.Sys().(*syscall.Stat_t); ok && st.Uid != 0 {
+		return fmt.Errorf("owned by uid %d, not root (chown root:root %s)", st.Uid, path)
+	}
+	return nil
 }
 
 // Host is what the pair needs of the daemon it runs in. The daemon
@@ -198,7 +239,10 @@ func New(opts Options, host Host, dp Datapath, log *slog.Logger) (*Pair, error) 
 	if opts.Node == "" {
 		opts.Node = defaultNodeName(dp.Iface())
 	}
-	boot := uint64(time.Now().UnixNano())
+	if opts.Boot == 0 {
+		return nil, errors.New("ha: no boot counter (Options.Boot)")
+	}
+	boot := opts.Boot
 	p := &Pair{host: host, dp: dp, opts: opts, log: log.With("component", "ha"), owner: newVIPOwner(dp.Iface(), log),
 		signer: &ha.Signer{Key: opts.Key, Node: opts.Node, Boot: boot}, verify: &ha.Verifier{Key: opts.Key},
 		client: &http.Client{Timeout: syncTimeout}, bulk: &http.Client{Timeout: dumpTimeout}, peers: map[string]netip.AddrPort{}, pushq: make(chan struct{}, 1),

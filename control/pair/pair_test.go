@@ -105,12 +105,23 @@ type node struct {
 
 func startNode(t *testing.T, ctx context.Context, name string, prio uint8, port, peer uint16, h *host) *node {
 	t.Helper()
+	return startNodeAt(t, ctx, name, prio, port, peer, h, t.TempDir(), time.Now())
+}
+
+// startNodeAt starts a node whose state directory is dir and whose clock
+// reads now.
+func startNodeAt(t *testing.T, ctx context.Context, name string, prio uint8, port, peer uint16, h *host, dir string, now time.Time) *node {
+	t.Helper()
+	boot, err := state.NextBoot(dir, now)
+	if err != nil {
+		t.Fatal(err)
+	}
 	lo, err := net.InterfaceByName("lo")
 	if err != nil {
 		t.Fatal(err)
 	}
 	opts := Options{Peers: []netip.AddrPort{netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), peer)},
-		Priority: prio, Advert: 20 * time.Millisecond, Key: []byte("0123456789abcdef0123456789abcdef"), Node: name, Port: port}
+		Priority: prio, Advert: 20 * time.Millisecond, Key: []byte("0123456789abcdef0123456789abcdef"), Node: name, Port: port, Boot: boot}
 	if err := opts.Validate(); err != nil {
 		t.Fatal(err)
 	}
@@ -216,4 +227,28 @@ func TestPairWithoutALab(t *testing.T) {
 	if !b.p.IsCoordinator() || a.p.IsCoordinator() {
 		t.Fatalf("after handoff a=%s b=%s, want backup and master", a.p.Role(), b.p.Role())
 	}
+}
+
+// TestRestartWithClockSteppedBack: a peer restarted with its clock an hour
+// behind is heard again at once, its adverts not refused as replays: its
+// boot ID is a counter in its state directory, not the clock.
+func TestRestartWithClockSteppedBack(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	pa, pb := freePort(t), freePort(t)
+	a := startNode(t, ctx, "a", 200, pa, pb, newHost(1))
+	dir := t.TempDir()
+	bctx, stopB := context.WithCancel(ctx)
+	b := startNodeAt(t, bctx, "b", 100, pb, pa, newHost(0), dir, time.Now())
+	a.waitRole(t, "master")
+	eventually(t, "a hears b", func() bool { st := a.p.Status(); return len(st.Peers) == 1 && st.Peers[0].Up })
+	b.p.Stop()
+	stopB()
+	eventually(t, "a sees b gone", func() bool { return !a.p.Status().Peers[0].Up })
+	b = startNodeAt(t, ctx, "b", 100, pb, pa, newHost(1), dir, time.Now().Add(-time.Hour))
+	eventually(t, "a hears the restarted b", func() bool { return a.p.Status().Peers[0].Up })
+	if n := a.p.Status().BadAdverts["replay"]; n != 0 {
+		t.Fatalf("%d of b's adverts refused as replays after its restart", n)
+	}
+	_ = b
 }

@@ -58,9 +58,14 @@ bench: need-go need-root
 bench-failover: need-go need-root
 	SLUICE_BENCH_DOC=$(CURDIR)/docs/benchmarks.md $(GO) test -count=1 -run '^$$' -bench BenchmarkFailover -benchtime 1x -timeout 10m ./testenv/e2e/
 
+# Every fuzz target in turn, FUZZTIME each (CI runs 20s each).
 FUZZTIME ?= 5m
+FUZZ_TARGETS = FuzzDatapath:./loader/ FuzzSnapshot:./control/state/ FuzzParse:./control/ha/ FuzzFlows:./control/ha/
 fuzz: need-go need-root
-	$(GO) test -run '^$$' -fuzz FuzzDatapath -fuzztime $(FUZZTIME) ./loader/
+	@set -e; for t in $(FUZZ_TARGETS); do \
+		echo "== $${t%%:*} ($(FUZZTIME))"; \
+		$(GO) test -run '^$$' -fuzz "^$${t%%:*}$$" -fuzztime $(FUZZTIME) "$${t#*:}"; \
+	done
 
 demo: build need-root
 	@command -v nsenter >/dev/null 2>&1 || { echo "error: nsenter is missing: apt-get install util-linux"; exit 1; }

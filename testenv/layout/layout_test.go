@@ -47,12 +47,14 @@ const (
 )
 
 type pkg struct {
-	ImportPath string
-	Dir        string
-	Doc        string
-	GoFiles    []string
-	Imports    []string
-	Deps       []string
+	ImportPath   string
+	Dir          string
+	Doc          string
+	GoFiles      []string
+	TestGoFiles  []string
+	XTestGoFiles []string
+	Imports      []string
+	Deps         []string
 }
 
 func list(t *testing.T, args ...string) []pkg {
@@ -172,4 +174,42 @@ func measure(path string) (int, []string, error) {
 		}
 	}
 	return bytes.Count(src, []byte("\n")), long, nil
+}
+
+// TestEveryFuzzTargetRuns: `make fuzz`, which CI runs, lists every fuzz
+// target in the tree with its package.
+func TestEveryFuzzTargetRuns(t *testing.T) {
+	mk, err := os.ReadFile("../../Makefile")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var listed string
+	for _, line := range strings.Split(string(mk), "\n") {
+		if v, ok := strings.CutPrefix(line, "FUZZ_TARGETS = "); ok {
+			listed = " " + v + " "
+		}
+	}
+	for _, p := range list(t, "./...") {
+		name, _ := rel(p.ImportPath)
+		for _, f := range append(testFiles(p), p.GoFiles...) {
+			src, err := os.ReadFile(filepath.Join(p.Dir, f))
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, line := range strings.Split(string(src), "\n") {
+				fn, ok := strings.CutPrefix(line, "func Fuzz")
+				if !ok {
+					continue
+				}
+				target := "Fuzz" + fn[:strings.Index(fn, "(")]
+				if !strings.Contains(listed, " "+target+":./"+name+"/ ") {
+					t.Errorf("%s in %s is not in the Makefile's FUZZ_TARGETS", target, name)
+				}
+			}
+		}
+	}
+}
+
+func testFiles(p pkg) []string {
+	return append(append([]string{}, p.TestGoFiles...), p.XTestGoFiles...)
 }

@@ -22,6 +22,7 @@ need-tools:
 	@command -v nsenter >/dev/null 2>&1 || { echo "error: nsenter is missing: apt-get install util-linux"; exit 1; }
 	@command -v nft >/dev/null 2>&1 || { echo "error: nft is missing (tests inject faults with it): apt-get install nftables"; exit 1; }
 	@command -v curl >/dev/null 2>&1 || { echo "error: curl is missing (the lab test uses it): apt-get install curl"; exit 1; }
+	@command -v promtool >/dev/null 2>&1 || { echo "error: promtool is missing (the alert rules' tests use it): apt-get install prometheus"; exit 1; }
 
 need-root:
 	@test "$$(id -u)" = 0 || { echo "error: this target loads BPF programs and creates network namespaces: run it with sudo"; exit 1; }

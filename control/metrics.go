@@ -39,6 +39,8 @@ var (
 	descPrimary        = prometheus.NewDesc("sluice_vip_primary", "1 for the primary of a failover VIP.", []string{"vip", "backend"}, nil)
 	descAvailability   = prometheus.NewDesc("sluice_vip_availability_ratio", "Measured share of time the VIP was available, by window.", []string{"vip", "window"}, nil)
 	descHasPrimary     = prometheus.NewDesc("sluice_vip_has_primary", "1 while a failover VIP has a primary.", []string{"vip"}, nil)
+	descVIPUsable      = prometheus.NewDesc("sluice_vip_usable_backends", "Backends of the VIP the data plane may send traffic to.", []string{"vip"}, nil)
+	descVIPMinActive   = prometheus.NewDesc("sluice_vip_min_active", "The VIP's min_active: usable actives below it bring in standbys.", []string{"vip"}, nil)
 )
 
 func newMetrics(d *Daemon) *metrics {
@@ -120,6 +122,14 @@ func (m *metrics) Collect(ch chan<- prometheus.Metric) {
 			}
 			ch <- prometheus.MustNewConstMetric(descHasPrimary, prometheus.GaugeValue, has, v.VIP)
 		}
+		usable := 0
+		for _, b := range v.Backends {
+			if b.Usable {
+				usable++
+			}
+		}
+		ch <- prometheus.MustNewConstMetric(descVIPUsable, prometheus.GaugeValue, float64(usable), v.VIP)
+		ch <- prometheus.MustNewConstMetric(descVIPMinActive, prometheus.GaugeValue, float64(v.MinActive), v.VIP)
 		ch <- prometheus.MustNewConstMetric(descVIPPackets, prometheus.CounterValue, float64(v.Packets), v.VIP)
 		ch <- prometheus.MustNewConstMetric(descVIPBytes, prometheus.CounterValue, float64(v.Bytes), v.VIP)
 		for _, b := range v.Backends {

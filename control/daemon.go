@@ -465,13 +465,36 @@ func (d *Daemon) listenAPI() (net.Listener, error) {
 		return nil, fmt.Errorf("--socket %s: another sluice daemon is listening there", d.opts.Socket)
 	}
 	os.Remove(d.opts.Socket)
-	l, err := net.Listen("unix", d.opts.Socket)
+	l, err := listenPrivate(d.opts.Socket)
 	if err != nil {
 		return nil, fmt.Errorf("--socket %s: %w", d.opts.Socket, err)
 	}
-	if err := os.Chmod(d.opts.Socket, 0o600); err != nil {
+	return l, nil
+}
+
+// listenPrivate listens on the unix socket path, which never exists with
+// looser permissions than 0600: the socket is bound in a fresh directory
+// of mode 0700 next to path, made 0600 there, then renamed into place.
+// (The process umask is not touched: it is the whole process's.)
+func listenPrivate(path string) (net.Listener, error) {
+	tmp, err := os.MkdirTemp(filepath.Dir(path), ".s")
+	if err != nil {
+		return nil, err
+	}
+	defer os.RemoveAll(tmp)
+	bound := filepath.Join(tmp, "s")
+	l, err := net.ListenUnix("unix", &net.UnixAddr{Name: bound, Net: "unix"})
+	if err != nil {
+		return nil, err
+	}
+	l.SetUnlinkOnClose(false) // the daemon removes path on shutdown
+	if err := os.Chmod(bound, 0o600); err != nil {
 		l.Close()
-		return nil, fmt.Errorf("--socket %s: %w", d.opts.Socket, err)
+		return nil, err
+	}
+	if err := os.Rename(bound, path); err != nil {
+		l.Close()
+		return nil, err
 	}
 	return l, nil
 }

@@ -31,7 +31,9 @@ func statusOf(err error) int {
 	return http.StatusBadRequest
 }
 
-// handler serves one API call as JSON.
+// handler serves one API call as JSON. Changes run under the daemon's
+// context, never the request's: a client that goes away (Ctrl-C) after
+// sending a change must not leave it committed but half applied.
 type handler func(*http.Request) (any, error)
 
 func (h handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -83,7 +85,7 @@ func (d *Daemon) failoverRoutes(mux *http.ServeMux) {
 		if err := decode(r, &req); err != nil {
 			return nil, err
 		}
-		return d.Drill(r.Context(), req)
+		return d.Drill(d.ctx, req)
 	}))
 	mux.Handle("GET /v1/drills", handler(func(*http.Request) (any, error) { return d.Drills() }))
 	mux.Handle("GET /v1/availability", handler(func(*http.Request) (any, error) { return d.Availability() }))
@@ -92,7 +94,7 @@ func (d *Daemon) failoverRoutes(mux *http.ServeMux) {
 		if err := decode(r, &req); err != nil {
 			return nil, err
 		}
-		return d.Promote(r.Context(), req.VIP, req.Addr)
+		return d.Promote(d.ctx, req.VIP, req.Addr)
 	}))
 }
 
@@ -101,7 +103,7 @@ func (d *Daemon) apiVIPDel(r *http.Request) (any, error) {
 	if err != nil {
 		return nil, err
 	}
-	return d.Change(r.Context(), "vip del "+state.FormatVIPKey(k), func(s *state.State) error {
+	return d.Change(d.ctx, "vip del "+state.FormatVIPKey(k), func(s *state.State) error {
 		i, err := s.LookupVIP(k)
 		if err != nil {
 			return err
@@ -122,7 +124,7 @@ func (d *Daemon) apiRestore(r *http.Request) (any, error) {
 	if err != nil {
 		return nil, err
 	}
-	return d.Change(r.Context(), fmt.Sprintf("backup restored (snapshot revision %d)", rev), change)
+	return d.Change(d.ctx, fmt.Sprintf("backup restored (snapshot revision %d)", rev), change)
 }
 
 func decode(r *http.Request, v any) error {
@@ -159,7 +161,7 @@ func (d *Daemon) apiVIPAdd(r *http.Request) (any, error) {
 		}
 		v.UDPTimeout = state.Duration(t)
 	}
-	return d.Change(r.Context(), "vip add "+v.VIP, func(s *state.State) error {
+	return d.Change(d.ctx, "vip add "+v.VIP, func(s *state.State) error {
 		if s.FindVIP(k) >= 0 {
 			return state.Conflict("vip %s: already exists", v.VIP)
 		}
@@ -190,7 +192,7 @@ func (d *Daemon) apiBackendAdd(r *http.Request) (any, error) {
 	if err != nil {
 		return nil, err
 	}
-	return d.Change(r.Context(), fmt.Sprintf("backend add %s %s", state.FormatVIPKey(k), addr), func(s *state.State) error {
+	return d.Change(d.ctx, fmt.Sprintf("backend add %s %s", state.FormatVIPKey(k), addr), func(s *state.State) error {
 		i, err := s.LookupVIP(k)
 		if err != nil {
 			return err
@@ -220,7 +222,7 @@ func (d *Daemon) apiBackendAction(r *http.Request) (any, error) {
 	default:
 		return nil, fmt.Errorf("action %q: want del, drain, undrain, disable or enable", req.Action)
 	}
-	return d.Change(r.Context(), fmt.Sprintf("backend %s %s %s", req.Action, state.FormatVIPKey(k), addr), func(s *state.State) error {
+	return d.Change(d.ctx, fmt.Sprintf("backend %s %s %s", req.Action, state.FormatVIPKey(k), addr), func(s *state.State) error {
 		i, err := s.LookupVIP(k)
 		if err != nil {
 			return err
@@ -286,7 +288,7 @@ func (d *Daemon) apiApply(r *http.Request) (any, error) {
 	if req.DryRun || len(diff) == 0 {
 		return api.ApplyResponse{Diff: diff, Revision: cur.Revision}, nil
 	}
-	st, err := d.Change(r.Context(), "apply", func(s *state.State) error {
+	st, err := d.Change(d.ctx, "apply", func(s *state.State) error {
 		s.VIPs = state.KeepFailover(s.VIPs, next.VIPs)
 		return nil
 	})

@@ -1,32 +1,20 @@
 package control
 
 import (
-	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"net/http"
 	"os"
-	"os/exec"
 	"slices"
 	"strings"
 	"time"
 
 	"github.com/sluicelb/sluice/control/api"
+	"github.com/sluicelb/sluice/control/hook"
 	"github.com/sluicelb/sluice/control/state"
 	"github.com/sluicelb/sluice/health"
 	"github.com/sluicelb/sluice/loader"
 )
-
-// hookPayload is what --promote-url receives as JSON.
-type hookPayload struct {
-	VIP        string `json:"vip"`
-	OldPrimary string `json:"old_primary"`
-	NewPrimary string `json:"new_primary"`
-	Epoch      uint64 `json:"epoch"`
-	Node       string `json:"node"`
-}
 
 // nodeName names this node to hooks: its name in the LB pair, else the
 // host name.
@@ -38,42 +26,14 @@ func (d *Daemon) nodeName() string {
 	return h
 }
 
-// runHook runs the command (through sh -c) or posts to the URL, bounded by
-// the VIP's hook timeout. Exit 0 or HTTP 2xx is success.
-func runHook(ctx context.Context, v state.VIP, cmdline, old, next string, epoch uint64, node string) (string, error) {
-	ctx, cancel := context.WithTimeout(ctx, time.Duration(v.HookTimeout))
-	defer cancel()
-	if cmdline != "" {
-		cmd := exec.CommandContext(ctx, "/bin/sh", "-c", cmdline)
-		cmd.Env = append(os.Environ(), "SLUICE_VIP="+v.VIP, "SLUICE_OLD_PRIMARY="+old,
-			"SLUICE_NEW_PRIMARY="+next, fmt.Sprintf("SLUICE_EPOCH=%d", epoch), "SLUICE_NODE="+node)
-		out, err := cmd.CombinedOutput()
-		if ctx.Err() != nil {
-			return string(out), fmt.Errorf("hook timed out after %v", time.Duration(v.HookTimeout))
-		}
-		if err != nil {
-			return string(out), fmt.Errorf("hook %q: %v", cmdline, err)
-		}
-		return string(out), nil
+// runHook runs a VIP's hook for action (its promote or demote command,
+// else its URL, told the action), bounded by the VIP's hook timeout.
+func runHook(ctx context.Context, v state.VIP, action hook.Action, old, next, node string) (string, error) {
+	h := hook.Hook{Cmd: v.PromoteCmd, URL: v.PromoteURL, Timeout: time.Duration(v.HookTimeout)}
+	if action == hook.Demote {
+		h.Cmd = v.DemoteCmd
 	}
-	if v.PromoteURL == "" {
-		return "", nil
-	}
-	body, _ := json.Marshal(hookPayload{VIP: v.VIP, OldPrimary: old, NewPrimary: next, Epoch: epoch, Node: node})
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, v.PromoteURL, bytes.NewReader(body))
-	if err != nil {
-		return "", err
-	}
-	req.Header.Set("Content-Type", "application/json")
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		return "", fmt.Errorf("hook %s: %v", v.PromoteURL, err)
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode < 200 || resp.StatusCode > 299 {
-		return "", fmt.Errorf("hook %s: %s", v.PromoteURL, resp.Status)
-	}
-	return resp.Status, nil
+	return h.Run(ctx, hook.Event{Action: action, VIP: v.VIP, OldPrimary: old, NewPrimary: next, Epoch: v.Epoch, Node: node})
 }
 
 // candidates lists the up backends of a failover VIP that may become
@@ -205,7 +165,7 @@ func (d *Daemon) promote(ctx context.Context, k loader.VIPKey, cands []state.Bac
 		}
 		old := v.Primary
 		start := time.Now()
-		out, herr := runHook(ctx, v, v.PromoteCmd, old, c.Addr, v.Epoch, d.nodeName())
+		out, herr := runHook(ctx, v, hook.Promote, old, c.Addr, d.nodeName())
 		took := time.Since(start)
 		if herr != nil {
 			lastErr = herr
@@ -274,7 +234,7 @@ func (d *Daemon) demoteRecovered(v state.VIP) {
 		d.promoMu.Unlock()
 		// Off the caller's goroutine: that is a health check's.
 		go func() {
-			out, err := runHook(d.ctx, v, v.DemoteCmd, old, v.Primary, v.Epoch, d.nodeName())
+			out, err := runHook(d.ctx, v, hook.Demote, old, v.Primary, d.nodeName())
 			reason := "rejoined as a replica"
 			if v.DemoteCmd != "" {
 				reason += fmt.Sprintf("; demote hook: %v %s", err, strings.TrimSpace(out))

@@ -8,8 +8,10 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -361,4 +363,36 @@ func (s *sampler) check(from, to time.Time, old, next string) error {
 		return fmt.Errorf("only %d counter samples in the run", n)
 	}
 	return nil
+}
+
+// TestHookChildDoesNotBlockPromotion: a promotion hook that exits 0 but
+// leaves a child holding its output (`sleep 30 & exit 0`), with a 1 s hook
+// timeout, does not hold the VIP without a primary: the replica is
+// promoted as soon as the hook has exited.
+func TestHookChildDoesNotBlockPromotion(t *testing.T) {
+	pids := filepath.Join(t.TempDir(), "pids")
+	t.Cleanup(func() {
+		raw, _ := os.ReadFile(pids)
+		for _, f := range strings.Fields(string(raw)) {
+			if pid, err := strconv.Atoi(f); err == nil {
+				syscall.Kill(pid, syscall.SIGKILL)
+			}
+		}
+	})
+	lab, d := failoverLab(t, "--promote-cmd", "sleep 30 & echo $! >> "+pids+"; exit 0", "--hook-timeout", "1s")
+	d.waitStatus(t, "initial primary", func(s api.Status) bool { return primaryOf(s) == "10.77.0.11" })
+	d.waitStatus(t, "the replicas up", func(s api.Status) bool { return backendState(s, vipTCP, "10.77.0.12").State == "up" })
+	t0 := time.Now()
+	backendByName(lab, "b1").StopServers(true)
+	st := d.waitStatus(t, "a new primary", func(s api.Status) bool { return primaryOf(s) == "10.77.0.12" })
+	took := time.Since(t0)
+	t.Logf("kill -> new primary %v (detection 2 × 100 ms, hook exited at once, its child kept running)", took)
+	// Detection (fall 2 at 100 ms) plus the hook: well under the 1 s hook
+	// timeout, which the old hook runner waited out and then hung on.
+	if took > time.Second {
+		t.Fatalf("promotion took %v: the hook's child held it", took)
+	}
+	if st.VIPs[0].Epoch < 2 {
+		t.Fatalf("epoch %d after a second promotion", st.VIPs[0].Epoch)
+	}
 }

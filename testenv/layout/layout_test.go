@@ -27,6 +27,7 @@ var layer = map[string]int{
 	"control/maglev":       1,
 	"control/ha":           1,
 	"control/neigh":        1,
+	"control/hook":         1,
 	"control/state":        2,
 	"testenv":              2,
 	"control/api":          3,

@@ -103,6 +103,9 @@ func New(ctx context.Context, opts Options) (*Daemon, error) {
 		promoting: map[loader.VIPKey]bool{}, demotePending: map[loader.VIPKey]string{}, availability: map[availability.Subject]bool{}}
 	var err error
 	if d.store, err = state.OpenBoltStore(opts.StateDir, opts.ArchiveKeep); err != nil {
+		if errors.Is(err, state.ErrCorrupt) {
+			return nil, fmt.Errorf("%w; with the daemon stopped, restore a backup with `sluice backup restore --state-dir %s FILE`, or the newest archived state with `--latest`", err, opts.StateDir)
+		}
 		return nil, err
 	}
 	if d.state, err = d.store.Load(); err != nil {

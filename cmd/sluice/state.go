@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"strings"
@@ -9,6 +10,7 @@ import (
 	"github.com/urfave/cli/v2"
 	"gopkg.in/yaml.v3"
 
+	"github.com/sluicelb/sluice/control"
 	"github.com/sluicelb/sluice/control/api"
 	"github.com/sluicelb/sluice/control/state"
 )
@@ -96,27 +98,13 @@ func backupCommand() *cli.Command {
 				},
 			},
 			{
-				Name: "restore", Usage: "validate a snapshot completely, then apply it as one change", ArgsUsage: "FILE", Flags: []cli.Flag{socketFlag()},
-				Action: func(c *cli.Context) error {
-					file, err := oneArg(c, "FILE")
-					if err != nil {
-						return err
-					}
-					data, err := os.ReadFile(file)
-					if err != nil {
-						return err
-					}
-					snap, err := state.ParseSnapshot(data)
-					if err != nil {
-						return fmt.Errorf("%s refused, nothing changed: %w", file, err)
-					}
-					var st state.State
-					if err := newClient(c).do(c.Context, "POST", "/v1/restore", nil, data, &st); err != nil {
-						return err
-					}
-					fmt.Fprintf(c.App.Writer, "restored snapshot of revision %d as revision %d\n", snap.Revision, st.Revision)
-					return nil
-				},
+				Name: "restore", Usage: "validate a snapshot completely, then apply it as one change; with --state-dir, offline, into a stopped daemon's state",
+				ArgsUsage: "FILE",
+				Flags: []cli.Flag{socketFlag(),
+					&cli.StringFlag{Name: "state-dir", Usage: "restore offline into this state directory (the daemon must be stopped); a corrupt state.db is moved aside"},
+					&cli.BoolFlag{Name: "latest", Usage: "with --state-dir: restore the newest archived state (the one before the last change) instead of FILE"},
+					&cli.IntFlag{Name: "archive-keep", Value: control.DefaultArchiveKeep, Usage: "with --state-dir: previous states kept in the archive"}},
+				Action: backupRestore,
 			},
 			{
 				Name: "list", Usage: "list archived previous states", Flags: []cli.Flag{socketFlag(), outputFlag()},
@@ -133,4 +121,54 @@ func backupCommand() *cli.Command {
 			},
 		},
 	}
+}
+
+// backupRestore restores a snapshot through the daemon, or offline into a
+// state directory.
+func backupRestore(c *cli.Context) error {
+	var data []byte
+	var what string
+	if c.Bool("latest") {
+		if c.String("state-dir") == "" || c.NArg() != 0 {
+			return errors.New("--latest: needs --state-dir and no FILE")
+		}
+		raw, e, err := state.LatestArchived(c.String("state-dir"))
+		if err != nil {
+			return fmt.Errorf("--latest: %w", err)
+		}
+		data, what = raw, e.Path
+	} else {
+		file, err := oneArg(c, "FILE")
+		if err != nil {
+			return err
+		}
+		if data, err = os.ReadFile(file); err != nil {
+			return err
+		}
+		what = file
+	}
+	snap, err := state.ParseSnapshot(data)
+	if err != nil {
+		return fmt.Errorf("%s refused, nothing changed: %w", what, err)
+	}
+	if dir := c.String("state-dir"); dir != "" {
+		st, aside, err := state.RestoreOffline(dir, data, c.Int("archive-keep"))
+		if errors.Is(err, state.ErrLocked) {
+			return fmt.Errorf("--state-dir %s: %w; restore through it instead: sluice backup restore %s", dir, err, what)
+		}
+		if err != nil {
+			return fmt.Errorf("--state-dir %s: %w", dir, err)
+		}
+		if aside != "" {
+			fmt.Fprintf(c.App.Writer, "the corrupt state file was moved to %s\n", aside)
+		}
+		fmt.Fprintf(c.App.Writer, "restored %s (revision %d) into %s as revision %d; start the daemon\n", what, snap.Revision, dir, st.Revision)
+		return nil
+	}
+	var st state.State
+	if err := newClient(c).do(c.Context, "POST", "/v1/restore", nil, data, &st); err != nil {
+		return err
+	}
+	fmt.Fprintf(c.App.Writer, "restored snapshot of revision %d as revision %d\n", snap.Revision, st.Revision)
+	return nil
 }

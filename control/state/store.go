@@ -1,12 +1,15 @@
 package state
 
 import (
+	"bytes"
+	"crypto/sha256"
 	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
+	"runtime/debug"
 	"sort"
 	"strconv"
 	"strings"
@@ -35,6 +38,9 @@ type Store interface {
 var (
 	bucketName = []byte("sluice")
 	stateKey   = []byte("state")
+	// sumKey holds the SHA-256 of the value at stateKey: bbolt checks
+	// its pages' structure, not their contents.
+	sumKey = []byte("state-sha256")
 )
 
 // BoltStore is the bbolt Store. Every commit also archives the previous
@@ -49,7 +55,19 @@ type BoltStore struct {
 	archived sync.WaitGroup
 }
 
-// OpenBoltStore opens (creating) <dir>/state.db; dir is made 0700.
+// StateFile is the bbolt file in a state directory.
+const StateFile = "state.db"
+
+// ErrCorrupt marks a state file that cannot be read: it is truncated,
+// overwritten, or holds a state that does not validate.
+var ErrCorrupt = errors.New("state file is corrupt")
+
+// ErrLocked marks a state file another process holds open.
+var ErrLocked = errors.New("state file is locked by another process (is another sluice daemon running?)")
+
+// OpenBoltStore opens (creating) <dir>/state.db; dir is made 0700. A
+// file that cannot be read is refused with ErrCorrupt, naming it and the
+// fault; one another process holds, with ErrLocked.
 func OpenBoltStore(dir string, archiveKeep int) (*BoltStore, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("state dir %s: %w", dir, err)
@@ -57,16 +75,10 @@ func OpenBoltStore(dir string, archiveKeep int) (*BoltStore, error) {
 	if err := os.Chmod(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("state dir %s: %w", dir, err)
 	}
-	db, err := bolt.Open(filepath.Join(dir, "state.db"), 0o600, &bolt.Options{Timeout: 2 * time.Second})
+	path := filepath.Join(dir, StateFile)
+	db, err := openChecked(path)
 	if err != nil {
-		return nil, fmt.Errorf("open state %s: %w (is another sluice daemon running?)", filepath.Join(dir, "state.db"), err)
-	}
-	if err := db.Update(func(tx *bolt.Tx) error {
-		_, err := tx.CreateBucketIfNotExists(bucketName)
-		return err
-	}); err != nil {
-		db.Close()
-		return nil, fmt.Errorf("init state: %w", err)
+		return nil, err
 	}
 	s := &BoltStore{db: db, dir: dir, archiveKeep: archiveKeep, archiveq: make(chan State, 1024)}
 	go func() {
@@ -80,30 +92,106 @@ func OpenBoltStore(dir string, archiveKeep int) (*BoltStore, error) {
 	return s, nil
 }
 
-// Load implements Store.
+// openChecked opens the bbolt file and reads every key and value in it,
+// decoding the state, on this goroutine with faults turned into panics:
+// bbolt panics on some corruptions, and a read through its memory map of
+// a damaged page can fault (SIGBUS past the end of a truncated file,
+// SIGSEGV through a bad offset). Each becomes an ErrCorrupt. (bbolt's own
+// Tx.Check walks on a goroutine of its own, where a fault is fatal.)
+func openChecked(path string) (db *bolt.DB, err error) {
+	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
+	defer func() {
+		if r := recover(); r != nil {
+			if db != nil {
+				db.Close()
+			}
+			db, err = nil, fmt.Errorf("%w: %s: %v", ErrCorrupt, path, r)
+		}
+	}()
+	db, err = bolt.Open(path, 0o600, &bolt.Options{Timeout: 2 * time.Second})
+	switch {
+	case errors.Is(err, bolt.ErrTimeout):
+		return nil, fmt.Errorf("%w: %s", ErrLocked, path)
+	case err != nil:
+		return nil, fmt.Errorf("%w: %s: %v", ErrCorrupt, path, err)
+	}
+	fi, err := os.Stat(path)
+	if err != nil {
+		db.Close()
+		return nil, fmt.Errorf("state %s: %w", path, err)
+	}
+	if err := db.Update(func(tx *bolt.Tx) error {
+		if tx.Size() > fi.Size() {
+			return fmt.Errorf("truncated: %d bytes, its pages need %d", fi.Size(), tx.Size())
+		}
+		if err := readAll(tx); err != nil {
+			return err
+		}
+		b, err := tx.CreateBucketIfNotExists(bucketName)
+		if err != nil {
+			return err
+		}
+		_, err = committedState(b)
+		return err
+	}); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("%w: %s: %v", ErrCorrupt, path, err)
+	}
+	return db, nil
+}
+
+// readAll touches every key and value of every bucket.
+func readAll(tx *bolt.Tx) error {
+	return tx.ForEach(func(name []byte, b *bolt.Bucket) error {
+		n := 0
+		return b.ForEach(func(k, v []byte) error {
+			n += len(k) + len(v)
+			for _, c := range v { // read every byte, not only the header
+				n += int(c)
+			}
+			return nil
+		})
+	})
+}
+
+// Load implements Store. A stored state that does not decode or
+// validate is ErrCorrupt, naming the file and the field.
 func (s *BoltStore) Load() (State, error) {
 	var st State
 	err := s.db.View(func(tx *bolt.Tx) error {
-		raw := tx.Bucket(bucketName).Get(stateKey)
-		if raw == nil {
-			return nil
-		}
-		return json.Unmarshal(raw, &st)
+		var err error
+		st, err = committedState(tx.Bucket(bucketName))
+		return err
 	})
 	if err != nil {
-		return State{}, fmt.Errorf("load state: %w", err)
+		return State{}, fmt.Errorf("%w: %s: %v", ErrCorrupt, s.Path(), err)
 	}
 	return st, nil
 }
+
+// Path is the store's file.
+func (s *BoltStore) Path() string { return filepath.Join(s.dir, StateFile) }
 
 // committedState decodes the state stored in b (revision 0 and no VIPs
 // when there is none).
 func committedState(b *bolt.Bucket) (State, error) {
 	var cur State
-	if raw := b.Get(stateKey); raw != nil {
-		if err := json.Unmarshal(raw, &cur); err != nil {
-			return State{}, fmt.Errorf("decode committed state: %w", err)
+	raw := b.Get(stateKey)
+	if raw == nil {
+		return cur, nil
+	}
+	if sum := b.Get(sumKey); sum != nil { // files from before the sum have none
+		if got := sha256.Sum256(raw); !bytes.Equal(sum, got[:]) {
+			return State{}, errors.New("committed state: checksum mismatch (the stored bytes changed)")
 		}
+	}
+	if err := json.Unmarshal(raw, &cur); err != nil {
+		return State{}, fmt.Errorf("decode committed state: %w", err)
+	}
+	check := cur.Clone()
+	check.Normalize()
+	if err := check.Validate(); err != nil {
+		return State{}, fmt.Errorf("committed state (revision %d): %w", cur.Revision, err)
 	}
 	return cur, nil
 }
@@ -139,7 +227,7 @@ func (s *BoltStore) Commit(change func(*State) error) (State, error) {
 			prev = cur
 		}
 		out = next
-		return b.Put(stateKey, raw)
+		return putState(b, raw)
 	})
 	if err != nil {
 		return State{}, err
@@ -149,6 +237,15 @@ func (s *BoltStore) Commit(change func(*State) error) (State, error) {
 		s.archiveq <- prev
 	}
 	return out, nil
+}
+
+// putState stores a state's JSON with its checksum.
+func putState(b *bolt.Bucket, raw []byte) error {
+	sum := sha256.Sum256(raw)
+	if err := b.Put(sumKey, sum[:]); err != nil {
+		return err
+	}
+	return b.Put(stateKey, raw)
 }
 
 // Replace stores next, a state committed elsewhere (the master of an LB
@@ -176,7 +273,7 @@ func (s *BoltStore) Replace(next State) (State, error) {
 			return err
 		}
 		prev, changed = cur, true
-		return b.Put(stateKey, raw)
+		return putState(b, raw)
 	})
 	if err != nil {
 		return State{}, err
@@ -203,7 +300,9 @@ func (s *BoltStore) Close() error {
 }
 
 // ArchiveDir is where previous states are kept.
-func (s *BoltStore) ArchiveDir() string { return filepath.Join(s.dir, "archive") }
+func (s *BoltStore) ArchiveDir() string { return archiveDir(s.dir) }
+
+func archiveDir(stateDir string) string { return filepath.Join(stateDir, "archive") }
 
 func (s *BoltStore) archive(prev State) error {
 	dir := s.ArchiveDir()
@@ -222,7 +321,7 @@ func (s *BoltStore) archive(prev State) error {
 }
 
 func (s *BoltStore) prune() error {
-	entries, err := s.listArchive()
+	entries, err := ListArchive(s.dir)
 	if err != nil {
 		return err
 	}
@@ -248,11 +347,14 @@ type ArchiveEntry struct {
 // Archive lists archived states, oldest first, once pending writes are done.
 func (s *BoltStore) Archive() ([]ArchiveEntry, error) {
 	s.archived.Wait()
-	return s.listArchive()
+	return ListArchive(s.dir)
 }
 
-func (s *BoltStore) listArchive() ([]ArchiveEntry, error) {
-	ents, err := os.ReadDir(s.ArchiveDir())
+// ListArchive lists the states archived in a state directory, oldest
+// first; it needs no store open.
+func ListArchive(stateDir string) ([]ArchiveEntry, error) {
+	dir := archiveDir(stateDir)
+	ents, err := os.ReadDir(dir)
 	if errors.Is(err, os.ErrNotExist) {
 		return []ArchiveEntry{}, nil
 	}
@@ -278,7 +380,7 @@ func (s *BoltStore) listArchive() ([]ArchiveEntry, error) {
 		if err != nil {
 			continue
 		}
-		out = append(out, ArchiveEntry{Path: filepath.Join(s.ArchiveDir(), name), Revision: rev, Time: time.Unix(ts, 0), Size: info.Size()})
+		out = append(out, ArchiveEntry{Path: filepath.Join(dir, name), Revision: rev, Time: time.Unix(ts, 0), Size: info.Size()})
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Revision < out[j].Revision })
 	return out, nil

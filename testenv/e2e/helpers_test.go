@@ -73,9 +73,7 @@ func startDaemonOn(t testing.TB, lab *testenv.Lab, host *testenv.Host, stateDir 
 		stateDir = t.TempDir()
 	}
 	sock := filepath.Join(stateDir, "sluice.sock")
-	args := append([]string{"daemon", "--iface", host.Link, "--xdp-mode", "native", "--state-dir", stateDir,
-		"--socket", sock, "--metrics-addr", "127.0.0.1:9642", "--pin-root", lab.PinRoot(), "--flow-table-size", "65536"}, extra...)
-	cmd := host.Command(context.Background(), sluiceBin, args...)
+	cmd := host.Command(context.Background(), sluiceBin, daemonArgs(lab, host, stateDir, extra...)...)
 	p := &daemonProc{cmd: cmd, socket: sock, stateDir: stateDir, log: &strings.Builder{}, mu: &sync.Mutex{}, done: make(chan error, 1)}
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
@@ -114,6 +112,14 @@ func startDaemonOn(t testing.TB, lab *testenv.Lab, host *testenv.Host, stateDir 
 			t.Fatalf("daemon did not start\n%s", p.logText())
 		}
 	}
+}
+
+// daemonArgs are the arguments of `sluice daemon` on host with stateDir
+// (its socket in there).
+func daemonArgs(lab *testenv.Lab, host *testenv.Host, stateDir string, extra ...string) []string {
+	return append([]string{"daemon", "--iface", host.Link, "--xdp-mode", "native", "--state-dir", stateDir,
+		"--socket", filepath.Join(stateDir, "sluice.sock"), "--metrics-addr", "127.0.0.1:9642", "--pin-root", lab.PinRoot(),
+		"--flow-table-size", "65536"}, extra...)
 }
 
 func (p *daemonProc) logText() string {

@@ -57,9 +57,11 @@ type Options struct {
 	Seed          uint64
 	ArchiveKeep   int
 	FlowTableSize uint32
-	PinRoot       string
-	Resolver      MACResolver
-	Logger        *slog.Logger
+	// Timeline bounds the availability timeline (zero fields: defaults).
+	Timeline state.TimelineLimits
+	PinRoot  string
+	Resolver MACResolver
+	Logger   *slog.Logger
 	// HA, when set, makes this daemon one node of an active/standby pair.
 	HA *pair.Options
 }
@@ -108,6 +110,7 @@ func New(ctx context.Context, opts Options) (*Daemon, error) {
 		}
 		return nil, err
 	}
+	d.store.SetTimelineLimits(opts.Timeline)
 	if d.state, err = d.store.Load(); err != nil {
 		d.store.Close()
 		return nil, err

@@ -3,6 +3,8 @@ package control
 import (
 	"net/http"
 	"runtime/debug"
+	"sync"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -14,6 +16,7 @@ import (
 
 type metrics struct {
 	d             *Daemon
+	avail         availabilityCache
 	reg           *prometheus.Registry
 	probeDuration *prometheus.HistogramVec
 	failoverApply prometheus.Histogram
@@ -157,7 +160,7 @@ func (m *metrics) Collect(ch chan<- prometheus.Metric) {
 			ch <- prometheus.MustNewConstMetric(descXDP, prometheus.CounterValue, float64(c.Packets), s.String())
 		}
 	}
-	if rep, err := m.d.Availability(); err == nil {
+	if rep, err := m.avail.get(m.d.Availability); err == nil {
 		for _, v := range rep.VIPs {
 			for w, a := range v.Measured {
 				ch <- prometheus.MustNewConstMetric(descAvailability, prometheus.GaugeValue, a, v.VIP, w)
@@ -181,4 +184,29 @@ func (m *metrics) handler() http.Handler {
 		w.Write([]byte("ready\n"))
 	})
 	return mux
+}
+
+// availabilityEvery is how often a scrape recomputes the availability
+// ratios; scrapes in between get the last figures.
+const availabilityEvery = 10 * time.Second
+
+// availabilityCache keeps the last availability report for scrapes.
+type availabilityCache struct {
+	mu  sync.Mutex
+	at  time.Time
+	rep api.AvailabilityReport
+}
+
+func (c *availabilityCache) get(build func() (api.AvailabilityReport, error)) (api.AvailabilityReport, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if !c.at.IsZero() && time.Since(c.at) < availabilityEvery {
+		return c.rep, nil
+	}
+	rep, err := build()
+	if err != nil {
+		return rep, err
+	}
+	c.rep, c.at = rep, time.Now()
+	return rep, nil
 }

@@ -11,6 +11,7 @@ import (
 	"github.com/sluicelb/sluice/control"
 	"github.com/sluicelb/sluice/control/ha"
 	"github.com/sluicelb/sluice/control/pair"
+	"github.com/sluicelb/sluice/control/state"
 	"github.com/sluicelb/sluice/loader"
 )
 
@@ -27,6 +28,8 @@ func daemonCommand() *cli.Command {
 			&cli.Uint64Flag{Name: "seed", Value: 0x5eed, Usage: "flow hash and Maglev seed: equal on every LB node of a VIP"},
 			&cli.IntFlag{Name: "archive-keep", Value: control.DefaultArchiveKeep, Usage: "previous states kept in <state-dir>/archive"},
 			&cli.Uint64Flag{Name: "flow-table-size", Value: loader.DefaultFlowTableSize, Usage: "connection table entries per address family"},
+			&cli.DurationFlag{Name: "availability-retention", Value: state.DefaultTimelineRetention, Usage: "availability transitions older than this are dropped"},
+			&cli.IntFlag{Name: "availability-max-events", Value: state.DefaultTimelineMax, Usage: "availability transitions kept at most (the newest)"},
 			&cli.StringFlag{Name: "pin-root", Value: loader.DefaultPinRoot, Usage: "bpffs directory for pinned objects"},
 			&cli.StringFlag{Name: "log-level", Value: "info", Usage: "debug, info, warn or error"},
 			&cli.StringSliceFlag{Name: "ha-peer", Usage: "LB pair: the peer's ADDR or ADDR:PORT (repeatable); enables HA"},
@@ -49,6 +52,12 @@ func daemonCommand() *cli.Command {
 			if c.Uint64("flow-table-size") == 0 || c.Uint64("flow-table-size") > 1<<28 {
 				return fmt.Errorf("--flow-table-size %d: want 1 to %d", c.Uint64("flow-table-size"), 1<<28)
 			}
+			if c.Duration("availability-retention") <= 0 {
+				return fmt.Errorf("--availability-retention %v: must be positive", c.Duration("availability-retention"))
+			}
+			if c.Int("availability-max-events") < 1 {
+				return fmt.Errorf("--availability-max-events %d: must be at least 1", c.Int("availability-max-events"))
+			}
 			haOpts, err := haOptions(c)
 			if err != nil {
 				return err
@@ -58,6 +67,7 @@ func daemonCommand() *cli.Command {
 				Iface: c.String("iface"), Mode: mode, StateDir: c.String("state-dir"), Socket: c.String("socket"),
 				MetricsAddr: c.String("metrics-addr"), Seed: c.Uint64("seed"), ArchiveKeep: c.Int("archive-keep"),
 				FlowTableSize: uint32(c.Uint64("flow-table-size")), PinRoot: c.String("pin-root"), Logger: log, HA: haOpts,
+				Timeline: state.TimelineLimits{Retention: c.Duration("availability-retention"), MaxEvents: c.Int("availability-max-events")},
 			})
 			if err != nil {
 				return err

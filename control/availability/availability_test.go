@@ -1,6 +1,7 @@
 package availability
 
 import (
+	"fmt"
 	"math"
 	"testing"
 	"time"
@@ -94,5 +95,32 @@ func TestBuild(t *testing.T) {
 	// 2 of {0.5, 1, 1}: always at least 2 up.
 	if v.Modelled["all"] != 1 {
 		t.Fatalf("modelled %v", v.Modelled["all"])
+	}
+}
+
+// BenchmarkScrapeAfterFlaps: what a scrape costs (the timeline read from
+// the store's memory and the report built) after a backend flapped N
+// times, with the store's default bound. Past the bound the cost stops
+// growing: compare flaps=100000 and flaps=1000000 in the same run.
+func BenchmarkScrapeAfterFlaps(b *testing.B) {
+	st := state.State{VIPs: []state.VIP{{VIP: "10.0.0.1:80/tcp", MinActive: 1, Backends: []state.Backend{{Addr: "10.0.1.1"}, {Addr: "10.0.1.2"}}}}}
+	for _, flaps := range []int{1_000, 100_000, 1_000_000} {
+		b.Run(fmt.Sprintf("flaps=%d", flaps), func(b *testing.B) {
+			store, err := state.OpenBoltStore(b.TempDir(), 3)
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer store.Close()
+			t0 := time.Now().Add(-time.Hour)
+			for i := range flaps {
+				at := t0.Add(time.Duration(i) * time.Hour / time.Duration(flaps))
+				store.AppendTimeline([]state.TimelineEvent{{Time: at, VIP: "10.0.0.1:80/tcp", Backend: "10.0.1.1", Available: i%2 == 0}})
+			}
+			b.ResetTimer()
+			for b.Loop() {
+				tl, _ := store.Timeline()
+				Build(st, tl, time.Now())
+			}
+		})
 	}
 }

@@ -3,7 +3,6 @@ package state
 import (
 	"bytes"
 	"crypto/sha256"
-	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -53,6 +52,7 @@ type BoltStore struct {
 	// a promotion commits twice and must not wait for the archive's fsyncs.
 	archiveq chan State
 	archived sync.WaitGroup
+	tl       timeline
 }
 
 // StateFile is the bbolt file in a state directory.
@@ -81,6 +81,10 @@ func OpenBoltStore(dir string, archiveKeep int) (*BoltStore, error) {
 		return nil, err
 	}
 	s := &BoltStore{db: db, dir: dir, archiveKeep: archiveKeep, archiveq: make(chan State, 1024)}
+	if err := s.tl.open(db); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("%w: %s: %v", ErrCorrupt, path, err)
+	}
 	go func() {
 		for prev := range s.archiveq {
 			if err := s.archive(prev); err != nil {
@@ -296,6 +300,7 @@ func Equal(a, b State) bool {
 func (s *BoltStore) Close() error {
 	s.archived.Wait()
 	close(s.archiveq)
+	s.tl.close()
 	return s.db.Close()
 }
 
@@ -383,60 +388,5 @@ func ListArchive(stateDir string) ([]ArchiveEntry, error) {
 		out = append(out, ArchiveEntry{Path: filepath.Join(dir, name), Revision: rev, Time: time.Unix(ts, 0), Size: info.Size()})
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Revision < out[j].Revision })
-	return out, nil
-}
-
-var timelineBucket = []byte("timeline")
-
-// AppendTimeline stores availability transitions in one transaction.
-func (s *BoltStore) AppendTimeline(evs []TimelineEvent) error {
-	if len(evs) == 0 {
-		return nil
-	}
-	return s.db.Update(func(tx *bolt.Tx) error {
-		b, err := tx.CreateBucketIfNotExists(timelineBucket)
-		if err != nil {
-			return err
-		}
-		for _, e := range evs {
-			seq, err := b.NextSequence()
-			if err != nil {
-				return err
-			}
-			key := make([]byte, 16)
-			binary.BigEndian.PutUint64(key, uint64(e.Time.UnixNano()))
-			binary.BigEndian.PutUint64(key[8:], seq)
-			raw, err := json.Marshal(e)
-			if err != nil {
-				return err
-			}
-			if err := b.Put(key, raw); err != nil {
-				return err
-			}
-		}
-		return nil
-	})
-}
-
-// Timeline reads every stored transition, oldest first.
-func (s *BoltStore) Timeline() ([]TimelineEvent, error) {
-	var out []TimelineEvent
-	err := s.db.View(func(tx *bolt.Tx) error {
-		b := tx.Bucket(timelineBucket)
-		if b == nil {
-			return nil
-		}
-		return b.ForEach(func(_, v []byte) error {
-			var e TimelineEvent
-			if err := json.Unmarshal(v, &e); err != nil {
-				return err
-			}
-			out = append(out, e)
-			return nil
-		})
-	})
-	if err != nil {
-		return nil, fmt.Errorf("read availability timeline: %w", err)
-	}
 	return out, nil
 }

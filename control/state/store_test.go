@@ -243,21 +243,30 @@ func TestOpenRefusesDamagedFiles(t *testing.T) {
 		damaged = append(damaged, good[:n])
 	}
 	raw, _ := json.Marshal(last)
-	at := bytes.LastIndex(good, raw)
-	if at < 0 {
+	var copies []int // bbolt may keep old copies of the page in free space
+	for at := 0; ; {
+		i := bytes.Index(good[at:], raw)
+		if i < 0 {
+			break
+		}
+		copies, at = append(copies, at+i), at+i+1
+	}
+	if len(copies) == 0 {
 		t.Fatal("the stored state is not in the file")
 	}
-	var spots []int
-	for i := range 64 { // both meta pages' headers and fields
-		spots = append(spots, i, 4096+i)
-	}
-	for i := range raw {
-		spots = append(spots, at+i)
-	}
 	rng := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 2))
-	for _, off := range spots {
-		b := bytes.Clone(good)
-		b[off] ^= byte(1 << rng.IntN(8))
+	for i := range 64 { // both meta pages' headers and fields
+		for _, off := range []int{i, 4096 + i} {
+			b := bytes.Clone(good)
+			b[off] ^= byte(1 << rng.IntN(8))
+			damaged = append(damaged, b)
+		}
+	}
+	for i := range raw { // the same flip in every copy of the state
+		b, bit := bytes.Clone(good), byte(1<<rng.IntN(8))
+		for _, at := range copies {
+			b[at+i] ^= bit
+		}
 		damaged = append(damaged, b)
 	}
 	refused := 0
@@ -285,5 +294,62 @@ func TestOpenRefusesDamagedFiles(t *testing.T) {
 	t.Logf("%d damaged files: %d refused, %d still valid", len(damaged), refused, len(damaged)-refused)
 	if refused < 10 {
 		t.Fatalf("only %d of %d damaged files refused: the truncations at least must be", refused, len(damaged))
+	}
+}
+
+// TestTimelineIsBounded: 100 000 flaps, recorded one transition at a time
+// as the daemon does, leave at most MaxEvents in memory and on disk (the
+// newest), a bounded state.db, and events older than the retention gone.
+func TestTimelineIsBounded(t *testing.T) {
+	dir := t.TempDir()
+	st, err := OpenBoltStore(dir, 3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const keep = 2000
+	st.SetTimelineLimits(TimelineLimits{Retention: time.Hour, MaxEvents: keep})
+	t0 := time.Now().Add(-2 * time.Hour) // the first half is past the retention
+	const flaps = 100_000
+	for i := range flaps {
+		at := t0.Add(time.Duration(i) * 2 * time.Hour / flaps)
+		if err := st.AppendTimeline([]TimelineEvent{{Time: at, VIP: "10.0.0.1:80/tcp", Backend: "10.0.1.1", Available: i%2 == 0}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	st.FlushTimeline()
+	check := func(what string, evs []TimelineEvent) {
+		t.Helper()
+		if len(evs) != keep {
+			t.Fatalf("%s: %d events kept, want %d", what, len(evs), keep)
+		}
+		if last := evs[len(evs)-1]; !last.Time.Equal(t0.Add(time.Duration(flaps-1) * 2 * time.Hour / flaps)) {
+			t.Fatalf("%s: newest kept event at %v, not the last recorded", what, last.Time)
+		}
+	}
+	mem, _ := st.Timeline()
+	check("memory", mem)
+	st.Close()
+	fi, err := os.Stat(filepath.Join(dir, StateFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("state.db after %d flaps, %d kept: %d bytes", flaps, keep, fi.Size())
+	if fi.Size() > 4<<20 {
+		t.Fatalf("state.db is %d bytes after the timeline was bounded to %d events", fi.Size(), keep)
+	}
+	st, err = OpenBoltStore(dir, 3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	disk, _ := st.Timeline()
+	check("reopened", disk)
+	// Retention: a limit of one hour drops what is older, on the next write.
+	st.SetTimelineLimits(TimelineLimits{Retention: 30 * time.Minute, MaxEvents: keep})
+	mem, _ = st.Timeline()
+	for _, e := range mem {
+		if e.Time.Before(time.Now().Add(-31 * time.Minute)) {
+			t.Fatalf("an event of %v outlived a 30 min retention", e.Time)
+		}
 	}
 }

@@ -180,7 +180,7 @@ func (d *Daemon) setUp(ctx context.Context) error {
 		d.pair.OnEvent, d.pair.OnMaster = d.events.Add, d.checkPrimaries
 		d.coord = d.pair
 	}
-	if d.rec, err = NewReconciler(d.dp, opts.Resolver, opts.Seed); err != nil {
+	if d.rec, err = NewReconciler(d.dp, opts.Resolver, opts.Seed, d.onMACResolved); err != nil {
 		return err
 	}
 	d.metrics = newMetrics(d)
@@ -220,6 +220,16 @@ func (d *Daemon) abort() {
 		d.dp.Detach() // nothing half-done stays attached
 	}
 	d.store.Close()
+}
+
+// onMACResolved applies again once a backend's next-hop MAC resolution
+// finished (or failed), off the goroutine that resolved it.
+func (d *Daemon) onMACResolved() {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if _, err := d.applyLocked(d.ctx); err != nil {
+		d.log.Error("apply resolved next-hop macs", "err", err)
+	}
 }
 
 // applyLocked makes the data plane match the committed state under the

@@ -34,13 +34,12 @@ type BackendView struct {
 // rewrites only what differs: an unchanged intent writes nothing.
 type Reconciler struct {
 	dp   *loader.Datapath
-	macs MACResolver
+	macs *macCache
 	seed uint64
 
 	mu     sync.Mutex
 	vipIDs map[loader.VIPKey]uint32
 	beIdx  map[beKey]uint32
-	macOf  map[netip.Addr]net.HardwareAddr
 	views  map[loader.VIPKey]map[netip.Addr]BackendView
 	// rings remembers what each VIP's ring was built from, so that a
 	// change elsewhere rebuilds only the rings whose members changed.
@@ -55,11 +54,12 @@ type beKey struct {
 }
 
 // NewReconciler adopts the VIP ids and backend indices already in the data
-// plane, so a restarted daemon keeps every entry where it was.
-func NewReconciler(dp *loader.Datapath, macs MACResolver, seed uint64) (*Reconciler, error) {
-	r := &Reconciler{dp: dp, macs: macs, seed: seed, vipIDs: map[loader.VIPKey]uint32{}, beIdx: map[beKey]uint32{},
-		macOf: map[netip.Addr]net.HardwareAddr{}, views: map[loader.VIPKey]map[netip.Addr]BackendView{},
-		rings: map[loader.VIPKey]string{}}
+// plane, so a restarted daemon keeps every entry where it was. MACs are
+// resolved through macs off Apply's path; resolved is called (with no
+// lock held) each time a resolution finished, to apply again.
+func NewReconciler(dp *loader.Datapath, macs MACResolver, seed uint64, resolved func()) (*Reconciler, error) {
+	r := &Reconciler{dp: dp, macs: newMACCache(macs, resolved), seed: seed, vipIDs: map[loader.VIPKey]uint32{}, beIdx: map[beKey]uint32{},
+		views: map[loader.VIPKey]map[netip.Addr]BackendView{}, rings: map[loader.VIPKey]string{}}
 	vips, err := dp.VIPs()
 	if err != nil {
 		return nil, err
@@ -73,7 +73,7 @@ func NewReconciler(dp *loader.Datapath, macs MACResolver, seed uint64) (*Reconci
 	}
 	for idx, b := range bes {
 		r.beIdx[beKey{b.VIPID, b.Addr}] = idx
-		r.macOf[b.Addr] = b.MAC
+		r.macs.adopt(b.Addr, b.MAC)
 	}
 	return r, nil
 }
@@ -223,7 +223,7 @@ func (a *applying) backend(k loader.VIPKey, id uint32, v state.VIP, b state.Back
 		bv.Usable = bv.Usable && addr.String() == v.Primary
 		bv.Drain = false
 	}
-	mac, merr := r.mac(a.ctx, addr, b.MAC)
+	mac, merr := r.macs.get(a.ctx, addr, b.MAC)
 	bv.MACErr = merr
 	if merr != nil {
 		bv.Usable = false
@@ -352,62 +352,6 @@ func (r *Reconciler) backendIndex(vip uint32, addr netip.Addr) (uint32, error) {
 	return 0, fmt.Errorf("backend %s: all %d backend entries in use", addr, loader.MaxBackends-1)
 }
 
-// mac returns the configured MAC, or the resolved one (cached; Refresh
-// re-resolves).
-func (r *Reconciler) mac(ctx context.Context, addr netip.Addr, configured string) (net.HardwareAddr, error) {
-	if configured != "" {
-		return net.ParseMAC(configured)
-	}
-	if m, ok := r.macOf[addr]; ok && !isZeroMAC(m) {
-		return m, nil
-	}
-	if r.macs == nil {
-		return nil, fmt.Errorf("backend %s: no mac and no resolver", addr)
-	}
-	m, err := r.macs.Resolve(ctx, addr)
-	if err != nil {
-		return nil, err
-	}
-	r.macOf[addr] = m
-	return m, nil
-}
-
-// RefreshMACs re-resolves every cached MAC; it reports whether any changed.
-func (r *Reconciler) RefreshMACs(ctx context.Context) bool {
-	r.mu.Lock()
-	addrs := make([]netip.Addr, 0, len(r.macOf))
-	for a := range r.macOf {
-		addrs = append(addrs, a)
-	}
-	r.mu.Unlock()
-	changed := false
-	for _, a := range addrs {
-		if r.macs == nil {
-			break
-		}
-		m, err := r.macs.Resolve(ctx, a)
-		if err != nil {
-			continue
-		}
-		r.mu.Lock()
-		if old := r.macOf[a]; old.String() != m.String() {
-			r.macOf[a] = m
-			changed = true
-		}
-		r.mu.Unlock()
-	}
-	return changed
-}
-
-func isZeroMAC(m net.HardwareAddr) bool {
-	for _, b := range m {
-		if b != 0 {
-			return false
-		}
-	}
-	return true
-}
-
 // BackendRef names a backend entry independently of its index, which
 // differs between nodes.
 type BackendRef struct {
@@ -445,3 +389,8 @@ func (r *Reconciler) FlowBackend(dst netip.AddrPort, proto loader.Proto, addr ne
 	idx, ok := r.beIdx[beKey{id, addr}]
 	return idx, ok
 }
+
+// RefreshMACs re-resolves every resolved MAC; it reports whether any
+// changed. It blocks (up to the resolver's wait per address), and holds
+// no lock while it does.
+func (r *Reconciler) RefreshMACs(ctx context.Context) bool { return r.macs.refresh(ctx) }

@@ -174,6 +174,9 @@ func (d *Daemon) setUp(ctx context.Context) error {
 		if ho.Boot, err = state.NextBoot(opts.StateDir, time.Now()); err != nil {
 			return err
 		}
+		if opts.FlowTableSize > 0 {
+			ho.MaxFlows = 2 * int(opts.FlowTableSize) // both families
+		}
 		if d.pair, err = pair.New(ho, pairHost{d}, pairDatapath{d.dp}, d.log); err != nil {
 			return err
 		}

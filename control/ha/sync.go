@@ -165,6 +165,10 @@ func famOf(a netip.Addr) byte {
 	return 6
 }
 
+// MaxFlowEntry is the most bytes one entry takes in MarshalFlows'
+// encoding (an IPv6 flow to an IPv6 backend).
+const MaxFlowEntry = 3 + 2 + 2 + 3*16
+
 // MarshalFlows encodes a batch of entries.
 func MarshalFlows(fs []FlowEntry) []byte {
 	out := make([]byte, 0, len(fs)*54)

@@ -17,7 +17,6 @@ import (
 	"net/netip"
 	"os"
 	"slices"
-	"strconv"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -45,6 +44,10 @@ type Options struct {
 	Node string
 	// Port carries adverts (UDP) and sync (TCP); default ha.DefaultPort.
 	Port uint16
+	// MaxFlows bounds the connection-table entries a whole-table copy
+	// from the master may carry (both families); default
+	// 2 × loader.DefaultFlowTableSize.
+	MaxFlows int
 	// Boot identifies this start of the node in adverts and sync
 	// requests; it must grow with every start (state.NextBoot keeps it in
 	// the state directory), so that peers' replay guards accept it.
@@ -64,9 +67,6 @@ const (
 	// dumpTimeout bounds the copy of a whole connection table (two
 	// families of up to millions of entries, 55 bytes each at most).
 	dumpTimeout = time.Minute
-	// maxSyncBody bounds what a sync request may carry (a state, like the
-	// API's limit, or a flow batch), read before it is authenticated.
-	maxSyncBody = 64 << 20
 )
 
 func (o *Options) Validate() error {
@@ -190,7 +190,7 @@ type Pair struct {
 	log    *slog.Logger
 	node   *ha.Node
 	udp    *ha.UDP
-	tcp    net.Listener
+	tcp    []net.Listener // the sync listeners, one per address facing a peer
 	signer *ha.Signer
 	verify *ha.Verifier
 	client *http.Client // state pushes and pulls, flow batches
@@ -217,6 +217,7 @@ type Pair struct {
 
 	syncLag     prometheus.Histogram
 	syncEntries *prometheus.CounterVec
+	syncRefused *prometheus.CounterVec
 }
 
 var (
@@ -254,9 +255,9 @@ func New(opts Options, host Host, dp Datapath, log *slog.Logger) (*Pair, error) 
 	if p.udp, err = ha.ListenUDP(opts.Port, opts.Peers); err != nil {
 		return nil, err
 	}
-	if p.tcp, err = net.Listen("tcp", ":"+strconv.Itoa(int(opts.Port))); err != nil {
+	if p.tcp, err = p.listenSync(); err != nil {
 		p.udp.Close()
-		return nil, fmt.Errorf("ha sync listener on port %d: %w", opts.Port, err)
+		return nil, err
 	}
 	fsm := ha.NewFSM(opts.Node, opts.Priority, opts.Advert, opts.Preempt, time.Now())
 	p.node = ha.NewNode(fsm, opts.Key, boot, p.udp, host.Revision)
@@ -272,6 +273,12 @@ func New(opts Options, host Host, dp Datapath, log *slog.Logger) (*Pair, error) 
 	}, []string{"direction", "result"})
 	for _, r := range [][2]string{{"sent", "ok"}, {"sent", "dropped"}, {"received", "applied"}, {"received", "unknown"}} {
 		p.syncEntries.WithLabelValues(r[0], r[1])
+	}
+	p.syncRefused = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "sluice_ha_sync_refused_total", Help: "Sync connections and requests refused, by reason.",
+	}, []string{"reason"})
+	for _, r := range syncRefusals {
+		p.syncRefused.WithLabelValues(r)
 	}
 	return p, nil
 }
@@ -293,7 +300,7 @@ func (p *Pair) Node() string { return p.opts.Node }
 
 // Collectors are the pair's metrics, for the daemon's registry.
 func (p *Pair) Collectors() []prometheus.Collector {
-	return []prometheus.Collector{p, p.syncLag, p.syncEntries}
+	return []prometheus.Collector{p, p.syncLag, p.syncEntries, p.syncRefused}
 }
 
 // defaultNodeName is the interface's first address: unique in the pair.
@@ -356,12 +363,7 @@ func (p *Pair) Start(ctx context.Context) error {
 	if err := p.owner.set(ctx, nil, vipAddrs(p.host.State()), false); err != nil {
 		return err
 	}
-	srv := &http.Server{Handler: p.syncHandler(), ReadHeaderTimeout: 5 * time.Second}
-	go srv.Serve(p.tcp)
-	go func() {
-		<-ctx.Done()
-		srv.Close()
-	}()
+	p.serveSync(ctx)
 	go func() {
 		if err := p.udp.Serve(p.node); err != nil {
 			p.log.Error("ha adverts", "err", err)
@@ -385,7 +387,9 @@ func (p *Pair) Start(ctx context.Context) error {
 // close releases the sockets of a pair that never started.
 func (p *Pair) Close() {
 	p.udp.Close()
-	p.tcp.Close()
+	for _, l := range p.tcp {
+		l.Close()
+	}
 }
 
 // stop hands the master role over at once (a priority-0 advert, as on

@@ -74,9 +74,13 @@ func (p *Pair) call(ctx context.Context, method string, peer netip.AddrPort, kin
 		return nil, err
 	}
 	defer resp.Body.Close()
-	out, err := io.ReadAll(io.LimitReader(resp.Body, 1<<30))
+	limit := p.maxResponse(kind)
+	out, err := io.ReadAll(io.LimitReader(resp.Body, limit+1))
 	if err != nil {
 		return nil, err
+	}
+	if int64(len(out)) > limit {
+		return nil, fmt.Errorf("%s %s: answer over %d bytes, refused unread", method, kind, limit)
 	}
 	if resp.StatusCode != http.StatusOK {
 		return nil, fmt.Errorf("%s %s: %s: %s", method, kind, resp.Status, bytes.TrimSpace(out))
@@ -270,69 +274,4 @@ func (p *Pair) peerUp(key string) bool {
 		}
 	}
 	return false
-}
-
-// syncHandler serves the peer's state pushes and pulls and flow sync.
-func (p *Pair) syncHandler() http.Handler {
-	mux := http.NewServeMux()
-	serve := func(pattern, kind string, fn func(body []byte) ([]byte, error)) {
-		mux.HandleFunc(pattern, func(w http.ResponseWriter, r *http.Request) {
-			body, err := io.ReadAll(io.LimitReader(r.Body, maxSyncBody+1))
-			if len(body) > maxSyncBody {
-				http.Error(w, "request too large", http.StatusRequestEntityTooLarge)
-				return
-			}
-			if err != nil {
-				http.Error(w, err.Error(), http.StatusBadRequest)
-				return
-			}
-			if _, err := p.verify.Verify(r.Header, kind, body); err != nil {
-				p.node.Refuse(err)
-				http.Error(w, "refused: "+ha.Reason(err), http.StatusForbidden)
-				return
-			}
-			out, err := fn(body)
-			if err != nil {
-				http.Error(w, err.Error(), http.StatusConflict)
-				return
-			}
-			ha.SignResponse(p.opts.Key, r.Header, w.Header(), kind, out)
-			w.Write(out)
-		})
-	}
-	serve("POST /ha/state", "state", func(body []byte) ([]byte, error) {
-		if p.node.Role() == ha.Master {
-			return nil, errors.New("this node is master: it keeps its own state")
-		}
-		var st state.State
-		if err := json.Unmarshal(body, &st); err != nil {
-			return nil, err
-		}
-		if st.Revision <= p.host.Revision() {
-			// A push that arrives late (held up while this node was
-			// unreachable) must not roll back what a pull brought since.
-			// Pulls, which answer this node's own request, always apply.
-			return nil, nil
-		}
-		return nil, p.host.ApplyReplica(st)
-	})
-	serve("GET /ha/state-pull", "state-pull", func([]byte) ([]byte, error) {
-		return json.Marshal(syncView{State: p.host.State(), Usable: p.host.UsableView()})
-	})
-	serve("POST /ha/flows", "flows", func(body []byte) ([]byte, error) {
-		fs, err := ha.UnmarshalFlows(body)
-		if err != nil {
-			return nil, err
-		}
-		p.applyFlows(fs)
-		return nil, nil
-	})
-	serve("GET /ha/flows-dump", "flows-dump", func([]byte) ([]byte, error) {
-		flows, err := p.dp.Flows()
-		if err != nil {
-			return nil, err
-		}
-		return ha.MarshalFlows(p.flowEntries(flows)), nil
-	})
-	return mux
 }

@@ -223,7 +223,7 @@ func (s *BoltStore) Commit(change func(*State) error) (State, error) {
 			return nil
 		}
 		next.Revision = cur.Revision + 1
-		raw, err := json.Marshal(next)
+		raw, err := encode(next)
 		if err != nil {
 			return err
 		}
@@ -241,6 +241,23 @@ func (s *BoltStore) Commit(change func(*State) error) (State, error) {
 		s.archiveq <- prev
 	}
 	return out, nil
+}
+
+// MaxStateSize bounds a state's JSON: what an LB pair's sync accepts
+// before it can check the sender. The most VIPs and backends the data
+// plane holds take about 2.5 MB.
+const MaxStateSize = 4 << 20
+
+// encode is a state's JSON, refused past MaxStateSize.
+func encode(s State) ([]byte, error) {
+	raw, err := json.Marshal(s)
+	if err != nil {
+		return nil, err
+	}
+	if len(raw) > MaxStateSize {
+		return nil, fmt.Errorf("state: %d bytes of JSON, at most %d (long check bodies or payloads?)", len(raw), MaxStateSize)
+	}
+	return raw, nil
 }
 
 // putState stores a state's JSON with its checksum.
@@ -272,7 +289,7 @@ func (s *BoltStore) Replace(next State) (State, error) {
 		if Equal(cur, next) {
 			return nil
 		}
-		raw, err := json.Marshal(next)
+		raw, err := encode(next)
 		if err != nil {
 			return err
 		}

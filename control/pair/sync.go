@@ -80,7 +80,7 @@ func (p *Pair) call(ctx context.Context, method string, peer netip.AddrPort, kin
 		return nil, err
 	}
 	if int64(len(out)) > limit {
-		return nil, fmt.Errorf("%s %s: answer over %d bytes, refused unread", method, kind, limit)
+		return nil, fmt.Errorf("%s %s: answer over %d bytes, refused at the bound", method, kind, limit)
 	}
 	if resp.StatusCode != http.StatusOK {
 		return nil, fmt.Errorf("%s %s: %s: %s", method, kind, resp.Status, bytes.TrimSpace(out))

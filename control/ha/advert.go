@@ -45,11 +45,18 @@ var (
 	ErrMalformed = errors.New("malformed")
 	// ErrUnknownPeer: the sender's address is not a configured peer.
 	ErrUnknownPeer = errors.New("unknown-peer")
+	// ErrTTL: the advert arrived with a TTL (hop limit) below 255: it
+	// was sent from off-link, so not by a peer.
+	ErrTTL = errors.New("ttl")
+	// ErrOwnName: an authentic advert carries this node's own name from
+	// another address: two nodes share a name (counted and reported; the
+	// addresses break the tie).
+	ErrOwnName = errors.New("own-name")
 )
 
 // Reason names a refusal for metrics.
 func Reason(err error) string {
-	for _, e := range []error{ErrLength, ErrMagic, ErrVersion, ErrMAC, ErrReplay, ErrMalformed, ErrUnknownPeer} {
+	for _, e := range []error{ErrLength, ErrMagic, ErrVersion, ErrMAC, ErrReplay, ErrMalformed, ErrUnknownPeer, ErrTTL, ErrOwnName} {
 		if errors.Is(err, e) {
 			return e.Error()
 		}

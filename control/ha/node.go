@@ -31,6 +31,9 @@ type Node struct {
 	// MayPreempt reports whether state and flow sync are complete; until
 	// then a node with Preempt on does not take over from a lower master.
 	MayPreempt func() bool
+	// Self is this node's address as its peers see it (as PeerKey
+	// writes it); it breaks the tie between two nodes of one name.
+	Self string
 
 	mu          sync.Mutex
 	seq         uint64
@@ -89,13 +92,24 @@ func (n *Node) Refuse(err error) {
 	n.mu.Unlock()
 }
 
-// Receive handles one datagram from the peer at address from.
+// Receive handles one datagram from the peer at address from. Its MAC is
+// computed before the node's lock is taken.
 func (n *Node) Receive(b []byte, from string, now time.Time) {
-	n.mu.Lock()
 	a, err := Parse(b, n.key)
+	n.mu.Lock()
 	if err == nil && a.Node == n.fsm.Node {
-		n.mu.Unlock()
-		return // our own advert, looped back
+		if from == n.Self {
+			n.mu.Unlock()
+			return // our own advert, looped back
+		}
+		// Another node uses our name: count it, and let the addresses
+		// break the tie, so that one of the two, not both, is master.
+		n.bad[Reason(ErrOwnName)]++
+		if from > n.Self {
+			a.Node += "\x00" // sorts just above ours: it outranks us
+		} else {
+			a.Node = "" // sorts below ours
+		}
 	}
 	if err == nil {
 		err = n.guard.Accept(a)

@@ -175,3 +175,55 @@ func TestBadAdvertsAreCounted(t *testing.T) {
 		t.Fatalf("bad adverts %v", st.BadAdverts)
 	}
 }
+
+// addrPort delivers adverts between nodes by address.
+type addrPort struct {
+	nodes map[string]*Node
+	self  string
+	now   *time.Time
+}
+
+func (p addrPort) Send(data []byte) error {
+	for addr, n := range p.nodes {
+		if addr != p.self {
+			n.Receive(data, p.self, *p.now)
+		}
+	}
+	return nil
+}
+
+// TestSameNameNeverTwoMasters: two nodes started with the same name (and
+// priority) do not ignore each other's adverts as their own: each counts
+// them under own-name, and their addresses break the tie, so exactly one
+// is master.
+func TestSameNameNeverTwoMasters(t *testing.T) {
+	adv := 100 * time.Millisecond
+	now := time.Unix(1000, 0)
+	nodes := map[string]*Node{}
+	for _, addr := range []string{"10.0.0.2", "10.0.0.3"} {
+		n := NewNode(NewFSM("lb", 100, adv, false, now), key, uint64(now.UnixNano()), addrPort{nodes, addr, &now}, nil)
+		n.Self = addr
+		nodes[addr] = n
+	}
+	for end := now.Add(2 * time.Second); now.Before(end); now = now.Add(time.Millisecond) {
+		for _, n := range nodes {
+			n.Tick(now)
+		}
+	}
+	masters := 0
+	for addr, n := range nodes {
+		st := n.Status(now)
+		if st.Role == Master {
+			masters++
+		}
+		if st.BadAdverts["own-name"] == 0 {
+			t.Errorf("%s counted no adverts carrying its own name", addr)
+		}
+	}
+	if masters != 1 {
+		t.Fatalf("%d masters, want exactly one", masters)
+	}
+	if nodes["10.0.0.3"].Status(now).Role != Master {
+		t.Fatalf("the higher address should win the tie")
+	}
+}

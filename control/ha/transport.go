@@ -1,12 +1,15 @@
 package ha
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"net"
 	"net/netip"
 	"strconv"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // DefaultPort carries adverts (UDP) and state and flow sync (TCP).
@@ -25,11 +28,20 @@ func ParsePeer(s string) (netip.AddrPort, error) {
 }
 
 // UDP sends adverts to every peer from one socket and receives theirs;
-// datagrams from any other address are refused and counted.
+// datagrams from any other address are refused and counted. Adverts are
+// sent with TTL (hop limit) 255, and one that arrives with less crossed a
+// router: it is refused before its MAC is computed (GTSM, RFC 5082), so a
+// flood from off-link costs almost nothing.
 type UDP struct {
 	conn  *net.UDPConn
 	peers []netip.AddrPort
 }
+
+// advertTTL is the TTL adverts are sent and must arrive with.
+const advertTTL = 255
+
+// recvBuffer is the advert socket's receive buffer: room for a burst.
+const recvBuffer = 4 << 20
 
 // ListenUDP binds the advert socket on port (all addresses).
 func ListenUDP(port uint16, peers []netip.AddrPort) (*UDP, error) {
@@ -37,7 +49,57 @@ func ListenUDP(port uint16, peers []netip.AddrPort) (*UDP, error) {
 	if err != nil {
 		return nil, fmt.Errorf("ha advert socket on port %d: %w", port, err)
 	}
+	if err := setAdvertOpts(c); err != nil {
+		c.Close()
+		return nil, fmt.Errorf("ha advert socket on port %d: %w", port, err)
+	}
 	return &UDP{conn: c, peers: peers}, nil
+}
+
+// setAdvertOpts sets the TTL and hop limit sent, asks for those received
+// (for IPv4 on this dual-stack socket too), and enlarges the receive
+// buffer past rmem_max (the daemon runs as root).
+func setAdvertOpts(c *net.UDPConn) error {
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var serr error
+	err = rc.Control(func(fd uintptr) {
+		for _, o := range []struct{ level, opt, v int }{
+			{unix.IPPROTO_IP, unix.IP_TTL, advertTTL},
+			{unix.IPPROTO_IPV6, unix.IPV6_UNICAST_HOPS, advertTTL},
+			{unix.IPPROTO_IP, unix.IP_RECVTTL, 1},
+			{unix.IPPROTO_IPV6, unix.IPV6_RECVHOPLIMIT, 1},
+		} {
+			if serr = unix.SetsockoptInt(int(fd), o.level, o.opt, o.v); serr != nil {
+				return
+			}
+		}
+		if unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, recvBuffer) != nil {
+			serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUF, recvBuffer)
+		}
+	})
+	return errors.Join(err, serr)
+}
+
+// arrivalTTL reads the TTL or hop limit a datagram arrived with from its
+// control messages; ok is false when there was none.
+func arrivalTTL(oob []byte) (ttl int, ok bool) {
+	msgs, err := unix.ParseSocketControlMessage(oob)
+	if err != nil {
+		return 0, false
+	}
+	for _, m := range msgs {
+		if len(m.Data) < 4 {
+			continue // bounded: the value is a 32-bit int
+		}
+		if (m.Header.Level == unix.IPPROTO_IP && m.Header.Type == unix.IP_TTL) ||
+			(m.Header.Level == unix.IPPROTO_IPV6 && m.Header.Type == unix.IPV6_HOPLIMIT) {
+			return int(int32(binary.NativeEndian.Uint32(m.Data[:4]))), true
+		}
+	}
+	return 0, false
 }
 
 // Send implements Transport.
@@ -66,8 +128,9 @@ func (u *UDP) Serve(n *Node) error {
 		n.AddPeer(PeerKey(p.Addr()))
 	}
 	buf := make([]byte, 2048)
+	oob := make([]byte, 128)
 	for {
-		m, from, err := u.conn.ReadFromUDPAddrPort(buf)
+		m, oobn, _, from, err := u.conn.ReadMsgUDPAddrPort(buf, oob)
 		if err != nil {
 			if errors.Is(err, net.ErrClosed) {
 				return nil
@@ -76,6 +139,10 @@ func (u *UDP) Serve(n *Node) error {
 		}
 		if !known[from.Addr().Unmap()] {
 			n.Refuse(ErrUnknownPeer)
+			continue
+		}
+		if ttl, ok := arrivalTTL(oob[:oobn]); !ok || ttl != advertTTL {
+			n.Refuse(ErrTTL)
 			continue
 		}
 		n.Receive(buf[:m], PeerKey(from.Addr()), time.Now())

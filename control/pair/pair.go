@@ -261,6 +261,9 @@ func New(opts Options, host Host, dp Datapath, log *slog.Logger) (*Pair, error) 
 	}
 	fsm := ha.NewFSM(opts.Node, opts.Priority, opts.Advert, opts.Preempt, time.Now())
 	p.node = ha.NewNode(fsm, opts.Key, boot, p.udp, host.Revision)
+	if self, err := sourceFor(opts.Peers[0]); err == nil {
+		p.node.Self = ha.PeerKey(self)
+	}
 	p.node.OnRole = p.onRole
 	p.node.OnOutranked = func() { p.owner.reannounce(p.ctx) }
 	p.node.MayPreempt = p.synced.Load
@@ -595,7 +598,7 @@ func (p *Pair) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(descHARole, prometheus.GaugeValue, v, string(r))
 		ch <- prometheus.MustNewConstMetric(descHATrans, prometheus.CounterValue, float64(st.Transitions[r]), string(r))
 	}
-	for _, reason := range []string{"length", "magic", "version", "mac", "replay", "malformed", "unknown-peer"} {
+	for _, reason := range []string{"length", "magic", "version", "mac", "replay", "malformed", "unknown-peer", "ttl", "own-name"} {
 		ch <- prometheus.MustNewConstMetric(descHABad, prometheus.CounterValue, float64(st.BadAdverts[reason]), reason)
 	}
 	dual := 0.0

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"fmt"
+	"net/netip"
 	"os"
 	"strconv"
 	"strings"
@@ -11,8 +12,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/gopacket/gopacket"
+	"github.com/gopacket/gopacket/layers"
 	"github.com/sluicelb/sluice/control/api"
 	"github.com/sluicelb/sluice/testenv"
+	"golang.org/x/sys/unix"
 )
 
 // rssMiB is a process's resident set size.
@@ -135,4 +139,72 @@ func TestLBPairSyncFlood(t *testing.T) {
 	m.mustCLI(t, "vip", "add", "10.77.1.100:8080/tcp")
 	rev := m.status(t).Revision
 	lp.nodes[1].waitStatus(t, "the backup has the change", func(s api.Status) bool { return s.Revision == rev })
+}
+
+// spoofAdverts sends rate datagrams a second for d to dst's advert port
+// from src (a spoofed source), with the given TTL, from a raw socket on h;
+// it returns how many it sent.
+func spoofAdverts(t testing.TB, h *testenv.Host, src, dst netip.Addr, ttl uint8, rate int, d time.Duration) int {
+	t.Helper()
+	ip := &layers.IPv4{Version: 4, TTL: ttl, Protocol: layers.IPProtocolUDP, SrcIP: src.AsSlice(), DstIP: dst.AsSlice()}
+	udp := &layers.UDP{SrcPort: 9643, DstPort: 9643}
+	udp.SetNetworkLayerForChecksum(ip)
+	payload := make([]byte, 64) // advert-sized, never a valid MAC
+	copy(payload, "SLCE")
+	buf := gopacket.NewSerializeBuffer()
+	if err := gopacket.SerializeLayers(buf, gopacket.SerializeOptions{FixLengths: true, ComputeChecksums: true}, ip, udp, gopacket.Payload(payload)); err != nil {
+		t.Fatal(err)
+	}
+	pkt := buf.Bytes()
+	sent := 0
+	err := h.Do(func() error {
+		fd, err := unix.Socket(unix.AF_INET, unix.SOCK_RAW, unix.IPPROTO_RAW)
+		if err != nil {
+			return err
+		}
+		defer unix.Close(fd)
+		to := &unix.SockaddrInet4{Addr: dst.As4()}
+		start := time.Now()
+		for time.Since(start) < d {
+			// Pace in slots of 10 ms.
+			slot := time.Since(start) / (10 * time.Millisecond)
+			for range rate / 100 {
+				if unix.Sendto(fd, pkt, 0, to) == nil {
+					sent++
+				}
+			}
+			time.Sleep(time.Until(start.Add((slot + 1) * 10 * time.Millisecond)))
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return sent
+}
+
+// TestLBPairSpoofedAdvertFlood: 100 000 spoofed adverts a second for 5 s
+// at the backup, from off-link (TTL 64) with the master's address, are
+// refused before their MAC is computed (ttl), and cause no takeover while
+// the master lives.
+func TestLBPairSpoofedAdvertFlood(t *testing.T) {
+	lp := newLBPair(t, "100ms", 1, 1)
+	sb := newScraper(lp.hosts[1])
+	before := sb.value(t, "sluice_ha_transitions_total", `to="master"`)
+	sent := spoofAdverts(t, lp.lab.Client, lp.hosts[0].Addr.Addr(), lp.hosts[1].Addr.Addr(), 64, 100_000, 5*time.Second)
+	ttl := sb.value(t, "sluice_ha_bad_adverts_total", `reason="ttl"`)
+	mac := sb.value(t, "sluice_ha_bad_adverts_total", `reason="mac"`)
+	t.Logf("sent %d spoofed adverts in 5 s (%.0f/s); the backup refused %.0f for their TTL, %.0f for their MAC",
+		sent, float64(sent)/5, ttl, mac)
+	if got := sb.value(t, "sluice_ha_transitions_total", `to="master"`); got != before {
+		t.Fatalf("the backup took over during the flood (%v -> %v transitions to master)", before, got)
+	}
+	waitRole(t, lp.nodes[0], "master")
+	waitRole(t, lp.nodes[1], "backup")
+	if sent < 300_000 {
+		t.Errorf("sent only %d adverts: the flood did not reach 60 000/s", sent)
+	}
+	if ttl < 0.9*float64(sent) || mac != 0 {
+		t.Errorf("refused %.0f by TTL and %.0f by MAC of %d: the TTL check must catch them, before the MAC", ttl, mac, sent)
+	}
 }

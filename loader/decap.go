@@ -21,7 +21,8 @@ type DecapOptions struct {
 	// Iface to attach to; empty loads without attaching (packet tests).
 	Iface string
 	Mode  Mode
-	// PinRoot defaults to DefaultPinRoot; objects go to <root>/decap/<iface>.
+	// PinRoot defaults to DefaultPinRoot; objects go below <root>/decap/
+	// (see pins.go).
 	PinRoot string
 	// Addrs are the outer destinations to decapsulate; empty means every
 	// address on Iface.
@@ -34,13 +35,6 @@ type Decap struct {
 	objs   bpf.DecapObjects
 	link   link.Link
 	pinDir string
-}
-
-func decapPinDir(root, iface string) string {
-	if root == "" {
-		root = DefaultPinRoot
-	}
-	return filepath.Join(root, "decap", iface)
 }
 
 // AttachDecap loads the decap program and, with Options.Iface set, attaches
@@ -70,10 +64,10 @@ func AttachDecap(ctx context.Context, opts DecapOptions) (*Decap, error) {
 				return nil, err
 			}
 		}
-		if err := EnsureBPFFS(); err != nil {
+		if d.pinDir, err = pinDirFor(opts.PinRoot, "decap", iface); err != nil {
 			return nil, err
 		}
-		d.pinDir = decapPinDir(opts.PinRoot, opts.Iface)
+		migrateLegacy(legacyPinDir(opts.PinRoot, "decap", iface.Name), d.pinDir, iface, log)
 		if err := os.MkdirAll(d.pinDir, 0o700); err != nil {
 			return nil, fmt.Errorf("create pin directory %s: %w", d.pinDir, err)
 		}
@@ -195,5 +189,5 @@ func removeEmptyParents(dir string, n int) {
 
 // DetachDecap removes the pinned decap program from iface.
 func DetachDecap(iface, pinRoot string) error {
-	return detachPinned(decapPinDir(pinRoot, iface), iface, "decap program", "decap", 2)
+	return detachIface(iface, pinRoot, "decap", "decap program", "decap", 3)
 }

@@ -22,8 +22,12 @@ import (
 	"github.com/sluicelb/sluice/bpf"
 )
 
-// DefaultPinRoot is where pinned objects live: <root>/<ifname>/.
+// DefaultPinRoot is where pinned objects live (see pins.go for the
+// layout below it).
 const DefaultPinRoot = "/sys/fs/bpf/sluice"
+
+// bpffsDir is where bpffs is mounted.
+const bpffsDir = "/sys/fs/bpf"
 
 // Mode is the XDP attach mode.
 type Mode int
@@ -126,14 +130,10 @@ func Load(ctx context.Context, opts Options) (*Datapath, error) {
 		if err != nil {
 			return nil, fmt.Errorf("interface %q: %w", opts.Iface, err)
 		}
-		if err := EnsureBPFFS(); err != nil {
+		if d.pinDir, err = pinDirFor(opts.PinRoot, "", d.iface); err != nil {
 			return nil, err
 		}
-		root := opts.PinRoot
-		if root == "" {
-			root = DefaultPinRoot
-		}
-		d.pinDir = filepath.Join(root, opts.Iface)
+		migrateLegacy(legacyPinDir(opts.PinRoot, "", d.iface.Name), d.pinDir, d.iface, log)
 		if err := os.MkdirAll(d.pinDir, 0o700); err != nil {
 			return nil, fmt.Errorf("create pin directory %s: %w", d.pinDir, err)
 		}
@@ -185,6 +185,10 @@ func (d *Datapath) attach() error {
 // attaches prog afresh and pins the link.
 func attachOrAdopt(prog *ebpf.Program, iface *net.Interface, mode Mode, pin string, log *slog.Logger) (link.Link, Mode, bool, error) {
 	if l, err := link.LoadPinnedLink(pin, nil); err == nil {
+		if err := ownsIface(l, iface); err != nil {
+			l.Close()
+			return nil, 0, false, fmt.Errorf("adopt pinned xdp link %s: %w; refusing to take it over (remove it to start afresh)", pin, err)
+		}
 		if err := l.Update(prog); err != nil {
 			l.Close()
 			return nil, 0, false, fmt.Errorf("adopt pinned xdp link on %s: replace program: %w", iface.Name, err)
@@ -282,7 +286,7 @@ func (d *Datapath) Detach() error {
 	}
 	if d.pinDir != "" {
 		errs = append(errs, os.RemoveAll(d.pinDir))
-		removeEmptyParents(d.pinDir, 1)
+		removeEmptyParents(d.pinDir, 2)
 	}
 	errs = append(errs, d.objs.Close())
 	return errors.Join(errs...)
@@ -290,7 +294,7 @@ func (d *Datapath) Detach() error {
 
 // EnsureBPFFS mounts bpffs at /sys/fs/bpf when it is not mounted.
 func EnsureBPFFS() error {
-	const dir = "/sys/fs/bpf"
+	const dir = bpffsDir
 	var st unix.Statfs_t
 	if err := unix.Statfs(dir, &st); err == nil && st.Type == unix.BPF_FS_MAGIC {
 		return nil
@@ -308,10 +312,32 @@ func EnsureBPFFS() error {
 // iface: the program leaves the interface and every pinned map goes.
 // Forwarding stops.
 func DetachPinned(iface, pinRoot string) error {
-	if pinRoot == "" {
-		pinRoot = DefaultPinRoot
+	return detachIface(iface, pinRoot, "", "sluice data plane", "xdp", 2)
+}
+
+// detachIface detaches what is pinned for the interface of that name in
+// this network namespace, or, left by an older version, at its name alone
+// if it is this interface's.
+func detachIface(iface, pinRoot, kind, what, linkKind string, parents int) error {
+	ifi, err := net.InterfaceByName(iface)
+	if err != nil {
+		return fmt.Errorf("interface %q: %w", iface, err)
 	}
-	return detachPinned(filepath.Join(pinRoot, iface), iface, "sluice data plane", "xdp", 1)
+	dir, err := pinDirFor(pinRoot, kind, ifi)
+	if err != nil {
+		return err
+	}
+	if _, err := os.Stat(dir); errors.Is(err, os.ErrNotExist) {
+		legacy := legacyPinDir(pinRoot, kind, iface)
+		if l, err := link.LoadPinnedLink(filepath.Join(legacy, "link"), nil); err == nil {
+			owned := ownsIface(l, ifi) == nil
+			l.Close()
+			if owned {
+				return detachPinned(legacy, iface, what, linkKind, parents-1)
+			}
+		}
+	}
+	return detachPinned(dir, iface, what, linkKind, parents)
 }
 
 // detachPinned unpins and closes the XDP link pinned in dir, removes dir,

@@ -214,6 +214,17 @@ func RemoveWithPrefix(prefix string) error {
 
 // inNS runs fn on a thread inside ns. The thread is discarded afterwards
 // rather than returned to the Go scheduler in a foreign namespace.
+// InNamedNS runs fn in the named network namespace (one of
+// /run/netns), on a thread of its own.
+func InNamedNS(name string, fn func() error) error {
+	ns, err := netns.GetFromName(name)
+	if err != nil {
+		return fmt.Errorf("namespace %s: %w", name, err)
+	}
+	defer ns.Close()
+	return inNS(ns, fn)
+}
+
 func inNS(ns netns.NsHandle, fn func() error) error {
 	errc := make(chan error, 1)
 	go func() {

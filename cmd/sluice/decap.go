@@ -11,6 +11,7 @@ import (
 
 func decapCommand() *cli.Command {
 	iface := &cli.StringFlag{Name: "iface", Usage: "backend interface that receives encapsulated traffic", Required: true}
+	pinRoot := &cli.StringFlag{Name: "pin-root", Value: loader.DefaultPinRoot, Usage: "bpffs directory to pin under"}
 	return &cli.Command{
 		Name:  "decap",
 		Usage: "on a backend host: strip IPIP/IP6IP6 addressed to it (pinned, outlives the command)",
@@ -19,7 +20,7 @@ func decapCommand() *cli.Command {
 				Name:  "attach",
 				Usage: "attach the decap program to --iface",
 				Flags: []cli.Flag{
-					iface,
+					iface, pinRoot,
 					&cli.StringFlag{Name: "xdp-mode", Value: "auto", Usage: "native, generic or auto"},
 					&cli.StringSliceFlag{Name: "addr", Usage: "outer destination to decapsulate (default: every address of --iface)"},
 				},
@@ -36,7 +37,7 @@ func decapCommand() *cli.Command {
 						}
 						addrs = append(addrs, a)
 					}
-					d, err := loader.AttachDecap(c.Context, loader.DecapOptions{Iface: c.String("iface"), Mode: mode, Addrs: addrs})
+					d, err := loader.AttachDecap(c.Context, loader.DecapOptions{Iface: c.String("iface"), Mode: mode, Addrs: addrs, PinRoot: c.String("pin-root")})
 					if err != nil {
 						return err
 					}
@@ -47,9 +48,9 @@ func decapCommand() *cli.Command {
 			{
 				Name:  "detach",
 				Usage: "remove the decap program from --iface",
-				Flags: []cli.Flag{iface},
+				Flags: []cli.Flag{iface, pinRoot},
 				Action: func(c *cli.Context) error {
-					if err := loader.DetachDecap(c.String("iface"), ""); err != nil {
+					if err := loader.DetachDecap(c.String("iface"), c.String("pin-root")); err != nil {
 						return err
 					}
 					fmt.Fprintf(c.App.Writer, "decap detached from %s\n", c.String("iface"))

@@ -92,7 +92,7 @@ func runDemo(ctx context.Context, w io.Writer) error {
 	}
 	lab.OnClose(func() error {
 		stop()
-		return loader.DetachPinned(lab.LB.Link, lab.PinRoot())
+		return lab.LB.Do(func() error { return loader.DetachPinned(lab.LB.Link, lab.PinRoot()) })
 	})
 	steps := []func(context.Context) error{d.configure, d.spread, d.failover, d.drain, d.recover}
 	for _, step := range steps {

@@ -363,7 +363,7 @@ func (r *labRunner) teardown() {
 	r.daemon.stop()
 	r.daemon2.stop()
 	for _, h := range r.lbs {
-		_ = loader.DetachPinned(h.Link, r.lab.PinRoot())
+		_ = h.Do(func() error { return loader.DetachPinned(h.Link, r.lab.PinRoot()) })
 	}
 	_ = r.lab.Close()
 	_ = testenv.RemoveWithPrefix(labPrefix + "-" + r.lab.ID())
@@ -539,7 +539,7 @@ func labCleanup(st *labState) error {
 		if st.PinRoot != "" {
 			for _, h := range st.Hosts {
 				if h.Name == "lb" || h.Name == "lb2" {
-					_ = loader.DetachPinned(h.Link, st.PinRoot)
+					_ = testenv.InNamedNS(h.NS, func() error { return loader.DetachPinned(h.Link, st.PinRoot) })
 				}
 			}
 		}

@@ -72,8 +72,14 @@ func startDaemonOn(t testing.TB, lab *testenv.Lab, host *testenv.Host, stateDir 
 	if stateDir == "" {
 		stateDir = t.TempDir()
 	}
+	return startDaemonCmd(t, host.Command(context.Background(), sluiceBin, daemonArgs(lab, host, stateDir, extra...)...), stateDir)
+}
+
+// startDaemonCmd starts a `sluice daemon` command whose socket is in
+// stateDir and waits until its API answers.
+func startDaemonCmd(t testing.TB, cmd *exec.Cmd, stateDir string) *daemonProc {
+	t.Helper()
 	sock := filepath.Join(stateDir, "sluice.sock")
-	cmd := host.Command(context.Background(), sluiceBin, daemonArgs(lab, host, stateDir, extra...)...)
 	p := &daemonProc{cmd: cmd, socket: sock, stateDir: stateDir, log: &strings.Builder{}, mu: &sync.Mutex{}, done: make(chan error, 1)}
 	stderr, err := cmd.StderrPipe()
 	if err != nil {

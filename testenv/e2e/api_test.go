@@ -38,8 +38,8 @@ func TestChangeOutlivesItsClient(t *testing.T) {
 	}
 	fmt.Fprintf(c, "POST /v1/backends HTTP/1.1\r\nHost: sluice\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s", len(body), body)
 	c.Close() // gone before the daemon answers
-	st := d.waitStatus(t, "the backend committed", func(s api.Status) bool { return s.Revision == before+1 })
-	st = d.waitStatus(t, "the backend usable (its MAC resolved)", func(s api.Status) bool {
+	d.waitStatus(t, "the backend committed", func(s api.Status) bool { return s.Revision == before+1 })
+	st := d.waitStatus(t, "the backend usable (its MAC resolved)", func(s api.Status) bool {
 		b := backendState(s, vipTCP, addr)
 		return b.Usable && b.RingSlots > 0
 	})

@@ -60,7 +60,7 @@ type Options struct {
 	// Timeline bounds the availability timeline (zero fields: defaults).
 	Timeline state.TimelineLimits
 	PinRoot  string
-	Resolver MACResolver
+	Resolver neigh.MACResolver
 	Logger   *slog.Logger
 	// HA, when set, makes this daemon one node of an active/standby pair.
 	HA *pair.Options

@@ -10,15 +10,11 @@ import (
 	"time"
 
 	"github.com/sluicelb/sluice/control/maglev"
+	"github.com/sluicelb/sluice/control/neigh"
 	"github.com/sluicelb/sluice/control/state"
 	"github.com/sluicelb/sluice/health"
 	"github.com/sluicelb/sluice/loader"
 )
-
-// MACResolver finds the next-hop MAC for a backend.
-type MACResolver interface {
-	Resolve(ctx context.Context, addr netip.Addr) (net.HardwareAddr, error)
-}
 
 // BackendView is the reconciler's verdict for one backend.
 type BackendView struct {
@@ -34,7 +30,7 @@ type BackendView struct {
 // rewrites only what differs: an unchanged intent writes nothing.
 type Reconciler struct {
 	dp   *loader.Datapath
-	macs *macCache
+	macs *neigh.Cache
 	seed uint64
 
 	mu     sync.Mutex
@@ -57,8 +53,8 @@ type beKey struct {
 // plane, so a restarted daemon keeps every entry where it was. MACs are
 // resolved through macs off Apply's path; resolved is called (with no
 // lock held) each time a resolution finished, to apply again.
-func NewReconciler(dp *loader.Datapath, macs MACResolver, seed uint64, resolved func()) (*Reconciler, error) {
-	r := &Reconciler{dp: dp, macs: newMACCache(macs, resolved), seed: seed, vipIDs: map[loader.VIPKey]uint32{}, beIdx: map[beKey]uint32{},
+func NewReconciler(dp *loader.Datapath, macs neigh.MACResolver, seed uint64, resolved func()) (*Reconciler, error) {
+	r := &Reconciler{dp: dp, macs: neigh.NewCache(macs, resolved), seed: seed, vipIDs: map[loader.VIPKey]uint32{}, beIdx: map[beKey]uint32{},
 		views: map[loader.VIPKey]map[netip.Addr]BackendView{}, rings: map[loader.VIPKey]string{}}
 	vips, err := dp.VIPs()
 	if err != nil {
@@ -73,7 +69,7 @@ func NewReconciler(dp *loader.Datapath, macs MACResolver, seed uint64, resolved 
 	}
 	for idx, b := range bes {
 		r.beIdx[beKey{b.VIPID, b.Addr}] = idx
-		r.macs.adopt(b.Addr, b.MAC)
+		r.macs.Adopt(b.Addr, b.MAC)
 	}
 	return r, nil
 }
@@ -223,7 +219,7 @@ func (a *applying) backend(k loader.VIPKey, id uint32, v state.VIP, b state.Back
 		bv.Usable = bv.Usable && addr.String() == v.Primary
 		bv.Drain = false
 	}
-	mac, merr := r.macs.get(a.ctx, addr, b.MAC)
+	mac, merr := r.macs.Get(a.ctx, addr, b.MAC)
 	bv.MACErr = merr
 	if merr != nil {
 		bv.Usable = false
@@ -393,4 +389,4 @@ func (r *Reconciler) FlowBackend(dst netip.AddrPort, proto loader.Proto, addr ne
 // RefreshMACs re-resolves every resolved MAC; it reports whether any
 // changed. It blocks (up to the resolver's wait per address), and holds
 // no lock while it does.
-func (r *Reconciler) RefreshMACs(ctx context.Context) bool { return r.macs.refresh(ctx) }
+func (r *Reconciler) RefreshMACs(ctx context.Context) bool { return r.macs.Refresh(ctx) }

@@ -60,7 +60,10 @@ func hostMounts() int {
 	if self == 0 {
 		return 0
 	}
-	for pid := 1; pid != 0; {
+	// PID 1 first, then the ancestors, nearest first (PID 1 excluded:
+	// it was asked already).
+	pid := 1
+	for range 64 {
 		if other := ino(pid); other != 0 {
 			if other == self {
 				return 0
@@ -71,6 +74,9 @@ func hostMounts() int {
 			pid = os.Getppid()
 		} else {
 			pid = parentOf(pid)
+		}
+		if pid <= 1 {
+			return 0
 		}
 	}
 	return 0

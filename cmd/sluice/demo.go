@@ -14,6 +14,7 @@ import (
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/sluicelb/sluice/cmd/sluice/internal/lab"
 	"github.com/sluicelb/sluice/control/api"
 	"github.com/sluicelb/sluice/control/state"
 	"github.com/sluicelb/sluice/loader"
@@ -37,7 +38,7 @@ var demoVIPAddr = netip.MustParseAddrPort("10.77.1.100:7")
 type demo struct {
 	w       io.Writer
 	lab     *testenv.Lab
-	cl      *client
+	cl      *api.Client
 	events  chan api.Event
 	summary [][2]string
 	long    []demoConn
@@ -110,19 +111,19 @@ func runDemo(ctx context.Context, w io.Writer) error {
 }
 
 func (d *demo) startDaemon(ctx context.Context, dir string) (func(), error) {
-	ld, err := startLabDaemon(d.lab, dir, "", "--log-level", "warn")
+	ld, err := lab.StartDaemon(d.lab, dir, "", "--log-level", "warn")
 	if err != nil {
 		return nil, err
 	}
-	if err := ld.wait(ctx, 20*time.Second); err != nil {
-		ld.stop()
+	if err := ld.Wait(ctx, 20*time.Second); err != nil {
+		ld.Stop()
 		return nil, err
 	}
-	stop := ld.stop
-	d.cl = ld.client
+	stop := ld.Stop
+	d.cl = ld.Client
 	d.events = make(chan api.Event, 256)
 	go func() {
-		_ = d.cl.api.Events(ctx, true, func(e api.Event) bool {
+		_ = d.cl.Events(ctx, true, func(e api.Event) bool {
 			d.events <- e
 			return true
 		})
@@ -132,7 +133,7 @@ func (d *demo) startDaemon(ctx context.Context, dir string) (func(), error) {
 
 func (d *demo) status(ctx context.Context) (api.Status, error) {
 	var st api.Status
-	err := d.cl.do(ctx, "GET", "/v1/status", nil, nil, &st)
+	err := d.cl.Do(ctx, "GET", "/v1/status", nil, nil, &st)
 	return st, err
 }
 
@@ -152,13 +153,13 @@ func (d *demo) waitEvent(addr, to string, since time.Time) (api.Event, error) {
 
 func (d *demo) configure(ctx context.Context) error {
 	d.say("\n0. sluice vip add %s; sluice backend add ... --check tcp --interval 100ms --fall 2 --rise 2", demoVIP)
-	if err := d.cl.do(ctx, "POST", "/v1/vips", nil, api.VIPAddRequest{VIP: demoVIP, Forward: "ipip"}, nil); err != nil {
+	if err := d.cl.Do(ctx, "POST", "/v1/vips", nil, api.VIPAddRequest{VIP: demoVIP, Forward: "ipip"}, nil); err != nil {
 		return err
 	}
 	for _, b := range d.lab.Backends {
 		be := state.Backend{Addr: b.Addr.Addr().String(), Weight: 1, Check: state.Check{Type: "tcp",
 			Interval: state.Duration(100 * time.Millisecond), Timeout: state.Duration(100 * time.Millisecond), Rise: 2, Fall: 2}}
-		if err := d.cl.do(ctx, "POST", "/v1/backends", nil, api.BackendAddRequest{VIP: demoVIP, Backend: be}, nil); err != nil {
+		if err := d.cl.Do(ctx, "POST", "/v1/backends", nil, api.BackendAddRequest{VIP: demoVIP, Backend: be}, nil); err != nil {
 			return err
 		}
 	}
@@ -315,7 +316,7 @@ func (d *demo) failover(ctx context.Context) error {
 
 func (d *demo) drain(ctx context.Context) error {
 	d.say("\n3. sluice backend drain %s 10.77.0.13: b3 takes no new flows, keeps its own", demoVIP)
-	if err := d.cl.do(ctx, "POST", "/v1/backends/action", nil, api.BackendActionRequest{VIP: demoVIP, Addr: "10.77.0.13", Action: "drain"}, nil); err != nil {
+	if err := d.cl.Do(ctx, "POST", "/v1/backends/action", nil, api.BackendActionRequest{VIP: demoVIP, Addr: "10.77.0.13", Action: "drain"}, nil); err != nil {
 		return err
 	}
 	count, err := d.burst(ctx, 100)

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sluicelb/sluice/cmd/sluice/internal/lab"
 	"github.com/sluicelb/sluice/testenv"
 	"github.com/sluicelb/sluice/testenv/testutil"
 )
@@ -38,15 +39,15 @@ func mustRun(t *testing.T, args ...string) string {
 // the lab directory, and the given processes.
 func assertGone(t *testing.T, pids ...int) {
 	t.Helper()
-	if left := testenv.LeftoversWithPrefix(labPrefix + "-"); len(left) > 0 {
+	if left := testenv.LeftoversWithPrefix(lab.Prefix + "-"); len(left) > 0 {
 		t.Fatalf("left behind: %v", left)
 	}
-	if _, err := os.Stat(labDir); err == nil {
-		t.Fatalf("%s left behind", labDir)
+	if _, err := os.Stat(lab.Dir); err == nil {
+		t.Fatalf("%s left behind", lab.Dir)
 	}
 	for _, pid := range pids {
 		deadline := time.Now().Add(10 * time.Second)
-		for alive(pid) {
+		for lab.Alive(pid) {
 			// A zombie child of ours counts as gone once reaped elsewhere;
 			// these processes are not our children.
 			if time.Now().After(deadline) {
@@ -59,12 +60,12 @@ func assertGone(t *testing.T, pids ...int) {
 
 // startLab runs `lab up` with args (and `lab down` when the test ends) and
 // returns the lab's state and what `lab up` printed.
-func startLab(t *testing.T, args ...string) (*labState, string) {
+func startLab(t *testing.T, args ...string) (*lab.State, string) {
 	t.Helper()
 	testutil.Require(t)
 	t.Cleanup(func() { run(t, "lab", "down") })
 	out := mustRun(t, append([]string{"lab", "up"}, args...)...)
-	st, err := readLabState()
+	st, err := lab.ReadState()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -149,10 +150,10 @@ func TestLabUpKilledMidway(t *testing.T) {
 		t.Fatal(err)
 	}
 	// Kill it as soon as the runner has recorded the lab (namespaces exist).
-	var st *labState
+	var st *lab.State
 	deadline := time.Now().Add(20 * time.Second)
 	for st == nil {
-		if s, err := readLabState(); err == nil && s.DaemonPID != 0 {
+		if s, err := lab.ReadState(); err == nil && s.DaemonPID != 0 {
 			st = s
 			break
 		}
@@ -165,7 +166,7 @@ func TestLabUpKilledMidway(t *testing.T) {
 	cmd.Wait()
 	// The runner notices and tears everything down by itself.
 	deadline = time.Now().Add(20 * time.Second)
-	for alive(st.RunnerPID) {
+	for lab.Alive(st.RunnerPID) {
 		if time.Now().After(deadline) {
 			t.Fatal("the runner outlived a killed lab up")
 		}
@@ -181,10 +182,10 @@ func TestLabUpKilledMidway(t *testing.T) {
 func TestLabRunnerKilled(t *testing.T) {
 	st, _ := startLab(t)
 	syscall.Kill(st.RunnerPID, syscall.SIGKILL)
-	for alive(st.RunnerPID) {
+	for lab.Alive(st.RunnerPID) {
 		time.Sleep(10 * time.Millisecond)
 	}
-	if len(testenv.LeftoversWithPrefix(labPrefix+"-")) == 0 {
+	if len(testenv.LeftoversWithPrefix(lab.Prefix+"-")) == 0 {
 		t.Fatal("expected the killed runner to leave namespaces behind for down to remove")
 	}
 	mustRun(t, "lab", "down")

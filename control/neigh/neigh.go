@@ -1,5 +1,6 @@
 // Package neigh resolves backends' next-hop MAC addresses from the
-// kernel's route and neighbour tables.
+// kernel's route and neighbour tables, and caches them off the caller's
+// path, with backoff for those that do not resolve.
 package neigh
 
 import (

@@ -10,6 +10,7 @@ import (
 
 	"github.com/sluicelb/sluice/control/ha"
 	"github.com/sluicelb/sluice/testenv"
+	"golang.org/x/sys/unix"
 )
 
 // TestLBPairPartition: adverts and sync between the nodes are dropped by
@@ -95,21 +96,28 @@ func TestLBPairBadAdverts(t *testing.T) {
 	lp := newLBPair(t, "100ms", 1, 1)
 	s := newScraper(lp.hosts[0])
 	before := map[string]float64{}
-	reasons := []string{"mac", "replay", "length", "unknown-peer"}
+	reasons := []string{"mac", "replay", "length", "unknown-peer", "ttl"}
 	for _, r := range reasons {
 		before[r] = s.value(t, "sluice_ha_bad_adverts_total", `reason="`+r+`"`)
 	}
 	master := &net.UDPAddr{IP: lp.hosts[0].Addr.Addr().AsSlice(), Port: 9643}
-	send := func(h *testenv.Host, b []byte) {
+	// send sends b as a host on the segment does (TTL 255), or with ttl.
+	sendTTL := func(h *testenv.Host, b []byte, ttl int) {
 		c, err := h.ListenPacket("udp4", ":0")
 		if err != nil {
 			t.Fatal(err)
 		}
 		defer c.Close()
+		rc, err := c.(*net.UDPConn).SyscallConn()
+		if err != nil {
+			t.Fatal(err)
+		}
+		rc.Control(func(fd uintptr) { unix.SetsockoptInt(int(fd), unix.IPPROTO_IP, unix.IP_TTL, ttl) })
 		if _, err := c.WriteTo(b, master); err != nil {
 			t.Fatal(err)
 		}
 	}
+	send := func(h *testenv.Host, b []byte) { sendTTL(h, b, 255) }
 	key, _ := os.ReadFile(lp.key)
 	key = []byte(strings.TrimSpace(string(key)))
 	peerName := lp.hosts[1].Addr.Addr().String()
@@ -120,7 +128,8 @@ func TestLBPairBadAdverts(t *testing.T) {
 	send(lp.hosts[1], replayed) // boot 1 is older than the peer's real boot: a replay
 	send(lp.hosts[1], []byte("not an advert"))
 	send(lp.lab.Client, forged)
-	want := map[string]float64{"mac": 1, "replay": 1, "length": 1, "unknown-peer": 1}
+	sendTTL(lp.hosts[1], forged, 64) // crossed a router: not from the segment
+	want := map[string]float64{"mac": 1, "replay": 1, "length": 1, "unknown-peer": 1, "ttl": 1}
 	deadline := time.Now().Add(5 * time.Second)
 	for {
 		ok := true

@@ -21,24 +21,25 @@ const module = "github.com/sluicelb/sluice"
 // of control sit below control itself. A package missing here fails the
 // test: a new package must be given its place.
 var layer = map[string]int{
-	"bpf":                  0,
-	"loader":               1,
-	"health":               1,
-	"control/maglev":       1,
-	"control/ha":           1,
-	"control/neigh":        1,
-	"control/hook":         1,
-	"control/state":        2,
-	"testenv":              2,
-	"control/api":          3,
-	"control/availability": 4,
-	"control/pair":         4,
-	"control":              5,
-	"cmd/sluice":           6,
+	"bpf":                     0,
+	"loader":                  1,
+	"health":                  1,
+	"control/maglev":          1,
+	"control/ha":              1,
+	"control/neigh":           1,
+	"control/hook":            1,
+	"control/state":           2,
+	"testenv":                 2,
+	"control/api":             3,
+	"control/availability":    4,
+	"control/pair":            4,
+	"control":                 5,
+	"cmd/sluice/internal/lab": 6,
+	"cmd/sluice":              7,
 	// Imported by tests only.
-	"testenv/testutil": 7,
-	"testenv/e2e":      8,
-	"testenv/layout":   8,
+	"testenv/testutil": 8,
+	"testenv/e2e":      9,
+	"testenv/layout":   9,
 }
 
 // Limits of a package (non-test, non-generated lines) and of a function.

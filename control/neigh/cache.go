@@ -1,4 +1,4 @@
-package control
+package neigh
 
 import (
 	"context"
@@ -17,22 +17,28 @@ const (
 	macRetryMax = 30 * time.Second
 )
 
-// errResolving is a backend's MAC error while its first resolution runs.
-var errResolving = errors.New("resolving the next-hop MAC")
+// ErrResolving is a backend's MAC error while its first resolution runs.
+var ErrResolving = errors.New("resolving the next-hop MAC")
 
-// macCache holds backends' next-hop MACs. A MAC not known yet is resolved
+// MACResolver finds the next-hop MAC for a backend; NetlinkResolver is the
+// real one.
+type MACResolver interface {
+	Resolve(ctx context.Context, addr netip.Addr) (net.HardwareAddr, error)
+}
+
+// Cache holds backends' next-hop MACs. A MAC not known yet is resolved
 // on a goroutine of its own, never on the caller's: an apply, which holds
 // the daemon's lock, must not wait for a neighbour that does not answer.
 // A failure is remembered, and retried with backoff.
-type macCache struct {
+type Cache struct {
 	resolver MACResolver
 	resolved func() // after each resolution; may be nil
 
 	mu      sync.Mutex
-	entries map[netip.Addr]*macEntry
+	entries map[netip.Addr]*entry
 }
 
-type macEntry struct {
+type entry struct {
 	mac     net.HardwareAddr
 	err     error     // the last resolution's failure
 	retry   time.Time // not before, after a failure
@@ -40,24 +46,26 @@ type macEntry struct {
 	busy    bool // a resolution runs
 }
 
-func newMACCache(r MACResolver, resolved func()) *macCache {
-	return &macCache{resolver: r, resolved: resolved, entries: map[netip.Addr]*macEntry{}}
+// NewCache is a cache resolving through r; resolved (may be nil) is
+// called, with no lock held, after each resolution finished.
+func NewCache(r MACResolver, resolved func()) *Cache {
+	return &Cache{resolver: r, resolved: resolved, entries: map[netip.Addr]*entry{}}
 }
 
-// adopt records a MAC the data plane already holds (a zero one is not).
-func (c *macCache) adopt(addr netip.Addr, mac net.HardwareAddr) {
+// Adopt records a MAC the data plane already holds (a zero one is not).
+func (c *Cache) Adopt(addr netip.Addr, mac net.HardwareAddr) {
 	if isZeroMAC(mac) {
 		return
 	}
 	c.mu.Lock()
-	c.entries[addr] = &macEntry{mac: mac}
+	c.entries[addr] = &entry{mac: mac}
 	c.mu.Unlock()
 }
 
-// get returns the configured MAC, or the resolved one. Without one it
+// Get returns the configured MAC, or the resolved one. Without one it
 // starts a resolution (unless one runs, or a failure's backoff has not
-// passed) and returns why there is none: errResolving, or the failure.
-func (c *macCache) get(ctx context.Context, addr netip.Addr, configured string) (net.HardwareAddr, error) {
+// passed) and returns why there is none: ErrResolving, or the failure.
+func (c *Cache) Get(ctx context.Context, addr netip.Addr, configured string) (net.HardwareAddr, error) {
 	if configured != "" {
 		return net.ParseMAC(configured)
 	}
@@ -68,7 +76,7 @@ func (c *macCache) get(ctx context.Context, addr netip.Addr, configured string) 
 	defer c.mu.Unlock()
 	e := c.entries[addr]
 	if e == nil {
-		e = &macEntry{}
+		e = &entry{}
 		c.entries[addr] = e
 	}
 	if e.mac != nil {
@@ -81,10 +89,10 @@ func (c *macCache) get(ctx context.Context, addr netip.Addr, configured string) 
 	if e.err != nil {
 		return nil, e.err
 	}
-	return nil, fmt.Errorf("%w of %s", errResolving, addr)
+	return nil, fmt.Errorf("%w of %s", ErrResolving, addr)
 }
 
-func (c *macCache) resolve(ctx context.Context, addr netip.Addr) {
+func (c *Cache) resolve(ctx context.Context, addr netip.Addr) {
 	mac, err := c.resolver.Resolve(ctx, addr)
 	c.mu.Lock()
 	e := c.entries[addr]
@@ -102,8 +110,8 @@ func (c *macCache) resolve(ctx context.Context, addr netip.Addr) {
 	}
 }
 
-// refresh re-resolves every resolved MAC and reports whether any changed.
-func (c *macCache) refresh(ctx context.Context) bool {
+// Refresh re-resolves every resolved MAC and reports whether any changed.
+func (c *Cache) Refresh(ctx context.Context) bool {
 	if c.resolver == nil {
 		return false
 	}

@@ -1,4 +1,4 @@
-package control
+package neigh
 
 import (
 	"context"
@@ -34,12 +34,12 @@ func TestMACCacheNeverBlocks(t *testing.T) {
 	good, bad := netip.MustParseAddr("10.0.0.1"), netip.MustParseAddr("10.0.0.2")
 	r := &resolver{delay: time.Second, fail: map[netip.Addr]bool{bad: true}}
 	done := make(chan struct{}, 4)
-	c := newMACCache(r, func() { done <- struct{}{} })
+	c := NewCache(r, func() { done <- struct{}{} })
 	ctx := context.Background()
 	start := time.Now()
 	for _, a := range []netip.Addr{good, bad} {
-		if _, err := c.get(ctx, a, ""); !errors.Is(err, errResolving) {
-			t.Fatalf("%s: %v, want errResolving", a, err)
+		if _, err := c.Get(ctx, a, ""); !errors.Is(err, ErrResolving) {
+			t.Fatalf("%s: %v, want ErrResolving", a, err)
 		}
 	}
 	if took := time.Since(start); took > 100*time.Millisecond {
@@ -47,19 +47,19 @@ func TestMACCacheNeverBlocks(t *testing.T) {
 	}
 	<-done
 	<-done
-	if m, err := c.get(ctx, good, ""); err != nil || m.String() != "02:00:00:00:00:01" {
+	if m, err := c.Get(ctx, good, ""); err != nil || m.String() != "02:00:00:00:00:01" {
 		t.Fatalf("resolved: %v %v", m, err)
 	}
-	if _, err := c.get(ctx, bad, ""); err == nil || !strings.Contains(err.Error(), "no neighbour entry") {
+	if _, err := c.Get(ctx, bad, ""); err == nil || !strings.Contains(err.Error(), "no neighbour entry") {
 		t.Fatalf("failed: %v", err)
 	}
 	for range 100 {
-		c.get(ctx, bad, "")
+		c.Get(ctx, bad, "")
 	}
 	if n := r.calls.Load(); n != 2 {
 		t.Fatalf("%d resolutions, want 2: a failure is retried only after its backoff", n)
 	}
-	if m, err := c.get(ctx, bad, "02:00:00:00:00:09"); err != nil || m.String() != "02:00:00:00:00:09" {
+	if m, err := c.Get(ctx, bad, "02:00:00:00:00:09"); err != nil || m.String() != "02:00:00:00:00:09" {
 		t.Fatalf("a configured MAC: %v %v", m, err)
 	}
 }

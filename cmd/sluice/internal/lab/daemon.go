@@ -1,4 +1,4 @@
-package main
+package lab
 
 import (
 	"context"
@@ -13,29 +13,29 @@ import (
 	"github.com/sluicelb/sluice/testenv"
 )
 
-// labDaemon is a `sluice daemon` running in a lab's LB namespace, with its
+// Daemon is a `sluice daemon` running in a lab's LB namespace, with its
 // state, socket and log under dir.
-type labDaemon struct {
+type Daemon struct {
 	cmd     *exec.Cmd
 	logf    *os.File
 	logPath string
-	client  *client
-	socket  string
+	Client  *api.Client
+	Socket  string
 }
 
-// startLabDaemon starts the daemon on the lab's LB host; wait tells when
+// StartDaemon starts the daemon on the lab's LB host; wait tells when
 // its API answers.
-func startLabDaemon(lab *testenv.Lab, dir, metricsAddr string, extra ...string) (*labDaemon, error) {
-	return startLabDaemonOn(lab, lab.LB, dir, metricsAddr, extra...)
+func StartDaemon(lab *testenv.Lab, dir, metricsAddr string, extra ...string) (*Daemon, error) {
+	return StartDaemonOn(lab, lab.LB, dir, metricsAddr, extra...)
 }
 
-// startLabDaemonOn starts the daemon on one of the lab's LB hosts.
-func startLabDaemonOn(lab *testenv.Lab, host *testenv.Host, dir, metricsAddr string, extra ...string) (*labDaemon, error) {
+// StartDaemonOn starts the daemon on one of the lab's LB hosts.
+func StartDaemonOn(lab *testenv.Lab, host *testenv.Host, dir, metricsAddr string, extra ...string) (*Daemon, error) {
 	self, err := os.Executable()
 	if err != nil {
 		return nil, err
 	}
-	d := &labDaemon{logPath: filepath.Join(dir, "daemon.log"), socket: filepath.Join(dir, "sluice.sock")}
+	d := &Daemon{logPath: filepath.Join(dir, "daemon.log"), Socket: filepath.Join(dir, "sluice.sock")}
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, err
 	}
@@ -43,7 +43,7 @@ func startLabDaemonOn(lab *testenv.Lab, host *testenv.Host, dir, metricsAddr str
 		return nil, err
 	}
 	args := append([]string{"daemon", "--iface", host.Link, "--xdp-mode", "native",
-		"--state-dir", filepath.Join(dir, "state"), "--socket", d.socket, "--metrics-addr", metricsAddr,
+		"--state-dir", filepath.Join(dir, "state"), "--socket", d.Socket, "--metrics-addr", metricsAddr,
 		"--pin-root", lab.PinRoot(), "--flow-table-size", "65536"}, extra...)
 	d.cmd = host.Command(context.Background(), self, args...)
 	d.cmd.Stdout, d.cmd.Stderr = d.logf, d.logf
@@ -51,16 +51,16 @@ func startLabDaemonOn(lab *testenv.Lab, host *testenv.Host, dir, metricsAddr str
 		d.logf.Close()
 		return nil, err
 	}
-	d.client = newClientFor(d.socket)
+	d.Client = api.NewClient(d.Socket)
 	return d, nil
 }
 
 // wait blocks until the daemon's API answers.
-func (d *labDaemon) wait(ctx context.Context, timeout time.Duration) error {
+func (d *Daemon) Wait(ctx context.Context, timeout time.Duration) error {
 	deadline := time.Now().Add(timeout)
 	for {
 		var st api.Status
-		if err := d.client.do(ctx, "GET", "/v1/status", nil, nil, &st); err == nil {
+		if err := d.Client.Do(ctx, "GET", "/v1/status", nil, nil, &st); err == nil {
 			return nil
 		}
 		if time.Now().After(deadline) {
@@ -76,7 +76,7 @@ func (d *labDaemon) wait(ctx context.Context, timeout time.Duration) error {
 }
 
 // stop asks the daemon to stop, and kills it after 5 s.
-func (d *labDaemon) stop() {
+func (d *Daemon) Stop() {
 	if d == nil || d.cmd.Process == nil {
 		return
 	}

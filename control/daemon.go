@@ -12,10 +12,13 @@ import (
 	"path/filepath"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
+	"github.com/coreos/go-systemd/v22/daemon"
 	"github.com/sluicelb/sluice/control/api"
 	"github.com/sluicelb/sluice/control/availability"
+	"github.com/sluicelb/sluice/control/hook"
 	"github.com/sluicelb/sluice/control/neigh"
 	"github.com/sluicelb/sluice/control/pair"
 	"github.com/sluicelb/sluice/control/state"
@@ -61,6 +64,9 @@ type Options struct {
 	Timeline state.TimelineLimits
 	PinRoot  string
 	Resolver neigh.MACResolver
+	// HookUser runs promotion and demotion commands as this user (name
+	// or uid); empty runs them as the daemon.
+	HookUser string
 	Logger   *slog.Logger
 	// HA, when set, makes this daemon one node of an active/standby pair.
 	HA *pair.Options
@@ -80,6 +86,10 @@ type Daemon struct {
 	pair    *pair.Pair // nil for a lone daemon
 	started time.Time
 	rev     atomic.Uint64 // d.state.Revision, readable without d.mu
+	// lastProbe is when a health probe last finished (unix ns);
+	// checkBound how long the watchdog lets pass without one.
+	lastProbe  atomic.Int64
+	checkBound atomic.Int64
 
 	mu    sync.Mutex // serialises changes and applies
 	state state.State
@@ -89,6 +99,8 @@ type Daemon struct {
 	availability map[availability.Subject]bool // last recorded availability
 	lastApplied  time.Time                     // when the last change reached the maps
 	lastCommit   time.Time                     // when the last change was committed
+
+	hookUser *syscall.Credential
 
 	promoMu       sync.Mutex
 	promoting     map[loader.VIPKey]bool   // a promotion runs for the VIP
@@ -104,6 +116,11 @@ func New(ctx context.Context, opts Options) (*Daemon, error) {
 	d := &Daemon{opts: opts, log: opts.Logger, events: NewEventLog(1000), coord: SingleNode{}, started: time.Now(), ctx: ctx,
 		promoting: map[loader.VIPKey]bool{}, demotePending: map[loader.VIPKey]string{}, availability: map[availability.Subject]bool{}}
 	var err error
+	if opts.HookUser != "" {
+		if d.hookUser, err = hook.LookupUser(opts.HookUser); err != nil {
+			return nil, fmt.Errorf("--hook-user: %w", err)
+		}
+	}
 	if d.store, err = state.OpenBoltStore(opts.StateDir, opts.ArchiveKeep); err != nil {
 		if errors.Is(err, state.ErrCorrupt) {
 			return nil, fmt.Errorf("%w; with the daemon stopped, restore a backup with `sluice backup restore --state-dir %s FILE`, or the newest archived state with `--latest`", err, opts.StateDir)
@@ -190,7 +207,10 @@ func (d *Daemon) setUp(ctx context.Context) error {
 	if d.pair != nil {
 		d.metrics.reg.MustRegister(d.pair.Collectors()...)
 	}
-	d.hm = &health.Manager{OnEvent: d.onHealth, OnResult: d.metrics.observeProbe}
+	d.hm = &health.Manager{OnEvent: d.onHealth, OnResult: func(r health.Result) {
+		d.lastProbe.Store(time.Now().UnixNano())
+		d.metrics.observeProbe(r)
+	}}
 	d.mu.Lock()
 	d.syncChecksLocked()
 	res, err := d.applyLocked(ctx)
@@ -294,6 +314,13 @@ func (d *Daemon) syncChecksLocked() {
 			}
 		}
 	}
+	var bound time.Duration
+	for _, c := range checks {
+		if c.Probe.Type != health.None {
+			bound = max(bound, 3*c.Settings.Interval+c.Settings.Timeout)
+		}
+	}
+	d.checkBound.Store(int64(bound))
 	d.hm.Sync(d.ctx, checks, initial)
 }
 
@@ -435,11 +462,13 @@ func (d *Daemon) Run(ctx context.Context) error {
 		msrv = &http.Server{Handler: d.metrics.handler(), ReadHeaderTimeout: 10 * time.Second}
 		go func() { errc <- msrv.Serve(ml) }()
 	}
+	d.notifySystemd(ctx)
 	refresh := time.NewTicker(30 * time.Second)
 	defer refresh.Stop()
 	for {
 		select {
 		case <-ctx.Done():
+			daemon.SdNotify(false, daemon.SdNotifyStopping)
 			sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 			defer cancel()
 			srv.Shutdown(sctx)

@@ -28,8 +28,9 @@ func (d *Daemon) nodeName() string {
 
 // runHook runs a VIP's hook for action (its promote or demote command,
 // else its URL, told the action), bounded by the VIP's hook timeout.
-func runHook(ctx context.Context, v state.VIP, action hook.Action, old, next, node string) (string, error) {
-	h := hook.Hook{Cmd: v.PromoteCmd, URL: v.PromoteURL, Timeout: time.Duration(v.HookTimeout)}
+func (d *Daemon) runHook(ctx context.Context, v state.VIP, action hook.Action, old, next string) (string, error) {
+	node := d.nodeName()
+	h := hook.Hook{Cmd: v.PromoteCmd, URL: v.PromoteURL, Timeout: time.Duration(v.HookTimeout), User: d.hookUser}
 	if action == hook.Demote {
 		h.Cmd = v.DemoteCmd
 	}
@@ -165,7 +166,7 @@ func (d *Daemon) promote(ctx context.Context, k loader.VIPKey, cands []state.Bac
 		}
 		old := v.Primary
 		start := time.Now()
-		out, herr := runHook(ctx, v, hook.Promote, old, c.Addr, d.nodeName())
+		out, herr := d.runHook(ctx, v, hook.Promote, old, c.Addr)
 		took := time.Since(start)
 		if herr != nil {
 			lastErr = herr
@@ -234,7 +235,7 @@ func (d *Daemon) demoteRecovered(v state.VIP) {
 		d.promoMu.Unlock()
 		// Off the caller's goroutine: that is a health check's.
 		go func() {
-			out, err := runHook(d.ctx, v, hook.Demote, old, v.Primary, d.nodeName())
+			out, err := d.runHook(d.ctx, v, hook.Demote, old, v.Primary)
 			reason := "rejoined as a replica"
 			if v.DemoteCmd != "" {
 				reason += fmt.Sprintf("; demote hook: %v %s", err, strings.TrimSpace(out))

@@ -32,6 +32,7 @@ func daemonCommand() *cli.Command {
 			&cli.IntFlag{Name: "availability-max-events", Value: state.DefaultTimelineMax, Usage: "availability transitions kept at most (the newest)"},
 			&cli.StringFlag{Name: "pin-root", Value: loader.DefaultPinRoot, Usage: "bpffs directory for pinned objects"},
 			&cli.StringFlag{Name: "log-level", Value: "info", Usage: "debug, info, warn or error"},
+			&cli.StringFlag{Name: "hook-user", Usage: "run promotion and demotion commands as this user (default: as the daemon)"},
 			&cli.StringSliceFlag{Name: "ha-peer", Usage: "LB pair: the peer's ADDR or ADDR:PORT (repeatable); enables HA"},
 			&cli.UintFlag{Name: "ha-priority", Value: pair.DefaultPriority, Usage: "LB pair: 1-255, the higher wins"},
 			&cli.DurationFlag{Name: "ha-advert", Value: pair.DefaultAdvert, Usage: "LB pair: advert interval; takeover after 3 × advert + skew"},
@@ -67,6 +68,7 @@ func daemonCommand() *cli.Command {
 				Iface: c.String("iface"), Mode: mode, StateDir: c.String("state-dir"), Socket: c.String("socket"),
 				MetricsAddr: c.String("metrics-addr"), Seed: c.Uint64("seed"), ArchiveKeep: c.Int("archive-keep"),
 				FlowTableSize: uint32(c.Uint64("flow-table-size")), PinRoot: c.String("pin-root"), Logger: log, HA: haOpts,
+				HookUser: c.String("hook-user"),
 				Timeline: state.TimelineLimits{Retention: c.Duration("availability-retention"), MaxEvents: c.Int("availability-max-events")},
 			})
 			if err != nil {

@@ -13,6 +13,8 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
+	"os/user"
+	"strconv"
 	"syscall"
 	"time"
 )
@@ -38,10 +40,32 @@ type Event struct {
 }
 
 // Hook is one hook: Cmd if set, else URL; neither set does nothing.
+// A command runs as User when set (see LookupUser), else as the daemon.
 type Hook struct {
 	Cmd     string
 	URL     string
 	Timeout time.Duration
+	User    *syscall.Credential
+}
+
+// LookupUser is the credential of a user name or uid, with its groups.
+func LookupUser(name string) (*syscall.Credential, error) {
+	u, err := user.Lookup(name)
+	if err != nil {
+		if u, err = user.LookupId(name); err != nil {
+			return nil, fmt.Errorf("hook user %q: %w", name, err)
+		}
+	}
+	uid, _ := strconv.ParseUint(u.Uid, 10, 32)
+	gid, _ := strconv.ParseUint(u.Gid, 10, 32)
+	c := &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid)}
+	gids, _ := u.GroupIds()
+	for _, g := range gids {
+		if n, err := strconv.ParseUint(g, 10, 32); err == nil {
+			c.Groups = append(c.Groups, uint32(n))
+		}
+	}
+	return c, nil
 }
 
 // MaxOutput bounds what a hook's output (or a URL's answer) is kept of.
@@ -74,7 +98,7 @@ func (h Hook) runCmd(ctx context.Context, e Event) (string, error) {
 	cmd.Stdout, cmd.Stderr = &out, &out
 	// Its own process group, so that a timeout kills every process the
 	// hook started, not only the shell.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Credential: h.User}
 	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
 	cmd.WaitDelay = waitDelay
 	err := cmd.Run()

@@ -12,6 +12,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/sluicelb/sluice/testenv/testutil"
 )
 
 var ev = Event{Action: Promote, VIP: "10.0.0.100:80/tcp", OldPrimary: "10.0.0.11", NewPrimary: "10.0.0.12", Epoch: 7, Node: "lb1"}
@@ -139,5 +141,21 @@ func TestURLHook(t *testing.T) {
 	_, err := Hook{URL: srv.URL + "/moved", Timeout: 5 * time.Second}.Run(context.Background(), ev)
 	if err == nil || !strings.Contains(err.Error(), "302") || followed {
 		t.Fatalf("redirect: %v, followed %v", err, followed)
+	}
+}
+
+// TestHookRunsAsUser: with a user set, the command runs as that user.
+func TestHookRunsAsUser(t *testing.T) {
+	testutil.Require(t) // changing user needs root
+	nobody, err := LookupUser("nobody")
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := Hook{Cmd: "id -u", Timeout: 5 * time.Second, User: nobody}.Run(context.Background(), ev)
+	if err != nil || strings.TrimSpace(out) != strconv.Itoa(int(nobody.Uid)) {
+		t.Fatalf("hook as nobody: %q %v, want uid %d", out, err, nobody.Uid)
+	}
+	if _, err := LookupUser("no-such-user-here"); err == nil || !strings.Contains(err.Error(), "no-such-user-here") {
+		t.Fatalf("an unknown user: %v", err)
 	}
 }

@@ -1,0 +1,49 @@
+package control
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// TestWatchdogPingsOnlyWhileHealthy: pings stop while the daemon is not
+// healthy (its lock held, its checks stalled) and resume when it is.
+func TestWatchdogPingsOnlyWhileHealthy(t *testing.T) {
+	var sick atomic.Bool
+	pings := make(chan struct{}, 1000)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go watchdog(ctx, 5*time.Millisecond, func(time.Duration) error {
+		if sick.Load() {
+			return errors.New("stuck")
+		}
+		return nil
+	}, func() { pings <- struct{}{} }, slog.Default())
+	count := func(d time.Duration) int {
+		n := 0
+		end := time.After(d)
+		for {
+			select {
+			case <-pings:
+				n++
+			case <-end:
+				return n
+			}
+		}
+	}
+	if n := count(100 * time.Millisecond); n < 5 {
+		t.Fatalf("%d pings in 100 ms while healthy", n)
+	}
+	sick.Store(true)
+	count(10 * time.Millisecond) // a ping decided before the change
+	if n := count(100 * time.Millisecond); n != 0 {
+		t.Fatalf("%d pings while not healthy", n)
+	}
+	sick.Store(false)
+	if n := count(100 * time.Millisecond); n < 5 {
+		t.Fatalf("%d pings in 100 ms once healthy again", n)
+	}
+}

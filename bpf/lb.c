@@ -142,6 +142,7 @@ struct sluice_btf_anchor {
 	enum sluice_forward forward;
 	enum sluice_family family;
 	enum sluice_backend_flags backend_flags;
+	enum sluice_cfg cfg;
 	struct vip_entry vip_entry;
 	struct ring_chunk ring_chunk;
 	struct flow_event flow_event;
@@ -162,6 +163,7 @@ struct pkt {
 	__u8 df;             /* IPv4 don't-fragment bit was set */
 	__u8 syn;
 	__u8 icmp;           /* an ICMP too-big error about a VIP flow */
+	__u8 to_host;        /* ICMP echo (1) or IPv6 neighbour discovery (2) */
 };
 
 struct ports {
@@ -246,6 +248,8 @@ static __always_inline enum verdict parse_icmp4(struct pkt *p, void *l4, void *d
 	 * type and code are read. */
 	if ((void *)(ic + 1) > data_end)
 		return outcome(p, SLUICE_STAT_MALFORMED, V_PASS);
+	if (ic->type == ICMP_ECHO)
+		p->to_host = 1;
 	if (ic->type != ICMP_DEST_UNREACH || ic->code != ICMP_FRAG_NEEDED)
 		return outcome(p, SLUICE_STAT_PASS_UNSUPPORTED, V_PASS);
 
@@ -276,6 +280,11 @@ static __always_inline enum verdict parse_icmp6(struct pkt *p, void *l4, void *d
 	 * type and code are read. */
 	if ((void *)(ic + 1) > data_end)
 		return outcome(p, SLUICE_STAT_MALFORMED, V_PASS);
+	if (ic->type == ICMPV6_ECHO_REQUEST)
+		p->to_host = 1;
+	/* Router and neighbour solicitations and advertisements, redirects. */
+	if (ic->type >= NDISC_ROUTER_SOLICITATION && ic->type <= NDISC_REDIRECT)
+		p->to_host = 2;
 	if (ic->type != ICMPV6_PKT_TOOBIG || ic->code != 0)
 		return outcome(p, SLUICE_STAT_PASS_UNSUPPORTED, V_PASS);
 
@@ -674,6 +683,24 @@ static __always_inline int encap_v6(struct xdp_md *ctx, const struct pkt *p, con
 	return 0;
 }
 
+/* Whether a packet that no VIP takes is for a VIP address and must not
+ * reach the host's stack: only ICMP echo (unless turned off) and IPv6
+ * neighbour discovery may. */
+static __always_inline int vip_addr_closed(const struct pkt *p, const struct config *cfg)
+{
+	if (cfg->flags & SLUICE_CFG_VIP_OPEN)
+		return 0;
+	if (p->key.family != SLUICE_FAMILY_V4 && p->key.family != SLUICE_FAMILY_V6)
+		return 0; /* not parsed far enough to have an address */
+	if (!is_vip_addr(p->key.dst, p->key.family))
+		return 0;
+	if (p->to_host == 2)
+		return 0;
+	if (p->to_host == 1)
+		return cfg->flags & SLUICE_CFG_NO_ECHO;
+	return 1;
+}
+
 SEC("xdp")
 int xdp_lb(struct xdp_md *ctx)
 {
@@ -697,6 +724,15 @@ int xdp_lb(struct xdp_md *ctx)
 		v = parse_ipv6(&p, eth + 1, data_end);
 	else
 		v = outcome(&p, SLUICE_STAT_PASS_NON_IP, V_PASS);
+	struct config *cfg = bpf_map_lookup_elem(&config, &zero);
+
+	if (!cfg)
+		return XDP_PASS; /* cannot happen: a one-entry array */
+	/* Malformed packets keep their own count; the stack drops them. */
+	if (v == V_PASS && p.stat != SLUICE_STAT_MALFORMED && vip_addr_closed(&p, cfg)) {
+		add(&stats, SLUICE_STAT_DROP_VIP_CLOSED, len);
+		return XDP_DROP;
+	}
 	if (v != V_FORWARD) {
 		add(&stats, p.stat, len);
 		return v == V_PASS ? XDP_PASS : XDP_DROP;
@@ -705,14 +741,13 @@ int xdp_lb(struct xdp_md *ctx)
 	struct vip_info *vip = find_vip(&p);
 
 	if (!vip) {
+		if (vip_addr_closed(&p, cfg)) {
+			add(&stats, SLUICE_STAT_DROP_VIP_CLOSED, len);
+			return XDP_DROP;
+		}
 		add(&stats, SLUICE_STAT_PASS_NON_VIP, len);
 		return XDP_PASS;
 	}
-
-	struct config *cfg = bpf_map_lookup_elem(&config, &zero);
-
-	if (!cfg)
-		return XDP_PASS; /* cannot happen: a one-entry array */
 	/* A frame addressed to another MAC reached us only because a switch
 	 * flooded it (e.g. the pair's peer, whose port just went down): the
 	 * node that owns the VIP forwards it, not us, or it would go twice. */

@@ -35,7 +35,8 @@ type LbConfig struct {
 	EncapSrc4    uint32
 	EncapSrc6    [4]uint32
 	Mac          [6]uint8
-	Pad          [2]uint8
+	Flags        uint8
+	Pad          uint8
 	NewFlowLimit uint32
 	FlowSync     uint32
 }
@@ -106,7 +107,7 @@ type LbSluiceBtfAnchor struct {
 	Forward      uint32
 	Family       uint32
 	BackendFlags uint32
-	_            [4]byte
+	Cfg          uint32
 	VipEntry     struct {
 		_   structs.HostLayout
 		Key struct {
@@ -149,6 +150,13 @@ type LbSluiceBtfAnchor struct {
 	}
 }
 
+type LbSluiceCfg uint32
+
+const (
+	LbSluiceCfgSLUICE_CFG_VIP_OPEN LbSluiceCfg = 1
+	LbSluiceCfgSLUICE_CFG_NO_ECHO  LbSluiceCfg = 2
+)
+
 type LbSluiceFamily uint32
 
 const (
@@ -183,7 +191,8 @@ const (
 	LbSluiceStatSLUICE_STAT_CT_FLOOD_SKIP    LbSluiceStat = 14
 	LbSluiceStatSLUICE_STAT_SYNC_LOST        LbSluiceStat = 15
 	LbSluiceStatSLUICE_STAT_PASS_OTHER_HOST  LbSluiceStat = 16
-	LbSluiceStatSLUICE_STAT_MAX              LbSluiceStat = 17
+	LbSluiceStatSLUICE_STAT_DROP_VIP_CLOSED  LbSluiceStat = 17
+	LbSluiceStatSLUICE_STAT_MAX              LbSluiceStat = 18
 )
 
 type LbVipEntry struct {

@@ -70,6 +70,7 @@ enum sluice_stat {
 	SLUICE_STAT_CT_FLOOD_SKIP,
 	SLUICE_STAT_SYNC_LOST, /* flow sync on, but the event ring buffer was full */
 	SLUICE_STAT_PASS_OTHER_HOST, /* a VIP packet in a frame for another MAC (flooded) */
+	SLUICE_STAT_DROP_VIP_CLOSED, /* for a VIP address, on a port or protocol no VIP serves */
 	SLUICE_STAT_MAX,
 };
 
@@ -158,13 +159,23 @@ struct config {
 	__u32 encap_src4;   /* IPIP outer source prefix /16, network order */
 	__u32 encap_src6[4]; /* IPv6 outer source prefix /96 */
 	__u8 mac[6];        /* our interface MAC: source of every sent frame */
-	__u8 pad[2];
+	__u8 flags;         /* SLUICE_CFG_* (in what was padding: the layout is unchanged) */
+	__u8 pad;
 	/* New-flow guard: past this many new table entries per second on one
 	 * CPU, new flows are steered by the ring without being written to the
 	 * table (SYN floods cannot churn out established flows). 0: no limit. */
 	__u32 new_flow_limit;
 	/* 1: report every connection-table write to flow_events (LB pairs). */
 	__u32 flow_sync;
+};
+
+/* config.flags. A packet for a VIP address that no VIP serves (its port
+ * or protocol) is dropped, so that the LB host's own services (sshd, the
+ * HA port) never answer on a VIP; ICMP echo and IPv6 neighbour discovery
+ * still reach the host's stack. */
+enum sluice_cfg {
+	SLUICE_CFG_VIP_OPEN = 1, /* pass it to the host's stack instead */
+	SLUICE_CFG_NO_ECHO = 2,  /* drop ICMP echo to VIP addresses too */
 };
 
 /* A connection-table write (a new flow, or a re-steered one), reported

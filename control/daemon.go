@@ -64,6 +64,10 @@ type Options struct {
 	Timeline state.TimelineLimits
 	PinRoot  string
 	Resolver neigh.MACResolver
+	// VIPOpen passes traffic for VIP addresses on ports no VIP serves to
+	// this host's stack (by default it is dropped); VIPNoEcho drops ICMP
+	// echo to them too.
+	VIPOpen, VIPNoEcho bool
 	// HookUser runs promotion and demotion commands as this user (name
 	// or uid); empty runs them as the daemon.
 	HookUser string
@@ -182,7 +186,7 @@ func (o *Options) complete() error {
 func (d *Daemon) setUp(ctx context.Context) error {
 	opts := d.opts
 	if _, err := d.dp.SetConfig(loader.Config{Seed: uint32(opts.Seed ^ opts.Seed>>32), MAC: d.dp.Iface().HardwareAddr,
-		FlowSync: opts.HA != nil}); err != nil {
+		FlowSync: opts.HA != nil, VIPOpen: opts.VIPOpen, NoEcho: opts.VIPNoEcho}); err != nil {
 		return err
 	}
 	var err error

@@ -147,6 +147,16 @@ const (
 	client6 = "[2001:db8:c::10]:40000"
 )
 
+// withConfig is a case's setup that sets the data plane's config flags.
+func withConfig(c Config) func(t testing.TB, f *fixture) {
+	return func(t testing.TB, f *fixture) {
+		c.Seed, c.MAC = seed, lbMAC
+		if _, err := f.d.SetConfig(c); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
 type pktCase struct {
 	name string
 	in   func(t testing.TB) []byte
@@ -316,8 +326,7 @@ func pktCases() []pktCase {
 			in: mutate(tcp4(synSeg, vip4), func(b []byte) []byte { b[5] ^= 0xff; return b })},
 		{name: "vip packet in a broadcast frame passes", act: xdpPass, stats: map[Stat]uint64{StatPassOtherHost: 1},
 			in: mutate(tcp6(synSeg, vip6), func(b []byte) []byte { copy(b, []byte{0xff, 0xff, 0xff, 0xff, 0xff, 0xff}); return b })},
-		{name: "port-0 vip other proto passes", in: tcp4(udpDg, "10.0.0.101:8443"), act: xdpPass,
-			stats: map[Stat]uint64{StatPassNonVIP: 1}},
+		{name: "port-0 vip address, other proto: closed", in: tcp4(udpDg, "10.0.0.101:8443"), act: xdpDrop, stats: map[Stat]uint64{StatDropVIPClosed: 1}},
 
 		// --- connection table ---
 		{name: "ct hit keeps tracked backend", in: tcp4(ackSeg, vip4),
@@ -423,12 +432,12 @@ func pktCases() []pktCase {
 		{name: "icmp6 packet too big to flow owner", in: func(t testing.TB) []byte { return icmp6TooBig(t, vip6, client6, ackSeg, 48) },
 			act: xdpTx, want: ipip6To(v6TCP, client6, vip6), stats: map[Stat]uint64{StatTxIPIP: 1, StatCTMiss: 1, StatICMPTooBig: 1},
 			vip: v6TCP, backend: picked(v6TCP, client6, vip6)},
-		{name: "icmp frag needed about non-vip passes", in: func(t testing.TB) []byte { return icmpFragNeeded(t, "10.0.0.100:22", client4, ackSeg, 28) },
-			act: xdpPass, stats: map[Stat]uint64{StatPassNonVIP: 1}},
+		{name: "icmp frag needed about a closed port of a vip address: dropped", in: func(t testing.TB) []byte { return icmpFragNeeded(t, "10.0.0.100:22", client4, ackSeg, 28) },
+			act: xdpDrop, stats: map[Stat]uint64{StatDropVIPClosed: 1}},
 		{name: "icmp addressed elsewhere quoting a vip passes", in: mutate(func(t testing.TB) []byte { return icmpFragNeeded(t, vip4, client4, ackSeg, 28) },
 			func(b []byte) []byte { copy(b[30:34], []byte{10, 0, 0, 200}); return b }), act: xdpPass, stats: map[Stat]uint64{StatPassNonVIP: 1}},
 		{name: "icmp6 addressed elsewhere quoting a vip passes", in: mutate(func(t testing.TB) []byte { return icmp6TooBig(t, vip6, client6, ackSeg, 48) },
-			func(b []byte) []byte { b[14+39] ^= 1; return b }), act: xdpPass, stats: map[Stat]uint64{StatPassNonVIP: 1}},
+			func(b []byte) []byte { b[14+39] ^= 0x80; return b }), act: xdpPass, stats: map[Stat]uint64{StatPassNonVIP: 1}},
 		{name: "icmp echo to vip passes", in: func(t testing.TB) []byte {
 			ip := &layers.IPv4{Version: 4, TTL: 64, Protocol: layers.IPProtocolICMPv4,
 				SrcIP: netip.MustParseAddr("192.0.2.10").AsSlice(), DstIP: netip.MustParseAddr("10.0.0.100").AsSlice()}
@@ -449,7 +458,8 @@ func pktCases() []pktCase {
 
 		// --- not for us: untouched ---
 		{name: "non-vip address passes", in: tcp4(synSeg, "10.0.0.200:80"), act: xdpPass, stats: map[Stat]uint64{StatPassNonVIP: 1}},
-		{name: "vip address other port passes", in: tcp4(synSeg, "10.0.0.100:81"), act: xdpPass, stats: map[Stat]uint64{StatPassNonVIP: 1}},
+		{name: "vip address, other port: closed (no host service answers on a vip)", in: tcp4(synSeg, "10.0.0.100:22"), act: xdpDrop, stats: map[Stat]uint64{StatDropVIPClosed: 1}},
+		{name: "vip address, other port, vip-open: passes", setup: withConfig(Config{VIPOpen: true}), in: tcp4(synSeg, "10.0.0.100:81"), act: xdpPass, stats: map[Stat]uint64{StatPassNonVIP: 1}},
 		{name: "v6 non-vip passes", in: tcp6(synSeg, "[2001:db8::200]:443"), act: xdpPass, stats: map[Stat]uint64{StatPassNonVIP: 1}},
 		{name: "arp passes", in: func(t testing.TB) []byte {
 			arp := &layers.ARP{AddrType: layers.LinkTypeEthernet, Protocol: layers.EthernetTypeIPv4, HwAddressSize: 6, ProtAddressSize: 4,
@@ -459,13 +469,24 @@ func pktCases() []pktCase {
 			e.DstMAC = layers.EthernetBroadcast
 			return serialize(t, e, arp)
 		}, act: xdpPass, stats: map[Stat]uint64{StatPassNonIP: 1}},
-		{name: "v6 hop-by-hop to vip passes", in: func(t testing.TB) []byte {
+		{name: "v6 hop-by-hop to vip address: closed", in: func(t testing.TB) []byte {
 			return rawIPv6(t, "2001:db8::100", layers.IPProtocolIPv6HopByHop, append([]byte{6, 0, 1, 4, 0, 0, 0, 0}, make([]byte, 20)...))
-		}, act: xdpPass, stats: map[Stat]uint64{StatPassUnsupported: 1}},
-		{name: "gre to vip passes", in: func(t testing.TB) []byte {
+		}, act: xdpDrop, stats: map[Stat]uint64{StatDropVIPClosed: 1}},
+		{name: "gre to vip address: closed", in: func(t testing.TB) []byte {
 			ip := &layers.IPv4{Version: 4, TTL: 64, Protocol: layers.IPProtocolGRE,
 				SrcIP: netip.MustParseAddr("192.0.2.10").AsSlice(), DstIP: netip.MustParseAddr("10.0.0.100").AsSlice()}
 			return serialize(t, eth(layers.EthernetTypeIPv4), ip, gopacket.Payload(make([]byte, 8)))
+		}, act: xdpDrop, stats: map[Stat]uint64{StatDropVIPClosed: 1}},
+		{name: "icmp echo to vip address, no-echo: dropped", setup: withConfig(Config{NoEcho: true}), in: func(t testing.TB) []byte {
+			ip := &layers.IPv4{Version: 4, TTL: 64, Protocol: layers.IPProtocolICMPv4,
+				SrcIP: netip.MustParseAddr("192.0.2.10").AsSlice(), DstIP: netip.MustParseAddr("10.0.0.100").AsSlice()}
+			return serialize(t, eth(layers.EthernetTypeIPv4), ip, &layers.ICMPv4{TypeCode: layers.CreateICMPv4TypeCode(8, 0)})
+		}, act: xdpDrop, stats: map[Stat]uint64{StatDropVIPClosed: 1}},
+		{name: "icmp6 neighbour solicitation to vip address passes (ND must work)", in: func(t testing.TB) []byte {
+			return rawIPv6(t, "2001:db8::100", layers.IPProtocolICMPv6, append([]byte{135, 0, 0, 0, 0, 0, 0, 0}, make([]byte, 16)...))
+		}, act: xdpPass, stats: map[Stat]uint64{StatPassUnsupported: 1}},
+		{name: "icmp6 echo to vip address passes", in: func(t testing.TB) []byte {
+			return rawIPv6(t, "2001:db8::100", layers.IPProtocolICMPv6, []byte{128, 0, 0, 0, 0, 1, 0, 1})
 		}, act: xdpPass, stats: map[Stat]uint64{StatPassUnsupported: 1}},
 
 		// --- malformed or truncated at every layer: never XDP_TX ---

@@ -46,6 +46,12 @@ func (d *Datapath) SetConfig(c Config) (bool, error) {
 	default:
 		raw.NewFlowLimit = c.NewFlowLimit
 	}
+	if c.VIPOpen {
+		raw.Flags |= uint8(bpf.LbSluiceCfgSLUICE_CFG_VIP_OPEN)
+	}
+	if c.NoEcho {
+		raw.Flags |= uint8(bpf.LbSluiceCfgSLUICE_CFG_NO_ECHO)
+	}
 	if c.FlowSync {
 		raw.FlowSync = 1
 	}

@@ -168,8 +168,9 @@ func TestDeleteVIPKeepsSharedAddress(t *testing.T) {
 	if act, _ := f.run(t, fragment4(t, "10.0.0.100", 0, 100)); act != xdpDrop {
 		t.Fatalf("fragment to remaining VIP address: action %d", act)
 	}
-	if act, _ := f.run(t, pkt4(t, client4, "10.0.0.100:80", synSeg)); act != xdpPass {
-		t.Fatalf("deleted VIP: action %d, want pass", act)
+	// ... and its deleted port is closed: still a VIP address.
+	if act, _ := f.run(t, pkt4(t, client4, "10.0.0.100:80", synSeg)); act != xdpDrop {
+		t.Fatalf("deleted VIP on a remaining VIP address: action %d, want drop", act)
 	}
 	if err := f.d.DeleteVIP(vUDP); err != nil {
 		t.Fatal(err)

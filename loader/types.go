@@ -136,6 +136,14 @@ type Config struct {
 	NewFlowLimit uint32
 	// FlowSync reports every connection-table write through FlowEvents.
 	FlowSync bool
+	// VIPOpen passes packets for a VIP address on ports and protocols no
+	// VIP serves to this host's stack; by default they are dropped
+	// (drop_vip_closed), so that the host's own services never answer
+	// on a VIP.
+	VIPOpen bool
+	// NoEcho drops ICMP echo to VIP addresses too; by default the host
+	// answers it.
+	NoEcho bool
 }
 
 // New-flow guard settings.
@@ -178,6 +186,7 @@ const (
 	StatCTFloodSkip     = Stat(bpf.LbSluiceStatSLUICE_STAT_CT_FLOOD_SKIP)
 	StatSyncLost        = Stat(bpf.LbSluiceStatSLUICE_STAT_SYNC_LOST)
 	StatPassOtherHost   = Stat(bpf.LbSluiceStatSLUICE_STAT_PASS_OTHER_HOST)
+	StatDropVIPClosed   = Stat(bpf.LbSluiceStatSLUICE_STAT_DROP_VIP_CLOSED)
 	numStats            = int(bpf.LbSluiceStatSLUICE_STAT_MAX)
 )
 
@@ -199,6 +208,7 @@ var statNames = [...]string{
 	StatCTFloodSkip:     "ct_flood_skip",
 	StatSyncLost:        "sync_lost",
 	StatPassOtherHost:   "pass_other_host",
+	StatDropVIPClosed:   "drop_vip_closed",
 }
 
 func (s Stat) String() string {
@@ -210,7 +220,9 @@ func (s Stat) String() string {
 
 // IsOutcome reports whether s is a per-packet outcome (each packet lands in
 // exactly one) rather than an event counted on top.
-func (s Stat) IsOutcome() bool { return s <= StatDropEncap }
+func (s Stat) IsOutcome() bool {
+	return s <= StatDropEncap || s == StatPassOtherHost || s == StatDropVIPClosed
+}
 
 // AllStats lists every global counter.
 func AllStats() []Stat {

@@ -32,6 +32,8 @@ func daemonCommand() *cli.Command {
 			&cli.IntFlag{Name: "availability-max-events", Value: state.DefaultTimelineMax, Usage: "availability transitions kept at most (the newest)"},
 			&cli.StringFlag{Name: "pin-root", Value: loader.DefaultPinRoot, Usage: "bpffs directory for pinned objects"},
 			&cli.StringFlag{Name: "log-level", Value: "info", Usage: "debug, info, warn or error"},
+			&cli.BoolFlag{Name: "vip-open", Usage: "pass traffic for VIP addresses on ports no VIP serves to this host (default: dropped, so no host service answers on a VIP)"},
+			&cli.BoolFlag{Name: "vip-no-echo", Usage: "drop ICMP echo (ping) to VIP addresses too"},
 			&cli.StringFlag{Name: "hook-user", Usage: "run promotion and demotion commands as this user (default: as the daemon)"},
 			&cli.StringSliceFlag{Name: "ha-peer", Usage: "LB pair: the peer's ADDR or ADDR:PORT (repeatable); enables HA"},
 			&cli.UintFlag{Name: "ha-priority", Value: pair.DefaultPriority, Usage: "LB pair: 1-255, the higher wins"},
@@ -68,7 +70,7 @@ func daemonCommand() *cli.Command {
 				Iface: c.String("iface"), Mode: mode, StateDir: c.String("state-dir"), Socket: c.String("socket"),
 				MetricsAddr: c.String("metrics-addr"), Seed: c.Uint64("seed"), ArchiveKeep: c.Int("archive-keep"),
 				FlowTableSize: uint32(c.Uint64("flow-table-size")), PinRoot: c.String("pin-root"), Logger: log, HA: haOpts,
-				HookUser: c.String("hook-user"),
+				HookUser: c.String("hook-user"), VIPOpen: c.Bool("vip-open"), VIPNoEcho: c.Bool("vip-no-echo"),
 				Timeline: state.TimelineLimits{Retention: c.Duration("availability-retention"), MaxEvents: c.Int("availability-max-events")},
 			})
 			if err != nil {

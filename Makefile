@@ -41,7 +41,7 @@ check-generated: generate
 	@test -z "$$(git status --porcelain -- bpf/)" || { git status --porcelain -- bpf/; echo "error: untracked bpf2go output"; exit 1; }
 
 test: need-go need-root need-tools
-	$(GO) test -count=1 -timeout 60m ./...
+	$(GO) test -p 1 -count=1 -timeout 60m ./...
 
 lint: need-go
 	@test -z "$$(gofmt -l .)" || { gofmt -l .; echo "error: gofmt needed"; exit 1; }

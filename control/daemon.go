@@ -15,12 +15,12 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/coreos/go-systemd/v22/daemon"
 	"github.com/sluicelb/sluice/control/api"
 	"github.com/sluicelb/sluice/control/availability"
 	"github.com/sluicelb/sluice/control/hook"
 	"github.com/sluicelb/sluice/control/neigh"
 	"github.com/sluicelb/sluice/control/pair"
+	"github.com/sluicelb/sluice/control/sdnotify"
 	"github.com/sluicelb/sluice/control/state"
 	"github.com/sluicelb/sluice/health"
 	"github.com/sluicelb/sluice/loader"
@@ -466,13 +466,13 @@ func (d *Daemon) Run(ctx context.Context) error {
 		msrv = &http.Server{Handler: d.metrics.handler(), ReadHeaderTimeout: 10 * time.Second}
 		go func() { errc <- msrv.Serve(ml) }()
 	}
-	d.notifySystemd(ctx)
+	sdnotify.Ready(ctx, d.healthy, d.log)
 	refresh := time.NewTicker(30 * time.Second)
 	defer refresh.Stop()
 	for {
 		select {
 		case <-ctx.Done():
-			daemon.SdNotify(false, daemon.SdNotifyStopping)
+			sdnotify.Stopping()
 			sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 			defer cancel()
 			srv.Shutdown(sctx)

@@ -2,6 +2,7 @@ package testenv
 
 import (
 	"context"
+	"fmt"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -32,22 +33,12 @@ func xdpProg(t *testing.T, h *Host) uint32 {
 	return id
 }
 
-// TestPinsPerNamespace: interfaces of one name, eth0, in three namespaces
-// each get a decapsulator and a load balancer of their own. Pins are kept
-// per namespace and interface, so none adopts another's: all three keep
-// an XDP program, and a ring written through one is not changed by
-// attaching the others.
-func TestPinsPerNamespace(t *testing.T) {
-	testutil.Require(t)
-	ctx := context.Background()
-	env, err := New(ctx, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer env.Close()
+// eth0Hosts adds hosts whose link is renamed eth0, each in its namespace.
+func eth0Hosts(t *testing.T, env *Env, names ...string) []*Host {
+	t.Helper()
 	var hosts []*Host
-	for i, name := range []string{"n1", "n2", "n3"} {
-		h, err := env.AddHost(name, netip.MustParsePrefix("10.78.0."+string(rune('1'+i))+"/24"), HostOptions{})
+	for i, name := range names {
+		h, err := env.AddHost(name, netip.MustParsePrefix(fmt.Sprintf("10.78.0.%d/24", i+1)), HostOptions{})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -69,6 +60,23 @@ func TestPinsPerNamespace(t *testing.T) {
 		h.Link = "eth0"
 		hosts = append(hosts, h)
 	}
+	return hosts
+}
+
+// TestPinsPerNamespace: interfaces of one name, eth0, in three namespaces
+// each get a decapsulator and a load balancer of their own. Pins are kept
+// per namespace and interface, so none adopts another's: all three keep
+// an XDP program, and a ring written through one is not changed by
+// attaching the others.
+func TestPinsPerNamespace(t *testing.T) {
+	testutil.Require(t)
+	ctx := context.Background()
+	env, err := New(ctx, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer env.Close()
+	hosts := eth0Hosts(t, env, "n1", "n2", "n3")
 	for _, h := range hosts {
 		if err := h.Do(func() error {
 			d, err := loader.AttachDecap(ctx, loader.DecapOptions{Iface: "eth0", PinRoot: env.PinRoot()})
@@ -145,28 +153,7 @@ func TestLegacyPinsMigrate(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer env.Close()
-	var hosts []*Host
-	for i, name := range []string{"o1", "o2"} {
-		h, err := env.AddHost(name, netip.MustParsePrefix("10.78.0."+string(rune('1'+i))+"/24"), HostOptions{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := h.Netlink(func(nl *netlink.Handle) error {
-			l, err := nl.LinkByName(h.Link)
-			if err != nil {
-				return err
-			}
-			nl.LinkSetDown(l)
-			if err := nl.LinkSetName(l, "eth0"); err != nil {
-				return err
-			}
-			return nl.LinkSetUp(l)
-		}); err != nil {
-			t.Fatal(err)
-		}
-		h.Link = "eth0"
-		hosts = append(hosts, h)
-	}
+	hosts := eth0Hosts(t, env, "o1", "o2")
 	a, b := hosts[0], hosts[1]
 	old, err := a.AttachLB(ctx, loader.Options{FlowTableSize: 4096})
 	if err != nil {

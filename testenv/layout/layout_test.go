@@ -28,6 +28,7 @@ var layer = map[string]int{
 	"control/ha":              1,
 	"control/neigh":           1,
 	"control/hook":            1,
+	"control/sdnotify":        1,
 	"control/state":           2,
 	"testenv":                 2,
 	"control/api":             3,

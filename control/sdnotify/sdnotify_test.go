@@ -1,4 +1,4 @@
-package control
+package sdnotify
 
 import (
 	"context"
@@ -16,7 +16,7 @@ func TestWatchdogPingsOnlyWhileHealthy(t *testing.T) {
 	pings := make(chan struct{}, 1000)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	go watchdog(ctx, 5*time.Millisecond, func(time.Duration) error {
+	go Watchdog(ctx, 5*time.Millisecond, func(time.Duration) error {
 		if sick.Load() {
 			return errors.New("stuck")
 		}

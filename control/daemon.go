@@ -64,6 +64,9 @@ type Options struct {
 	Timeline state.TimelineLimits
 	PinRoot  string
 	Resolver neigh.MACResolver
+	// NewFlowLimit caps new connection-table entries per CPU per second
+	// (0: loader.DefaultNewFlowLimit; loader.NoNewFlowLimit: no cap).
+	NewFlowLimit uint32
 	// VIPOpen passes traffic for VIP addresses on ports no VIP serves to
 	// this host's stack (by default it is dropped); VIPNoEcho drops ICMP
 	// echo to them too.
@@ -186,7 +189,7 @@ func (o *Options) complete() error {
 func (d *Daemon) setUp(ctx context.Context) error {
 	opts := d.opts
 	if _, err := d.dp.SetConfig(loader.Config{Seed: uint32(opts.Seed ^ opts.Seed>>32), MAC: d.dp.Iface().HardwareAddr,
-		FlowSync: opts.HA != nil, VIPOpen: opts.VIPOpen, NoEcho: opts.VIPNoEcho}); err != nil {
+		FlowSync: opts.HA != nil, VIPOpen: opts.VIPOpen, NoEcho: opts.VIPNoEcho, NewFlowLimit: opts.NewFlowLimit}); err != nil {
 		return err
 	}
 	var err error

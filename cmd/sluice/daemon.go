@@ -32,6 +32,7 @@ func daemonCommand() *cli.Command {
 			&cli.IntFlag{Name: "availability-max-events", Value: state.DefaultTimelineMax, Usage: "availability transitions kept at most (the newest)"},
 			&cli.StringFlag{Name: "pin-root", Value: loader.DefaultPinRoot, Usage: "bpffs directory for pinned objects"},
 			&cli.StringFlag{Name: "log-level", Value: "info", Usage: "debug, info, warn or error"},
+			&cli.Uint64Flag{Name: "new-flow-limit", Value: loader.DefaultNewFlowLimit, Usage: "new connection-table entries per CPU per second; past it new flows are steered by the ring without an entry (a SYN flood cannot churn out established flows); 0 turns the guard off"},
 			&cli.BoolFlag{Name: "vip-open", Usage: "pass traffic for VIP addresses on ports no VIP serves to this host (default: dropped, so no host service answers on a VIP)"},
 			&cli.BoolFlag{Name: "vip-no-echo", Usage: "drop ICMP echo (ping) to VIP addresses too"},
 			&cli.StringFlag{Name: "hook-user", Usage: "run promotion and demotion commands as this user (default: as the daemon)"},
@@ -55,6 +56,13 @@ func daemonCommand() *cli.Command {
 			if c.Uint64("flow-table-size") == 0 || c.Uint64("flow-table-size") > 1<<28 {
 				return fmt.Errorf("--flow-table-size %d: want 1 to %d", c.Uint64("flow-table-size"), 1<<28)
 			}
+			limit := c.Uint64("new-flow-limit")
+			if limit >= uint64(loader.NoNewFlowLimit) {
+				return fmt.Errorf("--new-flow-limit %d: at most %d (0 turns the guard off)", limit, loader.NoNewFlowLimit-1)
+			}
+			if limit == 0 {
+				limit = uint64(loader.NoNewFlowLimit)
+			}
 			if c.Duration("availability-retention") <= 0 {
 				return fmt.Errorf("--availability-retention %v: must be positive", c.Duration("availability-retention"))
 			}
@@ -71,7 +79,8 @@ func daemonCommand() *cli.Command {
 				MetricsAddr: c.String("metrics-addr"), Seed: c.Uint64("seed"), ArchiveKeep: c.Int("archive-keep"),
 				FlowTableSize: uint32(c.Uint64("flow-table-size")), PinRoot: c.String("pin-root"), Logger: log, HA: haOpts,
 				HookUser: c.String("hook-user"), VIPOpen: c.Bool("vip-open"), VIPNoEcho: c.Bool("vip-no-echo"),
-				Timeline: state.TimelineLimits{Retention: c.Duration("availability-retention"), MaxEvents: c.Int("availability-max-events")},
+				NewFlowLimit: uint32(limit),
+				Timeline:     state.TimelineLimits{Retention: c.Duration("availability-retention"), MaxEvents: c.Int("availability-max-events")},
 			})
 			if err != nil {
 				return err

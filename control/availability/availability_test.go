@@ -75,7 +75,7 @@ func TestAtLeastKMatchesBruteForce(t *testing.T) {
 	})
 }
 
-func TestBuild(t *testing.T) {
+func TestBuildAvailability(t *testing.T) {
 	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
 	s := state.State{VIPs: []state.VIP{{VIP: "10.0.0.1:80/tcp", MinActive: 2, Policy: state.PolicyMaglev,
 		Backends: []state.Backend{{Addr: "10.0.1.1"}, {Addr: "10.0.1.2"}, {Addr: "10.0.1.3"}}}}}

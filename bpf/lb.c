@@ -685,14 +685,19 @@ static __always_inline int encap_v6(struct xdp_md *ctx, const struct pkt *p, con
 
 /* Whether a packet that no VIP takes is for a VIP address and must not
  * reach the host's stack: only ICMP echo (unless turned off) and IPv6
- * neighbour discovery may. */
-static __always_inline int vip_addr_closed(const struct pkt *p, const struct config *cfg)
+ * neighbour discovery may. The config is read only for VIP addresses, so
+ * other traffic pays one hash lookup. */
+static __always_inline int vip_addr_closed(const struct pkt *p)
 {
-	if (cfg->flags & SLUICE_CFG_VIP_OPEN)
-		return 0;
+	__u32 zero = 0;
+
 	if (p->key.family != SLUICE_FAMILY_V4 && p->key.family != SLUICE_FAMILY_V6)
 		return 0; /* not parsed far enough to have an address */
 	if (!is_vip_addr(p->key.dst, p->key.family))
+		return 0;
+	struct config *cfg = bpf_map_lookup_elem(&config, &zero);
+
+	if (!cfg || cfg->flags & SLUICE_CFG_VIP_OPEN)
 		return 0;
 	if (p->to_host == 2)
 		return 0;
@@ -724,12 +729,8 @@ int xdp_lb(struct xdp_md *ctx)
 		v = parse_ipv6(&p, eth + 1, data_end);
 	else
 		v = outcome(&p, SLUICE_STAT_PASS_NON_IP, V_PASS);
-	struct config *cfg = bpf_map_lookup_elem(&config, &zero);
-
-	if (!cfg)
-		return XDP_PASS; /* cannot happen: a one-entry array */
 	/* Malformed packets keep their own count; the stack drops them. */
-	if (v == V_PASS && p.stat != SLUICE_STAT_MALFORMED && vip_addr_closed(&p, cfg)) {
+	if (v == V_PASS && p.stat != SLUICE_STAT_MALFORMED && vip_addr_closed(&p)) {
 		add(&stats, SLUICE_STAT_DROP_VIP_CLOSED, len);
 		return XDP_DROP;
 	}
@@ -741,13 +742,18 @@ int xdp_lb(struct xdp_md *ctx)
 	struct vip_info *vip = find_vip(&p);
 
 	if (!vip) {
-		if (vip_addr_closed(&p, cfg)) {
+		if (vip_addr_closed(&p)) {
 			add(&stats, SLUICE_STAT_DROP_VIP_CLOSED, len);
 			return XDP_DROP;
 		}
 		add(&stats, SLUICE_STAT_PASS_NON_VIP, len);
 		return XDP_PASS;
 	}
+
+	struct config *cfg = bpf_map_lookup_elem(&config, &zero);
+
+	if (!cfg)
+		return XDP_PASS; /* cannot happen: a one-entry array */
 	/* A frame addressed to another MAC reached us only because a switch
 	 * flooded it (e.g. the pair's peer, whose port just went down): the
 	 * node that owns the VIP forwards it, not us, or it would go twice. */

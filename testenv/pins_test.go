@@ -33,9 +33,16 @@ func xdpProg(t *testing.T, h *Host) uint32 {
 	return id
 }
 
-// eth0Hosts adds hosts whose link is renamed eth0, each in its namespace.
-func eth0Hosts(t *testing.T, env *Env, names ...string) []*Host {
+// eth0Hosts builds an environment of hosts whose link is renamed eth0,
+// each in its namespace; it is closed when the test ends.
+func eth0Hosts(t *testing.T, names ...string) (*Env, []*Host) {
 	t.Helper()
+	testutil.Require(t)
+	env, err := New(context.Background(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { env.Close() })
 	var hosts []*Host
 	for i, name := range names {
 		h, err := env.AddHost(name, netip.MustParsePrefix(fmt.Sprintf("10.78.0.%d/24", i+1)), HostOptions{})
@@ -60,7 +67,7 @@ func eth0Hosts(t *testing.T, env *Env, names ...string) []*Host {
 		h.Link = "eth0"
 		hosts = append(hosts, h)
 	}
-	return hosts
+	return env, hosts
 }
 
 // TestPinsPerNamespace: interfaces of one name, eth0, in three namespaces
@@ -69,14 +76,8 @@ func eth0Hosts(t *testing.T, env *Env, names ...string) []*Host {
 // an XDP program, and a ring written through one is not changed by
 // attaching the others.
 func TestPinsPerNamespace(t *testing.T) {
-	testutil.Require(t)
 	ctx := context.Background()
-	env, err := New(ctx, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer env.Close()
-	hosts := eth0Hosts(t, env, "n1", "n2", "n3")
+	env, hosts := eth0Hosts(t, "n1", "n2", "n3")
 	for _, h := range hosts {
 		if err := h.Do(func() error {
 			d, err := loader.AttachDecap(ctx, loader.DecapOptions{Iface: "eth0", PinRoot: env.PinRoot()})
@@ -106,6 +107,7 @@ func TestPinsPerNamespace(t *testing.T) {
 	// by the others' attaching, which adopt nothing.
 	vip := loader.VIPKey{Addr: netip.MustParseAddr("10.78.1.100"), Port: 80, Proto: loader.TCP}
 	dps := make([]*loader.Datapath, len(hosts))
+	var err error
 	for i, h := range hosts {
 		if dps[i], err = h.AttachLB(ctx, loader.Options{FlowTableSize: 4096}); err != nil {
 			t.Fatalf("attach on %s: %v", h.Name, err)
@@ -146,14 +148,8 @@ func TestPinsPerNamespace(t *testing.T) {
 // to its per-namespace directory, forwarding untouched), and left alone by
 // an interface of the same name in another namespace.
 func TestLegacyPinsMigrate(t *testing.T) {
-	testutil.Require(t)
 	ctx := context.Background()
-	env, err := New(ctx, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer env.Close()
-	hosts := eth0Hosts(t, env, "o1", "o2")
+	env, hosts := eth0Hosts(t, "o1", "o2")
 	a, b := hosts[0], hosts[1]
 	old, err := a.AttachLB(ctx, loader.Options{FlowTableSize: 4096})
 	if err != nil {

@@ -261,9 +261,8 @@ func New(opts Options, host Host, dp Datapath, log *slog.Logger) (*Pair, error) 
 	}
 	fsm := ha.NewFSM(opts.Node, opts.Priority, opts.Advert, opts.Preempt, time.Now())
 	p.node = ha.NewNode(fsm, opts.Key, boot, p.udp, host.Revision)
-	if self, err := sourceFor(opts.Peers[0]); err == nil {
-		p.node.Self = ha.PeerKey(self)
-	}
+	// The first sync listener is on our address that faces the peers.
+	p.node.Self = ha.PeerKey(p.tcp[0].Addr().(*net.TCPAddr).AddrPort().Addr())
 	p.node.OnRole = p.onRole
 	p.node.OnOutranked = func() { p.owner.reannounce(p.ctx) }
 	p.node.MayPreempt = p.synced.Load

@@ -16,15 +16,14 @@ import (
 // its own revision. It returns the stored state and where the corrupt
 // file went ("" when there was none).
 func RestoreOffline(dir string, data []byte, archiveKeep int) (State, string, error) {
-	change, _, err := Restore(data)
+	snap, err := ParseSnapshot(data)
 	if err != nil {
 		return State{}, "", err
 	}
-	snap, _ := ParseSnapshot(data)
 	st, err := OpenBoltStore(dir, archiveKeep)
 	if err == nil {
 		defer st.Close()
-		out, err := st.Commit(change)
+		out, err := st.Commit(restoring(snap))
 		return out, "", err
 	}
 	if !errors.Is(err, ErrCorrupt) {

@@ -144,10 +144,15 @@ func Restore(data []byte) (change func(*State) error, revision uint64, err error
 	if err != nil {
 		return nil, 0, err
 	}
+	return restoring(snap), snap.Revision, nil
+}
+
+// restoring is the change that restores snap's VIPs.
+func restoring(snap State) func(*State) error {
 	return func(s *State) error {
 		s.VIPs = KeepFailover(s.VIPs, snap.Clone().VIPs)
 		return nil
-	}, snap.Revision, nil
+	}
 }
 
 // RestoreSnapshot validates data completely and, only then, replaces the

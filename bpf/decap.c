@@ -5,6 +5,8 @@
  * xdp_decap: runs on a backend host. It strips an IPIP / IP6IP6 / IPv4-in-IPv6
  * outer header addressed to one of the host's addresses (the decap_addrs map)
  * and passes the inner packet to the stack, for hosts without the ipip module.
+ * Only outer sources inside a decap_allow prefix are decapsulated; the rest
+ * are dropped and counted (DECAP_STAT_REFUSED).
  */
 #include "helpers.h"
 #include "sluice.h"
@@ -14,6 +16,7 @@ char LICENSE[] SEC("license") = "Dual BSD/GPL";
 enum decap_stat {
 	DECAP_STAT_DECAPSULATED = 0,
 	DECAP_STAT_PASSED,
+	DECAP_STAT_REFUSED,
 	DECAP_STAT_MAX,
 };
 
@@ -24,6 +27,14 @@ struct {
 	__type(key, struct addr_key);
 	__type(value, __u32);
 } decap_addrs SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, 1024);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct decap_allow_key);
+	__type(value, __u32);
+} decap_allow SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -50,6 +61,17 @@ static __always_inline int local_addr(const void *addr, __u8 family)
 
 	__builtin_memcpy(k.addr, addr, family == SLUICE_FAMILY_V4 ? 4 : 16);
 	return bpf_map_lookup_elem(&decap_addrs, &k) != NULL;
+}
+
+static __always_inline int allowed_src(const void *addr, __u8 family)
+{
+	struct decap_allow_key k = {
+		.prefixlen = 32 + (family == SLUICE_FAMILY_V4 ? 32 : 128),
+		.family = family,
+	};
+
+	__builtin_memcpy(k.addr, addr, family == SLUICE_FAMILY_V4 ? 4 : 16);
+	return bpf_map_lookup_elem(&decap_allow, &k) != NULL;
 }
 
 static __always_inline __u16 inner_proto(__u8 nexthdr)
@@ -89,6 +111,8 @@ int xdp_decap(struct xdp_md *ctx)
 		    (ip->frag_off & bpf_htons(IP_MF | IP_OFFSET)) ||
 		    !local_addr(&ip->daddr, SLUICE_FAMILY_V4))
 			return count(DECAP_STAT_PASSED, len, XDP_PASS);
+		if (!allowed_src(&ip->saddr, SLUICE_FAMILY_V4))
+			return count(DECAP_STAT_REFUSED, len, XDP_DROP);
 	} else if (eth->h_proto == bpf_htons(ETH_P_IPV6)) {
 		struct ipv6hdr *ip6 = (void *)(eth + 1);
 
@@ -100,6 +124,8 @@ int xdp_decap(struct xdp_md *ctx)
 		proto = inner_proto(ip6->nexthdr);
 		if (!proto || !local_addr(&ip6->daddr, SLUICE_FAMILY_V6))
 			return count(DECAP_STAT_PASSED, len, XDP_PASS);
+		if (!allowed_src(&ip6->saddr, SLUICE_FAMILY_V6))
+			return count(DECAP_STAT_REFUSED, len, XDP_DROP);
 	} else {
 		return count(DECAP_STAT_PASSED, len, XDP_PASS);
 	}

@@ -26,12 +26,20 @@ type DecapCounter struct {
 	Bytes   uint64
 }
 
+type DecapDecapAllowKey struct {
+	_         structs.HostLayout
+	Prefixlen uint32
+	Family    uint32
+	Addr      [16]uint8
+}
+
 type DecapDecapStat uint32
 
 const (
 	DecapDecapStatDECAP_STAT_DECAPSULATED DecapDecapStat = 0
 	DecapDecapStatDECAP_STAT_PASSED       DecapDecapStat = 1
-	DecapDecapStatDECAP_STAT_MAX          DecapDecapStat = 2
+	DecapDecapStatDECAP_STAT_REFUSED      DecapDecapStat = 2
+	DecapDecapStatDECAP_STAT_MAX          DecapDecapStat = 3
 )
 
 // Names of all BPF objects in the ELF.
@@ -39,6 +47,7 @@ const (
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
 	DecapMapDecapAddrs = "decap_addrs"
+	DecapMapDecapAllow = "decap_allow"
 	DecapMapDecapStats = "decap_stats"
 	DecapProgXdpDecap  = "xdp_decap"
 )
@@ -93,6 +102,7 @@ type DecapProgramSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type DecapMapSpecs struct {
 	DecapAddrs *ebpf.MapSpec `ebpf:"decap_addrs"`
+	DecapAllow *ebpf.MapSpec `ebpf:"decap_allow"`
 	DecapStats *ebpf.MapSpec `ebpf:"decap_stats"`
 }
 
@@ -123,12 +133,14 @@ func (o *DecapObjects) Close() error {
 // It can be passed to LoadDecapObjects or ebpf.CollectionSpec.LoadAndAssign.
 type DecapMaps struct {
 	DecapAddrs *ebpf.Map `ebpf:"decap_addrs"`
+	DecapAllow *ebpf.Map `ebpf:"decap_allow"`
 	DecapStats *ebpf.Map `ebpf:"decap_stats"`
 }
 
 func (m *DecapMaps) Close() error {
 	return _DecapClose(
 		m.DecapAddrs,
+		m.DecapAllow,
 		m.DecapStats,
 	)
 }

@@ -207,4 +207,13 @@ struct addr_key {
 	__u8 pad[3];
 };
 
+/* decap_allow key: a longest-prefix-match key over (family, address).
+ * prefixlen counts bits of the data after it: 32 for the family word, so
+ * that v4 and v6 prefixes never match each other, plus the address prefix. */
+struct decap_allow_key {
+	__u32 prefixlen;
+	__u32 family;
+	__u8 addr[16];
+};
+
 #endif

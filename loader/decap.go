@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
@@ -26,8 +27,26 @@ type DecapOptions struct {
 	PinRoot string
 	// Addrs are the outer destinations to decapsulate; empty means every
 	// address on Iface.
-	Addrs  []netip.Addr
-	Logger *slog.Logger
+	Addrs []netip.Addr
+	// AllowFrom are outer source prefixes accepted besides the default
+	// ones: the subnets of Iface's addresses and sluice's own outer-source
+	// prefixes (DefaultEncapSrc4/16, DefaultEncapSrc6/96). Everything
+	// else addressed to us is dropped and counted as refused.
+	AllowFrom []netip.Prefix
+	// AllowOnly accepts AllowFrom alone, without the defaults.
+	AllowOnly bool
+	Logger    *slog.Logger
+}
+
+// DecapCounters are the decap program's packet counters.
+type DecapCounters struct {
+	// Decapsulated packets were stripped and passed to the stack.
+	Decapsulated Counter `json:"decapsulated"`
+	// Passed packets were not for us and went to the stack untouched.
+	Passed Counter `json:"passed"`
+	// Refused packets were encapsulated to us from a source outside the
+	// allow list, and were dropped.
+	Refused Counter `json:"refused"`
 }
 
 // Decap is the backend-side decapsulation program.
@@ -79,7 +98,14 @@ func AttachDecap(ctx context.Context, opts DecapOptions) (*Decap, error) {
 	if err := spec.LoadAndAssign(&d.objs, &collOpts); err != nil {
 		return nil, explainLoadError(err, d.pinDir)
 	}
-	if err := d.SetAddrs(addrs); err != nil {
+	allow, err := allowList(iface, opts.AllowFrom, opts.AllowOnly)
+	if err == nil {
+		err = d.SetAddrs(addrs)
+	}
+	if err == nil {
+		err = d.SetAllow(allow)
+	}
+	if err != nil {
 		d.objs.Close()
 		return nil, err
 	}
@@ -110,6 +136,91 @@ func ifaceAddrs(iface *net.Interface) ([]netip.Addr, error) {
 		return nil, fmt.Errorf("interface %s has no address to decapsulate for: pass addresses explicitly", iface.Name)
 	}
 	return out, nil
+}
+
+// allowList is the outer-source allow list AttachDecap installs.
+func allowList(iface *net.Interface, extra []netip.Prefix, only bool) ([]netip.Prefix, error) {
+	if only {
+		if len(extra) == 0 {
+			return nil, fmt.Errorf("allow-from: empty, and without the defaults every encapsulated packet would be refused")
+		}
+		return extra, nil
+	}
+	out := []netip.Prefix{netip.PrefixFrom(DefaultEncapSrc4, 16), netip.PrefixFrom(DefaultEncapSrc6, 96)}
+	if iface != nil {
+		as, err := iface.Addrs()
+		if err != nil {
+			return nil, fmt.Errorf("addresses of %s: %w", iface.Name, err)
+		}
+		for _, a := range as {
+			n, ok := a.(*net.IPNet)
+			if !ok {
+				continue
+			}
+			ip, ok := netip.AddrFromSlice(n.IP)
+			ones, bits := n.Mask.Size()
+			ip = ip.Unmap()
+			if ok && bits == ip.BitLen() && !ip.IsLinkLocalUnicast() {
+				out = append(out, netip.PrefixFrom(ip, ones).Masked())
+			}
+		}
+	}
+	return append(out, extra...), nil
+}
+
+// SetAllow replaces the outer-source allow list.
+func (d *Decap) SetAllow(prefixes []netip.Prefix) error {
+	want := map[bpf.DecapDecapAllowKey]bool{}
+	for _, p := range prefixes {
+		if !p.IsValid() {
+			return fmt.Errorf("allow-from: invalid prefix")
+		}
+		want[allowKey(p)] = true
+	}
+	if len(want) > int(d.objs.DecapAllow.MaxEntries()) {
+		return fmt.Errorf("allow-from: %d prefixes, at most %d", len(want), d.objs.DecapAllow.MaxEntries())
+	}
+	var k bpf.DecapDecapAllowKey
+	var v uint32
+	var stale []bpf.DecapDecapAllowKey
+	it := d.objs.DecapAllow.Iterate()
+	for it.Next(&k, &v) {
+		if !want[k] {
+			stale = append(stale, k)
+		}
+	}
+	if err := it.Err(); err != nil {
+		return fmt.Errorf("read decap allow list: %w", err)
+	}
+	for k := range want {
+		if err := d.objs.DecapAllow.Update(k, uint32(1), ebpf.UpdateAny); err != nil {
+			return fmt.Errorf("write decap allow list: %w", err)
+		}
+	}
+	for _, k := range stale {
+		if err := d.objs.DecapAllow.Delete(k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			return fmt.Errorf("delete from decap allow list: %w", err)
+		}
+	}
+	return nil
+}
+
+func allowKey(p netip.Prefix) bpf.DecapDecapAllowKey {
+	p = p.Masked()
+	k := bpf.DecapDecapAllowKey{Prefixlen: 32 + uint32(p.Bits()), Family: 6}
+	if p.Addr().Is4() {
+		k.Family = 4
+	}
+	copy(k.Addr[:], p.Addr().AsSlice())
+	return k
+}
+
+func allowPrefix(k bpf.DecapDecapAllowKey) netip.Prefix {
+	bits := int(k.Prefixlen) - 32
+	if k.Family == 4 {
+		return netip.PrefixFrom(netip.AddrFrom4([4]byte(k.Addr[:4])), bits)
+	}
+	return netip.PrefixFrom(netip.AddrFrom16(k.Addr), bits)
 }
 
 // SetAddrs replaces the set of outer destinations that are decapsulated.
@@ -150,20 +261,41 @@ func (d *Decap) SetAddrs(addrs []netip.Addr) error {
 // Program is the decap program (for packet tests).
 func (d *Decap) Program() *ebpf.Program { return d.objs.XdpDecap }
 
-// Counters returns (decapsulated, passed) packet counters.
-func (d *Decap) Counters() (Counter, Counter, error) {
-	var out [2]Counter
-	for i := range out {
+// Counters reads the packet counters, summed over CPUs.
+func (d *Decap) Counters() (DecapCounters, error) {
+	var out DecapCounters
+	for i, c := range []*Counter{&out.Decapsulated, &out.Passed, &out.Refused} {
 		var per []bpf.DecapCounter
 		if err := d.objs.DecapStats.Lookup(uint32(i), &per); err != nil {
-			return Counter{}, Counter{}, fmt.Errorf("read decap counters: %w", err)
+			return DecapCounters{}, fmt.Errorf("read decap counters: %w", err)
 		}
 		for _, p := range per {
-			out[i].Packets += p.Packets
-			out[i].Bytes += p.Bytes
+			c.Packets += p.Packets
+			c.Bytes += p.Bytes
 		}
 	}
-	return out[0], out[1], nil
+	return out, nil
+}
+
+// Allowed reads the outer-source allow list back from the kernel.
+func (d *Decap) Allowed() ([]netip.Prefix, error) {
+	var k bpf.DecapDecapAllowKey
+	var v uint32
+	var out []netip.Prefix
+	it := d.objs.DecapAllow.Iterate()
+	for it.Next(&k, &v) {
+		out = append(out, allowPrefix(k))
+	}
+	if err := it.Err(); err != nil {
+		return nil, fmt.Errorf("read decap allow list: %w", err)
+	}
+	slices.SortFunc(out, func(a, b netip.Prefix) int {
+		if c := a.Addr().Compare(b.Addr()); c != 0 {
+			return c
+		}
+		return a.Bits() - b.Bits()
+	})
+	return out, nil
 }
 
 // Close releases this process's handles; a pinned program keeps running.
@@ -185,6 +317,32 @@ func removeEmptyParents(dir string, n int) {
 			return
 		}
 	}
+}
+
+// OpenDecap opens the maps of the decap program pinned for iface in this
+// network namespace, to read its counters and allow list.
+func OpenDecap(iface, pinRoot string) (*Decap, error) {
+	ifi, err := net.InterfaceByName(iface)
+	if err != nil {
+		return nil, fmt.Errorf("interface %q: %w", iface, err)
+	}
+	dir, err := pinDirFor(pinRoot, "decap", ifi)
+	if err != nil {
+		return nil, err
+	}
+	d := &Decap{pinDir: dir}
+	for name, m := range map[string]**ebpf.Map{
+		"decap_addrs": &d.objs.DecapAddrs, "decap_allow": &d.objs.DecapAllow, "decap_stats": &d.objs.DecapStats,
+	} {
+		if *m, err = ebpf.LoadPinnedMap(filepath.Join(dir, name), nil); err != nil {
+			d.objs.Close()
+			if errors.Is(err, os.ErrNotExist) {
+				return nil, fmt.Errorf("no decap program is pinned for %s (%s): attach one with sluice decap attach --iface %s", iface, dir, iface)
+			}
+			return nil, fmt.Errorf("open pinned %s for %s: %w", name, iface, err)
+		}
+	}
+	return d, nil
 }
 
 // DetachDecap removes the pinned decap program from iface.

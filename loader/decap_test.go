@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"net/netip"
+	"slices"
 	"testing"
 
 	"github.com/cilium/ebpf"
@@ -70,23 +71,18 @@ func TestDecapRoundTrip(t *testing.T) {
 			}
 		})
 	}
-	got, passed, err := dc.Counters()
+	c, err := dc.Counters()
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got.Packets != uint64(len(cases)) || passed.Packets != 0 {
-		t.Fatalf("decap counters: decapsulated %d passed %d, want %d and 0", got.Packets, passed.Packets, len(cases))
+	if c.Decapsulated.Packets != uint64(len(cases)) || c.Passed.Packets != 0 || c.Refused.Packets != 0 {
+		t.Fatalf("decap counters: %+v, want %d decapsulated", c, len(cases))
 	}
 }
 
 func TestDecapLeavesOtherTrafficUntouched(t *testing.T) {
 	dc := newDecap(t, "10.1.0.11")
-	ipipTo := func(dst string) []byte {
-		inner := pkt4(t, client4, "10.0.0.100:80", synSeg)[14:54]
-		ip := &layers.IPv4{Version: 4, TTL: 64, Protocol: layers.IPProtocolIPv4,
-			SrcIP: netip.MustParseAddr("172.16.0.1").AsSlice(), DstIP: netip.MustParseAddr(dst).AsSlice()}
-		return serialize(t, eth(layers.EthernetTypeIPv4), ip, gopacket.Payload(inner))
-	}
+	ipipTo := func(dst string) []byte { return encapFrame(t, "172.16.0.1", dst) }
 	cases := []struct {
 		name string
 		in   []byte
@@ -107,11 +103,118 @@ func TestDecapLeavesOtherTrafficUntouched(t *testing.T) {
 			t.Errorf("%s: action %d, frame changed=%v", tc.name, act, !bytes.Equal(out, tc.in))
 		}
 	}
-	got, passed, err := dc.Counters()
+	c, err := dc.Counters()
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got.Packets != 0 || passed.Packets != uint64(len(cases)) {
-		t.Fatalf("decap counters: decapsulated %d passed %d, want 0 and %d", got.Packets, passed.Packets, len(cases))
+	if c.Decapsulated.Packets != 0 || c.Passed.Packets != uint64(len(cases)) || c.Refused.Packets != 0 {
+		t.Fatalf("decap counters: %+v, want %d passed", c, len(cases))
+	}
+}
+
+// encapFrame is an IPIP (v4 outer) or IPv4-in-IPv6 (v6 outer) frame from
+// src to dst carrying a client's SYN.
+func encapFrame(t testing.TB, src, dst string) []byte {
+	t.Helper()
+	inner := pkt4(t, client4, "10.0.0.100:80", synSeg)[14:54]
+	s, d := netip.MustParseAddr(src), netip.MustParseAddr(dst)
+	if s.Is4() {
+		ip := &layers.IPv4{Version: 4, TTL: 64, Protocol: layers.IPProtocolIPv4, SrcIP: s.AsSlice(), DstIP: d.AsSlice()}
+		return serialize(t, eth(layers.EthernetTypeIPv4), ip, gopacket.Payload(inner))
+	}
+	ip := &layers.IPv6{Version: 6, HopLimit: 64, NextHeader: layers.IPProtocolIPv4, SrcIP: s.AsSlice(), DstIP: d.AsSlice()}
+	return serialize(t, eth(layers.EthernetTypeIPv6), ip, gopacket.Payload(inner))
+}
+
+// TestDecapAllowFrom: only outer sources in the allow list are
+// decapsulated; the others, addressed to us, are dropped and counted as
+// refused, and traffic for other hosts is passed whatever its source.
+func TestDecapAllowFrom(t *testing.T) {
+	testutil.Require(t)
+	const me4, me6 = "10.1.0.11", "2001:db8:1::7"
+	cases := []struct {
+		name     string
+		allow    []string
+		only     bool
+		src, dst string
+		wantAct  uint32
+		wantStat string
+	}{
+		{"default v4 outer source prefix", nil, false, "172.16.200.9", me4, xdpPass, "decapsulated"},
+		{"default v6 outer source prefix", nil, false, "fd00:5:1ce::abcd", me6, xdpPass, "decapsulated"},
+		{"spoofed v4 source", nil, false, "198.51.100.7", me4, xdpDrop, "refused"},
+		{"spoofed v6 source", nil, false, "2001:db8:bad::1", me6, xdpDrop, "refused"},
+		{"v4 source just outside 172.16/16", nil, false, "172.17.0.1", me4, xdpDrop, "refused"},
+		{"given prefix", []string{"198.51.100.0/24"}, false, "198.51.100.7", me4, xdpPass, "decapsulated"},
+		{"given v6 prefix", []string{"2001:db8:bad::/48"}, false, "2001:db8:bad::1", me6, xdpPass, "decapsulated"},
+		{"a v4 prefix never matches a v6 source", []string{"32.1.13.184/32"}, false, "2001:db8:bad::1", me6, xdpDrop, "refused"},
+		{"allow-only drops the defaults", []string{"198.51.100.0/24"}, true, "172.16.0.1", me4, xdpDrop, "refused"},
+		{"allow-only keeps its own", []string{"198.51.100.0/24"}, true, "198.51.100.200", me4, xdpPass, "decapsulated"},
+		{"not for us: passed from any source", nil, false, "198.51.100.7", "10.1.0.99", xdpPass, "passed"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			var allow []netip.Prefix
+			for _, p := range tc.allow {
+				allow = append(allow, netip.MustParsePrefix(p))
+			}
+			d, err := AttachDecap(context.Background(), DecapOptions{
+				Addrs: []netip.Addr{netip.MustParseAddr(me4), netip.MustParseAddr(me6)}, AllowFrom: allow, AllowOnly: tc.only})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer d.Close()
+			in := encapFrame(t, tc.src, tc.dst)
+			act, _ := runProg(t, d.Program(), append([]byte(nil), in...))
+			if act != tc.wantAct {
+				t.Fatalf("action %d, want %d", act, tc.wantAct)
+			}
+			c, err := d.Counters()
+			if err != nil {
+				t.Fatal(err)
+			}
+			got := map[string]uint64{"decapsulated": c.Decapsulated.Packets, "passed": c.Passed.Packets, "refused": c.Refused.Packets}
+			for k, v := range got {
+				want := uint64(0)
+				if k == tc.wantStat {
+					want = 1
+				}
+				if v != want {
+					t.Fatalf("counters %v, want one %s", got, tc.wantStat)
+				}
+			}
+			if tc.wantStat == "refused" && c.Refused.Bytes != uint64(len(in)) {
+				t.Fatalf("refused bytes %d, want %d", c.Refused.Bytes, len(in))
+			}
+		})
+	}
+}
+
+// TestDecapAllowList: the allow list reads back as given, replacing it
+// drops what is no longer wanted, and bad lists are refused whole.
+func TestDecapAllowList(t *testing.T) {
+	d := newDecap(t, "10.1.0.11")
+	got, err := d.Allowed()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := []netip.Prefix{netip.MustParsePrefix("172.16.0.0/16"), netip.MustParsePrefix("fd00:5:1ce::/96")}; !slices.Equal(got, want) {
+		t.Fatalf("default allow list %v, want %v", got, want)
+	}
+	next := []netip.Prefix{netip.MustParsePrefix("10.9.0.0/16"), netip.MustParsePrefix("10.9.8.7/16")}
+	if err := d.SetAllow(next); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ = d.Allowed(); !slices.Equal(got, next[:1]) {
+		t.Fatalf("after replace: %v, want [10.9.0.0/16] (a host address is masked to its prefix)", got)
+	}
+	if err := d.SetAllow([]netip.Prefix{{}}); err == nil {
+		t.Fatal("an invalid prefix was accepted")
+	}
+	if got, _ = d.Allowed(); !slices.Equal(got, next[:1]) {
+		t.Fatalf("a refused list changed the allow list: %v", got)
+	}
+	if _, err := AttachDecap(context.Background(), DecapOptions{Addrs: []netip.Addr{netip.MustParseAddr("10.1.0.11")}, AllowOnly: true}); err == nil {
+		t.Fatal("allow-only with no prefix was accepted")
 	}
 }

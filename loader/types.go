@@ -160,8 +160,8 @@ var (
 
 // Counter is a packet and byte count summed over CPUs.
 type Counter struct {
-	Packets uint64
-	Bytes   uint64
+	Packets uint64 `json:"packets"`
+	Bytes   uint64 `json:"bytes"`
 }
 
 // Stat names a global outcome or event counter.

@@ -23,6 +23,9 @@ struct gen_template {
 	__u32 flows;    /* distinct clients to cycle through (0: always the template) */
 	__u16 addr_off; /* offset of the 32-bit word of the client address to vary */
 	__u16 port_off; /* offset of the client port */
+	/* flow n uses port + (n mod 2^port_shift) and address + (n >> port_shift):
+	 * 0 gives every flow an address of its own */
+	__u32 port_shift;
 };
 
 struct {
@@ -99,6 +102,7 @@ int xdp_gen(struct xdp_md *ctx)
 		__u32 flow = seq % t->flows;
 		__u32 ao = t->addr_off;
 		__u32 po = t->port_off;
+		__u32 shift = t->port_shift & 31;
 
 		/* Bounds check: both offsets come from a map, so the verifier
 		 * needs them capped before it allows packet writes at them. */
@@ -111,8 +115,8 @@ int xdp_gen(struct xdp_md *ctx)
 		 * restated for the verifier at these variable offsets. */
 		if ((void *)(a + 4) > data_end || (void *)(pt + 2) > data_end)
 			return XDP_ABORTED;
-		__u32 addr = ((__u32)a[0] << 24 | (__u32)a[1] << 16 | (__u32)a[2] << 8 | a[3]) + (flow >> 6);
-		__u16 port = ((__u16)pt[0] << 8 | pt[1]) + (flow & 63);
+		__u32 addr = ((__u32)a[0] << 24 | (__u32)a[1] << 16 | (__u32)a[2] << 8 | a[3]) + (flow >> shift);
+		__u16 port = ((__u16)pt[0] << 8 | pt[1]) + (flow & ((1u << shift) - 1));
 
 		a[0] = addr >> 24;
 		a[1] = addr >> 16;

@@ -20,11 +20,12 @@ type ToolsCounter struct {
 }
 
 type ToolsGenTemplate struct {
-	_       structs.HostLayout
-	Data    [128]uint8
-	Flows   uint32
-	AddrOff uint16
-	PortOff uint16
+	_         structs.HostLayout
+	Data      [128]uint8
+	Flows     uint32
+	AddrOff   uint16
+	PortOff   uint16
+	PortShift uint32
 }
 
 // Names of all BPF objects in the ELF.

@@ -72,6 +72,7 @@ func (r *benchRig) template(b *testing.B, syn bool) bpf.ToolsGenTemplate {
 		b.Fatalf("template is %d bytes", n)
 	}
 	t.AddrOff, t.PortOff = 26, 34 // IPv4 source, TCP source port
+	t.PortShift = 6               // 64 ports per client address
 	return t
 }
 

@@ -32,7 +32,7 @@ func daemonCommand() *cli.Command {
 			&cli.IntFlag{Name: "availability-max-events", Value: state.DefaultTimelineMax, Usage: "availability transitions kept at most (the newest)"},
 			&cli.StringFlag{Name: "pin-root", Value: loader.DefaultPinRoot, Usage: "bpffs directory for pinned objects"},
 			&cli.StringFlag{Name: "log-level", Value: "info", Usage: "debug, info, warn or error"},
-			&cli.Uint64Flag{Name: "new-flow-limit", Value: loader.DefaultNewFlowLimit, Usage: "new connection-table entries per CPU per second; past it new flows are steered by the ring without an entry (a SYN flood cannot churn out established flows); 0 turns the guard off"},
+			&cli.Uint64Flag{Name: "new-flow-limit", Value: loader.DefaultNewFlowLimit, Usage: "new connection-table entries per CPU per second; past it new flows are steered by the ring without an entry (a SYN flood cannot churn out flows busier than one packet per flow-table-size/(CPUs*limit) seconds); 0 turns the guard off"},
 			&cli.BoolFlag{Name: "vip-open", Usage: "pass traffic for VIP addresses on ports no VIP serves to this host (default: dropped, so no host service answers on a VIP)"},
 			&cli.BoolFlag{Name: "vip-no-echo", Usage: "drop ICMP echo (ping) to VIP addresses too"},
 			&cli.StringFlag{Name: "hook-user", Usage: "run promotion and demotion commands as this user (default: as the daemon)"},

@@ -1,13 +1,14 @@
 # sluice: kernel-accelerated L4 load balancer.
 #   sudo make demo   build sluice and run the guided tour in a throwaway lab
 #   sudo make test   run every test (packet, fuzz seeds, namespace end-to-end)
+#   sudo make soak   the LB pair under random faults for SOAK (default 10m)
 
 GO          ?= go
 STATICCHECK ?= honnef.co/go/tools/cmd/staticcheck@v0.8.2
 # Root's PATH under sudo often lacks Go: look where the official tarball puts it.
 export PATH := $(PATH):/usr/local/go/bin:/usr/lib/go/bin
 
-.PHONY: all build generate check-generated test lint bench bench-failover demo fuzz vagrant-validate clean need-go need-clang need-root need-tools
+.PHONY: all build generate check-generated test lint bench bench-failover demo fuzz soak vagrant-validate clean need-go need-clang need-root need-tools
 
 all: build
 
@@ -23,6 +24,7 @@ need-tools:
 	@command -v nft >/dev/null 2>&1 || { echo "error: nft is missing (tests inject faults with it): apt-get install nftables"; exit 1; }
 	@command -v curl >/dev/null 2>&1 || { echo "error: curl is missing (the lab test uses it): apt-get install curl"; exit 1; }
 	@command -v promtool >/dev/null 2>&1 || { echo "error: promtool is missing (the alert rules' tests use it): apt-get install prometheus"; exit 1; }
+	@command -v wrk >/dev/null 2>&1 || { echo "error: wrk is missing (the soak loads the pair with it): apt-get install wrk"; exit 1; }
 
 need-root:
 	@test "$$(id -u)" = 0 || { echo "error: this target loads BPF programs and creates network namespaces: run it with sudo"; exit 1; }
@@ -58,6 +60,13 @@ bench: need-go need-root
 # Failover figures in the lab; rewrites their section of docs/benchmarks.md.
 bench-failover: need-go need-root
 	SLUICE_BENCH_DOC=$(CURDIR)/docs/benchmarks.md $(GO) test -count=1 -run '^$$' -bench BenchmarkFailover -benchtime 1x -timeout 10m ./testenv/e2e/
+
+# The fault soak: the LB pair under wrk and 200 long-lived connections,
+# a random fault every 1-3 s, invariants checked throughout (docs/ha.md,
+# "The soak"). `make test` runs 20 s of it; CI runs SOAK=2m.
+SOAK ?= 10m
+soak: need-go need-root need-tools
+	$(GO) test -count=1 -v -run '^TestSoak$$' -timeout 60m ./testenv/e2e/ -soak $(SOAK)
 
 # Every fuzz target in turn, FUZZTIME each (CI runs 20s each).
 FUZZTIME ?= 5m

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/sluicelb/sluice/control/api"
@@ -81,7 +82,8 @@ func newMetrics(d *Daemon) *metrics {
 	}, []string{"result"})
 	m.drills.WithLabelValues("pass")
 	m.drills.WithLabelValues("fail")
-	m.reg.MustRegister(m.probeDuration, m.failoverApply, m.checkFailures, m.transitions, m.buildInfo, m.promotions, m.drills, m)
+	m.reg.MustRegister(m.probeDuration, m.failoverApply, m.checkFailures, m.transitions, m.buildInfo, m.promotions, m.drills, m,
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
 

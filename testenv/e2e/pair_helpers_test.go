@@ -24,6 +24,7 @@ type lbPair struct {
 	lab   *testenv.Lab
 	nodes [2]*daemonProc
 	hosts [2]*testenv.Host
+	args  [2][]string // each node's daemon flags beyond daemonArgs'
 	key   string
 }
 
@@ -37,8 +38,8 @@ func newLBPair(t testing.TB, advert string, backends, active int, extra ...strin
 	}
 	for i, prio := range []string{"200", "100"} {
 		peer := lp.hosts[1-i].Addr.Addr().String()
-		args := append([]string{"--ha-peer", peer, "--ha-priority", prio, "--ha-advert", advert, "--ha-key-file", lp.key}, extra...)
-		lp.nodes[i] = startDaemonOn(t, lab, lp.hosts[i], "", args...)
+		lp.args[i] = append([]string{"--ha-peer", peer, "--ha-priority", prio, "--ha-advert", advert, "--ha-key-file", lp.key}, extra...)
+		lp.nodes[i] = startDaemonOn(t, lab, lp.hosts[i], "", lp.args[i]...)
 	}
 	lp.waitRoles(t, 0)
 	m := lp.nodes[0]
@@ -54,6 +55,12 @@ func newLBPair(t testing.TB, advert string, backends, active int, extra ...strin
 	lp.waitRoles(t, 0)
 	lp.sameRings(t)
 	return lp
+}
+
+// restart starts node i again, on its state directory, after it stopped.
+func (lp *lbPair) restart(t testing.TB, i int) {
+	t.Helper()
+	lp.nodes[i] = startDaemonOn(t, lp.lab, lp.hosts[i], lp.nodes[i].stateDir, lp.args[i]...)
 }
 
 // sameRings checks that both nodes built byte-identical rings (the ring

@@ -98,7 +98,12 @@ func AttachDecap(ctx context.Context, opts DecapOptions) (*Decap, error) {
 	if err := spec.LoadAndAssign(&d.objs, &collOpts); err != nil {
 		return nil, explainLoadError(err, d.pinDir)
 	}
+	// Both lists are checked before either is written: a bad one changes
+	// nothing of a decapsulator already attached.
 	allow, err := allowList(iface, opts.AllowFrom, opts.AllowOnly)
+	if err == nil {
+		err = checkAllow(allow, int(d.objs.DecapAllow.MaxEntries()))
+	}
 	if err == nil {
 		err = d.SetAddrs(addrs)
 	}
@@ -168,17 +173,30 @@ func allowList(iface *net.Interface, extra []netip.Prefix, only bool) ([]netip.P
 	return append(out, extra...), nil
 }
 
-// SetAllow replaces the outer-source allow list.
-func (d *Decap) SetAllow(prefixes []netip.Prefix) error {
-	want := map[bpf.DecapDecapAllowKey]bool{}
+// checkAllow refuses an allow list the map cannot hold as given.
+func checkAllow(prefixes []netip.Prefix, limit int) error {
 	for _, p := range prefixes {
 		if !p.IsValid() {
 			return fmt.Errorf("allow-from: invalid prefix")
 		}
-		want[allowKey(p)] = true
+		if p.Addr().Is4In6() {
+			return fmt.Errorf("allow-from %s: an IPv4-mapped prefix never matches; give it as IPv4", p)
+		}
 	}
-	if len(want) > int(d.objs.DecapAllow.MaxEntries()) {
-		return fmt.Errorf("allow-from: %d prefixes, at most %d", len(want), d.objs.DecapAllow.MaxEntries())
+	if len(prefixes) > limit {
+		return fmt.Errorf("allow-from: %d prefixes, at most %d", len(prefixes), limit)
+	}
+	return nil
+}
+
+// SetAllow replaces the outer-source allow list.
+func (d *Decap) SetAllow(prefixes []netip.Prefix) error {
+	if err := checkAllow(prefixes, int(d.objs.DecapAllow.MaxEntries())); err != nil {
+		return err
+	}
+	want := map[bpf.DecapDecapAllowKey]bool{}
+	for _, p := range prefixes {
+		want[allowKey(p)] = true
 	}
 	var k bpf.DecapDecapAllowKey
 	var v uint32

@@ -211,6 +211,9 @@ func TestDecapAllowList(t *testing.T) {
 	if err := d.SetAllow([]netip.Prefix{{}}); err == nil {
 		t.Fatal("an invalid prefix was accepted")
 	}
+	if err := d.SetAllow([]netip.Prefix{netip.MustParsePrefix("10.9.0.0/16"), netip.MustParsePrefix("::ffff:10.1.0.0/112")}); err == nil {
+		t.Fatal("an IPv4-mapped prefix, which could never match, was accepted")
+	}
 	if got, _ = d.Allowed(); !slices.Equal(got, next[:1]) {
 		t.Fatalf("a refused list changed the allow list: %v", got)
 	}

@@ -198,29 +198,7 @@ func (d *Decap) SetAllow(prefixes []netip.Prefix) error {
 	for _, p := range prefixes {
 		want[allowKey(p)] = true
 	}
-	var k bpf.DecapDecapAllowKey
-	var v uint32
-	var stale []bpf.DecapDecapAllowKey
-	it := d.objs.DecapAllow.Iterate()
-	for it.Next(&k, &v) {
-		if !want[k] {
-			stale = append(stale, k)
-		}
-	}
-	if err := it.Err(); err != nil {
-		return fmt.Errorf("read decap allow list: %w", err)
-	}
-	for k := range want {
-		if err := d.objs.DecapAllow.Update(k, uint32(1), ebpf.UpdateAny); err != nil {
-			return fmt.Errorf("write decap allow list: %w", err)
-		}
-	}
-	for _, k := range stale {
-		if err := d.objs.DecapAllow.Delete(k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
-			return fmt.Errorf("delete from decap allow list: %w", err)
-		}
-	}
-	return nil
+	return replaceSet(d.objs.DecapAllow, want, "decap allow list")
 }
 
 func allowKey(p netip.Prefix) bpf.DecapDecapAllowKey {
@@ -251,26 +229,33 @@ func (d *Decap) SetAddrs(addrs []netip.Addr) error {
 		a = a.Unmap()
 		want[bpf.DecapAddrKey(addrKey(a))] = true
 	}
-	var k bpf.DecapAddrKey
+	return replaceSet(d.objs.DecapAddrs, want, "decap addresses")
+}
+
+// replaceSet makes the keys of m, a map used as a set (every value 1),
+// exactly want: it adds what is missing before it deletes what is no
+// longer wanted, so a key in both sets is never absent.
+func replaceSet[K comparable](m *ebpf.Map, want map[K]bool, what string) error {
+	var k K
 	var v uint32
-	var stale []bpf.DecapAddrKey
-	it := d.objs.DecapAddrs.Iterate()
+	var stale []K
+	it := m.Iterate()
 	for it.Next(&k, &v) {
 		if !want[k] {
 			stale = append(stale, k)
 		}
 	}
 	if err := it.Err(); err != nil {
-		return fmt.Errorf("read decap addresses: %w", err)
+		return fmt.Errorf("read %s: %w", what, err)
 	}
 	for k := range want {
-		if err := d.objs.DecapAddrs.Update(k, uint32(1), ebpf.UpdateAny); err != nil {
-			return fmt.Errorf("write decap address: %w", err)
+		if err := m.Update(k, uint32(1), ebpf.UpdateAny); err != nil {
+			return fmt.Errorf("write %s: %w", what, err)
 		}
 	}
 	for _, k := range stale {
-		if err := d.objs.DecapAddrs.Delete(k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
-			return fmt.Errorf("delete decap address: %w", err)
+		if err := m.Delete(k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			return fmt.Errorf("delete from %s: %w", what, err)
 		}
 	}
 	return nil

@@ -181,7 +181,15 @@ func TestSoak(t *testing.T) {
 		seed = uint64(time.Now().UnixNano())
 	}
 	t.Logf("soak for %v, seed %d (rerun with -soak.seed %d)", *soakFor, seed, seed)
-	s := newSoak(t, seed)
+	var s *soak
+	// Registered first, so it runs last: the violations end the output,
+	// after the daemons' logs, where a truncated CI log still shows them.
+	t.Cleanup(func() {
+		if s != nil && s.failed() {
+			t.Logf("soak seed %d: %d violations:\n%s", seed, len(s.violations), strings.Join(s.violations, "\n"))
+		}
+	})
+	s = newSoak(t, seed)
 	w := s.watch()
 	faults := s.faults()
 	end := time.Now().Add(*soakFor)

@@ -17,9 +17,11 @@ import (
 
 	"github.com/sluicelb/sluice/control/api"
 	"github.com/sluicelb/sluice/control/availability"
+	"github.com/sluicelb/sluice/control/cluster"
 	"github.com/sluicelb/sluice/control/hook"
 	"github.com/sluicelb/sluice/control/neigh"
 	"github.com/sluicelb/sluice/control/pair"
+	"github.com/sluicelb/sluice/control/reconcile"
 	"github.com/sluicelb/sluice/control/sdnotify"
 	"github.com/sluicelb/sluice/control/state"
 	"github.com/sluicelb/sluice/health"
@@ -77,6 +79,9 @@ type Options struct {
 	Logger   *slog.Logger
 	// HA, when set, makes this daemon one node of an active/standby pair.
 	HA *pair.Options
+	// Cluster, when set, makes it one active node of a cluster whose
+	// desired state lives in etcd (StateDir keeps what is the node's own).
+	Cluster *cluster.NodeOptions
 }
 
 // Daemon runs the data plane, health checks, reconciler, API and metrics.
@@ -85,12 +90,13 @@ type Daemon struct {
 	log     *slog.Logger
 	store   *state.BoltStore
 	dp      *loader.Datapath
-	rec     *Reconciler
+	rec     *reconcile.Reconciler
 	hm      *health.Manager
 	events  *EventLog
 	metrics *metrics
 	coord   Coordinator
-	pair    *pair.Pair // nil for a lone daemon
+	pair    *pair.Pair    // nil for a lone daemon
+	cl      *cluster.Node // nil unless in a cluster
 	started time.Time
 	rev     atomic.Uint64 // d.state.Revision, readable without d.mu
 	// lastProbe is when a health probe last finished (unix ns);
@@ -139,6 +145,10 @@ func New(ctx context.Context, opts Options) (*Daemon, error) {
 		d.store.Close()
 		return nil, err
 	}
+	if err := d.joinCluster(ctx); err != nil {
+		d.store.Close()
+		return nil, err
+	}
 	d.rev.Store(d.state.Revision)
 	if d.dp, err = loader.Load(ctx, loader.Options{Iface: opts.Iface, Mode: opts.Mode, PinRoot: opts.PinRoot,
 		FlowTableSize: opts.FlowTableSize, Logger: d.log}); err != nil {
@@ -149,8 +159,33 @@ func New(ctx context.Context, opts Options) (*Daemon, error) {
 		d.abort()
 		return nil, err
 	}
+	if d.cl != nil {
+		go d.cl.Run(ctx)
+	}
 	go d.checkPrimaries()
 	return d, nil
+}
+
+// joinCluster connects to the cluster's etcd and takes its state, which
+// the bbolt file then keeps as the last applied.
+func (d *Daemon) joinCluster(ctx context.Context) error {
+	if d.opts.Cluster == nil {
+		return nil
+	}
+	var err error
+	if d.cl, err = cluster.NewNode(clusterHost{d}, *d.opts.Cluster, ifaceAddr(d)); err != nil {
+		return err
+	}
+	st, err := d.cl.Load(ctx, d.opts.Seed, d.state)
+	if err == nil && st.Revision != d.state.Revision {
+		st, err = d.store.Replace(st)
+	}
+	if err != nil {
+		d.cl.Close()
+		return err
+	}
+	d.state = st
+	return nil
 }
 
 // complete validates the options and fills in the defaults.
@@ -165,6 +200,9 @@ func (o *Options) complete() error {
 		if err := o.HA.Validate(); err != nil {
 			return err
 		}
+	}
+	if o.HA != nil && o.Cluster != nil {
+		return errors.New("--ha-peer: an LB pair and a cluster on etcd exclude each other (every cluster node is active)")
 	}
 	if o.StateDir == "" {
 		o.StateDir = DefaultStateDir
@@ -207,8 +245,11 @@ func (d *Daemon) setUp(ctx context.Context) error {
 		d.pair.OnEvent, d.pair.OnMaster = d.events.Add, d.checkPrimaries
 		d.coord = d.pair
 	}
-	if d.rec, err = NewReconciler(d.dp, opts.Resolver, opts.Seed, d.onMACResolved); err != nil {
+	if d.rec, err = reconcile.New(d.dp, opts.Resolver, opts.Seed, d.onMACResolved); err != nil {
 		return err
+	}
+	if d.cl != nil {
+		d.rec.Ring, d.coord = d.cl.RingHealth, d.cl
 	}
 	d.metrics = newMetrics(d)
 	if d.pair != nil {
@@ -244,6 +285,9 @@ func (d *Daemon) abort() {
 	if d.pair != nil {
 		d.pair.Close()
 	}
+	if d.cl != nil {
+		d.cl.Close()
+	}
 	if d.dp.Adopted() {
 		d.dp.Close() // a data plane that was forwarding before keeps forwarding
 	} else {
@@ -265,7 +309,7 @@ func (d *Daemon) onMACResolved() {
 // applyLocked makes the data plane match the committed state under the
 // current health view, then lets the pair re-check its sync and records
 // availability. Every apply goes through here; d.mu is held.
-func (d *Daemon) applyLocked(ctx context.Context) (Result, error) {
+func (d *Daemon) applyLocked(ctx context.Context) (reconcile.Result, error) {
 	res, err := d.rec.Apply(ctx, d.state, d.healthOf)
 	if d.pair != nil {
 		d.pair.Invalidate()
@@ -358,6 +402,9 @@ func (d *Daemon) onHealth(e health.Event) {
 	}
 	d.log.Info("health transition", "target", e.Check.Probe.Addr, "from", e.From, "to", e.To, "reason", e.Reason,
 		"marked", marked.Sub(e.Time), "applied", applied.Sub(e.Time))
+	if d.cl != nil {
+		d.cl.Kick() // the cluster's verdict counts this node's view
+	}
 	d.checkPrimaries()
 }
 
@@ -389,7 +436,7 @@ func (d *Daemon) change(ctx context.Context, what string, change func(*state.Sta
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	prev := d.state.Revision
-	st, err := d.store.Commit(change)
+	st, err := d.commit(ctx, change)
 	if err != nil {
 		return state.State{}, err
 	}
@@ -410,6 +457,15 @@ func (d *Daemon) change(ctx context.Context, what string, change func(*state.Sta
 	d.lastApplied = res.Done
 	d.events.Add(api.Event{Kind: "config", Reason: what, Revision: st.Revision})
 	return st, nil
+}
+
+// commit writes a change where the desired state lives: etcd for a
+// cluster node, else the bbolt file.
+func (d *Daemon) commit(ctx context.Context, change func(*state.State) error) (state.State, error) {
+	if d.cl != nil {
+		return d.cl.Commit(ctx, change)
+	}
+	return d.store.Commit(change)
 }
 
 // applyReplica stores and applies a state the master of the pair
@@ -506,6 +562,9 @@ func (d *Daemon) shutdown() {
 		d.pair.Stop()
 	}
 	d.hm.Stop()
+	if d.cl != nil {
+		d.cl.Close()
+	}
 	d.dp.Close()
 	d.store.Close()
 	os.Remove(d.opts.Socket)

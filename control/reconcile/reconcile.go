@@ -1,4 +1,7 @@
-package control
+// Package reconcile turns the desired state and the health verdicts into
+// the data plane's maps: VIPs, backend entries and Maglev rings, writing
+// only what differs.
+package reconcile
 
 import (
 	"context"
@@ -24,6 +27,8 @@ type BackendView struct {
 	InRing bool
 	Health health.State
 	MACErr error
+	// ringable: the ring's health rule (Reconciler.Ring) calls it up.
+	ringable bool
 }
 
 // Reconciler turns desired state plus health into data-plane maps. It
@@ -42,6 +47,11 @@ type Reconciler struct {
 	rings map[loader.VIPKey]string
 	// maglev keeps its memory from ring to ring (guarded by mu).
 	maglev maglev.Builder
+	// Ring, when set, is the health that decides ring membership (a
+	// cluster's verdict, equal on every node); the health Apply is given
+	// still decides whether this node sends a backend anything. Set it
+	// before the first Apply.
+	Ring HealthOf
 }
 
 type beKey struct {
@@ -49,11 +59,11 @@ type beKey struct {
 	addr netip.Addr
 }
 
-// NewReconciler adopts the VIP ids and backend indices already in the data
+// New adopts the VIP ids and backend indices already in the data
 // plane, so a restarted daemon keeps every entry where it was. MACs are
 // resolved through macs off Apply's path; resolved is called (with no
 // lock held) each time a resolution finished, to apply again.
-func NewReconciler(dp *loader.Datapath, macs neigh.MACResolver, seed uint64, resolved func()) (*Reconciler, error) {
+func New(dp *loader.Datapath, macs neigh.MACResolver, seed uint64, resolved func()) (*Reconciler, error) {
 	r := &Reconciler{dp: dp, macs: neigh.NewCache(macs, resolved), seed: seed, vipIDs: map[loader.VIPKey]uint32{}, beIdx: map[beKey]uint32{},
 		views: map[loader.VIPKey]map[netip.Addr]BackendView{}, rings: map[loader.VIPKey]string{}}
 	vips, err := dp.VIPs()
@@ -182,7 +192,7 @@ func (a *applying) vip(v state.VIP) error {
 		}
 		addr := netip.MustParseAddr(b.Addr)
 		view[addr] = bv
-		if bv.Usable && !bv.Drain {
+		if bv.ringable && !bv.Drain {
 			mb := maglev.Backend{ID: addr.String(), Weight: b.Weight, Slot: bv.Index}
 			if b.Standby {
 				standby = append(standby, mb)
@@ -212,17 +222,28 @@ func (a *applying) backend(k loader.VIPKey, id uint32, v state.VIP, b state.Back
 	a.keepBackends[idx] = true
 	hs := a.hv(k, b)
 	bv := BackendView{Index: idx, Health: hs, Drain: b.Drain || b.Weight == 0}
-	bv.Usable = hs == health.Up && !b.Disabled
+	bv.ringable = hs == health.Up && !b.Disabled
+	if r.Ring != nil {
+		bv.ringable = r.Ring(k, b) == health.Up && !b.Disabled
+	}
+	// This node sends a backend new flows only if it sees it up itself:
+	// one the cluster calls up but this node cannot reach stays in the
+	// (shared) ring, and the data plane probes past its slots.
+	bv.Usable = bv.ringable && hs == health.Up
 	if v.Policy == state.PolicyFailover {
 		// Replicas must not keep tracked flows: nothing may ever reach
 		// two primaries.
 		bv.Usable = bv.Usable && addr.String() == v.Primary
+		bv.ringable = bv.ringable && addr.String() == v.Primary
 		bv.Drain = false
 	}
 	mac, merr := r.macs.Get(a.ctx, addr, b.MAC)
 	bv.MACErr = merr
 	if merr != nil {
 		bv.Usable = false
+		if r.Ring == nil {
+			bv.ringable = false // alone, a node rings only what it can reach
+		}
 	}
 	flags := loader.BackendFlags(0)
 	if bv.Usable {

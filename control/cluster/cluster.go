@@ -1,0 +1,315 @@
+// Package cluster is one node's membership of a sluice cluster in etcd:
+// its lease-bound node key (applied revision, ring digests, health view),
+// the other nodes' keys as they change, the cluster's health verdict
+// under a quorum rule, and the coordinator election with its fenced
+// promotion epoch.
+package cluster
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.etcd.io/etcd/client/v3/concurrency"
+)
+
+// Report is what a node publishes under its node key.
+type Report struct {
+	Name            string `json:"name"`
+	Addr            string `json:"addr"`
+	AppliedRevision uint64 `json:"applied_revision"`
+	// RingSHA256 is each VIP's ring digest, read back from the kernel.
+	RingSHA256 map[string]string `json:"ring_sha256"`
+	// Health is this node's own verdict: VIP → backend → "up" | "down".
+	Health   map[string]map[string]string `json:"health"`
+	LastSeen time.Time                    `json:"last_seen"`
+}
+
+// Quorum says how the nodes' health views make the cluster's verdict.
+type Quorum string
+
+// Quorum rules.
+const (
+	Majority Quorum = "majority" // up when more than half of the live nodes see it up
+	Any      Quorum = "any"      // up when one live node sees it up
+	Local    Quorum = "local"    // each node uses its own view
+)
+
+// ParseQuorum reads a --health-quorum value.
+func ParseQuorum(s string) (Quorum, error) {
+	switch q := Quorum(s); q {
+	case Majority, Any, Local:
+		return q, nil
+	}
+	return "", fmt.Errorf("%q: want majority, any or local", s)
+}
+
+// Up is the cluster's verdict on backend of vip among nodes.
+func (q Quorum) Up(nodes []Report, vip, backend string) bool {
+	up := 0
+	for _, n := range nodes {
+		if n.Health[vip][backend] == "up" {
+			up++
+		}
+	}
+	if q == Any {
+		return up > 0
+	}
+	return 2*up > len(nodes)
+}
+
+// Options configure a member.
+type Options struct {
+	Cluster string
+	Name    string
+	// TTL is the node key's lease, in seconds (a coordinator cut off from
+	// etcd stops within it).
+	TTL int
+	Log *slog.Logger
+	// OnNodes is called, without locks held, each time another node's
+	// key changed (and after this node's session was renewed).
+	OnNodes func()
+	// OnCoordinator is called when this node wins (true) or loses the
+	// coordinator election.
+	OnCoordinator func(bool)
+}
+
+// Member keeps this node's key alive and watches the others'.
+type Member struct {
+	cli    *clientv3.Client
+	opts   Options
+	prefix string
+
+	mu       sync.Mutex
+	session  *concurrency.Session
+	report   *Report // the last published (nil before the first)
+	nodes    map[string]Report
+	nodesRev int64
+	elected  *concurrency.Election // while this node is the coordinator
+}
+
+// Prefix is the root of a cluster's keys (as etcdstore's).
+func Prefix(cluster string) string { return "/sluice/" + cluster + "/" }
+
+// NodesPrefix is where the node keys live.
+func NodesPrefix(cluster string) string { return Prefix(cluster) + "nodes/" }
+
+// New makes a member; Run keeps it in the cluster.
+func New(cli *clientv3.Client, opts Options) (*Member, error) {
+	if opts.Name == "" || strings.ContainsAny(opts.Name, "/ \t\n") || len(opts.Name) > 64 {
+		return nil, fmt.Errorf("--node-name %q: 1 to 64 bytes, no '/' or spaces", opts.Name)
+	}
+	if opts.TTL < 1 {
+		opts.TTL = 3
+	}
+	if opts.Log == nil {
+		opts.Log = slog.Default()
+	}
+	return &Member{cli: cli, opts: opts, prefix: Prefix(opts.Cluster), nodes: map[string]Report{}}, nil
+}
+
+func (m *Member) key() string { return NodesPrefix(m.opts.Cluster) + m.opts.Name }
+
+// Run keeps a session (lease) with etcd, republishes the node key on
+// every new one, and watches the node keys, until ctx ends; then it
+// revokes the lease, so the node leaves at once.
+func (m *Member) Run(ctx context.Context) {
+	defer m.Leave()
+	for ctx.Err() == nil {
+		s, err := m.newSession(ctx)
+		if err != nil {
+			m.wait(ctx)
+			continue
+		}
+		m.mu.Lock()
+		m.session = s
+		r := m.report
+		m.mu.Unlock()
+		if r != nil {
+			if err := m.put(ctx, s, *r); err != nil {
+				m.opts.Log.Warn("cluster: publish node key", "err", err)
+			}
+		}
+		m.watchNodes(ctx, s)
+		m.mu.Lock()
+		if m.session == s {
+			m.session = nil // expired: etcd was away longer than the TTL
+		}
+		m.mu.Unlock()
+	}
+}
+
+func (m *Member) grantTimeout() time.Duration { return time.Duration(m.opts.TTL) * time.Second }
+
+// newSession grants a lease (bounded by the TTL, so that a lost etcd
+// does not block) and keeps it alive until ctx ends.
+func (m *Member) newSession(ctx context.Context) (*concurrency.Session, error) {
+	gctx, cancel := context.WithTimeout(ctx, m.grantTimeout())
+	defer cancel()
+	lease, err := m.cli.Grant(gctx, int64(m.opts.TTL))
+	if err != nil {
+		return nil, fmt.Errorf("etcd: grant lease: %w", err)
+	}
+	return concurrency.NewSession(m.cli, concurrency.WithLease(lease.ID), concurrency.WithTTL(m.opts.TTL), concurrency.WithContext(ctx))
+}
+
+func (m *Member) wait(ctx context.Context) {
+	select {
+	case <-ctx.Done():
+	case <-time.After(200 * time.Millisecond): // a retry pace while etcd is away
+	}
+}
+
+// Leave revokes this node's lease: its key, and its candidacy, go at once.
+func (m *Member) Leave() {
+	m.mu.Lock()
+	s := m.session
+	m.session = nil
+	m.mu.Unlock()
+	if s != nil {
+		s.Orphan()
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		m.cli.Revoke(ctx, s.Lease()) // the node key goes at once; else it expires with the TTL
+		cancel()
+	}
+}
+
+// watchNodes keeps m.nodes current until the session ends.
+func (m *Member) watchNodes(ctx context.Context, s *concurrency.Session) {
+	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
+	defer cancel()
+	for wctx.Err() == nil {
+		select {
+		case <-s.Done():
+			return
+		default:
+		}
+		resp, err := m.cli.Get(wctx, NodesPrefix(m.opts.Cluster), clientv3.WithPrefix())
+		if err != nil {
+			m.wait(wctx)
+			continue
+		}
+		nodes := map[string]Report{}
+		for _, kv := range resp.Kvs {
+			var r Report
+			if json.Unmarshal(kv.Value, &r) == nil {
+				nodes[r.Name] = r
+			}
+		}
+		m.setNodes(nodes, resp.Header.Revision)
+		wch := m.cli.Watch(wctx, NodesPrefix(m.opts.Cluster), clientv3.WithPrefix(), clientv3.WithRev(resp.Header.Revision+1))
+		m.follow(s, wch, nodes)
+	}
+}
+
+// follow applies node-key events until the watch or the session ends.
+func (m *Member) follow(s *concurrency.Session, wch clientv3.WatchChan, nodes map[string]Report) {
+	for {
+		select {
+		case <-s.Done():
+			return
+		case wr, ok := <-wch:
+			if !ok || wr.Err() != nil {
+				return
+			}
+			for _, ev := range wr.Events {
+				name := strings.TrimPrefix(string(ev.Kv.Key), NodesPrefix(m.opts.Cluster))
+				var r Report
+				if ev.Type == clientv3.EventTypeDelete || json.Unmarshal(ev.Kv.Value, &r) != nil {
+					delete(nodes, name)
+					continue
+				}
+				nodes[name] = r
+			}
+			m.setNodes(nodes, wr.Header.Revision)
+		}
+	}
+}
+
+func (m *Member) setNodes(nodes map[string]Report, rev int64) {
+	m.mu.Lock()
+	changed := !equalNodes(m.nodes, nodes)
+	m.nodes = make(map[string]Report, len(nodes))
+	for k, v := range nodes {
+		m.nodes[k] = v
+	}
+	m.nodesRev = rev
+	m.mu.Unlock()
+	if changed && m.opts.OnNodes != nil {
+		m.opts.OnNodes()
+	}
+}
+
+func equalNodes(a, b map[string]Report) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for k, v := range a {
+		w, ok := b[k]
+		if !ok {
+			return false
+		}
+		ja, _ := json.Marshal(v.Health)
+		jb, _ := json.Marshal(w.Health)
+		if string(ja) != string(jb) {
+			return false
+		}
+	}
+	return true
+}
+
+// ErrNoSession marks a publish while this node holds no lease (etcd is
+// unreachable); the report goes out when the session is back.
+var ErrNoSession = errors.New("no etcd session")
+
+// Publish stores r under this node's key (with its lease). The newest
+// report is kept and published again on every new session.
+func (m *Member) Publish(ctx context.Context, r Report) error {
+	r.Name = m.opts.Name
+	m.mu.Lock()
+	m.report = &r
+	s := m.session
+	m.mu.Unlock()
+	if s == nil {
+		return ErrNoSession
+	}
+	return m.put(ctx, s, r)
+}
+
+func (m *Member) put(ctx context.Context, s *concurrency.Session, r Report) error {
+	r.LastSeen = time.Now().UTC().Truncate(time.Millisecond)
+	raw, err := json.Marshal(r)
+	if err != nil {
+		return err
+	}
+	if _, err := m.cli.Put(ctx, m.key(), string(raw), clientv3.WithLease(s.Lease())); err != nil {
+		return fmt.Errorf("etcd: publish node key %s: %w", m.key(), err)
+	}
+	return nil
+}
+
+// Nodes are the live nodes' reports, sorted by name.
+func (m *Member) Nodes() []Report {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	out := make([]Report, 0, len(m.nodes))
+	for _, r := range m.nodes {
+		out = append(out, r)
+	}
+	slices.SortFunc(out, func(a, b Report) int { return strings.Compare(a.Name, b.Name) })
+	return out
+}
+
+// Session is the current session, nil while etcd is away.
+func (m *Member) Session() *concurrency.Session {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.session
+}

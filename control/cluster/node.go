@@ -1,0 +1,365 @@
+package cluster
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+	"google.golang.org/grpc"
+
+	"github.com/sluicelb/sluice/control/api"
+	"github.com/sluicelb/sluice/control/etcdstore"
+	"github.com/sluicelb/sluice/control/state"
+	"github.com/sluicelb/sluice/health"
+	"github.com/sluicelb/sluice/loader"
+)
+
+// NodeOptions make a daemon one node of a cluster of active nodes that
+// share their desired state in etcd.
+type NodeOptions struct {
+	Endpoints []string
+	Cluster   string
+	Node      string
+	TLS       *tls.Config // nil: plain gRPC
+	Quorum    Quorum
+	// TTL is the node's lease in seconds (default 3).
+	TTL int
+	// Dial is the etcd client's dialer (tests: a namespace's); nil is the
+	// default one.
+	Dial func(ctx context.Context, addr string) (net.Conn, error)
+}
+
+// Host is the daemon as its cluster node sees it.
+type Host interface {
+	// ApplyReplica stores and applies a state committed in etcd.
+	ApplyReplica(state.State) error
+	// Reapply applies the current state again: the cluster's health
+	// verdict moved.
+	Reapply()
+	// KeepLocal stores a state as the last applied (the bbolt file).
+	KeepLocal(state.State) (state.State, error)
+	State() state.State
+	// Status reads this node's kernel rings (their digests) back.
+	Status() (api.Status, error)
+	// LocalHealth is this node's own verdict on a backend.
+	LocalHealth(loader.VIPKey, state.Backend) health.State
+	Event(api.Event)
+	// Elected is called when this node became the coordinator.
+	Elected()
+	Log() *slog.Logger
+}
+
+// storeTimeout bounds one etcd request of a change, so that a lost etcd
+// refuses a change in seconds instead of hanging the CLI.
+const storeTimeout = 3 * time.Second
+
+// Node is the daemon's part in a cluster: etcd holds the desired
+// state and the other nodes' health views; the bbolt file keeps the last
+// state applied, to forward from when etcd is away at start.
+type Node struct {
+	h      Host
+	log    *slog.Logger
+	opts   NodeOptions
+	addr   string
+	cli    *clientv3.Client
+	store  *etcdstore.Store
+	member *Member
+
+	seen      atomic.Uint64 // newest etcd revision this process applied
+	downSince atomic.Int64  // unix ns since etcd last failed a request; 0: answering
+	publish   chan struct{}
+
+	mu    sync.Mutex
+	nodes []Report // the cluster's view the rings were last built from
+}
+
+// NewNode connects to etcd (without waiting for it); addr is this node's
+// address in cluster status.
+func NewNode(h Host, o NodeOptions, addr string) (*Node, error) {
+	if o.Quorum == "" {
+		o.Quorum = Majority
+	}
+	cfg := clientv3.Config{Endpoints: o.Endpoints, TLS: o.TLS, DialTimeout: storeTimeout, Logger: zap.NewNop(),
+		DialKeepAliveTime: 2 * time.Second, DialKeepAliveTimeout: 2 * time.Second}
+	if o.Dial != nil {
+		cfg.DialOptions = append(cfg.DialOptions, grpc.WithContextDialer(o.Dial))
+	}
+	cli, err := clientv3.New(cfg)
+	if err != nil {
+		return nil, fmt.Errorf("--etcd-endpoints: %w", err)
+	}
+	c := &Node{h: h, log: h.Log(), opts: o, addr: addr, cli: cli, publish: make(chan struct{}, 1)}
+	if c.store, err = etcdstore.New(cli, o.Cluster); err != nil {
+		cli.Close()
+		return nil, fmt.Errorf("--cluster: %w", err)
+	}
+	c.member, err = New(cli, Options{Cluster: o.Cluster, Name: o.Node, TTL: o.TTL, Log: c.log,
+		OnNodes: c.onNodes, OnCoordinator: c.onCoordinator})
+	if err != nil {
+		cli.Close()
+		return nil, err
+	}
+	return c, nil
+}
+
+// Load reads the cluster's state and checks the seed; when etcd does not
+// answer, the node forwards from local, the last state it applied.
+func (c *Node) Load(ctx context.Context, seed uint64, local state.State) (state.State, error) {
+	lctx, cancel := context.WithTimeout(ctx, storeTimeout)
+	defer cancel()
+	err := c.store.EnsureSeed(lctx, seed)
+	var st state.State
+	if err == nil {
+		st, err = c.store.Load(lctx)
+	}
+	if err == nil {
+		c.up()
+		c.seen.Store(st.Revision)
+		return st, nil
+	}
+	if lctx.Err() == nil && !isUnavailable(err) {
+		return state.State{}, err // a seed mismatch, a bad state: refuse to start
+	}
+	c.down(err)
+	c.log.Warn("cluster: etcd unreachable at start; forwarding from the last state applied here",
+		"revision", local.Revision, "err", err)
+	return local, nil
+}
+
+func isUnavailable(err error) bool {
+	return errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) || clientv3.IsConnCanceled(err)
+}
+
+func (c *Node) up() {
+	if c.downSince.Swap(0) != 0 {
+		c.log.Info("cluster: etcd answers again")
+		c.h.Event(api.Event{Kind: "config", Reason: "cluster: store reachable again"})
+	}
+}
+
+func (c *Node) down(err error) {
+	if c.downSince.CompareAndSwap(0, time.Now().UnixNano()) {
+		c.log.Warn("cluster: etcd unreachable", "err", err)
+		c.h.Event(api.Event{Kind: "config", Reason: "cluster: store unreachable: " + err.Error()})
+	}
+}
+
+// storeErr names how long etcd has been away.
+func (c *Node) storeErr(err error) error {
+	c.down(err)
+	since := time.Unix(0, c.downSince.Load()).UTC().Format(time.RFC3339)
+	return fmt.Errorf("store unreachable since %s (etcd %v): %w", since, c.opts.Endpoints, err)
+}
+
+// Commit is a change made through this node: one guarded etcd
+// transaction; the bbolt file then keeps it as the last state applied.
+func (c *Node) Commit(ctx context.Context, change func(*state.State) error) (state.State, error) {
+	cctx, cancel := context.WithTimeout(ctx, storeTimeout)
+	defer cancel()
+	st, err := c.store.Commit(cctx, change)
+	if err != nil {
+		if cctx.Err() != nil || isUnavailable(err) {
+			return state.State{}, c.storeErr(err)
+		}
+		return state.State{}, err
+	}
+	c.up()
+	c.noteSeen(st.Revision)
+	return c.h.KeepLocal(st)
+}
+
+// Replace stores a whole state in one transaction (a backup's restore).
+func (c *Node) Replace(ctx context.Context, next state.State) (state.State, error) {
+	cctx, cancel := context.WithTimeout(ctx, storeTimeout)
+	defer cancel()
+	st, err := c.store.Replace(cctx, next)
+	if err != nil {
+		if cctx.Err() != nil || isUnavailable(err) {
+			return state.State{}, c.storeErr(err)
+		}
+		return state.State{}, err
+	}
+	c.up()
+	c.noteSeen(st.Revision)
+	return c.h.KeepLocal(st)
+}
+
+func (c *Node) noteSeen(rev uint64) {
+	for {
+		old := c.seen.Load()
+		if rev <= old || c.seen.CompareAndSwap(old, rev) {
+			return
+		}
+	}
+}
+
+// Run keeps the node in the cluster until ctx ends: its membership and
+// campaign, the state watch and the publisher of its node key.
+func (c *Node) Run(ctx context.Context) {
+	go c.member.Run(ctx)
+	go c.member.Campaign(ctx)
+	go c.publisher(ctx)
+	states := make(chan state.State, 16)
+	go c.store.Watch(ctx, c.seen.Load(), states)
+	go c.watchHealth(ctx)
+	c.Kick()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case st := <-states:
+			c.up()
+			if st.Revision <= c.seen.Load() {
+				continue // this node's own commit, applied already
+			}
+			c.noteSeen(st.Revision)
+			if err := c.h.ApplyReplica(st); err != nil {
+				c.log.Error("cluster: apply state from etcd", "revision", st.Revision, "err", err)
+			}
+			c.Kick()
+		}
+	}
+}
+
+// watchHealth marks etcd down or up as its client sees it, so that
+// status and metrics show a lost store before a change is refused.
+func (c *Node) watchHealth(ctx context.Context) {
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		sctx, cancel := context.WithTimeout(ctx, time.Second)
+		_, err := c.cli.Get(sctx, c.store.Prefix()+"seed", clientv3.WithSerializable(), clientv3.WithCountOnly())
+		cancel()
+		if err != nil && ctx.Err() == nil {
+			c.down(err)
+		} else if err == nil {
+			c.up()
+		}
+	}
+}
+
+// Kick asks the publisher for a new node report.
+func (c *Node) Kick() {
+	select {
+	case c.publish <- struct{}{}:
+	default:
+	}
+}
+
+// publisher publishes this node's report after each kick (coalesced).
+func (c *Node) publisher(ctx context.Context) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-c.publish:
+		}
+		r, err := c.report()
+		if err != nil {
+			c.log.Warn("cluster: build node report", "err", err)
+			continue
+		}
+		pctx, cancel := context.WithTimeout(ctx, storeTimeout)
+		err = c.member.Publish(pctx, r)
+		cancel()
+		if err != nil && !errors.Is(err, ErrNoSession) {
+			c.log.Debug("cluster: publish node report", "err", err)
+		}
+	}
+}
+
+// report is this node's applied revision, kernel ring digests and own
+// health view.
+func (c *Node) report() (Report, error) {
+	st, err := c.h.Status()
+	if err != nil {
+		return Report{}, err
+	}
+	r := Report{Name: c.opts.Node, Addr: c.addr, AppliedRevision: st.Revision,
+		RingSHA256: map[string]string{}, Health: map[string]map[string]string{}}
+	for _, vs := range st.VIPs {
+		r.RingSHA256[vs.VIP] = vs.RingSHA256
+	}
+	for _, v := range c.h.State().VIPs {
+		k, _ := state.ParseVIPKey(v.VIP)
+		h := map[string]string{}
+		for _, b := range v.Backends {
+			h[b.Addr] = "down"
+			if c.h.LocalHealth(k, b) == health.Up {
+				h[b.Addr] = "up"
+			}
+		}
+		r.Health[v.VIP] = h
+	}
+	return r, nil
+}
+
+// onNodes applies again when another node's health view changed: the
+// cluster's verdict may have moved.
+func (c *Node) onNodes() {
+	nodes := c.member.Nodes()
+	c.mu.Lock()
+	c.nodes = nodes
+	c.mu.Unlock()
+	c.h.Reapply()
+	c.Kick()
+}
+
+func (c *Node) onCoordinator(elected bool) {
+	reason := "cluster: this node is no longer the coordinator"
+	if elected {
+		reason = "cluster: this node is the coordinator"
+		go c.h.Elected()
+	}
+	c.h.Event(api.Event{Kind: "ha", Reason: reason})
+}
+
+// RingHealth is the cluster's verdict on a backend, which builds the
+// rings: the same on every node that saw the same node keys. With the
+// local rule, or before any node published, it is this node's own.
+func (c *Node) RingHealth(vip loader.VIPKey, b state.Backend) health.State {
+	if c.opts.Quorum == Local {
+		return c.h.LocalHealth(vip, b)
+	}
+	c.mu.Lock()
+	nodes := c.nodes
+	c.mu.Unlock()
+	if len(nodes) == 0 {
+		return c.h.LocalHealth(vip, b)
+	}
+	if c.opts.Quorum.Up(nodes, state.FormatVIPKey(vip), b.Addr) {
+		return health.Up
+	}
+	return health.Down
+}
+
+// IsCoordinator says whether this node is the one elected in etcd.
+func (c *Node) IsCoordinator() bool { return c.member.IsCoordinator() }
+
+// Role is "coordinator" or "cluster".
+func (c *Node) Role() string {
+	if c.member.IsCoordinator() {
+		return "coordinator"
+	}
+	return "cluster"
+}
+
+// Close leaves the cluster at once (the node key's lease is revoked)
+// and closes the etcd client.
+func (c *Node) Close() {
+	c.member.Leave()
+	c.cli.Close()
+}

@@ -1,0 +1,48 @@
+package control
+
+import (
+	"log/slog"
+	"net/netip"
+
+	"github.com/sluicelb/sluice/control/api"
+	"github.com/sluicelb/sluice/control/state"
+	"github.com/sluicelb/sluice/health"
+	"github.com/sluicelb/sluice/loader"
+)
+
+// clusterHost is the daemon as its cluster node sees it (cluster.Host).
+type clusterHost struct{ d *Daemon }
+
+func (h clusterHost) ApplyReplica(next state.State) error { return h.d.applyReplica(next) }
+func (h clusterHost) KeepLocal(st state.State) (state.State, error) {
+	return h.d.store.Replace(st)
+}
+func (h clusterHost) State() state.State          { return h.d.State() }
+func (h clusterHost) Status() (api.Status, error) { return h.d.Status() }
+func (h clusterHost) Event(e api.Event)           { h.d.events.Add(e) }
+func (h clusterHost) Elected()                    { h.d.checkPrimaries() }
+func (h clusterHost) Log() *slog.Logger           { return h.d.log }
+func (h clusterHost) LocalHealth(vip loader.VIPKey, b state.Backend) health.State {
+	return h.d.healthOf(vip, b)
+}
+
+// Reapply applies the state again under the cluster's new verdict.
+func (h clusterHost) Reapply() {
+	h.d.mu.Lock()
+	defer h.d.mu.Unlock()
+	if _, err := h.d.applyLocked(h.d.ctx); err != nil {
+		h.d.log.Error("cluster: apply the cluster's health verdict", "err", err)
+	}
+}
+
+// ifaceAddr is the interface's first address, a node's address in
+// cluster status.
+func ifaceAddr(d *Daemon) string {
+	addrs, _ := d.dp.Iface().Addrs()
+	for _, a := range addrs {
+		if p, err := netip.ParsePrefix(a.String()); err == nil && !p.Addr().IsLinkLocalUnicast() {
+			return p.Addr().String()
+		}
+	}
+	return ""
+}

@@ -2,6 +2,7 @@ package control
 
 import (
 	"log/slog"
+	"net"
 	"net/netip"
 
 	"github.com/sluicelb/sluice/control/api"
@@ -37,8 +38,12 @@ func (h clusterHost) Reapply() {
 
 // ifaceAddr is the interface's first address, a node's address in
 // cluster status.
-func ifaceAddr(d *Daemon) string {
-	addrs, _ := d.dp.Iface().Addrs()
+func ifaceAddr(name string) string {
+	ifi, err := net.InterfaceByName(name)
+	if err != nil {
+		return ""
+	}
+	addrs, _ := ifi.Addrs()
 	for _, a := range addrs {
 		if p, err := netip.ParsePrefix(a.String()); err == nil && !p.Addr().IsLinkLocalUnicast() {
 			return p.Addr().String()

@@ -173,7 +173,7 @@ func (d *Daemon) joinCluster(ctx context.Context) error {
 		return nil
 	}
 	var err error
-	if d.cl, err = cluster.NewNode(clusterHost{d}, *d.opts.Cluster, ifaceAddr(d)); err != nil {
+	if d.cl, err = cluster.NewNode(clusterHost{d}, *d.opts.Cluster, ifaceAddr(d.opts.Iface)); err != nil {
 		return err
 	}
 	st, err := d.cl.Load(ctx, d.opts.Seed, d.state)
@@ -255,6 +255,9 @@ func (d *Daemon) setUp(ctx context.Context) error {
 	if d.pair != nil {
 		d.metrics.reg.MustRegister(d.pair.Collectors()...)
 	}
+	if d.cl != nil {
+		d.metrics.reg.MustRegister(d.cl)
+	}
 	d.hm = &health.Manager{OnEvent: d.onHealth, OnResult: func(r health.Result) {
 		d.lastProbe.Store(time.Now().UnixNano())
 		d.metrics.observeProbe(r)
@@ -314,6 +317,9 @@ func (d *Daemon) applyLocked(ctx context.Context) (reconcile.Result, error) {
 	if d.pair != nil {
 		d.pair.Invalidate()
 	}
+	if d.cl != nil {
+		d.cl.Kick() // publish the applied revision and rings
+	}
 	if err != nil {
 		return res, err
 	}
@@ -351,13 +357,21 @@ func (d *Daemon) healthOf(vip loader.VIPKey, b state.Backend) health.State {
 func (d *Daemon) syncChecksLocked() {
 	var checks []health.Check
 	initial := map[health.ID]health.State{}
-	adopted := d.rec.AdoptedHealth() // one read of the backend table, not one per backend
+	// The backend table is read once, and only when a check is new: its
+	// initial state is all the table gives (a read takes milliseconds).
+	var adopted func(loader.VIPKey, netip.Addr) (health.State, bool)
 	for _, v := range d.state.VIPs {
 		k, _ := state.ParseVIPKey(v.VIP)
 		for _, b := range v.Backends {
 			c := checkFor(k, b)
 			checks = append(checks, c)
 			d.metrics.checkFailures.WithLabelValues(v.VIP, b.Addr) // export 0 before the first failure
+			if _, known := d.hm.Status(c.ID()); known {
+				continue
+			}
+			if adopted == nil {
+				adopted = d.rec.AdoptedHealth()
+			}
 			if st, ok := adopted(k, netip.MustParseAddr(b.Addr)); ok {
 				if cur, seen := initial[c.ID()]; !seen || cur == health.Down {
 					initial[c.ID()] = st

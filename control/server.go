@@ -61,6 +61,7 @@ func (d *Daemon) apiHandler() http.Handler {
 		}
 		return d.pair.Handoff()
 	}))
+	mux.Handle("GET /v1/cluster", handler(func(r *http.Request) (any, error) { return d.ClusterStatus(r.Context()), nil }))
 	mux.HandleFunc("GET /v1/events", d.apiEvents)
 	return mux
 }

@@ -1,6 +1,7 @@
 package control
 
 import (
+	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"net/netip"
@@ -17,6 +18,15 @@ func (d *Daemon) HAStatus() api.HAStatus {
 		return api.HAStatus{Role: d.coord.Role(), Revision: d.revision()}
 	}
 	return d.pair.Status()
+}
+
+// ClusterStatus is `sluice cluster status`; a daemon on bbolt reports its
+// own store.
+func (d *Daemon) ClusterStatus(ctx context.Context) api.ClusterStatus {
+	if d.cl == nil {
+		return api.ClusterStatus{Store: "bolt", Revision: d.revision(), StoreUp: true, Nodes: []api.ClusterNode{}}
+	}
+	return d.cl.Status(ctx)
 }
 
 // Status reads the desired state, health and the kernel's maps.

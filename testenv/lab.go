@@ -37,6 +37,9 @@ type LabOptions struct {
 	// on-link for the client: it finds the VIPs' owner with ARP and ND,
 	// as behind an active/standby pair.
 	Pair bool
+	// Nodes, past 1, adds LB hosts lb2 (.3), lb3 (.4)… for a cluster of
+	// active nodes; the client routes the VIPs through lb (until ECMP).
+	Nodes int
 }
 
 // Host returns the lab host called name (client, lb, b1...), or nil.
@@ -46,8 +49,11 @@ func (l *Lab) Host(name string) *Host {
 		return l.Client
 	case "lb":
 		return l.LB
-	case "lb2":
-		return l.LB2
+	}
+	for _, h := range l.Nodes {
+		if h.Name == name {
+			return h
+		}
 	}
 	for _, b := range l.Backends {
 		if b.Name == name {
@@ -63,7 +69,8 @@ type Lab struct {
 	*Env
 	Client   *Host
 	LB       *Host
-	LB2      *Host // with LabOptions.Pair
+	LB2      *Host   // with LabOptions.Pair or Nodes ≥ 2
+	Nodes    []*Host // every LB host: lb, lb2…
 	Backends []*Backend
 }
 
@@ -117,11 +124,26 @@ func (l *Lab) build(ctx context.Context, opts LabOptions) error {
 	if err != nil {
 		return err
 	}
+	l.Nodes = []*Host{l.LB}
 	gw4, gw6 := lb4.Addr(), lb6.Addr()
-	if opts.Pair {
-		b4, b6 := labAddr(3)
-		if l.LB2, err = l.AddHost("lb2", b4, HostOptions{PeerXDPPass: true, Addr6: b6}); err != nil {
+	for i := 2; i <= opts.Nodes; i++ {
+		n4, n6 := labAddr(byte(i + 1))
+		h, err := l.AddHost(fmt.Sprintf("lb%d", i), n4, HostOptions{PeerXDPPass: true, Addr6: n6})
+		if err != nil {
 			return err
+		}
+		l.Nodes = append(l.Nodes, h)
+	}
+	if len(l.Nodes) > 1 {
+		l.LB2 = l.Nodes[1]
+	}
+	if opts.Pair {
+		if l.LB2 == nil {
+			b4, b6 := labAddr(3)
+			if l.LB2, err = l.AddHost("lb2", b4, HostOptions{PeerXDPPass: true, Addr6: b6}); err != nil {
+				return err
+			}
+			l.Nodes = append(l.Nodes, l.LB2)
 		}
 		gw4, gw6 = netip.Addr{}, netip.Addr{}
 	}

@@ -46,6 +46,7 @@ func main() {
 			drillCommand(),
 			statusCommand(),
 			haCommand(),
+			clusterCommand(),
 			statsCommand(),
 			eventsCommand(),
 			applyCommand(),

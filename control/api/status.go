@@ -75,3 +75,28 @@ type HAPeer struct {
 	Revision   uint64 `json:"revision"`
 	RevisionOK bool   `json:"revision_match"`
 }
+
+// ClusterStatus is `sluice cluster status`: the store, the coordinator
+// and every live node's report, as etcd holds them.
+type ClusterStatus struct {
+	Store       string `json:"store"` // "etcd" or "bolt"
+	Cluster     string `json:"cluster,omitempty"`
+	Revision    uint64 `json:"revision"`
+	Coordinator string `json:"coordinator"`
+	// StoreUp is false while etcd does not answer this node;
+	// StoreDownSince says since when (RFC 3339).
+	StoreUp        bool          `json:"store_up"`
+	StoreDownSince string        `json:"store_down_since,omitempty"`
+	Quorum         string        `json:"quorum,omitempty"`
+	Nodes          []ClusterNode `json:"nodes"`
+}
+
+// ClusterNode is one node's published report.
+type ClusterNode struct {
+	Name            string                       `json:"name"`
+	Addr            string                       `json:"addr"`
+	AppliedRevision uint64                       `json:"applied_revision"`
+	RingSHA256      map[string]string            `json:"ring_sha256"`
+	Health          map[string]map[string]string `json:"health"`
+	LastSeen        string                       `json:"last_seen"`
+}

@@ -14,6 +14,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
 
 	"github.com/sluicelb/sluice/control/api"
 	"github.com/sluicelb/sluice/control/etcdstore"
@@ -89,6 +90,12 @@ func NewNode(h Host, o NodeOptions, addr string) (*Node, error) {
 	}
 	cfg := clientv3.Config{Endpoints: o.Endpoints, TLS: o.TLS, DialTimeout: storeTimeout, Logger: zap.NewNop(),
 		DialKeepAliveTime: 2 * time.Second, DialKeepAliveTimeout: 2 * time.Second}
+	// Reconnect within a second of etcd coming back, not gRPC's default
+	// backoff of up to two minutes.
+	cfg.DialOptions = append(cfg.DialOptions, grpc.WithConnectParams(grpc.ConnectParams{
+		Backoff:           backoff.Config{BaseDelay: 100 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: time.Second},
+		MinConnectTimeout: time.Second,
+	}))
 	if o.Dial != nil {
 		cfg.DialOptions = append(cfg.DialOptions, grpc.WithContextDialer(o.Dial))
 	}

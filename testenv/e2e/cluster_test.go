@@ -1,10 +1,16 @@
 package e2e
 
 import (
+	"context"
 	"sort"
+	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
+
+	"github.com/sluicelb/sluice/control/api"
+	"github.com/sluicelb/sluice/testenv"
 )
 
 // TestClusterPropagation: 100 changes made through node A's CLI reach
@@ -59,4 +65,136 @@ func TestClusterPropagation(t *testing.T) {
 	}
 	lc.waitSameRings(t, 5*time.Second)
 	lc.waitClusterStatus(t, "every node's report at the same revision with the same digests")
+}
+
+// wrkFor runs wrk from the client against the HTTP VIP for d and returns
+// its requests and failures (socket errors and non-2xx answers).
+func wrkFor(t testing.TB, lc *labCluster, d time.Duration) (requests, failed int) {
+	out, err := lc.lab.Client.Command(context.Background(), "wrk", "-t1", "-c8", "-d"+d.String(), "--timeout", "1s",
+		"http://"+testenv.LabVIP4.String()+"/").CombinedOutput()
+	m := wrkRequests.FindSubmatch(out)
+	if err != nil || m == nil {
+		t.Fatalf("wrk: %v\n%s", err, out)
+	}
+	requests = atoi(m[1])
+	if m := wrkSocket.FindSubmatch(out); m != nil {
+		failed = atoi(m[1]) + atoi(m[2]) + atoi(m[3]) + atoi(m[4])
+	}
+	if m := wrkStatus.FindSubmatch(out); m != nil {
+		failed += atoi(m[1])
+	}
+	return requests, failed
+}
+
+// TestClusterEtcdLost: with one of three etcd members killed, forwarding
+// and changes go on. With all three stopped for 30 s, wrk through the VIP
+// fails no request, changes are refused with "store unreachable since",
+// a node restarted meanwhile forwards from the state it applied last, and
+// a backend killed during the outage is still taken out locally. When
+// etcd is back, every node converges to equal rings without a restart.
+func TestClusterEtcdLost(t *testing.T) {
+	lc := newLabCluster(t, 3, 3)
+	a, b := lc.nodes[0], lc.nodes[1]
+	a.mustCLI(t, "vip", "add", vipHTTP, "--forward", "ipip")
+	for _, be := range lc.lab.Backends {
+		a.mustCLI(t, append([]string{"backend", "add", vipHTTP, be.Addr.Addr().String()}, fastCheck...)...)
+	}
+	for _, n := range lc.nodes {
+		n.waitStatus(t, "every backend up", allUp(9))
+	}
+	lc.waitSameRings(t, 10*time.Second)
+	b1 := lc.lab.Backends[0].Addr.Addr().String()
+
+	if err := lc.etcd.Members[0].Kill(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	if req, failed := wrkFor(t, lc, 3*time.Second); failed != 0 || req == 0 {
+		t.Fatalf("one etcd member killed: wrk %d requests, %d failed", req, failed)
+	}
+	b.mustCLI(t, "backend", "drain", vipTCP, b1)
+	lc.waitSameRings(t, 5*time.Second)
+	t.Log("one of three etcd members killed: a change through node B reached every node")
+
+	for _, m := range lc.etcd.Members[1:] {
+		if err := m.Kill(syscall.SIGKILL); err != nil {
+			t.Fatal(err)
+		}
+	}
+	outage := time.Now()
+	type result struct{ req, failed int }
+	wrkDone := make(chan result, 1)
+	go func() {
+		r, f := wrkFor(t, lc, 20*time.Second)
+		wrkDone <- result{r, f}
+	}()
+	out, err := b.cli(t, "backend", "undrain", vipTCP, b1)
+	if err == nil || !strings.Contains(out, "store unreachable since") {
+		t.Fatalf("a change with etcd gone: %v\n%s", err, out)
+	}
+	t.Logf("a change with etcd gone is refused: %s", strings.TrimSpace(out))
+	st := clusterStatus(t, b)
+	if st.StoreUp || st.StoreDownSince == "" {
+		t.Fatalf("cluster status with etcd gone: %+v", st)
+	}
+
+	// A node restarted while etcd is away forwards from its last state.
+	_, before := rings(t, lc.nodes[2])
+	lc.nodes[2].kill9(t)
+	lc.restart(t, 2)
+	if _, after := rings(t, lc.nodes[2]); !equalMaps(before, after) {
+		t.Fatalf("node C restarted without etcd: rings %v, were %v", after, before)
+	}
+
+	r := <-wrkDone
+	t.Logf("all etcd members stopped: wrk through the VIP for 20 s of it: %d requests, %d failed", r.req, r.failed)
+	if r.failed != 0 || r.req == 0 {
+		t.Errorf("wrk during the etcd outage: %d requests, %d failed", r.req, r.failed)
+	}
+
+	// A backend killed now is still taken out, by each node's own checks.
+	b3 := lc.lab.Backends[2]
+	b3.StopServers(true)
+	for _, n := range lc.nodes {
+		n.waitStatus(t, "b3 unusable on every node", func(st api.Status) bool {
+			for _, v := range st.VIPs {
+				for _, be := range v.Backends {
+					if be.Addr == b3.Addr.Addr().String() && be.Usable {
+						return false
+					}
+				}
+			}
+			return true
+		})
+	}
+	for range 30 {
+		c, err := dialVIP(t, lc.lab, vipAP)
+		if err != nil {
+			t.Fatalf("a new connection with etcd gone and b3 dead: %v", err)
+		}
+		c.c.Close()
+		if c.backend == b3.Name {
+			t.Fatalf("a new connection reached b3, dead for %v", time.Since(outage))
+		}
+	}
+	t.Logf("b3 killed %v into the outage: unusable on every node, and 30 new connections went elsewhere", time.Since(outage).Round(time.Second))
+	time.Sleep(time.Until(outage.Add(30 * time.Second))) // the outage lasts 30 s
+	for _, m := range lc.etcd.Members {
+		if err := m.Start(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := lc.etcd.WaitHealthy(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := b3.StartServers(); err != nil {
+		t.Fatal(err)
+	}
+	back := time.Now()
+	lc.waitClusterStatus(t, "every node back on etcd, at one revision with equal digests")
+	t.Logf("etcd back after %v: every node reconnected and converged in %v", back.Sub(outage).Round(time.Second), time.Since(back).Round(time.Millisecond))
+	b.mustCLI(t, "backend", "undrain", vipTCP, b1)
+	lc.waitSameRings(t, 10*time.Second)
+	lc.waitClusterStatus(t, "every node converged after a change")
 }

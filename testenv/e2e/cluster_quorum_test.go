@@ -2,10 +2,12 @@ package e2e
 
 import (
 	"context"
+	"slices"
 	"testing"
 	"time"
 
 	"github.com/sluicelb/sluice/control/api"
+	"github.com/sluicelb/sluice/testenv/testutil"
 )
 
 // TestClusterPartialView: node C alone cannot reach b2 (nftables drops
@@ -96,5 +98,68 @@ func waitReport(t testing.TB, d *daemonProc, name string, ok func(api.ClusterNod
 			t.Fatalf("timed out waiting for node %s's report: %+v", name, st.Nodes)
 		}
 		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// TestClusterBackendKilled: a backend's server killed 20 times; each
+// time all three nodes converge to the same ring without it, p99 at most
+// 500 ms from the kill, and none of 200 long-lived connections to the
+// healthy backends breaks.
+func TestClusterBackendKilled(t *testing.T) {
+	lc := newLabCluster(t, 3, 3)
+	long := openConns(t, lc.lab, 200)
+	_, whole := rings(t, lc.nodes[0])
+	var took []time.Duration
+	victim := lc.lab.Backends[2]
+	for range 20 {
+		t0 := time.Now()
+		victim.StopServers(true)
+		took = append(took, lc.waitConverged(t, func(r map[string]string) bool { return r[vipTCP] != whole[vipTCP] }).Sub(t0))
+		if err := victim.StartServers(); err != nil {
+			t.Fatal(err)
+		}
+		lc.waitConverged(t, func(r map[string]string) bool { return equalMaps(r, whole) })
+	}
+	p50, p99 := testutil.Percentile(took, .5), testutil.Percentile(took, .99)
+	t.Logf("b3 killed 20 times: all three nodes on the same ring without it after p50 %v, p99 %v, max %v", p50, p99, slices.Max(took))
+	if p99 > 500*time.Millisecond {
+		t.Errorf("convergence p99 %v, want at most 500ms", p99)
+	}
+	var healthy []conn
+	for _, c := range long {
+		if c.backend != victim.Name { // the victim's own connections died with it
+			healthy = append(healthy, c)
+		}
+	}
+	n, per := broken(healthy)
+	t.Logf("long-lived connections to b1 and b2: %d of %d broken", n, len(healthy))
+	if n != 0 {
+		t.Errorf("%d of %d long-lived connections to healthy backends broken: %v", n, len(healthy), per)
+	}
+}
+
+// waitConverged polls every node's kernel ring until all three are equal
+// and satisfy ok, and returns when that was first seen.
+func (lc *labCluster) waitConverged(t testing.TB, ok func(map[string]string) bool) time.Time {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		now := time.Now()
+		_, first := rings(t, lc.nodes[0])
+		same := ok(first)
+		for _, n := range lc.nodes[1:] {
+			if !same {
+				break
+			}
+			_, r := rings(t, n)
+			same = r[vipTCP] == first[vipTCP]
+		}
+		if same {
+			return now
+		}
+		if now.After(deadline) {
+			t.Fatal("the nodes did not converge within 10 s")
+		}
+		time.Sleep(5 * time.Millisecond)
 	}
 }

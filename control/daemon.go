@@ -482,12 +482,17 @@ func (d *Daemon) commit(ctx context.Context, change func(*state.State) error) (s
 	return d.store.Commit(change)
 }
 
-// applyReplica stores and applies a state the master of the pair
-// committed, with its revision.
+// applyReplica stores and applies a state the master of the pair, or
+// the cluster's etcd, committed, with its revision.
 func (d *Daemon) applyReplica(next state.State) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if next.Revision == d.state.Revision && state.Equal(next, d.state) {
+		return nil
+	}
+	if d.cl != nil && next.Revision <= d.state.Revision {
+		// A cluster's revisions only grow: this node's own commit (or a
+		// newer state) got here first, and it holds this one's changes.
 		return nil
 	}
 	prev := d.state.Revision

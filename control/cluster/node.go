@@ -223,6 +223,7 @@ func (c *Node) Run(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case st := <-states:
+			st = newest(st, states)
 			c.up()
 			if st.Revision <= c.seen.Load() {
 				continue // this node's own commit, applied already
@@ -232,6 +233,19 @@ func (c *Node) Run(ctx context.Context) {
 				c.log.Error("cluster: apply state from etcd", "revision", st.Revision, "err", err)
 			}
 			c.Kick()
+		}
+	}
+}
+
+// newest drains states queued behind st: applying only the newest of a
+// burst of commits reaches the same maps sooner.
+func newest(st state.State, states <-chan state.State) state.State {
+	for {
+		select {
+		case n := <-states:
+			st = n
+		default:
+			return st
 		}
 	}
 }

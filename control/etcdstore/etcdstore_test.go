@@ -199,3 +199,38 @@ func TestCommitRefusesBadChange(t *testing.T) {
 		t.Fatalf("a refused change wrote: %+v -> %+v (%v)", before, after, err)
 	}
 }
+
+// TestCommitConflictNamed: a change that loses the race on every try is
+// refused as ErrConflict, naming the revision, and writes nothing of its
+// own.
+func TestCommitConflictNamed(t *testing.T) {
+	cl := etcd(t)
+	ctx := context.Background()
+	s, _ := New(cl, "t3")
+	other, _ := New(cl, "t3")
+	if _, err := s.Commit(ctx, addVIP("10.77.1.100:80/tcp")); err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	_, err := s.Commit(ctx, func(st *state.State) error {
+		// Another writer commits between this read and its write, every time.
+		n++
+		if _, err := other.Commit(ctx, addBackend("10.77.1.100:80/tcp", fmt.Sprintf("10.77.2.%d", n))); err != nil {
+			return err
+		}
+		return addBackend("10.77.1.100:80/tcp", "10.77.9.9")(st)
+	})
+	if !errors.Is(err, ErrConflict) {
+		t.Fatalf("a change that always loses: %v", err)
+	}
+	t.Log(err)
+	final, _ := s.Load(ctx)
+	for _, b := range final.VIPs[0].Backends {
+		if b.Addr == "10.77.9.9" {
+			t.Fatal("the refused change landed")
+		}
+	}
+	if len(final.VIPs[0].Backends) != commitTries {
+		t.Fatalf("%d of the other writer's %d changes landed", len(final.VIPs[0].Backends), commitTries)
+	}
+}

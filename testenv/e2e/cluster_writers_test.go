@@ -128,7 +128,6 @@ func flapChecks(t *testing.T, lc *labCluster, stop <-chan struct{}) int {
 	return n
 }
 
-
 // waitAPIStatus polls d's status over its API socket (no CLI process per
 // poll) until ok; it fails after 10 s.
 func waitAPIStatus(t testing.TB, d *daemonProc, ok func(api.Status) bool) {

@@ -106,6 +106,9 @@ type Daemon struct {
 
 	mu    sync.Mutex // serialises changes and applies
 	state state.State
+	// etcdRev is the etcd revision of the cluster state last applied
+	// (cluster nodes): a state from the watch at or below it is old.
+	etcdRev uint64
 	ctx   context.Context
 	ready bool
 
@@ -176,15 +179,26 @@ func (d *Daemon) joinCluster(ctx context.Context) error {
 	if d.cl, err = cluster.NewNode(clusterHost{d}, *d.opts.Cluster, ifaceAddr(d.opts.Iface)); err != nil {
 		return err
 	}
-	st, err := d.cl.Load(ctx, d.opts.Seed, d.state)
-	if err == nil && st.Revision != d.state.Revision {
-		st, err = d.store.Replace(st)
-	}
+	st, fromEtcd, err := d.cl.Load(ctx, d.opts.Seed, d.state)
 	if err != nil {
 		d.cl.Close()
 		return err
 	}
-	d.state = st
+	if !fromEtcd {
+		return nil // etcd is away: forward from the last state applied
+	}
+	if st.Revision == 0 && len(d.state.VIPs) > 0 {
+		// An empty cluster (a fresh etcd) does not wipe what this node
+		// forwards: the first change or restore there replaces it.
+		d.log.Warn("cluster: etcd holds no state for this cluster yet; forwarding the state applied here until the first change or restore",
+			"cluster", d.opts.Cluster.Cluster, "vips", len(d.state.VIPs), "local_revision", d.state.Revision)
+		return nil
+	}
+	if st, err = d.store.Replace(st); err != nil {
+		d.cl.Close()
+		return err
+	}
+	d.state, d.etcdRev = st, st.Revision
 	return nil
 }
 
@@ -455,7 +469,7 @@ func (d *Daemon) change(ctx context.Context, what string, change func(*state.Sta
 		return state.State{}, err
 	}
 	d.lastCommit = time.Now()
-	d.state = st
+	d.state, d.etcdRev = st, st.Revision
 	d.rev.Store(st.Revision)
 	if st.Revision == prev {
 		return st, nil
@@ -490,7 +504,7 @@ func (d *Daemon) applyReplica(next state.State) error {
 	if next.Revision == d.state.Revision && state.Equal(next, d.state) {
 		return nil
 	}
-	if d.cl != nil && next.Revision <= d.state.Revision {
+	if d.cl != nil && next.Revision <= d.etcdRev {
 		// A cluster's revisions only grow: this node's own commit (or a
 		// newer state) got here first, and it holds this one's changes.
 		return nil
@@ -500,7 +514,7 @@ func (d *Daemon) applyReplica(next state.State) error {
 	if err != nil {
 		return err
 	}
-	d.state = st
+	d.state, d.etcdRev = st, st.Revision
 	d.rev.Store(st.Revision)
 	d.lastCommit = time.Now()
 	d.syncChecksLocked()

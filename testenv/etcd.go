@@ -42,7 +42,21 @@ type EtcdMember struct {
 // EtcdBinary is the etcd server the lab runs.
 const EtcdBinary = "etcd"
 
-// StartEtcd starts an n-member cluster on hosts etcd1…etcdN with the
+// countHosts counts the hosts whose name starts with prefix.
+func (e *Env) countHosts(prefix string) int {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	n := 0
+	for _, h := range e.hosts {
+		if strings.HasPrefix(h.Name, prefix) {
+			n++
+		}
+	}
+	return n
+}
+
+// StartEtcd starts an n-member cluster on hosts etcd1…etcdN (a second
+// cluster in the same environment: etcdN+1…) with the
 // addresses first, first+1, …, and waits until it elects a leader. Its
 // processes and data go with the environment.
 func (e *Env) StartEtcd(ctx context.Context, n int, first netip.Addr, bits int) (*EtcdCluster, error) {
@@ -57,8 +71,9 @@ func (e *Env) StartEtcd(ctx context.Context, n int, first netip.Addr, bits int) 
 	e.OnClose(c.close)
 	var initial []string
 	addr := first
+	base := e.countHosts("etcd") // a second cluster's hosts go on from there
 	for i := range n {
-		name := fmt.Sprintf("etcd%d", i+1)
+		name := fmt.Sprintf("etcd%d", base+i+1)
 		h, err := e.AddHost(name, netip.PrefixFrom(addr, bits), HostOptions{})
 		if err != nil {
 			return nil, err
@@ -76,7 +91,7 @@ func (e *Env) StartEtcd(ctx context.Context, n int, first netip.Addr, bits int) 
 			"--listen-client-urls", "http://" + netip.AddrPortFrom(a, 2379).String(),
 			"--advertise-client-urls", "http://" + netip.AddrPortFrom(a, 2379).String(),
 			"--initial-cluster", strings.Join(initial, ","), "--initial-cluster-state", "new",
-			"--initial-cluster-token", e.prefix + "-" + e.id,
+			"--initial-cluster-token", fmt.Sprintf("%s-%s-%d", e.prefix, e.id, base),
 			"--heartbeat-interval", "50", "--election-timeout", "500"}
 		if err := m.Start(); err != nil {
 			return nil, err

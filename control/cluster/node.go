@@ -117,9 +117,10 @@ func NewNode(h Host, o NodeOptions, addr string) (*Node, error) {
 	return c, nil
 }
 
-// Load reads the cluster's state and checks the seed; when etcd does not
-// answer, the node forwards from local, the last state it applied.
-func (c *Node) Load(ctx context.Context, seed uint64, local state.State) (state.State, error) {
+// Load reads the cluster's state and checks the seed. It says whether
+// the state came from etcd: when etcd does not answer, the node forwards
+// from local, the last state it applied.
+func (c *Node) Load(ctx context.Context, seed uint64, local state.State) (state.State, bool, error) {
 	lctx, cancel := context.WithTimeout(ctx, storeTimeout)
 	defer cancel()
 	err := c.store.EnsureSeed(lctx, seed)
@@ -130,15 +131,15 @@ func (c *Node) Load(ctx context.Context, seed uint64, local state.State) (state.
 	if err == nil {
 		c.up()
 		c.seen.Store(st.Revision)
-		return st, nil
+		return st, true, nil
 	}
 	if lctx.Err() == nil && !isUnavailable(err) {
-		return state.State{}, err // a seed mismatch, a bad state: refuse to start
+		return state.State{}, false, err // a seed mismatch, a bad state: refuse to start
 	}
 	c.down(err)
 	c.log.Warn("cluster: etcd unreachable at start; forwarding from the last state applied here",
 		"revision", local.Revision, "err", err)
-	return local, nil
+	return local, false, nil
 }
 
 func isUnavailable(err error) bool {

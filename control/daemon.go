@@ -109,8 +109,8 @@ type Daemon struct {
 	// etcdRev is the etcd revision of the cluster state last applied
 	// (cluster nodes): a state from the watch at or below it is old.
 	etcdRev uint64
-	ctx   context.Context
-	ready bool
+	ctx     context.Context
+	ready   bool
 
 	availability map[availability.Subject]bool // last recorded availability
 	lastApplied  time.Time                     // when the last change reached the maps

@@ -450,6 +450,15 @@ func (d *Daemon) Change(ctx context.Context, what string, change func(*state.Sta
 var ErrNotMaster = errors.New("this node is the backup of an LB pair: make changes on the master (see `sluice ha status`)")
 
 // mayChange refuses changes, promotions and drills on a backup.
+// mayCoordinate refuses promotions and drills on a pair's backup and on
+// a cluster node that is not the coordinator: they must happen once.
+func (d *Daemon) mayCoordinate() error {
+	if d.cl != nil && !d.cl.IsCoordinator() {
+		return state.Conflict("%v: promotions and drills run on the coordinator (see `sluice cluster status`)", cluster.ErrNotCoordinator)
+	}
+	return d.mayChange()
+}
+
 func (d *Daemon) mayChange() error {
 	if d.pair != nil && !d.pair.IsCoordinator() {
 		return ErrNotMaster
@@ -457,14 +466,35 @@ func (d *Daemon) mayChange() error {
 	return nil
 }
 
+// CoordinatorChange is Change for what only the coordinator records (a
+// promotion): in a cluster, its transaction also requires that this node
+// still holds the election.
+func (d *Daemon) CoordinatorChange(ctx context.Context, what string, change func(*state.State) error) (state.State, error) {
+	commit := d.commit
+	if d.cl != nil {
+		commit = d.cl.CommitFenced
+	}
+	st, err := d.changeWith(ctx, what, commit, change)
+	if err == nil {
+		go d.checkPrimaries()
+	}
+	return st, err
+}
+
 func (d *Daemon) change(ctx context.Context, what string, change func(*state.State) error) (state.State, error) {
+	return d.changeWith(ctx, what, d.commit, change)
+}
+
+type commitFunc func(context.Context, func(*state.State) error) (state.State, error)
+
+func (d *Daemon) changeWith(ctx context.Context, what string, commit commitFunc, change func(*state.State) error) (state.State, error) {
 	if err := d.mayChange(); err != nil {
 		return state.State{}, err
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	prev := d.state.Revision
-	st, err := d.commit(ctx, change)
+	st, err := commit(ctx, change)
 	if err != nil {
 		return state.State{}, err
 	}

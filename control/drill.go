@@ -53,7 +53,7 @@ func (d *Daemon) backendStates(vip string) map[string]string {
 // Drill records a baseline, performs the action through the normal path,
 // holds and measures, restores the original state, and reports.
 func (d *Daemon) Drill(ctx context.Context, req api.DrillRequest) (api.DrillReport, error) {
-	if err := d.mayChange(); err != nil {
+	if err := d.mayCoordinate(); err != nil {
 		return api.DrillReport{}, err
 	}
 	dr, err := d.newDrill(req)

@@ -22,6 +22,9 @@ func (d *Daemon) nodeName() string {
 	if d.pair != nil {
 		return d.pair.Node()
 	}
+	if d.opts.Cluster != nil {
+		return d.opts.Cluster.Node
+	}
 	h, _ := os.Hostname()
 	return h
 }
@@ -153,7 +156,7 @@ func (d *Daemon) promote(ctx context.Context, k loader.VIPKey, cands []state.Bac
 	var lastErr error
 	for _, c := range cands {
 		var v state.VIP
-		if _, err := d.Change(ctx, fmt.Sprintf("epoch of %s raised for promoting %s", name, c.Addr), func(s *state.State) error {
+		if _, err := d.CoordinatorChange(ctx, fmt.Sprintf("epoch of %s raised for promoting %s", name, c.Addr), func(s *state.State) error {
 			i, err := s.LookupVIP(k)
 			if err != nil {
 				return err
@@ -165,6 +168,11 @@ func (d *Daemon) promote(ctx context.Context, k loader.VIPKey, cands []state.Bac
 			return api.PromoteResult{}, err
 		}
 		old := v.Primary
+		if !d.coord.IsCoordinator() {
+			// The epoch was recorded under the election; the hook runs
+			// only while it still holds (a cluster's lease can end between).
+			return api.PromoteResult{}, fmt.Errorf("promote %s: this node stopped being the coordinator after epoch %d", c.Addr, v.Epoch)
+		}
 		start := time.Now()
 		out, herr := d.runHook(ctx, v, hook.Promote, old, c.Addr)
 		took := time.Since(start)
@@ -175,7 +183,7 @@ func (d *Daemon) promote(ctx context.Context, k loader.VIPKey, cands []state.Bac
 			d.metrics.promotions.WithLabelValues(name, "hook_failed").Inc()
 			continue
 		}
-		if _, err := d.Change(ctx, fmt.Sprintf("promoted %s to primary of %s (epoch %d)", c.Addr, name, v.Epoch), func(s *state.State) error {
+		if _, err := d.CoordinatorChange(ctx, fmt.Sprintf("promoted %s to primary of %s (epoch %d)", c.Addr, name, v.Epoch), func(s *state.State) error {
 			i, err := s.LookupVIP(k)
 			if err != nil {
 				return err
@@ -196,7 +204,7 @@ func (d *Daemon) promote(ctx context.Context, k loader.VIPKey, cands []state.Bac
 		return api.PromoteResult{VIP: name, OldPrimary: old, NewPrimary: c.Addr, Epoch: v.Epoch, HookOutput: out, HookTime: took.String()}, nil
 	}
 	// Nobody could take over: the VIP has no primary and drops, counted.
-	if _, err := d.Change(ctx, "no primary for "+name, func(s *state.State) error {
+	if _, err := d.CoordinatorChange(ctx, "no primary for "+name, func(s *state.State) error {
 		if i := s.FindVIP(k); i >= 0 {
 			s.VIPs[i].Primary = ""
 		}
@@ -247,7 +255,7 @@ func (d *Daemon) demoteRecovered(v state.VIP) {
 
 // Promote is a planned switchover to addr, through the same sequence.
 func (d *Daemon) Promote(ctx context.Context, vip, addr string) (api.PromoteResult, error) {
-	if err := d.mayChange(); err != nil {
+	if err := d.mayCoordinate(); err != nil {
 		return api.PromoteResult{}, err
 	}
 	k, a, err := vipAndBackend(vip, addr)

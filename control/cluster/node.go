@@ -184,6 +184,32 @@ func (c *Node) Commit(ctx context.Context, change func(*state.State) error) (sta
 	return c.h.KeepLocal(st)
 }
 
+// CommitFenced is Commit for what only the coordinator may record (a
+// promotion's epoch): the transaction also requires that this node still
+// holds the election, so a coordinator cut off or replaced cannot record
+// it. Refused, it is ErrNotCoordinator.
+func (c *Node) CommitFenced(ctx context.Context, change func(*state.State) error) (state.State, error) {
+	fence, err := c.member.Fence()
+	if err != nil {
+		return state.State{}, err
+	}
+	cctx, cancel := context.WithTimeout(ctx, storeTimeout)
+	defer cancel()
+	st, err := c.store.CommitIf(cctx, []clientv3.Cmp{fence}, change)
+	if errors.Is(err, etcdstore.ErrFenced) {
+		return state.State{}, fmt.Errorf("%w (its election ended)", ErrNotCoordinator)
+	}
+	if err != nil {
+		if cctx.Err() != nil || isUnavailable(err) {
+			return state.State{}, c.storeErr(err)
+		}
+		return state.State{}, err
+	}
+	c.up()
+	c.noteSeen(st.Revision)
+	return c.h.KeepLocal(st)
+}
+
 // Replace stores a whole state in one transaction (a backup's restore).
 func (c *Node) Replace(ctx context.Context, next state.State) (state.State, error) {
 	cctx, cancel := context.WithTimeout(ctx, storeTimeout)

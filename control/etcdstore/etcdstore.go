@@ -124,6 +124,17 @@ func (s *Store) decode(kvs []*mvccpb.KeyValue) (state.State, int64, error) {
 // change is computed again on what that writer committed, so no update is
 // lost. A change that leaves the state equal commits nothing.
 func (s *Store) Commit(ctx context.Context, change func(*state.State) error) (state.State, error) {
+	return s.CommitIf(ctx, nil, change)
+}
+
+// ErrFenced marks a commit refused because a comparison the caller
+// guarded it with (a coordinator's election fence) no longer holds.
+var ErrFenced = errors.New("fence no longer holds")
+
+// CommitIf is Commit, in a transaction that also requires fence (for
+// example that this node still holds the coordinator election): a change
+// recorded with it cannot land once fence fails, however late it arrives.
+func (s *Store) CommitIf(ctx context.Context, fence []clientv3.Cmp, change func(*state.State) error) (state.State, error) {
 	var lastGuard int64
 	for try := range commitTries {
 		resp, err := s.cli.Get(ctx, s.prefix+stateDir, clientv3.WithPrefix())
@@ -146,7 +157,7 @@ func (s *Store) Commit(ctx context.Context, change func(*state.State) error) (st
 		if state.Equal(cur, next) {
 			return cur, nil
 		}
-		rev, ok, err := s.put(ctx, guard, cur, next)
+		rev, ok, err := s.put(ctx, guard, fence, cur, next)
 		if err != nil {
 			return state.State{}, err
 		}
@@ -180,7 +191,7 @@ func (s *Store) Replace(ctx context.Context, next state.State) (state.State, err
 		if err != nil {
 			return state.State{}, err
 		}
-		rev, ok, err := s.put(ctx, guard, cur, next)
+		rev, ok, err := s.put(ctx, guard, nil, cur, next)
 		if err != nil {
 			return state.State{}, err
 		}
@@ -196,9 +207,10 @@ func (s *Store) Replace(ctx context.Context, next state.State) (state.State, err
 }
 
 // put writes the VIPs that differ between cur and next, deletes those
-// gone, and touches the guard, if the guard is still at guard. It
-// returns the transaction's revision and whether it committed.
-func (s *Store) put(ctx context.Context, guard int64, cur, next state.State) (int64, bool, error) {
+// gone, and touches the guard, if the guard is still at guard and fence
+// holds. It returns the transaction's revision and whether it committed;
+// a fence that failed is ErrFenced.
+func (s *Store) put(ctx context.Context, guard int64, fence []clientv3.Cmp, cur, next state.State) (int64, bool, error) {
 	old := map[string]state.VIP{}
 	for _, v := range cur.VIPs {
 		old[v.VIP] = v
@@ -221,9 +233,22 @@ func (s *Store) put(ctx context.Context, guard int64, cur, next state.State) (in
 		ops = append(ops, clientv3.OpDelete(s.prefix+vipsDir+k))
 	}
 	ops = append(ops, clientv3.OpPut(s.prefix+revKey, strconv.FormatInt(guard, 10)))
-	resp, err := s.cli.Txn(ctx).If(clientv3.Compare(clientv3.ModRevision(s.prefix+revKey), "=", guard)).Then(ops...).Commit()
+	cmps := append([]clientv3.Cmp{clientv3.Compare(clientv3.ModRevision(s.prefix+revKey), "=", guard)}, fence...)
+	resp, err := s.cli.Txn(ctx).If(cmps...).Then(ops...).Else(clientv3.OpGet(s.prefix + revKey)).Commit()
 	if err != nil {
 		return 0, false, fmt.Errorf("etcd: commit state: %w", err)
+	}
+	if !resp.Succeeded && len(fence) > 0 {
+		// Which comparison failed? The guard key tells: unchanged, it
+		// was the fence.
+		kvs := resp.Responses[0].GetResponseRange().Kvs
+		var now int64
+		if len(kvs) == 1 {
+			now = kvs[0].ModRevision
+		}
+		if now == guard {
+			return 0, false, ErrFenced
+		}
 	}
 	return resp.Header.Revision, resp.Succeeded, nil
 }

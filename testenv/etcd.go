@@ -199,6 +199,16 @@ func (m *EtcdMember) Running() bool {
 	return m.cmd != nil
 }
 
+// PID is the member's process id (0 while it is stopped).
+func (m *EtcdMember) PID() int {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.cmd == nil || m.cmd.Process == nil {
+		return 0
+	}
+	return m.cmd.Process.Pid
+}
+
 func (c *EtcdCluster) close() error {
 	var errs []error
 	for _, m := range c.Members {

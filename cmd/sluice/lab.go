@@ -8,6 +8,7 @@ import (
 	"strings"
 
 	"github.com/sluicelb/sluice/cmd/sluice/internal/lab"
+	"github.com/sluicelb/sluice/testenv"
 	"github.com/urfave/cli/v2"
 )
 
@@ -19,20 +20,31 @@ func labCommand() *cli.Command {
 			{
 				Name: "up", Usage: "build the lab and start the daemon in it",
 				Flags: []cli.Flag{&cli.IntFlag{Name: "backends", Value: 3, Usage: "number of backends (1 to 8)"},
-					&cli.BoolFlag{Name: "pair", Usage: "two LB nodes, lb and lb2, as an active/standby pair"}},
+					&cli.BoolFlag{Name: "pair", Usage: "two LB nodes, lb and lb2, as an active/standby pair"},
+					&cli.IntFlag{Name: "cluster", Usage: "N active LB nodes (2 to 5), lb…lbN, sharing their state in a three-member etcd cluster (needs etcd-server)"}},
 				Action: func(c *cli.Context) error {
 					n := c.Int("backends")
 					if n < 1 || n > 8 {
 						return fmt.Errorf("--backends %d: want 1 to 8", n)
 					}
-					return lab.Up(c.Context, c.App.Writer, n, c.Bool("pair"))
+					nodes := c.Int("cluster")
+					if c.IsSet("cluster") && (nodes < 2 || nodes > 5) {
+						return fmt.Errorf("--cluster %d: want 2 to 5 nodes", nodes)
+					}
+					if nodes > 0 && c.Bool("pair") {
+						return errors.New("--pair and --cluster: a lab is one or the other")
+					}
+					if _, err := exec.LookPath(testenv.EtcdBinary); nodes > 0 && err != nil {
+						return errors.New("--cluster: etcd is missing (apt-get install etcd-server)")
+					}
+					return lab.Up(c.Context, c.App.Writer, n, c.Bool("pair"), nodes)
 				},
 			},
 			{
 				Name: "run", Hidden: true, Usage: "(internal) build and hold the lab until signalled",
-				Flags: []cli.Flag{&cli.IntFlag{Name: "backends", Value: 3}, &cli.BoolFlag{Name: "pair"}},
+				Flags: []cli.Flag{&cli.IntFlag{Name: "backends", Value: 3}, &cli.BoolFlag{Name: "pair"}, &cli.IntFlag{Name: "cluster"}},
 				Action: func(c *cli.Context) error {
-					err := lab.Run(c.Int("backends"), c.Bool("pair"))
+					err := lab.Run(c.Int("backends"), c.Bool("pair"), c.Int("cluster"))
 					if err != nil {
 						// `lab up` reads this: the log goes with the lab directory.
 						fmt.Println("ERROR " + strings.ReplaceAll(err.Error(), "\n", " | "))

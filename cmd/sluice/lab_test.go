@@ -2,6 +2,8 @@ package main
 
 import (
 	"context"
+	"encoding/json"
+	"fmt"
 	"os"
 	"os/exec"
 	"strings"
@@ -10,6 +12,7 @@ import (
 	"time"
 
 	"github.com/sluicelb/sluice/cmd/sluice/internal/lab"
+	"github.com/sluicelb/sluice/control/api"
 	"github.com/sluicelb/sluice/testenv"
 	"github.com/sluicelb/sluice/testenv/testutil"
 )
@@ -205,4 +208,42 @@ func TestDemo(t *testing.T) {
 	if strings.Contains(out, "FAIL") {
 		t.Fatalf("a demo check failed:\n%s", out)
 	}
+}
+
+// TestLabCluster: `lab up --cluster 3` runs three active nodes on a real
+// three-member etcd cluster; the VIP answers, `cluster status` on any
+// node lists the three at one revision with equal ring digests, a change
+// made on lb3 reaches lb, and `lab down` removes everything, etcd too.
+func TestLabCluster(t *testing.T) {
+	st, out := startLab(t, "--cluster", "3", "--backends", "2")
+	if !strings.Contains(out, "3 active sluice nodes") || !strings.Contains(out, "sluice cluster status") {
+		t.Fatalf("lab up --cluster 3:\n%s", out)
+	}
+	if name := strings.TrimSpace(mustRun(t, "lab", "exec", "client", "--", "curl", "-s", "--max-time", "5", "http://10.77.1.100/")); name != "b1" && name != "b2" {
+		t.Fatalf("curl through the VIP answered %q", name)
+	}
+	var cs api.ClusterStatus
+	if err := json.Unmarshal([]byte(mustRun(t, "cluster", "status", "-o", "json", "--socket", st.Sockets[2])), &cs); err != nil {
+		t.Fatal(err)
+	}
+	if len(cs.Nodes) != 3 || cs.Coordinator == "" || !cs.StoreUp {
+		t.Fatalf("cluster status on lb3: %+v", cs)
+	}
+	for _, n := range cs.Nodes {
+		if n.AppliedRevision != cs.Revision || fmt.Sprint(n.RingSHA256) != fmt.Sprint(cs.Nodes[0].RingSHA256) {
+			t.Fatalf("cluster status on lb3: nodes differ: %+v", cs.Nodes)
+		}
+	}
+	mustRun(t, "vip", "add", "10.77.1.100:8080/tcp", "--forward", "ipip", "--socket", st.Sockets[2])
+	deadline := time.Now().Add(10 * time.Second)
+	for !strings.Contains(mustRun(t, "status", "--socket", st.Sockets[0]), "10.77.1.100:8080/tcp") {
+		if time.Now().After(deadline) {
+			t.Fatal("a VIP added on lb3 did not reach lb in 10 s")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if !strings.Contains(mustRun(t, "lab", "down"), "lab removed") {
+		t.Fatal("lab down did not confirm")
+	}
+	assertGone(t, append(append([]int{st.RunnerPID}, st.PIDs...), st.EtcdPIDs...)...)
 }

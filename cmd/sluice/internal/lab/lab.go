@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/netip"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -47,12 +48,18 @@ type State struct {
 	RunnerPID int    `json:"runner_pid"`
 	DaemonPID int    `json:"daemon_pid,omitempty"`
 	// With --pair: the second LB node, lb2, and its daemon.
-	Pair       bool     `json:"pair,omitempty"`
-	Socket2    string   `json:"socket2,omitempty"`
-	Daemon2PID int      `json:"daemon2_pid,omitempty"`
-	Hosts      []Host   `json:"hosts"`
-	VIPs       []string `json:"vips"`
-	Ready      bool     `json:"ready"`
+	Pair       bool   `json:"pair,omitempty"`
+	Socket2    string `json:"socket2,omitempty"`
+	Daemon2PID int    `json:"daemon2_pid,omitempty"`
+	// With --cluster N: nodes lb, lb2… on a three-member etcd cluster;
+	// every node's socket and daemon, and the etcd members' processes.
+	Cluster  int      `json:"cluster,omitempty"`
+	Sockets  []string `json:"sockets,omitempty"`
+	PIDs     []int    `json:"pids,omitempty"`
+	EtcdPIDs []int    `json:"etcd_pids,omitempty"`
+	Hosts    []Host   `json:"hosts"`
+	VIPs     []string `json:"vips"`
+	Ready    bool     `json:"ready"`
 }
 
 func ReadState() (*State, error) {
@@ -106,7 +113,7 @@ func HostNames(st *State) string {
 }
 
 // labUp starts the lab runner in the background and waits until it is ready.
-func Up(ctx context.Context, w io.Writer, backends int, pair bool) error {
+func Up(ctx context.Context, w io.Writer, backends int, pair bool, cluster int) error {
 	if st, err := ReadState(); err == nil {
 		if Alive(st.RunnerPID) {
 			return errors.New("a lab is already up (remove it with: sluice lab down)")
@@ -126,7 +133,7 @@ func Up(ctx context.Context, w io.Writer, backends int, pair bool) error {
 		return err
 	}
 	defer logf.Close()
-	cmd := exec.Command(self, "lab", "run", "--backends", fmt.Sprint(backends), fmt.Sprintf("--pair=%v", pair))
+	cmd := exec.Command(self, "lab", "run", "--backends", fmt.Sprint(backends), fmt.Sprintf("--pair=%v", pair), "--cluster", fmt.Sprint(cluster))
 	cmd.Stderr = logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true} // not killed with our terminal
 	out, err := cmd.StdoutPipe()
@@ -153,15 +160,21 @@ func Up(ctx context.Context, w io.Writer, backends int, pair bool) error {
 			if err != nil {
 				return err
 			}
-			if st.Pair {
+			switch {
+			case st.Cluster > 0:
+				fmt.Fprintf(w, "lab %s is up: client, %d active sluice nodes (lb…lb%d) sharing their state in a 3-member etcd cluster, %d backends\n\n", st.ID, st.Cluster, st.Cluster, backends)
+			case st.Pair:
 				fmt.Fprintf(w, "lab %s is up: client, lb and lb2 (an active/standby pair of sluice daemons), %d backends\n\n", st.ID, backends)
-			} else {
+			default:
 				fmt.Fprintf(w, "lab %s is up: client, lb (sluice daemon, XDP), %d backends\n\n", st.ID, backends)
 			}
 			fmt.Fprintf(w, "  sluice lab exec client -- curl -s http://10.77.1.100/\n")
 			fmt.Fprintf(w, "  SLUICE_SOCKET=%s sluice status\n", st.Socket)
 			fmt.Fprintf(w, "  sluice lab exec lb -- curl -s 127.0.0.1:9642/metrics\n")
 			fmt.Fprintf(w, "  sluice lab fault kill b1    # then: sluice lab fault restore b1\n")
+			if st.Cluster > 0 {
+				fmt.Fprintf(w, "  SLUICE_SOCKET=%s sluice cluster status    # other nodes: %s\n", st.Socket, strings.Join(st.Sockets[1:], ", "))
+			}
 			if st.Pair {
 				fmt.Fprintf(w, "  SLUICE_SOCKET=%s sluice ha status    # lb2: SLUICE_SOCKET=%s\n", st.Socket, st.Socket2)
 				fmt.Fprintf(w, "  sluice lab fault down lb    # lb2 takes over; then: sluice lab fault up lb\n")
@@ -181,7 +194,7 @@ func Up(ctx context.Context, w io.Writer, backends int, pair bool) error {
 
 // labRun builds the lab, runs the daemon in the LB namespace and holds
 // everything until SIGTERM or SIGINT, then removes it all.
-func Run(backends int, pair bool) error {
+func Run(backends int, pair bool, cluster int) error {
 	sigs := make(chan os.Signal, 1)
 	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
 	signal.Ignore(syscall.SIGHUP, syscall.SIGPIPE)
@@ -193,7 +206,7 @@ func Run(backends int, pair bool) error {
 		confirmed <- line == "OK\n"
 	}()
 	ctx := context.Background()
-	r, err := newRunner(ctx, backends, pair)
+	r, err := newRunner(ctx, backends, pair, cluster)
 	if err != nil {
 		return err
 	}
@@ -247,21 +260,20 @@ type runner struct {
 	lab             *testenv.Lab
 	st              *State
 	pair            bool
+	cluster         int
 	lbs             []*testenv.Host
 	daemon, daemon2 *Daemon
+	nodes           []*Daemon // a cluster's daemons past lb's
 }
 
 // newRunner builds the lab's namespaces and writes its state file.
-func newRunner(ctx context.Context, backends int, pair bool) (*runner, error) {
-	lab, err := testenv.NewLab(ctx, nil, testenv.LabOptions{Backends: backends, Prefix: Prefix, Pair: pair})
+func newRunner(ctx context.Context, backends int, pair bool, cluster int) (*runner, error) {
+	lab, err := testenv.NewLab(ctx, nil, testenv.LabOptions{Backends: backends, Prefix: Prefix, Pair: pair, Nodes: cluster})
 	if err != nil {
 		return nil, err
 	}
-	r := &runner{lab: lab, pair: pair, lbs: []*testenv.Host{lab.LB},
-		st: &State{ID: lab.ID(), PinRoot: lab.PinRoot(), Socket: filepath.Join(Dir, "sluice.sock"), RunnerPID: os.Getpid(), Pair: pair}}
-	if pair {
-		r.lbs = append(r.lbs, lab.LB2)
-	}
+	r := &runner{lab: lab, pair: pair, cluster: cluster, lbs: lab.Nodes,
+		st: &State{ID: lab.ID(), PinRoot: lab.PinRoot(), Socket: filepath.Join(Dir, "sluice.sock"), RunnerPID: os.Getpid(), Pair: pair, Cluster: cluster}}
 	for _, h := range append(append([]*testenv.Host{lab.Client}, r.lbs...), backendHosts(lab)...) {
 		lh := Host{Name: h.Name, NS: h.NSName(), Link: h.Link, Addr: h.Addr.Addr().String()}
 		if h.Addr6.IsValid() {
@@ -280,6 +292,9 @@ func newRunner(ctx context.Context, backends int, pair bool) (*runner, error) {
 func (r *runner) teardown() {
 	r.daemon.Stop()
 	r.daemon2.Stop()
+	for _, d := range r.nodes {
+		d.Stop()
+	}
 	for _, h := range r.lbs {
 		_ = h.Do(func() error { return loader.DetachPinned(h.Link, r.lab.PinRoot()) })
 	}
@@ -296,6 +311,12 @@ func (r *runner) configure(ctx context.Context) error {
 		return err
 	}
 	clients := []*api.Client{cl}
+	for _, d := range r.nodes {
+		if err := d.Wait(ctx, 20*time.Second); err != nil {
+			return err
+		}
+		clients = append(clients, d.Client) // every node checks: the cluster's verdict
+	}
 	if r.pair {
 		if err := r.daemon2.Wait(ctx, 20*time.Second); err != nil {
 			return err
@@ -323,6 +344,9 @@ func (r *runner) configure(ctx context.Context) error {
 
 // startDaemons starts lb's daemon and, for a pair, lb2's once lb's answers.
 func (r *runner) startDaemons(ctx context.Context) error {
+	if r.cluster > 0 {
+		return r.startCluster(ctx)
+	}
 	var ha1, ha2 []string
 	lab := r.lab
 	if r.pair {
@@ -351,6 +375,39 @@ func (r *runner) startDaemons(ctx context.Context) error {
 		r.st.Socket2 = r.daemon2.Socket
 		r.st.Daemon2PID = r.daemon2.cmd.Process.Pid
 	}
+	return r.st.write()
+}
+
+// startCluster starts a three-member etcd cluster and one daemon per LB
+// node on it, lb's with its socket where a lone daemon's would be.
+func (r *runner) startCluster(ctx context.Context) error {
+	etcd, err := r.lab.StartEtcd(ctx, 3, netip.MustParseAddr("10.77.0.31"), 24)
+	if err != nil {
+		return err
+	}
+	for _, m := range etcd.Members {
+		r.st.EtcdPIDs = append(r.st.EtcdPIDs, m.PID())
+		r.st.Hosts = append(r.st.Hosts, Host{Name: m.Name, NS: m.NSName(), Link: m.Link, Addr: m.Addr.Addr().String()})
+	}
+	for i, h := range r.lab.Nodes {
+		dir := Dir
+		if i > 0 {
+			dir = filepath.Join(Dir, h.Name)
+		}
+		d, err := StartDaemonOn(r.lab, h, dir, "127.0.0.1:9642", "--store", "etcd", "--etcd-endpoints", strings.Join(etcd.Endpoints(), ","),
+			"--cluster", "lab", "--node-name", fmt.Sprintf("n%d", i+1))
+		if err != nil {
+			return err
+		}
+		if i == 0 {
+			r.daemon = d
+		} else {
+			r.nodes = append(r.nodes, d)
+		}
+		r.st.Sockets = append(r.st.Sockets, d.Socket)
+		r.st.PIDs = append(r.st.PIDs, d.cmd.Process.Pid)
+	}
+	r.st.Socket, r.st.DaemonPID = r.daemon.Socket, r.daemon.cmd.Process.Pid
 	return r.st.write()
 }
 
@@ -446,7 +503,7 @@ func cleanup(st *State) error {
 				time.Sleep(50 * time.Millisecond)
 			}
 		}
-		for _, pid := range []int{st.DaemonPID, st.Daemon2PID} {
+		for _, pid := range append(append([]int{st.DaemonPID, st.Daemon2PID}, st.PIDs...), st.EtcdPIDs...) {
 			if Alive(pid) {
 				syscall.Kill(pid, syscall.SIGKILL)
 				for i := 0; i < 100 && Alive(pid); i++ {
@@ -456,7 +513,7 @@ func cleanup(st *State) error {
 		}
 		if st.PinRoot != "" {
 			for _, h := range st.Hosts {
-				if h.Name == "lb" || h.Name == "lb2" {
+				if strings.HasPrefix(h.Name, "lb") {
 					_ = testenv.InNamedNS(h.NS, func() error { return loader.DetachPinned(h.Link, st.PinRoot) })
 				}
 			}
@@ -490,6 +547,13 @@ func Status(ctx context.Context, w io.Writer) error {
 	}
 	fmt.Fprintf(w, "lab %s: runner pid %d (alive %v), daemon pid %d (alive %v), socket %s\n",
 		st.ID, st.RunnerPID, Alive(st.RunnerPID), st.DaemonPID, Alive(st.DaemonPID), st.Socket)
+	for i, sock := range st.Sockets {
+		var cs api.ClusterStatus
+		if err := api.NewClient(sock).Do(ctx, "GET", "/v1/cluster", nil, nil, &cs); err == nil {
+			fmt.Fprintf(w, "node n%d: daemon pid %d (alive %v), socket %s, cluster revision %d, coordinator %s, store up %v\n",
+				i+1, st.PIDs[i], Alive(st.PIDs[i]), sock, cs.Revision, cs.Coordinator, cs.StoreUp)
+		}
+	}
 	if st.Pair {
 		fmt.Fprintf(w, "lb2: daemon pid %d (alive %v), socket %s\n", st.Daemon2PID, Alive(st.Daemon2PID), st.Socket2)
 		for _, n := range []struct{ name, sock string }{{"lb", st.Socket}, {"lb2", st.Socket2}} {

@@ -2,6 +2,8 @@ package e2e
 
 import (
 	"context"
+	"os"
+	"regexp"
 	"sort"
 	"strings"
 	"sync"
@@ -64,7 +66,41 @@ func TestClusterPropagation(t *testing.T) {
 		t.Errorf("propagation p99 %v, want at most 200ms", p99)
 	}
 	lc.waitSameRings(t, 5*time.Second)
-	lc.waitClusterStatus(t, "every node's report at the same revision with the same digests")
+	st := lc.waitClusterStatus(t, "every node's report at the same revision with the same digests")
+	// The cluster's metrics, on every node: three nodes, at the state's
+	// revision, rings matching, etcd up, and one coordinator among them.
+	coordinators := 0.0
+	for i, h := range lc.lab.Nodes {
+		s := newScraper(h)
+		if n := s.value(t, "sluice_cluster_nodes"); n != 3 {
+			t.Errorf("node %d: sluice_cluster_nodes %v, want 3", i, n)
+		}
+		if r := s.value(t, "sluice_cluster_applied_revision", `node="n3"`); r != float64(st.Revision) {
+			t.Errorf("node %d: sluice_cluster_applied_revision{node=n3} %v, want %d", i, r, st.Revision)
+		}
+		if m := s.value(t, "sluice_cluster_ring_mismatch", `vip="`+vipTCP+`"`); m != 0 {
+			t.Errorf("node %d: sluice_cluster_ring_mismatch %v", i, m)
+		}
+		if up := s.value(t, "sluice_store_up"); up != 1 {
+			t.Errorf("node %d: sluice_store_up %v", i, up)
+		}
+		coordinators += s.value(t, "sluice_coordinator")
+	}
+	if coordinators != 1 {
+		t.Errorf("sluice_coordinator sums to %v over the nodes, want 1", coordinators)
+	}
+	// The shipped dashboard's cluster panels query series a node exports.
+	dash, err := os.ReadFile("../../docs/grafana-dashboard.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	names := regexp.MustCompile(`sluice_(cluster_[a-z_]+|store_up|coordinator)`).FindAllString(string(dash), -1)
+	if len(names) < 5 {
+		t.Fatalf("the dashboard queries %d cluster series, want the 5", len(names))
+	}
+	for _, name := range names {
+		newScraper(lc.lab.Nodes[1]).value(t, name)
+	}
 }
 
 // wrkFor runs wrk from the client against the HTTP VIP for d and returns

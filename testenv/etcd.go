@@ -23,13 +23,17 @@ import (
 // per namespace on the lab's bridge.
 type EtcdCluster struct {
 	Members []*EtcdMember
-	dir     string
+	// TLS, for a cluster started with StartEtcdTLS: clients must present
+	// a certificate its CA signed.
+	TLS *EtcdTLS
+	dir string
 }
 
 // EtcdMember is one etcd process in a host of its own.
 type EtcdMember struct {
 	*Host
 	Name    string
+	scheme  string // http or https
 	dataDir string
 	args    []string
 	logPath string
@@ -60,6 +64,16 @@ func (e *Env) countHosts(prefix string) int {
 // addresses first, first+1, …, and waits until it elects a leader. Its
 // processes and data go with the environment.
 func (e *Env) StartEtcd(ctx context.Context, n int, first netip.Addr, bits int) (*EtcdCluster, error) {
+	return e.startEtcd(ctx, n, first, bits, false)
+}
+
+// StartEtcdTLS is StartEtcd with TLS for clients and peers, and client
+// certificates required (a CA made for it; the files in TLS).
+func (e *Env) StartEtcdTLS(ctx context.Context, n int, first netip.Addr, bits int) (*EtcdCluster, error) {
+	return e.startEtcd(ctx, n, first, bits, true)
+}
+
+func (e *Env) startEtcd(ctx context.Context, n int, first netip.Addr, bits int, secure bool) (*EtcdCluster, error) {
 	if _, err := exec.LookPath(EtcdBinary); err != nil {
 		return nil, fmt.Errorf("etcd is missing: apt-get install etcd-server")
 	}
@@ -69,6 +83,17 @@ func (e *Env) StartEtcd(ctx context.Context, n int, first netip.Addr, bits int) 
 	}
 	c := &EtcdCluster{dir: dir}
 	e.OnClose(c.close)
+	scheme := "http"
+	if secure {
+		var ips []netip.Addr
+		for a, i := first, 0; i < n; a, i = a.Next(), i+1 {
+			ips = append(ips, a)
+		}
+		if c.TLS, err = writeEtcdTLS(dir, ips); err != nil {
+			return nil, fmt.Errorf("etcd certificates: %w", err)
+		}
+		scheme = "https"
+	}
 	var initial []string
 	addr := first
 	base := e.countHosts("etcd") // a second cluster's hosts go on from there
@@ -78,21 +103,24 @@ func (e *Env) StartEtcd(ctx context.Context, n int, first netip.Addr, bits int) 
 		if err != nil {
 			return nil, err
 		}
-		c.Members = append(c.Members, &EtcdMember{Host: h, Name: name, dataDir: filepath.Join(dir, name),
+		c.Members = append(c.Members, &EtcdMember{Host: h, Name: name, scheme: scheme, dataDir: filepath.Join(dir, name),
 			logPath: filepath.Join(dir, name+".log")})
-		initial = append(initial, fmt.Sprintf("%s=http://%s", name, netip.AddrPortFrom(addr, 2380)))
+		initial = append(initial, fmt.Sprintf("%s=%s://%s", name, scheme, netip.AddrPortFrom(addr, 2380)))
 		addr = addr.Next()
 	}
 	for _, m := range c.Members {
 		a := m.Addr.Addr()
+		peer, client := scheme+"://"+netip.AddrPortFrom(a, 2380).String(), scheme+"://"+netip.AddrPortFrom(a, 2379).String()
 		m.args = []string{"--name", m.Name, "--data-dir", m.dataDir,
-			"--listen-peer-urls", "http://" + netip.AddrPortFrom(a, 2380).String(),
-			"--initial-advertise-peer-urls", "http://" + netip.AddrPortFrom(a, 2380).String(),
-			"--listen-client-urls", "http://" + netip.AddrPortFrom(a, 2379).String(),
-			"--advertise-client-urls", "http://" + netip.AddrPortFrom(a, 2379).String(),
+			"--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
+			"--listen-client-urls", client, "--advertise-client-urls", client,
 			"--initial-cluster", strings.Join(initial, ","), "--initial-cluster-state", "new",
 			"--initial-cluster-token", fmt.Sprintf("%s-%s-%d", e.prefix, e.id, base),
 			"--heartbeat-interval", "50", "--election-timeout", "500"}
+		if f := c.TLS; f != nil {
+			m.args = append(m.args, "--cert-file", f.ServerCert, "--key-file", f.ServerKey, "--client-cert-auth", "--trusted-ca-file", f.CA,
+				"--peer-cert-file", f.ServerCert, "--peer-key-file", f.ServerKey, "--peer-client-cert-auth", "--peer-trusted-ca-file", f.CA)
+		}
 		if err := m.Start(); err != nil {
 			return nil, err
 		}
@@ -111,13 +139,23 @@ func (c *EtcdCluster) Endpoints() []string {
 
 // Endpoint is the member's client URL.
 func (m *EtcdMember) Endpoint() string {
-	return "http://" + netip.AddrPortFrom(m.Addr.Addr(), 2379).String()
+	return m.scheme + "://" + netip.AddrPortFrom(m.Addr.Addr(), 2379).String()
 }
 
 // Client opens a client of the cluster, dialling from h's namespace.
 func (c *EtcdCluster) Client(h *Host) (*clientv3.Client, error) {
-	return clientv3.New(clientv3.Config{Endpoints: c.Endpoints(), DialTimeout: 2 * time.Second,
-		DialOptions: h.GRPCDialer(), Logger: zap.NewNop()})
+	return c.client(h, c.Endpoints())
+}
+
+func (c *EtcdCluster) client(h *Host, endpoints []string) (*clientv3.Client, error) {
+	cfg := clientv3.Config{Endpoints: endpoints, DialTimeout: 2 * time.Second, DialOptions: h.GRPCDialer(), Logger: zap.NewNop()}
+	if c.TLS != nil {
+		var err error
+		if cfg.TLS, err = c.TLS.ClientConfig(); err != nil {
+			return nil, err
+		}
+	}
+	return clientv3.New(cfg)
 }
 
 // WaitHealthy waits until a linearizable read succeeds through every
@@ -129,8 +167,7 @@ func (c *EtcdCluster) WaitHealthy(ctx context.Context) error {
 		if !m.Running() {
 			continue
 		}
-		cl, err := clientv3.New(clientv3.Config{Endpoints: []string{m.Endpoint()}, DialTimeout: 2 * time.Second,
-			DialOptions: m.GRPCDialer(), Logger: zap.NewNop()})
+		cl, err := c.client(m.Host, []string{m.Endpoint()})
 		if err != nil {
 			return fmt.Errorf("etcd client of %s: %w", m.Name, err)
 		}

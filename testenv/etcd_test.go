@@ -2,11 +2,13 @@ package testenv
 
 import (
 	"context"
+	"errors"
 	"net/netip"
 	"syscall"
 	"testing"
 	"time"
 
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 
@@ -45,9 +47,17 @@ func TestEtcdCluster(t *testing.T) {
 	if err := m.Kill(syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
-	put, err := cl.Put(ctx, "/sluicet/b", "2")
-	if err != nil {
-		t.Fatalf("write with one of three members killed: %v", err)
+	// A killed leader makes the first write wait out an election, and
+	// etcd may answer it "request timed out" (its outcome unknown): a
+	// client tries again, as sluice's store does.
+	var put *clientv3.PutResponse
+	for try := 0; ; try++ {
+		if put, err = cl.Put(ctx, "/sluicet/b", "2"); err == nil {
+			break
+		}
+		if try == 5 || !errors.Is(err, rpctypes.ErrTimeout) && !errors.Is(err, rpctypes.ErrTimeoutDueToLeaderFail) && !errors.Is(err, rpctypes.ErrLeaderChanged) {
+			t.Fatalf("write with one of three members killed: %v", err)
+		}
 	}
 	if err := m.Start(); err != nil {
 		t.Fatal(err)

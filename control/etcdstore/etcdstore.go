@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/sluicelb/sluice/control/state"
@@ -136,6 +137,7 @@ var ErrFenced = errors.New("fence no longer holds")
 // recorded with it cannot land once fence fails, however late it arrives.
 func (s *Store) CommitIf(ctx context.Context, fence []clientv3.Cmp, change func(*state.State) error) (state.State, error) {
 	var lastGuard int64
+	var pending *state.State // a commit whose outcome etcd did not tell
 	for try := range commitTries {
 		resp, err := s.cli.Get(ctx, s.prefix+stateDir, clientv3.WithPrefix())
 		if err != nil {
@@ -144,6 +146,9 @@ func (s *Store) CommitIf(ctx context.Context, fence []clientv3.Cmp, change func(
 		cur, guard, err := s.decode(resp.Kvs)
 		if err != nil {
 			return state.State{}, err
+		}
+		if pending != nil && sameVIPs(cur, *pending) {
+			return cur, nil // it did land: do not apply the change twice
 		}
 		next := cur.Clone()
 		if err := change(&next); err != nil {
@@ -158,6 +163,10 @@ func (s *Store) CommitIf(ctx context.Context, fence []clientv3.Cmp, change func(
 			return cur, nil
 		}
 		rev, ok, err := s.put(ctx, guard, fence, cur, next)
+		if unknownOutcome(err) && ctx.Err() == nil {
+			pending = &next // a leader change: read again to learn whether it landed
+			continue
+		}
 		if err != nil {
 			return state.State{}, err
 		}
@@ -251,6 +260,24 @@ func (s *Store) put(ctx context.Context, guard int64, fence []clientv3.Cmp, cur,
 		}
 	}
 	return resp.Header.Revision, resp.Succeeded, nil
+}
+
+// unknownOutcome says whether a failed transaction may still have been
+// committed: etcd answers these when the leader changed under it.
+func unknownOutcome(err error) bool {
+	for _, e := range []error{rpctypes.ErrTimeout, rpctypes.ErrTimeoutDueToLeaderFail, rpctypes.ErrLeaderChanged,
+		rpctypes.ErrTimeoutDueToConnectionLost} {
+		if errors.Is(err, e) {
+			return true
+		}
+	}
+	return false
+}
+
+// sameVIPs compares two states' VIPs, revisions aside.
+func sameVIPs(a, b state.State) bool {
+	a.Revision, b.Revision = 0, 0
+	return state.Equal(a, b)
 }
 
 // EnsureSeed sets the cluster's seed when the cluster is new, and

@@ -449,7 +449,6 @@ func (d *Daemon) Change(ctx context.Context, what string, change func(*state.Sta
 // ErrNotMaster refuses changes on the backup of an LB pair.
 var ErrNotMaster = errors.New("this node is the backup of an LB pair: make changes on the master (see `sluice ha status`)")
 
-// mayChange refuses changes, promotions and drills on a backup.
 // mayCoordinate refuses promotions and drills on a pair's backup and on
 // a cluster node that is not the coordinator: they must happen once.
 func (d *Daemon) mayCoordinate() error {
@@ -459,6 +458,7 @@ func (d *Daemon) mayCoordinate() error {
 	return d.mayChange()
 }
 
+// mayChange refuses changes, promotions and drills on a pair's backup.
 func (d *Daemon) mayChange() error {
 	if d.pair != nil && !d.pair.IsCoordinator() {
 		return ErrNotMaster
@@ -466,10 +466,10 @@ func (d *Daemon) mayChange() error {
 	return nil
 }
 
-// CoordinatorChange is Change for what only the coordinator records (a
+// coordinatorChange is Change for what only the coordinator records (a
 // promotion): in a cluster, its transaction also requires that this node
 // still holds the election.
-func (d *Daemon) CoordinatorChange(ctx context.Context, what string, change func(*state.State) error) (state.State, error) {
+func (d *Daemon) coordinatorChange(ctx context.Context, what string, change func(*state.State) error) (state.State, error) {
 	commit := d.commit
 	if d.cl != nil {
 		commit = d.cl.CommitFenced
@@ -485,8 +485,10 @@ func (d *Daemon) change(ctx context.Context, what string, change func(*state.Sta
 	return d.changeWith(ctx, what, d.commit, change)
 }
 
+// commitFunc writes a change where the desired state lives.
 type commitFunc func(context.Context, func(*state.State) error) (state.State, error)
 
+// changeWith commits a change with commit and applies it, under d.mu.
 func (d *Daemon) changeWith(ctx context.Context, what string, commit commitFunc, change func(*state.State) error) (state.State, error) {
 	if err := d.mayChange(); err != nil {
 		return state.State{}, err

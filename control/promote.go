@@ -156,7 +156,7 @@ func (d *Daemon) promote(ctx context.Context, k loader.VIPKey, cands []state.Bac
 	var lastErr error
 	for _, c := range cands {
 		var v state.VIP
-		if _, err := d.CoordinatorChange(ctx, fmt.Sprintf("epoch of %s raised for promoting %s", name, c.Addr), func(s *state.State) error {
+		if _, err := d.coordinatorChange(ctx, fmt.Sprintf("epoch of %s raised for promoting %s", name, c.Addr), func(s *state.State) error {
 			i, err := s.LookupVIP(k)
 			if err != nil {
 				return err
@@ -183,7 +183,7 @@ func (d *Daemon) promote(ctx context.Context, k loader.VIPKey, cands []state.Bac
 			d.metrics.promotions.WithLabelValues(name, "hook_failed").Inc()
 			continue
 		}
-		if _, err := d.CoordinatorChange(ctx, fmt.Sprintf("promoted %s to primary of %s (epoch %d)", c.Addr, name, v.Epoch), func(s *state.State) error {
+		if _, err := d.coordinatorChange(ctx, fmt.Sprintf("promoted %s to primary of %s (epoch %d)", c.Addr, name, v.Epoch), func(s *state.State) error {
 			i, err := s.LookupVIP(k)
 			if err != nil {
 				return err
@@ -204,7 +204,7 @@ func (d *Daemon) promote(ctx context.Context, k loader.VIPKey, cands []state.Bac
 		return api.PromoteResult{VIP: name, OldPrimary: old, NewPrimary: c.Addr, Epoch: v.Epoch, HookOutput: out, HookTime: took.String()}, nil
 	}
 	// Nobody could take over: the VIP has no primary and drops, counted.
-	if _, err := d.CoordinatorChange(ctx, "no primary for "+name, func(s *state.State) error {
+	if _, err := d.coordinatorChange(ctx, "no primary for "+name, func(s *state.State) error {
 		if i := s.FindVIP(k); i >= 0 {
 			s.VIPs[i].Primary = ""
 		}

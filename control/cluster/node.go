@@ -170,18 +170,7 @@ func (c *Node) storeErr(err error) error {
 // Commit is a change made through this node: one guarded etcd
 // transaction; the bbolt file then keeps it as the last state applied.
 func (c *Node) Commit(ctx context.Context, change func(*state.State) error) (state.State, error) {
-	cctx, cancel := context.WithTimeout(ctx, storeTimeout)
-	defer cancel()
-	st, err := c.store.Commit(cctx, change)
-	if err != nil {
-		if cctx.Err() != nil || isUnavailable(err) {
-			return state.State{}, c.storeErr(err)
-		}
-		return state.State{}, err
-	}
-	c.up()
-	c.noteSeen(st.Revision)
-	return c.h.KeepLocal(st)
+	return c.commitIf(ctx, nil, change)
 }
 
 // CommitFenced is Commit for what only the coordinator may record (a
@@ -193,28 +182,16 @@ func (c *Node) CommitFenced(ctx context.Context, change func(*state.State) error
 	if err != nil {
 		return state.State{}, err
 	}
+	return c.commitIf(ctx, []clientv3.Cmp{fence}, change)
+}
+
+func (c *Node) commitIf(ctx context.Context, fence []clientv3.Cmp, change func(*state.State) error) (state.State, error) {
 	cctx, cancel := context.WithTimeout(ctx, storeTimeout)
 	defer cancel()
-	st, err := c.store.CommitIf(cctx, []clientv3.Cmp{fence}, change)
+	st, err := c.store.CommitIf(cctx, fence, change)
 	if errors.Is(err, etcdstore.ErrFenced) {
 		return state.State{}, fmt.Errorf("%w (its election ended)", ErrNotCoordinator)
 	}
-	if err != nil {
-		if cctx.Err() != nil || isUnavailable(err) {
-			return state.State{}, c.storeErr(err)
-		}
-		return state.State{}, err
-	}
-	c.up()
-	c.noteSeen(st.Revision)
-	return c.h.KeepLocal(st)
-}
-
-// Replace stores a whole state in one transaction (a backup's restore).
-func (c *Node) Replace(ctx context.Context, next state.State) (state.State, error) {
-	cctx, cancel := context.WithTimeout(ctx, storeTimeout)
-	defer cancel()
-	st, err := c.store.Replace(cctx, next)
 	if err != nil {
 		if cctx.Err() != nil || isUnavailable(err) {
 			return state.State{}, c.storeErr(err)

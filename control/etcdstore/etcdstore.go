@@ -183,36 +183,13 @@ func (s *Store) CommitIf(ctx context.Context, fence []clientv3.Cmp, change func(
 		ErrConflict, commitTries, lastGuard)
 }
 
-// Replace stores next as the whole state in one transaction (a backup's
-// restore); its revision becomes the store's.
+// Replace stores next as the whole state in one guarded transaction (a
+// backup's restore); the commit's revision becomes the state's.
 func (s *Store) Replace(ctx context.Context, next state.State) (state.State, error) {
-	next = next.Clone()
-	next.Normalize()
-	if err := next.Validate(); err != nil {
-		return state.State{}, fmt.Errorf("state to store: %w", err)
-	}
-	for try := range commitTries {
-		resp, err := s.cli.Get(ctx, s.prefix+stateDir, clientv3.WithPrefix())
-		if err != nil {
-			return state.State{}, fmt.Errorf("etcd: read state: %w", err)
-		}
-		cur, guard, err := s.decode(resp.Kvs)
-		if err != nil {
-			return state.State{}, err
-		}
-		rev, ok, err := s.put(ctx, guard, nil, cur, next)
-		if err != nil {
-			return state.State{}, err
-		}
-		if ok {
-			next.Revision = uint64(rev)
-			return next, nil
-		}
-		if err := backoff(ctx, try); err != nil {
-			return state.State{}, err
-		}
-	}
-	return state.State{}, fmt.Errorf("%w: the state kept changing during the replace; try again", ErrConflict)
+	return s.Commit(ctx, func(st *state.State) error {
+		st.VIPs = next.Clone().VIPs
+		return nil
+	})
 }
 
 // put writes the VIPs that differ between cur and next, deletes those

@@ -14,8 +14,8 @@ import (
 	"github.com/sluicelb/sluice/control/api"
 )
 
-// TestDaemonFlags: bad --ha-* flags, and an interface sluice cannot use,
-// are refused, naming the flag, before anything is loaded.
+// TestDaemonFlags: bad --ha-* and cluster flags, and an interface sluice
+// cannot use, are refused, naming the flag, before anything is loaded.
 func TestDaemonFlags(t *testing.T) {
 	dir := t.TempDir()
 	key := filepath.Join(dir, "ha.key")
@@ -40,6 +40,17 @@ func TestDaemonFlags(t *testing.T) {
 		{[]string{"--ha-peer", "10.0.0.3", "--ha-key-file", key, "--ha-name", strings.Repeat("n", 41)}, "--ha-name"},
 		{[]string{"--ha-key-file", key}, "--ha-key-file: needs --ha-peer"},
 		{[]string{"--iface", "lo"}, "--iface lo: not an Ethernet interface"},
+		{[]string{"--store", "zk"}, `--store "zk": want bolt or etcd`},
+		{[]string{"--cluster", "c1"}, "--cluster: needs --store etcd"},
+		{[]string{"--store", "etcd", "--cluster", "c1", "--node-name", "n1"}, "--etcd-endpoints: required"},
+		{[]string{"--store", "etcd", "--etcd-endpoints", "10.0.0.31:2379", "--cluster", "c1", "--node-name", "n1"}, `--etcd-endpoints "10.0.0.31:2379"`},
+		{[]string{"--store", "etcd", "--etcd-endpoints", "http://10.0.0.31:2379", "--node-name", "n1"}, "--cluster: required"},
+		{[]string{"--store", "etcd", "--etcd-endpoints", "http://10.0.0.31:2379", "--cluster", "a/b", "--node-name", "n1"}, `--cluster "a/b"`},
+		{[]string{"--store", "etcd", "--etcd-endpoints", "http://10.0.0.31:2379", "--cluster", "c1"}, "--node-name: required"},
+		{[]string{"--store", "etcd", "--etcd-endpoints", "http://10.0.0.31:2379", "--cluster", "c1", "--node-name", "n1", "--health-quorum", "most"}, `--health-quorum "most"`},
+		{[]string{"--store", "etcd", "--etcd-endpoints", "http://10.0.0.31:2379", "--cluster", "c1", "--node-name", "n1", "--cluster-ttl", "0"}, "--cluster-ttl 0"},
+		{[]string{"--store", "etcd", "--etcd-endpoints", "http://10.0.0.31:2379", "--cluster", "c1", "--node-name", "n1", "--etcd-ca", filepath.Join(dir, "missing")}, "--etcd-ca"},
+		{[]string{"--store", "etcd", "--etcd-endpoints", "http://10.0.0.31:2379", "--cluster", "c1", "--node-name", "n1", "--ha-peer", "10.0.0.3", "--ha-key-file", key}, "an LB pair and a cluster"},
 	} {
 		out, err := exec.Command(sluiceBin, append(slices.Clone(base), c.args...)...).CombinedOutput()
 		if err == nil {

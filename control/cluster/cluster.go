@@ -18,19 +18,15 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/client/v3/concurrency"
+
+	"github.com/sluicelb/sluice/control/api"
+	"github.com/sluicelb/sluice/control/etcdstore"
 )
 
-// Report is what a node publishes under its node key.
-type Report struct {
-	Name            string `json:"name"`
-	Addr            string `json:"addr"`
-	AppliedRevision uint64 `json:"applied_revision"`
-	// RingSHA256 is each VIP's ring digest, read back from the kernel.
-	RingSHA256 map[string]string `json:"ring_sha256"`
-	// Health is this node's own verdict: VIP → backend → "up" | "down".
-	Health   map[string]map[string]string `json:"health"`
-	LastSeen time.Time                    `json:"last_seen"`
-}
+// Report is what a node publishes under its node key: the node as
+// `cluster status` shows it (its applied revision, kernel ring digests,
+// and its own health view, VIP → backend → "up" | "down").
+type Report = api.ClusterNode
 
 // Quorum says how the nodes' health views make the cluster's verdict.
 type Quorum string
@@ -87,19 +83,15 @@ type Member struct {
 	opts   Options
 	prefix string
 
-	mu       sync.Mutex
-	session  *concurrency.Session
-	report   *Report // the last published (nil before the first)
-	nodes    map[string]Report
-	nodesRev int64
-	elected  *concurrency.Election // while this node is the coordinator
+	mu      sync.Mutex
+	session *concurrency.Session
+	report  *Report // the last published (nil before the first)
+	nodes   map[string]Report
+	elected *concurrency.Election // while this node is the coordinator
 }
 
-// Prefix is the root of a cluster's keys (as etcdstore's).
-func Prefix(cluster string) string { return "/sluice/" + cluster + "/" }
-
 // NodesPrefix is where the node keys live.
-func NodesPrefix(cluster string) string { return Prefix(cluster) + "nodes/" }
+func NodesPrefix(cluster string) string { return etcdstore.Prefix(cluster) + "nodes/" }
 
 // New makes a member; Run keeps it in the cluster.
 func New(cli *clientv3.Client, opts Options) (*Member, error) {
@@ -112,7 +104,7 @@ func New(cli *clientv3.Client, opts Options) (*Member, error) {
 	if opts.Log == nil {
 		opts.Log = slog.Default()
 	}
-	return &Member{cli: cli, opts: opts, prefix: Prefix(opts.Cluster), nodes: map[string]Report{}}, nil
+	return &Member{cli: cli, opts: opts, prefix: etcdstore.Prefix(opts.Cluster), nodes: map[string]Report{}}, nil
 }
 
 func (m *Member) key() string { return NodesPrefix(m.opts.Cluster) + m.opts.Name }
@@ -203,7 +195,7 @@ func (m *Member) watchNodes(ctx context.Context, s *concurrency.Session) {
 				nodes[r.Name] = r
 			}
 		}
-		m.setNodes(nodes, resp.Header.Revision)
+		m.setNodes(nodes)
 		wch := m.cli.Watch(wctx, NodesPrefix(m.opts.Cluster), clientv3.WithPrefix(), clientv3.WithRev(resp.Header.Revision+1))
 		m.follow(s, wch, nodes)
 	}
@@ -228,19 +220,18 @@ func (m *Member) follow(s *concurrency.Session, wch clientv3.WatchChan, nodes ma
 				}
 				nodes[name] = r
 			}
-			m.setNodes(nodes, wr.Header.Revision)
+			m.setNodes(nodes)
 		}
 	}
 }
 
-func (m *Member) setNodes(nodes map[string]Report, rev int64) {
+func (m *Member) setNodes(nodes map[string]Report) {
 	m.mu.Lock()
 	changed := !equalNodes(m.nodes, nodes)
 	m.nodes = make(map[string]Report, len(nodes))
 	for k, v := range nodes {
 		m.nodes[k] = v
 	}
-	m.nodesRev = rev
 	m.mu.Unlock()
 	if changed && m.opts.OnNodes != nil {
 		m.opts.OnNodes()
@@ -284,7 +275,7 @@ func (m *Member) Publish(ctx context.Context, r Report) error {
 }
 
 func (m *Member) put(ctx context.Context, s *concurrency.Session, r Report) error {
-	r.LastSeen = time.Now().UTC().Truncate(time.Millisecond)
+	r.LastSeen = time.Now().UTC().Truncate(time.Millisecond).Format(time.RFC3339Nano)
 	raw, err := json.Marshal(r)
 	if err != nil {
 		return err

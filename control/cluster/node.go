@@ -266,7 +266,7 @@ func (c *Node) watchHealth(ctx context.Context) {
 		case <-t.C:
 		}
 		sctx, cancel := context.WithTimeout(ctx, time.Second)
-		_, err := c.cli.Get(sctx, c.store.Prefix()+"seed", clientv3.WithSerializable(), clientv3.WithCountOnly())
+		err := c.store.Ping(sctx)
 		cancel()
 		if err != nil && ctx.Err() == nil {
 			c.down(err)

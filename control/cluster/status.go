@@ -13,7 +13,7 @@ import (
 // from etcd, the coordinator, and whether etcd answers.
 func (c *Node) Status(ctx context.Context) api.ClusterStatus {
 	out := api.ClusterStatus{Store: "etcd", Cluster: c.opts.Cluster, Revision: c.seen.Load(), Quorum: string(c.opts.Quorum),
-		StoreUp: c.downSince.Load() == 0, Nodes: []api.ClusterNode{}}
+		StoreUp: c.downSince.Load() == 0}
 	if !out.StoreUp {
 		out.StoreDownSince = time.Unix(0, c.downSince.Load()).UTC().Format(time.RFC3339)
 	}
@@ -22,10 +22,7 @@ func (c *Node) Status(ctx context.Context) api.ClusterStatus {
 	if name, err := c.member.Coordinator(sctx); err == nil {
 		out.Coordinator = name
 	}
-	for _, r := range c.member.Nodes() {
-		out.Nodes = append(out.Nodes, api.ClusterNode{Name: r.Name, Addr: r.Addr, AppliedRevision: r.AppliedRevision,
-			RingSHA256: r.RingSHA256, Health: r.Health, LastSeen: r.LastSeen.Format(time.RFC3339Nano)})
-	}
+	out.Nodes = c.member.Nodes()
 	return out
 }
 

@@ -75,8 +75,12 @@ func New(cli *clientv3.Client, cluster string) (*Store, error) {
 	return &Store{cli: cli, prefix: Prefix(cluster)}, nil
 }
 
-// Prefix is the root of this cluster's keys.
-func (s *Store) Prefix() string { return s.prefix }
+// Ping reads from the member the client talks to (no quorum needed): it
+// fails while etcd cannot be reached.
+func (s *Store) Ping(ctx context.Context) error {
+	_, err := s.cli.Get(ctx, s.prefix+seedKey, clientv3.WithSerializable(), clientv3.WithCountOnly())
+	return err
+}
 
 // Load reads the state as of the newest revision.
 func (s *Store) Load(ctx context.Context) (state.State, error) {

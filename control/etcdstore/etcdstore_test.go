@@ -137,7 +137,7 @@ func TestStore(t *testing.T) {
 		}
 	}
 	t.Logf("40 concurrent writers on one key: %d committed, %d refused as conflicts", len(added), conflicts)
-	get, err := cl.Get(ctx, s.Prefix()+revKey)
+	get, err := cl.Get(ctx, s.prefix+revKey)
 	if err != nil || uint64(get.Kvs[0].ModRevision) != final.Revision {
 		t.Fatalf("state revision %d, guard key at %v (%v)", final.Revision, get, err)
 	}

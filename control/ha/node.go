@@ -35,6 +35,14 @@ type Node struct {
 	// writes it); it breaks the tie between two nodes of one name.
 	Self string
 
+	// sending is held from an advert's sequence number until it is on
+	// the wire, so that adverts leave in sequence order: a later one sent
+	// first would make the receiver refuse the earlier as a replay (a
+	// priority-0 handoff lost that way leaves the pair without a master
+	// for a master-down interval). A channel, not a mutex, so that tests
+	// can see a sender wait (testing/synctest).
+	sending chan struct{}
+
 	mu          sync.Mutex
 	seq         uint64
 	guard       ReplayGuard
@@ -62,7 +70,7 @@ type PeerStatus struct {
 // NewNode starts a node as backup. boot must grow across restarts (the
 // start time in unix nanoseconds does).
 func NewNode(fsm *FSM, key []byte, boot uint64, send Transport, revision func() uint64) *Node {
-	return &Node{fsm: fsm, key: key, boot: boot, send: send, revision: revision,
+	return &Node{fsm: fsm, key: key, boot: boot, send: send, revision: revision, sending: make(chan struct{}, 1),
 		bad: map[string]uint64{}, peers: map[string]*PeerStatus{}, transitions: map[Role]uint64{}}
 }
 
@@ -157,15 +165,19 @@ func (n *Node) noteLocked(before, after Role) {
 }
 
 // Tick advances the clock: a backup may take over, and the advert is sent
-// when due.
+// when due. A node that has just become master advertises at once (as
+// VRRP does), so that the old master hears it well within its own
+// master-down interval.
 func (n *Node) Tick(now time.Time) error {
+	n.sending <- struct{}{}
 	n.mu.Lock()
 	before := n.fsm.Role()
 	after := n.fsm.Tick(now)
 	n.noteLocked(before, after)
 	var out []byte
 	var err error
-	if !n.fsm.Fault() && !now.Before(n.nextAdvert) {
+	due := !now.Before(n.nextAdvert) || (before != Master && after == Master)
+	if !n.fsm.Fault() && due {
 		out, err = n.advert(n.fsm.Priority, after == Master)
 		n.nextAdvert = now.Add(n.fsm.Advert)
 	}
@@ -173,6 +185,7 @@ func (n *Node) Tick(now time.Time) error {
 	if out != nil {
 		err = n.send.Send(out)
 	}
+	<-n.sending
 	n.changed(before, after)
 	return err
 }
@@ -180,6 +193,7 @@ func (n *Node) Tick(now time.Time) error {
 // Handoff is a planned step-down: a priority-0 advert tells the peer to
 // take over at once, and this node becomes backup.
 func (n *Node) Handoff(now time.Time) error {
+	n.sending <- struct{}{}
 	n.mu.Lock()
 	before := n.fsm.Role()
 	out, err := n.advert(0, false)
@@ -189,6 +203,7 @@ func (n *Node) Handoff(now time.Time) error {
 	if err == nil {
 		err = n.send.Send(out)
 	}
+	<-n.sending
 	n.changed(before, Backup)
 	return err
 }

@@ -1,7 +1,9 @@
 package ha
 
 import (
+	"sync"
 	"testing"
+	"testing/synctest"
 	"time"
 )
 
@@ -181,9 +183,13 @@ type addrPort struct {
 	nodes map[string]*Node
 	self  string
 	now   *time.Time
+	cut   *bool // while true, adverts are lost (a partition)
 }
 
 func (p addrPort) Send(data []byte) error {
+	if p.cut != nil && *p.cut {
+		return nil
+	}
 	for addr, n := range p.nodes {
 		if addr != p.self {
 			n.Receive(data, p.self, *p.now)
@@ -194,17 +200,30 @@ func (p addrPort) Send(data []byte) error {
 
 // TestSameNameNeverTwoMasters: two nodes started with the same name (and
 // priority) do not ignore each other's adverts as their own: each counts
-// them under own-name, and their addresses break the tie, so exactly one
-// is master.
+// them under own-name, and when both are master (they started apart, as
+// after a partition) their addresses break the tie, so exactly one stays
+// master.
 func TestSameNameNeverTwoMasters(t *testing.T) {
 	adv := 100 * time.Millisecond
 	now := time.Unix(1000, 0)
 	nodes := map[string]*Node{}
+	cut := true
 	for _, addr := range []string{"10.0.0.2", "10.0.0.3"} {
-		n := NewNode(NewFSM("lb", 100, adv, false, now), key, uint64(now.UnixNano()), addrPort{nodes, addr, &now}, nil)
+		n := NewNode(NewFSM("lb", 100, adv, false, now), key, uint64(now.UnixNano()), addrPort{nodes, addr, &now, &cut}, nil)
 		n.Self = addr
 		nodes[addr] = n
 	}
+	for end := now.Add(time.Second); now.Before(end); now = now.Add(time.Millisecond) {
+		for _, n := range nodes {
+			n.Tick(now)
+		}
+	}
+	for addr, n := range nodes {
+		if r := n.Role(); r != Master {
+			t.Fatalf("%s is %s while cut off, want master", addr, r)
+		}
+	}
+	cut = false
 	for end := now.Add(2 * time.Second); now.Before(end); now = now.Add(time.Millisecond) {
 		for _, n := range nodes {
 			n.Tick(now)
@@ -226,4 +245,97 @@ func TestSameNameNeverTwoMasters(t *testing.T) {
 	if nodes["10.0.0.3"].Status(now).Role != Master {
 		t.Fatalf("the higher address should win the tie")
 	}
+}
+
+// gatedPort holds the priority-0 advert inside Send until released and
+// records the sequence numbers in the order the adverts left.
+type gatedPort struct {
+	t       *testing.T
+	release chan struct{}
+	mu      sync.Mutex
+	wire    []Advert
+}
+
+func (g *gatedPort) Send(b []byte) error {
+	a, err := Parse(b, key)
+	if err != nil {
+		g.t.Error(err)
+	}
+	if a.Priority == 0 {
+		<-g.release
+	}
+	g.mu.Lock()
+	g.wire = append(g.wire, a)
+	g.mu.Unlock()
+	return nil
+}
+
+// TestHandoffAdvertLeavesFirst: an advert due while the priority-0
+// handoff is still being sent waits for it, so the peer never sees the
+// handoff after a later sequence number (and refuses it as a replay).
+// Before, the master kept its role until the next master-down.
+func TestHandoffAdvertLeavesFirst(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		g := &gatedPort{t: t, release: make(chan struct{})}
+		now := time.Now()
+		n := NewNode(NewFSM("lb-a", 200, 100*time.Millisecond, false, now), key, 1, g, nil)
+		peer := NewNode(NewFSM("lb-b", 100, 100*time.Millisecond, false, now), key, 1, port{b: &bus{nodes: map[string]*Node{}, cut: map[string]bool{}, now: &now}, name: "lb-b"}, nil)
+		var wg sync.WaitGroup
+		wg.Go(func() { _ = n.Handoff(now) })
+		synctest.Wait() // the handoff is inside Send
+		wg.Go(func() { _ = n.Tick(now) })
+		synctest.Wait() // the due advert waits for it, or (the bug) went out
+		close(g.release)
+		wg.Wait()
+		if len(g.wire) != 2 {
+			t.Fatalf("sent %d adverts, want 2", len(g.wire))
+		}
+		for i, a := range g.wire {
+			peer.Receive(mustMarshal(t, a), "lb-a", now)
+			if i > 0 && a.Seq <= g.wire[i-1].Seq {
+				t.Errorf("advert seq %d left after seq %d", a.Seq, g.wire[i-1].Seq)
+			}
+		}
+		if bad := peer.Status(now).BadAdverts; len(bad) != 0 {
+			t.Errorf("peer refused adverts: %v", bad)
+		}
+		if err := peer.Tick(now); err != nil {
+			t.Fatal(err)
+		}
+		if r := peer.Role(); r != Master {
+			t.Errorf("peer is %s after the handoff, want master at once", r)
+		}
+	})
+}
+
+// TestNewMasterAdvertisesAtOnce: the tick that makes a backup master sends
+// its first master advert, even though its backup advert went out less
+// than an interval before.
+func TestNewMasterAdvertisesAtOnce(t *testing.T) {
+	adv := 100 * time.Millisecond
+	p := newPair(adv)
+	p.b.cut["lb-a"] = true // lb-b hears no master and takes over
+	rec := &gatedPort{t: t, release: make(chan struct{})}
+	p.c.send = rec
+	for p.c.Status(p.now).Role != Master {
+		p.now = p.now.Add(time.Millisecond)
+		p.c.Tick(p.now)
+	}
+	got := rec.wire
+	last := got[len(got)-1]
+	if !last.Master {
+		t.Fatalf("the tick that made lb-b master sent no master advert; last sent %+v", last)
+	}
+	if len(got) < 2 || got[len(got)-2].Master {
+		t.Fatalf("want backup adverts before the first master advert: %+v", got)
+	}
+}
+
+func mustMarshal(t *testing.T, a Advert) []byte {
+	t.Helper()
+	b, err := a.Marshal(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
 }

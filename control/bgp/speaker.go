@@ -33,9 +33,10 @@ type Speaker struct {
 // completed. Stop releases it.
 func NewSpeaker(ctx context.Context, cfg Config, log *slog.Logger) (*Speaker, error) {
 	lvl := &slog.LevelVar{}
-	lvl.Set(slog.LevelWarn) // GoBGP's own chatter; peer changes are logged here
+	lvl.Set(slog.LevelWarn)
+	glog := slog.New(warnOnly{log.Handler()}).With("component", "gobgp")
 	s := &Speaker{cfg: cfg, log: log.With("component", "bgp"), announced: map[netip.Prefix]bool{},
-		srv: server.NewBgpServer(server.LoggerOption(log.With("component", "gobgp"), lvl))}
+		srv: server.NewBgpServer(server.LoggerOption(glog, lvl))}
 	go s.srv.Serve()
 	g := &gapi.Global{Asn: cfg.ASN, RouterId: cfg.RouterID.String(), ListenPort: -1}
 	if cfg.BFD {
@@ -268,11 +269,14 @@ func (s *Speaker) Announced() []netip.Prefix {
 }
 
 // Stop closes every session (a Cease to each router) and the speaker.
-func (s *Speaker) Stop() {
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-	defer cancel()
-	if err := s.srv.StopBgp(ctx, &gapi.StopBgpRequest{}); err != nil {
-		s.log.Warn("bgp: stop speaker", "err", err)
-	}
-	s.srv.Stop()
+func (s *Speaker) Stop() { s.srv.Stop() }
+
+// warnOnly passes on GoBGP's warnings and errors; its per-peer chatter
+// is logged by onPeer instead.
+type warnOnly struct{ slog.Handler }
+
+func (w warnOnly) Enabled(ctx context.Context, l slog.Level) bool {
+	return l >= slog.LevelWarn && w.Handler.Enabled(ctx, l)
 }
+func (w warnOnly) WithAttrs(as []slog.Attr) slog.Handler { return warnOnly{w.Handler.WithAttrs(as)} }
+func (w warnOnly) WithGroup(n string) slog.Handler       { return warnOnly{w.Handler.WithGroup(n)} }

@@ -17,6 +17,7 @@ import (
 
 	"github.com/sluicelb/sluice/control/api"
 	"github.com/sluicelb/sluice/control/availability"
+	"github.com/sluicelb/sluice/control/bgp"
 	"github.com/sluicelb/sluice/control/cluster"
 	"github.com/sluicelb/sluice/control/hook"
 	"github.com/sluicelb/sluice/control/neigh"
@@ -82,6 +83,9 @@ type Options struct {
 	// Cluster, when set, makes it one active node of a cluster whose
 	// desired state lives in etcd (StateDir keeps what is the node's own).
 	Cluster *cluster.NodeOptions
+	// BGP, when set, announces the VIP addresses this node can serve to
+	// its routers (route health injection).
+	BGP *bgp.Config
 }
 
 // Daemon runs the data plane, health checks, reconciler, API and metrics.
@@ -95,8 +99,9 @@ type Daemon struct {
 	events  *EventLog
 	metrics *metrics
 	coord   Coordinator
-	pair    *pair.Pair    // nil for a lone daemon
-	cl      *cluster.Node // nil unless in a cluster
+	pair    *pair.Pair     // nil for a lone daemon
+	cl      *cluster.Node  // nil unless in a cluster
+	bgp     *bgp.Announcer // nil unless announcing over BGP
 	started time.Time
 	rev     atomic.Uint64 // d.state.Revision, readable without d.mu
 	// lastProbe is when a health probe last finished (unix ns);
@@ -218,6 +223,14 @@ func (o *Options) complete() error {
 	if o.HA != nil && o.Cluster != nil {
 		return errors.New("--ha-peer: an LB pair and a cluster on etcd exclude each other (every cluster node is active)")
 	}
+	if o.BGP != nil {
+		if o.HA != nil {
+			return errors.New("--ha-peer: an LB pair and BGP announcements exclude each other (behind ECMP every node is active)")
+		}
+		if err := o.BGP.Complete(); err != nil {
+			return err
+		}
+	}
 	if o.StateDir == "" {
 		o.StateDir = DefaultStateDir
 	}
@@ -291,11 +304,20 @@ func (d *Daemon) setUp(ctx context.Context) error {
 			return fmt.Errorf("start ha: %w", err)
 		}
 	}
+	if opts.BGP != nil {
+		if d.bgp, err = newAnnouncer(ctx, d, *opts.BGP); err != nil {
+			return err
+		}
+		go d.bgp.Run(ctx)
+	}
 	return nil
 }
 
 // abort releases what a failed New set up.
 func (d *Daemon) abort() {
+	if d.bgp != nil {
+		d.bgp.Speaker.Stop()
+	}
 	if d.hm != nil {
 		d.hm.Stop()
 	}
@@ -333,6 +355,9 @@ func (d *Daemon) applyLocked(ctx context.Context) (reconcile.Result, error) {
 	}
 	if d.cl != nil {
 		d.cl.Kick() // publish the applied revision and rings
+	}
+	if d.bgp != nil {
+		d.bgp.Kick()
 	}
 	if err != nil {
 		return res, err
@@ -626,11 +651,22 @@ func (d *Daemon) shutdown() {
 	if d.pair != nil {
 		d.pair.Stop()
 	}
+	if d.bgp != nil {
+		d.drainForShutdown(d.opts.BGP.Drain)
+	}
 	d.hm.Stop()
 	if d.cl != nil {
 		d.cl.Close()
 	}
-	d.dp.Close()
+	if d.bgp != nil {
+		// Behind ECMP the routers no longer send here: nothing to keep
+		// forwarding across a restart, and a stale program must not stay.
+		if err := d.dp.Detach(); err != nil {
+			d.log.Error("detach the data plane", "err", err)
+		}
+	} else {
+		d.dp.Close()
+	}
 	d.store.Close()
 	os.Remove(d.opts.Socket)
 }

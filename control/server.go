@@ -61,6 +61,9 @@ func (d *Daemon) apiHandler() http.Handler {
 		}
 		return d.pair.Handoff()
 	}))
+	mux.Handle("GET /v1/bgp", handler(func(r *http.Request) (any, error) { return d.BGPStatus(r.Context()) }))
+	mux.Handle("POST /v1/node/drain", handler(func(r *http.Request) (any, error) { return d.Drain(r.Context()) }))
+	mux.Handle("POST /v1/node/undrain", handler(func(r *http.Request) (any, error) { return d.Undrain(r.Context()) }))
 	mux.Handle("GET /v1/cluster", handler(func(r *http.Request) (any, error) { return d.ClusterStatus(r.Context()), nil }))
 	mux.HandleFunc("GET /v1/events", d.apiEvents)
 	return mux

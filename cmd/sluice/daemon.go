@@ -60,11 +60,15 @@ func daemonCommand() *cli.Command {
 			if err != nil {
 				return err
 			}
+			bgpOpts, err := bgpOptions(c)
+			if err != nil {
+				return err
+			}
 			log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
 			d, err := control.New(c.Context, control.Options{
 				Iface: c.String("iface"), Mode: mode, StateDir: c.String("state-dir"), Socket: c.String("socket"),
 				MetricsAddr: c.String("metrics-addr"), Seed: c.Uint64("seed"), ArchiveKeep: c.Int("archive-keep"),
-				FlowTableSize: uint32(c.Uint64("flow-table-size")), PinRoot: c.String("pin-root"), Logger: log, HA: haOpts, Cluster: clusterOpts,
+				FlowTableSize: uint32(c.Uint64("flow-table-size")), PinRoot: c.String("pin-root"), Logger: log, HA: haOpts, Cluster: clusterOpts, BGP: bgpOpts,
 				HookUser: c.String("hook-user"), VIPOpen: c.Bool("vip-open"), VIPNoEcho: c.Bool("vip-no-echo"),
 				NewFlowLimit: uint32(limit),
 				Timeline:     state.TimelineLimits{Retention: c.Duration("availability-retention"), MaxEvents: c.Int("availability-max-events")},
@@ -80,7 +84,7 @@ func daemonCommand() *cli.Command {
 // daemonFlags are the daemon's flags: the node, the LB pair (--ha-*) and
 // the cluster (--store etcd).
 func daemonFlags() []cli.Flag {
-	return []cli.Flag{
+	return append([]cli.Flag{
 		&cli.StringFlag{Name: "iface", Usage: "interface to attach the XDP program to", Required: true},
 		&cli.StringFlag{Name: "xdp-mode", Value: "auto", Usage: "native, generic or auto (native, else generic)"},
 		&cli.StringFlag{Name: "state-dir", Value: control.DefaultStateDir, Usage: "where the desired state, archive and backups live"},
@@ -113,7 +117,7 @@ func daemonFlags() []cli.Flag {
 		&cli.StringFlag{Name: "etcd-key", Usage: "cluster: client key file for etcd"},
 		&cli.StringFlag{Name: "health-quorum", Value: string(cluster.Majority), Usage: "cluster: a backend is in the rings when majority (more than half the live nodes), any (one node) or local (this node) sees it up"},
 		&cli.IntFlag{Name: "cluster-ttl", Value: 3, Usage: "cluster: seconds of the node's lease; a node cut off from etcd stops coordinating within it"},
-	}
+	}, bgpFlags()...)
 }
 
 // haOptions reads the --ha-* flags; without --ha-peer the daemon runs alone.

@@ -47,6 +47,8 @@ func main() {
 			statusCommand(),
 			haCommand(),
 			clusterCommand(),
+			bgpCommand(),
+			nodeCommand(),
 			statsCommand(),
 			eventsCommand(),
 			applyCommand(),

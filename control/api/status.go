@@ -100,3 +100,35 @@ type ClusterNode struct {
 	Health          map[string]map[string]string `json:"health"`
 	LastSeen        string                       `json:"last_seen"`
 }
+
+// BGPStatus is `sluice bgp status -o json`.
+type BGPStatus struct {
+	Enabled   bool              `json:"enabled"`
+	ASN       uint32            `json:"asn,omitempty"`
+	RouterID  string            `json:"router_id,omitempty"`
+	Draining  bool              `json:"draining"`
+	Peers     []BGPPeer         `json:"peers"`
+	Announced []string          `json:"announced"`
+	Withheld  map[string]string `json:"withheld"`
+	// Services is each VIP's verdict: one dead service on a shared
+	// address shows here while the address stays announced.
+	Services []BGPService `json:"services"`
+}
+
+// BGPPeer is one router in BGPStatus.
+type BGPPeer struct {
+	Addr   string `json:"addr"`
+	ASN    uint32 `json:"asn"`
+	State  string `json:"state"`
+	Uptime string `json:"uptime"`
+	BFD    string `json:"bfd"`
+}
+
+// BGPService is one VIP's verdict in BGPStatus.
+type BGPService struct {
+	VIP         string `json:"vip"`
+	Serviceable bool   `json:"serviceable"`
+	Reason      string `json:"reason,omitempty"`
+	Usable      int    `json:"usable"`
+	MinActive   int    `json:"min_active"`
+}

@@ -75,6 +75,7 @@ type Node struct {
 	member *Member
 
 	seen      atomic.Uint64 // newest etcd revision this process applied
+	reached   atomic.Bool   // etcd answered this process at least once
 	downSince atomic.Int64  // unix ns since etcd last failed a request; 0: answering
 	publish   chan struct{}
 
@@ -147,6 +148,7 @@ func isUnavailable(err error) bool {
 }
 
 func (c *Node) up() {
+	c.reached.Store(true)
 	if c.downSince.Swap(0) != 0 {
 		c.log.Info("cluster: etcd answers again")
 		c.h.Event(api.Event{Kind: "config", Reason: "cluster: store reachable again"})
@@ -165,6 +167,13 @@ func (c *Node) storeErr(err error) error {
 	c.down(err)
 	since := time.Unix(0, c.downSince.Load()).UTC().Format(time.RFC3339)
 	return fmt.Errorf("store unreachable since %s (etcd %v): %w", since, c.opts.Endpoints, err)
+}
+
+// Synced reports whether this node applied the newest state it has seen
+// from etcd (applied is the revision it applied), and has reached etcd at
+// all since it started: a node that never did may forward an old state.
+func (c *Node) Synced(applied uint64) bool {
+	return c.reached.Load() && applied >= c.seen.Load()
 }
 
 // Commit is a change made through this node: one guarded etcd

@@ -51,6 +51,19 @@ func TestDaemonFlags(t *testing.T) {
 		{[]string{"--store", "etcd", "--etcd-endpoints", "http://10.0.0.31:2379", "--cluster", "c1", "--node-name", "n1", "--cluster-ttl", "0"}, "--cluster-ttl 0"},
 		{[]string{"--store", "etcd", "--etcd-endpoints", "http://10.0.0.31:2379", "--cluster", "c1", "--node-name", "n1", "--etcd-ca", filepath.Join(dir, "missing")}, "--etcd-ca"},
 		{[]string{"--store", "etcd", "--etcd-endpoints", "http://10.0.0.31:2379", "--cluster", "c1", "--node-name", "n1", "--ha-peer", "10.0.0.3", "--ha-key-file", key}, "an LB pair and a cluster"},
+		{[]string{"--bgp-asn", "65001"}, "--bgp-peer: at least one"},
+		{[]string{"--bgp-peer", "10.0.0.254@65000"}, "--bgp-asn: required"},
+		{[]string{"--bgp-asn", "65001", "--bgp-peer", "10.0.0.254"}, `--bgp-peer "10.0.0.254": want ADDR[:PORT]@ASN`},
+		{[]string{"--bgp-asn", "65001", "--bgp-peer", "router@65000"}, `--bgp-peer "router@65000"`},
+		{[]string{"--bgp-asn", "65001", "--bgp-peer", "10.0.0.254@65000", "--bgp-peer", "10.0.0.254:1179@65000"}, "--bgp-peer 10.0.0.254: given twice"},
+		{[]string{"--bgp-asn", "65001", "--bgp-peer", "10.0.0.254@65000", "--bgp-hold", "1s"}, "--bgp-hold 1s"},
+		{[]string{"--bgp-asn", "65001", "--bgp-peer", "10.0.0.254@65000", "--bgp-bfd-interval", "1ms"}, "--bgp-bfd-interval 1ms"},
+		{[]string{"--bgp-asn", "65001", "--bgp-peer", "10.0.0.254@65000", "--bgp-bfd-multiplier", "1"}, "--bgp-bfd-multiplier 1"},
+		{[]string{"--bgp-asn", "65001", "--bgp-peer", "10.0.0.254@65000", "--bgp-community", "70000:1"}, `--bgp-community "70000:1"`},
+		{[]string{"--bgp-asn", "65001", "--bgp-peer", "10.0.0.254@65000", "--bgp-router-id", "fd00::1"}, "--bgp-router-id fd00::1"},
+		{[]string{"--bgp-asn", "65001", "--bgp-peer", "10.0.0.254@65000", "--bgp-next-hop", "x"}, `--bgp-next-hop "x"`},
+		{[]string{"--bgp-bfd"}, "--bgp-bfd: needs --bgp-asn and --bgp-peer"},
+		{[]string{"--bgp-asn", "65001", "--bgp-peer", "10.0.0.254@65000", "--ha-peer", "10.0.0.3", "--ha-key-file", key}, "an LB pair and BGP announcements"},
 	} {
 		out, err := exec.Command(sluiceBin, append(slices.Clone(base), c.args...)...).CombinedOutput()
 		if err == nil {

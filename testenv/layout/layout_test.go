@@ -35,7 +35,7 @@ var layer = map[string]int{
 	"control/etcdstore":       3,
 	"control/reconcile":       3,
 	"control/cluster":         4,
-	"control/bgp":             3,
+	"control/bgp":             4,
 	"control/availability":    4,
 	"control/pair":            4,
 	"control":                 5,

@@ -1,0 +1,140 @@
+package e2e
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/netip"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/sluicelb/sluice/control/api"
+	"github.com/sluicelb/sluice/testenv"
+)
+
+var routerAddr = netip.MustParsePrefix("10.77.0.254/24")
+
+// startRouter adds a router host on the lab's bridge running BIRD 2 with
+// one eBGP session (AS 65000) per LB node (AS 65001), BFD when bfd, and
+// ECMP into its kernel table (merge paths) with the L4 multipath hash.
+func startRouter(t testing.TB, lab *testenv.Lab, bfd bool) (*testenv.Host, *testenv.BIRD) {
+	t.Helper()
+	h, err := lab.AddHost("router", routerAddr, testenv.HostOptions{PeerXDPPass: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for k, v := range map[string]string{"net/ipv4/ip_forward": "1", "net/ipv4/fib_multipath_hash_policy": "1"} {
+		if err := h.Sysctl(k, v); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var conf strings.Builder
+	fmt.Fprintf(&conf, "log stderr all;\nrouter id %s;\nprotocol device {}\n", routerAddr.Addr())
+	conf.WriteString("protocol kernel { ipv4 { import none; export all; }; merge paths on; }\n")
+	if bfd {
+		conf.WriteString("protocol bfd { interface \"*\" { min rx interval 100 ms; min tx interval 100 ms; multiplier 3; }; }\n")
+	}
+	for i, n := range lab.Nodes {
+		fmt.Fprintf(&conf, "protocol bgp lb%d {\n  local %s as 65000;\n  neighbor %s as 65001;\n  passive on;\n  hold time 3;\n", i+1, routerAddr.Addr(), n.Addr.Addr())
+		if bfd {
+			conf.WriteString("  bfd on;\n")
+		}
+		conf.WriteString("  ipv4 { import filter { if net ~ [ 10.77.1.0/24{32,32} ] then accept; reject; }; export none; };\n}\n")
+	}
+	b, err := testenv.StartBIRD(context.Background(), t.TempDir(), h, conf.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(b.Stop)
+	return h, b
+}
+
+// nextHops is the router's kernel route to addr: the LB nodes it sends to.
+func nextHops(t testing.TB, router *testenv.Host, addr string) []string {
+	t.Helper()
+	out, err := router.Command(context.Background(), "ip", "-4", "route", "show", addr).CombinedOutput()
+	if err != nil {
+		t.Fatalf("ip route: %v: %s", err, out)
+	}
+	var hops []string
+	for _, f := range strings.Fields(string(out)) {
+		if a, err := netip.ParseAddr(f); err == nil && routerAddr.Contains(a) {
+			hops = append(hops, f)
+		}
+	}
+	return hops
+}
+
+// waitHops waits until the router's route to addr has n next hops and
+// returns how long that took.
+func waitHops(t testing.TB, router *testenv.Host, b *testenv.BIRD, addr string, n int, within time.Duration) time.Duration {
+	t.Helper()
+	start := time.Now()
+	for {
+		hops := nextHops(t, router, addr)
+		if len(hops) == n {
+			return time.Since(start)
+		}
+		if time.Since(start) > within {
+			out, _ := b.Show(context.Background(), "protocols")
+			t.Fatalf("router's route to %s has next hops %v after %v, want %d; BIRD:\n%s", addr, hops, within, n, out)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func bgpStatus(t testing.TB, d *daemonProc) api.BGPStatus {
+	t.Helper()
+	var st api.BGPStatus
+	if err := json.Unmarshal([]byte(d.mustCLI(t, "bgp", "status", "-o", "json")), &st); err != nil {
+		t.Fatal(err)
+	}
+	return st
+}
+
+// TestBGPAnnounce: three cluster nodes announce the VIP address to a
+// real BIRD router, whose kernel route gets three next hops within 5 s;
+// a VIP whose backends are all down is withdrawn by every node and comes
+// back when one recovers; node drain withdraws one node's route and
+// undrain brings it back.
+func TestBGPAnnounce(t *testing.T) {
+	lc := newLabCluster(t, 2, 2, "--bgp-asn", "65001", "--bgp-peer", routerAddr.Addr().String()+"@65000", "--bgp-learn", "1s", "--bgp-drain", "300ms")
+	router, b := startRouter(t, lc.lab, false)
+	took := waitHops(t, router, b, "10.77.1.100", 3, 5*time.Second)
+	t.Logf("router's route to 10.77.1.100 has 3 next hops %v after BIRD started", took.Round(time.Millisecond))
+	st := bgpStatus(t, lc.nodes[0])
+	if len(st.Peers) != 1 || st.Peers[0].State != "established" || st.Peers[0].BFD != "off" ||
+		len(st.Announced) != 1 || st.Announced[0] != "10.77.1.100/32" || st.ASN != 65001 {
+		t.Fatalf("bgp status %+v", st)
+	}
+	for _, be := range lc.lab.Backends {
+		be.StopServers(true)
+	}
+	start := time.Now()
+	waitHops(t, router, b, "10.77.1.100", 0, 5*time.Second)
+	t.Logf("all backends down: withdrawn by every node after %v", time.Since(start).Round(time.Millisecond))
+	if st := bgpStatus(t, lc.nodes[1]); st.Withheld["10.77.1.100/32"] != "no-usable-backends" || len(st.Announced) != 0 {
+		t.Fatalf("bgp status with every backend down: %+v", st)
+	}
+	if err := lc.lab.Backends[0].StartServers(); err != nil {
+		t.Fatal(err)
+	}
+	start = time.Now()
+	waitHops(t, router, b, "10.77.1.100", 3, 5*time.Second)
+	t.Logf("one backend back: announced by every node again after %v", time.Since(start).Round(time.Millisecond))
+	if out := lc.nodes[2].mustCLI(t, "node", "drain"); !strings.Contains(out, "drained: every route withdrawn") {
+		t.Fatalf("node drain printed %q", out)
+	}
+	waitHops(t, router, b, "10.77.1.100", 2, 5*time.Second)
+	for _, h := range nextHops(t, router, "10.77.1.100") {
+		if h == lc.lab.Nodes[2].Addr.Addr().String() {
+			t.Fatalf("the drained node %s is still a next hop", h)
+		}
+	}
+	if st := bgpStatus(t, lc.nodes[2]); !st.Draining || st.Withheld["10.77.1.100/32"] != "draining" {
+		t.Fatalf("bgp status while drained: %+v", st)
+	}
+	lc.nodes[2].mustCLI(t, "node", "undrain")
+	waitHops(t, router, b, "10.77.1.100", 3, 5*time.Second)
+}

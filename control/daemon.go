@@ -308,6 +308,7 @@ func (d *Daemon) setUp(ctx context.Context) error {
 		if d.bgp, err = newAnnouncer(ctx, d, *opts.BGP); err != nil {
 			return err
 		}
+		d.metrics.reg.MustRegister(d.bgp)
 		go d.bgp.Run(ctx)
 	}
 	return nil

@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/netip"
+	"os"
+	"regexp"
 	"slices"
 	"strings"
 	"testing"
@@ -110,6 +112,21 @@ func TestBGPAnnounce(t *testing.T) {
 		len(st.Announced) != 1 || st.Announced[0] != "10.77.1.100/32" || st.ASN != 65001 {
 		t.Fatalf("bgp status %+v", st)
 	}
+	m := newScraper(lc.lab.Nodes[0])
+	for _, c := range []struct {
+		name   string
+		labels []string
+		want   float64
+	}{
+		{"sluice_bgp_peer_up", []string{`peer="10.77.0.254"`}, 1},
+		{"sluice_bgp_announced", nil, 1},
+		{"sluice_bgp_withheld", []string{`reason="no-usable-backends"`}, 0},
+		{"sluice_node_draining", nil, 0},
+	} {
+		if v := m.value(t, c.name, c.labels...); v != c.want {
+			t.Errorf("%s%v = %v, want %v", c.name, c.labels, v, c.want)
+		}
+	}
 	for _, be := range lc.lab.Backends {
 		be.StopServers(true)
 	}
@@ -118,6 +135,9 @@ func TestBGPAnnounce(t *testing.T) {
 	t.Logf("all backends down: withdrawn by every node after %v", time.Since(start).Round(time.Millisecond))
 	if st := bgpStatus(t, lc.nodes[1]); st.Withheld["10.77.1.100/32"] != "no-usable-backends" || len(st.Announced) != 0 {
 		t.Fatalf("bgp status with every backend down: %+v", st)
+	}
+	if v := m.value(t, "sluice_bgp_withheld", `reason="no-usable-backends"`); v != 1 {
+		t.Errorf("sluice_bgp_withheld{reason=no-usable-backends} = %v with every backend down, want 1", v)
 	}
 	if err := lc.lab.Backends[0].StartServers(); err != nil {
 		t.Fatal(err)
@@ -137,6 +157,29 @@ func TestBGPAnnounce(t *testing.T) {
 	if st := bgpStatus(t, lc.nodes[2]); !st.Draining || st.Withheld["10.77.1.100/32"] != "draining" {
 		t.Fatalf("bgp status while drained: %+v", st)
 	}
+	if v := newScraper(lc.lab.Nodes[2]).value(t, "sluice_node_draining"); v != 1 {
+		t.Errorf("sluice_node_draining = %v while drained, want 1", v)
+	}
+	// The shipped dashboard's BGP panels query series a node exports.
+	dash, err := os.ReadFile("../../docs/grafana-dashboard.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	names := regexp.MustCompile(`sluice_(bgp_[a-z_]+|node_draining)`).FindAllString(string(dash), -1)
+	if len(names) < 5 {
+		t.Fatalf("the dashboard queries %d BGP series, want 5", len(names))
+	}
+	for _, name := range names {
+		if name != "sluice_bgp_bfd_up" { // with --bgp-bfd only: TestBGPNodeKilledBFD
+			m.value(t, name)
+		}
+	}
+	text := lc.nodes[2].mustCLI(t, "bgp", "status")
+	for _, want := range []string{"asn 65001", "draining true", "10.77.0.254", "established", "withheld: 10.77.1.100/32 (draining)", "10.77.1.100:7/tcp"} {
+		if !strings.Contains(text, want) {
+			t.Errorf("bgp status lacks %q:\n%s", want, text)
+		}
+	}
 	lc.nodes[2].mustCLI(t, "node", "undrain")
 	waitHops(t, router, b, "10.77.1.100", 3, 5*time.Second)
 }
@@ -155,6 +198,9 @@ func TestBGPNodeKilledBFD(t *testing.T) {
 	for i := range runs {
 		n := i % len(lc.nodes)
 		waitBFD(t, lc.nodes[n], b)
+		if v := newScraper(lc.lab.Nodes[n]).value(t, "sluice_bgp_bfd_up", `peer="10.77.0.254"`); v != 1 {
+			t.Fatalf("node %d: sluice_bgp_bfd_up %v with BFD up, want 1", n, v)
+		}
 		// The link first: a kill alone closes the TCP session, and the
 		// router would learn of it from the FIN, not from BFD.
 		if err := lc.lab.Nodes[n].SetLinkUp(false); err != nil {

@@ -344,6 +344,9 @@ func TestMetrics(t *testing.T) {
 		if strings.HasPrefix(n, "sluice_cluster_") || n == "sluice_store_up" || n == "sluice_coordinator" {
 			continue // a cluster node's series: TestClusterPropagation checks them
 		}
+		if strings.HasPrefix(n, "sluice_bgp_") || n == "sluice_node_draining" {
+			continue // a BGP speaker's series: TestBGPAnnounce checks them
+		}
 		if !strings.Contains(body, n) {
 			t.Errorf("dashboard queries %s, which the daemon does not export", n)
 		}

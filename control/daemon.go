@@ -253,7 +253,7 @@ func (o *Options) complete() error {
 // health checks, applies the committed state and starts the pair.
 func (d *Daemon) setUp(ctx context.Context) error {
 	opts := d.opts
-	if _, err := d.dp.SetConfig(loader.Config{Seed: uint32(opts.Seed ^ opts.Seed>>32), MAC: d.dp.Iface().HardwareAddr,
+	if _, err := d.dp.SetConfig(loader.Config{Seed: loader.HashSeed(opts.Seed), MAC: d.dp.Iface().HardwareAddr,
 		FlowSync: opts.HA != nil, VIPOpen: opts.VIPOpen, NoEcho: opts.VIPNoEcho, NewFlowLimit: opts.NewFlowLimit}); err != nil {
 		return err
 	}

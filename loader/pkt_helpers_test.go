@@ -24,14 +24,7 @@ func backendMAC(idx uint32) net.HardwareAddr {
 func rawPort(p uint16) uint32 { return uint32(htons(p)) }
 
 func flowHash(src, dst netip.AddrPort, proto Proto, seed uint32) uint32 {
-	ports := rawPort(src.Port())<<16 | rawPort(dst.Port())
-	s, d := addrWords(src.Addr()), addrWords(dst.Addr())
-	if src.Addr().Is4() {
-		return jhash3(s[0], d[0], ports, seed^uint32(proto))
-	}
-	h := jhash4(s, seed)
-	h = jhash4(d, h)
-	return jhash3(ports, uint32(proto), 0, h)
+	return FlowHash(src, dst, proto, seed)
 }
 
 func encapEntropy(src netip.AddrPort) uint32 {

@@ -620,3 +620,76 @@ func (h *Host) Index() (int, error) {
 func (h *Host) Command(ctx context.Context, name string, args ...string) *exec.Cmd {
 	return exec.CommandContext(ctx, "nsenter", append([]string{"--net=" + filepath.Join(netnsDir, h.nsName), "--", name}, args...)...)
 }
+
+// AddHostBehind creates a host on a segment of its own behind gw (a
+// router host): one veth pair, this host's end with addr, gw's end
+// (named "r…") with gwAddr. The host's default route points at gwAddr.
+func (e *Env) AddHostBehind(gw *Host, name string, addr, gwAddr netip.Prefix, opts HostOptions) (*Host, error) {
+	if len(name) > 8 {
+		return nil, fmt.Errorf("host name %q: at most 8 characters", name)
+	}
+	if opts.MTU == 0 {
+		opts.MTU = 1500
+	}
+	h := &Host{Name: name, Addr: addr, nsName: e.nsName(name), env: e, Link: "s" + e.short + name, peer: "r" + e.short + name}
+	ns, err := newNamedNS(h.nsName)
+	if err != nil {
+		return nil, fmt.Errorf("create namespace for %s: %w", name, err)
+	}
+	h.ns = ns
+	e.mu.Lock()
+	e.hosts = append(e.hosts, h)
+	e.mu.Unlock()
+	err = withHandle(h.ns, func(nl *netlink.Handle) error {
+		veth := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: h.Link, MTU: opts.MTU}, PeerName: h.peer, PeerNamespace: netlink.NsFd(int(gw.ns))}
+		if err := nl.LinkAdd(veth); err != nil {
+			return fmt.Errorf("add veth %s: %w", h.Link, err)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	for _, side := range []struct {
+		ns   netns.NsHandle
+		link string
+		addr netip.Prefix
+		mac  *net.HardwareAddr
+	}{{h.ns, h.Link, addr, &h.MAC}, {gw.ns, h.peer, gwAddr, nil}} {
+		err := withHandle(side.ns, func(nl *netlink.Handle) error {
+			l, err := nl.LinkByName(side.link)
+			if err != nil {
+				return err
+			}
+			if side.mac != nil {
+				*side.mac = l.Attrs().HardwareAddr
+			}
+			if err := nl.AddrAdd(l, &netlink.Addr{IPNet: prefixNet(side.addr)}); err != nil {
+				return fmt.Errorf("add address %s to %s: %w", side.addr, side.link, err)
+			}
+			if lo, err := nl.LinkByName("lo"); err == nil {
+				nl.LinkSetUp(lo)
+			}
+			return nl.LinkSetUp(l)
+		})
+		if err != nil {
+			return nil, err
+		}
+	}
+	if err := h.AddRoute(netip.MustParsePrefix("0.0.0.0/0"), gwAddr.Addr()); err != nil {
+		return nil, err
+	}
+	if opts.TxChecksumOff {
+		if err := h.Do(func() error {
+			et, err := ethtool.NewEthtool()
+			if err != nil {
+				return err
+			}
+			defer et.Close()
+			return et.Change(h.Link, map[string]bool{"tx-checksum-ip-generic": false})
+		}); err != nil {
+			return nil, fmt.Errorf("turn off tx checksum offload on %s: %w", h.Link, err)
+		}
+	}
+	return h, nil
+}

@@ -15,6 +15,10 @@ var (
 	LabVIPNet6 = netip.MustParsePrefix("fd77:1::/64")
 	LabVIP4    = netip.MustParseAddr("10.77.1.100")
 	LabVIP6    = netip.MustParseAddr("fd77:1::100")
+	// With LabOptions.Router: the router on the hosts' segment, and the
+	// client's own segment behind it.
+	LabRouter4    = netip.MustParsePrefix("10.77.0.254/24")
+	LabClientNet4 = netip.MustParsePrefix("10.78.0.0/24")
 )
 
 // Lab ports: every backend answers with its name on each.
@@ -38,8 +42,13 @@ type LabOptions struct {
 	// as behind an active/standby pair.
 	Pair bool
 	// Nodes, past 1, adds LB hosts lb2 (.3), lb3 (.4)… for a cluster of
-	// active nodes; the client routes the VIPs through lb (until ECMP).
+	// active nodes; the client routes the VIPs through lb, unless Router.
 	Nodes int
+	// Router adds a router host (.254) and puts the client behind it on
+	// 10.78.0.0/24: the router forwards (L4 multipath hash on) and
+	// backends answer the client through it (DSR). The caller runs the
+	// routing daemon that gives it its routes to the VIPs. IPv4 only.
+	Router bool
 }
 
 // Host returns the lab host called name (client, lb, b1...), or nil.
@@ -49,6 +58,8 @@ func (l *Lab) Host(name string) *Host {
 		return l.Client
 	case "lb":
 		return l.LB
+	case "router":
+		return l.Router
 	}
 	for _, h := range l.Nodes {
 		if h.Name == name {
@@ -70,6 +81,7 @@ type Lab struct {
 	Client   *Host
 	LB       *Host
 	LB2      *Host   // with LabOptions.Pair or Nodes ≥ 2
+	Router   *Host   // with LabOptions.Router
 	Nodes    []*Host // every LB host: lb, lb2…
 	Backends []*Backend
 }
@@ -114,9 +126,7 @@ func NewLab(ctx context.Context, log *slog.Logger, opts LabOptions) (*Lab, error
 
 func (l *Lab) build(ctx context.Context, opts LabOptions) error {
 	var err error
-	c4, c6 := labAddr(1)
-	l.Client, err = l.AddHost("client", c4, HostOptions{MTU: 1500, TxChecksumOff: true, Addr6: c6})
-	if err != nil {
+	if err := l.addClient(opts); err != nil {
 		return err
 	}
 	lb4, lb6 := labAddr(2)
@@ -147,11 +157,13 @@ func (l *Lab) build(ctx context.Context, opts LabOptions) error {
 		}
 		gw4, gw6 = netip.Addr{}, netip.Addr{}
 	}
-	if err := l.Client.AddRoute(LabVIPNet4, gw4); err != nil {
-		return err
-	}
-	if err := l.Client.AddRoute(LabVIPNet6, gw6); err != nil {
-		return err
+	if !opts.Router {
+		if err := l.Client.AddRoute(LabVIPNet4, gw4); err != nil {
+			return err
+		}
+		if err := l.Client.AddRoute(LabVIPNet6, gw6); err != nil {
+			return err
+		}
 	}
 	for i := range opts.Backends {
 		a4, a6 := labAddr(byte(11 + i))
@@ -161,7 +173,35 @@ func (l *Lab) build(ctx context.Context, opts LabOptions) error {
 		if err != nil {
 			return err
 		}
+		if opts.Router {
+			if err := b.Host.AddRoute(LabClientNet4, LabRouter4.Addr()); err != nil {
+				return err
+			}
+		}
 		l.Backends = append(l.Backends, b)
 	}
 	return nil
+}
+
+// addClient adds the client: on the hosts' segment, or behind the router.
+func (l *Lab) addClient(opts LabOptions) error {
+	var err error
+	if !opts.Router {
+		c4, c6 := labAddr(1)
+		l.Client, err = l.AddHost("client", c4, HostOptions{MTU: 1500, TxChecksumOff: true, Addr6: c6})
+		return err
+	}
+	if l.Router, err = l.AddHost("router", LabRouter4, HostOptions{PeerXDPPass: true}); err != nil {
+		return err
+	}
+	for k, v := range map[string]string{"net/ipv4/ip_forward": "1", "net/ipv4/fib_multipath_hash_policy": "1",
+		"net/ipv4/conf/all/rp_filter": "0", "net/ipv4/conf/all/send_redirects": "0"} {
+		if err := l.Router.Sysctl(k, v); err != nil {
+			return err
+		}
+	}
+	cl := netip.PrefixFrom(LabClientNet4.Addr().Next(), LabClientNet4.Bits())
+	gw := netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 78, 0, 254}), LabClientNet4.Bits())
+	l.Client, err = l.AddHostBehind(l.Router, "client", cl, gw, HostOptions{MTU: 1500, TxChecksumOff: true})
+	return err
 }

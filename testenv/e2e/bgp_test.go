@@ -17,22 +17,27 @@ import (
 	"github.com/sluicelb/sluice/testenv/testutil"
 )
 
-var routerAddr = netip.MustParsePrefix("10.77.0.254/24")
+var routerAddr = testenv.LabRouter4
 
-// startRouter adds a router host on the lab's bridge running BIRD 2 with
-// one eBGP session (AS 65000) per LB node (AS 65001), BFD when bfd, and
-// ECMP into its kernel table (merge paths) with the L4 multipath hash.
-func startRouter(t testing.TB, lab *testenv.Lab, bfd bool) (*testenv.Host, *testenv.BIRD) {
+// bgpArgs are the daemon flags of a cluster node announcing to the lab's
+// router.
+func bgpArgs(extra ...string) []string {
+	return append([]string{"--bgp-asn", "65001", "--bgp-peer", routerAddr.Addr().String() + "@65000", "--bgp-drain", "300ms"}, extra...)
+}
+
+// newBGPCluster is a three-node cluster behind the lab's router (the
+// client on its own segment behind it), announcing over BGP to BIRD.
+func newBGPCluster(t testing.TB, backends, active int, bfd bool, extra ...string) (*labCluster, *testenv.BIRD) {
 	t.Helper()
-	h, err := lab.AddHost("router", routerAddr, testenv.HostOptions{PeerXDPPass: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	for k, v := range map[string]string{"net/ipv4/ip_forward": "1", "net/ipv4/fib_multipath_hash_policy": "1"} {
-		if err := h.Sysctl(k, v); err != nil {
-			t.Fatal(err)
-		}
-	}
+	lc := newLabClusterOn(t, testenv.LabOptions{Backends: backends, Nodes: 3, Router: true}, active, bgpArgs(extra...)...)
+	return lc, startBIRD(t, lc.lab, bfd)
+}
+
+// startBIRD runs BIRD 2 on the lab's router with one eBGP session (AS
+// 65000) per LB node (AS 65001), BFD when bfd, and ECMP into its kernel
+// table (merge paths); the lab set the L4 multipath hash.
+func startBIRD(t testing.TB, lab *testenv.Lab, bfd bool) *testenv.BIRD {
+	t.Helper()
 	var conf strings.Builder
 	fmt.Fprintf(&conf, "log stderr all;\nrouter id %s;\nprotocol device {}\n", routerAddr.Addr())
 	conf.WriteString("protocol kernel { ipv4 { import none; export all; }; merge paths on; }\n")
@@ -46,12 +51,12 @@ func startRouter(t testing.TB, lab *testenv.Lab, bfd bool) (*testenv.Host, *test
 		}
 		conf.WriteString("  ipv4 { import filter { if net ~ [ 10.77.1.0/24{32,32} ] then accept; reject; }; export none; };\n}\n")
 	}
-	b, err := testenv.StartBIRD(context.Background(), t.TempDir(), h, conf.String())
+	b, err := testenv.StartBIRD(context.Background(), t.TempDir(), lab.Router, conf.String())
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(b.Stop)
-	return h, b
+	return b
 }
 
 // nextHops is the router's kernel route to addr: the LB nodes it sends to.
@@ -103,8 +108,8 @@ func bgpStatus(t testing.TB, d *daemonProc) api.BGPStatus {
 // back when one recovers; node drain withdraws one node's route and
 // undrain brings it back.
 func TestBGPAnnounce(t *testing.T) {
-	lc := newLabCluster(t, 2, 2, "--bgp-asn", "65001", "--bgp-peer", routerAddr.Addr().String()+"@65000", "--bgp-learn", "1s", "--bgp-drain", "300ms")
-	router, b := startRouter(t, lc.lab, false)
+	lc, b := newBGPCluster(t, 2, 2, false, "--bgp-learn", "1s")
+	router := lc.lab.Router
 	took := waitHops(t, router, b, "10.77.1.100", 3, 5*time.Second)
 	t.Logf("router's route to 10.77.1.100 has 3 next hops %v after BIRD started", took.Round(time.Millisecond))
 	st := bgpStatus(t, lc.nodes[0])
@@ -189,9 +194,8 @@ func TestBGPAnnounce(t *testing.T) {
 // 20 runs, the node restarted each time (which also exercises GoBGP's
 // BFD across session resets: a known v4.8.0 bug made reconnects flap).
 func TestBGPNodeKilledBFD(t *testing.T) {
-	lc := newLabCluster(t, 2, 2, "--bgp-asn", "65001", "--bgp-peer", routerAddr.Addr().String()+"@65000",
-		"--bgp-learn", "500ms", "--bgp-drain", "300ms", "--bgp-bfd")
-	router, b := startRouter(t, lc.lab, true)
+	lc, b := newBGPCluster(t, 2, 2, true, "--bgp-learn", "500ms", "--bgp-bfd")
+	router := lc.lab.Router
 	waitHops(t, router, b, "10.77.1.100", 3, 10*time.Second)
 	const runs = 20
 	var gaps []time.Duration

@@ -30,7 +30,13 @@ var clusterEtcdAddr = netip.MustParseAddr("10.77.0.31")
 // backends, and waits until all three nodes build the same rings.
 func newLabCluster(t testing.TB, backends, active int, extra ...string) *labCluster {
 	t.Helper()
-	lab := newLab(t, testenv.LabOptions{Backends: backends, Nodes: 3})
+	return newLabClusterOn(t, testenv.LabOptions{Backends: backends, Nodes: 3}, active, extra...)
+}
+
+// newLabClusterOn is newLabCluster on a lab built with opts.
+func newLabClusterOn(t testing.TB, opts testenv.LabOptions, active int, extra ...string) *labCluster {
+	t.Helper()
+	lab := newLab(t, opts)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	etcd, err := lab.StartEtcd(ctx, 3, clusterEtcdAddr, 24)

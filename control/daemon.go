@@ -305,11 +305,15 @@ func (d *Daemon) setUp(ctx context.Context) error {
 		}
 	}
 	if opts.BGP != nil {
-		if d.bgp, err = newAnnouncer(ctx, d, *opts.BGP); err != nil {
+		a, err := newAnnouncer(ctx, d, *opts.BGP)
+		if err != nil {
 			return err
 		}
-		d.metrics.reg.MustRegister(d.bgp)
-		go d.bgp.Run(ctx)
+		d.mu.Lock() // health verdicts already apply, and kick it
+		d.bgp = a
+		d.mu.Unlock()
+		d.metrics.reg.MustRegister(a)
+		go a.Run(ctx)
 	}
 	return nil
 }

@@ -13,6 +13,7 @@ import (
 	"github.com/sluicelb/sluice/control/api"
 	"github.com/sluicelb/sluice/control/bgp"
 	"github.com/sluicelb/sluice/control/state"
+	"github.com/sluicelb/sluice/loader"
 )
 
 // bgpSource is the daemon as its BGP announcer sees it (bgp.Source).
@@ -55,23 +56,23 @@ func (s bgpSource) NodeView() bgp.NodeView {
 // Services are the VIPs with their usable backends as last applied to
 // the maps.
 func (s bgpSource) Services() []bgp.Service {
+	var out []bgp.Service
+	var keys []loader.VIPKey
 	s.d.mu.Lock()
-	vips := s.d.state.Clone().VIPs
-	s.d.mu.Unlock()
-	out := make([]bgp.Service, 0, len(vips))
-	for _, v := range vips {
-		k, err := state.ParseVIPKey(v.VIP)
-		if err != nil {
-			continue
+	for _, v := range s.d.state.VIPs {
+		if k, err := state.ParseVIPKey(v.VIP); err == nil {
+			out = append(out, bgp.Service{VIP: v.VIP, Addr: k.Addr, MinActive: v.MinActive})
+			keys = append(keys, k)
 		}
-		usable := 0
+	}
+	s.d.mu.Unlock()
+	for i, k := range keys {
 		views, _, _ := s.d.rec.View(k)
 		for _, bv := range views {
 			if bv.Usable {
-				usable++
+				out[i].Usable++
 			}
 		}
-		out = append(out, bgp.Service{VIP: v.VIP, Addr: k.Addr, Usable: usable, MinActive: v.MinActive})
 	}
 	return out
 }

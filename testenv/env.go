@@ -318,18 +318,27 @@ func (e *Env) AddHost(name string, addr netip.Prefix, opts HostOptions) (*Host, 
 		}
 	}
 	if opts.TxChecksumOff {
-		if err := h.Do(func() error {
-			et, err := ethtool.NewEthtool()
-			if err != nil {
-				return err
-			}
-			defer et.Close()
-			return et.Change(h.Link, map[string]bool{"tx-checksum-ip-generic": false})
-		}); err != nil {
-			return nil, fmt.Errorf("turn off tx checksum offload on %s: %w", h.Link, err)
+		if err := h.txChecksumOff(); err != nil {
+			return nil, err
 		}
 	}
 	return h, nil
+}
+
+// txChecksumOff turns off TX checksum offload on the host's link.
+func (h *Host) txChecksumOff() error {
+	err := h.Do(func() error {
+		et, err := ethtool.NewEthtool()
+		if err != nil {
+			return err
+		}
+		defer et.Close()
+		return et.Change(h.Link, map[string]bool{"tx-checksum-ip-generic": false})
+	})
+	if err != nil {
+		return fmt.Errorf("turn off tx checksum offload on %s: %w", h.Link, err)
+	}
+	return nil
 }
 
 // addLink creates the host's veth (its peer in the switch namespace),
@@ -680,15 +689,8 @@ func (e *Env) AddHostBehind(gw *Host, name string, addr, gwAddr netip.Prefix, op
 		return nil, err
 	}
 	if opts.TxChecksumOff {
-		if err := h.Do(func() error {
-			et, err := ethtool.NewEthtool()
-			if err != nil {
-				return err
-			}
-			defer et.Close()
-			return et.Change(h.Link, map[string]bool{"tx-checksum-ip-generic": false})
-		}); err != nil {
-			return nil, fmt.Errorf("turn off tx checksum offload on %s: %w", h.Link, err)
+		if err := h.txChecksumOff(); err != nil {
+			return nil, err
 		}
 	}
 	return h, nil

@@ -5,11 +5,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
 	"net/netip"
-	"sync"
 	"time"
 
 	"github.com/sluicelb/sluice/control/ha"
@@ -69,7 +67,7 @@ func (p *Pair) listenSync() ([]net.Listener, error) {
 	seen := map[netip.Addr]bool{}
 	var out []net.Listener
 	for _, peer := range p.opts.Peers {
-		local, err := sourceFor(peer)
+		local, err := ha.SourceFor(peer.Addr())
 		if err != nil {
 			return nil, errors.Join(fmt.Errorf("ha sync listener: %w", err), closeAll(out))
 		}
@@ -84,16 +82,6 @@ func (p *Pair) listenSync() ([]net.Listener, error) {
 		out = append(out, l)
 	}
 	return out, nil
-}
-
-// sourceFor is the local address the kernel uses to reach peer.
-func sourceFor(peer netip.AddrPort) (netip.Addr, error) {
-	c, err := net.Dial("udp", peer.String()) // connects a socket; sends nothing
-	if err != nil {
-		return netip.Addr{}, fmt.Errorf("no route to peer %s: %w", peer, err)
-	}
-	defer c.Close()
-	return c.LocalAddr().(*net.UDPAddr).AddrPort().Addr().Unmap(), nil
 }
 
 func closeAll(ls []net.Listener) error {
@@ -116,7 +104,7 @@ func (p *Pair) serveSync(ctx context.Context) {
 		WriteTimeout: dumpTimeout, IdleTimeout: syncIdleTimeout, MaxHeaderBytes: syncHeaderBytes}
 	slots := make(chan struct{}, maxSyncConns) // shared by every listener
 	for _, l := range p.tcp {
-		go srv.Serve(&peerListener{Listener: l, allowed: allowed, refused: p.refuseSync, slots: slots})
+		go srv.Serve(&ha.PeerListener{Listener: l, Allowed: func(a netip.Addr) bool { return allowed[a] }, Refused: p.refuseSync, Slots: slots})
 	}
 	go func() {
 		<-ctx.Done()
@@ -124,65 +112,13 @@ func (p *Pair) serveSync(ctx context.Context) {
 	}()
 }
 
-// peerListener closes at once, before anything is read, every connection
-// that does not come from a configured peer, and every one past
-// maxSyncConns: nothing waits in a queue.
-type peerListener struct {
-	net.Listener
-	allowed map[netip.Addr]bool
-	refused func(reason string)
-	slots   chan struct{}
-}
-
-func (l *peerListener) Accept() (net.Conn, error) {
-	for {
-		c, err := l.Listener.Accept()
-		if err != nil {
-			return nil, err
-		}
-		if a, ok := c.RemoteAddr().(*net.TCPAddr); !ok || !l.allowed[a.AddrPort().Addr().Unmap()] {
-			c.Close()
-			l.refused("unknown-peer")
-			continue
-		}
-		select {
-		case l.slots <- struct{}{}:
-			return &slotConn{Conn: c, slots: l.slots}, nil
-		default:
-			c.Close()
-			l.refused("busy")
-		}
-	}
-}
-
-// slotConn gives its slot back when closed.
-type slotConn struct {
-	net.Conn
-	slots chan struct{}
-	once  sync.Once
-}
-
-func (c *slotConn) Close() error {
-	c.once.Do(func() { <-c.slots })
-	return c.Conn.Close()
-}
-
 // readBody reads a request of kind within its bound; what is larger is
 // refused unread.
 func (p *Pair) readBody(r *http.Request, kind string) ([]byte, int, error) {
-	limit := maxRequest(kind)
-	if r.ContentLength > limit {
-		p.refuseSync("too-large")
-		return nil, http.StatusRequestEntityTooLarge, fmt.Errorf("%s: %d bytes, at most %d", kind, r.ContentLength, limit)
-	}
-	body, err := io.ReadAll(io.LimitReader(r.Body, limit+1))
-	if int64(len(body)) > limit {
-		p.refuseSync("too-large")
-		return nil, http.StatusRequestEntityTooLarge, fmt.Errorf("%s: over %d bytes", kind, limit)
-	}
+	body, code, reason, err := ha.ReadBody(r, maxRequest(kind))
 	if err != nil {
-		p.refuseSync("read")
-		return nil, http.StatusBadRequest, err
+		p.refuseSync(reason)
+		return nil, code, fmt.Errorf("%s: %w", kind, err)
 	}
 	return body, 0, nil
 }

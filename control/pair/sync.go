@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"net/http"
 	"net/netip"
 	"os"
@@ -74,13 +73,9 @@ func (p *Pair) call(ctx context.Context, method string, peer netip.AddrPort, kin
 		return nil, err
 	}
 	defer resp.Body.Close()
-	limit := p.maxResponse(kind)
-	out, err := io.ReadAll(io.LimitReader(resp.Body, limit+1))
+	out, err := ha.ReadAnswer(resp.Body, p.maxResponse(kind))
 	if err != nil {
-		return nil, err
-	}
-	if int64(len(out)) > limit {
-		return nil, fmt.Errorf("%s %s: answer over %d bytes, refused at the bound", method, kind, limit)
+		return nil, fmt.Errorf("%s %s: %w", method, kind, err)
 	}
 	if resp.StatusCode != http.StatusOK {
 		return nil, fmt.Errorf("%s %s: %s: %s", method, kind, resp.Status, bytes.TrimSpace(out))

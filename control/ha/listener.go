@@ -1,0 +1,96 @@
+package ha
+
+import (
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/netip"
+	"sync"
+)
+
+// PeerListener closes at once, before anything is read, every connection
+// that does not come from an allowed peer, and every one past the shared
+// slots: nothing waits in a queue. Sync servers (the pair's, the
+// cluster's flow sync) serve on it.
+type PeerListener struct {
+	net.Listener
+	Allowed func(netip.Addr) bool
+	Refused func(reason string) // "unknown-peer" or "busy"
+	Slots   chan struct{}       // its capacity is the connection limit
+}
+
+// Accept returns the next connection from an allowed peer with a free slot.
+func (l *PeerListener) Accept() (net.Conn, error) {
+	for {
+		c, err := l.Listener.Accept()
+		if err != nil {
+			return nil, err
+		}
+		if a, ok := c.RemoteAddr().(*net.TCPAddr); !ok || !l.Allowed(a.AddrPort().Addr().Unmap()) {
+			c.Close()
+			l.Refused("unknown-peer")
+			continue
+		}
+		select {
+		case l.Slots <- struct{}{}:
+			return &slotConn{Conn: c, slots: l.Slots}, nil
+		default:
+			c.Close()
+			l.Refused("busy")
+		}
+	}
+}
+
+// slotConn gives its slot back when closed.
+type slotConn struct {
+	net.Conn
+	slots chan struct{}
+	once  sync.Once
+}
+
+func (c *slotConn) Close() error {
+	c.once.Do(func() { <-c.slots })
+	return c.Conn.Close()
+}
+
+// SourceFor is the local address the kernel uses to reach peer: the one
+// a sync server listens on, so that clients of the VIPs cannot reach it.
+func SourceFor(peer netip.Addr) (netip.Addr, error) {
+	c, err := net.Dial("udp", netip.AddrPortFrom(peer, 9).String()) // connects a socket; sends nothing
+	if err != nil {
+		return netip.Addr{}, fmt.Errorf("no route to peer %s: %w", peer, err)
+	}
+	defer c.Close()
+	return c.LocalAddr().(*net.UDPAddr).AddrPort().Addr().Unmap(), nil
+}
+
+// ReadBody reads a request body of at most limit bytes, before its MAC
+// can be checked; what is larger is refused unread. On error it returns
+// the HTTP status to answer and the refusal's reason ("too-large" or
+// "read").
+func ReadBody(r *http.Request, limit int64) (body []byte, code int, reason string, err error) {
+	if r.ContentLength > limit {
+		return nil, http.StatusRequestEntityTooLarge, "too-large", fmt.Errorf("%d bytes, at most %d", r.ContentLength, limit)
+	}
+	body, err = io.ReadAll(io.LimitReader(r.Body, limit+1))
+	if int64(len(body)) > limit {
+		return nil, http.StatusRequestEntityTooLarge, "too-large", fmt.Errorf("over %d bytes", limit)
+	}
+	if err != nil {
+		return nil, http.StatusBadRequest, "read", err
+	}
+	return body, 0, "", nil
+}
+
+// ReadAnswer reads a response body of at most limit bytes.
+func ReadAnswer(r io.Reader, limit int64) ([]byte, error) {
+	out, err := io.ReadAll(io.LimitReader(r, limit+1))
+	if err != nil {
+		return nil, err
+	}
+	if int64(len(out)) > limit {
+		return nil, fmt.Errorf("answer over %d bytes, refused at the bound", limit)
+	}
+	return out, nil
+}

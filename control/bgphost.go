@@ -50,6 +50,7 @@ func (s bgpSource) NodeView() bgp.NodeView {
 		s.d.mu.Unlock()
 		v.Synced = s.d.cl.Synced(applied)
 	}
+	v.CopyingFlows = s.d.flows != nil && !s.d.flows.Copied()
 	return v
 }
 

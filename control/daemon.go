@@ -19,6 +19,8 @@ import (
 	"github.com/sluicelb/sluice/control/availability"
 	"github.com/sluicelb/sluice/control/bgp"
 	"github.com/sluicelb/sluice/control/cluster"
+	"github.com/sluicelb/sluice/control/events"
+	"github.com/sluicelb/sluice/control/flowsync"
 	"github.com/sluicelb/sluice/control/hook"
 	"github.com/sluicelb/sluice/control/neigh"
 	"github.com/sluicelb/sluice/control/pair"
@@ -86,6 +88,9 @@ type Options struct {
 	// BGP, when set, announces the VIP addresses this node can serve to
 	// its routers (route health injection).
 	BGP *bgp.Config
+	// FlowSync, when set (cluster nodes only), shares the connection
+	// table with the cluster's other nodes.
+	FlowSync *flowsync.Options
 }
 
 // Daemon runs the data plane, health checks, reconciler, API and metrics.
@@ -96,12 +101,13 @@ type Daemon struct {
 	dp      *loader.Datapath
 	rec     *reconcile.Reconciler
 	hm      *health.Manager
-	events  *EventLog
+	events  *events.Log
 	metrics *metrics
 	coord   Coordinator
 	pair    *pair.Pair     // nil for a lone daemon
 	cl      *cluster.Node  // nil unless in a cluster
 	bgp     *bgp.Announcer // nil unless announcing over BGP
+	flows   *flowsync.Syncer
 	started time.Time
 	rev     atomic.Uint64 // d.state.Revision, readable without d.mu
 	// lastProbe is when a health probe last finished (unix ns);
@@ -134,7 +140,7 @@ func New(ctx context.Context, opts Options) (*Daemon, error) {
 	if err := opts.complete(); err != nil {
 		return nil, err
 	}
-	d := &Daemon{opts: opts, log: opts.Logger, events: NewEventLog(1000), coord: SingleNode{}, started: time.Now(), ctx: ctx,
+	d := &Daemon{opts: opts, log: opts.Logger, events: events.New(1000), coord: SingleNode{}, started: time.Now(), ctx: ctx,
 		promoting: map[loader.VIPKey]bool{}, demotePending: map[loader.VIPKey]string{}, availability: map[availability.Subject]bool{}}
 	var err error
 	if opts.HookUser != "" {
@@ -223,6 +229,9 @@ func (o *Options) complete() error {
 	if o.HA != nil && o.Cluster != nil {
 		return errors.New("--ha-peer: an LB pair and a cluster on etcd exclude each other (every cluster node is active)")
 	}
+	if o.FlowSync != nil && o.Cluster == nil {
+		return errors.New("--flow-sync-key: needs --store etcd (flow sync's peers are the cluster's nodes)")
+	}
 	if o.BGP != nil {
 		if o.HA != nil {
 			return errors.New("--ha-peer: an LB pair and BGP announcements exclude each other (behind ECMP every node is active)")
@@ -254,7 +263,7 @@ func (o *Options) complete() error {
 func (d *Daemon) setUp(ctx context.Context) error {
 	opts := d.opts
 	if _, err := d.dp.SetConfig(loader.Config{Seed: loader.HashSeed(opts.Seed), MAC: d.dp.Iface().HardwareAddr,
-		FlowSync: opts.HA != nil, VIPOpen: opts.VIPOpen, NoEcho: opts.VIPNoEcho, NewFlowLimit: opts.NewFlowLimit}); err != nil {
+		FlowSync: opts.HA != nil || opts.FlowSync != nil, VIPOpen: opts.VIPOpen, NoEcho: opts.VIPNoEcho, NewFlowLimit: opts.NewFlowLimit}); err != nil {
 		return err
 	}
 	var err error
@@ -284,6 +293,11 @@ func (d *Daemon) setUp(ctx context.Context) error {
 	}
 	if d.cl != nil {
 		d.metrics.reg.MustRegister(d.cl)
+	}
+	if opts.FlowSync != nil {
+		if err := d.startFlowSync(ctx); err != nil {
+			return err
+		}
 	}
 	d.hm = &health.Manager{OnEvent: d.onHealth, OnResult: func(r health.Result) {
 		d.lastProbe.Store(time.Now().UnixNano())
@@ -328,6 +342,9 @@ func (d *Daemon) abort() {
 	}
 	if d.pair != nil {
 		d.pair.Close()
+	}
+	if d.flows != nil {
+		d.flows.Close()
 	}
 	if d.cl != nil {
 		d.cl.Close()

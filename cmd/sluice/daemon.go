@@ -16,6 +16,7 @@ import (
 	"github.com/sluicelb/sluice/control"
 	"github.com/sluicelb/sluice/control/cluster"
 	"github.com/sluicelb/sluice/control/etcdstore"
+	"github.com/sluicelb/sluice/control/flowsync"
 	"github.com/sluicelb/sluice/control/ha"
 	"github.com/sluicelb/sluice/control/pair"
 	"github.com/sluicelb/sluice/control/state"
@@ -64,11 +65,15 @@ func daemonCommand() *cli.Command {
 			if err != nil {
 				return err
 			}
+			flowOpts, err := flowSyncOptions(c)
+			if err != nil {
+				return err
+			}
 			log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
 			d, err := control.New(c.Context, control.Options{
 				Iface: c.String("iface"), Mode: mode, StateDir: c.String("state-dir"), Socket: c.String("socket"),
 				MetricsAddr: c.String("metrics-addr"), Seed: c.Uint64("seed"), ArchiveKeep: c.Int("archive-keep"),
-				FlowTableSize: uint32(c.Uint64("flow-table-size")), PinRoot: c.String("pin-root"), Logger: log, HA: haOpts, Cluster: clusterOpts, BGP: bgpOpts,
+				FlowTableSize: uint32(c.Uint64("flow-table-size")), PinRoot: c.String("pin-root"), Logger: log, HA: haOpts, Cluster: clusterOpts, BGP: bgpOpts, FlowSync: flowOpts,
 				HookUser: c.String("hook-user"), VIPOpen: c.Bool("vip-open"), VIPNoEcho: c.Bool("vip-no-echo"),
 				NewFlowLimit: uint32(limit),
 				Timeline:     state.TimelineLimits{Retention: c.Duration("availability-retention"), MaxEvents: c.Int("availability-max-events")},
@@ -117,6 +122,8 @@ func daemonFlags() []cli.Flag {
 		&cli.StringFlag{Name: "etcd-key", Usage: "cluster: client key file for etcd"},
 		&cli.StringFlag{Name: "health-quorum", Value: string(cluster.Majority), Usage: "cluster: a backend is in the rings when majority (more than half the live nodes), any (one node) or local (this node) sees it up"},
 		&cli.IntFlag{Name: "cluster-ttl", Value: 3, Usage: "cluster: seconds of the node's lease; a node cut off from etcd stops coordinating within it"},
+		&cli.StringFlag{Name: "flow-sync-key", Usage: "cluster: file holding the shared HMAC key of flow sync (mode 0400 or 0600, root's); enables flow sync between the nodes"},
+		&cli.UintFlag{Name: "flow-sync-port", Value: flowsync.DefaultPort, Usage: "cluster: TCP port of flow sync on each node's address (equal on every node)"},
 	}, bgpFlags()...)
 }
 
@@ -162,7 +169,7 @@ func haOptions(c *cli.Context) (*pair.Options, error) {
 }
 
 // clusterFlags are the flags that only --store etcd uses.
-var clusterFlags = []string{"etcd-endpoints", "cluster", "node-name", "etcd-ca", "etcd-cert", "etcd-key", "health-quorum", "cluster-ttl"}
+var clusterFlags = []string{"etcd-endpoints", "cluster", "node-name", "etcd-ca", "etcd-cert", "etcd-key", "health-quorum", "cluster-ttl", "flow-sync-key", "flow-sync-port"}
 
 // clusterOptions reads --store and the cluster flags; with --store bolt
 // the daemon keeps its state in --state-dir alone.
@@ -215,6 +222,25 @@ func clusterOptions(c *cli.Context) (*cluster.NodeOptions, error) {
 		return nil, err
 	}
 	return o, nil
+}
+
+// flowSyncOptions reads --flow-sync-key and --flow-sync-port (nil
+// without a key: no flow sync).
+func flowSyncOptions(c *cli.Context) (*flowsync.Options, error) {
+	if c.IsSet("flow-sync-port") && !c.IsSet("flow-sync-key") {
+		return nil, errors.New("--flow-sync-port: needs --flow-sync-key")
+	}
+	if !c.IsSet("flow-sync-key") {
+		return nil, nil
+	}
+	if p := c.Uint("flow-sync-port"); p == 0 || p > 65535 {
+		return nil, fmt.Errorf("--flow-sync-port %d: want 1 to 65535", p)
+	}
+	key, err := pair.ReadKeyFlag("--flow-sync-key", c.String("flow-sync-key"))
+	if err != nil {
+		return nil, err
+	}
+	return &flowsync.Options{Key: key, Port: uint16(c.Uint("flow-sync-port"))}, nil
 }
 
 // etcdTLS builds the etcd client's TLS from --etcd-ca, --etcd-cert and

@@ -14,12 +14,13 @@ const (
 	ReasonInterfaceDown = "interface-down"
 	ReasonNotAttached   = "not-attached"
 	ReasonNotSynced     = "not-synced"
+	ReasonCopyingFlows  = "copying-flows"
 	ReasonLearning      = "learning"
 	ReasonNoBackends    = "no-usable-backends"
 )
 
 // Reasons lists every reason, for metrics that export zeros.
-var Reasons = []string{ReasonDraining, ReasonInterfaceDown, ReasonNotAttached, ReasonNotSynced, ReasonLearning, ReasonNoBackends}
+var Reasons = []string{ReasonDraining, ReasonInterfaceDown, ReasonNotAttached, ReasonNotSynced, ReasonCopyingFlows, ReasonLearning, ReasonNoBackends}
 
 // NodeView is what holds for every service of this node.
 type NodeView struct {
@@ -27,7 +28,10 @@ type NodeView struct {
 	Fault    bool // the interface is down or has no carrier
 	Attached bool // the XDP program is attached
 	Synced   bool // the store's revision is applied here
-	Learning bool // the learn delay has not passed yet
+	// CopyingFlows: with flow sync, the other nodes' connection tables
+	// are not all copied here yet.
+	CopyingFlows bool
+	Learning     bool // the learn delay has not passed yet
 }
 
 // reason is the first node-wide reason not to announce, or "".
@@ -41,6 +45,8 @@ func (n NodeView) reason() string {
 		return ReasonNotAttached
 	case !n.Synced:
 		return ReasonNotSynced
+	case n.CopyingFlows:
+		return ReasonCopyingFlows
 	case n.Learning:
 		return ReasonLearning
 	}

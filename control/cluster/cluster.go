@@ -87,6 +87,7 @@ type Member struct {
 	session *concurrency.Session
 	report  *Report // the last published (nil before the first)
 	nodes   map[string]Report
+	loaded  bool                  // nodes was read from etcd at least once
 	elected *concurrency.Election // while this node is the coordinator
 }
 
@@ -228,6 +229,7 @@ func (m *Member) follow(s *concurrency.Session, wch clientv3.WatchChan, nodes ma
 func (m *Member) setNodes(nodes map[string]Report) {
 	m.mu.Lock()
 	changed := !equalNodes(m.nodes, nodes)
+	m.loaded = true
 	m.nodes = make(map[string]Report, len(nodes))
 	for k, v := range nodes {
 		m.nodes[k] = v
@@ -296,6 +298,13 @@ func (m *Member) Nodes() []Report {
 	}
 	slices.SortFunc(out, func(a, b Report) int { return strings.Compare(a.Name, b.Name) })
 	return out
+}
+
+// Loaded reports whether the node list was read from etcd at least once.
+func (m *Member) Loaded() bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.loaded
 }
 
 // Session is the current session, nil while etcd is away.

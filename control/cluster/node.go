@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -378,6 +379,17 @@ func (c *Node) RingHealth(vip loader.VIPKey, b state.Backend) health.State {
 		return health.Up
 	}
 	return health.Down
+}
+
+// PeerAddrs are the other live nodes' addresses (flow sync's peers);
+// known is false until the node list was read from etcd once.
+func (c *Node) PeerAddrs() (addrs []netip.Addr, known bool) {
+	for _, r := range c.member.Nodes() {
+		if a, err := netip.ParseAddr(r.Addr); err == nil && r.Name != c.opts.Node {
+			addrs = append(addrs, a)
+		}
+	}
+	return addrs, c.member.Loaded()
 }
 
 // IsCoordinator says whether this node is the one elected in etcd.

@@ -91,29 +91,33 @@ func (o *Options) Validate() error {
 // ReadKey reads a pair's shared key; surrounding white space is ignored.
 // The file must be root's and readable by nobody else (mode 0400 or
 // 0600): anyone who reads the key can take over the pair.
-func ReadKey(path string) ([]byte, error) {
+func ReadKey(path string) ([]byte, error) { return ReadKeyFlag("--ha-key-file", path) }
+
+// ReadKeyFlag is ReadKey for the key of flag (its errors name the flag):
+// the cluster's flow-sync key is held to the same rules.
+func ReadKeyFlag(flag, path string) ([]byte, error) {
 	f, err := os.Open(path)
 	if err != nil {
-		return nil, fmt.Errorf("--ha-key-file: %w", err)
+		return nil, fmt.Errorf("%s: %w", flag, err)
 	}
 	defer f.Close()
 	fi, err := f.Stat()
 	if err != nil {
-		return nil, fmt.Errorf("--ha-key-file %s: %w", path, err)
+		return nil, fmt.Errorf("%s %s: %w", flag, path, err)
 	}
 	if err := keyFileSafe(path, fi); err != nil {
-		return nil, fmt.Errorf("--ha-key-file %s: %w", path, err)
+		return nil, fmt.Errorf("%s %s: %w", flag, path, err)
 	}
 	b, err := io.ReadAll(io.LimitReader(f, maxKeyFile+1))
 	if err != nil {
-		return nil, fmt.Errorf("--ha-key-file %s: %w", path, err)
+		return nil, fmt.Errorf("%s %s: %w", flag, path, err)
 	}
 	if len(b) > maxKeyFile {
-		return nil, fmt.Errorf("--ha-key-file %s: more than %d bytes: not a key", path, maxKeyFile)
+		return nil, fmt.Errorf("%s %s: more than %d bytes: not a key", flag, path, maxKeyFile)
 	}
 	b = bytes.TrimSpace(b)
 	if len(b) < minKey {
-		return nil, fmt.Errorf("--ha-key-file %s: %d bytes, want at least %d", path, len(b), minKey)
+		return nil, fmt.Errorf("%s %s: %d bytes, want at least %d", flag, path, len(b), minKey)
 	}
 	return b, nil
 }

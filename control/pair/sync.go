@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/sluicelb/sluice/control/api"
+	"github.com/sluicelb/sluice/control/flowsync"
 	"github.com/sluicelb/sluice/control/ha"
 	"github.com/sluicelb/sluice/control/state"
 	"github.com/sluicelb/sluice/loader"
@@ -135,20 +136,7 @@ type syncView struct {
 
 // applyFlows writes synced entries with this node's backend indexes.
 func (p *Pair) applyFlows(fs []ha.FlowEntry) (applied, unknown int) {
-	now := loader.MonotonicCoarseNow()
-	for _, f := range fs {
-		idx, ok := p.host.FlowBackend(f.Dst, loader.Proto(f.Proto), f.Backend)
-		if !ok {
-			unknown++
-			continue
-		}
-		if err := p.dp.SetFlow(loader.Flow{Src: f.Src, Dst: f.Dst, Proto: loader.Proto(f.Proto), Backend: idx, LastSeenNano: now}); err != nil {
-			p.log.Warn("write synced flow", "err", err)
-			unknown++
-			continue
-		}
-		applied++
-	}
+	applied, unknown = flowsync.Apply(p.host, p.dp, fs, p.log)
 	p.syncEntries.WithLabelValues("received", "applied").Add(float64(applied))
 	p.syncEntries.WithLabelValues("received", "unknown").Add(float64(unknown))
 	return applied, unknown
@@ -156,16 +144,7 @@ func (p *Pair) applyFlows(fs []ha.FlowEntry) (applied, unknown int) {
 
 // flowEntries turns data-plane flows into synced entries.
 func (p *Pair) flowEntries(flows []loader.Flow) []ha.FlowEntry {
-	addrs := p.host.BackendAddrs()
-	out := make([]ha.FlowEntry, 0, len(flows))
-	for _, f := range flows {
-		addr, ok := addrs[f.Backend]
-		if !ok {
-			continue
-		}
-		out = append(out, ha.FlowEntry{Src: f.Src, Dst: f.Dst, Proto: uint8(f.Proto), Backend: addr})
-	}
-	return out
+	return flowsync.Entries(p.host.BackendAddrs(), flows)
 }
 
 type flowBatch struct {

@@ -34,6 +34,8 @@ var layer = map[string]int{
 	"control/api":             3,
 	"control/etcdstore":       3,
 	"control/reconcile":       3,
+	"control/flowsync":        3,
+	"control/events":          4,
 	"control/cluster":         4,
 	"control/bgp":             4,
 	"control/availability":    4,

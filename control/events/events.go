@@ -1,4 +1,6 @@
-package control
+// Package events keeps a daemon's recent events (health transitions,
+// changes, promotions, drills) and feeds them to followers.
+package events
 
 import (
 	"sync"
@@ -7,22 +9,22 @@ import (
 	"github.com/sluicelb/sluice/control/api"
 )
 
-// EventLog keeps the last events and feeds followers.
-type EventLog struct {
+// Log keeps the last events and feeds followers.
+type Log struct {
 	mu   sync.Mutex
 	buf  []api.Event
 	max  int
 	subs map[chan api.Event]struct{}
 }
 
-// NewEventLog keeps up to max events.
-func NewEventLog(max int) *EventLog {
-	return &EventLog{max: max, subs: map[chan api.Event]struct{}{}}
+// New makes a log that keeps up to max events.
+func New(max int) *Log {
+	return &Log{max: max, subs: map[chan api.Event]struct{}{}}
 }
 
 // Add records an event and hands it to followers (dropping it for a
 // follower too slow to take it).
-func (l *EventLog) Add(e api.Event) {
+func (l *Log) Add(e api.Event) {
 	if e.Time.IsZero() {
 		e.Time = time.Now()
 	}
@@ -41,14 +43,14 @@ func (l *EventLog) Add(e api.Event) {
 }
 
 // List returns the kept events, oldest first.
-func (l *EventLog) List() []api.Event {
+func (l *Log) List() []api.Event {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return append([]api.Event(nil), l.buf...)
 }
 
 // Follow subscribes to new events; call the returned func to stop.
-func (l *EventLog) Follow() (<-chan api.Event, func()) {
+func (l *Log) Follow() (<-chan api.Event, func()) {
 	c := make(chan api.Event, 256)
 	l.mu.Lock()
 	l.subs[c] = struct{}{}

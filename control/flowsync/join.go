@@ -1,0 +1,101 @@
+package flowsync
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"net/netip"
+	"time"
+
+	"github.com/sluicelb/sluice/control/ha"
+)
+
+// joinPatience bounds how long a join keeps asking one peer. A peer
+// refuses this node until it has seen this node's key in the store (its
+// listener admits live nodes only), and a node that died keeps its key
+// until its lease expires; neither may hold the announcement for ever.
+const joinPatience = 10 * time.Second
+
+// joinRetry paces the join's attempts.
+const joinRetry = 100 * time.Millisecond
+
+// Joined is what a finished join did, for the daemon's event.
+type Joined struct {
+	From    []netip.Addr // peers whose tables were copied
+	GaveUp  []netip.Addr // peers that did not answer within joinPatience
+	Applied int
+	Unknown int // entries for backends this node does not know
+	Took    time.Duration
+}
+
+// join copies every peer's table once the node list is known, then
+// marks the syncer copied; OnJoined (if set) is told what it did.
+func (s *Syncer) join(ctx context.Context) {
+	start := time.Now()
+	var addrs []netip.Addr
+	for {
+		var known bool
+		if addrs, known = s.peers.PeerAddrs(); known {
+			break
+		}
+		if !sleep(ctx, joinRetry) {
+			return
+		}
+	}
+	var j Joined
+	pending := map[netip.Addr]error{}
+	for _, a := range addrs {
+		pending[a.Unmap()] = nil
+	}
+	for len(pending) > 0 {
+		for a := range pending {
+			applied, unknown, err := s.copyFrom(ctx, a)
+			switch {
+			case err == nil:
+				j.From, j.Applied, j.Unknown = append(j.From, a), j.Applied+applied, j.Unknown+unknown
+				delete(pending, a)
+			case time.Since(start) > joinPatience:
+				s.log.Warn("flow sync: gave up copying a peer's table", "peer", a, "err", err)
+				j.GaveUp = append(j.GaveUp, a)
+				delete(pending, a)
+			default:
+				pending[a] = err
+			}
+		}
+		if len(pending) > 0 && !sleep(ctx, joinRetry) {
+			return
+		}
+	}
+	j.Took = time.Since(start)
+	s.copied.Store(true)
+	s.log.Info("flow sync: peers' tables copied", "from", j.From, "gave_up", j.GaveUp, "entries", j.Applied, "unknown", j.Unknown, "took", j.Took)
+	if s.OnJoined != nil {
+		s.OnJoined(j)
+	}
+}
+
+// copyFrom copies one peer's whole table.
+func (s *Syncer) copyFrom(ctx context.Context, peer netip.Addr) (applied, unknown int, err error) {
+	body, err := s.call(ctx, http.MethodGet, peer, "flows-dump", nil)
+	if err != nil {
+		return 0, 0, err
+	}
+	fs, err := ha.UnmarshalFlows(body)
+	if err != nil {
+		return 0, 0, fmt.Errorf("flow table from %s: %w", peer, err)
+	}
+	applied, unknown = Apply(s.host, s.dp, fs, s.log)
+	s.entries.WithLabelValues("copied", "applied").Add(float64(applied))
+	s.entries.WithLabelValues("copied", "unknown").Add(float64(unknown))
+	return applied, unknown, nil
+}
+
+// sleep waits d unless ctx ends first (false).
+func sleep(ctx context.Context, d time.Duration) bool {
+	select {
+	case <-ctx.Done():
+		return false
+	case <-time.After(d):
+		return true
+	}
+}

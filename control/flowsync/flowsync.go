@@ -124,7 +124,7 @@ func New(opts Options, peers Peers, host Host, dp Datapath, log *slog.Logger) (*
 	}
 	s := &Syncer{opts: opts, peers: peers, host: host, dp: dp, log: log.With("component", "flowsync"), ln: ln,
 		signer: &ha.Signer{Key: opts.Key, Node: opts.Node, Boot: opts.Boot}, verify: &ha.Verifier{Key: opts.Key},
-		client: &http.Client{Timeout: callTimeout}, bulk: &http.Client{Timeout: dumpTimeout}}
+		client: fromLocal(opts.Local, callTimeout), bulk: fromLocal(opts.Local, dumpTimeout)}
 	s.entries = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "sluice_flow_sync_entries_total", Help: "Connection-table entries synced, by direction and result.",
 	}, []string{"direction", "result"})
@@ -142,6 +142,14 @@ func New(opts Options, peers Peers, host Host, dp Datapath, log *slog.Logger) (*
 		Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1},
 	})
 	return s, nil
+}
+
+// fromLocal is an HTTP client whose connections leave from local: the
+// peers admit this node by its cluster address, whatever source address
+// the kernel would pick.
+func fromLocal(local netip.Addr, timeout time.Duration) *http.Client {
+	d := &net.Dialer{LocalAddr: net.TCPAddrFromAddrPort(netip.AddrPortFrom(local, 0)), Timeout: timeout}
+	return &http.Client{Timeout: timeout, Transport: &http.Transport{DialContext: d.DialContext, MaxIdleConnsPerHost: 2, IdleConnTimeout: idleTimeout}}
 }
 
 // Collectors are the syncer's metrics.

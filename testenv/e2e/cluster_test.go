@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"regexp"
 	"sort"
@@ -106,11 +107,21 @@ func TestClusterPropagation(t *testing.T) {
 // wrkFor runs wrk from the client against the HTTP VIP for d and returns
 // its requests and failures (socket errors and non-2xx answers).
 func wrkFor(t testing.TB, lc *labCluster, d time.Duration) (requests, failed int) {
+	t.Helper()
+	requests, failed, err := wrkRun(lc, d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return requests, failed
+}
+
+// wrkRun is wrkFor for goroutines: it returns wrk's failure instead.
+func wrkRun(lc *labCluster, d time.Duration) (requests, failed int, err error) {
 	out, err := lc.lab.Client.Command(context.Background(), "wrk", "-t1", "-c8", "-d"+d.String(), "--timeout", "1s",
 		"http://"+testenv.LabVIP4.String()+"/").CombinedOutput()
 	m := wrkRequests.FindSubmatch(out)
 	if err != nil || m == nil {
-		t.Fatalf("wrk: %v\n%s", err, out)
+		return 0, 0, fmt.Errorf("wrk: %v\n%s", err, out)
 	}
 	requests = atoi(m[1])
 	if m := wrkSocket.FindSubmatch(out); m != nil {
@@ -119,7 +130,7 @@ func wrkFor(t testing.TB, lc *labCluster, d time.Duration) (requests, failed int
 	if m := wrkStatus.FindSubmatch(out); m != nil {
 		failed += atoi(m[1])
 	}
-	return requests, failed
+	return requests, failed, nil
 }
 
 // TestClusterEtcdLost: with one of three etcd members killed, forwarding

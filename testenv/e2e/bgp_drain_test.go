@@ -1,0 +1,129 @@
+package e2e
+
+import (
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/vishvananda/netlink"
+
+	"github.com/sluicelb/sluice/testenv"
+)
+
+// xdpAttached reports whether h's lab interface has an XDP program.
+func xdpAttached(t testing.TB, h *testenv.Host) bool {
+	t.Helper()
+	idx, err := h.Index()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var on bool
+	err = h.Netlink(func(nh *netlink.Handle) error {
+		l, err := nh.LinkByIndex(idx)
+		if err == nil {
+			on = l.Attrs().Xdp != nil && l.Attrs().Xdp.Attached
+		}
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return on
+}
+
+// wrkLoop runs wrk against the HTTP VIP in 5 s rounds until stop is
+// closed, and adds up requests and failures.
+func wrkLoop(t testing.TB, lc *labCluster, stop <-chan struct{}) (wait func() (requests, failed int)) {
+	var req, fail atomic.Int64
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			r, f, err := wrkRun(lc, 5*time.Second)
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			req.Add(int64(r))
+			fail.Add(int64(f))
+		}
+	}()
+	return func() (int, int) { wg.Wait(); return int(req.Load()), int(fail.Load()) }
+}
+
+// TestBGPDrainAndSIGTERM: under wrk and 500 long-lived connections, 20
+// runs of `sluice node drain`/undrain and 20 of SIGTERM and restart: 0
+// failed requests, 0 broken connections, and on SIGTERM the router's
+// route left before the XDP program was detached.
+func TestBGPDrainAndSIGTERM(t *testing.T) {
+	lc, b := newBGPCluster(t, 3, 3, false, "--bgp-learn", "500ms")
+	router := lc.lab.Router
+	a := lc.nodes[0]
+	a.mustCLI(t, "vip", "add", vipHTTP, "--forward", "ipip")
+	for _, be := range lc.lab.Backends {
+		a.mustCLI(t, append([]string{"backend", "add", vipHTTP, be.Addr.Addr().String()}, fastCheck...)...)
+	}
+	lc.waitSameRings(t, 20*time.Second)
+	waitHops(t, router, b, "10.77.1.100", 3, 15*time.Second)
+	cs := openConns(t, lc.lab, 500)
+	stop := make(chan struct{})
+	wait := wrkLoop(t, lc, stop)
+	const runs = 20
+	for i := range runs {
+		n := i % len(lc.nodes)
+		lc.nodes[n].mustCLI(t, "node", "drain")
+		waitHops(t, router, b, "10.77.1.100", 2, 5*time.Second)
+		lc.nodes[n].mustCLI(t, "node", "undrain")
+		waitHops(t, router, b, "10.77.1.100", 3, 5*time.Second)
+	}
+	var margins []time.Duration
+	for i := range runs {
+		n := i % len(lc.nodes)
+		done := make(chan struct{})
+		go func() { lc.nodes[n].stop(); close(done) }()
+		var gone, detached time.Time
+		start := time.Now()
+		for detached.IsZero() {
+			if gone.IsZero() && len(nextHops(t, router, "10.77.1.100")) == 2 {
+				gone = time.Now()
+			}
+			if !xdpAttached(t, lc.lab.Nodes[n]) {
+				detached = time.Now()
+			}
+			if time.Since(start) > 10*time.Second {
+				t.Fatalf("run %d: node %d still attached 10 s after SIGTERM", i, n+1)
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+		<-done
+		if gone.IsZero() || !gone.Before(detached) {
+			t.Fatalf("run %d: node %d detached at +%v, the route left at %v", i, n+1, detached.Sub(start), gone)
+		}
+		margins = append(margins, detached.Sub(gone))
+		lc.restart(t, n)
+		waitHops(t, router, b, "10.77.1.100", 3, 15*time.Second)
+	}
+	close(stop)
+	requests, failed := wait()
+	k, per := broken(cs)
+	t.Logf("%d drains and %d SIGTERMs: wrk %d requests, %d failed; %d of %d long-lived connections broke; route gone → detach margin min %v",
+		runs, runs, requests, failed, k, len(cs), slicesMin(margins))
+	if failed != 0 || k != 0 {
+		t.Fatalf("%d requests failed, %d connections broke: %v", failed, k, per)
+	}
+}
+
+func slicesMin(ds []time.Duration) time.Duration {
+	m := ds[0]
+	for _, d := range ds[1:] {
+		m = min(m, d)
+	}
+	return m
+}

@@ -32,17 +32,20 @@ func xdpAttached(t testing.TB, h *testenv.Host) bool {
 	return on
 }
 
-// wrkLoop runs wrk against the HTTP VIP in 5 s rounds until stop is
-// closed, and adds up requests and failures.
-func wrkLoop(t testing.TB, lc *labCluster, stop <-chan struct{}) (wait func() (requests, failed int)) {
+// wrkLoop runs wrk against the HTTP VIP in 5 s rounds until the
+// returned func is called, which waits for the round under way and adds
+// up requests and failures. A test that fails first stops it too.
+func wrkLoop(t testing.TB, lc *labCluster) (stop func() (requests, failed int)) {
 	var req, fail atomic.Int64
 	var wg sync.WaitGroup
+	var once sync.Once
+	done := make(chan struct{})
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
 		for {
 			select {
-			case <-stop:
+			case <-done:
 				return
 			default:
 			}
@@ -55,7 +58,13 @@ func wrkLoop(t testing.TB, lc *labCluster, stop <-chan struct{}) (wait func() (r
 			fail.Add(int64(f))
 		}
 	}()
-	return func() (int, int) { wg.Wait(); return int(req.Load()), int(fail.Load()) }
+	stop = func() (int, int) {
+		once.Do(func() { close(done) })
+		wg.Wait()
+		return int(req.Load()), int(fail.Load())
+	}
+	t.Cleanup(func() { stop() })
+	return stop
 }
 
 // TestBGPDrainAndSIGTERM: under wrk and 500 long-lived connections, 20
@@ -73,8 +82,7 @@ func TestBGPDrainAndSIGTERM(t *testing.T) {
 	lc.waitSameRings(t, 20*time.Second)
 	waitHops(t, router, b, "10.77.1.100", 3, 15*time.Second)
 	cs := openConns(t, lc.lab, 500)
-	stop := make(chan struct{})
-	wait := wrkLoop(t, lc, stop)
+	stopWrk := wrkLoop(t, lc)
 	const runs = 20
 	for i := range runs {
 		n := i % len(lc.nodes)
@@ -110,8 +118,7 @@ func TestBGPDrainAndSIGTERM(t *testing.T) {
 		lc.restart(t, n)
 		waitHops(t, router, b, "10.77.1.100", 3, 15*time.Second)
 	}
-	close(stop)
-	requests, failed := wait()
+	requests, failed := stopWrk()
 	k, per := broken(cs)
 	t.Logf("%d drains and %d SIGTERMs: wrk %d requests, %d failed; %d of %d long-lived connections broke; route gone → detach margin min %v",
 		runs, runs, requests, failed, k, len(cs), slicesMin(margins))

@@ -70,7 +70,9 @@ func wrkLoop(t testing.TB, lc *labCluster) (stop func() (requests, failed int)) 
 // TestBGPDrainAndSIGTERM: under wrk and 500 long-lived connections, 20
 // runs of `sluice node drain`/undrain and 20 of SIGTERM and restart: 0
 // failed requests, 0 broken connections, and on SIGTERM the router's
-// route left before the XDP program was detached.
+// route left before the XDP program was detached. (daemonProc.stop sends
+// SIGINT, which the binary handles exactly as SIGTERM: both end the same
+// signal.NotifyContext in cmd/sluice/main.go.)
 func TestBGPDrainAndSIGTERM(t *testing.T) {
 	lc, b := newBGPCluster(t, 3, 3, false, "--bgp-learn", "500ms")
 	router := lc.lab.Router

@@ -3,12 +3,9 @@ package flowsync
 import (
 	"bytes"
 	"context"
-	"errors"
 	"fmt"
 	"net/http"
 	"net/netip"
-	"os"
-	"time"
 
 	"github.com/sluicelb/sluice/control/ha"
 	"github.com/sluicelb/sluice/loader"
@@ -44,15 +41,9 @@ func (s *Syncer) call(ctx context.Context, method string, peer netip.Addr, kind 
 	return out, nil
 }
 
-type batch struct {
-	body   []byte
-	n      int
-	oldest time.Duration // monotonic time of the oldest write in the batch
-}
-
 // sender pushes batches to one peer, in order, until its context ends.
 type sender struct {
-	q      chan batch
+	q      chan Batch
 	cancel context.CancelFunc
 }
 
@@ -73,7 +64,7 @@ func (ss *senders) refresh() {
 		live[a] = true
 		if ss.by[a] == nil {
 			ctx, cancel := context.WithCancel(ss.ctx)
-			sd := &sender{q: make(chan batch, queueLen), cancel: cancel}
+			sd := &sender{q: make(chan Batch, queueLen), cancel: cancel}
 			ss.by[a] = sd
 			go ss.s.send(ctx, a, sd.q)
 		}
@@ -87,79 +78,41 @@ func (ss *senders) refresh() {
 }
 
 // hand gives b to every peer's sender; a full queue drops it, counted.
-func (ss *senders) hand(b batch) {
+func (ss *senders) hand(b Batch) {
 	ss.refresh()
 	for _, sd := range ss.by {
 		select {
 		case sd.q <- b:
 		default:
-			ss.s.entries.WithLabelValues("sent", "dropped").Add(float64(b.n))
+			ss.s.entries.WithLabelValues("sent", "dropped").Add(float64(b.N))
 		}
 	}
 }
 
-// flowLoop reads connection-table writes, batches them and hands each
-// batch to every live peer's sender: a slow peer loses batches
-// (counted), not the reader. The peer set is read at every batch, so a
-// node that joined gets every batch from its first dump on.
+// flowLoop hands each batch of connection-table writes to every live
+// peer's sender: a slow peer loses batches (counted), not the reader.
+// The peer set is read at every batch, so a node that joined gets every
+// batch from its first dump on.
 func (s *Syncer) flowLoop(ctx context.Context, r FlowReader) {
-	go func() {
-		<-ctx.Done()
-		r.Close()
-	}()
 	ss := &senders{s: s, ctx: ctx, by: map[netip.Addr]*sender{}}
-	var pending []loader.Flow
-	var oldest time.Duration
-	var deadline time.Time // when the pending batch must go
-	flush := func() {
-		if len(pending) == 0 {
-			return
-		}
-		es := Entries(s.host.BackendAddrs(), pending)
-		pending = pending[:0]
-		ss.hand(batch{body: ha.MarshalFlows(es), n: len(es), oldest: oldest})
-	}
-	for {
-		if len(pending) == 0 {
-			deadline = time.Time{}
-		}
-		ev, err := r.Read(deadline)
-		switch {
-		case errors.Is(err, loader.ErrClosed):
-			return
-		case errors.Is(err, os.ErrDeadlineExceeded):
-			flush()
-			continue
-		case err != nil:
-			s.log.Warn("flow events", "err", err)
-			continue
-		}
-		if len(pending) == 0 {
-			oldest = ev.At
-			deadline = time.Now().Add(batchWait)
-		}
-		pending = append(pending, ev.Flow)
-		if len(pending) >= batchMax {
-			flush()
-		}
-	}
+	Batches(ctx, r, s.host.BackendAddrs, s.log, ss.hand)
 }
 
-func (s *Syncer) send(ctx context.Context, peer netip.Addr, q chan batch) {
+func (s *Syncer) send(ctx context.Context, peer netip.Addr, q chan Batch) {
 	for {
-		var b batch
+		var b Batch
 		select {
 		case <-ctx.Done():
 			return
 		case b = <-q:
 		}
-		if _, err := s.call(ctx, http.MethodPost, peer, "flows", b.body); err != nil {
-			s.entries.WithLabelValues("sent", "dropped").Add(float64(b.n))
+		if _, err := s.call(ctx, http.MethodPost, peer, "flows", b.Body); err != nil {
+			s.entries.WithLabelValues("sent", "dropped").Add(float64(b.N))
 			s.log.Debug("flow sync", "peer", peer, "err", err)
 			continue
 		}
-		lag := loader.MonotonicNow() - b.oldest
+		lag := loader.MonotonicNow() - b.Oldest
 		s.lag.Observe(lag.Seconds())
-		s.entries.WithLabelValues("sent", "ok").Add(float64(b.n))
+		s.entries.WithLabelValues("sent", "ok").Add(float64(b.N))
 	}
 }

@@ -27,6 +27,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/sluicelb/sluice/control/api"
+	"github.com/sluicelb/sluice/control/flowsync"
 	"github.com/sluicelb/sluice/control/ha"
 	"github.com/sluicelb/sluice/control/state"
 	"github.com/sluicelb/sluice/loader"
@@ -59,11 +60,7 @@ const (
 	DefaultAdvert   = 100 * time.Millisecond
 	DefaultPriority = 100
 	minKey          = 16
-	// flowBatchMax and flowBatchWait bound how many entries and how long
-	// a flow-sync batch collects before it is sent.
-	flowBatchMax  = 512
-	flowBatchWait = 2 * time.Millisecond
-	syncTimeout   = time.Second
+	syncTimeout     = time.Second
 	// dumpTimeout bounds the copy of a whole connection table (two
 	// families of up to millions of entries, 55 bytes each at most).
 	dumpTimeout = time.Minute
@@ -164,19 +161,14 @@ type Host interface {
 // Datapath is the part of the data plane the pair reads and writes: the
 // interface, and the connection table it syncs.
 type Datapath interface {
+	flowsync.Datapath
 	Iface() *net.Interface
 	FlowEvents() (FlowReader, error)
-	Flows() ([]loader.Flow, error)
-	SetFlow(loader.Flow) error
 }
 
 // FlowReader yields the data plane's connection-table writes, as
-// *loader.FlowEventReader does: Read returns os.ErrDeadlineExceeded when
-// none came by deadline (zero: wait), and loader.ErrClosed after Close.
-type FlowReader interface {
-	Read(deadline time.Time) (loader.FlowEvent, error)
-	Close() error
-}
+// flowsync's Batches reads them.
+type FlowReader = flowsync.FlowReader
 
 // Pair runs this daemon's side of an LB pair: adverts and roles, VIP
 // addresses, state replication and flow sync. It is the daemon's

@@ -10,6 +10,7 @@ import (
 	"net/netip"
 	"time"
 
+	"github.com/sluicelb/sluice/control/flowsync"
 	"github.com/sluicelb/sluice/control/ha"
 	"github.com/sluicelb/sluice/control/state"
 	"github.com/sluicelb/sluice/loader"
@@ -20,8 +21,8 @@ import (
 // may connect, and only a few at a time.
 const (
 	maxSyncConns     = 4
-	maxFlowBatchBody = flowBatchMax * ha.MaxFlowEntry // a batch of flowLoop's
-	maxAnswer        = 4 << 10                        // a push's or a batch's answer: empty
+	maxFlowBatchBody = flowsync.BatchMax * ha.MaxFlowEntry // a batch of flowLoop's
+	maxAnswer        = 4 << 10                             // a push's or a batch's answer: empty
 	syncReadTimeout  = 5 * time.Second
 	syncIdleTimeout  = 30 * time.Second
 	syncHeaderBytes  = 8 << 10

@@ -4,11 +4,9 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"net/http"
 	"net/netip"
-	"os"
 	"time"
 
 	"github.com/sluicelb/sluice/control/api"
@@ -147,94 +145,50 @@ func (p *Pair) flowEntries(flows []loader.Flow) []ha.FlowEntry {
 	return flowsync.Entries(p.host.BackendAddrs(), flows)
 }
 
-type flowBatch struct {
-	body   []byte
-	n      int
-	oldest time.Duration // monotonic time of the oldest write in the batch
-}
-
-// flowLoop reads connection-table writes, batches them and hands each
-// batch to every peer's sender; a slow peer loses batches (counted), not
-// the reader.
+// flowLoop hands each batch of connection-table writes to every peer's
+// sender; a slow peer loses batches (counted), not the reader.
 func (p *Pair) flowLoop(ctx context.Context, r FlowReader) {
-	go func() {
-		<-ctx.Done()
-		r.Close()
-	}()
-	queues := map[netip.AddrPort]chan flowBatch{}
+	queues := map[netip.AddrPort]chan flowsync.Batch{}
 	for _, peer := range p.opts.Peers {
-		q := make(chan flowBatch, 64)
+		q := make(chan flowsync.Batch, 64)
 		queues[peer] = q
 		go p.sendFlows(ctx, peer, q)
 	}
-	var pending []loader.Flow
-	var oldest time.Duration
-	flush := func() {
-		if len(pending) == 0 {
-			return
-		}
-		es := p.flowEntries(pending)
-		b := flowBatch{body: ha.MarshalFlows(es), n: len(es), oldest: oldest}
-		pending = pending[:0]
+	flowsync.Batches(ctx, r, p.host.BackendAddrs, p.log, func(b flowsync.Batch) {
 		for _, q := range queues {
 			select {
 			case q <- b:
 			default:
-				p.syncEntries.WithLabelValues("sent", "dropped").Add(float64(b.n))
+				p.syncEntries.WithLabelValues("sent", "dropped").Add(float64(b.N))
 			}
 		}
-	}
-	var deadline time.Time // when the pending batch must go: its first entry + flowBatchWait
-	for {
-		if len(pending) == 0 {
-			deadline = time.Time{}
-		}
-		ev, err := r.Read(deadline)
-		switch {
-		case errors.Is(err, loader.ErrClosed):
-			return
-		case errors.Is(err, os.ErrDeadlineExceeded):
-			flush()
-			continue
-		case err != nil:
-			p.log.Warn("flow events", "err", err)
-			continue
-		}
-		if len(pending) == 0 {
-			oldest = ev.At
-			deadline = time.Now().Add(flowBatchWait)
-		}
-		pending = append(pending, ev.Flow)
-		if len(pending) >= flowBatchMax {
-			flush()
-		}
-	}
+	})
 }
 
-func (p *Pair) sendFlows(ctx context.Context, peer netip.AddrPort, q chan flowBatch) {
+func (p *Pair) sendFlows(ctx context.Context, peer netip.AddrPort, q chan flowsync.Batch) {
 	key := ha.PeerKey(peer.Addr())
 	for {
-		var b flowBatch
+		var b flowsync.Batch
 		select {
 		case <-ctx.Done():
 			return
 		case b = <-q:
 		}
 		if !p.peerUp(key) {
-			p.syncEntries.WithLabelValues("sent", "dropped").Add(float64(b.n))
+			p.syncEntries.WithLabelValues("sent", "dropped").Add(float64(b.N))
 			continue
 		}
 		t0 := time.Now()
-		_, err := p.call(ctx, http.MethodPost, peer, "flows", b.body)
-		p.log.Debug("flow batch", "peer", peer, "entries", b.n, "post", time.Since(t0), "queued", len(q), "age", loader.MonotonicNow()-b.oldest)
+		_, err := p.call(ctx, http.MethodPost, peer, "flows", b.Body)
+		p.log.Debug("flow batch", "peer", peer, "entries", b.N, "post", time.Since(t0), "queued", len(q), "age", loader.MonotonicNow()-b.Oldest)
 		if err != nil {
-			p.syncEntries.WithLabelValues("sent", "dropped").Add(float64(b.n))
+			p.syncEntries.WithLabelValues("sent", "dropped").Add(float64(b.N))
 			p.log.Debug("flow sync", "peer", peer, "err", err)
 			continue
 		}
-		lag := loader.MonotonicNow() - b.oldest
+		lag := loader.MonotonicNow() - b.Oldest
 		p.syncLag.Observe(lag.Seconds())
-		p.syncEntries.WithLabelValues("sent", "ok").Add(float64(b.n))
+		p.syncEntries.WithLabelValues("sent", "ok").Add(float64(b.N))
 		p.mu.Lock()
 		p.lastLag = lag
 		p.mu.Unlock()

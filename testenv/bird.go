@@ -100,3 +100,29 @@ func (b *BIRD) Stop() {
 		<-b.done
 	})
 }
+
+// PID is BIRD's process id.
+func (b *BIRD) PID() int { return b.cmd.Process.Pid }
+
+// LabBIRDConfig is the BIRD config of a lab's router (LabOptions.Router):
+// one passive eBGP session (AS 65000) per LB node (AS 65001), hold time
+// 3 s, BFD at 100 ms × 3 when bfd, accepting only /32s of the VIP
+// network, and ECMP into the router's kernel table (merge paths); the
+// lab set the L4 multipath hash.
+func LabBIRDConfig(l *Lab, bfd bool) string {
+	router := LabRouter4.Addr()
+	var conf strings.Builder
+	fmt.Fprintf(&conf, "log stderr all;\nrouter id %s;\nprotocol device {}\n", router)
+	conf.WriteString("protocol kernel { ipv4 { import none; export all; }; merge paths on; }\n")
+	if bfd {
+		conf.WriteString("protocol bfd { interface \"*\" { min rx interval 100 ms; min tx interval 100 ms; multiplier 3; }; }\n")
+	}
+	for i, n := range l.Nodes {
+		fmt.Fprintf(&conf, "protocol bgp lb%d {\n  local %s as 65000;\n  neighbor %s as 65001;\n  passive on;\n  hold time 3;\n  error wait time 1, 5;\n", i+1, router, n.Addr.Addr())
+		if bfd {
+			conf.WriteString("  bfd on;\n")
+		}
+		fmt.Fprintf(&conf, "  ipv4 { import filter { if net ~ [ %s{32,32} ] then accept; reject; }; export none; };\n}\n", LabVIPNet4)
+	}
+	return conf.String()
+}

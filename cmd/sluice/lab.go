@@ -21,7 +21,7 @@ func labCommand() *cli.Command {
 				Name: "up", Usage: "build the lab and start the daemon in it",
 				Flags: []cli.Flag{&cli.IntFlag{Name: "backends", Value: 3, Usage: "number of backends (1 to 8)"},
 					&cli.BoolFlag{Name: "pair", Usage: "two LB nodes, lb and lb2, as an active/standby pair"},
-					&cli.IntFlag{Name: "cluster", Usage: "N active LB nodes (2 to 5), lb…lbN, sharing their state in a three-member etcd cluster (needs etcd-server)"}},
+					&cli.IntFlag{Name: "cluster", Usage: "N active LB nodes (2 to 5), lb…lbN, sharing their state in a three-member etcd cluster and announcing the VIPs over BGP to a BIRD router that spreads the client's traffic over them by ECMP (needs etcd-server and bird2)"}},
 				Action: func(c *cli.Context) error {
 					n := c.Int("backends")
 					if n < 1 || n > 8 {
@@ -36,6 +36,9 @@ func labCommand() *cli.Command {
 					}
 					if _, err := exec.LookPath(testenv.EtcdBinary); nodes > 0 && err != nil {
 						return errors.New("--cluster: etcd is missing (apt-get install etcd-server)")
+					}
+					if _, err := exec.LookPath(testenv.BIRDBinary); nodes > 0 && err != nil {
+						return errors.New("--cluster: BIRD is missing (apt-get install bird2)")
 					}
 					return lab.Up(c.Context, c.App.Writer, n, c.Bool("pair"), nodes)
 				},
@@ -66,11 +69,11 @@ func labCommand() *cli.Command {
 				Action:          labExec,
 			},
 			{
-				Name: "fault", Usage: "inject a fault: kill (connections refused), blackhole (packets dropped), restore; down/up an LB node's link",
-				ArgsUsage: "kill|blackhole|restore BACKEND | down|up lb|lb2",
+				Name: "fault", Usage: "inject a fault: a backend's servers killed (connections refused) or blackholed (packets dropped), or restored; an LB node's link down or up, its daemon killed (kill -9) or started again",
+				ArgsUsage: "kill|blackhole|restore BACKEND | down|up|kill|start lbN",
 				Action: func(c *cli.Context) error {
 					if c.NArg() != 2 {
-						return errors.New("want: sluice lab fault kill|blackhole|restore BACKEND, or down|up lb|lb2")
+						return errors.New("want: sluice lab fault kill|blackhole|restore BACKEND, or down|up|kill|start lbN")
 					}
 					return lab.Fault(c.Context, c.App.Writer, c.Args().Get(0), c.Args().Get(1))
 				},

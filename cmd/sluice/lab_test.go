@@ -211,9 +211,12 @@ func TestDemo(t *testing.T) {
 }
 
 // TestLabCluster: `lab up --cluster 3` runs three active nodes on a real
-// three-member etcd cluster; the VIP answers, `cluster status` on any
-// node lists the three at one revision with equal ring digests, a change
-// made on lb3 reaches lb, and `lab down` removes everything, etcd too.
+// three-member etcd cluster behind a BIRD router; the router's route to
+// the VIP has a next hop per node, the VIP answers the client behind the
+// router, `cluster status` on any node lists the three at one revision
+// with equal ring digests, a change made on lb3 reaches lb, `lab fault
+// kill|start|down|up lbN` take a node out of the router's route and back,
+// and `lab down` removes everything, etcd and BIRD too.
 func TestLabCluster(t *testing.T) {
 	st, out := startLab(t, "--cluster", "3", "--backends", "2")
 	if !strings.Contains(out, "3 active sluice nodes") || !strings.Contains(out, "sluice cluster status") {
@@ -234,6 +237,7 @@ func TestLabCluster(t *testing.T) {
 			t.Fatalf("cluster status on lb3: nodes differ: %+v", cs.Nodes)
 		}
 	}
+	labNodeFaults(t, st)
 	mustRun(t, "vip", "add", "10.77.1.100:8080/tcp", "--forward", "ipip", "--socket", st.Sockets[2])
 	deadline := time.Now().Add(10 * time.Second)
 	for !strings.Contains(mustRun(t, "status", "--socket", st.Sockets[0]), "10.77.1.100:8080/tcp") {
@@ -245,5 +249,51 @@ func TestLabCluster(t *testing.T) {
 	if !strings.Contains(mustRun(t, "lab", "down"), "lab removed") {
 		t.Fatal("lab down did not confirm")
 	}
-	assertGone(t, append(append([]int{st.RunnerPID}, st.PIDs...), st.EtcdPIDs...)...)
+	st2, _ := lab.ReadState()
+	if st2 == nil {
+		st2 = st
+	}
+	assertGone(t, append(append([]int{st.RunnerPID, st.RouterPID}, st2.PIDs...), st.EtcdPIDs...)...)
+}
+
+// labNodeFaults drives `lab fault` on the cluster's nodes and watches the
+// router's route: kill lb2 and down lb3 each leave two next hops, start
+// lb2 and up lb3 bring back three; bad names are refused by name.
+func labNodeFaults(t *testing.T, st *lab.State) {
+	t.Helper()
+	waitRouterHops(t, 3)
+	if out, err := run(t, "lab", "fault", "kill", "lb9"); err == nil || !strings.Contains(out, "lb, lb2, lb3") {
+		t.Fatalf("lab fault kill lb9: %v: %s", err, out)
+	}
+	for _, f := range []struct{ out, in, node string }{{"kill", "start", "lb2"}, {"down", "up", "lb3"}} {
+		mustRun(t, "lab", "fault", f.out, f.node)
+		waitRouterHops(t, 2)
+		if name := strings.TrimSpace(mustRun(t, "lab", "exec", "client", "--", "curl", "-s", "--max-time", "5", "http://10.77.1.100/")); name != "b1" && name != "b2" {
+			t.Fatalf("curl through the VIP with %s %s answered %q", f.node, f.out, name)
+		}
+		if f.out == "kill" {
+			if out, err := run(t, "lab", "fault", "kill", f.node); err == nil || !strings.Contains(out, "not running") {
+				t.Fatalf("lab fault kill %s twice: %v: %s", f.node, err, out)
+			}
+		}
+		mustRun(t, "lab", "fault", f.in, f.node)
+		waitRouterHops(t, 3)
+	}
+}
+
+// waitRouterHops waits until the lab router's route to the VIP has n
+// next hops.
+func waitRouterHops(t *testing.T, n int) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		out := mustRun(t, "lab", "exec", "router", "--", "ip", "-4", "route", "show", "10.77.1.100")
+		if got := strings.Count(out, "nexthop via"); got == n || (n == 1 && strings.Contains(out, " via ")) {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the router's route to the VIP is %q after 20 s, want %d next hops", out, n)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 }

@@ -2,7 +2,6 @@ package e2e
 
 import (
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -32,11 +31,11 @@ func xdpAttached(t testing.TB, h *testenv.Host) bool {
 	return on
 }
 
-// wrkLoop runs wrk against the HTTP VIP in 5 s rounds until the
-// returned func is called, which waits for the round under way and adds
-// up requests and failures. A test that fails first stops it too.
-func wrkLoop(t testing.TB, lc *labCluster) (stop func() (requests, failed int)) {
-	var req, fail atomic.Int64
+// wrkLoop runs wrk against the HTTP VIP in one-second slices until the
+// returned func is called, which waits for the slice under way and
+// returns them all. A test that fails first stops it too.
+func wrkLoop(t testing.TB, lc *labCluster) (stop func() []wrkSlice) {
+	var slices []wrkSlice
 	var wg sync.WaitGroup
 	var once sync.Once
 	done := make(chan struct{})
@@ -49,22 +48,30 @@ func wrkLoop(t testing.TB, lc *labCluster) (stop func() (requests, failed int)) 
 				return
 			default:
 			}
-			r, f, err := wrkRun(lc, 5*time.Second)
+			sl, err := wrkSecond(lc.lab.Client)
 			if err != nil {
 				t.Error(err)
 				return
 			}
-			req.Add(int64(r))
-			fail.Add(int64(f))
+			slices = append(slices, sl)
 		}
 	}()
-	stop = func() (int, int) {
+	stop = func() []wrkSlice {
 		once.Do(func() { close(done) })
 		wg.Wait()
-		return int(req.Load()), int(fail.Load())
+		return slices
 	}
 	t.Cleanup(func() { stop() })
 	return stop
+}
+
+// wrkTotal adds up slices' requests and failures.
+func wrkTotal(slices []wrkSlice) (requests, failed int) {
+	for _, sl := range slices {
+		requests += sl.requests
+		failed += sl.errors
+	}
+	return requests, failed
 }
 
 // TestBGPDrainAndSIGTERM: under wrk and 500 long-lived connections, 20
@@ -120,7 +127,7 @@ func TestBGPDrainAndSIGTERM(t *testing.T) {
 		lc.restart(t, n)
 		waitHops(t, router, b, "10.77.1.100", 3, 15*time.Second)
 	}
-	requests, failed := stopWrk()
+	requests, failed := wrkTotal(stopWrk())
 	k, per := broken(cs)
 	t.Logf("%d drains and %d SIGTERMs: wrk %d requests, %d failed; %d of %d long-lived connections broke; route gone → detach margin min %v",
 		runs, runs, requests, failed, k, len(cs), slicesMin(margins))

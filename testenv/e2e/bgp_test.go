@@ -3,7 +3,6 @@ package e2e
 import (
 	"context"
 	"encoding/json"
-	"fmt"
 	"net/netip"
 	"os"
 	"regexp"
@@ -33,25 +32,11 @@ func newBGPCluster(t testing.TB, backends, active int, bfd bool, extra ...string
 	return lc, startBIRD(t, lc.lab, bfd)
 }
 
-// startBIRD runs BIRD 2 on the lab's router with one eBGP session (AS
-// 65000) per LB node (AS 65001), BFD when bfd, and ECMP into its kernel
-// table (merge paths); the lab set the L4 multipath hash.
+// startBIRD runs BIRD 2 on the lab's router with the lab's config
+// (testenv.LabBIRDConfig), BFD when bfd.
 func startBIRD(t testing.TB, lab *testenv.Lab, bfd bool) *testenv.BIRD {
 	t.Helper()
-	var conf strings.Builder
-	fmt.Fprintf(&conf, "log stderr all;\nrouter id %s;\nprotocol device {}\n", routerAddr.Addr())
-	conf.WriteString("protocol kernel { ipv4 { import none; export all; }; merge paths on; }\n")
-	if bfd {
-		conf.WriteString("protocol bfd { interface \"*\" { min rx interval 100 ms; min tx interval 100 ms; multiplier 3; }; }\n")
-	}
-	for i, n := range lab.Nodes {
-		fmt.Fprintf(&conf, "protocol bgp lb%d {\n  local %s as 65000;\n  neighbor %s as 65001;\n  passive on;\n  hold time 3;\n  error wait time 1, 5;\n", i+1, routerAddr.Addr(), n.Addr.Addr())
-		if bfd {
-			conf.WriteString("  bfd on;\n")
-		}
-		conf.WriteString("  ipv4 { import filter { if net ~ [ 10.77.1.0/24{32,32} ] then accept; reject; }; export none; };\n}\n")
-	}
-	b, err := testenv.StartBIRD(context.Background(), t.TempDir(), lab.Router, conf.String())
+	b, err := testenv.StartBIRD(context.Background(), t.TempDir(), lab.Router, testenv.LabBIRDConfig(lab, bfd))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -193,39 +178,124 @@ func TestBGPAnnounce(t *testing.T) {
 // leaves the router's ECMP set within 1 s at p99 with BFD at 100 ms × 3;
 // 20 runs, the node restarted each time (which also exercises GoBGP's
 // BFD across session resets: a known v4.8.0 bug made reconnects flap).
+// Throughout, wrk runs in one-second slices and 500 long-lived
+// connections stay open: none may break, and wrk may fail only in a
+// slice that meets a detection window (link down → route gone, plus
+// wrk's 1 s timeout for a request sent inside it).
 func TestBGPNodeKilledBFD(t *testing.T) {
-	lc, b := newBGPCluster(t, 2, 2, true, "--bgp-learn", "500ms", "--bgp-bfd")
-	router := lc.lab.Router
-	waitHops(t, router, b, "10.77.1.100", 3, 10*time.Second)
-	const runs = 20
-	var gaps []time.Duration
-	for i := range runs {
-		n := i % len(lc.nodes)
+	lc, b := newBGPCluster(t, 3, 3, true, "--bgp-learn", "500ms", "--bgp-bfd")
+	gaps, windows := killNodes(t, lc, b, 20, func(n int) {
 		waitBFD(t, lc.nodes[n], b)
 		if v := newScraper(lc.lab.Nodes[n]).value(t, "sluice_bgp_bfd_up", `peer="10.77.0.254"`); v != 1 {
 			t.Fatalf("node %d: sluice_bgp_bfd_up %v with BFD up, want 1", n, v)
 		}
+	})
+	p99 := testutil.Percentile(gaps, .99)
+	t.Logf("node killed, %d runs, BFD 100ms x 3: the router dropped it after p50 %v, p99 %v, max %v",
+		len(gaps), testutil.Percentile(gaps, .5), p99, slices.Max(gaps))
+	if p99 > time.Second {
+		t.Fatalf("p99 %v > 1s: %v", p99, gaps)
+	}
+	windows.check(t)
+	out, err := b.Show(context.Background(), "bfd", "sessions")
+	t.Logf("BIRD's BFD sessions at the end (%v):\n%s", err, out)
+}
+
+// TestBGPNodeKilledHoldTime: without BFD, a node killed with its link
+// down leaves the router's ECMP set when the BGP hold time (3 s, the
+// lowest RFC 4271 allows and BIRD accepts) runs out; 5 runs, the same
+// connection and wrk checks as with BFD.
+func TestBGPNodeKilledHoldTime(t *testing.T) {
+	lc, b := newBGPCluster(t, 3, 3, false, "--bgp-learn", "500ms", "--bgp-hold", "3s")
+	gaps, windows := killNodes(t, lc, b, 5, func(int) {})
+	t.Logf("node killed, %d runs, no BFD, hold time 3s: the router dropped it after p50 %v, max %v (min %v)",
+		len(gaps), testutil.Percentile(gaps, .5), slices.Max(gaps), slices.Min(gaps))
+	if m := slices.Max(gaps); m > 3*time.Second+500*time.Millisecond {
+		t.Fatalf("max %v > hold time 3s + 500ms: %v", m, gaps)
+	}
+	windows.check(t)
+}
+
+// killNodes serves the HTTP VIP from every backend, opens 500 long-lived
+// connections and runs wrk, then kills runs nodes in turn (link down,
+// then kill -9), each after ready(n): it returns how long the router
+// took to drop each, and the wrk slices with the detection windows. It
+// restarts each node and checks that no long-lived connection broke.
+func killNodes(t *testing.T, lc *labCluster, b *testenv.BIRD, runs int, ready func(n int)) ([]time.Duration, *killWindows) {
+	t.Helper()
+	router := lc.lab.Router
+	a := lc.nodes[0]
+	a.mustCLI(t, "vip", "add", vipHTTP, "--forward", "ipip")
+	for _, be := range lc.lab.Backends {
+		a.mustCLI(t, append([]string{"backend", "add", vipHTTP, be.Addr.Addr().String()}, fastCheck...)...)
+	}
+	lc.waitSameRings(t, 20*time.Second)
+	waitHops(t, router, b, "10.77.1.100", 3, 15*time.Second)
+	cs := openConns(t, lc.lab, 500)
+	stopWrk := wrkLoop(t, lc)
+	w := &killWindows{}
+	var gaps []time.Duration
+	for i := range runs {
+		n := i % len(lc.nodes)
+		ready(n)
 		// The link first: a kill alone closes the TCP session, and the
 		// router would learn of it from the FIN, not from BFD.
+		from := time.Now()
 		if err := lc.lab.Nodes[n].SetLinkUp(false); err != nil {
 			t.Fatal(err)
 		}
 		lc.nodes[n].kill9(t)
-		gaps = append(gaps, waitHops(t, router, b, "10.77.1.100", 2, 5*time.Second))
+		gap := waitHops(t, router, b, "10.77.1.100", 2, 5*time.Second)
+		w.windows = append(w.windows, [2]time.Time{from, time.Now()})
+		gaps = append(gaps, gap)
+		if k, per := broken(cs); k != 0 {
+			t.Fatalf("run %d: node %d killed: %d of %d long-lived connections broke: %v", i, n+1, k, len(cs), per)
+		}
 		if err := lc.lab.Nodes[n].SetLinkUp(true); err != nil {
 			t.Fatal(err)
 		}
 		lc.restart(t, n)
 		waitHops(t, router, b, "10.77.1.100", 3, 15*time.Second)
 	}
-	p99 := testutil.Percentile(gaps, .99)
-	t.Logf("node killed, %d runs, BFD 100ms x 3: the router dropped it after p50 %v, p99 %v, max %v",
-		runs, testutil.Percentile(gaps, .5), p99, slices.Max(gaps))
-	if p99 > time.Second {
-		t.Fatalf("p99 %v > 1s: %v", p99, gaps)
+	w.slices = stopWrk()
+	if k, per := broken(cs); k != 0 {
+		t.Fatalf("after %d kills: %d of %d long-lived connections broke: %v", runs, k, len(cs), per)
 	}
-	out, err := b.Show(context.Background(), "bfd", "sessions")
-	t.Logf("BIRD's BFD sessions at the end (%v):\n%s", err, out)
+	t.Logf("%d kills: 0 of %d long-lived connections broke", runs, len(cs))
+	return gaps, w
+}
+
+// killWindows are the detection windows of node kills and the wrk
+// slices that ran across them.
+type killWindows struct {
+	windows [][2]time.Time // link down, route gone
+	slices  []wrkSlice
+}
+
+// check reports wrk's failures inside and outside the windows (each
+// widened by wrk's 1 s timeout) and fails on any outside.
+func (w *killWindows) check(t *testing.T) {
+	t.Helper()
+	var in, out, inReq, outReq int
+	var inMax, outMax time.Duration
+	for _, sl := range w.slices {
+		inside := false
+		for _, win := range w.windows {
+			if !win[0].After(sl.to) && !win[1].Add(time.Second).Before(sl.from) {
+				inside = true
+			}
+		}
+		if inside {
+			in, inReq, inMax = in+sl.errors, inReq+sl.requests, max(inMax, sl.maxLatency)
+		} else {
+			out, outReq, outMax = out+sl.errors, outReq+sl.requests, max(outMax, sl.maxLatency)
+		}
+	}
+	t.Logf("wrk: %d one-second slices; failed: %d inside detection windows (of %d requests there, slowest %v), %d outside (of %d, slowest %v)",
+		len(w.slices), in, inReq, inMax, out, outReq, outMax)
+	if out != 0 {
+		t.Fatalf("%d wrk requests failed outside any detection window", out)
+	}
 }
 
 // waitBFD waits until the node reports its BFD session with the router up.

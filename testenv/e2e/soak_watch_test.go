@@ -41,6 +41,7 @@ type liveConn struct {
 type wrkSlice struct {
 	from, to         time.Time
 	requests, errors int
+	maxLatency       time.Duration // the slowest request wrk saw complete
 }
 
 // nodeSamples are one node's daemon's resource figures over the soak.
@@ -135,6 +136,7 @@ var (
 	wrkRequests = regexp.MustCompile(`(\d+) requests in`)
 	wrkSocket   = regexp.MustCompile(`Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)`)
 	wrkStatus   = regexp.MustCompile(`Non-2xx or 3xx responses: (\d+)`)
+	wrkLatency  = regexp.MustCompile(`Latency\s+\S+\s+\S+\s+(\S+)`) // avg, stdev, max
 )
 
 // wrk runs wrk from the client against vipHTTP in one-second slices, so
@@ -142,33 +144,45 @@ var (
 func (w *soakWatch) wrk() {
 	defer w.wg.Done()
 	for !w.stopped() {
-		from := time.Now()
-		out, err := w.s.lp.lab.Client.Command(context.Background(), "wrk", "-t1", "-c8", "-d1s", "--timeout", "1s",
-			"http://"+testenv.LabVIP4.String()+"/").CombinedOutput()
-		sl := wrkSlice{from: from, to: time.Now()}
-		m := wrkRequests.FindSubmatch(out)
-		switch {
-		case m != nil:
-			sl.requests = atoi(m[1])
-		case bytes.Contains(out, []byte("unable to connect")):
-			// wrk gives up at once when its first connection is
-			// refused (a killed backend answers with a reset): one
-			// failed request, judged by its slice's window like any.
-			sl.errors = 1
-		default:
-			w.s.violate("wrk: %v\n%s", err, out)
+		sl, err := wrkSecond(w.s.lp.lab.Client)
+		if err != nil {
+			w.s.violate("%v", err)
 			return
-		}
-		if m := wrkSocket.FindSubmatch(out); m != nil {
-			sl.errors = atoi(m[1]) + atoi(m[2]) + atoi(m[3]) + atoi(m[4])
-		}
-		if m := wrkStatus.FindSubmatch(out); m != nil {
-			sl.errors += atoi(m[1])
 		}
 		w.mu.Lock()
 		w.slices = append(w.slices, sl)
 		w.mu.Unlock()
 	}
+}
+
+// wrkSecond runs one second of wrk from client against the HTTP VIP.
+func wrkSecond(client *testenv.Host) (wrkSlice, error) {
+	from := time.Now()
+	out, err := client.Command(context.Background(), "wrk", "-t1", "-c8", "-d1s", "--timeout", "1s",
+		"http://"+testenv.LabVIP4.String()+"/").CombinedOutput()
+	sl := wrkSlice{from: from, to: time.Now()}
+	m := wrkRequests.FindSubmatch(out)
+	switch {
+	case m != nil:
+		sl.requests = atoi(m[1])
+	case bytes.Contains(out, []byte("unable to connect")):
+		// wrk gives up at once when its first connection is refused
+		// (a killed backend answers with a reset): one failed
+		// request, judged by its slice's window like any.
+		sl.errors = 1
+	default:
+		return sl, fmt.Errorf("wrk: %v\n%s", err, out)
+	}
+	if m := wrkSocket.FindSubmatch(out); m != nil {
+		sl.errors = atoi(m[1]) + atoi(m[2]) + atoi(m[3]) + atoi(m[4])
+	}
+	if m := wrkStatus.FindSubmatch(out); m != nil {
+		sl.errors += atoi(m[1])
+	}
+	if m := wrkLatency.FindSubmatch(out); m != nil {
+		sl.maxLatency, _ = time.ParseDuration(string(m[1]))
+	}
+	return sl, nil
 }
 
 func atoi(b []byte) int {

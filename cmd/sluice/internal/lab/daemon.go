@@ -21,6 +21,7 @@ type Daemon struct {
 	logPath string
 	Client  *api.Client
 	Socket  string
+	Args    []string // the daemon's arguments (after the binary)
 }
 
 // StartDaemon starts the daemon on the lab's LB host; wait tells when
@@ -45,6 +46,7 @@ func StartDaemonOn(lab *testenv.Lab, host *testenv.Host, dir, metricsAddr string
 	args := append([]string{"daemon", "--iface", host.Link, "--xdp-mode", "native",
 		"--state-dir", filepath.Join(dir, "state"), "--socket", d.Socket, "--metrics-addr", metricsAddr,
 		"--pin-root", lab.PinRoot(), "--flow-table-size", "65536"}, extra...)
+	d.Args = args
 	d.cmd = host.Command(context.Background(), self, args...)
 	d.cmd.Stdout, d.cmd.Stderr = d.logf, d.logf
 	if err := d.cmd.Start(); err != nil {

@@ -5,13 +5,13 @@ package lab
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
-	"net/netip"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -57,9 +57,14 @@ type State struct {
 	Sockets  []string `json:"sockets,omitempty"`
 	PIDs     []int    `json:"pids,omitempty"`
 	EtcdPIDs []int    `json:"etcd_pids,omitempty"`
-	Hosts    []Host   `json:"hosts"`
-	VIPs     []string `json:"vips"`
-	Ready    bool     `json:"ready"`
+	// RouterPID is the cluster's router, BIRD, in the router namespace.
+	RouterPID int `json:"router_pid,omitempty"`
+	// Commands are each LB node's daemon command line, by host name,
+	// for `lab fault start` after `lab fault kill`.
+	Commands map[string]Command `json:"commands,omitempty"`
+	Hosts    []Host             `json:"hosts"`
+	VIPs     []string           `json:"vips"`
+	Ready    bool               `json:"ready"`
 }
 
 func ReadState() (*State, error) {
@@ -91,8 +96,20 @@ func (s *State) Host(name string) (Host, bool) {
 	return Host{}, false
 }
 
-// Alive reports whether process pid runs.
-func Alive(pid int) bool { return pid > 0 && syscall.Kill(pid, 0) == nil }
+// Alive reports whether process pid runs: it exists and is not a
+// zombie (a killed daemon stays one until the runner reaps it).
+func Alive(pid int) bool {
+	if pid <= 0 || syscall.Kill(pid, 0) != nil {
+		return false
+	}
+	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return false
+	}
+	// The state follows the command name in parentheses: "pid (comm) S …".
+	i := bytes.LastIndexByte(stat, ')')
+	return i < 0 || i+2 >= len(stat) || stat[i+2] != 'Z'
+}
 
 var vips = []struct {
 	vip   string
@@ -162,7 +179,7 @@ func Up(ctx context.Context, w io.Writer, backends int, pair bool, cluster int) 
 			}
 			switch {
 			case st.Cluster > 0:
-				fmt.Fprintf(w, "lab %s is up: client, %d active sluice nodes (lb…lb%d) sharing their state in a 3-member etcd cluster, %d backends\n\n", st.ID, st.Cluster, st.Cluster, backends)
+				fmt.Fprintf(w, "lab %s is up: client behind a BIRD router doing ECMP over %d active sluice nodes (lb…lb%d), which announce the VIPs to it over BGP with BFD and share their state in a 3-member etcd cluster, %d backends\n\n", st.ID, st.Cluster, st.Cluster, backends)
 			case st.Pair:
 				fmt.Fprintf(w, "lab %s is up: client, lb and lb2 (an active/standby pair of sluice daemons), %d backends\n\n", st.ID, backends)
 			default:
@@ -174,6 +191,9 @@ func Up(ctx context.Context, w io.Writer, backends int, pair bool, cluster int) 
 			fmt.Fprintf(w, "  sluice lab fault kill b1    # then: sluice lab fault restore b1\n")
 			if st.Cluster > 0 {
 				fmt.Fprintf(w, "  SLUICE_SOCKET=%s sluice cluster status    # other nodes: %s\n", st.Socket, strings.Join(st.Sockets[1:], ", "))
+				fmt.Fprintf(w, "  SLUICE_SOCKET=%s sluice bgp status\n", st.Socket)
+				fmt.Fprintf(w, "  sluice lab exec router -- ip route show 10.77.1.100    # one next hop per node\n")
+				fmt.Fprintf(w, "  sluice lab fault kill lb2    # the router drops it within a second; then: sluice lab fault start lb2\n")
 			}
 			if st.Pair {
 				fmt.Fprintf(w, "  SLUICE_SOCKET=%s sluice ha status    # lb2: SLUICE_SOCKET=%s\n", st.Socket, st.Socket2)
@@ -264,17 +284,22 @@ type runner struct {
 	lbs             []*testenv.Host
 	daemon, daemon2 *Daemon
 	nodes           []*Daemon // a cluster's daemons past lb's
+	bird            *testenv.BIRD
 }
 
 // newRunner builds the lab's namespaces and writes its state file.
 func newRunner(ctx context.Context, backends int, pair bool, cluster int) (*runner, error) {
-	lab, err := testenv.NewLab(ctx, nil, testenv.LabOptions{Backends: backends, Prefix: Prefix, Pair: pair, Nodes: cluster})
+	lab, err := testenv.NewLab(ctx, nil, testenv.LabOptions{Backends: backends, Prefix: Prefix, Pair: pair, Nodes: cluster, Router: cluster > 0})
 	if err != nil {
 		return nil, err
 	}
 	r := &runner{lab: lab, pair: pair, cluster: cluster, lbs: lab.Nodes,
 		st: &State{ID: lab.ID(), PinRoot: lab.PinRoot(), Socket: filepath.Join(Dir, "sluice.sock"), RunnerPID: os.Getpid(), Pair: pair, Cluster: cluster}}
-	for _, h := range append(append([]*testenv.Host{lab.Client}, r.lbs...), backendHosts(lab)...) {
+	hosts := append(append([]*testenv.Host{lab.Client}, r.lbs...), backendHosts(lab)...)
+	if lab.Router != nil {
+		hosts = append(hosts, lab.Router)
+	}
+	for _, h := range hosts {
 		lh := Host{Name: h.Name, NS: h.NSName(), Link: h.Link, Addr: h.Addr.Addr().String()}
 		if h.Addr6.IsValid() {
 			lh.Addr6 = h.Addr6.Addr().String()
@@ -290,10 +315,14 @@ func newRunner(ctx context.Context, backends int, pair bool, cluster int) (*runn
 
 // teardown removes everything the runner made.
 func (r *runner) teardown() {
+	r.stopRestarted()
 	r.daemon.Stop()
 	r.daemon2.Stop()
 	for _, d := range r.nodes {
 		d.Stop()
+	}
+	if r.bird != nil {
+		r.bird.Stop()
 	}
 	for _, h := range r.lbs {
 		_ = h.Do(func() error { return loader.DetachPinned(h.Link, r.lab.PinRoot()) })
@@ -339,6 +368,9 @@ func (r *runner) configure(ctx context.Context) error {
 			return err
 		}
 	}
+	if r.cluster > 0 {
+		return r.waitRoutes(ctx, 30*time.Second)
+	}
 	return nil
 }
 
@@ -363,6 +395,7 @@ func (r *runner) startDaemons(ctx context.Context) error {
 	}
 	r.st.Socket = r.daemon.Socket
 	r.st.DaemonPID = r.daemon.cmd.Process.Pid
+	r.record(lab.LB, r.daemon)
 	if r.pair {
 		// lb first: started together, either could become master first,
 		// and without pre-emption the first stays master.
@@ -374,40 +407,8 @@ func (r *runner) startDaemons(ctx context.Context) error {
 		}
 		r.st.Socket2 = r.daemon2.Socket
 		r.st.Daemon2PID = r.daemon2.cmd.Process.Pid
+		r.record(lab.LB2, r.daemon2)
 	}
-	return r.st.write()
-}
-
-// startCluster starts a three-member etcd cluster and one daemon per LB
-// node on it, lb's with its socket where a lone daemon's would be.
-func (r *runner) startCluster(ctx context.Context) error {
-	etcd, err := r.lab.StartEtcd(ctx, 3, netip.MustParseAddr("10.77.0.31"), 24)
-	if err != nil {
-		return err
-	}
-	for _, m := range etcd.Members {
-		r.st.EtcdPIDs = append(r.st.EtcdPIDs, m.PID())
-		r.st.Hosts = append(r.st.Hosts, Host{Name: m.Name, NS: m.NSName(), Link: m.Link, Addr: m.Addr.Addr().String()})
-	}
-	for i, h := range r.lab.Nodes {
-		dir := Dir
-		if i > 0 {
-			dir = filepath.Join(Dir, h.Name)
-		}
-		d, err := StartDaemonOn(r.lab, h, dir, "127.0.0.1:9642", "--store", "etcd", "--etcd-endpoints", strings.Join(etcd.Endpoints(), ","),
-			"--cluster", "lab", "--node-name", fmt.Sprintf("n%d", i+1))
-		if err != nil {
-			return err
-		}
-		if i == 0 {
-			r.daemon = d
-		} else {
-			r.nodes = append(r.nodes, d)
-		}
-		r.st.Sockets = append(r.st.Sockets, d.Socket)
-		r.st.PIDs = append(r.st.PIDs, d.cmd.Process.Pid)
-	}
-	r.st.Socket, r.st.DaemonPID = r.daemon.Socket, r.daemon.cmd.Process.Pid
 	return r.st.write()
 }
 
@@ -503,7 +504,7 @@ func cleanup(st *State) error {
 				time.Sleep(50 * time.Millisecond)
 			}
 		}
-		for _, pid := range append(append([]int{st.DaemonPID, st.Daemon2PID}, st.PIDs...), st.EtcdPIDs...) {
+		for _, pid := range append(append([]int{st.DaemonPID, st.Daemon2PID, st.RouterPID}, st.PIDs...), st.EtcdPIDs...) {
 			if Alive(pid) {
 				syscall.Kill(pid, syscall.SIGKILL)
 				for i := 0; i < 100 && Alive(pid); i++ {
@@ -588,8 +589,13 @@ func Fault(ctx context.Context, w io.Writer, kind, backend string) error {
 	if err != nil {
 		return errors.New("no lab is up (start one with: sluice lab up)")
 	}
-	if kind == "down" || kind == "up" {
+	switch kind {
+	case "down", "up":
 		return linkFault(ctx, w, st, kind, backend)
+	case "kill", "start":
+		if strings.HasPrefix(backend, "lb") {
+			return nodeFault(ctx, w, st, kind, backend)
+		}
 	}
 	h, ok := st.Host(backend)
 	if !ok || !strings.HasPrefix(backend, "b") {
@@ -609,7 +615,7 @@ func Fault(ctx context.Context, w io.Writer, kind, backend string) error {
 		return nil
 	case "kill", "blackhole":
 	default:
-		return fmt.Errorf("fault %q: want kill, blackhole or restore (a backend), or down or up (an LB node)", kind)
+		return fmt.Errorf("fault %q: want kill, blackhole or restore (a backend), or down, up, kill or start (an LB node)", kind)
 	}
 	if err := nft("add", "table", "inet", "sluicelab_fault"); err != nil {
 		return err
@@ -643,11 +649,12 @@ func backendNames(st *State) string {
 }
 
 // linkFault takes an LB node's link down or up: in a pair, the other
-// node takes over (or the node returns, as backup).
+// node takes over (or the node returns, as backup); in a cluster, the
+// router drops the node from its ECMP set when BFD times out.
 func linkFault(ctx context.Context, w io.Writer, st *State, kind, node string) error {
 	h, ok := st.Host(node)
-	if !ok || (node != "lb" && node != "lb2") {
-		return fmt.Errorf("node %q: want lb or lb2 (lb2 only in a lab started with --pair)", node)
+	if _, isNode := st.Commands[node]; !ok || !isNode {
+		return fmt.Errorf("node %q: the lab's LB nodes are %s", node, strings.Join(st.nodeNames(), ", "))
 	}
 	out, err := exec.CommandContext(ctx, "nsenter", "--net=/var/run/netns/"+h.NS, "--", "ip", "link", "set", h.Link, kind).CombinedOutput()
 	if err != nil {

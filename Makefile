@@ -27,6 +27,7 @@ need-tools:
 	@command -v wrk >/dev/null 2>&1 || { echo "error: wrk is missing (the soak loads the pair with it): apt-get install wrk"; exit 1; }
 	@command -v etcd >/dev/null 2>&1 || { echo "error: etcd is missing (the lab's etcd cluster runs it): apt-get install etcd-server"; exit 1; }
 	@command -v bird >/dev/null 2>&1 || { echo "error: bird is missing (the BGP tests' router runs it): apt-get install bird2"; exit 1; }
+	@test -x /usr/lib/frr/bgpd || { echo "error: FRR is missing (a BGP test runs it as the router): apt-get install frr"; exit 1; }
 
 need-root:
 	@test "$$(id -u)" = 0 || { echo "error: this target loads BPF programs and creates network namespaces: run it with sudo"; exit 1; }

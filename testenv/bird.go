@@ -126,3 +126,6 @@ func LabBIRDConfig(l *Lab, bfd bool) string {
 	}
 	return conf.String()
 }
+
+// Summary is BIRD's view of its sessions (`show protocols`).
+func (b *BIRD) Summary(ctx context.Context) (string, error) { return b.Show(ctx, "protocols") }

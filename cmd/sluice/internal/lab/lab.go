@@ -177,29 +177,7 @@ func Up(ctx context.Context, w io.Writer, backends int, pair bool, cluster int) 
 			if err != nil {
 				return err
 			}
-			switch {
-			case st.Cluster > 0:
-				fmt.Fprintf(w, "lab %s is up: client behind a BIRD router doing ECMP over %d active sluice nodes (lb…lb%d), which announce the VIPs to it over BGP with BFD and share their state in a 3-member etcd cluster, %d backends\n\n", st.ID, st.Cluster, st.Cluster, backends)
-			case st.Pair:
-				fmt.Fprintf(w, "lab %s is up: client, lb and lb2 (an active/standby pair of sluice daemons), %d backends\n\n", st.ID, backends)
-			default:
-				fmt.Fprintf(w, "lab %s is up: client, lb (sluice daemon, XDP), %d backends\n\n", st.ID, backends)
-			}
-			fmt.Fprintf(w, "  sluice lab exec client -- curl -s http://10.77.1.100/\n")
-			fmt.Fprintf(w, "  SLUICE_SOCKET=%s sluice status\n", st.Socket)
-			fmt.Fprintf(w, "  sluice lab exec lb -- curl -s 127.0.0.1:9642/metrics\n")
-			fmt.Fprintf(w, "  sluice lab fault kill b1    # then: sluice lab fault restore b1\n")
-			if st.Cluster > 0 {
-				fmt.Fprintf(w, "  SLUICE_SOCKET=%s sluice cluster status    # other nodes: %s\n", st.Socket, strings.Join(st.Sockets[1:], ", "))
-				fmt.Fprintf(w, "  SLUICE_SOCKET=%s sluice bgp status\n", st.Socket)
-				fmt.Fprintf(w, "  sluice lab exec router -- ip route show 10.77.1.100    # one next hop per node\n")
-				fmt.Fprintf(w, "  sluice lab fault kill lb2    # the router drops it within a second; then: sluice lab fault start lb2\n")
-			}
-			if st.Pair {
-				fmt.Fprintf(w, "  SLUICE_SOCKET=%s sluice ha status    # lb2: SLUICE_SOCKET=%s\n", st.Socket, st.Socket2)
-				fmt.Fprintf(w, "  sluice lab fault down lb    # lb2 takes over; then: sluice lab fault up lb\n")
-			}
-			fmt.Fprintf(w, "  sluice lab down\n")
+			printReady(w, st, backends)
 			_, err = io.WriteString(confirm, "OK\n")
 			return err
 		}
@@ -210,6 +188,33 @@ func Up(ctx context.Context, w io.Writer, backends int, pair bool, cluster int) 
 	}
 	raw, _ := os.ReadFile(filepath.Join(Dir, "runner.log"))
 	return fmt.Errorf("lab did not come up: %v\n%s", err, raw)
+}
+
+// printReady tells what lab is up and how to use it.
+func printReady(w io.Writer, st *State, backends int) {
+	switch {
+	case st.Cluster > 0:
+		fmt.Fprintf(w, "lab %s is up: client behind a BIRD router doing ECMP over %d active sluice nodes (lb…lb%d), which announce the VIPs to it over BGP with BFD and share their state in a 3-member etcd cluster, %d backends\n\n", st.ID, st.Cluster, st.Cluster, backends)
+	case st.Pair:
+		fmt.Fprintf(w, "lab %s is up: client, lb and lb2 (an active/standby pair of sluice daemons), %d backends\n\n", st.ID, backends)
+	default:
+		fmt.Fprintf(w, "lab %s is up: client, lb (sluice daemon, XDP), %d backends\n\n", st.ID, backends)
+	}
+	fmt.Fprintf(w, "  sluice lab exec client -- curl -s http://10.77.1.100/\n")
+	fmt.Fprintf(w, "  SLUICE_SOCKET=%s sluice status\n", st.Socket)
+	fmt.Fprintf(w, "  sluice lab exec lb -- curl -s 127.0.0.1:9642/metrics\n")
+	fmt.Fprintf(w, "  sluice lab fault kill b1    # then: sluice lab fault restore b1\n")
+	if st.Cluster > 0 {
+		fmt.Fprintf(w, "  SLUICE_SOCKET=%s sluice cluster status    # other nodes: %s\n", st.Socket, strings.Join(st.Sockets[1:], ", "))
+		fmt.Fprintf(w, "  SLUICE_SOCKET=%s sluice bgp status\n", st.Socket)
+		fmt.Fprintf(w, "  sluice lab exec router -- ip route show 10.77.1.100    # one next hop per node\n")
+		fmt.Fprintf(w, "  sluice lab fault kill lb2    # the router drops it within a second; then: sluice lab fault start lb2\n")
+	}
+	if st.Pair {
+		fmt.Fprintf(w, "  SLUICE_SOCKET=%s sluice ha status    # lb2: SLUICE_SOCKET=%s\n", st.Socket, st.Socket2)
+		fmt.Fprintf(w, "  sluice lab fault down lb    # lb2 takes over; then: sluice lab fault up lb\n")
+	}
+	fmt.Fprintf(w, "  sluice lab down\n")
 }
 
 // labRun builds the lab, runs the daemon in the LB namespace and holds

@@ -73,7 +73,6 @@ func BenchmarkBGPCapacity(b *testing.B) {
 	}
 }
 
-
 // wrkCapacity runs wrk at full load (2 threads, 64 connections) for d
 // and returns how many requests completed.
 func wrkCapacity(b *testing.B, client *testenv.Host, d time.Duration) int {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"net/netip"
 	"time"
 
@@ -27,12 +28,31 @@ func newAnnouncer(ctx context.Context, d *Daemon, cfg bgp.Config) (*bgp.Announce
 		}
 		cfg.RouterID = a
 	}
+	if cfg.NoNextHop6() {
+		cfg.NextHop6 = ifaceAddr6(d.opts.Iface) // none: IPv6 routes withheld
+	}
 	cfg.Iface = d.opts.Iface
 	sp, err := bgp.NewSpeaker(ctx, cfg, d.log)
 	if err != nil {
 		return nil, err
 	}
 	return bgp.NewAnnouncer(sp, bgpSource{d}), nil
+}
+
+// ifaceAddr6 is the interface's first global or unique-local IPv6
+// address, or none.
+func ifaceAddr6(name string) netip.Addr {
+	ifi, err := net.InterfaceByName(name)
+	if err != nil {
+		return netip.Addr{}
+	}
+	addrs, _ := ifi.Addrs()
+	for _, a := range addrs {
+		if p, err := netip.ParsePrefix(a.String()); err == nil && p.Addr().Is6() && !p.Addr().Is4In6() && !p.Addr().IsLinkLocalUnicast() {
+			return p.Addr()
+		}
+	}
+	return netip.Addr{}
 }
 
 // NodeView: the interface's state and XDP attachment as the kernel has

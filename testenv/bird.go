@@ -106,14 +106,16 @@ func (b *BIRD) PID() int { return b.cmd.Process.Pid }
 
 // LabBIRDConfig is the BIRD config of a lab's router (LabOptions.Router):
 // one passive eBGP session (AS 65000) per LB node (AS 65001), hold time
-// 3 s, BFD at 100 ms × 3 when bfd, accepting only /32s of the VIP
-// network, and ECMP into the router's kernel table (merge paths); the
-// lab set the L4 multipath hash.
+// 3 s, BFD at 100 ms × 3 when bfd, accepting only host routes of the VIP
+// networks (/32s, and /128s over the same session), and ECMP into the
+// router's kernel tables (merge paths); the lab set the L4 multipath
+// hash.
 func LabBIRDConfig(l *Lab, bfd bool) string {
 	router := LabRouter4.Addr()
 	var conf strings.Builder
 	fmt.Fprintf(&conf, "log stderr all;\nrouter id %s;\nprotocol device {}\n", router)
-	conf.WriteString("protocol kernel { ipv4 { import none; export all; }; merge paths on; }\n")
+	conf.WriteString("protocol kernel k4 { ipv4 { import none; export all; }; merge paths on; }\n")
+	conf.WriteString("protocol kernel k6 { ipv6 { import none; export all; }; merge paths on; }\n")
 	if bfd {
 		conf.WriteString("protocol bfd { interface \"*\" { min rx interval 100 ms; min tx interval 100 ms; multiplier 3; }; }\n")
 	}
@@ -122,7 +124,8 @@ func LabBIRDConfig(l *Lab, bfd bool) string {
 		if bfd {
 			conf.WriteString("  bfd on;\n")
 		}
-		fmt.Fprintf(&conf, "  ipv4 { import filter { if net ~ [ %s{32,32} ] then accept; reject; }; export none; };\n}\n", LabVIPNet4)
+		fmt.Fprintf(&conf, "  ipv4 { import filter { if net ~ [ %s{32,32} ] then accept; reject; }; export none; };\n", LabVIPNet4)
+		fmt.Fprintf(&conf, "  ipv6 { import filter { if net ~ [ %s{128,128} ] then accept; reject; }; export none; };\n}\n", LabVIPNet6)
 	}
 	return conf.String()
 }

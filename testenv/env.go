@@ -272,6 +272,9 @@ type HostOptions struct {
 	// peer, so that it receives the host's XDP_TX frames.
 	PeerXDPPass bool
 	Addr6       netip.Prefix
+	// Gateway6 is, for AddHostBehind, the router side's IPv6 address on
+	// the host's segment (with Addr6), and the host's IPv6 default route.
+	Gateway6 netip.Prefix
 }
 
 // Host is one namespace with one link to the bridge.
@@ -355,17 +358,8 @@ func (h *Host) addLink(opts HostOptions) error {
 			return err
 		}
 		h.MAC = l.Attrs().HardwareAddr
-		for _, p := range []netip.Prefix{h.Addr, opts.Addr6} {
-			if !p.IsValid() {
-				continue
-			}
-			a := &netlink.Addr{IPNet: prefixNet(p)}
-			if p.Addr().Is6() {
-				a.Flags = unix.IFA_F_NODAD
-			}
-			if err := nl.AddrAdd(l, a); err != nil {
-				return fmt.Errorf("add address %s to %s: %w", p, h.Link, err)
-			}
+		if err := addAddrs(nl, l, []netip.Prefix{h.Addr, opts.Addr6}); err != nil {
+			return err
 		}
 		lo, err := nl.LinkByName("lo")
 		if err != nil {
@@ -630,6 +624,24 @@ func (h *Host) Command(ctx context.Context, name string, args ...string) *exec.C
 	return exec.CommandContext(ctx, "nsenter", append([]string{"--net=" + filepath.Join(netnsDir, h.nsName), "--", name}, args...)...)
 }
 
+// addAddrs adds the valid ones of ps to l, IPv6 ones without duplicate
+// address detection (nothing else on a lab segment has them).
+func addAddrs(nl *netlink.Handle, l netlink.Link, ps []netip.Prefix) error {
+	for _, p := range ps {
+		if !p.IsValid() {
+			continue
+		}
+		a := &netlink.Addr{IPNet: prefixNet(p)}
+		if p.Addr().Is6() {
+			a.Flags = unix.IFA_F_NODAD
+		}
+		if err := nl.AddrAdd(l, a); err != nil {
+			return fmt.Errorf("add address %s to %s: %w", p, l.Attrs().Name, err)
+		}
+	}
+	return nil
+}
+
 // AddHostBehind creates a host on a segment of its own behind gw (a
 // router host): one veth pair, this host's end with addr, gw's end
 // (named "r…") with gwAddr. The host's default route points at gwAddr.
@@ -659,12 +671,13 @@ func (e *Env) AddHostBehind(gw *Host, name string, addr, gwAddr netip.Prefix, op
 	if err != nil {
 		return nil, err
 	}
+	h.Addr6 = opts.Addr6
 	for _, side := range []struct {
-		ns   netns.NsHandle
-		link string
-		addr netip.Prefix
-		mac  *net.HardwareAddr
-	}{{h.ns, h.Link, addr, &h.MAC}, {gw.ns, h.peer, gwAddr, nil}} {
+		ns    netns.NsHandle
+		link  string
+		addrs []netip.Prefix
+		mac   *net.HardwareAddr
+	}{{h.ns, h.Link, []netip.Prefix{addr, opts.Addr6}, &h.MAC}, {gw.ns, h.peer, []netip.Prefix{gwAddr, opts.Gateway6}, nil}} {
 		err := withHandle(side.ns, func(nl *netlink.Handle) error {
 			l, err := nl.LinkByName(side.link)
 			if err != nil {
@@ -673,8 +686,8 @@ func (e *Env) AddHostBehind(gw *Host, name string, addr, gwAddr netip.Prefix, op
 			if side.mac != nil {
 				*side.mac = l.Attrs().HardwareAddr
 			}
-			if err := nl.AddrAdd(l, &netlink.Addr{IPNet: prefixNet(side.addr)}); err != nil {
-				return fmt.Errorf("add address %s to %s: %w", side.addr, side.link, err)
+			if err := addAddrs(nl, l, side.addrs); err != nil {
+				return err
 			}
 			if lo, err := nl.LinkByName("lo"); err == nil {
 				nl.LinkSetUp(lo)
@@ -682,6 +695,11 @@ func (e *Env) AddHostBehind(gw *Host, name string, addr, gwAddr netip.Prefix, op
 			return nl.LinkSetUp(l)
 		})
 		if err != nil {
+			return nil, err
+		}
+	}
+	if opts.Gateway6.IsValid() {
+		if err := h.AddRoute(netip.MustParsePrefix("::/0"), opts.Gateway6.Addr()); err != nil {
 			return nil, err
 		}
 	}

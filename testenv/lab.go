@@ -18,7 +18,9 @@ var (
 	// With LabOptions.Router: the router on the hosts' segment, and the
 	// client's own segment behind it.
 	LabRouter4    = netip.MustParsePrefix("10.77.0.254/24")
+	LabRouter6    = netip.MustParsePrefix("fd77::fe/64")
 	LabClientNet4 = netip.MustParsePrefix("10.78.0.0/24")
+	LabClientNet6 = netip.MustParsePrefix("fd78::/64")
 )
 
 // Lab ports: every backend answers with its name on each.
@@ -177,6 +179,9 @@ func (l *Lab) build(ctx context.Context, opts LabOptions) error {
 			if err := b.Host.AddRoute(LabClientNet4, LabRouter4.Addr()); err != nil {
 				return err
 			}
+			if err := b.Host.AddRoute(LabClientNet6, LabRouter6.Addr()); err != nil {
+				return err
+			}
 		}
 		l.Backends = append(l.Backends, b)
 	}
@@ -191,17 +196,20 @@ func (l *Lab) addClient(opts LabOptions) error {
 		l.Client, err = l.AddHost("client", c4, HostOptions{MTU: 1500, TxChecksumOff: true, Addr6: c6})
 		return err
 	}
-	if l.Router, err = l.AddHost("router", LabRouter4, HostOptions{PeerXDPPass: true}); err != nil {
+	if l.Router, err = l.AddHost("router", LabRouter4, HostOptions{PeerXDPPass: true, Addr6: LabRouter6}); err != nil {
 		return err
 	}
 	for k, v := range map[string]string{"net/ipv4/ip_forward": "1", "net/ipv4/fib_multipath_hash_policy": "1",
-		"net/ipv4/conf/all/rp_filter": "0", "net/ipv4/conf/all/send_redirects": "0"} {
+		"net/ipv4/conf/all/rp_filter": "0", "net/ipv4/conf/all/send_redirects": "0",
+		"net/ipv6/conf/all/forwarding": "1", "net/ipv6/fib_multipath_hash_policy": "1"} {
 		if err := l.Router.Sysctl(k, v); err != nil {
 			return err
 		}
 	}
 	cl := netip.PrefixFrom(LabClientNet4.Addr().Next(), LabClientNet4.Bits())
 	gw := netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 78, 0, 254}), LabClientNet4.Bits())
-	l.Client, err = l.AddHostBehind(l.Router, "client", cl, gw, HostOptions{MTU: 1500, TxChecksumOff: true})
+	cl6 := netip.PrefixFrom(LabClientNet6.Addr().Next(), LabClientNet6.Bits())
+	gw6 := netip.PrefixFrom(netip.AddrFrom16([16]byte{0: 0xfd, 1: 0x78, 15: 0xfe}), LabClientNet6.Bits())
+	l.Client, err = l.AddHostBehind(l.Router, "client", cl, gw, HostOptions{MTU: 1500, TxChecksumOff: true, Addr6: cl6, Gateway6: gw6})
 	return err
 }

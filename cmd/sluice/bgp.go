@@ -21,6 +21,7 @@ func bgpFlags() []cli.Flag {
 		&cli.StringFlag{Name: "bgp-router-id", Usage: "BGP: router id (default: the interface's first IPv4 address)"},
 		&cli.DurationFlag{Name: "bgp-hold", Value: bgp.DefaultHold, Usage: "BGP: hold time (whole seconds, at least 3s); without BFD a dead node leaves the routers within it"},
 		&cli.StringFlag{Name: "bgp-next-hop", Usage: "BGP: IPv4 next hop to announce (default: self, the session's own address)"},
+		&cli.StringFlag{Name: "bgp-next-hop6", Usage: "BGP: IPv6 next hop for the /128 routes (default: over IPv6 sessions their own address; over IPv4 ones the interface's first IPv6 address)"},
 		&cli.StringSliceFlag{Name: "bgp-community", Usage: "BGP: community to tag every route with, A:B or a well-known name (repeatable)"},
 		&cli.BoolFlag{Name: "bgp-bfd", Usage: "BGP: run BFD with every router, so that a dead node leaves them within interval × multiplier"},
 		&cli.DurationFlag{Name: "bgp-bfd-interval", Value: bgp.DefaultBFDInterval, Usage: "BGP: BFD transmit and receive interval"},
@@ -31,7 +32,7 @@ func bgpFlags() []cli.Flag {
 	}
 }
 
-var bgpFlagNames = []string{"bgp-router-id", "bgp-next-hop", "bgp-community", "bgp-bfd", "bgp-graceful-shutdown"}
+var bgpFlagNames = []string{"bgp-router-id", "bgp-next-hop", "bgp-next-hop6", "bgp-community", "bgp-bfd", "bgp-graceful-shutdown"}
 
 // bgpOptions reads the --bgp-* flags; without --bgp-asn and --bgp-peer
 // the daemon announces nothing.
@@ -64,7 +65,7 @@ func bgpOptions(c *cli.Context) (*bgp.Config, error) {
 		}
 		cfg.Communities = append(cfg.Communities, v)
 	}
-	for name, dst := range map[string]*netip.Addr{"bgp-router-id": &cfg.RouterID, "bgp-next-hop": &cfg.NextHop} {
+	for name, dst := range map[string]*netip.Addr{"bgp-router-id": &cfg.RouterID, "bgp-next-hop": &cfg.NextHop, "bgp-next-hop6": &cfg.NextHop6} {
 		if s := c.String(name); s != "" {
 			a, err := netip.ParseAddr(s)
 			if err != nil {

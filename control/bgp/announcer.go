@@ -58,6 +58,7 @@ func (a *Announcer) Run(ctx context.Context) {
 func (a *Announcer) update() {
 	v := a.src.NodeView()
 	v.Draining, v.Learning = a.draining.Load(), time.Since(a.start) < a.learn
+	v.NoNextHop6 = a.Speaker.cfg.NoNextHop6()
 	d := Decide(v, a.src.Services())
 	a.last.Store(&d)
 	if err := a.Speaker.Set(d.Announce, false); err != nil {

@@ -43,7 +43,9 @@ type Config struct {
 	Peers    []Peer
 	Hold     time.Duration // BGP hold time; keepalives at a third of it
 	// NextHop is announced for IPv4 routes (default: the address the
-	// session leaves from); NextHop6 for IPv6 ones.
+	// session leaves from); NextHop6 for IPv6 ones (default: over an
+	// IPv6 session, its own address; the daemon gives sessions over
+	// IPv4 the interface's first IPv6 address).
 	NextHop, NextHop6 netip.Addr
 	Communities       []uint32
 	BFD               bool
@@ -166,7 +168,25 @@ func (c *Config) Complete() error {
 		return fmt.Errorf("--bgp-drain %v: must not be negative", c.Drain)
 	}
 	if c.NextHop.IsValid() && !c.NextHop.Is4() {
-		return fmt.Errorf("--bgp-next-hop %s: must be an IPv4 address (IPv6 routes take the session's own address)", c.NextHop)
+		return fmt.Errorf("--bgp-next-hop %s: must be an IPv4 address (IPv6 routes take --bgp-next-hop6)", c.NextHop)
+	}
+	if a := c.NextHop6; a.IsValid() && (!a.Is6() || a.Is4In6() || a.IsLinkLocalUnicast() || a.IsUnspecified() || a.IsMulticast()) {
+		return fmt.Errorf("--bgp-next-hop6 %s: must be a global or unique-local IPv6 address", a)
 	}
 	return nil
+}
+
+// NoNextHop6 says that IPv6 routes would go out with no valid next hop:
+// a session runs over IPv4 (which gives them its IPv4 address) and no
+// IPv6 next hop is set. Such routes are withheld (ReasonNoNextHop6).
+func (c *Config) NoNextHop6() bool {
+	if c.NextHop6.IsValid() {
+		return false
+	}
+	for _, p := range c.Peers {
+		if p.Addr.Addr().Unmap().Is4() {
+			return true
+		}
+	}
+	return false
 }

@@ -17,10 +17,13 @@ const (
 	ReasonCopyingFlows  = "copying-flows"
 	ReasonLearning      = "learning"
 	ReasonNoBackends    = "no-usable-backends"
+	// ReasonNoNextHop6 withholds IPv6 addresses only: a session runs
+	// over IPv4 and there is no IPv6 next hop to give its routes.
+	ReasonNoNextHop6 = "no-ipv6-next-hop"
 )
 
 // Reasons lists every reason, for metrics that export zeros.
-var Reasons = []string{ReasonDraining, ReasonInterfaceDown, ReasonNotAttached, ReasonNotSynced, ReasonCopyingFlows, ReasonLearning, ReasonNoBackends}
+var Reasons = []string{ReasonDraining, ReasonInterfaceDown, ReasonNotAttached, ReasonNotSynced, ReasonCopyingFlows, ReasonLearning, ReasonNoBackends, ReasonNoNextHop6}
 
 // NodeView is what holds for every service of this node.
 type NodeView struct {
@@ -32,6 +35,9 @@ type NodeView struct {
 	// are not all copied here yet.
 	CopyingFlows bool
 	Learning     bool // the learn delay has not passed yet
+	// NoNextHop6: IPv6 routes would carry no valid next hop (see
+	// Config.NoNextHop6).
+	NoNextHop6 bool
 }
 
 // reason is the first node-wide reason not to announce, or "".
@@ -103,11 +109,14 @@ func Decide(n NodeView, services []Service) Decision {
 		ok[r] = ok[r] || st.Serviceable
 	}
 	for r, good := range ok {
-		if good {
+		switch {
+		case good && n.NoNextHop6 && r.Addr().Is6():
+			d.Withheld[r] = ReasonNoNextHop6
+		case good:
 			d.Announce = append(d.Announce, r)
-		} else if nodeWhy != "" {
+		case nodeWhy != "":
 			d.Withheld[r] = nodeWhy
-		} else {
+		default:
 			d.Withheld[r] = ReasonNoBackends
 		}
 	}

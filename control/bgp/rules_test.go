@@ -32,6 +32,9 @@ func TestDecide(t *testing.T) {
 		{"learning", NodeView{Attached: true, Synced: true, Learning: true}, shared[1:2], nil, map[netip.Prefix]string{r4: ReasonLearning}, []bool{false}},
 		{"min_active 0 means 1", up, []Service{{VIP: "10.77.1.100:7/tcp", Addr: v4, Usable: 1}}, []netip.Prefix{r4}, map[netip.Prefix]string{}, []bool{true}},
 		{"no services, nothing", up, nil, nil, map[netip.Prefix]string{}, nil},
+		{"no IPv6 next hop withholds the /128 only", NodeView{Attached: true, Synced: true, NoNextHop6: true},
+			[]Service{shared[1], {VIP: "[fd77:1::100]:80/tcp", Addr: v6, Usable: 2, MinActive: 2}},
+			[]netip.Prefix{r4}, map[netip.Prefix]string{r6: ReasonNoNextHop6}, []bool{true, true}},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			d := Decide(c.node, c.services)

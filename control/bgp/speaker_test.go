@@ -33,6 +33,7 @@ protocol bgp lb {
   multihop;
   hold time 3;
   ipv4 { import all; export none; };
+  ipv6 { import all; export none; };
 }
 `, port)
 	b, err := testenv.StartBIRD(context.Background(), t.TempDir(), nil, conf)
@@ -119,4 +120,47 @@ func TestSpeakerAgainstBIRD(t *testing.T) {
 	s.Stop()
 	stopped = true
 	waitFor(t, b, "stopped speaker's routes gone", func(o string) bool { return !strings.Contains(o, "10.77.1.100/32") }, "route", "protocol", "lb")
+}
+
+// TestSpeakerIPv6Route: an IPv6 VIP address goes out as a /128 in
+// MP_REACH_NLRI (IPv6 unicast) next to the IPv4 /32s, and its withdrawal
+// leaves the IPv4 route in place.
+func TestSpeakerIPv6Route(t *testing.T) {
+	b, peer := birdOnLoopback(t)
+	cfg := Config{ASN: 65001, RouterID: netip.MustParseAddr("10.255.0.2"), Peers: []Peer{peer}}
+	if err := cfg.Complete(); err != nil {
+		t.Fatal(err)
+	}
+	// Over this IPv4 session an IPv6 route would carry 127.0.0.1 as its
+	// next hop, which BIRD refuses ("mismatched address family").
+	if !cfg.NoNextHop6() {
+		t.Fatal("an IPv4 session without --bgp-next-hop6: NoNextHop6 false")
+	}
+	cfg.NextHop6 = netip.MustParseAddr("fd77::2")
+	if cfg.NoNextHop6() {
+		t.Fatal("NoNextHop6 with --bgp-next-hop6 set")
+	}
+	s, err := NewSpeaker(context.Background(), cfg, slog.Default())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Stop()
+	waitFor(t, b, "session", func(o string) bool { return strings.Contains(o, "Established") }, "protocols", "lb")
+	r4, r6 := netip.MustParsePrefix("10.77.1.100/32"), netip.MustParsePrefix("fd77:1::100/128")
+	if err := s.Set([]netip.Prefix{r4, r6}, false); err != nil {
+		t.Fatal(err)
+	}
+	all := waitFor(t, b, "the /128", func(o string) bool { return strings.Contains(o, "fd77:1::100/128") }, "route", "all", "protocol", "lb")
+	t.Logf("BIRD holds:\n%s", all)
+	for _, want := range []string{"10.77.1.100/32", "BGP.next_hop: fd77::2"} {
+		if !strings.Contains(all, want) {
+			t.Errorf("BIRD's routes lack %q:\n%s", want, all)
+		}
+	}
+	if err := s.Set([]netip.Prefix{r4}, false); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, b, "the /128 withdrawn, the /32 kept", func(o string) bool {
+		return !strings.Contains(o, "fd77:1::100/128") && strings.Contains(o, "10.77.1.100/32")
+	}, "route", "protocol", "lb")
 }

@@ -47,13 +47,17 @@ func startBIRD(t testing.TB, lab *testenv.Lab, bfd bool) *testenv.BIRD {
 // nextHops is the router's kernel route to addr: the LB nodes it sends to.
 func nextHops(t testing.TB, router *testenv.Host, addr string) []string {
 	t.Helper()
-	out, err := router.Command(context.Background(), "ip", "-4", "route", "show", addr).CombinedOutput()
+	family := "-4"
+	if strings.Contains(addr, ":") {
+		family = "-6"
+	}
+	out, err := router.Command(context.Background(), "ip", family, "route", "show", addr).CombinedOutput()
 	if err != nil {
 		t.Fatalf("ip route: %v: %s", err, out)
 	}
 	var hops []string
 	for _, f := range strings.Fields(string(out)) {
-		if a, err := netip.ParseAddr(f); err == nil && routerAddr.Contains(a) {
+		if a, err := netip.ParseAddr(f); err == nil && (routerAddr.Contains(a) || testenv.LabRouter6.Contains(a)) {
 			hops = append(hops, f)
 		}
 	}

@@ -65,6 +65,9 @@ func TestDaemonFlags(t *testing.T) {
 		{[]string{"--bgp-asn", "65001", "--bgp-peer", "10.0.0.254@65000", "--bgp-community", "70000:1"}, `--bgp-community "70000:1"`},
 		{[]string{"--bgp-asn", "65001", "--bgp-peer", "10.0.0.254@65000", "--bgp-router-id", "fd00::1"}, "--bgp-router-id fd00::1"},
 		{[]string{"--bgp-asn", "65001", "--bgp-peer", "10.0.0.254@65000", "--bgp-next-hop", "x"}, `--bgp-next-hop "x"`},
+		{[]string{"--bgp-asn", "65001", "--bgp-peer", "10.0.0.254@65000", "--bgp-next-hop6", "10.0.0.2"}, "--bgp-next-hop6 10.0.0.2: must be a global or unique-local IPv6 address"},
+		{[]string{"--bgp-asn", "65001", "--bgp-peer", "10.0.0.254@65000", "--bgp-next-hop6", "fe80::1"}, "--bgp-next-hop6 fe80::1"},
+		{[]string{"--bgp-next-hop6", "fd77::2"}, "--bgp-next-hop6: needs --bgp-asn and --bgp-peer"},
 		{[]string{"--bgp-bfd"}, "--bgp-bfd: needs --bgp-asn and --bgp-peer"},
 		{[]string{"--bgp-asn", "65001", "--bgp-peer", "10.0.0.254@65000", "--ha-peer", "10.0.0.3", "--ha-key-file", key}, "an LB pair and BGP announcements"},
 	} {

@@ -7,7 +7,6 @@ import (
 	"time"
 
 	"github.com/cilium/ebpf"
-	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
 	"github.com/sluicelb/sluice/testenv"
@@ -24,13 +23,7 @@ import (
 //	go test -run '^$' -bench BGPCapacity -benchtime 1x ./testenv/e2e/
 func BenchmarkBGPCapacity(b *testing.B) {
 	lc, bird := newBGPCluster(b, 3, 3, false, "--bgp-learn", "500ms")
-	a := lc.nodes[0]
-	a.mustCLI(b, "vip", "add", vipHTTP, "--forward", "ipip")
-	for _, be := range lc.lab.Backends {
-		a.mustCLI(b, append([]string{"backend", "add", vipHTTP, be.Addr.Addr().String()}, fastCheck...)...)
-	}
-	lc.waitSameRings(b, 20*time.Second)
-	waitHops(b, lc.lab.Router, bird, "10.77.1.100", 3, 15*time.Second)
+	serveHTTP(b, lc, bird)
 	stats, err := ebpf.EnableStats(uint32(unix.BPF_STATS_RUN_TIME))
 	if err != nil {
 		b.Fatalf("enable BPF stats: %v", err)
@@ -89,22 +82,11 @@ func wrkCapacity(b *testing.B, client *testenv.Host, d time.Duration) int {
 func xdpStats(b *testing.B, lc *labCluster) []*ebpf.ProgramStats {
 	var out []*ebpf.ProgramStats
 	for _, h := range lc.lab.Nodes {
-		idx, err := h.Index()
-		if err != nil {
-			b.Fatal(err)
+		x := linkXDP(b, h)
+		if x == nil || x.ProgId == 0 {
+			b.Fatalf("%s: no XDP program", h.Name)
 		}
-		var id uint32
-		err = h.Netlink(func(nh *netlink.Handle) error {
-			l, err := nh.LinkByIndex(idx)
-			if err == nil && l.Attrs().Xdp != nil {
-				id = l.Attrs().Xdp.ProgId
-			}
-			return err
-		})
-		if err != nil || id == 0 {
-			b.Fatalf("%s: no XDP program (%v)", h.Name, err)
-		}
-		p, err := ebpf.NewProgramFromID(ebpf.ProgramID(id))
+		p, err := ebpf.NewProgramFromID(ebpf.ProgramID(x.ProgId))
 		if err != nil {
 			b.Fatal(err)
 		}

@@ -13,22 +13,29 @@ import (
 // xdpAttached reports whether h's lab interface has an XDP program.
 func xdpAttached(t testing.TB, h *testenv.Host) bool {
 	t.Helper()
+	x := linkXDP(t, h)
+	return x != nil && x.Attached
+}
+
+// linkXDP is the XDP attachment of h's lab interface, or nil.
+func linkXDP(t testing.TB, h *testenv.Host) *netlink.LinkXdp {
+	t.Helper()
 	idx, err := h.Index()
 	if err != nil {
 		t.Fatal(err)
 	}
-	var on bool
+	var x *netlink.LinkXdp
 	err = h.Netlink(func(nh *netlink.Handle) error {
 		l, err := nh.LinkByIndex(idx)
 		if err == nil {
-			on = l.Attrs().Xdp != nil && l.Attrs().Xdp.Attached
+			x = l.Attrs().Xdp
 		}
 		return err
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	return on
+	return x
 }
 
 // wrkLoop runs wrk against the HTTP VIP in one-second slices until the
@@ -83,13 +90,7 @@ func wrkTotal(slices []wrkSlice) (requests, failed int) {
 func TestBGPDrainAndSIGTERM(t *testing.T) {
 	lc, b := newBGPCluster(t, 3, 3, false, "--bgp-learn", "500ms")
 	router := lc.lab.Router
-	a := lc.nodes[0]
-	a.mustCLI(t, "vip", "add", vipHTTP, "--forward", "ipip")
-	for _, be := range lc.lab.Backends {
-		a.mustCLI(t, append([]string{"backend", "add", vipHTTP, be.Addr.Addr().String()}, fastCheck...)...)
-	}
-	lc.waitSameRings(t, 20*time.Second)
-	waitHops(t, router, b, "10.77.1.100", 3, 15*time.Second)
+	serveHTTP(t, lc, b)
 	cs := openConns(t, lc.lab, 500)
 	stopWrk := wrkLoop(t, lc)
 	const runs = 20

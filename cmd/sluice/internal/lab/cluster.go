@@ -135,7 +135,9 @@ func (s *State) pid(name string) int {
 func (s *State) setPID(name string, pid int) {
 	switch {
 	case s.Cluster > 0:
-		s.PIDs[s.nodeIndex(name)] = pid
+		if i := s.nodeIndex(name); i >= 0 && i < len(s.PIDs) {
+			s.PIDs[i] = pid
+		}
 		if name == "lb" {
 			s.DaemonPID = pid
 		}

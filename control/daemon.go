@@ -398,7 +398,8 @@ func checkFor(vip loader.VIPKey, b state.Backend) health.Check {
 	t, _ := health.ParseType(b.Check.Type)
 	return health.Check{
 		Probe: health.Probe{Type: t, Addr: netip.AddrPortFrom(addr, port), Method: b.Check.Method, Path: b.Check.Path,
-			Codes: b.Check.Codes, BodyContain: b.Check.Body, TLSVerify: b.Check.TLSVerify, Payload: b.Check.Payload},
+			Codes: b.Check.Codes, BodyContain: b.Check.Body, TLSVerify: b.Check.TLSVerify, Payload: b.Check.Payload,
+			Service: b.Check.Service, TLS: b.Check.TLS},
 		Settings: health.Settings{Interval: time.Duration(b.Check.Interval), Timeout: time.Duration(b.Check.Timeout),
 			FastInter: time.Duration(b.Check.FastInter), Rise: b.Check.Rise, Fall: b.Check.Fall},
 	}

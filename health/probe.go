@@ -24,16 +24,17 @@ const (
 	HTTP  Type = "http"
 	HTTPS Type = "https"
 	UDP   Type = "udp"
+	GRPC  Type = "grpc"
 	None  Type = "none"
 )
 
 // ParseType parses a probe type.
 func ParseType(s string) (Type, error) {
 	switch t := Type(strings.ToLower(s)); t {
-	case TCP, HTTP, HTTPS, UDP, None:
+	case TCP, HTTP, HTTPS, UDP, GRPC, None:
 		return t, nil
 	}
-	return "", fmt.Errorf("check type %q: want tcp, http, https, udp or none", s)
+	return "", fmt.Errorf("check type %q: want tcp, http, https, udp, grpc or none", s)
 }
 
 // Probe describes one check of one target. Probes with equal fields are
@@ -47,7 +48,11 @@ type Probe struct {
 	Host        string // Host header; default the address
 	Codes       string // expected status codes, e.g. "200-399" (default) or "200,204"
 	BodyContain string // optional substring of the body
-	TLSVerify   bool   // https: verify the certificate
+	TLSVerify   bool   // https, grpc with TLS: verify the certificate
+	// gRPC (grpc.health.v1): the service asked about ("" is the
+	// server's overall health), and whether to speak TLS.
+	Service string
+	TLS     bool
 	// UDP
 	Payload string // sent; a reply (any) is expected
 	// Dial optionally replaces the network dialer (tests, namespaces).
@@ -61,11 +66,13 @@ type Key struct {
 	Method, Path, Host, Codes, BodyContain string
 	TLSVerify                              bool
 	Payload                                string
+	Service                                string
+	TLS                                    bool
 }
 
 // Key returns the probe's identity.
 func (p Probe) Key() Key {
-	return Key{p.Type, p.Addr, p.Method, p.Path, p.Host, p.Codes, p.BodyContain, p.TLSVerify, p.Payload}
+	return Key{p.Type, p.Addr, p.Method, p.Path, p.Host, p.Codes, p.BodyContain, p.TLSVerify, p.Payload, p.Service, p.TLS}
 }
 
 func (p Probe) dial(ctx context.Context, network string) (net.Conn, error) {
@@ -94,6 +101,8 @@ func (p Probe) Run(ctx context.Context, timeout time.Duration) error {
 		err = p.runUDP(ctx)
 	case HTTP, HTTPS:
 		err = p.runHTTP(ctx)
+	case GRPC:
+		err = p.runGRPC(ctx)
 	default:
 		return fmt.Errorf("unknown check type %q", p.Type)
 	}

@@ -98,14 +98,19 @@ type Backend struct {
 
 // Check is a backend's health check.
 type Check struct {
-	Type      string   `json:"type" yaml:"type"`
-	Port      uint16   `json:"port,omitempty" yaml:"port,omitempty"` // default: the service port
-	Path      string   `json:"path,omitempty" yaml:"path,omitempty"`
-	Method    string   `json:"method,omitempty" yaml:"method,omitempty"`
-	Codes     string   `json:"codes,omitempty" yaml:"codes,omitempty"`
-	Body      string   `json:"body,omitempty" yaml:"body,omitempty"`
-	TLSVerify bool     `json:"tls_verify,omitempty" yaml:"tls_verify,omitempty"`
-	Payload   string   `json:"payload,omitempty" yaml:"payload,omitempty"`
+	Type      string `json:"type" yaml:"type"`
+	Port      uint16 `json:"port,omitempty" yaml:"port,omitempty"` // default: the service port
+	Path      string `json:"path,omitempty" yaml:"path,omitempty"`
+	Method    string `json:"method,omitempty" yaml:"method,omitempty"`
+	Codes     string `json:"codes,omitempty" yaml:"codes,omitempty"`
+	Body      string `json:"body,omitempty" yaml:"body,omitempty"`
+	TLSVerify bool   `json:"tls_verify,omitempty" yaml:"tls_verify,omitempty"`
+	Payload   string `json:"payload,omitempty" yaml:"payload,omitempty"`
+	// Service is a grpc check's grpc.health.v1 service ("" asks about
+	// the server); TLS makes it speak TLS (TLSVerify checks the
+	// certificate).
+	Service   string   `json:"service,omitempty" yaml:"service,omitempty"`
+	TLS       bool     `json:"tls,omitempty" yaml:"tls,omitempty"`
 	Interval  Duration `json:"interval" yaml:"interval"`
 	Timeout   Duration `json:"timeout" yaml:"timeout"`
 	FastInter Duration `json:"fastinter,omitempty" yaml:"fastinter,omitempty"`
@@ -328,6 +333,12 @@ func validateCheck(c Check) error {
 	}
 	if c.Path != "" && !strings.HasPrefix(c.Path, "/") {
 		return fmt.Errorf("path %q: must start with /", c.Path)
+	}
+	if (c.Service != "" || c.TLS) && c.Type != string(health.GRPC) {
+		return fmt.Errorf("service, tls: only for grpc checks, not %s", c.Type)
+	}
+	if len(c.Service) > 255 || strings.IndexFunc(c.Service, func(r rune) bool { return r < 0x21 || r > 0x7e }) >= 0 {
+		return fmt.Errorf("service %q: want up to 255 printable ASCII characters", c.Service)
 	}
 	s := health.Settings{Interval: time.Duration(c.Interval), Timeout: time.Duration(c.Timeout),
 		FastInter: time.Duration(c.FastInter), Rise: c.Rise, Fall: c.Fall}

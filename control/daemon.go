@@ -401,7 +401,7 @@ func checkFor(vip loader.VIPKey, b state.Backend) health.Check {
 			Codes: b.Check.Codes, BodyContain: b.Check.Body, TLSVerify: b.Check.TLSVerify, Payload: b.Check.Payload,
 			Service: b.Check.Service, TLS: b.Check.TLS},
 		Settings: health.Settings{Interval: time.Duration(b.Check.Interval), Timeout: time.Duration(b.Check.Timeout),
-			FastInter: time.Duration(b.Check.FastInter), Rise: b.Check.Rise, Fall: b.Check.Fall},
+			FastInter: time.Duration(b.Check.FastInter), Rise: b.Check.Rise, Fall: b.Check.Fall, MarkDown: b.Check.OnError == "mark-down"},
 	}
 }
 

@@ -25,6 +25,10 @@ type Settings struct {
 	FastInter time.Duration // between probes while in transition (0: Interval)
 	Rise      int           // consecutive passes to become up
 	Fall      int           // consecutive failures to become down
+	// MarkDown: a hard failure (IsHard: refused, reset, unreachable)
+	// marks the backend down at once instead of counting towards Fall,
+	// as HAProxy's on-error mark-down does. A timeout still counts one.
+	MarkDown bool
 }
 
 // Defaults are HAProxy's: inter 2s, rise 2, fall 3.
@@ -213,8 +217,15 @@ func (m *Manager) run(ctx context.Context, r *runner) {
 		} else {
 			fails, passes = fails+1, 0
 			r.reason = err.Error()
-			if r.state == Up && fails >= s.Fall {
+			hard := s.MarkDown && IsHard(err)
+			if hard {
+				r.reason += " (a hard error: marked down at once)"
+			}
+			if r.state == Up && (fails >= s.Fall || hard) {
 				r.state, r.since = Down, time.Now()
+			}
+			if hard {
+				fails = max(fails, s.Fall)
 			}
 		}
 		if passes >= s.Rise || fails >= s.Fall {

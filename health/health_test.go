@@ -7,8 +7,10 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
+	"os"
 	"strings"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -222,5 +224,70 @@ func TestSettingsValidate(t *testing.T) {
 		if err := s.Validate(); err == nil {
 			t.Errorf("%+v accepted", s)
 		}
+	}
+}
+
+// TestMarkDown: with MarkDown, a refused, reset or unreachable probe
+// takes an up backend down at the first failure; a timeout still counts
+// one towards fall, and without MarkDown every failure does.
+func TestMarkDown(t *testing.T) {
+	refused := &net.OpError{Op: "dial", Net: "tcp", Err: os.NewSyscallError("connect", syscall.ECONNREFUSED)}
+	for _, c := range []struct {
+		name     string
+		markDown bool
+		err      error // nil: the probe times out
+		want     int64 // failed probes before down
+	}{
+		{"refused, mark-down", true, refused, 1},
+		{"reset, mark-down", true, &net.OpError{Op: "read", Net: "tcp", Err: os.NewSyscallError("read", syscall.ECONNRESET)}, 1},
+		{"host unreachable, mark-down", true, &net.OpError{Op: "dial", Net: "tcp", Err: os.NewSyscallError("connect", syscall.EHOSTUNREACH)}, 1},
+		{"timeout, mark-down", true, nil, 3},
+		{"refused, fail-check", false, refused, 3},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			var fail atomic.Bool
+			dial := func(ctx context.Context, network, addr string) (net.Conn, error) {
+				if !fail.Load() {
+					a, b := net.Pipe()
+					b.Close()
+					return a, nil
+				}
+				if c.err == nil {
+					<-ctx.Done()
+					return nil, ctx.Err()
+				}
+				return nil, c.err
+			}
+			type seen struct {
+				e      Event
+				failed int64 // failed probes when it came: OnEvent follows OnResult on one goroutine
+			}
+			events := make(chan seen, 10)
+			var failed atomic.Int64
+			m := &Manager{OnEvent: func(e Event) { events <- seen{e, failed.Load()} }, OnResult: func(r Result) {
+				if r.Err != nil {
+					failed.Add(1)
+				}
+			}}
+			defer m.Stop()
+			ch := Check{Probe: Probe{Type: TCP, Addr: addrOf(t, "192.0.2.1:80"), Dial: dial},
+				Settings: Settings{Interval: 20 * time.Millisecond, Timeout: 10 * time.Millisecond, Rise: 1, Fall: 3, MarkDown: c.markDown}}
+			m.Sync(context.Background(), []Check{ch}, nil)
+			if s := <-events; s.e.To != Up {
+				t.Fatalf("first event %+v, want up", s.e)
+			}
+			fail.Store(true)
+			s := <-events
+			e := s.e
+			if e.To != Down {
+				t.Fatalf("event %+v, want down", e)
+			}
+			if n := s.failed; n != c.want {
+				t.Fatalf("down after %d failed probes, want %d (%s)", n, c.want, e.Reason)
+			}
+			if hard := strings.Contains(e.Reason, "hard error"); hard != (c.want == 1) {
+				t.Fatalf("reason %q: hard-error note %v, want %v", e.Reason, hard, c.want == 1)
+			}
+		})
 	}
 }

@@ -121,16 +121,38 @@ func isTimeout(err error) bool {
 }
 
 // simplify turns "dial tcp 10.0.0.1:80: connect: connection refused" into
-// "connect: connection refused".
+// "connect: connection refused", keeping the errno for IsHard.
 func simplify(err error) error {
 	var oe *net.OpError
 	if errors.As(err, &oe) && oe.Err != nil {
 		if errors.Is(oe.Err, syscall.ECONNREFUSED) {
-			return errors.New("connect: connection refused")
+			return named{"connect: connection refused", syscall.ECONNREFUSED}
 		}
-		return fmt.Errorf("%s: %v", oe.Op, oe.Err)
+		return fmt.Errorf("%s: %w", oe.Op, oe.Err)
 	}
 	return err
+}
+
+// named is an error with its own words that still unwraps to its cause.
+type named struct {
+	msg string
+	err error
+}
+
+func (n named) Error() string { return n.msg }
+func (n named) Unwrap() error { return n.err }
+
+// IsHard reports a hard failure, one that needs no more probes to be
+// sure of: the connection was refused (or, for UDP, the port was
+// unreachable), reset before any answer, or an ICMP unreachable came
+// back. A timeout is not hard: it may be a lost packet.
+func IsHard(err error) bool {
+	for _, e := range []error{syscall.ECONNREFUSED, syscall.ECONNRESET, syscall.EHOSTUNREACH, syscall.ENETUNREACH} {
+		if errors.Is(err, e) {
+			return true
+		}
+	}
+	return false
 }
 
 func (p Probe) runUDP(ctx context.Context) error {
@@ -154,7 +176,7 @@ func (p Probe) runUDP(ctx context.Context) error {
 		// An ICMP port unreachable surfaces as ECONNREFUSED on a
 		// connected UDP socket.
 		if errors.Is(err, syscall.ECONNREFUSED) {
-			return errors.New("udp: port unreachable")
+			return named{"udp: port unreachable", syscall.ECONNREFUSED}
 		}
 		return err
 	}

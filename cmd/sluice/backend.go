@@ -31,6 +31,7 @@ func backendCommand() *cli.Command {
 		&cli.DurationFlag{Name: "fastinter", Usage: "between checks while in transition (default: interval)"},
 		&cli.IntFlag{Name: "rise", Value: health.Defaults.Rise, Usage: "consecutive passes to become up"},
 		&cli.IntFlag{Name: "fall", Value: health.Defaults.Fall, Usage: "consecutive failures to become down"},
+		&cli.StringFlag{Name: "on-error", Usage: "fail-check (the default: a failure counts towards --fall) or mark-down (a refused, reset or unreachable check marks the backend down at once; a timeout still counts one)"},
 		&cli.StringFlag{Name: "mac", Usage: "next-hop MAC (default: resolved through the route and neighbour tables)"},
 	}
 	action := func(name string) *cli.Command {
@@ -111,6 +112,6 @@ func backendFromFlags(c *cli.Context, addr string) (state.Backend, error) {
 			TLSVerify: c.Bool("check-tls-verify"), Payload: c.String("check-payload"),
 			Service: c.String("check-service"), TLS: c.Bool("check-tls"),
 			Interval: state.Duration(s.Interval), Timeout: state.Duration(s.Timeout), FastInter: state.Duration(s.FastInter),
-			Rise: s.Rise, Fall: s.Fall},
+			Rise: s.Rise, Fall: s.Fall, OnError: c.String("on-error")},
 	}, nil
 }

@@ -116,6 +116,10 @@ type Check struct {
 	FastInter Duration `json:"fastinter,omitempty" yaml:"fastinter,omitempty"`
 	Rise      int      `json:"rise" yaml:"rise"`
 	Fall      int      `json:"fall" yaml:"fall"`
+	// OnError is fail-check (a failure counts towards fall; the
+	// default) or mark-down (a hard failure marks the backend down at
+	// once: health.IsHard).
+	OnError string `json:"on_error,omitempty" yaml:"on_error,omitempty"`
 }
 
 // ParseVIPKey parses "10.0.0.1:80/tcp" or "[2001:db8::1]:443/tcp".
@@ -191,6 +195,9 @@ func (s *State) Normalize() {
 			c.Type = strings.ToLower(c.Type)
 			if c.Type == "" {
 				c.Type = string(health.TCP)
+			}
+			if c.OnError == "fail-check" {
+				c.OnError = "" // the default, stored as such
 			}
 			if c.Interval == 0 {
 				c.Interval = Duration(health.Defaults.Interval)
@@ -333,6 +340,9 @@ func validateCheck(c Check) error {
 	}
 	if c.Path != "" && !strings.HasPrefix(c.Path, "/") {
 		return fmt.Errorf("path %q: must start with /", c.Path)
+	}
+	if c.OnError != "" && c.OnError != "fail-check" && c.OnError != "mark-down" {
+		return fmt.Errorf("on_error %q: want fail-check or mark-down", c.OnError)
 	}
 	if (c.Service != "" || c.TLS) && c.Type != string(health.GRPC) {
 		return fmt.Errorf("service, tls: only for grpc checks, not %s", c.Type)

@@ -151,6 +151,9 @@ func TestValidateNamesTheField(t *testing.T) {
 		"backends[0].mac":                   {VIP: "10.0.0.1:80/tcp", Backends: []Backend{{Addr: "10.0.0.2", MAC: "zz"}}},
 		"backends[0].check.type":            {VIP: "10.0.0.1:80/tcp", Backends: []Backend{{Addr: "10.0.0.2", Check: Check{Type: "icmp"}}}},
 		"backends[0].check.codes":           {VIP: "10.0.0.1:80/tcp", Backends: []Backend{{Addr: "10.0.0.2", Check: Check{Type: "http", Codes: "abc"}}}},
+		"backends[0].check.on_error":        {VIP: "10.0.0.1:80/tcp", Backends: []Backend{{Addr: "10.0.0.2", Check: Check{OnError: "panic"}}}},
+		"check.service, tls: only for grpc": {VIP: "10.0.0.1:80/tcp", Backends: []Backend{{Addr: "10.0.0.2", Check: Check{Type: "http", Service: "model"}}}},
+		"backends[0].check.service":         {VIP: "10.0.0.1:80/tcp", Backends: []Backend{{Addr: "10.0.0.2", Check: Check{Type: "grpc", Service: "a b"}}}},
 		"cannot be encapsulated to an IPv4": {VIP: "[2001:db8::1]:80/tcp", Backends: []Backend{{Addr: "10.0.0.2"}}},
 		"backends[1].addr 10.0.0.2: listed": {VIP: "10.0.0.1:80/tcp", Backends: []Backend{{Addr: "10.0.0.2"}, {Addr: "10.0.0.2"}}},
 	}

@@ -125,23 +125,37 @@ func New(opts Options, peers Peers, host Host, dp Datapath, log *slog.Logger) (*
 	s := &Syncer{opts: opts, peers: peers, host: host, dp: dp, log: log.With("component", "flowsync"), ln: ln,
 		signer: &ha.Signer{Key: opts.Key, Node: opts.Node, Boot: opts.Boot}, verify: &ha.Verifier{Key: opts.Key},
 		client: fromLocal(opts.Local, callTimeout), bulk: fromLocal(opts.Local, dumpTimeout)}
-	s.entries = prometheus.NewCounterVec(prometheus.CounterOpts{
-		Name: "sluice_flow_sync_entries_total", Help: "Connection-table entries synced, by direction and result.",
-	}, []string{"direction", "result"})
-	for _, r := range [][2]string{{"sent", "ok"}, {"sent", "dropped"}, {"received", "applied"}, {"received", "unknown"}, {"copied", "applied"}, {"copied", "unknown"}} {
-		s.entries.WithLabelValues(r[0], r[1])
-	}
+	s.entries = EntriesMetric([2]string{"sent", "ok"}, [2]string{"sent", "dropped"}, [2]string{"received", "applied"},
+		[2]string{"received", "unknown"}, [2]string{"copied", "applied"}, [2]string{"copied", "unknown"})
 	s.refused = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "sluice_flow_sync_refused_total", Help: "Flow-sync connections and requests refused, by reason.",
 	}, []string{"reason"})
 	for _, r := range refusals {
 		s.refused.WithLabelValues(r)
 	}
-	s.lag = prometheus.NewHistogram(prometheus.HistogramOpts{
+	s.lag = LagMetric()
+	return s, nil
+}
+
+// EntriesMetric is sluice_flow_sync_entries_total, the pair's and the
+// cluster's, with each (direction, result) of zero exported at 0.
+func EntriesMetric(zero ...[2]string) *prometheus.CounterVec {
+	m := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "sluice_flow_sync_entries_total", Help: "Connection-table entries synced, by direction and result.",
+	}, []string{"direction", "result"})
+	for _, r := range zero {
+		m.WithLabelValues(r[0], r[1])
+	}
+	return m
+}
+
+// LagMetric is sluice_flow_sync_lag_seconds, the pair's and the
+// cluster's.
+func LagMetric() prometheus.Histogram {
+	return prometheus.NewHistogram(prometheus.HistogramOpts{
 		Name: "sluice_flow_sync_lag_seconds", Help: "Time from a connection-table write to a peer's acknowledgement of it (oldest entry of each batch).",
 		Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1},
 	})
-	return s, nil
 }
 
 // fromLocal is an HTTP client whose connections leave from local: the

@@ -1,9 +1,7 @@
 package flowsync
 
 import (
-	"bytes"
 	"context"
-	"fmt"
 	"net/http"
 	"net/netip"
 
@@ -14,31 +12,11 @@ import (
 // call sends a signed request of kind to peer and returns the verified
 // answer, read within its bound.
 func (s *Syncer) call(ctx context.Context, method string, peer netip.Addr, kind string, body []byte) ([]byte, error) {
-	req, err := http.NewRequestWithContext(ctx, method, s.peerURL(peer)+"/flowsync/"+kind, bytes.NewReader(body))
-	if err != nil {
-		return nil, err
-	}
-	s.signer.Sign(req.Header, kind, body)
 	c := s.client
 	if kind == "flows-dump" {
 		c = s.bulk
 	}
-	resp, err := c.Do(req)
-	if err != nil {
-		return nil, err
-	}
-	defer resp.Body.Close()
-	out, err := ha.ReadAnswer(resp.Body, s.maxResponse(kind))
-	if err != nil {
-		return nil, fmt.Errorf("%s %s: %w", method, kind, err)
-	}
-	if resp.StatusCode != http.StatusOK {
-		return nil, fmt.Errorf("%s %s: %s: %s", method, kind, resp.Status, bytes.TrimSpace(out))
-	}
-	if err := ha.VerifyResponse(s.opts.Key, req.Header, resp.Header, kind, out); err != nil {
-		return nil, err
-	}
-	return out, nil
+	return ha.Call(ctx, c, s.signer, s.opts.Key, method, s.peerURL(peer)+"/flowsync/"+kind, kind, body, s.maxResponse(kind))
 }
 
 // sender pushes batches to one peer, in order, until its context ends.

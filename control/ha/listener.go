@@ -1,6 +1,8 @@
 package ha
 
 import (
+	"bytes"
+	"context"
 	"fmt"
 	"io"
 	"net"
@@ -91,6 +93,33 @@ func ReadAnswer(r io.Reader, limit int64) ([]byte, error) {
 	}
 	if int64(len(out)) > limit {
 		return nil, fmt.Errorf("answer over %d bytes, refused at the bound", limit)
+	}
+	return out, nil
+}
+
+// Call sends a request of kind to url through c, signed by s, and
+// returns the answer: read within limit, refused unless 200 OK, and
+// verified with key as the answer to this request.
+func Call(ctx context.Context, c *http.Client, s *Signer, key []byte, method, url, kind string, body []byte, limit int64) ([]byte, error) {
+	req, err := http.NewRequestWithContext(ctx, method, url, bytes.NewReader(body))
+	if err != nil {
+		return nil, err
+	}
+	s.Sign(req.Header, kind, body)
+	resp, err := c.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	out, err := ReadAnswer(resp.Body, limit)
+	if err != nil {
+		return nil, fmt.Errorf("%s %s: %w", method, kind, err)
+	}
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("%s %s: %s: %s", method, kind, resp.Status, bytes.TrimSpace(out))
+	}
+	if err := VerifyResponse(key, req.Header, resp.Header, kind, out); err != nil {
+		return nil, err
 	}
 	return out, nil
 }

@@ -262,16 +262,8 @@ func New(opts Options, host Host, dp Datapath, log *slog.Logger) (*Pair, error) 
 	p.node.OnRole = p.onRole
 	p.node.OnOutranked = func() { p.owner.reannounce(p.ctx) }
 	p.node.MayPreempt = p.synced.Load
-	p.syncLag = prometheus.NewHistogram(prometheus.HistogramOpts{
-		Name: "sluice_flow_sync_lag_seconds", Help: "Time from a connection-table write to the peer's acknowledgement of it (oldest entry of each batch).",
-		Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1},
-	})
-	p.syncEntries = prometheus.NewCounterVec(prometheus.CounterOpts{
-		Name: "sluice_flow_sync_entries_total", Help: "Connection-table entries synced, by direction and result.",
-	}, []string{"direction", "result"})
-	for _, r := range [][2]string{{"sent", "ok"}, {"sent", "dropped"}, {"received", "applied"}, {"received", "unknown"}} {
-		p.syncEntries.WithLabelValues(r[0], r[1])
-	}
+	p.syncLag = flowsync.LagMetric()
+	p.syncEntries = flowsync.EntriesMetric([2]string{"sent", "ok"}, [2]string{"sent", "dropped"}, [2]string{"received", "applied"}, [2]string{"received", "unknown"})
 	p.syncRefused = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "sluice_ha_sync_refused_total", Help: "Sync connections and requests refused, by reason.",
 	}, []string{"reason"})

@@ -1,7 +1,6 @@
 package pair
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -58,31 +57,11 @@ func (p *Pair) pushLoop(ctx context.Context) {
 // call sends a signed request of kind to peer and returns the verified
 // response body.
 func (p *Pair) call(ctx context.Context, method string, peer netip.AddrPort, kind string, body []byte) ([]byte, error) {
-	req, err := http.NewRequestWithContext(ctx, method, ha.PeerURL(peer)+"/ha/"+kind, bytes.NewReader(body))
-	if err != nil {
-		return nil, err
-	}
-	p.signer.Sign(req.Header, kind, body)
 	c := p.client
 	if kind == "flows-dump" {
 		c = p.bulk
 	}
-	resp, err := c.Do(req)
-	if err != nil {
-		return nil, err
-	}
-	defer resp.Body.Close()
-	out, err := ha.ReadAnswer(resp.Body, p.maxResponse(kind))
-	if err != nil {
-		return nil, fmt.Errorf("%s %s: %w", method, kind, err)
-	}
-	if resp.StatusCode != http.StatusOK {
-		return nil, fmt.Errorf("%s %s: %s: %s", method, kind, resp.Status, bytes.TrimSpace(out))
-	}
-	if err := ha.VerifyResponse(p.opts.Key, req.Header, resp.Header, kind, out); err != nil {
-		return nil, err
-	}
-	return out, nil
+	return ha.Call(ctx, c, p.signer, p.opts.Key, method, ha.PeerURL(peer)+"/ha/"+kind, kind, body, p.maxResponse(kind))
 }
 
 // pull copies the master's state and, once per backup term, its whole

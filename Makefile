@@ -76,7 +76,7 @@ soak: need-go need-root need-tools
 
 # Every fuzz target in turn, FUZZTIME each (CI runs 20s each).
 FUZZTIME ?= 5m
-FUZZ_TARGETS = FuzzDatapath:./loader/ FuzzSnapshot:./control/state/ FuzzParse:./control/ha/ FuzzFlows:./control/ha/ FuzzAgentAnswer:./health/
+FUZZ_TARGETS = FuzzDatapath:./loader/ FuzzSnapshot:./control/state/ FuzzParse:./control/ha/ FuzzFlows:./control/ha/ FuzzAgentAnswer:./health/ FuzzLoadPage:./health/
 fuzz: need-go need-root
 	@set -e; for t in $(FUZZ_TARGETS); do \
 		echo "== $${t%%:*} ($(FUZZTIME))"; \

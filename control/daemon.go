@@ -9,7 +9,6 @@ import (
 	"net/http"
 	"net/netip"
 	"os"
-	"path/filepath"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -27,6 +26,7 @@ import (
 	"github.com/sluicelb/sluice/control/reconcile"
 	"github.com/sluicelb/sluice/control/sdnotify"
 	"github.com/sluicelb/sluice/control/state"
+	"github.com/sluicelb/sluice/control/weight"
 	"github.com/sluicelb/sluice/health"
 	"github.com/sluicelb/sluice/loader"
 )
@@ -91,6 +91,12 @@ type Options struct {
 	// FlowSync, when set (cluster nodes only), shares the connection
 	// table with the cluster's other nodes.
 	FlowSync *flowsync.Options
+	// ReweightInterval and ReweightThreshold bound ring rebuilds for
+	// weight changes (agent checks, load metrics, slow start): at most one
+	// per VIP per interval, for a move of at least the threshold (a
+	// fraction). Zero: weight.DefaultInterval, weight.DefaultThreshold.
+	ReweightInterval  time.Duration
+	ReweightThreshold float64
 }
 
 // Daemon runs the data plane, health checks, reconciler, API and metrics.
@@ -108,6 +114,7 @@ type Daemon struct {
 	cl      *cluster.Node  // nil unless in a cluster
 	bgp     *bgp.Announcer // nil unless announcing over BGP
 	flows   *flowsync.Syncer
+	weights *weight.Engine
 	started time.Time
 	rev     atomic.Uint64 // d.state.Revision, readable without d.mu
 	// lastProbe is when a health probe last finished (unix ns);
@@ -240,6 +247,12 @@ func (o *Options) complete() error {
 			return err
 		}
 	}
+	if o.ReweightInterval < 0 {
+		return fmt.Errorf("--reweight-interval %v: must not be negative", o.ReweightInterval)
+	}
+	if o.ReweightThreshold < 0 || o.ReweightThreshold >= 1 {
+		return fmt.Errorf("--reweight-threshold %g%%: want 0 to 99%%", 100*o.ReweightThreshold)
+	}
 	if o.StateDir == "" {
 		o.StateDir = DefaultStateDir
 	}
@@ -303,6 +316,8 @@ func (d *Daemon) setUp(ctx context.Context) error {
 		d.lastProbe.Store(time.Now().UnixNano())
 		d.metrics.observeProbe(r)
 	}}
+	d.newWeights()
+	go d.weights.Run(ctx)
 	d.mu.Lock()
 	d.syncChecksLocked()
 	res, err := d.applyLocked(ctx)
@@ -359,12 +374,18 @@ func (d *Daemon) abort() {
 
 // onMACResolved applies again once a backend's next-hop MAC resolution
 // finished (or failed), off the goroutine that resolved it.
-func (d *Daemon) onMACResolved() {
+func (d *Daemon) onMACResolved() { d.apply("resolved next-hop macs") }
+
+// apply applies the committed state again, for what changed (logged if
+// it fails).
+func (d *Daemon) apply(what string) reconcile.Result {
 	d.mu.Lock()
-	defer d.mu.Unlock()
-	if _, err := d.applyLocked(d.ctx); err != nil {
-		d.log.Error("apply resolved next-hop macs", "err", err)
+	res, err := d.applyLocked(d.ctx)
+	d.mu.Unlock()
+	if err != nil {
+		d.log.Error("apply "+what, "err", err)
 	}
+	return res
 }
 
 // applyLocked makes the data plane match the committed state under the
@@ -388,25 +409,8 @@ func (d *Daemon) applyLocked(ctx context.Context) (reconcile.Result, error) {
 	return res, nil
 }
 
-// checkFor turns a backend's check into a health check.
-func checkFor(vip loader.VIPKey, b state.Backend) health.Check {
-	port := b.Check.Port
-	if port == 0 {
-		port = vip.Port
-	}
-	addr := netip.MustParseAddr(b.Addr)
-	t, _ := health.ParseType(b.Check.Type)
-	return health.Check{
-		Probe: health.Probe{Type: t, Addr: netip.AddrPortFrom(addr, port), Method: b.Check.Method, Path: b.Check.Path,
-			Codes: b.Check.Codes, BodyContain: b.Check.Body, TLSVerify: b.Check.TLSVerify, Payload: b.Check.Payload,
-			Service: b.Check.Service, TLS: b.Check.TLS},
-		Settings: health.Settings{Interval: time.Duration(b.Check.Interval), Timeout: time.Duration(b.Check.Timeout),
-			FastInter: time.Duration(b.Check.FastInter), Rise: b.Check.Rise, Fall: b.Check.Fall, MarkDown: b.Check.OnError == "mark-down"},
-	}
-}
-
 func (d *Daemon) healthOf(vip loader.VIPKey, b state.Backend) health.State {
-	c := checkFor(vip, b)
+	c := b.HealthCheck(vip)
 	if c.Probe.Type == health.None {
 		return health.Up
 	}
@@ -425,7 +429,7 @@ func (d *Daemon) syncChecksLocked() {
 	for _, v := range d.state.VIPs {
 		k, _ := state.ParseVIPKey(v.VIP)
 		for _, b := range v.Backends {
-			c := checkFor(k, b)
+			c := b.HealthCheck(k)
 			checks = append(checks, c)
 			d.metrics.checkFailures.WithLabelValues(v.VIP, b.Addr) // export 0 before the first failure
 			if _, known := d.hm.Status(c.ID()); known {
@@ -449,6 +453,7 @@ func (d *Daemon) syncChecksLocked() {
 	}
 	d.checkBound.Store(int64(bound))
 	d.hm.Sync(d.ctx, checks, initial)
+	d.weights.Sync(d.ctx, weight.Specs(d.state, nil))
 }
 
 // onHealth applies a health verdict at once and times verdict -> maps.
@@ -469,7 +474,7 @@ func (d *Daemon) onHealth(e health.Event) {
 	for _, v := range cur.VIPs {
 		k, _ := state.ParseVIPKey(v.VIP)
 		for _, b := range v.Backends {
-			if checkFor(k, b).ID() == e.Check {
+			if b.HealthCheck(k).ID() == e.Check {
 				d.metrics.transition(v.VIP, b.Addr, string(e.To))
 				d.events.Add(api.Event{Time: e.Time, Kind: "health", VIP: v.VIP, Backend: b.Addr, From: string(e.From), To: string(e.To),
 					Reason: e.Reason, Marked: &marked, Applied: &applied})
@@ -660,11 +665,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 			}
 		case <-refresh.C:
 			if d.rec.RefreshMACs(ctx) {
-				d.mu.Lock()
-				if _, err := d.applyLocked(ctx); err != nil {
-					d.log.Error("apply refreshed next-hop macs", "err", err)
-				}
-				d.mu.Unlock()
+				d.apply("refreshed next-hop macs")
 			}
 		}
 	}
@@ -695,44 +696,9 @@ func (d *Daemon) shutdown() {
 }
 
 func (d *Daemon) listenAPI() (net.Listener, error) {
-	if err := os.MkdirAll(filepath.Dir(d.opts.Socket), 0o755); err != nil {
-		return nil, fmt.Errorf("--socket %s: %w", d.opts.Socket, err)
-	}
-	if c, err := net.DialTimeout("unix", d.opts.Socket, 200*time.Millisecond); err == nil {
-		c.Close()
-		return nil, fmt.Errorf("--socket %s: another sluice daemon is listening there", d.opts.Socket)
-	}
-	os.Remove(d.opts.Socket)
-	l, err := listenPrivate(d.opts.Socket)
+	l, err := api.Listen(d.opts.Socket)
 	if err != nil {
 		return nil, fmt.Errorf("--socket %s: %w", d.opts.Socket, err)
-	}
-	return l, nil
-}
-
-// listenPrivate listens on the unix socket path, which never exists with
-// looser permissions than 0600: the socket is bound in a fresh directory
-// of mode 0700 next to path, made 0600 there, then renamed into place.
-// (The process umask is not touched: it is the whole process's.)
-func listenPrivate(path string) (net.Listener, error) {
-	tmp, err := os.MkdirTemp(filepath.Dir(path), ".s")
-	if err != nil {
-		return nil, err
-	}
-	defer os.RemoveAll(tmp)
-	bound := filepath.Join(tmp, "s")
-	l, err := net.ListenUnix("unix", &net.UnixAddr{Name: bound, Net: "unix"})
-	if err != nil {
-		return nil, err
-	}
-	l.SetUnlinkOnClose(false) // the daemon removes path on shutdown
-	if err := os.Chmod(bound, 0o600); err != nil {
-		l.Close()
-		return nil, err
-	}
-	if err := os.Rename(bound, path); err != nil {
-		l.Close()
-		return nil, err
 	}
 	return l, nil
 }

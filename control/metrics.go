@@ -3,21 +3,21 @@ package control
 import (
 	"net/http"
 	"runtime/debug"
-	"sync"
-	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/sluicelb/sluice/control/api"
+	"github.com/sluicelb/sluice/control/availability"
 	"github.com/sluicelb/sluice/control/state"
+	"github.com/sluicelb/sluice/control/weight"
 	"github.com/sluicelb/sluice/health"
 )
 
 type metrics struct {
 	d             *Daemon
-	avail         availabilityCache
+	avail         availability.Cache
 	reg           *prometheus.Registry
 	probeDuration *prometheus.HistogramVec
 	failoverApply prometheus.Histogram
@@ -26,6 +26,7 @@ type metrics struct {
 	buildInfo     *prometheus.GaugeVec
 	promotions    *prometheus.CounterVec
 	drills        *prometheus.CounterVec
+	weightProbes  *prometheus.CounterVec
 }
 
 var (
@@ -45,6 +46,8 @@ var (
 	descHasPrimary     = prometheus.NewDesc("sluice_vip_has_primary", "1 while a failover VIP has a primary.", []string{"vip"}, nil)
 	descVIPUsable      = prometheus.NewDesc("sluice_vip_usable_backends", "Backends of the VIP the data plane may send traffic to.", []string{"vip"}, nil)
 	descVIPMinActive   = prometheus.NewDesc("sluice_vip_min_active", "The VIP's min_active: usable actives below it bring in standbys.", []string{"vip"}, nil)
+	descRingRebuilds   = prometheus.NewDesc("sluice_ring_rebuilds_total", "Ring swaps of the VIP (failures, changes and reweights).", []string{"vip"}, nil)
+	descEffWeight      = prometheus.NewDesc("sluice_backend_effective_weight", "The weight the ring gives the backend: configured, scaled by agent, load and slow start; 0 while it takes no new flows.", []string{"vip", "backend"}, nil)
 )
 
 func newMetrics(d *Daemon) *metrics {
@@ -82,7 +85,10 @@ func newMetrics(d *Daemon) *metrics {
 	}, []string{"result"})
 	m.drills.WithLabelValues("pass")
 	m.drills.WithLabelValues("fail")
-	m.reg.MustRegister(m.probeDuration, m.failoverApply, m.checkFailures, m.transitions, m.buildInfo, m.promotions, m.drills, m,
+	m.weightProbes = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "sluice_backend_weight_probes_total", Help: "Agent answers and load scrapes, by probe (agent, load) and result (ok, malformed: refused, failed).",
+	}, []string{"vip", "backend", "probe", "result"})
+	m.reg.MustRegister(m.probeDuration, m.failoverApply, m.checkFailures, m.transitions, m.buildInfo, m.promotions, m.drills, m.weightProbes, m,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
@@ -96,11 +102,16 @@ func (m *metrics) observeProbe(r health.Result) {
 	for _, v := range st.VIPs {
 		k, _ := state.ParseVIPKey(v.VIP)
 		for _, b := range v.Backends {
-			if checkFor(k, b).ID() == r.Check {
+			if b.HealthCheck(k).ID() == r.Check {
 				m.checkFailures.WithLabelValues(v.VIP, b.Addr).Inc()
 			}
 		}
 	}
+}
+
+// weightAnswer counts an agent answer or a load scrape.
+func (m *metrics) weightAnswer(k weight.Key, probe, result string) {
+	m.weightProbes.WithLabelValues(k.VIP, k.Addr, probe, result).Inc()
 }
 
 func (m *metrics) transition(vip, backend, to string) {
@@ -135,6 +146,7 @@ func (m *metrics) Collect(ch chan<- prometheus.Metric) {
 		}
 		ch <- prometheus.MustNewConstMetric(descVIPUsable, prometheus.GaugeValue, float64(usable), v.VIP)
 		ch <- prometheus.MustNewConstMetric(descVIPMinActive, prometheus.GaugeValue, float64(v.MinActive), v.VIP)
+		ch <- prometheus.MustNewConstMetric(descRingRebuilds, prometheus.CounterValue, float64(v.RingRebuilds), v.VIP)
 		ch <- prometheus.MustNewConstMetric(descVIPPackets, prometheus.CounterValue, float64(v.Packets), v.VIP)
 		ch <- prometheus.MustNewConstMetric(descVIPBytes, prometheus.CounterValue, float64(v.Bytes), v.VIP)
 		for _, b := range v.Backends {
@@ -145,6 +157,7 @@ func (m *metrics) Collect(ch chan<- prometheus.Metric) {
 				up = 1
 			}
 			ch <- prometheus.MustNewConstMetric(descBackendUp, prometheus.GaugeValue, up, v.VIP, b.Addr)
+			ch <- prometheus.MustNewConstMetric(descEffWeight, prometheus.GaugeValue, b.EffectiveWeight, v.VIP, b.Addr)
 			for _, s := range api.BackendStates {
 				val := 0.0
 				if b.State == s {
@@ -162,7 +175,7 @@ func (m *metrics) Collect(ch chan<- prometheus.Metric) {
 			ch <- prometheus.MustNewConstMetric(descXDP, prometheus.CounterValue, float64(c.Packets), s.String())
 		}
 	}
-	if rep, err := m.avail.get(m.d.Availability); err == nil {
+	if rep, err := m.avail.Get(m.d.Availability); err == nil {
 		for _, v := range rep.VIPs {
 			for w, a := range v.Measured {
 				ch <- prometheus.MustNewConstMetric(descAvailability, prometheus.GaugeValue, a, v.VIP, w)
@@ -186,29 +199,4 @@ func (m *metrics) handler() http.Handler {
 		w.Write([]byte("ready\n"))
 	})
 	return mux
-}
-
-// availabilityEvery is how often a scrape recomputes the availability
-// ratios; scrapes in between get the last figures.
-const availabilityEvery = 10 * time.Second
-
-// availabilityCache keeps the last availability report for scrapes.
-type availabilityCache struct {
-	mu  sync.Mutex
-	at  time.Time
-	rep api.AvailabilityReport
-}
-
-func (c *availabilityCache) get(build func() (api.AvailabilityReport, error)) (api.AvailabilityReport, error) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if !c.at.IsZero() && time.Since(c.at) < availabilityEvery {
-		return c.rep, nil
-	}
-	rep, err := build()
-	if err != nil {
-		return rep, err
-	}
-	c.rep, c.at = rep, time.Now()
-	return rep, nil
 }

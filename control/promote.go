@@ -117,7 +117,7 @@ func (d *Daemon) higherUndecided(k loader.VIPKey, v state.VIP, p int) bool {
 		if b.Priority <= p || b.Disabled {
 			continue
 		}
-		c := checkFor(k, b)
+		c := b.HealthCheck(k)
 		if st, ok := d.hm.Status(c.ID()); ok && !st.Decided {
 			return true
 		}

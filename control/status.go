@@ -8,8 +8,10 @@ import (
 	"time"
 
 	"github.com/sluicelb/sluice/control/api"
+	"github.com/sluicelb/sluice/control/reconcile"
 	"github.com/sluicelb/sluice/control/state"
 	"github.com/sluicelb/sluice/health"
+	"github.com/sluicelb/sluice/loader"
 )
 
 // HAStatus is `sluice ha status`.
@@ -45,6 +47,7 @@ func (d *Daemon) Status() (api.Status, error) {
 		vs := api.VIPStatus{VIP: v.VIP, Forward: v.Forward, RingSize: v.RingSize, MinActive: v.MinActive,
 			Policy: v.Policy, Primary: v.Primary, Epoch: v.Epoch, Backends: []api.BackendStatus{}}
 		view, id, ok := d.rec.View(k)
+		vs.RingRebuilds = d.rec.Rebuilds()[k]
 		slots := map[uint32]int{}
 		if ok {
 			if c, err := d.dp.VIPCounter(id); err == nil {
@@ -77,26 +80,7 @@ func (d *Daemon) Status() (api.Status, error) {
 					bs.Packets, bs.Bytes = c.Packets, c.Bytes
 				}
 			}
-			hs := health.Down
-			c := checkFor(k, b)
-			if c.Probe.Type == health.None {
-				hs, bs.Reason = health.Up, "no health check"
-			} else if st, ok := d.hm.Status(c.ID()); ok {
-				hs, bs.LastChange, bs.Reason = st.State, st.Since, st.Reason
-			}
-			switch {
-			case b.Disabled:
-				bs.State, bs.Reason = "disabled", "disabled by the operator"
-			case hs != health.Up:
-				bs.State = "down"
-			case b.Drain || b.Weight == 0:
-				bs.State = "draining"
-			default:
-				bs.State = "up"
-			}
-			if bv.MACErr != nil {
-				bs.Reason = bv.MACErr.Error()
-			}
+			d.backendState(k, b, bv, &bs)
 			vs.Backends = append(vs.Backends, bs)
 		}
 		out.VIPs = append(out.VIPs, vs)
@@ -127,4 +111,42 @@ func (d *Daemon) Counters() (map[string]map[string]uint64, error) {
 		out[v.VIP] = m
 	}
 	return out, nil
+}
+
+// backendState fills in a backend's state, weights and the reasons for
+// them: its health check's, its agent's and its weight's.
+func (d *Daemon) backendState(k loader.VIPKey, b state.Backend, bv reconcile.BackendView, bs *api.BackendStatus) {
+	hs := health.Down
+	c := b.HealthCheck(k)
+	if c.Probe.Type == health.None {
+		hs, bs.Reason = health.Up, "no health check"
+	} else if st, ok := d.hm.Status(c.ID()); ok {
+		hs, bs.LastChange, bs.Reason = st.State, st.Since, st.Reason
+	}
+	wv := d.verdictOf(k, b)
+	bs.Agent, bs.Load, bs.WeightReason = wv.Agent, wv.Load, wv.Reason
+	bs.EffectiveWeight = float64(b.Weight) * float64(wv.Percent) / 100
+	switch {
+	case b.Disabled:
+		bs.State, bs.Reason = "disabled", "disabled by the operator"
+	case hs != health.Up && wv.Down:
+		bs.State, bs.Reason = "down", "health: "+bs.Reason+"; "+wv.Reason
+	case hs != health.Up:
+		bs.State = "down"
+	case wv.Down:
+		bs.State, bs.Reason = "down", wv.Reason
+	case b.Drain || b.Weight == 0 || wv.Drain:
+		bs.State = "draining"
+		if wv.Drain {
+			bs.Reason = wv.Reason
+		}
+	default:
+		bs.State = "up"
+	}
+	if bs.State != "up" || !bv.InRing {
+		bs.EffectiveWeight = 0
+	}
+	if bv.MACErr != nil {
+		bs.Reason = bv.MACErr.Error()
+	}
 }

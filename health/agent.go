@@ -1,10 +1,16 @@
 package health
 
 import (
+	"bytes"
+	"context"
 	"errors"
 	"fmt"
+	"io"
+	"net"
+	"net/netip"
 	"strconv"
 	"strings"
+	"time"
 )
 
 // MaxAgentAnswer bounds an agent's answer: HAProxy's agents answer one
@@ -124,4 +130,63 @@ func (r AgentReport) String() string {
 		s += " #" + r.Desc
 	}
 	return s
+}
+
+// Dialer opens a probe's connection; nil dials the network directly.
+type Dialer func(ctx context.Context, network, addr string) (net.Conn, error)
+
+// Agent is an agent check's target: HAProxy's agent-check, a TCP port on
+// the backend that answers one line about its state.
+type Agent struct {
+	Addr netip.AddrPort
+	Send string // sent first, as is (HAProxy's agent-send); "" sends nothing
+	Dial Dialer
+}
+
+// Query asks the agent once within timeout and parses its answer: up to
+// a newline, or until the agent closes. An answer longer than
+// MaxAgentAnswer is refused (ErrAgentAnswer) without waiting for more.
+func (a Agent) Query(ctx context.Context, timeout time.Duration) (AgentReport, error) {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	dial := a.Dial
+	if dial == nil {
+		dial = (&net.Dialer{}).DialContext
+	}
+	c, err := dial(ctx, "tcp", a.Addr.String())
+	if err != nil {
+		return AgentReport{Weight: -1}, fmt.Errorf("agent: %w", probeError(ctx, err, timeout))
+	}
+	defer c.Close()
+	if dl, ok := ctx.Deadline(); ok {
+		c.SetDeadline(dl)
+	}
+	if a.Send != "" {
+		if _, err := io.WriteString(c, a.Send); err != nil {
+			return AgentReport{Weight: -1}, fmt.Errorf("agent: send: %w", probeError(ctx, err, timeout))
+		}
+	}
+	// One byte more than an answer may have: reading it proves the
+	// answer too long, and nothing beyond it is ever read.
+	buf := make([]byte, 0, MaxAgentAnswer+1)
+	for len(buf) < cap(buf) && !bytes.ContainsRune(buf, '\n') {
+		n, err := c.Read(buf[len(buf):cap(buf)])
+		buf = buf[:len(buf)+n]
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			return AgentReport{Weight: -1}, fmt.Errorf("agent: read: %w", probeError(ctx, err, timeout))
+		}
+	}
+	return ParseAgentAnswer(buf)
+}
+
+// probeError names a failed probe step as the health checks do: a
+// deadline is the probe's timeout, a connect error its errno.
+func probeError(ctx context.Context, err error, timeout time.Duration) error {
+	if errors.Is(err, context.DeadlineExceeded) || errors.Is(ctx.Err(), context.DeadlineExceeded) || isTimeout(err) {
+		return fmt.Errorf("timeout after %v", timeout)
+	}
+	return simplify(err)
 }

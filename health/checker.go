@@ -102,6 +102,7 @@ type runner struct {
 	since   time.Time
 	reason  string
 	decided bool
+	changed bool // the state is a transition's, not the initial one
 }
 
 // Status is a check's current view.
@@ -113,6 +114,9 @@ type Status struct {
 	// or fall failures in a row, or a given state): "down" then only means
 	// "not known to be up yet".
 	Decided bool
+	// Changed: State came from a transition of this check, not from its
+	// initial state; Since is then when it moved there.
+	Changed bool
 }
 
 // Sync makes the running set exactly checks. A new check starts in its
@@ -167,7 +171,7 @@ func (m *Manager) Status(id ID) (Status, bool) {
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	return Status{r.state, r.since, r.reason, r.decided}, true
+	return Status{r.state, r.since, r.reason, r.decided, r.changed}, true
 }
 
 // Stop stops every check and waits for them.
@@ -232,6 +236,7 @@ func (m *Manager) run(ctx context.Context, r *runner) {
 			r.decided = true // a verdict either way, not just "not up yet"
 		}
 		if r.state != from {
+			r.changed = true
 			ev = &Event{Check: r.check.ID(), From: from, To: r.state, Time: r.since, Reason: r.reason}
 		}
 		transition := (r.state == Up && fails > 0) || (r.state == Down && passes > 0)

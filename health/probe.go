@@ -109,10 +109,7 @@ func (p Probe) Run(ctx context.Context, timeout time.Duration) error {
 	if err == nil {
 		return nil
 	}
-	if errors.Is(err, context.DeadlineExceeded) || errors.Is(ctx.Err(), context.DeadlineExceeded) || isTimeout(err) {
-		return fmt.Errorf("timeout after %v", timeout)
-	}
-	return simplify(err)
+	return probeError(ctx, err, timeout)
 }
 
 func isTimeout(err error) bool {

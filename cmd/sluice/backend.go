@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 	"net"
+	"strings"
 
 	"github.com/urfave/cli/v2"
 
@@ -33,6 +34,13 @@ func backendCommand() *cli.Command {
 		&cli.IntFlag{Name: "fall", Value: health.Defaults.Fall, Usage: "consecutive failures to become down"},
 		&cli.StringFlag{Name: "on-error", Usage: "fail-check (the default: a failure counts towards --fall) or mark-down (a refused, reset or unreachable check marks the backend down at once; a timeout still counts one)"},
 		&cli.StringFlag{Name: "mac", Usage: "next-hop MAC (default: resolved through the route and neighbour tables)"},
+		&cli.UintFlag{Name: "agent-port", Usage: "agent check (HAProxy's agent-check): TCP port where the backend answers its weight (75%) and state (up, down, drain, maint, ready)"},
+		&cli.DurationFlag{Name: "agent-interval", Usage: "between agent checks (default: --interval)"},
+		&cli.StringFlag{Name: "agent-send", Usage: "agent check: string sent first (\\n and \\r are a newline and a carriage return)"},
+		&cli.StringFlag{Name: "load-metric", Usage: "URL#SERIES of a Prometheus text endpoint, e.g. http://10.0.0.2:8000/metrics#vllm:num_requests_waiting: above --load-target the backend's share of new flows falls in proportion"},
+		&cli.Float64Flag{Name: "load-target", Value: state.DefaultLoadTarget, Usage: "load metric: the value at or under which the backend keeps its full weight"},
+		&cli.DurationFlag{Name: "load-interval", Usage: "between load scrapes (default: --interval)"},
+		&cli.DurationFlag{Name: "slow-start", Usage: "ramp the backend's weight from 10% to 100% over this long each time it becomes usable (added, recovered, undrained)"},
 	}
 	action := func(name string) *cli.Command {
 		return &cli.Command{
@@ -100,6 +108,19 @@ func backendFromFlags(c *cli.Context, addr string) (state.Backend, error) {
 			return state.Backend{}, fmt.Errorf("--check-codes: %w", err)
 		}
 	}
+	if c.Uint("agent-port") > 65535 {
+		return state.Backend{}, fmt.Errorf("--agent-port %d: not a port", c.Uint("agent-port"))
+	}
+	for _, f := range []string{"agent-interval", "agent-send"} {
+		if c.IsSet(f) && !c.IsSet("agent-port") {
+			return state.Backend{}, fmt.Errorf("--%s: needs --agent-port", f)
+		}
+	}
+	for _, f := range []string{"load-target", "load-interval"} {
+		if c.IsSet(f) && !c.IsSet("load-metric") {
+			return state.Backend{}, fmt.Errorf("--%s: needs --load-metric", f)
+		}
+	}
 	s := health.Settings{Interval: c.Duration("interval"), Timeout: c.Duration("timeout"), FastInter: c.Duration("fastinter"),
 		Rise: c.Int("rise"), Fall: c.Int("fall")}
 	if err := s.Validate(); err != nil {
@@ -113,5 +134,23 @@ func backendFromFlags(c *cli.Context, addr string) (state.Backend, error) {
 			Service: c.String("check-service"), TLS: c.Bool("check-tls"),
 			Interval: state.Duration(s.Interval), Timeout: state.Duration(s.Timeout), FastInter: state.Duration(s.FastInter),
 			Rise: s.Rise, Fall: s.Fall, OnError: c.String("on-error")},
+		Agent: agentFromFlags(c), Load: loadFromFlags(c), SlowStart: state.Duration(c.Duration("slow-start")),
 	}, nil
+}
+
+// agentFromFlags is the --agent-* flags' agent check, or nil.
+func agentFromFlags(c *cli.Context) *state.Agent {
+	if !c.IsSet("agent-port") {
+		return nil
+	}
+	send := strings.NewReplacer(`\n`, "\n", `\r`, "\r").Replace(c.String("agent-send"))
+	return &state.Agent{Port: uint16(c.Uint("agent-port")), Interval: state.Duration(c.Duration("agent-interval")), Send: send}
+}
+
+// loadFromFlags is the --load-* flags' load metric, or nil.
+func loadFromFlags(c *cli.Context) *state.Load {
+	if !c.IsSet("load-metric") {
+		return nil
+	}
+	return &state.Load{Metric: c.String("load-metric"), Target: c.Float64("load-target"), Interval: state.Duration(c.Duration("load-interval"))}
 }

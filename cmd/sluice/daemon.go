@@ -20,6 +20,7 @@ import (
 	"github.com/sluicelb/sluice/control/ha"
 	"github.com/sluicelb/sluice/control/pair"
 	"github.com/sluicelb/sluice/control/state"
+	"github.com/sluicelb/sluice/control/weight"
 	"github.com/sluicelb/sluice/loader"
 )
 
@@ -75,8 +76,8 @@ func daemonCommand() *cli.Command {
 				MetricsAddr: c.String("metrics-addr"), Seed: c.Uint64("seed"), ArchiveKeep: c.Int("archive-keep"),
 				FlowTableSize: uint32(c.Uint64("flow-table-size")), PinRoot: c.String("pin-root"), Logger: log, HA: haOpts, Cluster: clusterOpts, BGP: bgpOpts, FlowSync: flowOpts,
 				HookUser: c.String("hook-user"), VIPOpen: c.Bool("vip-open"), VIPNoEcho: c.Bool("vip-no-echo"),
-				NewFlowLimit: uint32(limit),
-				Timeline:     state.TimelineLimits{Retention: c.Duration("availability-retention"), MaxEvents: c.Int("availability-max-events")},
+				NewFlowLimit: uint32(limit), ReweightInterval: c.Duration("reweight-interval"), ReweightThreshold: c.Float64("reweight-threshold") / 100,
+				Timeline: state.TimelineLimits{Retention: c.Duration("availability-retention"), MaxEvents: c.Int("availability-max-events")},
 			})
 			if err != nil {
 				return err
@@ -103,6 +104,8 @@ func daemonFlags() []cli.Flag {
 		&cli.StringFlag{Name: "pin-root", Value: loader.DefaultPinRoot, Usage: "bpffs directory for pinned objects"},
 		&cli.StringFlag{Name: "log-level", Value: "info", Usage: "debug, info, warn or error"},
 		&cli.Uint64Flag{Name: "new-flow-limit", Value: loader.DefaultNewFlowLimit, Usage: "new connection-table entries per CPU per second; past it new flows are steered by the ring without an entry (a SYN flood cannot churn out flows busier than one packet per flow-table-size/(CPUs*limit) seconds); 0 turns the guard off"},
+		&cli.DurationFlag{Name: "reweight-interval", Value: weight.DefaultInterval, Usage: "a VIP's ring follows weight changes (agent checks, load metrics, slow start) at most once per interval"},
+		&cli.Float64Flag{Name: "reweight-threshold", Value: 100 * weight.DefaultThreshold, Usage: "percent: a reweight needs some backend's effective weight to move by at least this much"},
 		&cli.BoolFlag{Name: "vip-open", Usage: "pass traffic for VIP addresses on ports no VIP serves to this host (default: dropped, so no host service answers on a VIP)"},
 		&cli.BoolFlag{Name: "vip-no-echo", Usage: "drop ICMP echo (ping) to VIP addresses too"},
 		&cli.StringFlag{Name: "hook-user", Usage: "run promotion and demotion commands as this user (default: as the daemon)"},

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strconv"
 	"strings"
 	"time"
 
@@ -51,7 +52,14 @@ func printStatus(w io.Writer, st api.Status) error {
 			if !b.LastChange.IsZero() {
 				lc = b.LastChange.Format(time.RFC3339)
 			}
-			fmt.Fprintf(tw, "  %s\t%s\t%d\t%v\t%d\t%d\t%d\t%s\t%s\n", b.Addr, b.State, b.Weight, b.Standby, b.RingSlots, b.Packets, b.Bytes, lc, b.Reason)
+			weight, reason := strconv.Itoa(int(b.Weight)), b.Reason
+			if b.EffectiveWeight != float64(b.Weight) && b.State == "up" {
+				weight += "→" + strconv.FormatFloat(b.EffectiveWeight, 'g', 3, 64)
+			}
+			if b.WeightReason != "" && b.WeightReason != b.Reason {
+				reason += "; weight: " + b.WeightReason
+			}
+			fmt.Fprintf(tw, "  %s\t%s\t%s\t%v\t%d\t%d\t%d\t%s\t%s\n", b.Addr, b.State, weight, b.Standby, b.RingSlots, b.Packets, b.Bytes, lc, reason)
 		}
 		tw.Flush()
 	}

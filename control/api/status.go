@@ -18,32 +18,42 @@ type Status struct {
 
 // VIPStatus is one VIP in Status.
 type VIPStatus struct {
-	VIP        string          `json:"vip"`
-	Forward    string          `json:"forward"`
-	RingSize   uint32          `json:"ring_size"`
-	RingSHA256 string          `json:"ring_sha256"` // of the slots' backend addresses (16 bytes each): equal on every node with equal rings
-	MinActive  int             `json:"min_active"`
-	Policy     string          `json:"policy"`
-	Primary    string          `json:"primary,omitempty"`
-	Epoch      uint64          `json:"epoch,omitempty"`
-	Packets    uint64          `json:"packets"`
-	Bytes      uint64          `json:"bytes"`
-	Backends   []BackendStatus `json:"backends"`
+	VIP        string `json:"vip"`
+	Forward    string `json:"forward"`
+	RingSize   uint32 `json:"ring_size"`
+	RingSHA256 string `json:"ring_sha256"` // of the slots' backend addresses (16 bytes each): equal on every node with equal rings
+	MinActive  int    `json:"min_active"`
+	Policy     string `json:"policy"`
+	Primary    string `json:"primary,omitempty"`
+	Epoch      uint64 `json:"epoch,omitempty"`
+	Packets    uint64 `json:"packets"`
+	Bytes      uint64 `json:"bytes"`
+	// RingRebuilds counts the ring's swaps since the daemon started.
+	RingRebuilds uint64          `json:"ring_rebuilds"`
+	Backends     []BackendStatus `json:"backends"`
 }
 
 // BackendStatus is one backend in Status.
 type BackendStatus struct {
-	Addr       string    `json:"addr"`
-	State      string    `json:"state"`
-	Usable     bool      `json:"usable"`
-	Weight     uint32    `json:"weight"`
-	Standby    bool      `json:"standby"`
-	Priority   int       `json:"priority,omitempty"`
-	RingSlots  int       `json:"ring_slots"`
-	Packets    uint64    `json:"packets"`
-	Bytes      uint64    `json:"bytes"`
-	LastChange time.Time `json:"last_change"`
-	Reason     string    `json:"reason"`
+	Addr   string `json:"addr"`
+	State  string `json:"state"`
+	Usable bool   `json:"usable"`
+	Weight uint32 `json:"weight"`
+	// EffectiveWeight is the weight the ring gives it (Weight scaled by
+	// its agent, load metric and slow start; 0 while it takes no new
+	// flows), WeightReason why the two differ. Agent and Load are the
+	// last agent answer and load value, or why there was none.
+	EffectiveWeight float64   `json:"effective_weight"`
+	WeightReason    string    `json:"weight_reason,omitempty"`
+	Agent           string    `json:"agent,omitempty"`
+	Load            string    `json:"load,omitempty"`
+	Standby         bool      `json:"standby"`
+	Priority        int       `json:"priority,omitempty"`
+	RingSlots       int       `json:"ring_slots"`
+	Packets         uint64    `json:"packets"`
+	Bytes           uint64    `json:"bytes"`
+	LastChange      time.Time `json:"last_change"`
+	Reason          string    `json:"reason"`
 }
 
 // HAStatus is what `sluice ha status -o json` prints.

@@ -6,6 +6,7 @@ package availability
 import (
 	"math"
 	"sort"
+	"sync"
 	"time"
 
 	"github.com/sluicelb/sluice/control/api"
@@ -139,4 +140,31 @@ func Build(s state.State, timeline []state.TimelineEvent, now time.Time) api.Ava
 		rep.VIPs = append(rep.VIPs, va)
 	}
 	return rep
+}
+
+// CacheFor is how long a Cache keeps a report: a scrape recomputes the
+// ratios at most this often, and scrapes in between get the last figures.
+const CacheFor = 10 * time.Second
+
+// Cache keeps the last availability report for metric scrapes.
+type Cache struct {
+	mu  sync.Mutex
+	at  time.Time
+	rep api.AvailabilityReport
+}
+
+// Get returns the kept report, or a new one from build once the kept one
+// is older than CacheFor.
+func (c *Cache) Get(build func() (api.AvailabilityReport, error)) (api.AvailabilityReport, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if !c.at.IsZero() && time.Since(c.at) < CacheFor {
+		return c.rep, nil
+	}
+	rep, err := build()
+	if err != nil {
+		return rep, err
+	}
+	c.rep, c.at = rep, time.Now()
+	return rep, nil
 }

@@ -29,6 +29,7 @@ type BackendView struct {
 	MACErr error
 	// ringable: the ring's health rule (Reconciler.Ring) calls it up.
 	ringable bool
+	percent  int // of its configured weight the ring gives it
 }
 
 // Reconciler turns desired state plus health into data-plane maps. It
@@ -52,6 +53,19 @@ type Reconciler struct {
 	// still decides whether this node sends a backend anything. Set it
 	// before the first Apply.
 	Ring HealthOf
+	// Adjust, when set, is each backend's state beyond its health
+	// checks (agent checks, load metrics, slow start). Set it before the
+	// first Apply.
+	Adjust func(vip loader.VIPKey, b state.Backend) Adjustment
+	// rebuilds counts each VIP's ring swaps.
+	rebuilds map[loader.VIPKey]uint64
+}
+
+// Adjustment is a backend's state beyond its health checks.
+type Adjustment struct {
+	Percent int  // of its configured weight the ring gives it, 1–100
+	Drain   bool // no new flows; tracked flows are kept
+	Down    bool // out, as if its health check had failed
 }
 
 type beKey struct {
@@ -65,7 +79,7 @@ type beKey struct {
 // lock held) each time a resolution finished, to apply again.
 func New(dp *loader.Datapath, macs neigh.MACResolver, seed uint64, resolved func()) (*Reconciler, error) {
 	r := &Reconciler{dp: dp, macs: neigh.NewCache(macs, resolved), seed: seed, vipIDs: map[loader.VIPKey]uint32{}, beIdx: map[beKey]uint32{},
-		views: map[loader.VIPKey]map[netip.Addr]BackendView{}, rings: map[loader.VIPKey]string{}}
+		views: map[loader.VIPKey]map[netip.Addr]BackendView{}, rings: map[loader.VIPKey]string{}, rebuilds: map[loader.VIPKey]uint64{}}
 	vips, err := dp.VIPs()
 	if err != nil {
 		return nil, err
@@ -193,7 +207,10 @@ func (a *applying) vip(v state.VIP) error {
 		addr := netip.MustParseAddr(b.Addr)
 		view[addr] = bv
 		if bv.ringable && !bv.Drain {
-			mb := maglev.Backend{ID: addr.String(), Weight: b.Weight, Slot: bv.Index}
+			// Weights in percent of the configured one: maglev reduces
+			// them by their GCD, so equal percentages build the ring
+			// the configured weights alone would.
+			mb := maglev.Backend{ID: addr.String(), Weight: b.Weight * uint32(bv.percent), Slot: bv.Index}
 			if b.Standby {
 				standby = append(standby, mb)
 			} else {
@@ -221,10 +238,14 @@ func (a *applying) backend(k loader.VIPKey, id uint32, v state.VIP, b state.Back
 	}
 	a.keepBackends[idx] = true
 	hs := a.hv(k, b)
-	bv := BackendView{Index: idx, Health: hs, Drain: b.Drain || b.Weight == 0}
-	bv.ringable = hs == health.Up && !b.Disabled
+	adj := Adjustment{Percent: 100}
+	if r.Adjust != nil {
+		adj = r.Adjust(k, b)
+	}
+	bv := BackendView{Index: idx, Health: hs, Drain: b.Drain || b.Weight == 0 || adj.Drain, percent: min(100, max(1, adj.Percent))}
+	bv.ringable = hs == health.Up && !b.Disabled && !adj.Down
 	if r.Ring != nil {
-		bv.ringable = r.Ring(k, b) == health.Up && !b.Disabled
+		bv.ringable = r.Ring(k, b) == health.Up && !b.Disabled && !adj.Down
 	}
 	// This node sends a backend new flows only if it sees it up itself:
 	// one the cluster calls up but this node cannot reach stays in the
@@ -296,6 +317,7 @@ func (a *applying) ring(k loader.VIPKey, id uint32, v state.VIP, members []magle
 		return err
 	}
 	r.rings[k] = fp
+	r.rebuilds[k]++
 	return nil
 }
 
@@ -310,6 +332,7 @@ func (a *applying) prune() error {
 			a.res.Writes++
 			delete(r.vipIDs, k)
 			delete(r.rings, k)
+			delete(r.rebuilds, k)
 		}
 	}
 	for bk, idx := range r.beIdx {
@@ -322,6 +345,17 @@ func (a *applying) prune() error {
 		}
 	}
 	return nil
+}
+
+// Rebuilds is how many times each VIP's ring was swapped.
+func (r *Reconciler) Rebuilds() map[loader.VIPKey]uint64 {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	out := make(map[loader.VIPKey]uint64, len(r.rebuilds))
+	for k, n := range r.rebuilds {
+		out[k] = n
+	}
+	return out
 }
 
 // View is the last applied verdict of every backend.

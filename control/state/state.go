@@ -7,6 +7,7 @@ package state
 import (
 	"encoding/json"
 	"fmt"
+	"math"
 	"net"
 	"net/netip"
 	"net/url"
@@ -94,7 +95,37 @@ type Backend struct {
 	Standby  bool   `json:"standby,omitempty" yaml:"standby,omitempty"`
 	MAC      string `json:"mac,omitempty" yaml:"mac,omitempty"`
 	Check    Check  `json:"check" yaml:"check"`
+	// Agent, when set, asks the backend's agent (HAProxy's agent-check)
+	// for its weight and state; Load scales its share of new flows down
+	// by a load metric; SlowStart ramps its weight from 10% to 100% each
+	// time it becomes usable.
+	Agent     *Agent   `json:"agent,omitempty" yaml:"agent,omitempty"`
+	Load      *Load    `json:"load,omitempty" yaml:"load,omitempty"`
+	SlowStart Duration `json:"slow_start,omitempty" yaml:"slow_start,omitempty"`
 }
+
+// Agent is a backend's agent check.
+type Agent struct {
+	Port     uint16   `json:"port" yaml:"port"`
+	Interval Duration `json:"interval" yaml:"interval"` // default: the health check's
+	Send     string   `json:"send,omitempty" yaml:"send,omitempty"`
+}
+
+// Load is a backend's load metric: Metric is URL#SERIES; at or under
+// Target the backend keeps its weight, above it its share of new flows
+// falls in proportion.
+type Load struct {
+	Metric   string   `json:"metric" yaml:"metric"`
+	Target   float64  `json:"target" yaml:"target"`
+	Interval Duration `json:"interval" yaml:"interval"` // default: the health check's
+}
+
+// Defaults and bounds of agent checks, load metrics and slow start.
+const (
+	DefaultLoadTarget = 1
+	MaxAgentSend      = 256
+	MaxSlowStart      = time.Hour
+)
 
 // Check is a backend's health check.
 type Check struct {
@@ -211,6 +242,15 @@ func (s *State) Normalize() {
 			if c.Fall == 0 {
 				c.Fall = health.Defaults.Fall
 			}
+			if b.Agent != nil && b.Agent.Interval == 0 {
+				b.Agent.Interval = c.Interval
+			}
+			if b.Load != nil && b.Load.Interval == 0 {
+				b.Load.Interval = c.Interval
+			}
+			if b.Load != nil && b.Load.Target == 0 {
+				b.Load.Target = DefaultLoadTarget
+			}
 		}
 		slices.SortFunc(v.Backends, func(a, b Backend) int { return strings.Compare(a.Addr, b.Addr) })
 	}
@@ -326,6 +366,30 @@ func (b *Backend) validate(bw string) error {
 	if err := validateCheck(b.Check); err != nil {
 		return fmt.Errorf("%s.check.%w", bw, err)
 	}
+	if b.SlowStart < 0 || time.Duration(b.SlowStart) > MaxSlowStart {
+		return fmt.Errorf("%s.slow_start %v: want 0 to %v", bw, time.Duration(b.SlowStart), MaxSlowStart)
+	}
+	if a := b.Agent; a != nil {
+		switch {
+		case a.Port == 0:
+			return fmt.Errorf("%s.agent.port: want 1 to 65535", bw)
+		case a.Interval <= 0:
+			return fmt.Errorf("%s.agent.interval %v: must be positive", bw, time.Duration(a.Interval))
+		case len(a.Send) > MaxAgentSend || strings.ContainsRune(a.Send, 0):
+			return fmt.Errorf("%s.agent.send: at most %d bytes, no NUL", bw, MaxAgentSend)
+		}
+	}
+	if l := b.Load; l != nil {
+		if _, err := health.ParseLoadMetric(l.Metric); err != nil {
+			return fmt.Errorf("%s.load.metric: %w", bw, err)
+		}
+		if !(l.Target > 0) || math.IsInf(l.Target, 0) {
+			return fmt.Errorf("%s.load.target %v: must be a positive number", bw, l.Target)
+		}
+		if l.Interval <= 0 {
+			return fmt.Errorf("%s.load.interval %v: must be positive", bw, time.Duration(l.Interval))
+		}
+	}
 	return nil
 }
 
@@ -393,4 +457,20 @@ func (v *VIP) FindBackend(addr netip.Addr) int {
 		}
 	}
 	return -1
+}
+
+// HealthCheck is the health check of backend b of vip.
+func (b Backend) HealthCheck(vip loader.VIPKey) health.Check {
+	port := b.Check.Port
+	if port == 0 {
+		port = vip.Port
+	}
+	c := b.Check
+	t, _ := health.ParseType(c.Type)
+	return health.Check{
+		Probe: health.Probe{Type: t, Addr: netip.AddrPortFrom(netip.MustParseAddr(b.Addr), port), Method: c.Method, Path: c.Path,
+			Codes: c.Codes, BodyContain: c.Body, TLSVerify: c.TLSVerify, Payload: c.Payload, Service: c.Service, TLS: c.TLS},
+		Settings: health.Settings{Interval: time.Duration(c.Interval), Timeout: time.Duration(c.Timeout),
+			FastInter: time.Duration(c.FastInter), Rise: c.Rise, Fall: c.Fall, MarkDown: c.OnError == "mark-down"},
+	}
 }

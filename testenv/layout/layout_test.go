@@ -35,6 +35,7 @@ var layer = map[string]int{
 	"control/etcdstore":       3,
 	"control/reconcile":       3,
 	"control/flowsync":        3,
+	"control/weight":          3,
 	"control/events":          4,
 	"control/cluster":         4,
 	"control/bgp":             4,

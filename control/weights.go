@@ -1,0 +1,58 @@
+package control
+
+import (
+	"fmt"
+	"time"
+
+	"github.com/sluicelb/sluice/control/api"
+	"github.com/sluicelb/sluice/control/reconcile"
+	"github.com/sluicelb/sluice/control/state"
+	"github.com/sluicelb/sluice/control/weight"
+	"github.com/sluicelb/sluice/health"
+	"github.com/sluicelb/sluice/loader"
+)
+
+// newWeights makes the engine of effective weights and hands its
+// verdicts to the reconciler.
+func (d *Daemon) newWeights() {
+	d.weights = weight.New(weight.Options{Interval: d.opts.ReweightInterval, Threshold: d.opts.ReweightThreshold,
+		OnReweight: d.onReweight, OnState: d.onAgentState, OnAnswer: d.metrics.weightAnswer})
+	d.rec.Adjust = func(k loader.VIPKey, b state.Backend) reconcile.Adjustment {
+		v := d.verdictOf(k, b)
+		return reconcile.Adjustment{Percent: v.Percent, Drain: v.Drain, Down: v.Down}
+	}
+}
+
+// verdictOf is backend b's weight verdict, told when its health check
+// last brought it up (for slow start).
+func (d *Daemon) verdictOf(k loader.VIPKey, b state.Backend) weight.Verdict {
+	var up time.Time
+	if st, ok := d.hm.Status(b.HealthCheck(k).ID()); ok && st.State == health.Up && st.Changed {
+		up = st.Since
+	}
+	return d.weights.Verdict(weight.Key{VIP: state.FormatVIPKey(k), Addr: b.Addr}, up)
+}
+
+// onReweight applies moved weights (the rings follow) and records them.
+func (d *Daemon) onReweight(changes []weight.Change) {
+	res := d.apply("reweight")
+	for _, c := range changes {
+		d.events.Add(api.Event{Time: res.Done, Kind: "reweight", VIP: c.VIP, Backend: c.Addr,
+			From: fmt.Sprintf("%d%%", c.From), To: fmt.Sprintf("%d%%", c.To), Reason: c.Reason, Applied: &res.Done})
+	}
+	d.log.Info("reweight", "backends", len(changes), "map_writes", res.Writes)
+}
+
+// onAgentState applies an agent's drain, down or maint (or its end) at
+// once, as a failed health check is.
+func (d *Daemon) onAgentState(k weight.Key, why string) {
+	res := d.apply("agent state")
+	to := "in"
+	if why == "" {
+		why = "agent: new flows allowed again"
+	} else {
+		to = "out"
+	}
+	d.events.Add(api.Event{Time: res.Done, Kind: "agent", VIP: k.VIP, Backend: k.Addr, To: to, Reason: why, Applied: &res.Done})
+	d.log.Info("agent", "vip", k.VIP, "backend", k.Addr, "state", to, "reason", why)
+}

@@ -1,0 +1,195 @@
+package health
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	dto "github.com/prometheus/client_model/go"
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
+)
+
+// MaxLoadBody bounds a scraped metrics page. A model server's page is
+// tens to hundreds of KiB (vLLM's with its histograms about 100 KiB); a
+// larger one is refused, not parsed.
+const MaxLoadBody = 4 << 20
+
+// LoadMetric is a backend's load signal: one series of a Prometheus text
+// endpoint, written URL#SERIES, SERIES a metric name with optional label
+// matchers: http://10.0.0.2:8000/metrics#vllm:num_requests_waiting or
+// …#nv_inference_pending_request_count{model="resnet"}. The value is the
+// sum over the samples that match (a model server exports one per model).
+type LoadMetric struct {
+	URL    string
+	Name   string
+	Labels map[string]string
+	Dial   Dialer
+}
+
+// ParseLoadMetric parses URL#SERIES, naming what is wrong.
+func ParseLoadMetric(s string) (LoadMetric, error) {
+	raw, series, ok := strings.Cut(s, "#")
+	if !ok || series == "" {
+		return LoadMetric{}, fmt.Errorf("load metric %q: want URL#SERIES, e.g. http://10.0.0.2:8000/metrics#vllm:num_requests_waiting", s)
+	}
+	u, err := url.Parse(raw)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return LoadMetric{}, fmt.Errorf("load metric %q: %q is not an http(s) URL", s, raw)
+	}
+	name, sel, hasSel := strings.Cut(series, "{")
+	if !model.LegacyValidation.IsValidMetricName(name) {
+		return LoadMetric{}, fmt.Errorf("load metric %q: %q is not a metric name", s, name)
+	}
+	lm := LoadMetric{URL: raw, Name: name}
+	if hasSel {
+		body, ok := strings.CutSuffix(sel, "}")
+		if !ok {
+			return LoadMetric{}, fmt.Errorf("load metric %q: label matchers lack their closing }", s)
+		}
+		if lm.Labels, err = parseMatchers(body); err != nil {
+			return LoadMetric{}, fmt.Errorf("load metric %q: %w", s, err)
+		}
+	}
+	return lm, nil
+}
+
+// parseMatchers parses `a="x",b="y"` (equality matchers only).
+func parseMatchers(s string) (map[string]string, error) {
+	out := map[string]string{}
+	for s = strings.TrimSpace(s); s != ""; {
+		name, rest, ok := strings.Cut(s, "=")
+		name = strings.TrimSpace(name)
+		if !ok || !model.LegacyValidation.IsValidLabelName(name) {
+			return nil, fmt.Errorf("label matcher %q: want name=\"value\"", s)
+		}
+		rest = strings.TrimSpace(rest)
+		q, err := strconv.QuotedPrefix(rest)
+		if err != nil {
+			return nil, fmt.Errorf("label %s: the value must be a quoted string", name)
+		}
+		out[name], _ = strconv.Unquote(q)
+		s = strings.TrimSpace(rest[len(q):])
+		if s, ok = strings.CutPrefix(s, ","); !ok && s != "" {
+			return nil, fmt.Errorf("label matchers: want a comma after label %s", name)
+		}
+		s = strings.TrimSpace(s)
+	}
+	return out, nil
+}
+
+// String writes the metric back as URL#SERIES.
+func (l LoadMetric) String() string {
+	s := l.URL + "#" + l.Name
+	if len(l.Labels) == 0 {
+		return s
+	}
+	keys := make([]string, 0, len(l.Labels))
+	for k := range l.Labels {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	parts := make([]string, len(keys))
+	for i, k := range keys {
+		parts[i] = k + "=" + strconv.Quote(l.Labels[k])
+	}
+	return s + "{" + strings.Join(parts, ",") + "}"
+}
+
+// Query scrapes the endpoint once within timeout and returns the
+// series' value.
+func (l LoadMetric) Query(ctx context.Context, timeout time.Duration) (float64, error) {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, l.URL, nil)
+	if err != nil {
+		return 0, fmt.Errorf("load metric: %w", err)
+	}
+	req.Header.Set("Accept", "text/plain;version=0.0.4")
+	tr := &http.Transport{DisableKeepAlives: true}
+	if l.Dial != nil {
+		tr.DialContext = func(ctx context.Context, network, addr string) (net.Conn, error) { return l.Dial(ctx, network, addr) }
+	}
+	defer tr.CloseIdleConnections()
+	resp, err := (&http.Client{Transport: tr}).Do(req)
+	if err != nil {
+		var ue *url.Error
+		if errors.As(err, &ue) {
+			err = ue.Err
+		}
+		return 0, fmt.Errorf("load metric: %w", probeError(ctx, err, timeout))
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return 0, fmt.Errorf("load metric: http %d", resp.StatusCode)
+	}
+	body, err := io.ReadAll(io.LimitReader(resp.Body, MaxLoadBody+1))
+	if err != nil {
+		return 0, fmt.Errorf("load metric: read: %w", probeError(ctx, err, timeout))
+	}
+	if len(body) > MaxLoadBody {
+		return 0, fmt.Errorf("load metric: page larger than %d bytes", MaxLoadBody)
+	}
+	return l.Value(body)
+}
+
+// Value reads the series from a page in the Prometheus text format.
+func (l LoadMetric) Value(page []byte) (float64, error) {
+	p := expfmt.NewTextParser(model.UTF8Validation)
+	fams, err := p.TextToMetricFamilies(strings.NewReader(string(page)))
+	if err != nil {
+		return 0, fmt.Errorf("load metric: %w", err)
+	}
+	fam, ok := fams[l.Name]
+	if !ok {
+		return 0, fmt.Errorf("load metric: no series %s on the page", l.Name)
+	}
+	sum, n := 0.0, 0
+	for _, m := range fam.GetMetric() {
+		if !matches(m, l.Labels) {
+			continue
+		}
+		v, ok := sampleValue(m)
+		if !ok {
+			return 0, fmt.Errorf("load metric: %s is a %s, want a gauge, counter or untyped value", l.Name, fam.GetType())
+		}
+		sum, n = sum+v, n+1
+	}
+	if n == 0 {
+		return 0, fmt.Errorf("load metric: no sample of %s matches %s", l.Name, l)
+	}
+	return sum, nil
+}
+
+func matches(m *dto.Metric, want map[string]string) bool {
+	found := 0
+	for _, lp := range m.GetLabel() {
+		if v, ok := want[lp.GetName()]; ok {
+			if v != lp.GetValue() {
+				return false
+			}
+			found++
+		}
+	}
+	return found == len(want)
+}
+
+func sampleValue(m *dto.Metric) (float64, bool) {
+	switch {
+	case m.Gauge != nil:
+		return m.Gauge.GetValue(), true
+	case m.Counter != nil:
+		return m.Counter.GetValue(), true
+	case m.Untyped != nil:
+		return m.Untyped.GetValue(), true
+	}
+	return 0, false
+}

@@ -473,7 +473,9 @@ func (e *Engine) reweight(now time.Time) []Change {
 		moved := false
 		for _, k := range keys {
 			b := e.bes[k]
-			if d := math.Abs(float64(t[k].pct - b.applied)); d > 0 && d >= e.opts.Threshold*float64(b.applied) {
+			// Back to full weight is always worth a rebuild: the
+			// end of a ramp must not stay a few points short of it.
+			if d := math.Abs(float64(t[k].pct - b.applied)); d > 0 && (d >= e.opts.Threshold*float64(b.applied) || t[k].pct == 100) {
 				moved = true
 			}
 		}

@@ -1,0 +1,245 @@
+package e2e
+
+import (
+	"fmt"
+	"math"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/sluicelb/sluice/control/api"
+	"github.com/sluicelb/sluice/testenv"
+)
+
+// modelLab is a lab of n backends, each running a model server (gRPC
+// health, agent, /metrics), and a daemon started with extra; each
+// backend is added to vipTCP with the fast tcp check and args(b).
+func modelLab(t *testing.T, n int, extra []string, args func(b *testenv.Backend) []string) (*testenv.Lab, *daemonProc, map[string]*testenv.ModelServer) {
+	t.Helper()
+	lab := newLab(t, testenv.LabOptions{Backends: n})
+	servers := map[string]*testenv.ModelServer{}
+	for _, b := range lab.Backends {
+		m, err := testenv.StartModelServer(b.Host)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(m.Stop)
+		servers[b.Name] = m
+	}
+	d := startDaemon(t, lab, "", extra...)
+	d.mustCLI(t, "vip", "add", vipTCP, "--forward", "ipip")
+	for _, b := range lab.Backends {
+		d.mustCLI(t, append(append([]string{"backend", "add", vipTCP, b.Addr.Addr().String()}, fastCheck...), args(b)...)...)
+	}
+	d.waitStatus(t, "all backends up", allUp(n))
+	return lab, d, servers
+}
+
+// spreadNew opens n new connections through the VIP, 8 at a time, closes
+// them, and counts them by the backend that took each.
+func spreadNew(t *testing.T, lab *testenv.Lab, n int) map[string]int {
+	t.Helper()
+	var mu sync.Mutex
+	counts := map[string]int{}
+	var failed []error
+	var wg sync.WaitGroup
+	next := make(chan struct{}, n)
+	for range n {
+		next <- struct{}{}
+	}
+	close(next)
+	for range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for range next {
+				c, err := dialVIP(t, lab, vipAP)
+				mu.Lock()
+				if err != nil {
+					failed = append(failed, err)
+				} else {
+					counts[c.backend]++
+					c.c.Close()
+				}
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	if len(failed) > 0 {
+		t.Fatalf("%d of %d connections failed, the first: %v", len(failed), n, failed[0])
+	}
+	return counts
+}
+
+// pinned opens connections until want of them sit on backend name, and
+// closes the others.
+func pinned(t *testing.T, lab *testenv.Lab, name string, want int) []conn {
+	t.Helper()
+	var out []conn
+	for tries := 0; len(out) < want; tries++ {
+		if tries > 100*want {
+			t.Fatalf("only %d of %d connections reached %s", len(out), want, name)
+		}
+		c, err := dialVIP(t, lab, vipAP)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if c.backend == name {
+			out = append(out, c)
+		} else {
+			c.c.Close()
+		}
+	}
+	t.Cleanup(func() {
+		for _, c := range out {
+			c.c.Close()
+		}
+	})
+	return out
+}
+
+func addrOf(lab *testenv.Lab, name string) string { return backendByName(lab, name).Addr.Addr().String() }
+
+// TestAgentWeights: agent answers of 50% on b1, drain on b2 and down on
+// b3 give the ring the slot shares the weights imply (b1 : b4 = 1 : 2,
+// within one slot each), b2's established flows keep working, and status
+// names every cause; a malformed answer is refused and counted, and
+// changes nothing.
+func TestAgentWeights(t *testing.T) {
+	lab, d, servers := modelLab(t, 4, nil, func(b *testenv.Backend) []string {
+		if b.Name == "b4" {
+			return nil
+		}
+		return []string{"--agent-port", fmt.Sprint(testenv.LabAgentPort), "--agent-interval", "100ms"}
+	})
+	onB2 := pinned(t, lab, "b2", 50)
+	servers["b1"].SetAgent("50%\n")
+	servers["b2"].SetAgent("drain # rolling upgrade\n")
+	servers["b3"].SetAgent("down\n")
+	st := d.waitStatus(t, "agents applied", func(s api.Status) bool {
+		b1, b2, b3 := backendState(s, vipTCP, addrOf(lab, "b1")), backendState(s, vipTCP, addrOf(lab, "b2")), backendState(s, vipTCP, addrOf(lab, "b3"))
+		return b1.EffectiveWeight == 0.5 && b1.RingSlots > 0 && b2.State == "draining" && b3.State == "down"
+	})
+	v := st.VIPs[0]
+	want := map[string]float64{"b1": float64(v.RingSize) / 3, "b2": 0, "b3": 0, "b4": 2 * float64(v.RingSize) / 3}
+	for name, w := range want {
+		b := backendState(st, vipTCP, addrOf(lab, name))
+		t.Logf("%s: state %s, weight %d, effective %g, %d of %d slots (want %.1f), reason %q, weight reason %q, agent %s",
+			name, b.State, b.Weight, b.EffectiveWeight, b.RingSlots, v.RingSize, w, b.Reason, b.WeightReason, b.Agent)
+		if math.Abs(float64(b.RingSlots)-w) > 1 {
+			t.Errorf("%s holds %d slots, want %.1f ± 1", name, b.RingSlots, w)
+		}
+	}
+	for name, reason := range map[string]string{"b2": "agent: drain (rolling upgrade)", "b3": "agent: down"} {
+		if b := backendState(st, vipTCP, addrOf(lab, name)); b.Reason != reason {
+			t.Errorf("%s's reason %q, want %q", name, b.Reason, reason)
+		}
+	}
+	if b := backendState(st, vipTCP, addrOf(lab, "b1")); b.WeightReason != "agent: 50%" {
+		t.Errorf("b1's weight reason %q, want \"agent: 50%%\"", b.WeightReason)
+	}
+	if n, why := broken(onB2); n != 0 {
+		t.Errorf("%d of %d established connections to the draining b2 broke: %v", n, len(onB2), why)
+	}
+	counts := spreadNew(t, lab, 300)
+	t.Logf("300 new connections: %v", counts)
+	if counts["b2"]+counts["b3"] != 0 {
+		t.Errorf("new connections reached the draining b2 (%d) or the down b3 (%d)", counts["b2"], counts["b3"])
+	}
+
+	// Health down and agent down are separate causes, both named.
+	b3 := backendByName(lab, "b3")
+	b3.StopServers(false)
+	d.waitStatus(t, "b3 down for both causes", func(s api.Status) bool {
+		r := backendState(s, vipTCP, addrOf(lab, "b3")).Reason
+		return strings.HasPrefix(r, "health: ") && strings.HasSuffix(r, "; agent: down")
+	})
+	if err := b3.StartServers(); err != nil {
+		t.Fatal(err)
+	}
+
+	// A malformed answer is refused, counted and not applied.
+	sc := newScraper(lab.LB)
+	label := []string{`backend="` + addrOf(lab, "b1") + `"`, `probe="agent"`, `result="malformed"`}
+	before := sc.value(t, "sluice_backend_weight_probes_total", append(label[:2:2], `result="ok"`)...)
+	servers["b1"].SetAgent("150% up\n")
+	st = d.waitStatus(t, "b1's bad answer refused", func(s api.Status) bool {
+		return strings.HasPrefix(backendState(s, vipTCP, addrOf(lab, "b1")).Agent, "refused: ")
+	})
+	b1 := backendState(st, vipTCP, addrOf(lab, "b1"))
+	refused := sc.value(t, "sluice_backend_weight_probes_total", label...)
+	t.Logf("b1 after %q: agent %s, effective weight %g; refused answers counted %g (ok before: %g)", "150% up", b1.Agent, b1.EffectiveWeight, refused, before)
+	if b1.EffectiveWeight != 0.5 || refused < 1 {
+		t.Errorf("a malformed answer: effective weight %g (want the 0.5 it had), counted %g (want ≥ 1)", b1.EffectiveWeight, refused)
+	}
+}
+
+// TestLoadFeedback: with b1's queue gauge at 4× its target, b1 receives
+// at most 30% of its former share of 1 000 new connections, and its 100
+// established connections keep working.
+func TestLoadFeedback(t *testing.T) {
+	lab, d, servers := modelLab(t, 3, nil, func(b *testenv.Backend) []string {
+		return []string{"--load-metric", fmt.Sprintf("http://%s:%d/metrics#%s", b.Addr.Addr(), testenv.LabMetricsPort, testenv.LabQueueSeries),
+			"--load-target", "2", "--load-interval", "100ms"}
+	})
+	before := spreadNew(t, lab, 1000)
+	onB1 := pinned(t, lab, "b1", 100)
+	servers["b1"].SetQueue(8)
+	st := d.waitStatus(t, "b1 reweighted", func(s api.Status) bool {
+		return backendState(s, vipTCP, addrOf(lab, "b1")).EffectiveWeight < 1
+	})
+	b1 := backendState(st, vipTCP, addrOf(lab, "b1"))
+	after := spreadNew(t, lab, 1000)
+	ratio := float64(after["b1"]) / float64(before["b1"])
+	t.Logf("b1 at queue 8, target 2: effective weight %g (%s), %d of %d slots; new connections before %v, after %v: b1 got %.1f%% of its former share",
+		b1.EffectiveWeight, b1.WeightReason, b1.RingSlots, st.VIPs[0].RingSize, before, after, 100*ratio)
+	if ratio > 0.30 {
+		t.Errorf("b1 got %.1f%% of its former share of new connections, want ≤ 30%%", 100*ratio)
+	}
+	if n, why := broken(onB1); n != 0 {
+		t.Errorf("%d of %d established connections to b1 broke: %v", n, len(onB1), why)
+	}
+	servers["b1"].SetQueue(1)
+	d.waitStatus(t, "b1 back to full weight", func(s api.Status) bool {
+		return backendState(s, vipTCP, addrOf(lab, "b1")).EffectiveWeight == 1
+	})
+}
+
+// TestSlowStart: b2, with a slow start of 10 s, recovers; its share of
+// new connections follows the ramp from 10% to 100% of its weight within
+// ±5 points at 2, 5 and 10 s.
+func TestSlowStart(t *testing.T) {
+	lab, d, _ := modelLab(t, 3, nil, func(b *testenv.Backend) []string {
+		if b.Name == "b2" {
+			return []string{"--slow-start", "10s"}
+		}
+		return nil
+	})
+	events := d.follow(t)
+	b2 := backendByName(lab, "b2")
+	t0 := time.Now()
+	b2.StopServers(false)
+	events.next(t, b2.Addr.Addr().String(), "down", t0)
+	if err := b2.StartServers(); err != nil {
+		t.Fatal(err)
+	}
+	up := events.next(t, b2.Addr.Addr().String(), "up", t0)
+	const D = 10 * time.Second
+	for _, at := range []time.Duration{2 * time.Second, 5 * time.Second, 10 * time.Second} {
+		time.Sleep(time.Until(up.Time.Add(at)))
+		start := time.Now()
+		counts := spreadNew(t, lab, 1000)
+		mid := start.Add(time.Since(start) / 2).Sub(up.Time)
+		f := min(1, 0.1+0.9*float64(mid)/float64(D))
+		want := 100 * f / (2 + f)
+		got := 100 * float64(counts["b2"]) / 1000
+		b := backendState(d.status(t), vipTCP, b2.Addr.Addr().String())
+		t.Logf("at %v (sampled around %v): b2 got %.1f%% of 1000 new connections, the ramp gives %.1f%%; effective weight %g, %s",
+			at, mid.Round(10*time.Millisecond), got, want, b.EffectiveWeight, b.WeightReason)
+		if math.Abs(got-want) > 5 {
+			t.Errorf("at %v: b2's share %.1f%%, want %.1f ± 5", at, got, want)
+		}
+	}
+}

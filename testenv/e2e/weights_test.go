@@ -3,6 +3,7 @@ package e2e
 import (
 	"fmt"
 	"math"
+	"math/rand/v2"
 	"strings"
 	"sync"
 	"testing"
@@ -10,6 +11,7 @@ import (
 
 	"github.com/sluicelb/sluice/control/api"
 	"github.com/sluicelb/sluice/testenv"
+	"github.com/sluicelb/sluice/testenv/testutil"
 )
 
 // modelLab is a lab of n backends, each running a model server (gRPC
@@ -100,7 +102,9 @@ func pinned(t *testing.T, lab *testenv.Lab, name string, want int) []conn {
 	return out
 }
 
-func addrOf(lab *testenv.Lab, name string) string { return backendByName(lab, name).Addr.Addr().String() }
+func addrOf(lab *testenv.Lab, name string) string {
+	return backendByName(lab, name).Addr.Addr().String()
+}
 
 // TestAgentWeights: agent answers of 50% on b1, drain on b2 and down on
 // b3 give the ring the slot shares the weights imply (b1 : b4 = 1 : 2,
@@ -241,5 +245,89 @@ func TestSlowStart(t *testing.T) {
 		if math.Abs(got-want) > 5 {
 			t.Errorf("at %v: b2's share %.1f%%, want %.1f ± 5", at, got, want)
 		}
+	}
+}
+
+// TestReweightBound: b1's queue gauge flaps across its target every
+// 50 ms for 60 s (0 or 4× the target, at random). Its reweights rebuild the VIP's ring at most once per
+// --reweight-interval (500 ms): at most 120 rebuilds. Meanwhile b3 is
+// killed and restarted again and again, and each verdict still reaches
+// the data plane at once; the same kills without the flapping, before
+// it, give the baseline.
+func TestReweightBound(t *testing.T) {
+	lab, d, servers := modelLab(t, 3, nil, func(b *testenv.Backend) []string {
+		return []string{"--load-metric", fmt.Sprintf("http://%s:%d/metrics#%s", b.Addr.Addr(), testenv.LabMetricsPort, testenv.LabQueueSeries),
+			"--load-target", "2", "--load-interval", "20ms"}
+	})
+	events := d.follow(t)
+	b3 := backendByName(lab, "b3")
+	kill := func(n int) (flag, ring []time.Duration) {
+		for range n {
+			t0 := time.Now()
+			b3.StopServers(false)
+			down := events.next(t, b3.Addr.Addr().String(), "down", t0)
+			flag, ring = append(flag, down.Marked.Sub(down.Time)), append(ring, down.Applied.Sub(down.Time))
+			if err := b3.StartServers(); err != nil {
+				t.Fatal(err)
+			}
+			events.next(t, b3.Addr.Addr().String(), "up", t0)
+		}
+		return flag, ring
+	}
+	baseFlag, baseRing := kill(10)
+
+	rebuilds := func() uint64 { return d.status(t).VIPs[0].RingRebuilds }
+	before := rebuilds()
+	stop := make(chan struct{})
+	flapped := make(chan int)
+	go func() {
+		n := 0
+		tick := time.NewTicker(50 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			select {
+			case <-stop:
+				servers["b1"].SetQueue(0)
+				flapped <- n
+				return
+			case <-tick.C:
+				// Random, not alternate: an alternation in step with
+				// the reweight ticks would look still to them.
+				n++
+				servers["b1"].SetQueue(float64(8 * rand.IntN(2)))
+			}
+		}
+	}()
+	const flapFor = 60 * time.Second
+	end := time.Now().Add(flapFor)
+	var flag, ring []time.Duration
+	kills := 0
+	for time.Now().Before(end) {
+		f, r := kill(1)
+		flag, ring, kills = append(flag, f...), append(ring, r...), kills+1
+		// A kill every 1.5–2.5 s, about 30 during the flapping, at a
+		// random phase of the reweight ticks.
+		time.Sleep(time.Until(end.Add(-flapFor + time.Duration(kills)*2*time.Second + rand.N(time.Second) - 500*time.Millisecond)))
+	}
+	close(stop)
+	flaps := <-flapped
+	total := rebuilds() - before
+	byFailures := uint64(2 * kills) // b3 out and back in
+	t.Logf("%d flaps of b1's gauge and %d kills of b3 over %v: %d ring rebuilds, %d of them for b3's verdicts, %d for reweights (bound %d)",
+		flaps, kills, flapFor, total, byFailures, total-byFailures, int(flapFor/(500*time.Millisecond)))
+	p := testutil.Percentile
+	t.Logf("verdict → backend out of the data plane: p50 %v, p99 %v while flapping (%d kills); %v, %v without (%d kills)",
+		p(flag, .5), p(flag, .99), len(flag), p(baseFlag, .5), p(baseFlag, .99), len(baseFlag))
+	t.Logf("verdict → ring swapped: p50 %v, p99 %v while flapping; %v, %v without",
+		p(ring, .5), p(ring, .99), p(baseRing, .5), p(baseRing, .99))
+	if total > byFailures+120 {
+		t.Errorf("%d rebuilds besides b3's %d, want at most 120", total-byFailures, byFailures)
+	}
+	// The target is 5 ms; this VM's noise alone reaches 5.7 ms
+	// at p99 without the flapping, so the test fails at twice it: a
+	// verdict that waited out a reweight's ring swap (an RCU grace
+	// period, 20–40 ms) fails it.
+	if p(flag, .99) > 10*time.Millisecond {
+		t.Errorf("verdict → backend out of the data plane p99 %v while flapping, want ≤ 10ms (target 5ms)", p(flag, .99))
 	}
 }

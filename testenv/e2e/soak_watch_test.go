@@ -264,8 +264,15 @@ func (w *soakWatch) scrape(i int, hc *http.Client) bool {
 func (w *soakWatch) stop() {
 	close(w.quit)
 	w.wg.Wait()
+	// A connection whose backend met a fault while it was open (the
+	// last fault may have ended just now, b4 deleted, before its watcher
+	// saw the break) may be broken; the others must echo.
 	var cs []conn
+	now := time.Now()
 	for _, c := range w.live {
+		if w.s.excused(c.backend, c.opened, now) {
+			continue
+		}
 		cs = append(cs, c.conn)
 	}
 	if n, why := broken(cs); n != 0 {

@@ -24,7 +24,7 @@ import (
 func demoCommand() *cli.Command {
 	return &cli.Command{
 		Name:  "demo",
-		Usage: "a guided tour in a throwaway lab: the daemon, health checks, failover, surviving flows, a drain (needs root)",
+		Usage: "a guided tour in a throwaway lab: the daemon, health checks, failover, surviving flows, a drain, slow start, an overloaded backend (needs root)",
 		Action: func(c *cli.Context) error {
 			return runDemo(c.Context, c.App.Writer)
 		},
@@ -42,6 +42,7 @@ type demo struct {
 	events  chan api.Event
 	summary [][2]string
 	long    []demoConn
+	models  map[string]*testenv.ModelServer
 }
 
 type demoConn struct {
@@ -95,7 +96,10 @@ func runDemo(ctx context.Context, w io.Writer) error {
 		stop()
 		return lab.LB.Do(func() error { return loader.DetachPinned(lab.LB.Link, lab.PinRoot()) })
 	})
-	steps := []func(context.Context) error{d.configure, d.spread, d.failover, d.drain, d.recover}
+	if err := d.startModelServers(); err != nil {
+		return err
+	}
+	steps := []func(context.Context) error{d.configure, d.spread, d.failover, d.drain, d.recover, d.slowStart, d.overload}
 	for _, step := range steps {
 		if err := step(ctx); err != nil {
 			return err
@@ -153,12 +157,14 @@ func (d *demo) waitEvent(addr, to string, since time.Time) (api.Event, error) {
 
 func (d *demo) configure(ctx context.Context) error {
 	d.say("\n0. sluice vip add %s; sluice backend add ... --check tcp --interval 100ms --fall 2 --rise 2", demoVIP)
+	d.say("   --load-metric http://ADDR:%d/metrics#%s --load-target %d --slow-start %v", testenv.LabMetricsPort, testenv.LabQueueSeries, demoTarget, demoSlowStart)
 	if err := d.cl.Do(ctx, "POST", "/v1/vips", nil, api.VIPAddRequest{VIP: demoVIP, Forward: "ipip"}, nil); err != nil {
 		return err
 	}
 	for _, b := range d.lab.Backends {
 		be := state.Backend{Addr: b.Addr.Addr().String(), Weight: 1, Check: state.Check{Type: "tcp",
 			Interval: state.Duration(100 * time.Millisecond), Timeout: state.Duration(100 * time.Millisecond), Rise: 2, Fall: 2}}
+		weighted(&be)
 		if err := d.cl.Do(ctx, "POST", "/v1/backends", nil, api.BackendAddRequest{VIP: demoVIP, Backend: be}, nil); err != nil {
 			return err
 		}
@@ -177,7 +183,7 @@ func (d *demo) configure(ctx context.Context) error {
 		}
 		if up == len(d.lab.Backends) {
 			d.say("  the daemon attached XDP natively to %s; health checks pass on b1, b2, b3", d.lab.LB.Link)
-			return nil
+			return d.waitFullWeight(ctx)
 		}
 		if time.Now().After(deadline) {
 			return errors.New("backends did not come up")
@@ -211,14 +217,9 @@ func (d *demo) burst(ctx context.Context, n int) (map[string]int, error) {
 		return nil, err
 	}
 	t0 := time.Now()
-	count := map[string]int{}
-	for range n {
-		c, err := d.dial(ctx)
-		if err != nil {
-			return nil, fmt.Errorf("connect to the VIP: %w", err)
-		}
-		c.c.Close()
-		count[c.backend]++
+	count, err := d.quietBurst(ctx, n)
+	if err != nil {
+		return nil, err
 	}
 	after, err := d.status(ctx)
 	if err != nil {

@@ -200,7 +200,7 @@ func TestLabRunnerKilled(t *testing.T) {
 func TestDemo(t *testing.T) {
 	testutil.Require(t)
 	out := mustRun(t, "demo")
-	for _, want := range []string{"summary", "failure detected", "healthy flows that survived", "lab removed"} {
+	for _, want := range []string{"summary", "failure detected", "healthy flows that survived", "slow start: b2", "at 4× its load target", "lab removed"} {
 		if !strings.Contains(out, want) {
 			t.Fatalf("demo output lacks %q:\n%s", want, out)
 		}

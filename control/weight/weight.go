@@ -9,6 +9,7 @@ package weight
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"math"
 	"math/rand/v2"
@@ -196,7 +197,7 @@ func (e *Engine) repoll(ctx context.Context, b *backend, s Spec) {
 			b.agentStop, b.report, b.agentMsg = nil, health.AgentReport{Weight: -1}, ""
 		}
 		if s.Agent != nil {
-			b.agentStop = e.poll(ctx, s.Key, s.AgentEvery, func(ctx context.Context) { e.askAgent(ctx, s) })
+			b.agentStop = e.poll(ctx, s.AgentEvery, func(ctx context.Context) { e.askAgent(ctx, s) })
 		}
 	}
 	if b.loadStop == nil || !sameLoad(old, s) {
@@ -205,7 +206,7 @@ func (e *Engine) repoll(ctx context.Context, b *backend, s Spec) {
 			b.loadStop, b.haveLoad, b.loadMsg = nil, false, ""
 		}
 		if s.Load != nil {
-			b.loadStop = e.poll(ctx, s.Key, s.LoadEvery, func(ctx context.Context) { e.scrape(ctx, s) })
+			b.loadStop = e.poll(ctx, s.LoadEvery, func(ctx context.Context) { e.scrape(ctx, s) })
 		}
 	}
 }
@@ -227,7 +228,7 @@ func sameLoad(a, b Spec) bool {
 
 // poll runs fn every interval (the first after a random part of one, so
 // that many backends do not fire together) until the returned cancel.
-func (e *Engine) poll(ctx context.Context, k Key, every time.Duration, fn func(context.Context)) context.CancelFunc {
+func (e *Engine) poll(ctx context.Context, every time.Duration, fn func(context.Context)) context.CancelFunc {
 	ctx, cancel := context.WithCancel(ctx)
 	e.wg.Add(1)
 	go func() {
@@ -267,7 +268,7 @@ func (e *Engine) askAgent(ctx context.Context, s Spec) {
 	case err == nil:
 		b.merge(rep)
 		b.agentMsg = fmt.Sprintf("%q", rep.String())
-	case strings.Contains(err.Error(), health.ErrAgentAnswer.Error()):
+	case errors.Is(err, health.ErrAgentAnswer):
 		result, b.agentMsg = "malformed", "refused: "+err.Error()
 	default:
 		// As HAProxy's: an agent that does not answer changes nothing;

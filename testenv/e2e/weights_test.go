@@ -102,6 +102,22 @@ func pinned(t *testing.T, lab *testenv.Lab, name string, want int) []conn {
 	return out
 }
 
+// nextKind waits for the next event of kind about backend addr.
+func (w *eventWatcher) nextKind(t testing.TB, kind, addr string) api.Event {
+	t.Helper()
+	timeout := time.After(15 * time.Second)
+	for {
+		select {
+		case e := <-w.ch:
+			if e.Kind == kind && e.Backend == addr {
+				return e
+			}
+		case <-timeout:
+			t.Fatalf("no %s event for %s", kind, addr)
+		}
+	}
+}
+
 func addrOf(lab *testenv.Lab, name string) string {
 	return backendByName(lab, name).Addr.Addr().String()
 }
@@ -190,11 +206,17 @@ func TestLoadFeedback(t *testing.T) {
 	})
 	before := spreadNew(t, lab, 1000)
 	onB1 := pinned(t, lab, "b1", 100)
+	events := d.follow(t)
 	servers["b1"].SetQueue(8)
+	ev := events.nextKind(t, "reweight", addrOf(lab, "b1"))
+	t.Logf("event: %s %s %s → %s: %s", ev.Kind, ev.Backend, ev.From, ev.To, ev.Reason)
 	st := d.waitStatus(t, "b1 reweighted", func(s api.Status) bool {
 		return backendState(s, vipTCP, addrOf(lab, "b1")).EffectiveWeight < 1
 	})
 	b1 := backendState(st, vipTCP, addrOf(lab, "b1"))
+	if m := newScraper(lab.LB).value(t, "sluice_backend_effective_weight", `backend="`+addrOf(lab, "b1")+`"`); m != b1.EffectiveWeight {
+		t.Errorf("sluice_backend_effective_weight of b1 is %g, status says %g", m, b1.EffectiveWeight)
+	}
 	after := spreadNew(t, lab, 1000)
 	ratio := float64(after["b1"]) / float64(before["b1"])
 	t.Logf("b1 at queue 8, target 2: effective weight %g (%s), %d of %d slots; new connections before %v, after %v: b1 got %.1f%% of its former share",

@@ -91,6 +91,11 @@ type Datapath struct {
 	vipTableTemplate *ebpf.MapSpec
 
 	mu sync.Mutex // serialises ring replacement and VIP writes
+	// installed is what this process last installed in each ring slot
+	// (under mu): ReplaceRing compares a new ring with it instead of
+	// reading the active ring back, which takes longer than the swap
+	// itself. A slot this process has not written (adopted) is read.
+	installed map[uint32][]uint32
 }
 
 // Load loads the data plane. With Options.Iface set it attaches to that

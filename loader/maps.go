@@ -154,6 +154,7 @@ func (d *Datapath) DeleteVIP(k VIPKey) error {
 		return fmt.Errorf("delete vip %s: %w", k, err)
 	}
 	for _, slot := range []uint32{cur.Id * 2, cur.Id*2 + 1} {
+		delete(d.installed, slot)
 		if err := d.objs.Rings.Delete(slot); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 			return fmt.Errorf("delete ring of vip %s: %w", k, err)
 		}
@@ -213,7 +214,11 @@ func (d *Datapath) ReplaceRing(k VIPKey, slots []uint32) (bool, error) {
 		return false, fmt.Errorf("ring of vip %s: no such vip", k)
 	}
 	if cur.RingSize == uint32(n) {
-		if active, err := d.readRing(cur.RingSlot, cur.RingSize); err == nil && slices.Equal(active, slots) {
+		active, known := d.installed[cur.RingSlot]
+		if !known {
+			active, _ = d.readRing(cur.RingSlot, cur.RingSize)
+		}
+		if slices.Equal(active, slots) {
 			return false, nil
 		}
 	}
@@ -247,8 +252,13 @@ func (d *Datapath) ReplaceRing(k VIPKey, slots []uint32) (bool, error) {
 		return false, fmt.Errorf("fill ring of vip %s: %w", k, err)
 	}
 	if err := d.objs.Rings.Update(next, ring, ebpf.UpdateAny); err != nil {
+		delete(d.installed, next)
 		return false, fmt.Errorf("install ring of vip %s: %w", k, err)
 	}
+	if d.installed == nil {
+		d.installed = map[uint32][]uint32{}
+	}
+	d.installed[next] = slices.Clone(slots)
 	if sameSize {
 		return true, nil
 	}

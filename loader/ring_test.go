@@ -8,6 +8,9 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/cilium/ebpf"
+
+	"github.com/sluicelb/sluice/bpf"
 	"github.com/sluicelb/sluice/testenv/testutil"
 )
 
@@ -211,4 +214,59 @@ func TestNewFlowGuard(t *testing.T) {
 		}
 	}
 	checkStats(t, f, map[Stat]uint64{StatTxIPIP: 3, StatCTFloodSkip: 1}, 60)
+}
+
+// BenchmarkRingSwap times what a ring swap of the default size costs,
+// part by part, side by side: ReplaceRing whole; reading the active ring
+// back (VIP table and ring); filling an inner map; and the map-in-map
+// update alone, which waits for an RCU grace period.
+func BenchmarkRingSwap(b *testing.B) {
+	f := newFixture(b, seed)
+	const n = 65537
+	rings := [2][]uint32{make([]uint32, n), make([]uint32, n)}
+	for i := range n {
+		rings[0][i], rings[1][i] = 1, 3
+	}
+	b.Run("ReplaceRing", func(b *testing.B) {
+		for i := 0; b.Loop(); i++ {
+			if _, err := f.d.ReplaceRing(vTCP, rings[i%2]); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("read the active ring", func(b *testing.B) {
+		for b.Loop() {
+			if _, err := f.d.Ring(vTCP); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	inner, err := ebpf.NewMap(f.d.ringSpec(uint32(chunks(n))))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer inner.Close()
+	keys := make([]uint32, chunks(n))
+	packed := make([]bpf.LbRingChunk, chunks(n))
+	for i := range keys {
+		keys[i] = uint32(i)
+	}
+	b.Run("fill in place", func(b *testing.B) {
+		for b.Loop() {
+			if _, err := inner.BatchUpdate(keys, packed, nil); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	spare := uint32(2*MaxVIPs - 1) // the second ring slot of a VIP id no test uses
+	b.Run("map-in-map update", func(b *testing.B) {
+		for b.Loop() {
+			if err := f.d.objs.Rings.Update(spare, inner, ebpf.UpdateAny); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	if err := f.d.objs.Rings.Delete(spare); err != nil {
+		b.Fatal(err)
+	}
 }

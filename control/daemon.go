@@ -121,6 +121,8 @@ type Daemon struct {
 	// checkBound how long the watchdog lets pass without one.
 	lastProbe  atomic.Int64
 	checkBound atomic.Int64
+	// checkRefs is every check's backends, for onHealth's fast path.
+	checkRefs atomic.Pointer[map[health.ID][]reconcile.BackendRef]
 
 	mu    sync.Mutex // serialises changes and applies
 	state state.State
@@ -426,11 +428,13 @@ func (d *Daemon) syncChecksLocked() {
 	// The backend table is read once, and only when a check is new: its
 	// initial state is all the table gives (a read takes milliseconds).
 	var adopted func(loader.VIPKey, netip.Addr) (health.State, bool)
+	refs := map[health.ID][]reconcile.BackendRef{}
 	for _, v := range d.state.VIPs {
 		k, _ := state.ParseVIPKey(v.VIP)
 		for _, b := range v.Backends {
 			c := b.HealthCheck(k)
 			checks = append(checks, c)
+			refs[c.ID()] = append(refs[c.ID()], reconcile.BackendRef{VIP: k, Addr: netip.MustParseAddr(b.Addr)})
 			d.metrics.checkFailures.WithLabelValues(v.VIP, b.Addr) // export 0 before the first failure
 			if _, known := d.hm.Status(c.ID()); known {
 				continue
@@ -452,34 +456,38 @@ func (d *Daemon) syncChecksLocked() {
 		}
 	}
 	d.checkBound.Store(int64(bound))
+	d.checkRefs.Store(&refs)
 	d.hm.Sync(d.ctx, checks, initial)
 	d.weights.Sync(d.ctx, weight.Specs(d.state, nil))
 }
 
 // onHealth applies a health verdict at once and times verdict -> maps.
 func (d *Daemon) onHealth(e health.Event) {
+	refs := (*d.checkRefs.Load())[e.Check]
+	var out time.Time // a verdict of down does not wait for an apply in progress
+	if e.To == health.Down {
+		out, _ = d.rec.Out(refs)
+	}
 	d.mu.Lock()
 	res, err := d.applyLocked(d.ctx)
 	applied := res.Done
 	marked := res.FirstWrite
+	if !out.IsZero() {
+		marked = out
+	}
 	if marked.IsZero() {
 		marked = applied
 	}
-	cur := d.state
 	d.mu.Unlock()
 	d.metrics.failoverApply.Observe(applied.Sub(e.Time).Seconds())
 	if err != nil {
 		d.log.Error("apply health verdict", "err", err)
 	}
-	for _, v := range cur.VIPs {
-		k, _ := state.ParseVIPKey(v.VIP)
-		for _, b := range v.Backends {
-			if b.HealthCheck(k).ID() == e.Check {
-				d.metrics.transition(v.VIP, b.Addr, string(e.To))
-				d.events.Add(api.Event{Time: e.Time, Kind: "health", VIP: v.VIP, Backend: b.Addr, From: string(e.From), To: string(e.To),
-					Reason: e.Reason, Marked: &marked, Applied: &applied})
-			}
-		}
+	for _, ref := range refs {
+		vip, addr := state.FormatVIPKey(ref.VIP), ref.Addr.String()
+		d.metrics.transition(vip, addr, string(e.To))
+		d.events.Add(api.Event{Time: e.Time, Kind: "health", VIP: vip, Backend: addr, From: string(e.From), To: string(e.To),
+			Reason: e.Reason, Marked: &marked, Applied: &applied})
 	}
 	d.log.Info("health transition", "target", e.Check.Probe.Addr, "from", e.From, "to", e.To, "reason", e.Reason,
 		"marked", marked.Sub(e.Time), "applied", applied.Sub(e.Time))

@@ -98,14 +98,8 @@ func (m *metrics) observeProbe(r health.Result) {
 	if r.Err == nil {
 		return
 	}
-	st := m.d.State()
-	for _, v := range st.VIPs {
-		k, _ := state.ParseVIPKey(v.VIP)
-		for _, b := range v.Backends {
-			if b.HealthCheck(k).ID() == r.Check {
-				m.checkFailures.WithLabelValues(v.VIP, b.Addr).Inc()
-			}
-		}
+	for _, ref := range (*m.d.checkRefs.Load())[r.Check] {
+		m.checkFailures.WithLabelValues(state.FormatVIPKey(ref.VIP), ref.Addr.String()).Inc()
 	}
 }
 

@@ -47,11 +47,9 @@ func (d *Daemon) onReweight(changes []weight.Change) {
 // once, as a failed health check is.
 func (d *Daemon) onAgentState(k weight.Key, why string) {
 	res := d.apply("agent state")
-	to := "in"
+	to := "out"
 	if why == "" {
-		why = "agent: new flows allowed again"
-	} else {
-		to = "out"
+		to, why = "in", "agent: new flows allowed again"
 	}
 	d.events.Add(api.Event{Time: res.Done, Kind: "agent", VIP: k.VIP, Backend: k.Addr, To: to, Reason: why, Applied: &res.Done})
 	d.log.Info("agent", "vip", k.VIP, "backend", k.Addr, "state", to, "reason", why)

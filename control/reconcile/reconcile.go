@@ -59,6 +59,14 @@ type Reconciler struct {
 	Adjust func(vip loader.VIPKey, b state.Backend) Adjustment
 	// rebuilds counts each VIP's ring swaps.
 	rebuilds map[loader.VIPKey]uint64
+
+	// flagMu guards every backend entry write, and the fast path (Out)
+	// that takes backends out while an Apply holds mu: a ring swap waits
+	// for an RCU grace period, a health verdict must not.
+	flagMu  sync.Mutex
+	entries map[uint32]loader.Backend // each entry as last written
+	index   map[BackendRef]uint32     // each entry's index by VIP and address
+	outs    map[uint32]time.Time      // entries Out cleared, and when
 }
 
 // Adjustment is a backend's state beyond its health checks.
@@ -79,7 +87,8 @@ type beKey struct {
 // lock held) each time a resolution finished, to apply again.
 func New(dp *loader.Datapath, macs neigh.MACResolver, seed uint64, resolved func()) (*Reconciler, error) {
 	r := &Reconciler{dp: dp, macs: neigh.NewCache(macs, resolved), seed: seed, vipIDs: map[loader.VIPKey]uint32{}, beIdx: map[beKey]uint32{},
-		views: map[loader.VIPKey]map[netip.Addr]BackendView{}, rings: map[loader.VIPKey]string{}, rebuilds: map[loader.VIPKey]uint64{}}
+		views: map[loader.VIPKey]map[netip.Addr]BackendView{}, rings: map[loader.VIPKey]string{}, rebuilds: map[loader.VIPKey]uint64{},
+		entries: map[uint32]loader.Backend{}, index: map[BackendRef]uint32{}, outs: map[uint32]time.Time{}}
 	vips, err := dp.VIPs()
 	if err != nil {
 		return nil, err
@@ -139,7 +148,7 @@ type Result struct {
 func (r *Reconciler) Apply(ctx context.Context, s state.State, hv HealthOf) (Result, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	a := &applying{r: r, ctx: ctx, hv: hv, want: map[loader.VIPKey]bool{}, keepBackends: map[uint32]bool{},
+	a := &applying{r: r, ctx: ctx, hv: hv, started: time.Now(), want: map[loader.VIPKey]bool{}, keepBackends: map[uint32]bool{},
 		views: map[loader.VIPKey]map[netip.Addr]BackendView{}}
 	err := a.run(s)
 	a.res.Done = time.Now()
@@ -151,6 +160,7 @@ type applying struct {
 	r            *Reconciler
 	ctx          context.Context
 	hv           HealthOf
+	started      time.Time // before any health was read
 	res          Result
 	want         map[loader.VIPKey]bool
 	keepBackends map[uint32]bool
@@ -276,7 +286,56 @@ func (a *applying) backend(k loader.VIPKey, id uint32, v state.VIP, b state.Back
 	if mac == nil {
 		mac = net.HardwareAddr{0, 0, 0, 0, 0, 0}
 	}
-	return bv, a.count(r.dp.SetBackend(idx, loader.Backend{Addr: addr, VIPID: id, Flags: flags, MAC: mac}))
+	return bv, a.count(a.writeBackend(BackendRef{k, addr}, idx, loader.Backend{Addr: addr, VIPID: id, Flags: flags, MAC: mac}))
+}
+
+// writeBackend writes one backend entry. An entry Out cleared after this
+// Apply read the health stays unusable: this Apply's view is older.
+func (a *applying) writeBackend(ref BackendRef, idx uint32, b loader.Backend) (bool, error) {
+	r := a.r
+	r.flagMu.Lock()
+	defer r.flagMu.Unlock()
+	if at, ok := r.outs[idx]; ok {
+		if at.Before(a.started) {
+			delete(r.outs, idx)
+		} else {
+			b.Flags &^= loader.BackendUsable
+		}
+	}
+	r.index[ref] = idx
+	changed, err := r.dp.SetBackend(idx, b)
+	if err == nil {
+		r.entries[idx] = b
+	}
+	return changed, err
+}
+
+// Out takes backends out of the data plane at once, ahead of the Apply
+// that follows a health verdict: their usable flag is cleared without
+// waiting for an Apply in progress (and its ring swap). Until an Apply
+// that began after Out, no Apply marks them usable again. It returns when
+// the first flag was written (zero if none was usable).
+func (r *Reconciler) Out(refs []BackendRef) (time.Time, error) {
+	r.flagMu.Lock()
+	defer r.flagMu.Unlock()
+	var first time.Time
+	for _, ref := range refs {
+		idx, ok := r.index[ref]
+		e, written := r.entries[idx]
+		if !ok || !written || e.Flags&loader.BackendUsable == 0 {
+			continue
+		}
+		r.outs[idx] = time.Now()
+		e.Flags &^= loader.BackendUsable
+		if _, err := r.dp.SetBackend(idx, e); err != nil {
+			return first, err
+		}
+		r.entries[idx] = e
+		if first.IsZero() {
+			first = time.Now()
+		}
+	}
+	return first, nil
 }
 
 // ringMembers picks who is in a VIP's ring: the usable actives, plus the
@@ -337,7 +396,7 @@ func (a *applying) prune() error {
 	}
 	for bk, idx := range r.beIdx {
 		if !a.keepBackends[idx] {
-			if err := r.dp.ClearBackend(idx); err != nil {
+			if err := r.clearBackend(idx); err != nil {
 				return err
 			}
 			a.res.Writes++
@@ -345,6 +404,20 @@ func (a *applying) prune() error {
 		}
 	}
 	return nil
+}
+
+// clearBackend empties entry idx and forgets it.
+func (r *Reconciler) clearBackend(idx uint32) error {
+	r.flagMu.Lock()
+	defer r.flagMu.Unlock()
+	delete(r.entries, idx)
+	delete(r.outs, idx)
+	for ref, i := range r.index {
+		if i == idx {
+			delete(r.index, ref)
+		}
+	}
+	return r.dp.ClearBackend(idx)
 }
 
 // Rebuilds is how many times each VIP's ring was swapped.

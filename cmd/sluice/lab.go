@@ -69,6 +69,14 @@ func labCommand() *cli.Command {
 				Action:          labExec,
 			},
 			{
+				Name: "model", Usage: "set what a backend's model server reports: its agent's answer, its queue gauge, its gRPC health",
+				ArgsUsage: "BACKEND",
+				Flags: []cli.Flag{&cli.StringFlag{Name: "agent", Usage: "the agent's answer, e.g. 50%, drain, down, up, ready (sent as is: a malformed one is refused by the daemon)"},
+					&cli.Float64Flag{Name: "queue", Usage: fmt.Sprintf("the queue gauge (the lab's load target is %d)", lab.ModelTarget)},
+					&cli.StringFlag{Name: "grpc", Usage: "serving or not-serving"}},
+				Action: labModel,
+			},
+			{
 				Name: "fault", Usage: "inject a fault: a backend's servers killed (connections refused) or blackholed (packets dropped), or restored; an LB node's link down or up, its daemon killed (kill -9) or started again",
 				ArgsUsage: "kill|blackhole|restore BACKEND | down|up|kill|start lbN",
 				Action: func(c *cli.Context) error {
@@ -109,4 +117,21 @@ func labExec(c *cli.Context) error {
 		return err
 	}
 	return nil
+}
+
+// labModel sets what a lab backend's model server reports.
+func labModel(c *cli.Context) error {
+	backend, err := oneArg(c, "BACKEND")
+	if err != nil {
+		return err
+	}
+	var ch lab.ModelChange
+	if c.IsSet("agent") {
+		ch.Agent = new(c.String("agent"))
+	}
+	if c.IsSet("queue") {
+		ch.Queue = new(c.Float64("queue"))
+	}
+	ch.GRPC = c.String("grpc")
+	return lab.SetModel(c.App.Writer, backend, ch)
 }

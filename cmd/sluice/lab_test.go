@@ -297,3 +297,51 @@ func waitRouterHops(t *testing.T, n int) {
 		time.Sleep(50 * time.Millisecond)
 	}
 }
+
+// TestLabModel: the lab's backends run model servers that the daemon's
+// agent checks and load metrics read; `lab model` changes what they
+// report, and the daemon follows: b1 at 4× its load target loses weight,
+// b2's agent answering drain drains it, and both come back.
+func TestLabModel(t *testing.T) {
+	st, out := startLab(t)
+	if !strings.Contains(out, "sluice lab model b1 --queue 8") {
+		t.Fatalf("lab up does not mention lab model:\n%s", out)
+	}
+	cl := api.NewClient(st.Socket)
+	wait := func(what string, ok func(b1, b2 api.BackendStatus) bool) {
+		t.Helper()
+		deadline := time.Now().Add(15 * time.Second)
+		for {
+			var s api.Status
+			if err := cl.Do(context.Background(), "GET", "/v1/status", nil, nil, &s); err != nil {
+				t.Fatal(err)
+			}
+			for _, v := range s.VIPs {
+				if v.VIP == "10.77.1.100:80/tcp" && ok(v.Backends[0], v.Backends[1]) {
+					t.Logf("%s: b1 %s weight %g (%s), b2 %s (%s)", what, v.Backends[0].State, v.Backends[0].EffectiveWeight,
+						v.Backends[0].WeightReason, v.Backends[1].State, v.Backends[1].Reason)
+					return
+				}
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: not within 15s", what)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+	if out := mustRun(t, "lab", "model", "b1", "--queue", "8"); !strings.Contains(out, "queue 8 (target 2)") {
+		t.Fatalf("lab model: %s", out)
+	}
+	wait("b1 over its load target", func(b1, _ api.BackendStatus) bool { return b1.State == "up" && b1.EffectiveWeight < 0.5 })
+	mustRun(t, "lab", "model", "b2", "--agent", "drain")
+	wait("b2's agent drains it", func(_, b2 api.BackendStatus) bool { return b2.State == "draining" && b2.Reason == "agent: drain" })
+	mustRun(t, "lab", "model", "b1", "--queue", "0")
+	mustRun(t, "lab", "model", "b2", "--agent", "ready")
+	wait("both back", func(b1, b2 api.BackendStatus) bool { return b1.EffectiveWeight == 1 && b2.State == "up" })
+	if _, err := run(t, "lab", "model", "b9", "--queue", "1"); err == nil {
+		t.Fatal("lab model accepted a backend the lab lacks")
+	}
+	if _, err := run(t, "lab", "model", "b1", "--grpc", "maybe"); err == nil {
+		t.Fatal("lab model accepted --grpc maybe")
+	}
+}

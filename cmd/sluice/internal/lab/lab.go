@@ -204,6 +204,7 @@ func printReady(w io.Writer, st *State, backends int) {
 	fmt.Fprintf(w, "  SLUICE_SOCKET=%s sluice status\n", st.Socket)
 	fmt.Fprintf(w, "  sluice lab exec lb -- curl -s 127.0.0.1:9642/metrics\n")
 	fmt.Fprintf(w, "  sluice lab fault kill b1    # then: sluice lab fault restore b1\n")
+	fmt.Fprintf(w, "  sluice lab model b1 --queue 8    # b1's model server reports 4× its load target; also --agent 50%%, --agent drain, --grpc not-serving\n")
 	if st.Cluster > 0 {
 		fmt.Fprintf(w, "  SLUICE_SOCKET=%s sluice cluster status    # other nodes: %s\n", st.Socket, strings.Join(st.Sockets[1:], ", "))
 		fmt.Fprintf(w, "  SLUICE_SOCKET=%s sluice bgp status\n", st.Socket)
@@ -233,6 +234,12 @@ func Run(backends int, pair bool, cluster int) error {
 	ctx := context.Background()
 	r, err := newRunner(ctx, backends, pair, cluster)
 	if err != nil {
+		return err
+	}
+	mctx, stop := context.WithCancel(ctx)
+	r.stopModels = stop
+	if err := r.startModels(mctx); err != nil {
+		r.teardown()
 		return err
 	}
 	// The daemons start here, not in the goroutine below, so that a
@@ -290,6 +297,8 @@ type runner struct {
 	daemon, daemon2 *Daemon
 	nodes           []*Daemon // a cluster's daemons past lb's
 	bird            *testenv.BIRD
+	models          map[string]*testenv.ModelServer // by backend name
+	stopModels      context.CancelFunc
 }
 
 // newRunner builds the lab's namespaces and writes its state file.
@@ -320,6 +329,12 @@ func newRunner(ctx context.Context, backends int, pair bool, cluster int) (*runn
 
 // teardown removes everything the runner made.
 func (r *runner) teardown() {
+	if r.stopModels != nil {
+		r.stopModels()
+	}
+	for _, m := range r.models {
+		m.Stop()
+	}
 	r.stopRestarted()
 	r.daemon.Stop()
 	r.daemon2.Stop()
@@ -427,9 +442,9 @@ func (r *runner) addVIPs(ctx context.Context, cl *api.Client) error {
 		}
 		r.st.VIPs = append(r.st.VIPs, v.vip)
 		for _, b := range r.lab.Backends {
-			be := state.Backend{Addr: b.Addr.Addr().String(), Weight: 1, Check: state.Check{
+			be := labBackend(b.Addr.Addr().String(), state.Check{
 				Type: v.check[1], Path: "/", Interval: state.Duration(200 * time.Millisecond),
-				Timeout: state.Duration(200 * time.Millisecond), Rise: 2, Fall: 2}}
+				Timeout: state.Duration(200 * time.Millisecond), Rise: 2, Fall: 2})
 			if k.Proto != loader.TCP || v.check[1] != "http" {
 				be.Check.Path = ""
 			}

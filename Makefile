@@ -77,10 +77,19 @@ soak: need-go need-root need-tools
 # Every fuzz target in turn, FUZZTIME each (CI runs 20s each).
 FUZZTIME ?= 5m
 FUZZ_TARGETS = FuzzDatapath:./loader/ FuzzSnapshot:./control/state/ FuzzParse:./control/ha/ FuzzFlows:./control/ha/ FuzzAgentAnswer:./health/ FuzzLoadPage:./health/
+# A run that ends in "context deadline exceeded" without writing a
+# failing input is Go 1.26's fuzz-coordinator race at the end of
+# -fuzztime (golang/go#75804, fixed in Go 1.27), not a finding.
 fuzz: need-go need-root
 	@set -e; for t in $(FUZZ_TARGETS); do \
-		echo "== $${t%%:*} ($(FUZZTIME))"; \
-		$(GO) test -run '^$$' -fuzz "^$${t%%:*}$$" -fuzztime $(FUZZTIME) "$${t#*:}"; \
+		name=$${t%%:*}; pkg=$${t#*:}; out=$$(mktemp); \
+		echo "== $$name ($(FUZZTIME))"; \
+		if $(GO) test -run '^$$' -fuzz "^$$name$$" -fuzztime $(FUZZTIME) "$$pkg" >$$out 2>&1; then cat $$out; \
+		else cat $$out; \
+			if grep -q 'context deadline exceeded' $$out && ! grep -q 'Failing input written' $$out; then \
+				echo "note: $$name met golang/go#75804 (the coordinator's deadline race), no failing input: not a failure"; \
+			else rm -f $$out; exit 1; fi; \
+		fi; rm -f $$out; \
 	done
 
 demo: build need-root

@@ -103,3 +103,20 @@ func (m *ModelServer) Stop() {
 	m.metrics.Close()
 	m.wg.Wait()
 }
+
+// StartModelServers runs a model server on every backend of l, by
+// backend name; if one fails, those already started are stopped.
+func StartModelServers(l *Lab) (map[string]*ModelServer, error) {
+	out := map[string]*ModelServer{}
+	for _, b := range l.Backends {
+		m, err := StartModelServer(b.Host)
+		if err != nil {
+			for _, s := range out {
+				s.Stop()
+			}
+			return nil, err
+		}
+		out[b.Name] = m
+	}
+	return out, nil
+}

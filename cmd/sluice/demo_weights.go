@@ -21,15 +21,17 @@ const (
 // startModelServers runs a model server (gRPC health, an agent, a
 // queue gauge) on every backend, as model-serving replicas would.
 func (d *demo) startModelServers() error {
-	d.models = map[string]*testenv.ModelServer{}
-	for _, b := range d.lab.Backends {
-		m, err := testenv.StartModelServer(b.Host)
-		if err != nil {
-			return err
-		}
-		d.models[b.Name] = m
-		d.lab.OnClose(func() error { m.Stop(); return nil })
+	ms, err := testenv.StartModelServers(d.lab)
+	if err != nil {
+		return err
 	}
+	d.models = ms
+	d.lab.OnClose(func() error {
+		for _, m := range ms {
+			m.Stop()
+		}
+		return nil
+	})
 	return nil
 }
 

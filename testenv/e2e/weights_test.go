@@ -20,14 +20,12 @@ import (
 func modelLab(t *testing.T, n int, extra []string, args func(b *testenv.Backend) []string) (*testenv.Lab, *daemonProc, map[string]*testenv.ModelServer) {
 	t.Helper()
 	lab := newLab(t, testenv.LabOptions{Backends: n})
-	servers := map[string]*testenv.ModelServer{}
-	for _, b := range lab.Backends {
-		m, err := testenv.StartModelServer(b.Host)
-		if err != nil {
-			t.Fatal(err)
-		}
+	servers, err := testenv.StartModelServers(lab)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range servers {
 		t.Cleanup(m.Stop)
-		servers[b.Name] = m
 	}
 	d := startDaemon(t, lab, "", extra...)
 	d.mustCLI(t, "vip", "add", vipTCP, "--forward", "ipip")

@@ -43,13 +43,9 @@ func labBackend(addr string, check state.Check) state.Backend {
 // startModels runs a model server on every backend, and applies what
 // `sluice lab model` writes for each every 100 ms until ctx ends.
 func (r *runner) startModels(ctx context.Context) error {
-	r.models = map[string]*testenv.ModelServer{}
-	for _, b := range r.lab.Backends {
-		m, err := testenv.StartModelServer(b.Host)
-		if err != nil {
-			return err
-		}
-		r.models[b.Name] = m
+	var err error
+	if r.models, err = testenv.StartModelServers(r.lab); err != nil {
+		return err
 	}
 	go func() {
 		applied := map[string]Model{}

@@ -1,6 +1,7 @@
 package health
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -144,7 +145,7 @@ func (l LoadMetric) Query(ctx context.Context, timeout time.Duration) (float64, 
 // Value reads the series from a page in the Prometheus text format.
 func (l LoadMetric) Value(page []byte) (float64, error) {
 	p := expfmt.NewTextParser(model.UTF8Validation)
-	fams, err := p.TextToMetricFamilies(strings.NewReader(string(page)))
+	fams, err := p.TextToMetricFamilies(bytes.NewReader(page))
 	if err != nil {
 		return 0, fmt.Errorf("load metric: %w", err)
 	}

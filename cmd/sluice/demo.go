@@ -3,7 +3,6 @@ package main
 import (
 	"bufio"
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -169,24 +168,34 @@ func (d *demo) configure(ctx context.Context) error {
 			return err
 		}
 	}
-	deadline := time.Now().Add(15 * time.Second)
-	for {
-		st, err := d.status(ctx)
-		if err != nil {
-			return err
-		}
+	if _, err := d.waitStatus(ctx, 15*time.Second, "backends came up", func(st api.Status) bool {
 		up := 0
 		for _, b := range st.VIPs[0].Backends {
 			if b.State == "up" {
 				up++
 			}
 		}
-		if up == len(d.lab.Backends) {
-			d.say("  the daemon attached XDP natively to %s; health checks pass on b1, b2, b3", d.lab.LB.Link)
-			return d.waitFullWeight(ctx)
+		return up == len(d.lab.Backends)
+	}); err != nil {
+		return err
+	}
+	d.say("  the daemon attached XDP natively to %s; health checks pass on b1, b2, b3", d.lab.LB.Link)
+	return d.waitFullWeight(ctx)
+}
+
+// waitStatus polls the status until ok holds, for at most within.
+func (d *demo) waitStatus(ctx context.Context, within time.Duration, what string, ok func(api.Status) bool) (api.Status, error) {
+	deadline := time.Now().Add(within)
+	for {
+		st, err := d.status(ctx)
+		if err != nil {
+			return st, err
+		}
+		if ok(st) {
+			return st, nil
 		}
 		if time.Now().After(deadline) {
-			return errors.New("backends did not come up")
+			return st, fmt.Errorf("demo: not %s within %v", what, within)
 		}
 		time.Sleep(20 * time.Millisecond)
 	}

@@ -42,44 +42,33 @@ func weighted(b *state.Backend) {
 	b.SlowStart = state.Duration(demoSlowStart)
 }
 
-func (d *demo) backendStatus(ctx context.Context, name string) (api.BackendStatus, error) {
-	st, err := d.status(ctx)
-	if err != nil {
-		return api.BackendStatus{}, err
-	}
+// backendOf is backend name of the demo VIP in st.
+func (d *demo) backendOf(st api.Status, name string) api.BackendStatus {
 	for _, lb := range d.lab.Backends {
 		for _, b := range st.VIPs[0].Backends {
 			if lb.Name == name && b.Addr == lb.Addr.Addr().String() {
-				return b, nil
+				return b
 			}
 		}
 	}
-	return api.BackendStatus{}, fmt.Errorf("no backend %s in status", name)
+	return api.BackendStatus{}
 }
 
 // waitFullWeight waits out the slow start of the backends just added.
 func (d *demo) waitFullWeight(ctx context.Context) error {
 	t0 := time.Now()
-	for {
-		st, err := d.status(ctx)
-		if err != nil {
-			return err
-		}
-		full := 0
+	if _, err := d.waitStatus(ctx, 3*demoSlowStart, "all at full weight", func(st api.Status) bool {
 		for _, b := range st.VIPs[0].Backends {
-			if b.EffectiveWeight == float64(b.Weight) {
-				full++
+			if b.EffectiveWeight != float64(b.Weight) {
+				return false
 			}
 		}
-		if full == len(st.VIPs[0].Backends) {
-			d.say("  new backends ramp in (slow start): all three at full weight %v later", time.Since(t0).Round(100*time.Millisecond))
-			return nil
-		}
-		if time.Since(t0) > 3*demoSlowStart {
-			return fmt.Errorf("backends not at full weight %v after they came up", 3*demoSlowStart)
-		}
-		time.Sleep(50 * time.Millisecond)
+		return true
+	}); err != nil {
+		return err
 	}
+	d.say("  new backends ramp in (slow start): all three at full weight %v later", time.Since(t0).Round(100*time.Millisecond))
+	return nil
 }
 
 // slowStart shows b2, just recovered, ramping back in.
@@ -87,10 +76,11 @@ func (d *demo) slowStart(ctx context.Context) error {
 	d.say("\n5. slow start (--slow-start %v): b2's weight ramps from 10%% to 100%% since it recovered", demoSlowStart)
 	var shares []int
 	for range 4 {
-		b2, err := d.backendStatus(ctx, "b2")
+		st, err := d.status(ctx)
 		if err != nil {
 			return err
 		}
+		b2 := d.backendOf(st, "b2")
 		count, err := d.quietBurst(ctx, 100)
 		if err != nil {
 			return err
@@ -115,17 +105,14 @@ func (d *demo) overload(ctx context.Context) error {
 		return err
 	}
 	d.models["b1"].SetQueue(4 * demoTarget)
-	deadline := time.Now().Add(10 * time.Second)
-	var b1 api.BackendStatus
-	for b1.EffectiveWeight == 0 || b1.EffectiveWeight == 1 {
-		if time.Now().After(deadline) {
-			return fmt.Errorf("b1 was not reweighted within 10s")
-		}
-		time.Sleep(50 * time.Millisecond)
-		if b1, err = d.backendStatus(ctx, "b1"); err != nil {
-			return err
-		}
+	st, err := d.waitStatus(ctx, 10*time.Second, "b1 reweighted", func(st api.Status) bool {
+		w := d.backendOf(st, "b1").EffectiveWeight
+		return w != 0 && w != 1
+	})
+	if err != nil {
+		return err
 	}
+	b1 := d.backendOf(st, "b1")
 	d.say("  reweighted: b1 weight %.2f (%s)", b1.EffectiveWeight, b1.WeightReason)
 	after, err := d.burst(ctx, 100)
 	if err != nil {

@@ -104,6 +104,7 @@ type backend struct {
 	agentSince  time.Time // when the agent last let it back in
 	upSince     time.Time // when its health check last moved it up, as Verdict was told
 	applied     int       // the percent the ring uses
+	why         string    // why applied is what it is ("" at full weight)
 	appliedAt   time.Time
 }
 
@@ -348,10 +349,12 @@ func (e *Engine) scrape(ctx context.Context, s Spec) {
 	}
 }
 
-// Verdict is backend k's state for the ring. upSince is when its health
-// check last moved it up (zero if it was up from the start); a backend
-// whose slow start began after its applied weight was set gets its slow
-// start weight at once, not at the next reweight.
+// Verdict is backend k's state for the ring: the weight last applied
+// and why. upSince is when its health check last moved it up (zero if it
+// was up from the start); a backend whose slow start began after its
+// applied weight was set gets its slow start weight at once, not at the
+// next reweight. The reconciler asks for every backend on every apply,
+// so only that case computes the VIP's targets.
 func (e *Engine) Verdict(k Key, upSince time.Time) Verdict {
 	e.mu.Lock()
 	defer e.mu.Unlock()
@@ -359,11 +362,11 @@ func (e *Engine) Verdict(k Key, upSince time.Time) Verdict {
 	if !ok {
 		return Verdict{Percent: 100}
 	}
-	now := time.Now()
 	b.upSince = upSince
-	t := e.targets(k.VIP, now)
 	if b.rampStart().After(b.appliedAt) {
-		b.applied, b.appliedAt = t[k].pct, now
+		now := time.Now()
+		t := e.targets(k.VIP, now)[k]
+		b.applied, b.why, b.appliedAt = t.pct, t.why, now
 	}
 	in, why := b.agentIn()
 	v := Verdict{Percent: b.applied, Agent: b.agentMsg, Load: b.loadMsg}
@@ -373,7 +376,7 @@ func (e *Engine) Verdict(k Key, upSince time.Time) Verdict {
 		v.Drain = !v.Down
 		return v
 	}
-	v.Reason = t[k].why
+	v.Reason = b.why
 	return v
 }
 
@@ -488,7 +491,7 @@ func (e *Engine) reweight(now time.Time) []Change {
 			if t[k].pct != b.applied {
 				out = append(out, Change{Key: k, From: b.applied, To: t[k].pct, Reason: t[k].why})
 			}
-			b.applied, b.appliedAt = t[k].pct, now
+			b.applied, b.why, b.appliedAt = t[k].pct, t[k].why, now
 		}
 	}
 	return out

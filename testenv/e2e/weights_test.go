@@ -343,11 +343,14 @@ func TestReweightBound(t *testing.T) {
 	if total > byFailures+120 {
 		t.Errorf("%d rebuilds besides b3's %d, want at most 120", total-byFailures, byFailures)
 	}
-	// The target is 5 ms; this VM's noise alone reaches 5.7 ms
-	// at p99 without the flapping, so the test fails at twice it: a
-	// verdict that waited out a reweight's ring swap (an RCU grace
-	// period, 20–40 ms) fails it.
-	if p(flag, .99) > 10*time.Millisecond {
-		t.Errorf("verdict → backend out of the data plane p99 %v while flapping, want ≤ 10ms (target 5ms)", p(flag, .99))
+	// The flag is written before the daemon's lock is taken
+	// (Reconciler.Out): tens of microseconds, where waiting for the
+	// apply took 1.7 ms at p50, so the p50 bound is what fails if that
+	// fast path is lost. The p99 of 30 samples is their maximum: a
+	// goroutine kept from a CPU on this 2-core VM under CI load measured
+	// 21.8 ms once, so it is bounded only loosely (the target
+	// is 5 ms).
+	if p(flag, .5) > time.Millisecond || p(flag, .99) > 50*time.Millisecond {
+		t.Errorf("verdict → backend out of the data plane p50 %v, p99 %v while flapping, want ≤ 1ms and ≤ 50ms", p(flag, .5), p(flag, .99))
 	}
 }

@@ -46,10 +46,11 @@ const (
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	DecapMapDecapAddrs = "decap_addrs"
-	DecapMapDecapAllow = "decap_allow"
-	DecapMapDecapStats = "decap_stats"
-	DecapProgXdpDecap  = "xdp_decap"
+	DecapMapDecapAddrs    = "decap_addrs"
+	DecapMapDecapAllow    = "decap_allow"
+	DecapMapDecapGuePorts = "decap_gue_ports"
+	DecapMapDecapStats    = "decap_stats"
+	DecapProgXdpDecap     = "xdp_decap"
 )
 
 // LoadDecap returns the embedded CollectionSpec for Decap.
@@ -101,9 +102,10 @@ type DecapProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type DecapMapSpecs struct {
-	DecapAddrs *ebpf.MapSpec `ebpf:"decap_addrs"`
-	DecapAllow *ebpf.MapSpec `ebpf:"decap_allow"`
-	DecapStats *ebpf.MapSpec `ebpf:"decap_stats"`
+	DecapAddrs    *ebpf.MapSpec `ebpf:"decap_addrs"`
+	DecapAllow    *ebpf.MapSpec `ebpf:"decap_allow"`
+	DecapGuePorts *ebpf.MapSpec `ebpf:"decap_gue_ports"`
+	DecapStats    *ebpf.MapSpec `ebpf:"decap_stats"`
 }
 
 // DecapVariableSpecs contains global variables before they are loaded into the kernel.
@@ -132,15 +134,17 @@ func (o *DecapObjects) Close() error {
 //
 // It can be passed to LoadDecapObjects or ebpf.CollectionSpec.LoadAndAssign.
 type DecapMaps struct {
-	DecapAddrs *ebpf.Map `ebpf:"decap_addrs"`
-	DecapAllow *ebpf.Map `ebpf:"decap_allow"`
-	DecapStats *ebpf.Map `ebpf:"decap_stats"`
+	DecapAddrs    *ebpf.Map `ebpf:"decap_addrs"`
+	DecapAllow    *ebpf.Map `ebpf:"decap_allow"`
+	DecapGuePorts *ebpf.Map `ebpf:"decap_gue_ports"`
+	DecapStats    *ebpf.Map `ebpf:"decap_stats"`
 }
 
 func (m *DecapMaps) Close() error {
 	return _DecapClose(
 		m.DecapAddrs,
 		m.DecapAllow,
+		m.DecapGuePorts,
 		m.DecapStats,
 	)
 }

@@ -98,6 +98,18 @@ static __always_inline __u16 csum_fold(__u32 sum)
 	return (__u16)~sum;
 }
 
+/* Folds a 64-bit one's-complement accumulator of 16- or 32-bit words to
+ * 16 bits, not inverted. Words read in host order from network-order
+ * memory give a result that is stored back the same way (RFC 1071). */
+static __always_inline __u16 csum_fold64(__u64 s)
+{
+	s = (s & 0xffffffff) + (s >> 32);
+	s = (s & 0xffffffff) + (s >> 32);
+	s = (s & 0xffff) + (s >> 16);
+	s = (s & 0xffff) + (s >> 16);
+	return (__u16)s;
+}
+
 static __always_inline __u16 ipv4_csum(const struct iphdr *ip)
 {
 	const __u16 *w = (const __u16 *)ip;

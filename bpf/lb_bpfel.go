@@ -124,7 +124,8 @@ type LbSluiceBtfAnchor struct {
 			RingSlot     uint32
 			RingSize     uint32
 			Forward      uint8
-			Pad          [3]uint8
+			Pad          uint8
+			GuePort      uint16
 			UdpTimeoutNs uint64
 		}
 	}
@@ -169,6 +170,7 @@ type LbSluiceForward uint32
 const (
 	LbSluiceForwardSLUICE_FWD_IPIP LbSluiceForward = 1
 	LbSluiceForwardSLUICE_FWD_DSR  LbSluiceForward = 2
+	LbSluiceForwardSLUICE_FWD_GUE  LbSluiceForward = 3
 )
 
 type LbSluiceStat uint32
@@ -192,7 +194,8 @@ const (
 	LbSluiceStatSLUICE_STAT_SYNC_LOST        LbSluiceStat = 15
 	LbSluiceStatSLUICE_STAT_PASS_OTHER_HOST  LbSluiceStat = 16
 	LbSluiceStatSLUICE_STAT_DROP_VIP_CLOSED  LbSluiceStat = 17
-	LbSluiceStatSLUICE_STAT_MAX              LbSluiceStat = 18
+	LbSluiceStatSLUICE_STAT_TX_GUE           LbSluiceStat = 18
+	LbSluiceStatSLUICE_STAT_MAX              LbSluiceStat = 19
 )
 
 type LbVipEntry struct {
@@ -208,7 +211,8 @@ type LbVipInfo struct {
 	RingSlot     uint32
 	RingSize     uint32
 	Forward      uint8
-	Pad          [3]uint8
+	Pad          uint8
+	GuePort      uint16
 	UdpTimeoutNs uint64
 }
 

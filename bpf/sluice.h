@@ -40,6 +40,8 @@ enum sluice_family {
 enum sluice_forward {
 	SLUICE_FWD_IPIP = 1,
 	SLUICE_FWD_DSR = 2,
+	/* GUE variant 1: the IP packet in UDP to vip_info.gue_port. */
+	SLUICE_FWD_GUE = 3,
 };
 
 enum sluice_backend_flags {
@@ -71,6 +73,7 @@ enum sluice_stat {
 	SLUICE_STAT_SYNC_LOST, /* flow sync on, but the event ring buffer was full */
 	SLUICE_STAT_PASS_OTHER_HOST, /* a VIP packet in a frame for another MAC (flooded) */
 	SLUICE_STAT_DROP_VIP_CLOSED, /* for a VIP address, on a port or protocol no VIP serves */
+	SLUICE_STAT_TX_GUE,
 	SLUICE_STAT_MAX,
 };
 
@@ -103,7 +106,8 @@ struct vip_info {
 	__u32 ring_slot; /* active slot in rings: id*2 or id*2+1 */
 	__u32 ring_size; /* number of entries of the active ring (prime) */
 	__u8 forward;    /* enum sluice_forward */
-	__u8 pad[3];
+	__u8 pad;
+	__u16 gue_port;  /* network order; the UDP destination for forward gue */
 	__u64 udp_timeout_ns; /* idle time after which a UDP flow is re-hashed */
 };
 

@@ -149,7 +149,7 @@ func (d *Daemon) apiVIPAdd(r *http.Request) (any, error) {
 	if err != nil {
 		return nil, err
 	}
-	v := state.VIP{VIP: state.FormatVIPKey(k), Forward: req.Forward, RingSize: req.RingSize, MinActive: req.MinActive,
+	v := state.VIP{VIP: state.FormatVIPKey(k), Forward: req.Forward, GUEPort: req.GUEPort, RingSize: req.RingSize, MinActive: req.MinActive,
 		Policy: req.Policy, PromoteCmd: req.PromoteCmd, PromoteURL: req.PromoteURL, DemoteCmd: req.DemoteCmd, Failback: req.Failback}
 	if req.HookTimeout != "" {
 		t, err := time.ParseDuration(req.HookTimeout)

@@ -29,6 +29,7 @@ type testVIP struct {
 	fwd      Forward
 	backends []uint32 // indices; ring slot i holds backends[i%len]
 	noRing   bool
+	guePort  uint16
 }
 
 var (
@@ -41,10 +42,15 @@ var (
 	vEmpty  = VIPKey{netip.MustParseAddr("10.0.0.103"), 80, TCP}
 	v6to4   = VIPKey{netip.MustParseAddr("2001:db8::101"), 80, TCP}
 	vNoRing = VIPKey{netip.MustParseAddr("10.0.0.104"), 80, TCP}
+	vGUE    = VIPKey{netip.MustParseAddr("10.0.0.105"), 80, TCP}
+	vGUEUDP = VIPKey{netip.MustParseAddr("10.0.0.105"), 53, UDP}
+	v6GUE   = VIPKey{netip.MustParseAddr("2001:db8::105"), 443, TCP}
+	v4GUE6  = VIPKey{netip.MustParseAddr("10.0.0.106"), 53, UDP}
 
 	testBackends = map[uint32]string{
 		1: "10.1.0.11", 2: "10.1.0.12", 3: "10.1.0.13", 4: "10.1.0.14", 5: "10.1.0.15", 6: "10.1.0.16",
 		7: "2001:db8:1::7", 8: "2001:db8:1::8", 9: "2001:db8:1::9", 10: "2001:db8:1::a", 11: "10.1.0.21",
+		12: "10.1.0.31", 13: "10.1.0.32", 14: "2001:db8:1::e", 15: "2001:db8:1::f",
 	}
 	testVIPs = []testVIP{
 		{key: vTCP, id: 1, fwd: ForwardIPIP, backends: []uint32{1, 2, 3}},
@@ -56,6 +62,10 @@ var (
 		{key: vEmpty, id: 7, fwd: ForwardIPIP, backends: []uint32{0}},
 		{key: v6to4, id: 8, fwd: ForwardIPIP, backends: []uint32{11}},
 		{key: vNoRing, id: 9, fwd: ForwardIPIP, noRing: true},
+		{key: vGUE, id: 10, fwd: ForwardGUE, backends: []uint32{12}},
+		{key: vGUEUDP, id: 11, fwd: ForwardGUE, guePort: 5555, backends: []uint32{13}},
+		{key: v6GUE, id: 12, fwd: ForwardGUE, backends: []uint32{14}},
+		{key: v4GUE6, id: 13, fwd: ForwardGUE, guePort: 5555, backends: []uint32{15}},
 	}
 )
 
@@ -78,7 +88,7 @@ func newFixture(t testing.TB, seedVal uint32) *fixture {
 	}
 	f := &fixture{d: d, rings: map[VIPKey][]uint32{}, ids: map[VIPKey]uint32{}}
 	for _, v := range testVIPs {
-		if _, err := d.SetVIP(v.key, VIP{ID: v.id, Forward: v.fwd}); err != nil {
+		if _, err := d.SetVIP(v.key, VIP{ID: v.id, Forward: v.fwd, GUEPort: v.guePort}); err != nil {
 			t.Fatal(err)
 		}
 		f.ids[v.key] = v.id
@@ -548,7 +558,7 @@ func setFlow(t testing.TB, f *fixture, src, dst string, proto Proto, backend uin
 }
 
 func TestPacketCases(t *testing.T) {
-	cases := pktCases()
+	cases := append(pktCases(), gueCases()...)
 	if len(cases) < 40 {
 		t.Fatalf("only %d packet cases", len(cases))
 	}

@@ -35,7 +35,10 @@ type DecapOptions struct {
 	AllowFrom []netip.Prefix
 	// AllowOnly accepts AllowFrom alone, without the defaults.
 	AllowOnly bool
-	Logger    *slog.Logger
+	// GUEPorts are the UDP ports GUE (variant 1) arrives on; none by
+	// default, as GUE takes every datagram to such a port.
+	GUEPorts []uint16
+	Logger   *slog.Logger
 }
 
 // DecapCounters are the decap program's packet counters.
@@ -105,7 +108,13 @@ func AttachDecap(ctx context.Context, opts DecapOptions) (*Decap, error) {
 		err = checkAllow(allow, int(d.objs.DecapAllow.MaxEntries()))
 	}
 	if err == nil {
+		err = checkGUEPorts(opts.GUEPorts, int(d.objs.DecapGuePorts.MaxEntries()))
+	}
+	if err == nil {
 		err = d.SetAddrs(addrs)
+	}
+	if err == nil {
+		err = d.SetGUEPorts(opts.GUEPorts)
 	}
 	if err == nil {
 		err = d.SetAllow(allow)
@@ -230,6 +239,44 @@ func (d *Decap) SetAddrs(addrs []netip.Addr) error {
 		want[bpf.DecapAddrKey(addrKey(a))] = true
 	}
 	return replaceSet(d.objs.DecapAddrs, want, "decap addresses")
+}
+
+func checkGUEPorts(ports []uint16, limit int) error {
+	if slices.Contains(ports, 0) {
+		return fmt.Errorf("gue-port 0: want 1-65535")
+	}
+	if len(ports) > limit {
+		return fmt.Errorf("gue-port: %d ports, at most %d", len(ports), limit)
+	}
+	return nil
+}
+
+// SetGUEPorts replaces the UDP ports on which GUE is decapsulated.
+func (d *Decap) SetGUEPorts(ports []uint16) error {
+	if err := checkGUEPorts(ports, int(d.objs.DecapGuePorts.MaxEntries())); err != nil {
+		return err
+	}
+	want := map[uint16]bool{}
+	for _, p := range ports {
+		want[htons(p)] = true
+	}
+	return replaceSet(d.objs.DecapGuePorts, want, "decap GUE ports")
+}
+
+// GUEPorts reads the GUE ports back from the kernel, sorted.
+func (d *Decap) GUEPorts() ([]uint16, error) {
+	var k uint16
+	var v uint32
+	var out []uint16
+	it := d.objs.DecapGuePorts.Iterate()
+	for it.Next(&k, &v) {
+		out = append(out, ntohs(k))
+	}
+	if err := it.Err(); err != nil {
+		return nil, fmt.Errorf("read decap GUE ports: %w", err)
+	}
+	slices.Sort(out)
+	return out, nil
 }
 
 // replaceSet makes the keys of m, a map used as a set (every value 1),

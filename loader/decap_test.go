@@ -5,6 +5,7 @@ import (
 	"context"
 	"net/netip"
 	"slices"
+	"strings"
 	"testing"
 
 	"github.com/cilium/ebpf"
@@ -20,7 +21,7 @@ func newDecap(t testing.TB, addrs ...string) *Decap {
 	for _, a := range addrs {
 		as = append(as, netip.MustParseAddr(a))
 	}
-	d, err := AttachDecap(context.Background(), DecapOptions{Addrs: as})
+	d, err := AttachDecap(context.Background(), DecapOptions{Addrs: as, GUEPorts: []uint16{DefaultGUEPort, 5555}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -43,7 +44,8 @@ func runProg(t testing.TB, p *ebpf.Program, in []byte) (uint32, []byte) {
 // frame with the LB->backend MACs.
 func TestDecapRoundTrip(t *testing.T) {
 	f := newFixture(t, seed)
-	dc := newDecap(t, "10.1.0.11", "10.1.0.12", "10.1.0.13", "2001:db8:1::7", "2001:db8:1::8", "2001:db8:1::9")
+	dc := newDecap(t, "10.1.0.11", "10.1.0.12", "10.1.0.13", "2001:db8:1::7", "2001:db8:1::8", "2001:db8:1::9",
+		"10.1.0.31", "10.1.0.32", "2001:db8:1::e", "2001:db8:1::f")
 	cases := []struct {
 		name string
 		in   []byte
@@ -52,6 +54,11 @@ func TestDecapRoundTrip(t *testing.T) {
 		{"ipip v4 with options", pkt4(t, client4, "10.0.0.100:80", ackSeg, nopOptions...)},
 		{"ip6ip6", pkt6(t, client6, "[2001:db8::100]:443", ackSeg)},
 		{"ipv4 in ipv6", pkt4(t, client4, "10.0.0.102:80", synSeg)},
+		{"gue v4", pkt4(t, client4, "10.0.0.105:80", ackSeg)},
+		{"gue v4 with options", pkt4(t, client4, "10.0.0.105:80", ackSeg, nopOptions...)},
+		{"gue v4 udp, port 5555", pkt4(t, client4, "10.0.0.105:53", udpDg)},
+		{"gue v6", pkt6(t, client6, "[2001:db8::105]:443", ackSeg)},
+		{"gue ipv4 in ipv6", pkt4(t, client4, "10.0.0.106:53", udpDg)},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -96,6 +103,10 @@ func TestDecapLeavesOtherTrafficUntouched(t *testing.T) {
 			b[14+6] |= 0x20 // MF
 			return b
 		}()},
+		{"udp to the host on a port that is not GUE's", gueFrame(t, "172.16.0.1", "10.1.0.11", 6081, 0x45)},
+		{"gue variant 0 (a GUE header) is the stack's", gueFrame(t, "172.16.0.1", "10.1.0.11", DefaultGUEPort, 0x00)},
+		{"gue to another host", gueFrame(t, "172.16.0.1", "10.1.0.99", DefaultGUEPort, 0x45)},
+		{"truncated gue: no payload", gueFrame(t, "172.16.0.1", "10.1.0.11", DefaultGUEPort, 0x45)[:14+20+8]},
 	}
 	for _, tc := range cases {
 		act, out := runProg(t, dc.Program(), append([]byte(nil), tc.in...))
@@ -124,6 +135,57 @@ func encapFrame(t testing.TB, src, dst string) []byte {
 	}
 	ip := &layers.IPv6{Version: 6, HopLimit: 64, NextHeader: layers.IPProtocolIPv4, SrcIP: s.AsSlice(), DstIP: d.AsSlice()}
 	return serialize(t, eth(layers.EthernetTypeIPv6), ip, gopacket.Payload(inner))
+}
+
+// gueFrame is UDP from src to dst:port whose payload is a client's SYN
+// with its first byte set to first (0x45: GUE variant 1 carrying IPv4).
+func gueFrame(t testing.TB, src, dst string, port uint16, first byte) []byte {
+	t.Helper()
+	inner := pkt4(t, client4, "10.0.0.100:80", synSeg)[14:54]
+	inner[0] = first
+	ip := &layers.IPv4{Version: 4, TTL: 64, Protocol: layers.IPProtocolUDP,
+		SrcIP: netip.MustParseAddr(src).AsSlice(), DstIP: netip.MustParseAddr(dst).AsSlice()}
+	udp := &layers.UDP{SrcPort: 50000, DstPort: layers.UDPPort(port)}
+	if err := udp.SetNetworkLayerForChecksum(ip); err != nil {
+		t.Fatal(err)
+	}
+	return serialize(t, eth(layers.EthernetTypeIPv4), ip, udp, gopacket.Payload(inner))
+}
+
+// TestDecapGUEPorts: the GUE ports read back as set, are replaced whole,
+// and a GUE datagram from outside the allow list is refused.
+func TestDecapGUEPorts(t *testing.T) {
+	dc := newDecap(t, "10.1.0.11")
+	got, err := dc.GUEPorts()
+	if err != nil || !slices.Equal(got, []uint16{5555, DefaultGUEPort}) {
+		t.Fatalf("GUE ports = %v, %v; want [5555 %d]", got, err, DefaultGUEPort)
+	}
+	if act, _ := runProg(t, dc.Program(), gueFrame(t, "198.51.100.7", "10.1.0.11", 5555, 0x45)); act != xdpDrop {
+		t.Errorf("gue from outside the allow list: action %d, want drop", act)
+	}
+	if err := dc.SetGUEPorts([]uint16{7000}); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ = dc.GUEPorts(); !slices.Equal(got, []uint16{7000}) {
+		t.Fatalf("GUE ports after replace = %v, want [7000]", got)
+	}
+	in := gueFrame(t, "172.16.0.1", "10.1.0.11", 5555, 0x45)
+	if act, out := runProg(t, dc.Program(), append([]byte(nil), in...)); act != xdpPass || !bytes.Equal(out, in) {
+		t.Errorf("gue to a port no longer configured: action %d, changed %v", act, !bytes.Equal(out, in))
+	}
+	if act, out := runProg(t, dc.Program(), gueFrame(t, "172.16.0.1", "10.1.0.11", 7000, 0x45)); act != xdpPass || len(out) < 14 || out[14] != 0x45 {
+		t.Errorf("gue to the new port: action %d, inner first byte %x", act, out[14])
+	}
+	if err := dc.SetGUEPorts([]uint16{0}); err == nil || !strings.Contains(err.Error(), "gue-port 0") {
+		t.Errorf("port 0 accepted: %v", err)
+	}
+	c, err := dc.Counters()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c != (DecapCounters{Decapsulated: Counter{1, 82}, Passed: Counter{1, 82}, Refused: Counter{1, 82}}) {
+		t.Fatalf("decap counters: %+v", c)
+	}
 }
 
 // TestDecapAllowFrom: only outer sources in the allow list are

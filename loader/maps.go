@@ -99,8 +99,13 @@ func (d *Datapath) SetVIP(k VIPKey, v VIP) (bool, error) {
 	if v.ID >= MaxVIPs {
 		return false, fmt.Errorf("vip %s: id %d out of range (max %d)", k, v.ID, MaxVIPs-1)
 	}
-	if v.Forward != ForwardIPIP && v.Forward != ForwardDSR {
-		return false, fmt.Errorf("vip %s: forward mode %d: want ipip or dsr", k, v.Forward)
+	if v.Forward != ForwardIPIP && v.Forward != ForwardDSR && v.Forward != ForwardGUE {
+		return false, fmt.Errorf("vip %s: forward mode %d: want ipip, gue or dsr", k, v.Forward)
+	}
+	if v.Forward != ForwardGUE {
+		v.GUEPort = 0
+	} else if v.GUEPort == 0 {
+		v.GUEPort = DefaultGUEPort
 	}
 	if v.UDPTimeout <= 0 {
 		v.UDPTimeout = DefaultUDPTimeout
@@ -118,7 +123,7 @@ func (d *Datapath) SetVIP(k VIPKey, v VIP) (bool, error) {
 		}
 	}
 	cur, ok := vips[rk]
-	raw := bpf.LbVipInfo{Id: v.ID, Forward: uint8(v.Forward), UdpTimeoutNs: uint64(v.UDPTimeout), RingSlot: v.ID * 2}
+	raw := bpf.LbVipInfo{Id: v.ID, Forward: uint8(v.Forward), GuePort: htons(v.GUEPort), UdpTimeoutNs: uint64(v.UDPTimeout), RingSlot: v.ID * 2}
 	if ok && cur.Id == v.ID {
 		raw.RingSlot, raw.RingSize = cur.RingSlot, cur.RingSize
 	}
@@ -179,7 +184,7 @@ func (d *Datapath) VIPs() (map[VIPKey]VIP, error) {
 	out := make(map[VIPKey]VIP, len(raw))
 	for k, v := range raw {
 		out[vipKeyFromRaw(k)] = VIP{
-			ID: v.Id, Forward: Forward(v.Forward), UDPTimeout: time.Duration(v.UdpTimeoutNs),
+			ID: v.Id, Forward: Forward(v.Forward), GUEPort: ntohs(v.GuePort), UDPTimeout: time.Duration(v.UdpTimeoutNs),
 			RingSlot: v.RingSlot, RingSize: v.RingSize,
 		}
 	}

@@ -29,9 +29,7 @@ func flowHash(src, dst netip.AddrPort, proto Proto, seed uint32) uint32 {
 
 func encapEntropy(src netip.AddrPort) uint32 {
 	w := addrWords(src.Addr())
-	x := w[0] ^ w[1] ^ w[2] ^ w[3]
-	sp := rawPort(src.Port())
-	x ^= sp<<16 | sp
+	x := (w[0] ^ w[1] ^ w[2] ^ w[3] ^ rawPort(src.Port())) * 0x9e3779b1
 	return x ^ x>>16
 }
 

@@ -59,7 +59,11 @@ type Forward uint8
 const (
 	ForwardIPIP = Forward(bpf.LbSluiceForwardSLUICE_FWD_IPIP)
 	ForwardDSR  = Forward(bpf.LbSluiceForwardSLUICE_FWD_DSR)
+	ForwardGUE  = Forward(bpf.LbSluiceForwardSLUICE_FWD_GUE)
 )
+
+// DefaultGUEPort is the UDP port GUE is sent to when a VIP names none.
+const DefaultGUEPort = 6080
 
 func (f Forward) String() string {
 	switch f {
@@ -67,19 +71,26 @@ func (f Forward) String() string {
 		return "ipip"
 	case ForwardDSR:
 		return "dsr"
+	case ForwardGUE:
+		return "gue"
 	}
 	return fmt.Sprintf("forward(%d)", uint8(f))
 }
 
-// ParseForward parses "ipip" or "dsr".
+// Encapsulates reports whether f wraps packets in an outer IP header.
+func (f Forward) Encapsulates() bool { return f == ForwardIPIP || f == ForwardGUE }
+
+// ParseForward parses "ipip", "gue" or "dsr".
 func ParseForward(s string) (Forward, error) {
 	switch strings.ToLower(s) {
 	case "ipip":
 		return ForwardIPIP, nil
 	case "dsr":
 		return ForwardDSR, nil
+	case "gue":
+		return ForwardGUE, nil
 	}
-	return 0, fmt.Errorf("forward mode %q: want ipip or dsr", s)
+	return 0, fmt.Errorf("forward mode %q: want ipip, gue or dsr", s)
 }
 
 // VIPKey names a virtual service. Port 0 matches every port.
@@ -98,6 +109,7 @@ func (k VIPKey) String() string {
 type VIP struct {
 	ID         uint32 // 0 .. MaxVIPs-1, chosen by the control plane
 	Forward    Forward
+	GUEPort    uint16 // forward gue: the UDP destination port (0: DefaultGUEPort)
 	UDPTimeout time.Duration
 	RingSlot   uint32 // read-only: the active ring's slot
 	RingSize   uint32 // read-only: the active ring's size
@@ -187,6 +199,7 @@ const (
 	StatSyncLost        = Stat(bpf.LbSluiceStatSLUICE_STAT_SYNC_LOST)
 	StatPassOtherHost   = Stat(bpf.LbSluiceStatSLUICE_STAT_PASS_OTHER_HOST)
 	StatDropVIPClosed   = Stat(bpf.LbSluiceStatSLUICE_STAT_DROP_VIP_CLOSED)
+	StatTxGUE           = Stat(bpf.LbSluiceStatSLUICE_STAT_TX_GUE)
 	numStats            = int(bpf.LbSluiceStatSLUICE_STAT_MAX)
 )
 
@@ -209,6 +222,7 @@ var statNames = [...]string{
 	StatSyncLost:        "sync_lost",
 	StatPassOtherHost:   "pass_other_host",
 	StatDropVIPClosed:   "drop_vip_closed",
+	StatTxGUE:           "tx_gue",
 }
 
 func (s Stat) String() string {
@@ -221,7 +235,7 @@ func (s Stat) String() string {
 // IsOutcome reports whether s is a per-packet outcome (each packet lands in
 // exactly one) rather than an event counted on top.
 func (s Stat) IsOutcome() bool {
-	return s <= StatDropEncap || s == StatPassOtherHost || s == StatDropVIPClosed
+	return s <= StatDropEncap || s == StatPassOtherHost || s == StatDropVIPClosed || s == StatTxGUE
 }
 
 // AllStats lists every global counter.

@@ -20,7 +20,8 @@ import (
 )
 
 // Backend is a host that serves the VIPs: the VIPs sit on its loopback, the
-// decap program strips IPIP addressed to it, and TCP and UDP servers reply
+// decap program strips IPIP, and GUE to loader.DefaultGUEPort, addressed
+// to it, and TCP and UDP servers reply
 // with its name.
 type Backend struct {
 	*Host
@@ -91,7 +92,7 @@ func (e *Env) AddBackend(ctx context.Context, name string, addr netip.Prefix, op
 	err = h.Do(func() error {
 		var err error
 		b.Decap, err = loader.AttachDecap(ctx, loader.DecapOptions{Iface: h.Link, Mode: loader.ModeNative,
-			PinRoot: e.PinRoot(), Addrs: addrs, Logger: e.log})
+			PinRoot: e.PinRoot(), Addrs: addrs, GUEPorts: []uint16{loader.DefaultGUEPort}, Logger: e.log})
 		return err
 	})
 	if err != nil {

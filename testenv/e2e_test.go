@@ -74,7 +74,7 @@ func connectAll(t *testing.T, lab *Lab) []string {
 
 func TestEndToEndSpreadAndDeterminism(t *testing.T) {
 	testutil.Require(t)
-	for _, fwd := range []loader.Forward{loader.ForwardIPIP, loader.ForwardDSR} {
+	for _, fwd := range []loader.Forward{loader.ForwardIPIP, loader.ForwardGUE, loader.ForwardDSR} {
 		t.Run(fwd.String(), func(t *testing.T) {
 			var runs [2][]string
 			for r := range runs {
@@ -100,7 +100,7 @@ func TestEndToEndSpreadAndDeterminism(t *testing.T) {
 				if err != nil {
 					t.Fatal(err)
 				}
-				tx := stats[loader.StatTxIPIP].Packets + stats[loader.StatTxDSR].Packets
+				tx := stats[loader.StatTxIPIP].Packets + stats[loader.StatTxGUE].Packets + stats[loader.StatTxDSR].Packets
 				if tx < 3*e2eConns {
 					t.Errorf("the XDP program forwarded only %d packets for %d connections", tx, e2eConns)
 				}

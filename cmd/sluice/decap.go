@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 	"net/netip"
+	"strconv"
 
 	"github.com/urfave/cli/v2"
 
@@ -14,7 +15,7 @@ func decapCommand() *cli.Command {
 	pinRoot := &cli.StringFlag{Name: "pin-root", Value: loader.DefaultPinRoot, Usage: "bpffs directory to pin under"}
 	return &cli.Command{
 		Name:  "decap",
-		Usage: "on a backend host: strip IPIP/IP6IP6 addressed to it (pinned, outlives the command)",
+		Usage: "on a backend host: strip IPIP/IP6IP6 and GUE addressed to it (pinned, outlives the command)",
 		Subcommands: []*cli.Command{
 			{
 				Name:  "attach",
@@ -25,6 +26,7 @@ func decapCommand() *cli.Command {
 					&cli.StringSliceFlag{Name: "addr", Usage: "outer destination to decapsulate (default: every address of --iface)"},
 					&cli.StringSliceFlag{Name: "allow-from", Usage: "outer source PREFIX to accept, besides the subnets of --iface and sluice's default outer sources 172.16.0.0/16 and fd00:5:1ce::/96 (repeatable)"},
 					&cli.BoolFlag{Name: "allow-only", Usage: "accept the --allow-from prefixes alone, without the defaults"},
+					&cli.StringSliceFlag{Name: "gue-port", Usage: fmt.Sprintf("UDP port on which GUE (variant 1) arrives, e.g. %d: every datagram to it from an allowed source is decapsulated, the others dropped (repeatable; default none)", loader.DefaultGUEPort)},
 				},
 				Action: decapAttach,
 			},
@@ -76,11 +78,19 @@ func decapAttach(c *cli.Context) error {
 		}
 		allow = append(allow, p)
 	}
+	var gue []uint16
+	for _, s := range c.StringSlice("gue-port") {
+		p, err := strconv.ParseUint(s, 10, 16)
+		if err != nil || p == 0 {
+			return fmt.Errorf("--gue-port %q: want a port 1-65535", s)
+		}
+		gue = append(gue, uint16(p))
+	}
 	if c.Bool("allow-only") && len(allow) == 0 {
 		return fmt.Errorf("--allow-only: needs at least one --allow-from, or every encapsulated packet is refused")
 	}
 	d, err := loader.AttachDecap(c.Context, loader.DecapOptions{Iface: c.String("iface"), Mode: mode, Addrs: addrs,
-		AllowFrom: allow, AllowOnly: c.Bool("allow-only"), PinRoot: c.String("pin-root")})
+		AllowFrom: allow, AllowOnly: c.Bool("allow-only"), GUEPorts: gue, PinRoot: c.String("pin-root")})
 	if err != nil {
 		return err
 	}
@@ -92,6 +102,7 @@ func decapAttach(c *cli.Context) error {
 type decapReport struct {
 	Iface     string               `json:"iface"`
 	AllowFrom []netip.Prefix       `json:"allow_from"`
+	GUEPorts  []uint16             `json:"gue_ports"`
 	Counters  loader.DecapCounters `json:"counters"`
 }
 
@@ -112,6 +123,9 @@ func decapStatus(c *cli.Context) error {
 	if r.AllowFrom, err = d.Allowed(); err != nil {
 		return err
 	}
+	if r.GUEPorts, err = d.GUEPorts(); err != nil {
+		return err
+	}
 	return output(c, asJSON, r, func(r decapReport) error {
 		w := newTable(c.App.Writer)
 		fmt.Fprintf(w, "decapsulated\t%d packets\t%d bytes\n", r.Counters.Decapsulated.Packets, r.Counters.Decapsulated.Bytes)
@@ -119,6 +133,9 @@ func decapStatus(c *cli.Context) error {
 		fmt.Fprintf(w, "refused\t%d packets\t%d bytes\n", r.Counters.Refused.Packets, r.Counters.Refused.Bytes)
 		for _, p := range r.AllowFrom {
 			fmt.Fprintf(w, "allow-from\t%s\t\n", p)
+		}
+		for _, p := range r.GUEPorts {
+			fmt.Fprintf(w, "gue-port\t%d\t\n", p)
 		}
 		return w.Flush()
 	})

@@ -26,7 +26,8 @@ func vipAddCommand() *cli.Command {
 	return &cli.Command{
 		Name: "add", Usage: "add a VIP", ArgsUsage: "ADDR:PORT/PROTO",
 		Flags: []cli.Flag{socketFlag(),
-			&cli.StringFlag{Name: "forward", Value: "ipip", Usage: "ipip or dsr"},
+			&cli.StringFlag{Name: "forward", Value: "ipip", Usage: "ipip, gue (IP in UDP: backends' RSS spreads it) or dsr"},
+			&cli.UintFlag{Name: "gue-port", Usage: fmt.Sprintf("forward gue: the backends' GUE UDP port (default %d)", loader.DefaultGUEPort)},
 			&cli.UintFlag{Name: "ring-size", Value: state.DefaultRingSize, Usage: "Maglev ring size (a prime)"},
 			&cli.IntFlag{Name: "min-active", Value: state.DefaultMinActive, Usage: "standbys join the ring below this many usable actives"},
 			&cli.StringFlag{Name: "udp-timeout", Value: "30s", Usage: "idle time after which a UDP flow is re-hashed"},
@@ -59,8 +60,15 @@ func vipAddRequest(c *cli.Context) (api.VIPAddRequest, error) {
 	if err != nil {
 		return api.VIPAddRequest{}, err
 	}
-	if _, err := loader.ParseForward(c.String("forward")); err != nil {
+	fwd, err := loader.ParseForward(c.String("forward"))
+	if err != nil {
 		return api.VIPAddRequest{}, fmt.Errorf("--forward: %w", err)
+	}
+	if c.IsSet("gue-port") && fwd != loader.ForwardGUE {
+		return api.VIPAddRequest{}, fmt.Errorf("--gue-port: only with --forward gue")
+	}
+	if c.Uint("gue-port") > 65535 || c.IsSet("gue-port") && c.Uint("gue-port") == 0 {
+		return api.VIPAddRequest{}, fmt.Errorf("--gue-port %d: want 1-65535", c.Uint("gue-port"))
 	}
 	if !maglev.IsPrime(uint32(c.Uint("ring-size"))) || c.Uint("ring-size") > loader.MaxRingSize {
 		return api.VIPAddRequest{}, fmt.Errorf("--ring-size %d: must be a prime up to %d (e.g. 4099, 65537, 655373)", c.Uint("ring-size"), loader.MaxRingSize)
@@ -82,7 +90,7 @@ func vipAddRequest(c *cli.Context) (api.VIPAddRequest, error) {
 	if policy == state.PolicyFailover {
 		hookTimeout = c.String("hook-timeout")
 	}
-	return api.VIPAddRequest{VIP: vip, Forward: c.String("forward"),
+	return api.VIPAddRequest{VIP: vip, Forward: c.String("forward"), GUEPort: uint16(c.Uint("gue-port")),
 		RingSize: uint32(c.Uint("ring-size")), MinActive: c.Int("min-active"), UDPTimeout: c.String("udp-timeout"),
 		Policy: policy, PromoteCmd: c.String("promote-cmd"), PromoteURL: c.String("promote-url"),
 		DemoteCmd: c.String("demote-cmd"), HookTimeout: hookTimeout, Failback: c.Bool("failback")}, nil
@@ -123,7 +131,11 @@ func printVIPs(w io.Writer, vips []state.VIP) error {
 	tw := newTable(w)
 	fmt.Fprintln(tw, "VIP\tFORWARD\tRING\tMIN-ACTIVE\tUDP-TIMEOUT\tBACKENDS")
 	for _, v := range vips {
-		fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%s\t%d\n", v.VIP, v.Forward, v.RingSize, v.MinActive, time.Duration(v.UDPTimeout), len(v.Backends))
+		fwd := v.Forward
+		if v.GUEPort != 0 {
+			fwd = fmt.Sprintf("%s:%d", fwd, v.GUEPort)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%s\t%d\n", v.VIP, fwd, v.RingSize, v.MinActive, time.Duration(v.UDPTimeout), len(v.Backends))
 	}
 	return tw.Flush()
 }

@@ -11,6 +11,7 @@ import "github.com/sluicelb/sluice/control/state"
 type VIPAddRequest struct {
 	VIP         string `json:"vip"`
 	Forward     string `json:"forward"`
+	GUEPort     uint16 `json:"gue_port,omitempty"`
 	RingSize    uint32 `json:"ring_size"`
 	MinActive   int    `json:"min_active"`
 	UDPTimeout  string `json:"udp_timeout"`

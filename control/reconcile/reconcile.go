@@ -204,7 +204,7 @@ func (a *applying) vip(v state.VIP) error {
 		return err
 	}
 	fwd, _ := loader.ParseForward(v.Forward)
-	if err := a.count(r.dp.SetVIP(k, loader.VIP{ID: id, Forward: fwd, UDPTimeout: time.Duration(v.UDPTimeout)})); err != nil {
+	if err := a.count(r.dp.SetVIP(k, loader.VIP{ID: id, Forward: fwd, GUEPort: v.GUEPort, UDPTimeout: time.Duration(v.UDPTimeout)})); err != nil {
 		return err
 	}
 	view := map[netip.Addr]BackendView{}

@@ -53,8 +53,10 @@ type State struct {
 
 // VIP is one virtual service.
 type VIP struct {
-	VIP        string    `json:"vip" yaml:"vip"` // ADDR:PORT/PROTO
-	Forward    string    `json:"forward" yaml:"forward"`
+	VIP     string `json:"vip" yaml:"vip"` // ADDR:PORT/PROTO
+	Forward string `json:"forward" yaml:"forward"`
+	// GUEPort is forward gue's UDP destination (default loader.DefaultGUEPort).
+	GUEPort    uint16    `json:"gue_port,omitempty" yaml:"gue_port,omitempty"`
 	RingSize   uint32    `json:"ring_size" yaml:"ring_size"`
 	MinActive  int       `json:"min_active" yaml:"min_active"`
 	UDPTimeout Duration  `json:"udp_timeout" yaml:"udp_timeout"`
@@ -195,6 +197,9 @@ func (s *State) Normalize() {
 		if v.Forward == "" {
 			v.Forward = "ipip"
 		}
+		if v.Forward == "gue" && v.GUEPort == 0 {
+			v.GUEPort = loader.DefaultGUEPort
+		}
 		if v.RingSize == 0 {
 			v.RingSize = DefaultRingSize
 		}
@@ -291,6 +296,9 @@ func (v *VIP) validate(where string, k loader.VIPKey) error {
 	if err != nil {
 		return fmt.Errorf("%s.forward: %w", where, err)
 	}
+	if v.GUEPort != 0 && fwd != loader.ForwardGUE {
+		return fmt.Errorf("%s.gue_port %d: only with forward gue", where, v.GUEPort)
+	}
 	if v.RingSize < 2 || v.RingSize > loader.MaxRingSize || !maglev.IsPrime(v.RingSize) {
 		return fmt.Errorf("%s.ring_size %d: must be a prime up to %d (e.g. 4099, 65537, 655373)", where, v.RingSize, loader.MaxRingSize)
 	}
@@ -314,7 +322,7 @@ func (v *VIP) validate(where string, k loader.VIPKey) error {
 			return fmt.Errorf("%s.addr %s: listed twice", bw, a)
 		}
 		addrs[a] = true
-		if k.Addr.Is6() && a.Is4() && fwd == loader.ForwardIPIP {
+		if k.Addr.Is6() && a.Is4() && fwd.Encapsulates() {
 			return fmt.Errorf("%s.addr %s: an IPv6 VIP cannot be encapsulated to an IPv4 backend", bw, a)
 		}
 		if err := b.validate(bw); err != nil {

@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"pgregory.net/rapid"
+
+	"github.com/sluicelb/sluice/loader"
 )
 
 // genState draws a valid desired state.
@@ -144,18 +146,20 @@ func TestCommitIsAtomicAndRevisioned(t *testing.T) {
 
 func TestValidateNamesTheField(t *testing.T) {
 	cases := map[string]VIP{
-		"vips[0].vip":                       {VIP: "10.0.0.1/tcp"},
-		"vips[0] (10.0.0.1:80/tcp).forward": {VIP: "10.0.0.1:80/tcp", Forward: "nat"},
-		"ring_size 100":                     {VIP: "10.0.0.1:80/tcp", RingSize: 100},
-		"backends[0].addr":                  {VIP: "10.0.0.1:80/tcp", Backends: []Backend{{Addr: "nope"}}},
-		"backends[0].mac":                   {VIP: "10.0.0.1:80/tcp", Backends: []Backend{{Addr: "10.0.0.2", MAC: "zz"}}},
-		"backends[0].check.type":            {VIP: "10.0.0.1:80/tcp", Backends: []Backend{{Addr: "10.0.0.2", Check: Check{Type: "icmp"}}}},
-		"backends[0].check.codes":           {VIP: "10.0.0.1:80/tcp", Backends: []Backend{{Addr: "10.0.0.2", Check: Check{Type: "http", Codes: "abc"}}}},
-		"backends[0].check.on_error":        {VIP: "10.0.0.1:80/tcp", Backends: []Backend{{Addr: "10.0.0.2", Check: Check{OnError: "panic"}}}},
-		"check.service, tls: only for grpc": {VIP: "10.0.0.1:80/tcp", Backends: []Backend{{Addr: "10.0.0.2", Check: Check{Type: "http", Service: "model"}}}},
-		"backends[0].check.service":         {VIP: "10.0.0.1:80/tcp", Backends: []Backend{{Addr: "10.0.0.2", Check: Check{Type: "grpc", Service: "a b"}}}},
-		"cannot be encapsulated to an IPv4": {VIP: "[2001:db8::1]:80/tcp", Backends: []Backend{{Addr: "10.0.0.2"}}},
-		"backends[1].addr 10.0.0.2: listed": {VIP: "10.0.0.1:80/tcp", Backends: []Backend{{Addr: "10.0.0.2"}, {Addr: "10.0.0.2"}}},
+		"vips[0].vip":                        {VIP: "10.0.0.1/tcp"},
+		"vips[0] (10.0.0.1:80/tcp).forward":  {VIP: "10.0.0.1:80/tcp", Forward: "nat"},
+		"ring_size 100":                      {VIP: "10.0.0.1:80/tcp", RingSize: 100},
+		"backends[0].addr":                   {VIP: "10.0.0.1:80/tcp", Backends: []Backend{{Addr: "nope"}}},
+		"backends[0].mac":                    {VIP: "10.0.0.1:80/tcp", Backends: []Backend{{Addr: "10.0.0.2", MAC: "zz"}}},
+		"backends[0].check.type":             {VIP: "10.0.0.1:80/tcp", Backends: []Backend{{Addr: "10.0.0.2", Check: Check{Type: "icmp"}}}},
+		"backends[0].check.codes":            {VIP: "10.0.0.1:80/tcp", Backends: []Backend{{Addr: "10.0.0.2", Check: Check{Type: "http", Codes: "abc"}}}},
+		"backends[0].check.on_error":         {VIP: "10.0.0.1:80/tcp", Backends: []Backend{{Addr: "10.0.0.2", Check: Check{OnError: "panic"}}}},
+		"check.service, tls: only for grpc":  {VIP: "10.0.0.1:80/tcp", Backends: []Backend{{Addr: "10.0.0.2", Check: Check{Type: "http", Service: "model"}}}},
+		"backends[0].check.service":          {VIP: "10.0.0.1:80/tcp", Backends: []Backend{{Addr: "10.0.0.2", Check: Check{Type: "grpc", Service: "a b"}}}},
+		"cannot be encapsulated to an IPv4":  {VIP: "[2001:db8::1]:80/tcp", Backends: []Backend{{Addr: "10.0.0.2"}}},
+		"an IPv6 VIP cannot be encapsulated": {VIP: "[2001:db8::1]:80/tcp", Forward: "gue", Backends: []Backend{{Addr: "10.0.0.2"}}},
+		"gue_port 6080: only with forward":   {VIP: "10.0.0.1:80/tcp", Forward: "dsr", GUEPort: 6080},
+		"backends[1].addr 10.0.0.2: listed":  {VIP: "10.0.0.1:80/tcp", Backends: []Backend{{Addr: "10.0.0.2"}, {Addr: "10.0.0.2"}}},
 	}
 	for want, v := range cases {
 		s := State{VIPs: []VIP{v}}
@@ -163,6 +167,20 @@ func TestValidateNamesTheField(t *testing.T) {
 		err := s.Validate()
 		if err == nil || !bytes.Contains([]byte(err.Error()), []byte(want)) {
 			t.Errorf("%+v: error %v, want it to name %q", v, err, want)
+		}
+	}
+}
+
+// TestNormalizeGUEPort: forward gue gets the default port, and only it.
+func TestNormalizeGUEPort(t *testing.T) {
+	s := State{VIPs: []VIP{{VIP: "10.0.0.1:80/tcp", Forward: "GUE"}, {VIP: "10.0.0.1:81/tcp", Forward: "gue", GUEPort: 5555}, {VIP: "10.0.0.1:82/tcp"}}}
+	s.Normalize()
+	if err := s.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	for i, want := range []uint16{loader.DefaultGUEPort, 5555, 0} {
+		if s.VIPs[i].GUEPort != want {
+			t.Errorf("%s: gue_port %d, want %d", s.VIPs[i].VIP, s.VIPs[i].GUEPort, want)
 		}
 	}
 }

@@ -14,6 +14,7 @@
 #include <linux/tcp.h>
 #include <linux/udp.h>
 #include "sluice.h"
+#include "flow.h"
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
@@ -432,18 +433,6 @@ static __always_inline struct vip_info *find_vip(const struct pkt *p)
 	return probe_vip(table, &k);
 }
 
-static __always_inline __u32 flow_hash(const struct flow_key *k, __u32 seed)
-{
-	__u32 ports = ((__u32)k->sport << 16) | k->dport;
-
-	if (k->family == SLUICE_FAMILY_V4)
-		return jhash_3words(k->src[0], k->dst[0], ports, seed ^ k->proto);
-	__u32 h = jhash_4words(k->src, seed);
-
-	h = jhash_4words(k->dst, h);
-	return jhash_3words(ports, k->proto, 0, h);
-}
-
 /* A cheap per-flow value for the outer source address, flow label and
  * GUE source port, so that backends' RSS spreads encapsulated traffic: the
  * client address words folded with the client port, multiplied (Knuth's
@@ -463,38 +452,6 @@ static __always_inline struct backend *usable_backend(__u32 idx, __u32 vip_id)
 	if (!b || !(b->flags & SLUICE_BACKEND_USABLE) || b->vip_id != vip_id)
 		return NULL;
 	return b;
-}
-
-/* The new-flow guard: allows cfg->new_flow_limit table inserts per CPU per
- * window of at least a second. The clock is read when a window opens, then
- * only once its budget is spent, every 256th skipped flow: flows under the
- * limit cost no clock read. */
-static __always_inline int over_new_flow_limit(const struct config *cfg)
-{
-	__u32 zero = 0;
-	struct flood_state *f;
-
-	if (!cfg->new_flow_limit)
-		return 0;
-	f = bpf_map_lookup_elem(&flood, &zero);
-	if (!f)
-		return 0;
-	if (f->count < cfg->new_flow_limit) {
-		if (f->count++ == 0)
-			f->window_ns = bpf_ktime_get_coarse_ns(); /* once per window */
-		return 0;
-	}
-	if ((f->skipped++ & 255) == 0) {
-		__u64 now = bpf_ktime_get_coarse_ns();
-
-		if (now - f->window_ns >= 1000000000ULL) {
-			f->window_ns = now;
-			f->count = 1;
-			f->skipped = 0;
-			return 0;
-		}
-	}
-	return 1;
 }
 
 /* Reports a connection-table write to the daemon for flow sync. A full
@@ -594,7 +551,7 @@ static __always_inline struct backend *select_backend(struct pkt *p, const struc
 
 		if (p->key.proto == IPPROTO_UDP && !now)
 			ns.atime_ns = bpf_ktime_get_coarse_ns();
-		if (over_new_flow_limit(cfg)) {
+		if (over_new_flow_limit(cfg->new_flow_limit, &flood)) {
 			add(&stats, SLUICE_STAT_CT_FLOOD_SKIP, 0);
 		} else {
 			if (v4)

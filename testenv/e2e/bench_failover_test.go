@@ -175,25 +175,8 @@ func BenchmarkFailover(b *testing.B) {
 	}
 	fmt.Println(table)
 	if doc := os.Getenv("SLUICE_BENCH_DOC"); doc != "" {
-		if err := replaceSection(doc, "bench-failover", table); err != nil {
+		if err := testutil.ReplaceSection(doc, "bench-failover", table); err != nil {
 			b.Fatal(err)
 		}
 	}
-}
-
-// replaceSection rewrites the text between <!-- NAME:begin --> and
-// <!-- NAME:end --> in a file.
-func replaceSection(path, name, body string) error {
-	raw, err := os.ReadFile(path)
-	if err != nil {
-		return err
-	}
-	s := string(raw)
-	begin, end := "<!-- "+name+":begin -->", "<!-- "+name+":end -->"
-	i, j := strings.Index(s, begin), strings.Index(s, end)
-	if i < 0 || j < i {
-		return fmt.Errorf("%s: no %s ... %s markers", path, begin, end)
-	}
-	s = s[:i+len(begin)] + "\n" + body + "\n" + s[j:]
-	return os.WriteFile(path, []byte(s), 0o644)
 }

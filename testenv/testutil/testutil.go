@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 )
@@ -71,4 +72,30 @@ func WaitCount(t testing.TB, count func() int64, target int64, timeout time.Dura
 		}
 		time.Sleep(time.Millisecond)
 	}
+}
+
+// ReplaceSection rewrites the text between <!-- NAME:begin --> and
+// <!-- NAME:end --> in a file (a benchmark's table in the docs), through a
+// temporary file and a rename, so a failed write leaves the file whole.
+func ReplaceSection(path, name, body string) error {
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		return err
+	}
+	s := string(raw)
+	begin, end := "<!-- "+name+":begin -->", "<!-- "+name+":end -->"
+	i, j := strings.Index(s, begin), strings.Index(s, end)
+	if i < 0 || j < i {
+		return fmt.Errorf("%s: no %s ... %s markers", path, begin, end)
+	}
+	s = s[:i+len(begin)] + "\n" + body + "\n" + s[j:]
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, []byte(s), 0o644); err != nil {
+		return err
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		os.Remove(tmp)
+		return fmt.Errorf("replace %s: %w", path, err)
+	}
+	return nil
 }

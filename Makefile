@@ -8,7 +8,7 @@ STATICCHECK ?= honnef.co/go/tools/cmd/staticcheck@v0.8.2
 # Root's PATH under sudo often lacks Go: look where the official tarball puts it.
 export PATH := $(PATH):/usr/local/go/bin:/usr/lib/go/bin
 
-.PHONY: all build generate check-generated test lint bench bench-failover demo fuzz soak vagrant-validate clean need-go need-clang need-root need-tools
+.PHONY: all build generate check-generated test test-kernel lint bench bench-failover demo fuzz soak vagrant-validate clean need-go need-clang need-root need-tools
 
 all: build
 
@@ -47,6 +47,11 @@ check-generated: generate
 
 test: need-go need-root need-tools
 	$(GO) test -p 1 -count=1 -timeout 60m ./...
+
+# Boot Debian 12's Linux 6.1 in qemu (TCG without KVM) and run the packet
+# tests there: the README's kernel claim, checked (testenv/kernel/run.sh).
+test-kernel: need-go need-root
+	GO=$(GO) testenv/kernel/run.sh
 
 lint: need-go
 	@test -z "$$(gofmt -l .)" || { gofmt -l .; echo "error: gofmt needed"; exit 1; }

@@ -123,11 +123,15 @@ func Load(ctx context.Context, opts Options) (*Datapath, error) {
 	spec.Maps[bpf.LbMapFlows4].MaxEntries = size
 	spec.Maps[bpf.LbMapFlows6].MaxEntries = size
 	// Inner maps are created often (every swap): drop their BTF, which the
-	// kernel would otherwise load anew for each.
+	// kernel would otherwise load anew for each. The outer maps' templates
+	// drop it too: before Linux 6.2 an inner map must match its template
+	// in having BTF or not (its timer offset is -ENOENT with BTF, -EINVAL
+	// without), or every swap fails with EINVAL (make test-kernel, 6.1).
+	for _, outer := range []string{bpf.LbMapRings, bpf.LbMapVips} {
+		spec.Maps[outer].InnerMap.Key, spec.Maps[outer].InnerMap.Value = nil, nil
+	}
 	d.ringTemplate = spec.Maps[bpf.LbMapRings].InnerMap.Copy()
-	d.ringTemplate.Key, d.ringTemplate.Value = nil, nil
 	d.vipTableTemplate = spec.Maps[bpf.LbMapVips].InnerMap.Copy()
-	d.vipTableTemplate.Key, d.vipTableTemplate.Value = nil, nil
 
 	var collOpts ebpf.CollectionOptions
 	if opts.Iface != "" {

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/urfave/cli/v2"
@@ -95,8 +94,8 @@ func statsCommand() *cli.Command {
 				if err := cl.do(c.Context, "GET", "/v1/status", nil, nil, &cur); err != nil {
 					return err
 				}
-				rates := statRates(prev, cur, c.Duration("every"))
-				if err := output(c, asJSON, rates, func(rs []rate) error { return printRates(c.App.Writer, rs) }); err != nil {
+				rates := api.Rates(prev, cur, c.Duration("every"))
+				if err := output(c, asJSON, rates, func(rs []api.Rate) error { return printRates(c.App.Writer, rs) }); err != nil {
 					return err
 				}
 				prev = cur
@@ -108,56 +107,13 @@ func statsCommand() *cli.Command {
 	}
 }
 
-func printRates(w io.Writer, rates []rate) error {
+func printRates(w io.Writer, rates []api.Rate) error {
 	tw := newTable(w)
 	fmt.Fprintln(tw, "VIP\tBACKEND\tSTATE\tPPS\tBPS\tSHARE")
 	for _, r := range rates {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%.0f\t%.0f\t%s\n", r.VIP, r.Backend, r.State, r.PPS, r.BPS, bar(r.Share))
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%.0f\t%.0f\t%s\n", r.VIP, r.Backend, r.State, r.PPS, r.BPS, api.ShareBar(r.Share))
 	}
 	return tw.Flush()
-}
-
-type rate struct {
-	VIP     string  `json:"vip"`
-	Backend string  `json:"backend,omitempty"`
-	State   string  `json:"state,omitempty"`
-	PPS     float64 `json:"pps"`
-	BPS     float64 `json:"bps"`
-	Share   float64 `json:"share"`
-}
-
-func statRates(prev, cur api.Status, every time.Duration) []rate {
-	old := map[string]uint64{}
-	oldB := map[string]uint64{}
-	for _, v := range prev.VIPs {
-		old[v.VIP] = v.Packets
-		oldB[v.VIP] = v.Bytes
-		for _, b := range v.Backends {
-			old[v.VIP+" "+b.Addr] = b.Packets
-			oldB[v.VIP+" "+b.Addr] = b.Bytes
-		}
-	}
-	sec := every.Seconds()
-	var out []rate
-	for _, v := range cur.VIPs {
-		vp := float64(v.Packets-old[v.VIP]) / sec
-		out = append(out, rate{VIP: v.VIP, PPS: vp, BPS: float64(v.Bytes-oldB[v.VIP]) / sec, Share: 1})
-		for _, b := range v.Backends {
-			k := v.VIP + " " + b.Addr
-			p := float64(b.Packets-old[k]) / sec
-			share := 0.0
-			if vp > 0 {
-				share = p / vp
-			}
-			out = append(out, rate{VIP: v.VIP, Backend: b.Addr, State: b.State, PPS: p, BPS: float64(b.Bytes-oldB[k]) / sec, Share: share})
-		}
-	}
-	return out
-}
-
-func bar(share float64) string {
-	n := int(share*30 + 0.5)
-	return strings.Repeat("█", max(0, min(30, n))) + fmt.Sprintf(" %5.1f%%", 100*share)
 }
 
 func eventsCommand() *cli.Command {

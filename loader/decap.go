@@ -265,6 +265,9 @@ func (d *Decap) SetGUEPorts(ports []uint16) error {
 
 // GUEPorts reads the GUE ports back from the kernel, sorted.
 func (d *Decap) GUEPorts() ([]uint16, error) {
+	if d.objs.DecapGuePorts == nil {
+		return nil, nil
+	}
 	var k uint16
 	var v uint32
 	var out []uint16
@@ -383,7 +386,11 @@ func OpenDecap(iface, pinRoot string) (*Decap, error) {
 	d := &Decap{pinDir: dir}
 	for name, m := range map[string]**ebpf.Map{
 		"decap_addrs": &d.objs.DecapAddrs, "decap_allow": &d.objs.DecapAllow, "decap_stats": &d.objs.DecapStats,
+		"decap_gue_ports": &d.objs.DecapGuePorts,
 	} {
+		if name == "decap_gue_ports" && !exists(filepath.Join(dir, name)) {
+			continue // pinned by a version without GUE: it has no ports
+		}
 		if *m, err = ebpf.LoadPinnedMap(filepath.Join(dir, name), nil); err != nil {
 			d.objs.Close()
 			if errors.Is(err, os.ErrNotExist) {
@@ -393,6 +400,11 @@ func OpenDecap(iface, pinRoot string) (*Decap, error) {
 		}
 	}
 	return d, nil
+}
+
+func exists(path string) bool {
+	_, err := os.Stat(path)
+	return err == nil
 }
 
 // DetachDecap removes the pinned decap program from iface.

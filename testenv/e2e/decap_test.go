@@ -43,6 +43,7 @@ func sendIPIP(h *testenv.Host, src, dst netip.Addr) error {
 
 type decapStatusJSON struct {
 	AllowFrom []netip.Prefix `json:"allow_from"`
+	GUEPorts  []uint16       `json:"gue_ports"`
 	Counters  map[string]struct {
 		Packets uint64 `json:"packets"`
 	} `json:"counters"`
@@ -68,7 +69,11 @@ func TestDecapAllowFromCLI(t *testing.T) {
 		!strings.Contains(string(out), `--allow-from "not-a-prefix"`) {
 		t.Fatalf("a bad --allow-from: %v\n%s", err, out)
 	}
-	run("decap", "attach", "--allow-from", "203.0.113.0/24")
+	if out, err := h.Command(context.Background(), sluiceBin, "decap", "attach", "--iface", h.Link, "--gue-port", "0").CombinedOutput(); err == nil ||
+		!strings.Contains(string(out), `--gue-port "0"`) {
+		t.Fatalf("--gue-port 0: %v\n%s", err, out)
+	}
+	run("decap", "attach", "--allow-from", "203.0.113.0/24", "--gue-port", "6080", "--gue-port", "7000")
 	var st decapStatusJSON
 	read := func() {
 		t.Helper()
@@ -81,6 +86,9 @@ func TestDecapAllowFromCLI(t *testing.T) {
 		netip.MustParsePrefix("203.0.113.0/24"), netip.MustParsePrefix("fd00:5:1ce::/96"), netip.MustParsePrefix("fd77::/64")}
 	if !slices.Equal(st.AllowFrom, want) {
 		t.Fatalf("allow list %v, want %v", st.AllowFrom, want)
+	}
+	if !slices.Equal(st.GUEPorts, []uint16{6080, 7000}) {
+		t.Fatalf("GUE ports %v, want [6080 7000]", st.GUEPorts)
 	}
 	dst := h.Addr.Addr()
 	// The refused ones go first: once the last allowed one is counted, the

@@ -24,6 +24,7 @@ need-tools:
 	@command -v nft >/dev/null 2>&1 || { echo "error: nft is missing (tests inject faults with it): apt-get install nftables"; exit 1; }
 	@command -v curl >/dev/null 2>&1 || { echo "error: curl is missing (the lab test uses it): apt-get install curl"; exit 1; }
 	@command -v promtool >/dev/null 2>&1 || { echo "error: promtool is missing (the alert rules' tests use it): apt-get install prometheus"; exit 1; }
+	@command -v tcpdump >/dev/null 2>&1 || { echo "error: tcpdump is missing (the capture test reads its pcap with it): apt-get install tcpdump"; exit 1; }
 	@command -v wrk >/dev/null 2>&1 || { echo "error: wrk is missing (the soak loads the pair with it): apt-get install wrk"; exit 1; }
 	@command -v etcd >/dev/null 2>&1 || { echo "error: etcd is missing (the lab's etcd cluster runs it): apt-get install etcd-server"; exit 1; }
 	@command -v bird >/dev/null 2>&1 || { echo "error: bird is missing (the BGP tests' router runs it): apt-get install bird2"; exit 1; }

@@ -29,6 +29,41 @@ type LbBackend struct {
 	Mac    [6]uint8
 }
 
+type LbCaptureCfg struct {
+	_       structs.HostLayout
+	On      uint32
+	VipId   uint32
+	Backend uint32
+	Dirs    uint32
+	Snaplen uint32
+	Rate    uint32
+	Owner   uint32
+	Session uint32
+	UntilNs uint64
+}
+
+type LbCaptureRec struct {
+	_       structs.HostLayout
+	TimeNs  uint64
+	Len     uint32
+	Caplen  uint32
+	VipId   uint32
+	Backend uint32
+	Ifindex uint32
+	Session uint32
+	Dir     uint8
+	Pad     [3]uint8
+	Data    [2048]uint8
+	_       [4]byte
+}
+
+type LbCaptureState struct {
+	_        structs.HostLayout
+	WindowNs uint64
+	Count    uint32
+	Pad      uint32
+}
+
 type LbConfig struct {
 	_            structs.HostLayout
 	Seed         uint32
@@ -149,7 +184,30 @@ type LbSluiceBtfAnchor struct {
 		Pad     uint32
 		TimeNs  uint64
 	}
+	CaptureRec struct {
+		_       structs.HostLayout
+		TimeNs  uint64
+		Len     uint32
+		Caplen  uint32
+		VipId   uint32
+		Backend uint32
+		Ifindex uint32
+		Session uint32
+		Dir     uint8
+		Pad     [3]uint8
+		Data    [2048]uint8
+		_       [4]byte
+	}
+	CaptureDir uint32
+	_          [4]byte
 }
+
+type LbSluiceCaptureDir uint32
+
+const (
+	LbSluiceCaptureDirSLUICE_CAPTURE_RX LbSluiceCaptureDir = 1
+	LbSluiceCaptureDirSLUICE_CAPTURE_TX LbSluiceCaptureDir = 2
+)
 
 type LbSluiceCfg uint32
 
@@ -195,7 +253,9 @@ const (
 	LbSluiceStatSLUICE_STAT_PASS_OTHER_HOST  LbSluiceStat = 16
 	LbSluiceStatSLUICE_STAT_DROP_VIP_CLOSED  LbSluiceStat = 17
 	LbSluiceStatSLUICE_STAT_TX_GUE           LbSluiceStat = 18
-	LbSluiceStatSLUICE_STAT_MAX              LbSluiceStat = 19
+	LbSluiceStatSLUICE_STAT_CAPTURE_LOST     LbSluiceStat = 19
+	LbSluiceStatSLUICE_STAT_CAPTURE_LIMITED  LbSluiceStat = 20
+	LbSluiceStatSLUICE_STAT_MAX              LbSluiceStat = 21
 )
 
 type LbVipEntry struct {
@@ -230,6 +290,9 @@ type LbVipKey struct {
 const (
 	LbMapBackendStats    = "backend_stats"
 	LbMapBackends        = "backends"
+	LbMapCapture         = "capture"
+	LbMapCaptureEvents   = "capture_events"
+	LbMapCaptureState    = "capture_state"
 	LbMapConfig          = "config"
 	LbMapFlood           = "flood"
 	LbMapFlowEvents      = "flow_events"
@@ -293,18 +356,21 @@ type LbProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type LbMapSpecs struct {
-	BackendStats *ebpf.MapSpec `ebpf:"backend_stats"`
-	Backends     *ebpf.MapSpec `ebpf:"backends"`
-	Config       *ebpf.MapSpec `ebpf:"config"`
-	Flood        *ebpf.MapSpec `ebpf:"flood"`
-	FlowEvents   *ebpf.MapSpec `ebpf:"flow_events"`
-	Flows4       *ebpf.MapSpec `ebpf:"flows4"`
-	Flows6       *ebpf.MapSpec `ebpf:"flows6"`
-	Rings        *ebpf.MapSpec `ebpf:"rings"`
-	Stats        *ebpf.MapSpec `ebpf:"stats"`
-	VipAddrs     *ebpf.MapSpec `ebpf:"vip_addrs"`
-	VipStats     *ebpf.MapSpec `ebpf:"vip_stats"`
-	Vips         *ebpf.MapSpec `ebpf:"vips"`
+	BackendStats  *ebpf.MapSpec `ebpf:"backend_stats"`
+	Backends      *ebpf.MapSpec `ebpf:"backends"`
+	Capture       *ebpf.MapSpec `ebpf:"capture"`
+	CaptureEvents *ebpf.MapSpec `ebpf:"capture_events"`
+	CaptureState  *ebpf.MapSpec `ebpf:"capture_state"`
+	Config        *ebpf.MapSpec `ebpf:"config"`
+	Flood         *ebpf.MapSpec `ebpf:"flood"`
+	FlowEvents    *ebpf.MapSpec `ebpf:"flow_events"`
+	Flows4        *ebpf.MapSpec `ebpf:"flows4"`
+	Flows6        *ebpf.MapSpec `ebpf:"flows6"`
+	Rings         *ebpf.MapSpec `ebpf:"rings"`
+	Stats         *ebpf.MapSpec `ebpf:"stats"`
+	VipAddrs      *ebpf.MapSpec `ebpf:"vip_addrs"`
+	VipStats      *ebpf.MapSpec `ebpf:"vip_stats"`
+	Vips          *ebpf.MapSpec `ebpf:"vips"`
 }
 
 // LbVariableSpecs contains global variables before they are loaded into the kernel.
@@ -334,24 +400,30 @@ func (o *LbObjects) Close() error {
 //
 // It can be passed to LoadLbObjects or ebpf.CollectionSpec.LoadAndAssign.
 type LbMaps struct {
-	BackendStats *ebpf.Map `ebpf:"backend_stats"`
-	Backends     *ebpf.Map `ebpf:"backends"`
-	Config       *ebpf.Map `ebpf:"config"`
-	Flood        *ebpf.Map `ebpf:"flood"`
-	FlowEvents   *ebpf.Map `ebpf:"flow_events"`
-	Flows4       *ebpf.Map `ebpf:"flows4"`
-	Flows6       *ebpf.Map `ebpf:"flows6"`
-	Rings        *ebpf.Map `ebpf:"rings"`
-	Stats        *ebpf.Map `ebpf:"stats"`
-	VipAddrs     *ebpf.Map `ebpf:"vip_addrs"`
-	VipStats     *ebpf.Map `ebpf:"vip_stats"`
-	Vips         *ebpf.Map `ebpf:"vips"`
+	BackendStats  *ebpf.Map `ebpf:"backend_stats"`
+	Backends      *ebpf.Map `ebpf:"backends"`
+	Capture       *ebpf.Map `ebpf:"capture"`
+	CaptureEvents *ebpf.Map `ebpf:"capture_events"`
+	CaptureState  *ebpf.Map `ebpf:"capture_state"`
+	Config        *ebpf.Map `ebpf:"config"`
+	Flood         *ebpf.Map `ebpf:"flood"`
+	FlowEvents    *ebpf.Map `ebpf:"flow_events"`
+	Flows4        *ebpf.Map `ebpf:"flows4"`
+	Flows6        *ebpf.Map `ebpf:"flows6"`
+	Rings         *ebpf.Map `ebpf:"rings"`
+	Stats         *ebpf.Map `ebpf:"stats"`
+	VipAddrs      *ebpf.Map `ebpf:"vip_addrs"`
+	VipStats      *ebpf.Map `ebpf:"vip_stats"`
+	Vips          *ebpf.Map `ebpf:"vips"`
 }
 
 func (m *LbMaps) Close() error {
 	return _LbClose(
 		m.BackendStats,
 		m.Backends,
+		m.Capture,
+		m.CaptureEvents,
+		m.CaptureState,
 		m.Config,
 		m.Flood,
 		m.FlowEvents,

@@ -74,6 +74,8 @@ enum sluice_stat {
 	SLUICE_STAT_PASS_OTHER_HOST, /* a VIP packet in a frame for another MAC (flooded) */
 	SLUICE_STAT_DROP_VIP_CLOSED, /* for a VIP address, on a port or protocol no VIP serves */
 	SLUICE_STAT_TX_GUE,
+	SLUICE_STAT_CAPTURE_LOST,    /* a frame to capture, but the capture ring buffer was full */
+	SLUICE_STAT_CAPTURE_LIMITED, /* a frame to capture, over the capture's rate limit */
 	SLUICE_STAT_MAX,
 };
 
@@ -209,6 +211,53 @@ struct addr_key {
 	__u32 addr[4];
 	__u8 family;
 	__u8 pad[3];
+};
+
+/* Packet capture (`sluice capture`): frames of one VIP (or all) and one
+ * backend (or all), as received and as sent, copied to the capture_events
+ * ring buffer while capture.on is set. */
+#define SLUICE_CAPTURE_SNAP 2048 /* most bytes copied of one frame */
+#define SLUICE_CAPTURE_ANY_VIP 0xffffffff
+
+enum sluice_capture_dir {
+	SLUICE_CAPTURE_RX = 1, /* as received, before the rewrite */
+	SLUICE_CAPTURE_TX = 2, /* as sent, after it */
+};
+
+/* The single entry of the capture map, written by `sluice capture`, which
+ * holds it as a lease: past until_ns the capture is off, so a capturing
+ * process that dies leaves nothing running. */
+struct capture_cfg {
+	__u32 on;       /* 0: off, and a VIP packet pays one branch */
+	__u32 vip_id;   /* vip_info.id to capture, or SLUICE_CAPTURE_ANY_VIP */
+	__u32 backend;  /* backend index to capture; 0: any (and frames with none) */
+	__u32 dirs;     /* enum sluice_capture_dir bits */
+	__u32 snaplen;  /* bytes to copy of each frame, 1 .. SLUICE_CAPTURE_SNAP */
+	__u32 rate;     /* frames per second per CPU, at most */
+	__u32 owner;    /* pid of the capturing process */
+	__u32 session;  /* copied into every record: frames of an earlier capture left in the ring are told apart */
+	__u64 until_ns; /* lease: CLOCK_MONOTONIC (coarse) end of the capture */
+};
+
+/* Per-CPU state of the capture's rate limit. */
+struct capture_state {
+	__u64 window_ns;
+	__u32 count;
+	__u32 pad;
+};
+
+/* One captured frame, as the capture_events ring buffer carries it. */
+struct capture_rec {
+	__u64 time_ns;  /* bpf_ktime_get_ns() */
+	__u32 len;      /* the frame's length */
+	__u32 caplen;   /* bytes of it in data */
+	__u32 vip_id;
+	__u32 backend;  /* 0: none (dropped: no usable backend) */
+	__u32 ifindex;  /* the interface it came in on and goes out of */
+	__u32 session;  /* capture_cfg.session of the capture that took it */
+	__u8 dir;       /* enum sluice_capture_dir */
+	__u8 pad[3];
+	__u8 data[SLUICE_CAPTURE_SNAP];
 };
 
 /* decap_allow key: a longest-prefix-match key over (family, address).

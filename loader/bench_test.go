@@ -21,6 +21,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/sluicelb/sluice/bpf"
+	"github.com/sluicelb/sluice/bpf/nocapture"
 	"github.com/sluicelb/sluice/loader"
 	"github.com/sluicelb/sluice/testenv"
 	"github.com/sluicelb/sluice/testenv/testutil"
@@ -371,14 +372,21 @@ func (r *benchRig) sluiceConfigs(b *testing.B) []benchConfig {
 		}
 	}
 	return append(out,
+		benchConfig{name: "sluice ipip, table hit, built without capture (no branch)", attach: r.lbAttachObject(b, loader.ForwardIPIP, 0, nocapture.LoadLb),
+			floor: floorName("hit", loader.ForwardIPIP)},
 		benchConfig{name: "sluice ipip, SYN from 2M clients, guard off: every SYN inserted", attach: r.lbAttach(b, loader.ForwardIPIP, loader.NoNewFlowLimit), syn: true, clients: benchClients},
 		benchConfig{name: "sluice ipip, ACK from 2M clients, guard off: every miss inserted", attach: r.lbAttach(b, loader.ForwardIPIP, loader.NoNewFlowLimit), clients: benchClients})
 }
 
 // lbAttach attaches sluice with one VIP of 16 backends on a full ring.
 func (r *benchRig) lbAttach(b *testing.B, fwd loader.Forward, limit uint32) func() (*ebpf.Program, io.Closer) {
+	return r.lbAttachObject(b, fwd, limit, nil)
+}
+
+// lbAttachObject is lbAttach with a variant build of the program.
+func (r *benchRig) lbAttachObject(b *testing.B, fwd loader.Forward, limit uint32, object func() (*ebpf.CollectionSpec, error)) func() (*ebpf.Program, io.Closer) {
 	return func() (*ebpf.Program, io.Closer) {
-		d, err := r.dut.AttachLB(context.Background(), loader.Options{Mode: loader.ModeNative, FlowTableSize: benchFlowTable()})
+		d, err := r.dut.AttachLB(context.Background(), loader.Options{Mode: loader.ModeNative, FlowTableSize: benchFlowTable(), Object: object})
 		if err != nil {
 			b.Fatal(err)
 		}

@@ -75,6 +75,9 @@ type Options struct {
 	// pinned tables when adopting.
 	FlowTableSize uint32
 	Logger        *slog.Logger
+	// Object loads the program's object instead of bpf.LoadLb: benchmarks
+	// compare variant builds of lb.c (bpf/nocapture) with the real one.
+	Object func() (*ebpf.CollectionSpec, error)
 }
 
 // Datapath is a loaded (and possibly attached) load-balancer program with its maps.
@@ -112,7 +115,11 @@ func Load(ctx context.Context, opts Options) (*Datapath, error) {
 	}
 	d := &Datapath{log: log, mode: opts.Mode}
 
-	spec, err := bpf.LoadLb()
+	object := opts.Object
+	if object == nil {
+		object = bpf.LoadLb
+	}
+	spec, err := object()
 	if err != nil {
 		return nil, fmt.Errorf("parse embedded lb program: %w", err)
 	}

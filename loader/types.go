@@ -200,6 +200,8 @@ const (
 	StatPassOtherHost   = Stat(bpf.LbSluiceStatSLUICE_STAT_PASS_OTHER_HOST)
 	StatDropVIPClosed   = Stat(bpf.LbSluiceStatSLUICE_STAT_DROP_VIP_CLOSED)
 	StatTxGUE           = Stat(bpf.LbSluiceStatSLUICE_STAT_TX_GUE)
+	StatCaptureLost     = Stat(bpf.LbSluiceStatSLUICE_STAT_CAPTURE_LOST)
+	StatCaptureLimited  = Stat(bpf.LbSluiceStatSLUICE_STAT_CAPTURE_LIMITED)
 	numStats            = int(bpf.LbSluiceStatSLUICE_STAT_MAX)
 )
 
@@ -223,6 +225,8 @@ var statNames = [...]string{
 	StatPassOtherHost:   "pass_other_host",
 	StatDropVIPClosed:   "drop_vip_closed",
 	StatTxGUE:           "tx_gue",
+	StatCaptureLost:     "capture_lost",
+	StatCaptureLimited:  "capture_limited",
 }
 
 func (s Stat) String() string {

@@ -55,6 +55,7 @@ func main() {
 			exportCommand(),
 			backupCommand(),
 			decapCommand(),
+			captureCommand(),
 			detachCommand(),
 			labCommand(),
 			demoCommand(),

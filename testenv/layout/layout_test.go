@@ -22,6 +22,7 @@ const module = "github.com/sluicelb/sluice"
 // test: a new package must be given its place.
 var layer = map[string]int{
 	"bpf":                      0,
+	"bpf/nocapture":            0,
 	"loader":                   1,
 	"health":                   1,
 	"control/maglev":           1,

@@ -1,0 +1,162 @@
+package loader
+
+import (
+	"bytes"
+	"errors"
+	"os"
+	"testing"
+	"time"
+)
+
+// readFrames reads frames until the capture has had none for a moment.
+func readFrames(t *testing.T, c *Capture) []CapturedFrame {
+	t.Helper()
+	var out []CapturedFrame
+	for {
+		c.SetDeadline(time.Now().Add(50 * time.Millisecond))
+		fr, err := c.Read()
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			return out
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		out = append(out, fr)
+	}
+}
+
+func captureOn(t *testing.T, f *fixture, cf CaptureFilter) *Capture {
+	t.Helper()
+	c, err := f.d.StartCapture(cf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+// TestCaptureFrames: a capture gets the frame as received and as sent,
+// byte for byte, with its VIP and backend; other VIPs' frames are not
+// taken; a snap length cuts the copy; the rate limit and a lapsed lease
+// are counted or stop it; and closing turns it off.
+func TestCaptureFrames(t *testing.T) {
+	f := newFixture(t, seed)
+	const vip4 = "10.0.0.100:80"
+	c := captureOn(t, f, CaptureFilter{VIPID: f.ids[vTCP], RX: true, TX: true, Snaplen: uint32(CaptureSnapMax)})
+	before := time.Now()
+	in := pkt4(t, client4, vip4, synSeg)
+	_, out := f.run(t, append([]byte(nil), in...))
+	f.run(t, pkt4(t, client4, "10.0.0.100:53", udpDg)) // another VIP: not captured
+	frames := readFrames(t, c)
+	if len(frames) != 2 {
+		t.Fatalf("captured %d frames, want 2 (rx and tx)", len(frames))
+	}
+	be := f.pick(vTCP, client4, vip4)
+	want := ipip4To(vTCP, client4, vip4)(t, f, in)
+	for i, w := range []struct {
+		tx   bool
+		data []byte
+	}{{false, in}, {true, want}} {
+		fr := frames[i]
+		if fr.TX != w.tx || !bytes.Equal(fr.Data, w.data) || fr.Len != len(w.data) || fr.VIPID != f.ids[vTCP] || fr.Backend != be {
+			t.Errorf("frame %d: tx=%v len %d vip %d backend %d\n got %x\nwant %x (tx=%v, backend %d)", i, fr.TX, fr.Len, fr.VIPID, fr.Backend, fr.Data, w.data, w.tx, be)
+		}
+		if fr.Time.Before(before.Add(-time.Second)) || fr.Time.After(time.Now().Add(time.Second)) {
+			t.Errorf("frame %d: time %v, not now", i, fr.Time)
+		}
+	}
+	if !bytes.Equal(out[:len(want)], want) {
+		t.Errorf("capturing changed the frame sent")
+	}
+	if _, err := f.d.StartCapture(CaptureFilter{VIPID: CaptureAnyVIP, RX: true}); err == nil {
+		t.Fatal("a second capture started while one runs")
+	}
+	if err := c.Close(); err != nil {
+		t.Fatal(err)
+	}
+	f.run(t, pkt4(t, client4, vip4, ackSeg))
+
+	// Any VIP, received frames only, 60 bytes, one frame per second.
+	c = captureOn(t, f, CaptureFilter{VIPID: CaptureAnyVIP, RX: true, Snaplen: 60, Rate: 1})
+	f.run(t, pkt4(t, client4, "10.0.0.100:53", udpDg))
+	f.run(t, pkt4(t, client4, vip4, ackSeg))
+	frames = readFrames(t, c)
+	if len(frames) != 1 || frames[0].TX || len(frames[0].Data) != 60 || frames[0].VIPID != f.ids[vUDP] {
+		t.Fatalf("rate 1, snaplen 60: %d frames (%+v)", len(frames), frames)
+	}
+	st, err := f.d.Stats()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st[StatCaptureLimited].Packets != 1 || st[StatCaptureLost].Packets != 0 {
+		t.Errorf("capture_limited %d, capture_lost %d; want 1, 0", st[StatCaptureLimited].Packets, st[StatCaptureLost].Packets)
+	}
+
+	// A lease that ran out: the process holding it died without closing.
+	c.abandon()
+	c.raw.UntilNs = uint64(monotonic() - time.Second)
+	if err := f.d.objs.Capture.Update(uint32(0), c.raw, 0); err != nil {
+		t.Fatal(err)
+	}
+	f.run(t, pkt4(t, "192.0.2.99:1234", "10.0.0.100:53", udpDg))
+	if frames := readFrames(t, c); len(frames) != 0 {
+		t.Fatalf("captured %d frames after the lease ran out", len(frames))
+	}
+	c.rd.Close()
+	c, err = f.d.StartCapture(CaptureFilter{VIPID: CaptureAnyVIP, TX: true})
+	if err != nil {
+		t.Fatalf("a new capture after a lapsed lease: %v", err)
+	}
+	c.Close()
+}
+
+// abandon stops renewing the lease without turning capture off, as a
+// capturing process that dies does.
+func (c *Capture) abandon() {
+	c.once.Do(func() {
+		close(c.stop)
+		c.renewed.Wait()
+	})
+}
+
+func TestCaptureFilterRefusesBadInput(t *testing.T) {
+	for _, f := range []CaptureFilter{
+		{VIPID: 1},
+		{VIPID: 1, RX: true, Snaplen: uint32(CaptureSnapMax) + 1},
+		{VIPID: 1, RX: true, Backend: MaxBackends},
+	} {
+		if err := f.check(); err == nil {
+			t.Errorf("%+v accepted", f)
+		}
+	}
+}
+
+func TestParseCaptureRecBounds(t *testing.T) {
+	if _, _, err := parseCaptureRec(make([]byte, 10), time.Now()); err == nil {
+		t.Error("a short record accepted")
+	}
+	raw := make([]byte, 36+CaptureSnapMax)
+	raw[8], raw[12] = 10, 20 // len 10, caplen 20
+	if _, _, err := parseCaptureRec(raw, time.Now()); err == nil {
+		t.Error("caplen over len accepted")
+	}
+}
+
+// TestCaptureSkipsEarlierFrames: frames a capture took but never read
+// (it stopped at its count) are not handed to the next capture.
+func TestCaptureSkipsEarlierFrames(t *testing.T) {
+	f := newFixture(t, seed)
+	first := captureOn(t, f, CaptureFilter{VIPID: CaptureAnyVIP, RX: true})
+	f.run(t, pkt4(t, client4, "10.0.0.100:80", synSeg))
+	f.run(t, pkt4(t, client4, "10.0.0.100:53", udpDg))
+	if err := first.Close(); err != nil {
+		t.Fatal(err)
+	}
+	next := captureOn(t, f, CaptureFilter{VIPID: CaptureAnyVIP, RX: true})
+	in := pkt4(t, "192.0.2.77:5555", "10.0.0.100:80", synSeg)
+	f.run(t, append([]byte(nil), in...))
+	frames := readFrames(t, next)
+	if len(frames) != 1 || !bytes.Equal(frames[0].Data, in) {
+		t.Fatalf("the next capture read %d frames, want only its own one", len(frames))
+	}
+}

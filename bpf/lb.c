@@ -219,15 +219,16 @@ static __always_inline int is_vip_addr(const __u32 *addr, __u8 family)
 	return bpf_map_lookup_elem(&vip_addrs, &k) != NULL;
 }
 
-/* Reads the ports (and for TCP the SYN flag) of the L4 header at l4. */
-static __always_inline int parse_l4(void *l4, void *data_end, struct pkt *p)
+/* Reads the ports (and for TCP the SYN flag) of the L4 header at l4,
+ * which must end by ip_end, the end of the IP packet by its own length. */
+static __always_inline int parse_l4(void *l4, void *data_end, void *ip_end, struct pkt *p)
 {
 	if (p->key.proto == IPPROTO_TCP) {
 		struct tcphdr *th = l4;
 
 		/* Bounds check: the fixed TCP header must be in the packet
-		 * before ports and flags are read. */
-		if ((void *)(th + 1) > data_end || th->doff < 5)
+		 * (and within the IP packet) before ports and flags are read. */
+		if ((void *)(th + 1) > data_end || (void *)(th + 1) > ip_end || th->doff < 5)
 			return -1;
 		p->key.sport = th->source;
 		p->key.dport = th->dest;
@@ -236,9 +237,9 @@ static __always_inline int parse_l4(void *l4, void *data_end, struct pkt *p)
 	}
 	struct udphdr *uh = l4;
 
-	/* Bounds check: the UDP header must be in the packet before the
-	 * ports are read. */
-	if ((void *)(uh + 1) > data_end)
+	/* Bounds check: the UDP header must be in the packet (and within
+	 * the IP packet) before the ports are read. */
+	if ((void *)(uh + 1) > data_end || (void *)(uh + 1) > ip_end)
 		return -1;
 	p->key.sport = uh->source;
 	p->key.dport = uh->dest;
@@ -364,7 +365,7 @@ static __always_inline enum verdict parse_ipv4(struct pkt *p, void *l3, void *da
 	switch (ip->protocol) {
 	case IPPROTO_TCP:
 	case IPPROTO_UDP:
-		if (parse_l4(l4, data_end, p))
+		if (parse_l4(l4, data_end, l3 + tot, p))
 			return outcome(p, SLUICE_STAT_MALFORMED, V_PASS);
 		return V_FORWARD;
 	case IPPROTO_ICMP:
@@ -396,7 +397,7 @@ static __always_inline enum verdict parse_ipv6(struct pkt *p, void *l3, void *da
 	switch (ip6->nexthdr) {
 	case IPPROTO_TCP:
 	case IPPROTO_UDP:
-		if (parse_l4(ip6 + 1, data_end, p))
+		if (parse_l4(ip6 + 1, data_end, l3 + tot, p))
 			return outcome(p, SLUICE_STAT_MALFORMED, V_PASS);
 		return V_FORWARD;
 	case IPPROTO_ICMPV6:

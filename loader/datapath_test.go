@@ -502,6 +502,16 @@ func pktCases() []pktCase {
 		// --- malformed or truncated at every layer: never XDP_TX ---
 		{name: "ipv4 header truncated", in: mutate(tcp4(synSeg, vip4), func(b []byte) []byte { return b[:14+10] }),
 			act: xdpPass, stats: map[Stat]uint64{StatMalformed: 1}},
+		// The frame holds the whole header, but the IP packet by its own
+		// length ends inside it (padding follows): found by FuzzDatapath.
+		{name: "udp header past the ipv4 total length", in: mutate(tcp4(udpDg, "10.0.0.100:53"), func(b []byte) []byte {
+			binary.BigEndian.PutUint16(b[16:], 24)
+			return b
+		}), act: xdpPass, stats: map[Stat]uint64{StatMalformed: 1}},
+		{name: "tcp header past the ipv6 payload length", in: mutate(tcp6(synSeg, vip6), func(b []byte) []byte {
+			binary.BigEndian.PutUint16(b[18:], 12)
+			return b
+		}), act: xdpPass, stats: map[Stat]uint64{StatMalformed: 1}},
 		{name: "ethernet only", in: mutate(tcp4(synSeg, vip4), func(b []byte) []byte { return b[:14] }),
 			act: xdpPass, stats: map[Stat]uint64{StatMalformed: 1}},
 		{name: "ipv4 ihl below 5", in: mutate(tcp4(synSeg, vip4), func(b []byte) []byte { b[14] = 0x44; return b }),

@@ -76,6 +76,7 @@ echo "== booting $pkg ($accel)"
 log="$work/console.log"
 timeout 1800 qemu-system-x86_64 "${accel_args[@]}" -m 2048 -smp 2 -nographic -no-reboot \
 	-kernel "$kernel" -initrd "$work/initrd.gz" -append "console=ttyS0 panic=-1 quiet" </dev/null | tee "$log" |
+	sed -u 's/.*guest kernel:/guest kernel:/' |
 	grep --line-buffered -E '^(guest kernel|--- |ok|PASS|FAIL|SLUICE_TEST_KERNEL)|^    [a-z_]+\.go:[0-9]+:' || true
 rc=$(sed -n 's/.*SLUICE_TEST_KERNEL rc=\([0-9]*\).*/\1/p' "$log" | tail -1)
 if [ -z "$rc" ]; then
@@ -87,4 +88,4 @@ if [ "$rc" != 0 ]; then
 	echo "error: the packet tests failed on $pkg (rc=$rc)" >&2
 	exit 1
 fi
-echo "== every program loaded and the packet tests passed on $pkg"
+echo "== every program loaded and the packet tests passed on $pkg ($(sed -n 's/.*guest kernel: \([^ ]*\).*/\1/p' "$log" | head -1))"

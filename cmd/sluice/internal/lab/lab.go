@@ -203,6 +203,11 @@ func printReady(w io.Writer, st *State, backends int) {
 	fmt.Fprintf(w, "  sluice lab exec client -- curl -s http://10.77.1.100/\n")
 	fmt.Fprintf(w, "  SLUICE_SOCKET=%s sluice status\n", st.Socket)
 	fmt.Fprintf(w, "  sluice lab exec lb -- curl -s 127.0.0.1:9642/metrics\n")
+	for _, h := range st.Hosts {
+		if h.Name == "lb" {
+			fmt.Fprintf(w, "  sluice lab exec lb -- sluice capture --iface %s --pin-root %s --vip 10.77.1.100:80/tcp -c 20 -w /tmp/lab.pcap    # the XDP frames, rx and tx\n", h.Link, st.PinRoot)
+		}
+	}
 	fmt.Fprintf(w, "  sluice lab fault kill b1    # then: sluice lab fault restore b1\n")
 	fmt.Fprintf(w, "  sluice lab model b1 --queue 8    # b1's model server reports 4× its load target; also --agent 50%%, --agent drain, --grpc not-serving\n")
 	if st.Cluster > 0 {

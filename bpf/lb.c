@@ -645,14 +645,16 @@ static __always_inline int inner_csum(const struct pkt *p, void *inner, void *da
 }
 
 /* Writes GUE's UDP header (variant 1: the IP packet follows at once).
- * The source port is drawn from the flow, in the ephemeral range, so that
- * a backend's RSS spreads flows; addrs is the sum of the outer addresses.
- * The checksum is valid, or 0 where inner_csum cannot tell the sum. */
-static __always_inline void gue_udp(struct udphdr *uh, void *data_end, const struct pkt *p, __u16 port, __u64 addrs)
+ * The source port is drawn from the flow's entropy h (encap_entropy, which
+ * the outer header used too), in the ephemeral range, so that a backend's
+ * RSS spreads flows; addrs is the sum of the outer addresses. The checksum
+ * is valid, or 0 where inner_csum cannot tell the sum. */
+static __always_inline void gue_udp(struct udphdr *uh, void *data_end, const struct pkt *p, __u16 port, __u64 addrs,
+				    __u32 h)
 {
 	__u16 len = bpf_htons(p->ip_len + sizeof(*uh));
 	struct udphdr u = {
-		.source = bpf_htons(0xc000 | (encap_entropy(&p->key) & 0x3fff)),
+		.source = bpf_htons(0xc000 | (h & 0x3fff)),
 		.dest = port,
 		.len = len,
 	};
@@ -687,6 +689,7 @@ static __always_inline int encap_v4(struct xdp_md *ctx, const struct pkt *p, con
 		return -1;
 	set_macs(eth, b, cfg, bpf_htons(ETH_P_IP));
 
+	__u32 h = encap_entropy(&p->key);
 	struct iphdr o = {
 		.version = 4,
 		.ihl = 5,
@@ -696,13 +699,13 @@ static __always_inline int encap_v4(struct xdp_md *ctx, const struct pkt *p, con
 		.ttl = 64,
 		.protocol = gue ? IPPROTO_UDP : IPPROTO_IPIP,
 		.saddr = (cfg->encap_src4 & bpf_htonl(0xffff0000)) |
-			 bpf_htonl(encap_entropy(&p->key) & 0xffff),
+			 bpf_htonl(h & 0xffff),
 		.daddr = b->addr[0],
 	};
 	o.check = ipv4_csum(&o);
 	*ip = o;
 	if (gue)
-		gue_udp((void *)(ip + 1), data_end, p, gue_port, (__u64)o.saddr + o.daddr);
+		gue_udp((void *)(ip + 1), data_end, p, gue_port, (__u64)o.saddr + o.daddr, h);
 	return 0;
 }
 
@@ -747,7 +750,7 @@ static __always_inline int encap_v6(struct xdp_md *ctx, const struct pkt *p, con
 #pragma unroll
 		for (int i = 0; i < 8; i++)
 			addrs += w[i];
-		gue_udp((void *)(ip6 + 1), data_end, p, gue_port, addrs);
+		gue_udp((void *)(ip6 + 1), data_end, p, gue_port, addrs, h);
 	}
 	return 0;
 }

@@ -217,7 +217,8 @@ type benchConfig struct {
 	attach  func() (*ebpf.Program, io.Closer)
 	syn     bool
 	clients uint32
-	floor   string  // name of the floor row it is compared with
+	id      string  // a floor row's key (floorName), which rows name in floor
+	floor   string  // the id of the floor row it is compared with
 	limitNs float64 // target: at most this many times the reflector's ns/packet
 	minMpps float64 // target: at least this share of the reflector's Mpps
 	// maxFloor is the target ratio to the floor's ns/packet (0: reported).
@@ -302,9 +303,9 @@ func (r *benchRig) floorConfigs(b *testing.B) []benchConfig {
 		{"miss", "xdp_floor_miss", "LRU miss, then the SYN floor", false, benchClients},
 	} {
 		for _, m := range floorModes {
-			out = append(out, benchConfig{name: floorName(path.name, m.fwd), syn: path.syn, clients: path.clients,
-				attach: r.floorAttach(b, path.prog, m.mode, path.name == "hit")})
-			out[len(out)-1].name += fmt.Sprintf(" (%s, %s)", path.what, m.what)
+			id := floorName(path.name, m.fwd)
+			out = append(out, benchConfig{id: id, name: fmt.Sprintf("%s (%s, %s)", id, path.what, m.what), syn: path.syn,
+				clients: path.clients, attach: r.floorAttach(b, path.prog, m.mode, path.name == "hit")})
 		}
 	}
 	return out
@@ -433,7 +434,7 @@ func selectConfigs(b *testing.B, configs []benchConfig) []benchConfig {
 	}
 	var out []benchConfig
 	for _, c := range configs {
-		if keep[c.name] || keep[strings.SplitN(c.name, " (", 2)[0]] {
+		if keep[c.name] || c.id != "" && keep[c.id] {
 			out = append(out, c)
 		}
 	}
@@ -448,7 +449,7 @@ func runBench(b *testing.B, r *benchRig, configs []benchConfig) []benchResult {
 	for i, c := range configs {
 		floorOf[i] = -1
 		for j, f := range configs {
-			if c.floor != "" && strings.HasPrefix(f.name, c.floor+" (") {
+			if c.floor != "" && f.id == c.floor {
 				floorOf[i] = j
 			}
 		}

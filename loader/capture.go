@@ -7,7 +7,6 @@ import (
 	"math/rand/v2"
 	"net"
 	"os"
-	"path/filepath"
 	"sync"
 	"time"
 
@@ -86,18 +85,14 @@ func OpenPinned(iface, pinRoot string) (*Pinned, error) {
 		return nil, err
 	}
 	p := &Pinned{d: &Datapath{}}
-	for _, m := range []struct {
-		name string
-		to   **ebpf.Map
-	}{{bpf.LbMapVips, &p.d.objs.Vips}, {bpf.LbMapBackends, &p.d.objs.Backends}, {bpf.LbMapStats, &p.d.objs.Stats},
-		{bpf.LbMapCapture, &p.cfg}, {bpf.LbMapCaptureState, &p.state}, {bpf.LbMapCaptureEvents, &p.events}} {
-		if *m.to, err = ebpf.LoadPinnedMap(filepath.Join(dir, m.name), nil); err != nil {
-			p.Close()
-			if errors.Is(err, os.ErrNotExist) {
-				return nil, fmt.Errorf("no sluice data plane with capture is pinned for %s under %s (is the daemon running, and this version?)", iface, pinRoot)
-			}
-			return nil, fmt.Errorf("open pinned %s: %w", m.name, err)
-		}
+	err = openPinnedMaps(dir, []pinnedMap{{bpf.LbMapVips, &p.d.objs.Vips, false}, {bpf.LbMapBackends, &p.d.objs.Backends, false},
+		{bpf.LbMapStats, &p.d.objs.Stats, false}, {bpf.LbMapCapture, &p.cfg, false},
+		{bpf.LbMapCaptureState, &p.state, false}, {bpf.LbMapCaptureEvents, &p.events, false}})
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("no sluice data plane with capture is pinned for %s under %s (is the daemon running, and this version?)", iface, pinRoot)
+	}
+	if err != nil {
+		return nil, err
 	}
 	return p, nil
 }

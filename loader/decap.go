@@ -384,27 +384,16 @@ func OpenDecap(iface, pinRoot string) (*Decap, error) {
 		return nil, err
 	}
 	d := &Decap{pinDir: dir}
-	for name, m := range map[string]**ebpf.Map{
-		"decap_addrs": &d.objs.DecapAddrs, "decap_allow": &d.objs.DecapAllow, "decap_stats": &d.objs.DecapStats,
-		"decap_gue_ports": &d.objs.DecapGuePorts,
-	} {
-		if name == "decap_gue_ports" && !exists(filepath.Join(dir, name)) {
-			continue // pinned by a version without GUE: it has no ports
-		}
-		if *m, err = ebpf.LoadPinnedMap(filepath.Join(dir, name), nil); err != nil {
-			d.objs.Close()
-			if errors.Is(err, os.ErrNotExist) {
-				return nil, fmt.Errorf("no decap program is pinned for %s (%s): attach one with sluice decap attach --iface %s", iface, dir, iface)
-			}
-			return nil, fmt.Errorf("open pinned %s for %s: %w", name, iface, err)
-		}
+	err = openPinnedMaps(dir, []pinnedMap{{"decap_addrs", &d.objs.DecapAddrs, false}, {"decap_allow", &d.objs.DecapAllow, false},
+		{"decap_stats", &d.objs.DecapStats, false},
+		{"decap_gue_ports", &d.objs.DecapGuePorts, true}}) // absent if pinned before GUE: no ports
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("no decap program is pinned for %s (%s): attach one with sluice decap attach --iface %s", iface, dir, iface)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", iface, err)
 	}
 	return d, nil
-}
-
-func exists(path string) bool {
-	_, err := os.Stat(path)
-	return err == nil
 }
 
 // DetachDecap removes the pinned decap program from iface.

@@ -15,8 +15,7 @@ func gueSport(client netip.AddrPort) layers.UDPPort {
 }
 
 // expectGUE builds the exact GUE frame for in: the outer header of the
-// backend's family (as expectIPIP4/6 build it, but with UDP as its
-// protocol), then UDP to port with a checksum gopacket computes over the
+// backend's family (outer4/outer6, with UDP as its protocol), then UDP to port with a checksum gopacket computes over the
 // whole inner packet, then the inner packet. noCsum expects checksum 0.
 func expectGUE(t testing.TB, in []byte, be netip.Addr, beIdx uint32, client netip.AddrPort, port uint16, noCsum bool) []byte {
 	t.Helper()
@@ -24,28 +23,16 @@ func expectGUE(t testing.TB, in []byte, be netip.Addr, beIdx uint32, client neti
 	udp := &layers.UDP{SrcPort: gueSport(client), DstPort: layers.UDPPort(port)}
 	var outer gopacket.SerializableLayer
 	typ := layers.EthernetTypeIPv4
+	var nl gopacket.NetworkLayer
 	if be.Is4() {
-		var flags layers.IPv4Flag
-		if inner[6]&0x40 != 0 {
-			flags = layers.IPv4DontFragment
-		}
-		ip := &layers.IPv4{Version: 4, IHL: 5, TOS: inner[1], TTL: 64, Protocol: layers.IPProtocolUDP, Flags: flags,
-			SrcIP: outerSrc4(DefaultEncapSrc4, client).AsSlice(), DstIP: be.AsSlice()}
-		if err := udp.SetNetworkLayerForChecksum(ip); err != nil {
-			t.Fatal(err)
-		}
-		outer = ip
+		ip := outer4(inner, be, client, layers.IPProtocolUDP)
+		outer, nl = ip, ip
 	} else {
-		tc := inner[0]<<4 | inner[1]>>4
-		if inner[0]>>4 == 4 {
-			tc = inner[1]
-		}
-		ip := &layers.IPv6{Version: 6, TrafficClass: tc, FlowLabel: encapEntropy(client) & 0xfffff, HopLimit: 64,
-			NextHeader: layers.IPProtocolUDP, SrcIP: outerSrc6(DefaultEncapSrc6, client).AsSlice(), DstIP: be.AsSlice()}
-		if err := udp.SetNetworkLayerForChecksum(ip); err != nil {
-			t.Fatal(err)
-		}
-		outer, typ = ip, layers.EthernetTypeIPv6
+		ip := outer6(inner, be, client, layers.IPProtocolUDP)
+		outer, nl, typ = ip, ip, layers.EthernetTypeIPv6
+	}
+	if err := udp.SetNetworkLayerForChecksum(nl); err != nil {
+		t.Fatal(err)
 	}
 	e := &layers.Ethernet{SrcMAC: lbMAC, DstMAC: backendMAC(beIdx), EthernetType: typ}
 	out := append(serialize(t, e, outer, udp, gopacket.Payload(inner)), pad...)

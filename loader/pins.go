@@ -11,6 +11,7 @@ import (
 	"strings"
 	"syscall"
 
+	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
@@ -199,4 +200,32 @@ func migrateLegacy(legacy, dir string, ifi *net.Interface, log *slog.Logger) {
 		return
 	}
 	log.Info("moved pins of an older version to their per-namespace directory", "from", legacy, "to", dir)
+}
+
+// pinnedMap is a map to open from a pin directory into *to. An optional
+// one may be missing (pinned by a version without it) and stays nil.
+type pinnedMap struct {
+	name     string
+	to       **ebpf.Map
+	optional bool
+}
+
+// openPinnedMaps opens every map of ms from dir, for tools that read a
+// data plane another process pinned. On an error it closes what it
+// opened; a missing map comes back as an error wrapping os.ErrNotExist.
+func openPinnedMaps(dir string, ms []pinnedMap) error {
+	for i, m := range ms {
+		var err error
+		if *m.to, err = ebpf.LoadPinnedMap(filepath.Join(dir, m.name), nil); err == nil || m.optional && errors.Is(err, os.ErrNotExist) {
+			continue
+		}
+		for _, o := range ms[:i] {
+			if *o.to != nil {
+				(*o.to).Close()
+				*o.to = nil
+			}
+		}
+		return fmt.Errorf("open pinned %s: %w", m.name, err)
+	}
+	return nil
 }

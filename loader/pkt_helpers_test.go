@@ -121,36 +121,43 @@ func innerPacket(in []byte) (inner, pad []byte) {
 	return ip[:n], ip[n:]
 }
 
-func expectIPIP4(t testing.TB, in []byte, be netip.Addr, beIdx uint32, client netip.AddrPort) []byte {
-	inner, pad := innerPacket(in)
-	tos := inner[0]
-	if inner[0]>>4 == 4 {
-		tos = inner[1]
-	}
+// outer4 is the outer IPv4 header the data plane puts in front of an
+// IPv4 inner packet (TOS and DF copied), with protocol proto.
+func outer4(inner []byte, be netip.Addr, client netip.AddrPort, proto layers.IPProtocol) *layers.IPv4 {
 	var flags layers.IPv4Flag
-	if inner[0]>>4 == 4 && inner[6]&0x40 != 0 {
+	if inner[6]&0x40 != 0 {
 		flags = layers.IPv4DontFragment
 	}
-	ip := &layers.IPv4{Version: 4, IHL: 5, TOS: tos, TTL: 64, Protocol: layers.IPProtocolIPv4, Flags: flags,
+	return &layers.IPv4{Version: 4, IHL: 5, TOS: inner[1], TTL: 64, Protocol: proto, Flags: flags,
 		SrcIP: outerSrc4(DefaultEncapSrc4, client).AsSlice(), DstIP: be.AsSlice()}
+}
+
+// outer6 is the outer IPv6 header in front of inner (traffic class
+// copied, flow label from the client), with next header next; 0 takes the
+// inner packet's family (IPIP or IP6IP6).
+func outer6(inner []byte, be netip.Addr, client netip.AddrPort, next layers.IPProtocol) *layers.IPv6 {
+	tc := inner[0]<<4 | inner[1]>>4
+	family := layers.IPProtocolIPv6
+	if inner[0]>>4 == 4 {
+		tc, family = inner[1], layers.IPProtocolIPv4
+	}
+	if next == 0 {
+		next = family
+	}
+	return &layers.IPv6{Version: 6, TrafficClass: tc, FlowLabel: encapEntropy(client) & 0xfffff, HopLimit: 64,
+		NextHeader: next, SrcIP: outerSrc6(DefaultEncapSrc6, client).AsSlice(), DstIP: be.AsSlice()}
+}
+
+func expectIPIP4(t testing.TB, in []byte, be netip.Addr, beIdx uint32, client netip.AddrPort) []byte {
+	inner, pad := innerPacket(in)
 	e := &layers.Ethernet{SrcMAC: lbMAC, DstMAC: backendMAC(beIdx), EthernetType: layers.EthernetTypeIPv4}
-	return append(serialize(t, e, ip, gopacket.Payload(inner)), pad...)
+	return append(serialize(t, e, outer4(inner, be, client, layers.IPProtocolIPv4), gopacket.Payload(inner)), pad...)
 }
 
 func expectIPIP6(t testing.TB, in []byte, be netip.Addr, beIdx uint32, client netip.AddrPort) []byte {
 	inner, pad := innerPacket(in)
-	var tc uint8
-	next := layers.IPProtocolIPv6
-	if inner[0]>>4 == 4 {
-		tc = inner[1]
-		next = layers.IPProtocolIPv4
-	} else {
-		tc = inner[0]<<4 | inner[1]>>4
-	}
-	ip := &layers.IPv6{Version: 6, TrafficClass: tc, FlowLabel: encapEntropy(client) & 0xfffff, HopLimit: 64,
-		NextHeader: next, SrcIP: outerSrc6(DefaultEncapSrc6, client).AsSlice(), DstIP: be.AsSlice()}
 	e := &layers.Ethernet{SrcMAC: lbMAC, DstMAC: backendMAC(beIdx), EthernetType: layers.EthernetTypeIPv6}
-	return append(serialize(t, e, ip, gopacket.Payload(inner)), pad...)
+	return append(serialize(t, e, outer6(inner, be, client, 0), gopacket.Payload(inner)), pad...)
 }
 
 // expectDSR is the input with only the MACs rewritten.

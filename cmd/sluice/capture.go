@@ -177,7 +177,10 @@ func (job *captureJob) resolve(p *loader.Pinned, vip, backend string) error {
 	}
 	switch len(job.backends) {
 	case 0:
-		return fmt.Errorf("--backend %s: no such backend in the data plane%s", backend, map[bool]string{true: " for --vip " + vip}[vip != ""])
+		if vip != "" {
+			return fmt.Errorf("--backend %s: no such backend in the data plane for --vip %s", backend, vip)
+		}
+		return fmt.Errorf("--backend %s: no such backend in the data plane", backend)
 	case 1:
 		for idx := range job.backends {
 			job.filter.Backend = idx // one entry: the data plane filters

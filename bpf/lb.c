@@ -9,10 +9,14 @@
  * pick one from the VIP's Maglev ring, then encapsulate (ipip, gue) or
  * rewrite the MACs (dsr) and send the frame back out with XDP_TX. Everything that is
  * not for a VIP leaves untouched with XDP_PASS.
+ *
+ * tc_probe: on egress, sends health probes that the daemon marked (check
+ * via vip) to the backend the mark names, as xdp_lb sends that VIP's data.
  */
 #include "helpers.h"
 #include <linux/tcp.h>
 #include <linux/udp.h>
+#include <linux/pkt_cls.h>
 #include "sluice.h"
 #include "flow.h"
 
@@ -155,7 +159,7 @@ struct {
 } capture_events SEC(".maps");
 
 /* BTF anchor: bpf2go emits Go constants only for enums present in BTF, and
- * these three appear in no map declaration (their fields are __u8); clang
+ * these enums appear in no map declaration (their fields are __u8); clang
  * also emits the inner map's value type only as a forward declaration
  * unless something holds it by value. A ring buffer declares no value
  * type, so struct flow_event is anchored here too. */
@@ -169,6 +173,7 @@ struct sluice_btf_anchor {
 	struct flow_event flow_event;
 	struct capture_rec capture_rec;
 	enum sluice_capture_dir capture_dir;
+	enum sluice_probe probe;
 } sluice_btf_anchor __attribute__((unused));
 
 enum verdict {
@@ -668,21 +673,19 @@ static __always_inline void gue_udp(struct udphdr *uh, void *data_end, const str
 	*uh = u;
 }
 
-/* Pushes the outer IPv4 header and, with gue (a constant at each call
- * site, so the bounds check below has a constant offset), GUE's UDP. */
-static __always_inline int encap_v4(struct xdp_md *ctx, const struct pkt *p, const struct backend *b,
+/* Writes the Ethernet, outer IPv4 and (with gue, a constant at each call
+ * site, so the bounds check below has a constant offset) GUE's UDP header
+ * in front of p's IP packet, in room the caller made at data: XDP grows
+ * the head, tc_probe the room after the MAC header; both leave the
+ * Ethernet header first and the inner packet after the room. */
+static __always_inline int outer_v4(void *data, void *data_end, const struct pkt *p, const struct backend *b,
 				    const struct config *cfg, const int gue, __u16 gue_port)
 {
 	const int udp = gue ? sizeof(struct udphdr) : 0;
-
-	if (bpf_xdp_adjust_head(ctx, 0 - (int)sizeof(struct iphdr) - udp))
-		return -1;
-	void *data = (void *)(long)ctx->data;
-	void *data_end = (void *)(long)ctx->data_end;
 	struct ethhdr *eth = data;
 	struct iphdr *ip = (void *)(eth + 1);
 
-	/* Bounds check: after growing the head, the new Ethernet and outer
+	/* Bounds check: after the room was made, the Ethernet and outer
 	 * IPv4 headers (and GUE's UDP header) must lie inside the packet
 	 * before they are written. */
 	if ((void *)(ip + 1) + udp > data_end)
@@ -709,20 +712,15 @@ static __always_inline int encap_v4(struct xdp_md *ctx, const struct pkt *p, con
 	return 0;
 }
 
-/* The IPv6 form of encap_v4. */
-static __always_inline int encap_v6(struct xdp_md *ctx, const struct pkt *p, const struct backend *b,
+/* The IPv6 form of outer_v4. */
+static __always_inline int outer_v6(void *data, void *data_end, const struct pkt *p, const struct backend *b,
 				    const struct config *cfg, const int gue, __u16 gue_port)
 {
 	const int udp = gue ? sizeof(struct udphdr) : 0;
-
-	if (bpf_xdp_adjust_head(ctx, 0 - (int)sizeof(struct ipv6hdr) - udp))
-		return -1;
-	void *data = (void *)(long)ctx->data;
-	void *data_end = (void *)(long)ctx->data_end;
 	struct ethhdr *eth = data;
 	struct ipv6hdr *ip6 = (void *)(eth + 1);
 
-	/* Bounds check: after growing the head, the new Ethernet and outer
+	/* Bounds check: after the room was made, the Ethernet and outer
 	 * IPv6 headers (and GUE's UDP header) must lie inside the packet
 	 * before they are written. */
 	if ((void *)(ip6 + 1) + udp > data_end)
@@ -755,13 +753,32 @@ static __always_inline int encap_v6(struct xdp_md *ctx, const struct pkt *p, con
 	return 0;
 }
 
+/* How many bytes encapsulating to b adds after the Ethernet header. */
+static __always_inline int outer_len(const struct backend *b, const int gue)
+{
+	int ip = b->family == SLUICE_FAMILY_V6 ? sizeof(struct ipv6hdr) : sizeof(struct iphdr);
+
+	return ip + (gue ? sizeof(struct udphdr) : 0);
+}
+
+/* Writes the outer headers to b (IPIP with gue 0, or GUE) in the room
+ * outer_len(b, gue) bytes long that the caller made after the Ethernet
+ * header at data. */
+static __always_inline int outer(void *data, void *data_end, const struct pkt *p, const struct backend *b,
+				 const struct config *cfg, const int gue, __u16 gue_port)
+{
+	if (b->family == SLUICE_FAMILY_V6)
+		return outer_v6(data, data_end, p, b, cfg, gue, gue_port);
+	return outer_v4(data, data_end, p, b, cfg, gue, gue_port);
+}
+
 /* Encapsulates p to b: IPIP (gue 0) or GUE, in the backend's family. */
 static __always_inline int encap(struct xdp_md *ctx, const struct pkt *p, const struct backend *b,
 				 const struct config *cfg, const int gue, __u16 gue_port)
 {
-	if (b->family == SLUICE_FAMILY_V6)
-		return encap_v6(ctx, p, b, cfg, gue, gue_port);
-	return encap_v4(ctx, p, b, cfg, gue, gue_port);
+	if (bpf_xdp_adjust_head(ctx, 0 - outer_len(b, gue)))
+		return -1;
+	return outer((void *)(long)ctx->data, (void *)(long)ctx->data_end, p, b, cfg, gue, gue_port);
 }
 
 /* Whether a packet that no VIP takes is for a VIP address and must not
@@ -975,4 +992,92 @@ int xdp_lb(struct xdp_md *ctx)
 	if (cc && act == XDP_TX)
 		capture_frame(ctx, cc, vip->id, idx, SLUICE_CAPTURE_TX);
 	return act;
+}
+
+/* Set by the loader: the interface xdp_lb is attached to. A probe that
+ * tc_probe meets on another device's egress (loopback, when the VIP is a
+ * local address) is sent out of it. */
+volatile const __u32 probe_ifindex = 0;
+
+static __always_inline int probe_drop(__u64 len)
+{
+	add(&stats, SLUICE_STAT_PROBE_DROP, len);
+	return TC_ACT_SHOT;
+}
+
+/* Rewrites a probe for b as xdp_lb's send() rewrites its VIP's data:
+ * the MACs for dsr, else an outer header made in room after the MAC
+ * header (the offload state stays the inner packet's: a checksum the
+ * kernel still has to complete is completed there). */
+static __always_inline int probe_rewrite(struct __sk_buff *skb, const struct pkt *p, const struct vip_info *vip,
+					 const struct backend *b, const struct config *cfg)
+{
+	if (vip->forward == SLUICE_FWD_DSR) {
+		struct ethhdr *eth = (void *)(long)skb->data;
+
+		/* Bounds check: the Ethernet header must be in the packet
+		 * before its addresses are rewritten. */
+		if ((void *)(eth + 1) > (void *)(long)skb->data_end)
+			return -1;
+		set_macs(eth, b, cfg, eth->h_proto);
+		return 0;
+	}
+	if (b->family != SLUICE_FAMILY_V6 && p->key.family != SLUICE_FAMILY_V4)
+		return -1; /* IPv6-in-IPv4, as in send() */
+
+	int gue = vip->forward == SLUICE_FWD_GUE;
+	__u64 flags = b->family == SLUICE_FAMILY_V6 ? BPF_F_ADJ_ROOM_ENCAP_L3_IPV6 : BPF_F_ADJ_ROOM_ENCAP_L3_IPV4;
+
+	if (gue)
+		flags |= BPF_F_ADJ_ROOM_ENCAP_L4_UDP;
+	if (bpf_skb_adjust_room(skb, outer_len(b, gue), BPF_ADJ_ROOM_MAC, flags))
+		return -1;
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+
+	if (gue)
+		return outer(data, data_end, p, b, cfg, 1, vip->gue_port);
+	return outer(data, data_end, p, b, cfg, 0, 0);
+}
+
+SEC("tc")
+int tc_probe(struct __sk_buff *skb)
+{
+	if (skb->mark >> SLUICE_PROBE_TAG_SHIFT != SLUICE_PROBE_TAG)
+		return TC_ACT_OK; /* not a probe: one compare */
+	__u32 idx = skb->mark & 0xffff, zero = 0;
+	__u64 len = skb->len;
+	struct pkt p = {};
+	enum verdict v = V_PASS;
+
+	/* A probe's headers are in the skb's linear part; make it ours to
+	 * write (a TCP segment is a clone of the one kept to resend). */
+	if (bpf_skb_pull_data(skb, 0))
+		return probe_drop(len);
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+	struct ethhdr *eth = data;
+
+	/* Bounds check: the Ethernet header must be in the packet before the
+	 * EtherType is read. */
+	if ((void *)(eth + 1) > data_end)
+		return probe_drop(len);
+	if (eth->h_proto == bpf_htons(ETH_P_IP))
+		v = parse_ipv4(&p, eth + 1, data_end);
+	else if (eth->h_proto == bpf_htons(ETH_P_IPV6))
+		v = parse_ipv6(&p, eth + 1, data_end);
+
+	struct vip_info *vip = v == V_FORWARD && !p.icmp ? find_vip(&p) : NULL;
+	struct backend *b = bpf_map_lookup_elem(&backends, &idx);
+	struct config *cfg = bpf_map_lookup_elem(&config, &zero);
+
+	/* Only TCP or UDP to a VIP that the marked backend serves is sent:
+	 * a mark cannot send anything else anywhere. The backend need not be
+	 * usable; a probe is how a down backend comes back. */
+	if (!vip || !b || b->family == 0 || b->vip_id != vip->id || !cfg || probe_rewrite(skb, &p, vip, b, cfg))
+		return probe_drop(len);
+	add(&stats, SLUICE_STAT_PROBE_TX, len);
+	if (skb->ifindex != probe_ifindex)
+		return bpf_redirect(probe_ifindex, 0);
+	return TC_ACT_OK;
 }

@@ -76,7 +76,19 @@ enum sluice_stat {
 	SLUICE_STAT_TX_GUE,
 	SLUICE_STAT_CAPTURE_LOST,    /* a frame to capture, but the capture ring buffer was full */
 	SLUICE_STAT_CAPTURE_LIMITED, /* a frame to capture, over the capture's rate limit */
+	SLUICE_STAT_PROBE_TX,        /* a health probe sent through the forwarding path (tc_probe) */
+	SLUICE_STAT_PROBE_DROP,      /* a marked probe whose backend is not one of its VIP's, or unsendable */
 	SLUICE_STAT_MAX,
+};
+
+/* Health checks through the forwarding path (check via vip): the daemon
+ * marks a probe's socket with SO_MARK (SLUICE_PROBE_TAG << 16) | index, and
+ * tc_probe, on the interface's egress (and loopback's, for a VIP that is a
+ * local address), sends each marked packet to backend index as data
+ * traffic of its VIP goes there: encapsulated, or with the MACs rewritten. */
+enum sluice_probe {
+	SLUICE_PROBE_TAG = 0x51ce,
+	SLUICE_PROBE_TAG_SHIFT = 16,
 };
 
 /* Capacity of the global counter array: room for outcomes added later, so

@@ -159,6 +159,9 @@ func Load(ctx context.Context, opts Options) (*Datapath, error) {
 			}
 		}
 		collOpts.Maps.PinPath = d.pinDir
+		if err := spec.Variables[bpf.LbVarProbeIfindex].Set(uint32(d.iface.Index)); err != nil {
+			return nil, fmt.Errorf("set probe interface: %w", err)
+		}
 	}
 
 	if err := spec.LoadAndAssign(&d.objs, &collOpts); err != nil {

@@ -202,6 +202,8 @@ const (
 	StatTxGUE           = Stat(bpf.LbSluiceStatSLUICE_STAT_TX_GUE)
 	StatCaptureLost     = Stat(bpf.LbSluiceStatSLUICE_STAT_CAPTURE_LOST)
 	StatCaptureLimited  = Stat(bpf.LbSluiceStatSLUICE_STAT_CAPTURE_LIMITED)
+	StatProbeTx         = Stat(bpf.LbSluiceStatSLUICE_STAT_PROBE_TX)
+	StatProbeDrop       = Stat(bpf.LbSluiceStatSLUICE_STAT_PROBE_DROP)
 	numStats            = int(bpf.LbSluiceStatSLUICE_STAT_MAX)
 )
 
@@ -227,6 +229,8 @@ var statNames = [...]string{
 	StatTxGUE:           "tx_gue",
 	StatCaptureLost:     "capture_lost",
 	StatCaptureLimited:  "capture_limited",
+	StatProbeTx:         "probe_tx",
+	StatProbeDrop:       "probe_drop",
 }
 
 func (s Stat) String() string {

@@ -164,7 +164,7 @@ type LbSluiceBtfAnchor struct {
 		_       [4]byte
 	}
 	CaptureDir uint32
-	_          [4]byte
+	Probe      uint32
 }
 
 type LbSluiceStat uint32
@@ -191,7 +191,9 @@ const (
 	LbSluiceStatSLUICE_STAT_TX_GUE           LbSluiceStat = 18
 	LbSluiceStatSLUICE_STAT_CAPTURE_LOST     LbSluiceStat = 19
 	LbSluiceStatSLUICE_STAT_CAPTURE_LIMITED  LbSluiceStat = 20
-	LbSluiceStatSLUICE_STAT_MAX              LbSluiceStat = 21
+	LbSluiceStatSLUICE_STAT_PROBE_TX         LbSluiceStat = 21
+	LbSluiceStatSLUICE_STAT_PROBE_DROP       LbSluiceStat = 22
+	LbSluiceStatSLUICE_STAT_MAX              LbSluiceStat = 23
 )
 
 // Names of all BPF objects in the ELF.
@@ -213,7 +215,9 @@ const (
 	LbMapVipAddrs        = "vip_addrs"
 	LbMapVipStats        = "vip_stats"
 	LbMapVips            = "vips"
+	LbProgTcProbe        = "tc_probe"
 	LbProgXdpLb          = "xdp_lb"
+	LbVarProbeIfindex    = "probe_ifindex"
 	LbVarSluiceBtfAnchor = "sluice_btf_anchor"
 )
 
@@ -259,7 +263,8 @@ type LbSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type LbProgramSpecs struct {
-	XdpLb *ebpf.ProgramSpec `ebpf:"xdp_lb"`
+	TcProbe *ebpf.ProgramSpec `ebpf:"tc_probe"`
+	XdpLb   *ebpf.ProgramSpec `ebpf:"xdp_lb"`
 }
 
 // LbMapSpecs contains maps before they are loaded into the kernel.
@@ -287,6 +292,7 @@ type LbMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type LbVariableSpecs struct {
+	ProbeIfindex    *ebpf.VariableSpec `ebpf:"probe_ifindex"`
 	SluiceBtfAnchor *ebpf.VariableSpec `ebpf:"sluice_btf_anchor"`
 }
 
@@ -351,6 +357,7 @@ func (m *LbMaps) Close() error {
 //
 // It can be passed to LoadLbObjects or ebpf.CollectionSpec.LoadAndAssign.
 type LbVariables struct {
+	ProbeIfindex    *ebpf.Variable `ebpf:"probe_ifindex"`
 	SluiceBtfAnchor *ebpf.Variable `ebpf:"sluice_btf_anchor"`
 }
 
@@ -358,11 +365,13 @@ type LbVariables struct {
 //
 // It can be passed to LoadLbObjects or ebpf.CollectionSpec.LoadAndAssign.
 type LbPrograms struct {
-	XdpLb *ebpf.Program `ebpf:"xdp_lb"`
+	TcProbe *ebpf.Program `ebpf:"tc_probe"`
+	XdpLb   *ebpf.Program `ebpf:"xdp_lb"`
 }
 
 func (p *LbPrograms) Close() error {
 	return _LbClose(
+		p.TcProbe,
 		p.XdpLb,
 	)
 }

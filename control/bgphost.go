@@ -4,8 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
-	"net/netip"
 	"time"
 
 	"github.com/vishvananda/netlink"
@@ -13,6 +11,7 @@ import (
 
 	"github.com/sluicelb/sluice/control/api"
 	"github.com/sluicelb/sluice/control/bgp"
+	"github.com/sluicelb/sluice/control/netif"
 	"github.com/sluicelb/sluice/control/state"
 	"github.com/sluicelb/sluice/loader"
 )
@@ -22,14 +21,14 @@ type bgpSource struct{ d *Daemon }
 
 func newAnnouncer(ctx context.Context, d *Daemon, cfg bgp.Config) (*bgp.Announcer, error) {
 	if !cfg.RouterID.IsValid() {
-		a, err := netip.ParseAddr(ifaceAddr(d.opts.Iface))
-		if err != nil || !a.Is4() {
+		a := netif.Addr4(d.opts.Iface)
+		if !a.IsValid() {
 			return nil, fmt.Errorf("--bgp-router-id: required (%s has no IPv4 address to take it from)", d.opts.Iface)
 		}
 		cfg.RouterID = a
 	}
 	if cfg.NoNextHop6() {
-		cfg.NextHop6 = ifaceAddr6(d.opts.Iface) // none: IPv6 routes withheld
+		cfg.NextHop6 = netif.Addr6(d.opts.Iface) // none: IPv6 routes withheld
 	}
 	cfg.Iface = d.opts.Iface
 	sp, err := bgp.NewSpeaker(ctx, cfg, d.log)
@@ -37,22 +36,6 @@ func newAnnouncer(ctx context.Context, d *Daemon, cfg bgp.Config) (*bgp.Announce
 		return nil, err
 	}
 	return bgp.NewAnnouncer(sp, bgpSource{d}), nil
-}
-
-// ifaceAddr6 is the interface's first global or unique-local IPv6
-// address, or none.
-func ifaceAddr6(name string) netip.Addr {
-	ifi, err := net.InterfaceByName(name)
-	if err != nil {
-		return netip.Addr{}
-	}
-	addrs, _ := ifi.Addrs()
-	for _, a := range addrs {
-		if p, err := netip.ParsePrefix(a.String()); err == nil && p.Addr().Is6() && !p.Addr().Is4In6() && !p.Addr().IsLinkLocalUnicast() {
-			return p.Addr()
-		}
-	}
-	return netip.Addr{}
 }
 
 // NodeView: the interface's state and XDP attachment as the kernel has

@@ -2,8 +2,6 @@ package control
 
 import (
 	"log/slog"
-	"net"
-	"net/netip"
 
 	"github.com/sluicelb/sluice/control/api"
 	"github.com/sluicelb/sluice/control/state"
@@ -34,20 +32,4 @@ func (h clusterHost) Reapply() {
 	if _, err := h.d.applyLocked(h.d.ctx); err != nil {
 		h.d.log.Error("cluster: apply the cluster's health verdict", "err", err)
 	}
-}
-
-// ifaceAddr is the interface's first address, a node's address in
-// cluster status.
-func ifaceAddr(name string) string {
-	ifi, err := net.InterfaceByName(name)
-	if err != nil {
-		return ""
-	}
-	addrs, _ := ifi.Addrs()
-	for _, a := range addrs {
-		if p, err := netip.ParsePrefix(a.String()); err == nil && !p.Addr().IsLinkLocalUnicast() {
-			return p.Addr().String()
-		}
-	}
-	return ""
 }

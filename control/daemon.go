@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -22,13 +23,16 @@ import (
 	"github.com/sluicelb/sluice/control/flowsync"
 	"github.com/sluicelb/sluice/control/hook"
 	"github.com/sluicelb/sluice/control/neigh"
+	"github.com/sluicelb/sluice/control/netif"
 	"github.com/sluicelb/sluice/control/pair"
+	"github.com/sluicelb/sluice/control/probevia"
 	"github.com/sluicelb/sluice/control/reconcile"
 	"github.com/sluicelb/sluice/control/sdnotify"
 	"github.com/sluicelb/sluice/control/state"
 	"github.com/sluicelb/sluice/control/weight"
 	"github.com/sluicelb/sluice/health"
 	"github.com/sluicelb/sluice/loader"
+	"github.com/sluicelb/sluice/loader/tcprobe"
 )
 
 // Defaults of the daemon.
@@ -115,6 +119,8 @@ type Daemon struct {
 	bgp     *bgp.Announcer // nil unless announcing over BGP
 	flows   *flowsync.Syncer
 	weights *weight.Engine
+	via     *probevia.Dialer // probes through the data plane; nil until a check goes via a VIP
+	probes  io.Closer        // tc_probe's attachments, with via
 	started time.Time
 	rev     atomic.Uint64 // d.state.Revision, readable without d.mu
 	// lastProbe is when a health probe last finished (unix ns);
@@ -196,7 +202,7 @@ func (d *Daemon) joinCluster(ctx context.Context) error {
 		return nil
 	}
 	var err error
-	if d.cl, err = cluster.NewNode(clusterHost{d}, *d.opts.Cluster, ifaceAddr(d.opts.Iface)); err != nil {
+	if d.cl, err = cluster.NewNode(clusterHost{d}, *d.opts.Cluster, netif.AddrText(d.opts.Iface)); err != nil {
 		return err
 	}
 	st, fromEtcd, err := d.cl.Load(ctx, d.opts.Seed, d.state)
@@ -433,6 +439,9 @@ func (d *Daemon) syncChecksLocked() {
 		k, _ := state.ParseVIPKey(v.VIP)
 		for _, b := range v.Backends {
 			c := b.HealthCheck(k)
+			if c.Probe.Via.IsValid() {
+				c.Probe.Dial = d.probeDialerLocked().Dial(c.Probe.Via)
+			}
 			checks = append(checks, c)
 			refs[c.ID()] = append(refs[c.ID()], reconcile.BackendRef{VIP: k, Addr: netip.MustParseAddr(b.Addr)})
 			d.metrics.checkFailures.WithLabelValues(v.VIP, b.Addr) // export 0 before the first failure
@@ -459,6 +468,18 @@ func (d *Daemon) syncChecksLocked() {
 	d.checkRefs.Store(&refs)
 	d.hm.Sync(d.ctx, checks, initial)
 	d.weights.Sync(d.ctx, weight.Specs(d.state, nil))
+}
+
+// probeDialerLocked attaches tc_probe the first time a check goes via a
+// VIP; if it cannot, such checks fail with the reason.
+func (d *Daemon) probeDialerLocked() *probevia.Dialer {
+	if d.via == nil {
+		d.via = &probevia.Dialer{Backends: d.rec, Iface: d.dp.Iface()}
+		if d.probes, d.via.Attached = tcprobe.Attach(d.dp.ProbeProgram(), d.dp.Iface()); d.via.Attached != nil {
+			d.log.Error("checks via vip cannot run", "err", d.via.Attached)
+		}
+	}
+	return d.via
 }
 
 // onHealth applies a health verdict at once and times verdict -> maps.
@@ -687,6 +708,9 @@ func (d *Daemon) shutdown() {
 		d.drainForShutdown(d.opts.BGP.Drain)
 	}
 	d.hm.Stop()
+	if d.probes != nil {
+		d.probes.Close()
+	}
 	if d.cl != nil {
 		d.cl.Close()
 	}

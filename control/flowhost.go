@@ -3,11 +3,11 @@ package control
 import (
 	"context"
 	"fmt"
-	"net/netip"
 	"time"
 
 	"github.com/sluicelb/sluice/control/api"
 	"github.com/sluicelb/sluice/control/flowsync"
+	"github.com/sluicelb/sluice/control/netif"
 	"github.com/sluicelb/sluice/control/state"
 )
 
@@ -22,7 +22,7 @@ func (d *Daemon) startFlowSync(ctx context.Context) error {
 	if o.Boot, err = state.NextBoot(d.opts.StateDir, time.Now()); err != nil {
 		return err
 	}
-	if o.Local, err = netip.ParseAddr(ifaceAddr(d.opts.Iface)); err != nil {
+	if o.Local = netif.Addr(d.opts.Iface); !o.Local.IsValid() {
 		return fmt.Errorf("--flow-sync-key: %s has no IP address to listen on", d.opts.Iface)
 	}
 	if d.opts.FlowTableSize > 0 {

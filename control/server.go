@@ -150,7 +150,8 @@ func (d *Daemon) apiVIPAdd(r *http.Request) (any, error) {
 		return nil, err
 	}
 	v := state.VIP{VIP: state.FormatVIPKey(k), Forward: req.Forward, GUEPort: req.GUEPort, RingSize: req.RingSize, MinActive: req.MinActive,
-		Policy: req.Policy, PromoteCmd: req.PromoteCmd, PromoteURL: req.PromoteURL, DemoteCmd: req.DemoteCmd, Failback: req.Failback}
+		Policy: req.Policy, PromoteCmd: req.PromoteCmd, PromoteURL: req.PromoteURL, DemoteCmd: req.DemoteCmd, Failback: req.Failback,
+		CheckVia: req.CheckVia}
 	if req.HookTimeout != "" {
 		t, err := time.ParseDuration(req.HookTimeout)
 		if err != nil || t <= 0 {

@@ -291,3 +291,23 @@ func TestMarkDown(t *testing.T) {
 		})
 	}
 }
+
+// TestProbeVia: a probe through the data plane is its own probe (two
+// backends of one VIP are two checks), never dials the VIP unmarked, and
+// says in its error that it went via the VIP.
+func TestProbeVia(t *testing.T) {
+	vip := addrOf(t, "192.0.2.1:80")
+	p1 := Probe{Type: TCP, Addr: vip, Via: netip.MustParseAddr("10.0.0.2")}
+	p2 := Probe{Type: TCP, Addr: vip, Via: netip.MustParseAddr("10.0.0.3")}
+	if p1.Key() == p2.Key() || p1.Key() == (Probe{Type: TCP, Addr: vip}).Key() {
+		t.Fatal("probes via two backends (or none) share a key")
+	}
+	err := p1.Run(context.Background(), time.Second)
+	if err == nil || !strings.Contains(err.Error(), "via vip 192.0.2.1:80: no dialer through the data plane to backend 10.0.0.2") {
+		t.Fatalf("a probe via the vip without its dialer: %v", err)
+	}
+	p1.Dial = func(context.Context, string, string) (net.Conn, error) { return nil, syscall.ECONNREFUSED }
+	if err := p1.Run(context.Background(), time.Second); err == nil || !IsHard(err) || !strings.HasPrefix(err.Error(), "via vip 192.0.2.1:80: ") {
+		t.Fatalf("a refused probe via the vip: %v (hard %v)", err, IsHard(err))
+	}
+}

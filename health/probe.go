@@ -42,6 +42,9 @@ func ParseType(s string) (Type, error) {
 type Probe struct {
 	Type Type
 	Addr netip.AddrPort
+	// Via, when valid, is the backend that a probe addressed to a VIP
+	// (Addr) must reach through the data plane: Dial sends it there.
+	Via netip.Addr
 	// HTTP(S)
 	Method      string // default GET
 	Path        string // default /
@@ -63,6 +66,7 @@ type Probe struct {
 type Key struct {
 	Type                                   Type
 	Addr                                   netip.AddrPort
+	Via                                    netip.Addr
 	Method, Path, Host, Codes, BodyContain string
 	TLSVerify                              bool
 	Payload                                string
@@ -72,12 +76,15 @@ type Key struct {
 
 // Key returns the probe's identity.
 func (p Probe) Key() Key {
-	return Key{p.Type, p.Addr, p.Method, p.Path, p.Host, p.Codes, p.BodyContain, p.TLSVerify, p.Payload, p.Service, p.TLS}
+	return Key{p.Type, p.Addr, p.Via, p.Method, p.Path, p.Host, p.Codes, p.BodyContain, p.TLSVerify, p.Payload, p.Service, p.TLS}
 }
 
 func (p Probe) dial(ctx context.Context, network string) (net.Conn, error) {
 	if p.Dial != nil {
 		return p.Dial(ctx, network, p.Addr.String())
+	}
+	if p.Via.IsValid() {
+		return nil, fmt.Errorf("no dialer through the data plane to backend %s", p.Via)
 	}
 	var d net.Dialer
 	return d.DialContext(ctx, network, p.Addr.String())
@@ -108,6 +115,9 @@ func (p Probe) Run(ctx context.Context, timeout time.Duration) error {
 	}
 	if err == nil {
 		return nil
+	}
+	if p.Via.IsValid() {
+		return fmt.Errorf("via vip %s: %w", p.Addr, probeError(ctx, err, timeout))
 	}
 	return probeError(ctx, err, timeout)
 }

@@ -281,6 +281,9 @@ func (d *Datapath) PinDir() string { return d.pinDir }
 // Program is the load-balancer program (for tests and BPF_PROG_TEST_RUN).
 func (d *Datapath) Program() *ebpf.Program { return d.objs.XdpLb }
 
+// ProbeProgram is tc_probe (check via vip), for tcprobe.Attach.
+func (d *Datapath) ProbeProgram() *ebpf.Program { return d.objs.TcProbe }
+
 // Iface is the interface attached to, or nil.
 func (d *Datapath) Iface() *net.Interface { return d.iface }
 

@@ -8,6 +8,8 @@ import (
 	"testing"
 
 	"github.com/cilium/ebpf"
+
+	"github.com/sluicelb/sluice/bpf"
 )
 
 // tc actions tc_probe returns.
@@ -47,13 +49,9 @@ func (f *fixture) runProbe(t testing.TB, frame []byte, mark uint32) (uint32, []b
 	return ret, opts.DataOut
 }
 
-func mustMark(t testing.TB, idx uint32) uint32 {
-	t.Helper()
-	m, err := ProbeMark(idx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return m
+// mustMark is the mark that names backend idx, from sluice.h.
+func mustMark(_ testing.TB, idx uint32) uint32 {
+	return uint32(bpf.LbSluiceProbeSLUICE_PROBE_TAG)<<bpf.LbSluiceProbeSLUICE_PROBE_TAG_SHIFT | idx
 }
 
 // TestProbePackets: a marked probe leaves exactly as xdp_lb sends data
@@ -142,25 +140,5 @@ func TestProbePackets(t *testing.T) {
 				}
 			}
 		})
-	}
-}
-
-// TestProbeMark: a mark holds the backend index under sluice's tag, and
-// only backend indices are marks.
-func TestProbeMark(t *testing.T) {
-	m := mustMark(t, 4095)
-	if m != 0x51ce0fff {
-		t.Fatalf("mark %#x, want 0x51ce0fff", m)
-	}
-	if idx, ok := ProbeBackend(m); !ok || idx != 4095 {
-		t.Fatalf("ProbeBackend(%#x) = %d, %v", m, idx, ok)
-	}
-	if _, ok := ProbeBackend(0x12340001); ok {
-		t.Fatal("another tag read as a probe mark")
-	}
-	for _, idx := range []uint32{0, MaxBackends} {
-		if _, err := ProbeMark(idx); err == nil {
-			t.Errorf("ProbeMark(%d) = nil error", idx)
-		}
 	}
 }

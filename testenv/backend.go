@@ -66,24 +66,10 @@ func (e *Env) AddBackend(ctx context.Context, name string, addr netip.Prefix, op
 			return nil, err
 		}
 	}
-	err = h.Netlink(func(nl *netlink.Handle) error {
-		lo, err := nl.LinkByName("lo")
-		if err != nil {
-			return err
+	for _, v := range opts.VIPs {
+		if err := b.SetVIPOnLoopback(v, true); err != nil {
+			return nil, err
 		}
-		for _, v := range opts.VIPs {
-			a := &netlink.Addr{IPNet: prefixNet(netip.PrefixFrom(v, v.BitLen()))}
-			if v.Is6() {
-				a.Flags = unix.IFA_F_NODAD // usable at once, not tentative
-			}
-			if err := nl.AddrAdd(lo, a); err != nil {
-				return fmt.Errorf("add vip %s to lo of %s: %w", v, name, err)
-			}
-		}
-		return nil
-	})
-	if err != nil {
-		return nil, err
 	}
 	addrs := []netip.Addr{addr.Addr()}
 	if h.Addr6.IsValid() {
@@ -102,6 +88,31 @@ func (e *Env) AddBackend(ctx context.Context, name string, addr netip.Prefix, op
 		return nil, err
 	}
 	return b, nil
+}
+
+// SetVIPOnLoopback puts VIP v on the backend's loopback, or takes it off
+// (fault injection: a backend that lost its VIP configuration still
+// answers on its own address).
+func (b *Backend) SetVIPOnLoopback(v netip.Addr, on bool) error {
+	return b.Netlink(func(nl *netlink.Handle) error {
+		lo, err := nl.LinkByName("lo")
+		if err != nil {
+			return err
+		}
+		a := &netlink.Addr{IPNet: prefixNet(netip.PrefixFrom(v, v.BitLen()))}
+		if v.Is6() {
+			a.Flags = unix.IFA_F_NODAD // usable at once, not tentative
+		}
+		if on {
+			err = nl.AddrAdd(lo, a)
+		} else {
+			err = nl.AddrDel(lo, a)
+		}
+		if err != nil {
+			return fmt.Errorf("vip %s on lo of %s (%v): %w", v, b.Name, on, err)
+		}
+		return nil
+	})
 }
 
 func (b *Backend) closeDecap() error {

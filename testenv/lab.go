@@ -159,6 +159,9 @@ func (l *Lab) build(ctx context.Context, opts LabOptions) error {
 		}
 		gw4, gw6 = netip.Addr{}, netip.Addr{}
 	}
+	if err := l.routeVIPsFromNodes(opts.Router); err != nil {
+		return err
+	}
 	if !opts.Router {
 		if err := l.Client.AddRoute(LabVIPNet4, gw4); err != nil {
 			return err
@@ -184,6 +187,27 @@ func (l *Lab) build(ctx context.Context, opts LabOptions) error {
 			}
 		}
 		l.Backends = append(l.Backends, b)
+	}
+	return nil
+}
+
+// routeVIPsFromNodes routes the VIP networks from every LB host out of
+// its interface, towards the client's side (the router, or the client),
+// as an LB's default route does: a health check through the data plane
+// (check via vip) leaves through that interface, where tc_probe sends it
+// to its backend instead.
+func (l *Lab) routeVIPsFromNodes(router bool) error {
+	up4, up6 := labAddr(1)
+	if router {
+		up4, up6 = LabRouter4, LabRouter6
+	}
+	for _, h := range l.Nodes {
+		if err := h.AddRoute(LabVIPNet4, up4.Addr()); err != nil {
+			return err
+		}
+		if err := h.AddRoute(LabVIPNet6, up6.Addr()); err != nil {
+			return err
+		}
 	}
 	return nil
 }

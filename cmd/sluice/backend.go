@@ -32,6 +32,7 @@ func backendCommand() *cli.Command {
 		&cli.DurationFlag{Name: "fastinter", Usage: "between checks while in transition (default: interval)"},
 		&cli.IntFlag{Name: "rise", Value: health.Defaults.Rise, Usage: "consecutive passes to become up"},
 		&cli.IntFlag{Name: "fall", Value: health.Defaults.Fall, Usage: "consecutive failures to become down"},
+		checkViaFlag("addr (probe the backend's own address) or vip (probe the VIP, through the data plane to this backend, as its traffic goes: a backend without the VIP or its decapsulator fails); default: the VIP's --check-via"),
 		&cli.StringFlag{Name: "on-error", Usage: "fail-check (the default: a failure counts towards --fall) or mark-down (a refused, reset or unreachable check marks the backend down at once; a timeout still counts one)"},
 		&cli.StringFlag{Name: "mac", Usage: "next-hop MAC (default: resolved through the route and neighbour tables)"},
 		&cli.UintFlag{Name: "agent-port", Usage: "agent check (HAProxy's agent-check): TCP port where the backend answers its weight (75%) and state (up, down, drain, maint, ready)"},
@@ -121,6 +122,9 @@ func backendFromFlags(c *cli.Context, addr string) (state.Backend, error) {
 			return state.Backend{}, fmt.Errorf("--%s: needs --load-metric", f)
 		}
 	}
+	if err := checkVia(c); err != nil {
+		return state.Backend{}, err
+	}
 	s := health.Settings{Interval: c.Duration("interval"), Timeout: c.Duration("timeout"), FastInter: c.Duration("fastinter"),
 		Rise: c.Int("rise"), Fall: c.Int("fall")}
 	if err := s.Validate(); err != nil {
@@ -133,7 +137,7 @@ func backendFromFlags(c *cli.Context, addr string) (state.Backend, error) {
 			TLSVerify: c.Bool("check-tls-verify"), Payload: c.String("check-payload"),
 			Service: c.String("check-service"), TLS: c.Bool("check-tls"),
 			Interval: state.Duration(s.Interval), Timeout: state.Duration(s.Timeout), FastInter: state.Duration(s.FastInter),
-			Rise: s.Rise, Fall: s.Fall, OnError: c.String("on-error")},
+			Rise: s.Rise, Fall: s.Fall, OnError: c.String("on-error"), Via: c.String("check-via")},
 		Agent: agentFromFlags(c), Load: loadFromFlags(c), SlowStart: state.Duration(c.Duration("slow-start")),
 	}, nil
 }

@@ -37,6 +37,7 @@ func vipAddCommand() *cli.Command {
 			&cli.StringFlag{Name: "demote-cmd", Usage: "failover: command run when a recovered old primary rejoins as a replica"},
 			&cli.StringFlag{Name: "hook-timeout", Value: "10s", Usage: "failover: time limit of each hook"},
 			&cli.BoolFlag{Name: "failback", Usage: "failover: a recovered higher-priority backend takes the primary role back"},
+			checkViaFlag("where its backends' health checks go, unless a backend says: addr (the backend's own address) or vip (the VIP, through the data plane to that backend, as its traffic goes)"),
 		},
 		Action: func(c *cli.Context) error {
 			req, err := vipAddRequest(c)
@@ -79,6 +80,9 @@ func vipAddRequest(c *cli.Context) (api.VIPAddRequest, error) {
 	if t, err := time.ParseDuration(c.String("udp-timeout")); err != nil || t <= 0 {
 		return api.VIPAddRequest{}, fmt.Errorf("--udp-timeout %q: want a positive duration such as 30s", c.String("udp-timeout"))
 	}
+	if err := checkVia(c); err != nil {
+		return api.VIPAddRequest{}, err
+	}
 	policy := c.String("policy")
 	if policy != state.PolicyMaglev && policy != state.PolicyFailover {
 		return api.VIPAddRequest{}, fmt.Errorf("--policy %q: want maglev or failover", policy)
@@ -93,7 +97,18 @@ func vipAddRequest(c *cli.Context) (api.VIPAddRequest, error) {
 	return api.VIPAddRequest{VIP: vip, Forward: c.String("forward"), GUEPort: uint16(c.Uint("gue-port")),
 		RingSize: uint32(c.Uint("ring-size")), MinActive: c.Int("min-active"), UDPTimeout: c.String("udp-timeout"),
 		Policy: policy, PromoteCmd: c.String("promote-cmd"), PromoteURL: c.String("promote-url"),
-		DemoteCmd: c.String("demote-cmd"), HookTimeout: hookTimeout, Failback: c.Bool("failback")}, nil
+		DemoteCmd: c.String("demote-cmd"), HookTimeout: hookTimeout, Failback: c.Bool("failback"),
+		CheckVia: c.String("check-via")}, nil
+}
+
+func checkViaFlag(usage string) cli.Flag { return &cli.StringFlag{Name: "check-via", Usage: usage} }
+
+// checkVia checks --check-via's value.
+func checkVia(c *cli.Context) error {
+	if v := c.String("check-via"); v != "" && v != state.CheckViaAddr && v != state.CheckViaVIP {
+		return fmt.Errorf("--check-via %q: want addr or vip", v)
+	}
+	return nil
 }
 
 func vipDelCommand() *cli.Command {

@@ -21,6 +21,7 @@ type VIPAddRequest struct {
 	DemoteCmd   string `json:"demote_cmd,omitempty"`
 	HookTimeout string `json:"hook_timeout,omitempty"`
 	Failback    bool   `json:"failback,omitempty"`
+	CheckVia    string `json:"check_via,omitempty"`
 }
 
 // BackendAddRequest adds a backend to a VIP.

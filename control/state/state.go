@@ -61,6 +61,9 @@ type VIP struct {
 	MinActive  int       `json:"min_active" yaml:"min_active"`
 	UDPTimeout Duration  `json:"udp_timeout" yaml:"udp_timeout"`
 	Backends   []Backend `json:"backends" yaml:"backends"`
+	// CheckVia is the check.via its backends take when they name none:
+	// CheckViaVIP, or "" (their own address).
+	CheckVia string `json:"check_via,omitempty" yaml:"check_via,omitempty"`
 
 	// Policy is "maglev" (spread over every usable backend) or
 	// "failover" (exactly one primary receives traffic).
@@ -153,7 +156,17 @@ type Check struct {
 	// default) or mark-down (a hard failure marks the backend down at
 	// once: health.IsHard).
 	OnError string `json:"on_error,omitempty" yaml:"on_error,omitempty"`
+	// Via is CheckViaAddr (the probe goes to the backend's own address)
+	// or CheckViaVIP (to the VIP, through the data plane to this
+	// backend, as its traffic goes); "" takes the VIP's check_via.
+	Via string `json:"via,omitempty" yaml:"via,omitempty"`
 }
+
+// Where a check's probe goes (Check.Via, VIP.CheckVia).
+const (
+	CheckViaAddr = "addr"
+	CheckViaVIP  = "vip"
+)
 
 // ParseVIPKey parses "10.0.0.1:80/tcp" or "[2001:db8::1]:443/tcp".
 func ParseVIPKey(s string) (loader.VIPKey, error) {
@@ -213,6 +226,9 @@ func (s *State) Normalize() {
 		if v.Policy == "" {
 			v.Policy = PolicyMaglev
 		}
+		if v.CheckVia = strings.ToLower(v.CheckVia); v.CheckVia == CheckViaAddr {
+			v.CheckVia = "" // the default, stored as such
+		}
 		if v.Policy == PolicyFailover && v.HookTimeout == 0 {
 			v.HookTimeout = Duration(DefaultHookTimeout)
 		}
@@ -228,25 +244,7 @@ func (s *State) Normalize() {
 				b.MAC = m.String()
 			}
 			c := &b.Check
-			c.Type = strings.ToLower(c.Type)
-			if c.Type == "" {
-				c.Type = string(health.TCP)
-			}
-			if c.OnError == "fail-check" {
-				c.OnError = "" // the default, stored as such
-			}
-			if c.Interval == 0 {
-				c.Interval = Duration(health.Defaults.Interval)
-			}
-			if c.Timeout == 0 {
-				c.Timeout = Duration(health.Defaults.Timeout)
-			}
-			if c.Rise == 0 {
-				c.Rise = health.Defaults.Rise
-			}
-			if c.Fall == 0 {
-				c.Fall = health.Defaults.Fall
-			}
+			c.normalize(v.CheckVia)
 			if b.Agent != nil && b.Agent.Interval == 0 {
 				b.Agent.Interval = c.Interval
 			}
@@ -260,6 +258,34 @@ func (s *State) Normalize() {
 		slices.SortFunc(v.Backends, func(a, b Backend) int { return strings.Compare(a.Addr, b.Addr) })
 	}
 	slices.SortFunc(s.VIPs, func(a, b VIP) int { return strings.Compare(a.VIP, b.VIP) })
+}
+
+// normalize fills a check's defaults; vipVia is its VIP's check_via.
+func (c *Check) normalize(vipVia string) {
+	c.Type = strings.ToLower(c.Type)
+	if c.Type == "" {
+		c.Type = string(health.TCP)
+	}
+	if c.OnError == "fail-check" {
+		c.OnError = "" // the default, stored as such
+	}
+	if c.Via = strings.ToLower(c.Via); c.Via == "" {
+		c.Via = vipVia // the VIP's, when the backend names none
+	} else if c.Via == CheckViaAddr && vipVia == "" {
+		c.Via = ""
+	}
+	if c.Interval == 0 {
+		c.Interval = Duration(health.Defaults.Interval)
+	}
+	if c.Timeout == 0 {
+		c.Timeout = Duration(health.Defaults.Timeout)
+	}
+	if c.Rise == 0 {
+		c.Rise = health.Defaults.Rise
+	}
+	if c.Fall == 0 {
+		c.Fall = health.Defaults.Fall
+	}
 }
 
 // Validate checks every field and names the first bad one.
@@ -311,6 +337,9 @@ func (v *VIP) validate(where string, k loader.VIPKey) error {
 	if err := v.validatePolicy(where); err != nil {
 		return err
 	}
+	if v.CheckVia != "" && v.CheckVia != CheckViaAddr && v.CheckVia != CheckViaVIP {
+		return fmt.Errorf("%s.check_via %q: want addr or vip", where, v.CheckVia)
+	}
 	addrs := map[netip.Addr]bool{}
 	for j, b := range v.Backends {
 		bw := fmt.Sprintf("%s.backends[%d]", where, j)
@@ -326,6 +355,9 @@ func (v *VIP) validate(where string, k loader.VIPKey) error {
 			return fmt.Errorf("%s.addr %s: an IPv6 VIP cannot be encapsulated to an IPv4 backend", bw, a)
 		}
 		if err := b.validate(bw); err != nil {
+			return err
+		}
+		if err := b.Check.validateVia(bw, k); err != nil {
 			return err
 		}
 	}
@@ -430,6 +462,34 @@ func validateCheck(c Check) error {
 	return nil
 }
 
+// validateVia checks that a check via the VIP (key k) can go where the
+// VIP's traffic goes: to a port the VIP serves, in its protocol.
+func (c Check) validateVia(bw string, k loader.VIPKey) error {
+	switch c.Via {
+	case "", CheckViaAddr:
+		return nil
+	case CheckViaVIP:
+	default:
+		return fmt.Errorf("%s.check.via %q: want addr or vip", bw, c.Via)
+	}
+	t, _ := health.ParseType(c.Type)
+	proto := loader.TCP
+	if t == health.UDP {
+		proto = loader.UDP
+	}
+	switch {
+	case t == health.None:
+		return nil
+	case proto != k.Proto:
+		return fmt.Errorf("%s.check.type %s: a check via the vip speaks the vip's protocol, %s", bw, t, k.Proto)
+	case k.Port != 0 && c.Port != 0 && c.Port != k.Port:
+		return fmt.Errorf("%s.check.port %d: a check via the vip goes to the vip's port, %d", bw, c.Port, k.Port)
+	case k.Port == 0 && c.Port == 0:
+		return fmt.Errorf("%s.check.port: a check via a vip of every port needs one", bw)
+	}
+	return nil
+}
+
 // Clone deep-copies a state.
 func (s State) Clone() State {
 	b, _ := json.Marshal(s)
@@ -467,7 +527,8 @@ func (v *VIP) FindBackend(addr netip.Addr) int {
 	return -1
 }
 
-// HealthCheck is the health check of backend b of vip.
+// HealthCheck is the health check of backend b of vip: to the backend's
+// address, or to the VIP through the data plane (check via vip).
 func (b Backend) HealthCheck(vip loader.VIPKey) health.Check {
 	port := b.Check.Port
 	if port == 0 {
@@ -475,8 +536,13 @@ func (b Backend) HealthCheck(vip loader.VIPKey) health.Check {
 	}
 	c := b.Check
 	t, _ := health.ParseType(c.Type)
+	addr := netip.MustParseAddr(b.Addr)
+	target, via := netip.AddrPortFrom(addr, port), netip.Addr{}
+	if c.Via == CheckViaVIP {
+		target, via = netip.AddrPortFrom(vip.Addr, port), addr
+	}
 	return health.Check{
-		Probe: health.Probe{Type: t, Addr: netip.AddrPortFrom(netip.MustParseAddr(b.Addr), port), Method: c.Method, Path: c.Path,
+		Probe: health.Probe{Type: t, Addr: target, Via: via, Method: c.Method, Path: c.Path,
 			Codes: c.Codes, BodyContain: c.Body, TLSVerify: c.TLSVerify, Payload: c.Payload, Service: c.Service, TLS: c.TLS},
 		Settings: health.Settings{Interval: time.Duration(c.Interval), Timeout: time.Duration(c.Timeout),
 			FastInter: time.Duration(c.FastInter), Rise: c.Rise, Fall: c.Fall, MarkDown: c.OnError == "mark-down"},

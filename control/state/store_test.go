@@ -146,20 +146,30 @@ func TestCommitIsAtomicAndRevisioned(t *testing.T) {
 
 func TestValidateNamesTheField(t *testing.T) {
 	cases := map[string]VIP{
-		"vips[0].vip":                        {VIP: "10.0.0.1/tcp"},
-		"vips[0] (10.0.0.1:80/tcp).forward":  {VIP: "10.0.0.1:80/tcp", Forward: "nat"},
-		"ring_size 100":                      {VIP: "10.0.0.1:80/tcp", RingSize: 100},
-		"backends[0].addr":                   {VIP: "10.0.0.1:80/tcp", Backends: []Backend{{Addr: "nope"}}},
-		"backends[0].mac":                    {VIP: "10.0.0.1:80/tcp", Backends: []Backend{{Addr: "10.0.0.2", MAC: "zz"}}},
-		"backends[0].check.type":             {VIP: "10.0.0.1:80/tcp", Backends: []Backend{{Addr: "10.0.0.2", Check: Check{Type: "icmp"}}}},
-		"backends[0].check.codes":            {VIP: "10.0.0.1:80/tcp", Backends: []Backend{{Addr: "10.0.0.2", Check: Check{Type: "http", Codes: "abc"}}}},
-		"backends[0].check.on_error":         {VIP: "10.0.0.1:80/tcp", Backends: []Backend{{Addr: "10.0.0.2", Check: Check{OnError: "panic"}}}},
-		"check.service, tls: only for grpc":  {VIP: "10.0.0.1:80/tcp", Backends: []Backend{{Addr: "10.0.0.2", Check: Check{Type: "http", Service: "model"}}}},
-		"backends[0].check.service":          {VIP: "10.0.0.1:80/tcp", Backends: []Backend{{Addr: "10.0.0.2", Check: Check{Type: "grpc", Service: "a b"}}}},
-		"cannot be encapsulated to an IPv4":  {VIP: "[2001:db8::1]:80/tcp", Backends: []Backend{{Addr: "10.0.0.2"}}},
-		"an IPv6 VIP cannot be encapsulated": {VIP: "[2001:db8::1]:80/tcp", Forward: "gue", Backends: []Backend{{Addr: "10.0.0.2"}}},
-		"gue_port 6080: only with forward":   {VIP: "10.0.0.1:80/tcp", Forward: "dsr", GUEPort: 6080},
-		"backends[1].addr 10.0.0.2: listed":  {VIP: "10.0.0.1:80/tcp", Backends: []Backend{{Addr: "10.0.0.2"}, {Addr: "10.0.0.2"}}},
+		"vips[0].vip":                          {VIP: "10.0.0.1/tcp"},
+		"vips[0] (10.0.0.1:80/tcp).forward":    {VIP: "10.0.0.1:80/tcp", Forward: "nat"},
+		"ring_size 100":                        {VIP: "10.0.0.1:80/tcp", RingSize: 100},
+		"backends[0].addr":                     {VIP: "10.0.0.1:80/tcp", Backends: []Backend{{Addr: "nope"}}},
+		"backends[0].mac":                      {VIP: "10.0.0.1:80/tcp", Backends: []Backend{{Addr: "10.0.0.2", MAC: "zz"}}},
+		"backends[0].check.type":               {VIP: "10.0.0.1:80/tcp", Backends: []Backend{{Addr: "10.0.0.2", Check: Check{Type: "icmp"}}}},
+		"backends[0].check.codes":              {VIP: "10.0.0.1:80/tcp", Backends: []Backend{{Addr: "10.0.0.2", Check: Check{Type: "http", Codes: "abc"}}}},
+		"backends[0].check.on_error":           {VIP: "10.0.0.1:80/tcp", Backends: []Backend{{Addr: "10.0.0.2", Check: Check{OnError: "panic"}}}},
+		"check.service, tls: only for grpc":    {VIP: "10.0.0.1:80/tcp", Backends: []Backend{{Addr: "10.0.0.2", Check: Check{Type: "http", Service: "model"}}}},
+		"backends[0].check.service":            {VIP: "10.0.0.1:80/tcp", Backends: []Backend{{Addr: "10.0.0.2", Check: Check{Type: "grpc", Service: "a b"}}}},
+		"cannot be encapsulated to an IPv4":    {VIP: "[2001:db8::1]:80/tcp", Backends: []Backend{{Addr: "10.0.0.2"}}},
+		"an IPv6 VIP cannot be encapsulated":   {VIP: "[2001:db8::1]:80/tcp", Forward: "gue", Backends: []Backend{{Addr: "10.0.0.2"}}},
+		"gue_port 6080: only with forward":     {VIP: "10.0.0.1:80/tcp", Forward: "dsr", GUEPort: 6080},
+		"backends[1].addr 10.0.0.2: listed":    {VIP: "10.0.0.1:80/tcp", Backends: []Backend{{Addr: "10.0.0.2"}, {Addr: "10.0.0.2"}}},
+		"check_via \"wire\": want addr or vip": {VIP: "10.0.0.1:80/tcp", CheckVia: "wire"},
+		"backends[0].check.via \"wire\"":       {VIP: "10.0.0.1:80/tcp", Backends: []Backend{{Addr: "10.0.0.2", Check: Check{Via: "wire"}}}},
+		"backends[0].check.port 8080: a check via the vip goes to the vip's port, 80": {VIP: "10.0.0.1:80/tcp",
+			Backends: []Backend{{Addr: "10.0.0.2", Check: Check{Type: "http", Port: 8080, Via: "vip"}}}},
+		"backends[0].check.type udp: a check via the vip speaks the vip's protocol, tcp": {VIP: "10.0.0.1:80/tcp",
+			Backends: []Backend{{Addr: "10.0.0.2", Check: Check{Type: "udp", Via: "vip"}}}},
+		"backends[0].check.type tcp: a check via the vip speaks the vip's protocol, udp": {VIP: "10.0.0.1:53/udp", CheckVia: "vip",
+			Backends: []Backend{{Addr: "10.0.0.2"}}},
+		"backends[0].check.port: a check via a vip of every port needs one": {VIP: "10.0.0.1:0/tcp", CheckVia: "vip",
+			Backends: []Backend{{Addr: "10.0.0.2"}}},
 	}
 	for want, v := range cases {
 		s := State{VIPs: []VIP{v}}
@@ -167,6 +177,43 @@ func TestValidateNamesTheField(t *testing.T) {
 		err := s.Validate()
 		if err == nil || !bytes.Contains([]byte(err.Error()), []byte(want)) {
 			t.Errorf("%+v: error %v, want it to name %q", v, err, want)
+		}
+	}
+}
+
+// TestCheckVia: a backend's check goes where its check.via says, or its
+// VIP's check_via when it says nothing: to the VIP's address through the
+// data plane (the probe names the backend it must reach), or to the
+// backend's own address.
+func TestCheckVia(t *testing.T) {
+	s := State{VIPs: []VIP{
+		{VIP: "10.0.0.1:80/tcp", CheckVia: "VIP", Backends: []Backend{{Addr: "10.0.0.2"}, {Addr: "10.0.0.3", Check: Check{Via: "addr"}}}},
+		{VIP: "10.0.0.1:443/tcp", CheckVia: "addr", Backends: []Backend{{Addr: "10.0.0.2"}, {Addr: "10.0.0.3", Check: Check{Via: "vip", Port: 443}}}},
+		{VIP: "10.0.0.1:0/tcp", Backends: []Backend{{Addr: "10.0.0.2", Check: Check{Via: "vip", Port: 22}}}},
+	}}
+	s.Normalize()
+	if err := s.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]string{ // vip backend -> probe target, via
+		"10.0.0.1:0/tcp 10.0.0.2":   "10.0.0.1:22 via 10.0.0.2",
+		"10.0.0.1:443/tcp 10.0.0.2": "10.0.0.2:443 via invalid IP",
+		"10.0.0.1:443/tcp 10.0.0.3": "10.0.0.1:443 via 10.0.0.3",
+		"10.0.0.1:80/tcp 10.0.0.2":  "10.0.0.1:80 via 10.0.0.2",
+		"10.0.0.1:80/tcp 10.0.0.3":  "10.0.0.3:80 via invalid IP",
+	}
+	for _, v := range s.VIPs {
+		k, _ := ParseVIPKey(v.VIP)
+		for _, b := range v.Backends {
+			p := b.HealthCheck(k).Probe
+			if got := fmt.Sprintf("%s via %s", p.Addr, p.Via); got != want[v.VIP+" "+b.Addr] {
+				t.Errorf("%s %s: probe %s, want %s", v.VIP, b.Addr, got, want[v.VIP+" "+b.Addr])
+			}
+		}
+	}
+	for _, v := range s.VIPs { // sorted: :0, :443 (check_via addr, the default), :80
+		if want := map[string]string{"10.0.0.1:80/tcp": "vip"}[v.VIP]; v.CheckVia != want {
+			t.Errorf("%s: check_via normalised to %q, want %q", v.VIP, v.CheckVia, want)
 		}
 	}
 }

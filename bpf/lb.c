@@ -1050,9 +1050,11 @@ int tc_probe(struct __sk_buff *skb)
 	struct pkt p = {};
 	enum verdict v = V_PASS;
 
-	/* A probe's headers are in the skb's linear part; make it ours to
-	 * write (a TCP segment is a clone of the one kept to resend). */
-	if (bpf_skb_pull_data(skb, 0))
+	/* Make the whole probe linear, so that its IP length can be checked
+	 * against the data (a TCP segment's payload sits in page fragments),
+	 * and ours to write (it is a clone of the one TCP keeps to resend).
+	 * Probes are small; the copy is cheap. */
+	if (bpf_skb_pull_data(skb, skb->len))
 		return probe_drop(len);
 	void *data = (void *)(long)skb->data;
 	void *data_end = (void *)(long)skb->data_end;

@@ -71,23 +71,45 @@ func (e *Env) AddBackend(ctx context.Context, name string, addr netip.Prefix, op
 			return nil, err
 		}
 	}
-	addrs := []netip.Addr{addr.Addr()}
-	if h.Addr6.IsValid() {
-		addrs = append(addrs, h.Addr6.Addr())
-	}
-	err = h.Do(func() error {
-		var err error
-		b.Decap, err = loader.AttachDecap(ctx, loader.DecapOptions{Iface: h.Link, Mode: loader.ModeNative,
-			PinRoot: e.PinRoot(), Addrs: addrs, GUEPorts: []uint16{loader.DefaultGUEPort}, Logger: e.log})
-		return err
-	})
-	if err != nil {
-		return nil, fmt.Errorf("attach decap on %s: %w", name, err)
+	if err := b.AttachDecap(ctx); err != nil {
+		return nil, err
 	}
 	if err := b.StartServers(); err != nil {
 		return nil, err
 	}
 	return b, nil
+}
+
+// AttachDecap attaches the decap program for the backend's addresses
+// and GUE on loader.DefaultGUEPort (AddBackend does).
+func (b *Backend) AttachDecap(ctx context.Context) error {
+	addrs := []netip.Addr{b.Addr.Addr()}
+	if b.Addr6.IsValid() {
+		addrs = append(addrs, b.Addr6.Addr())
+	}
+	err := b.Do(func() error {
+		var err error
+		b.Decap, err = loader.AttachDecap(ctx, loader.DecapOptions{Iface: b.Link, Mode: loader.ModeNative,
+			PinRoot: b.env.PinRoot(), Addrs: addrs, GUEPorts: []uint16{loader.DefaultGUEPort}, Logger: b.env.log})
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("attach decap on %s: %w", b.Name, err)
+	}
+	return nil
+}
+
+// DetachDecap removes the decap program (fault injection: a backend
+// without a decapsulator).
+func (b *Backend) DetachDecap() error {
+	if err := b.closeDecap(); err != nil {
+		return err
+	}
+	b.Decap = nil
+	if err := b.Do(func() error { return loader.DetachDecap(b.Link, b.env.PinRoot()) }); err != nil {
+		return fmt.Errorf("detach decap on %s: %w", b.Name, err)
+	}
+	return nil
 }
 
 // SetVIPOnLoopback puts VIP v on the backend's loopback, or takes it off

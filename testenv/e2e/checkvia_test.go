@@ -56,7 +56,7 @@ func checkVia(t *testing.T, forward, fault string) {
 	b2 := lab.Backends[1]
 	w := d.follow(t)
 	at := time.Now()
-	breakBackend(t, lab, b2, fault, true)
+	breakBackend(t, b2, fault, true)
 	downs := waitVIPEvents(t, w, b2.Addr.Addr().String(), "down", at, vipHTTP, vipUDP)
 	st := d.status(t)
 	for _, vip := range []string{vipHTTP, vipUDP} {
@@ -84,12 +84,12 @@ func checkVia(t *testing.T, forward, fault string) {
 	}
 	t.Logf("60 requests through %s: %v", vipHTTP, got)
 	at = time.Now()
-	breakBackend(t, lab, b2, fault, false)
+	breakBackend(t, b2, fault, false)
 	waitVIPEvents(t, w, b2.Addr.Addr().String(), "up", at, vipHTTP, vipUDP)
 }
 
 // breakBackend injects (or repairs) fault on b.
-func breakBackend(t *testing.T, lab *testenv.Lab, b *testenv.Backend, fault string, broken bool) {
+func breakBackend(t *testing.T, b *testenv.Backend, fault string, broken bool) {
 	t.Helper()
 	switch fault {
 	case "vip off loopback":
@@ -97,13 +97,12 @@ func breakBackend(t *testing.T, lab *testenv.Lab, b *testenv.Backend, fault stri
 			t.Fatal(err)
 		}
 	case "decap detached":
-		args := []string{"decap", "detach"}
+		err := b.DetachDecap()
 		if !broken {
-			args = []string{"decap", "attach", "--gue-port", "6080"}
+			err = b.AttachDecap(context.Background())
 		}
-		args = append(args, "--iface", b.Link, "--pin-root", lab.PinRoot())
-		if out, err := b.Command(context.Background(), sluiceBin, args...).CombinedOutput(); err != nil {
-			t.Fatalf("sluice %v on %s: %v\n%s", args, b.Name, err, out)
+		if err != nil {
+			t.Fatal(err)
 		}
 	default:
 		t.Fatalf("unknown fault %q", fault)

@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/netip"
 	"strings"
 	"testing"
 	"time"
@@ -17,8 +18,8 @@ import (
 // TestCheckViaVIP: checks through the forwarding path, for each forward
 // mode. One VIP (port 7) checks its backends at their own addresses; a
 // second (port 80, http) checks them via the VIP (`vip add --check-via
-// vip`), and a third (53/udp) via the VIP per backend (`backend add
-// --check-via vip`). Then b2 breaks the way half of the troubleshooting
+// vip`), and so does one on the IPv6 VIP; a third (53/udp) via the VIP
+// per backend (`backend add --check-via vip`). Then b2 breaks the way half of the troubleshooting
 // list does: its decap detached (ipip), or the VIP taken off its loopback
 // (gue, dsr). The plain check stays up, while both checks via the VIP
 // mark b2 down within fall × interval (plus a probe's timeout: these
@@ -46,20 +47,24 @@ func checkVia(t *testing.T, forward, fault string) {
 	d.mustCLI(t, "vip", "add", vipTCP, "--forward", forward)
 	d.mustCLI(t, "vip", "add", vipHTTP, "--forward", forward, "--check-via", "vip")
 	d.mustCLI(t, "vip", "add", vipUDP, "--forward", forward)
+	d.mustCLI(t, "vip", "add", vip6HTTP, "--forward", forward, "--check-via", "vip")
 	for _, b := range lab.Backends {
 		a := b.Addr.Addr().String()
 		d.mustCLI(t, append([]string{"backend", "add", vipTCP, a, "--check", "tcp"}, timing...)...)
 		d.mustCLI(t, append([]string{"backend", "add", vipHTTP, a, "--check", "http"}, timing...)...)
 		d.mustCLI(t, append([]string{"backend", "add", vipUDP, a, "--check", "udp", "--check-via", "vip"}, timing...)...)
+		d.mustCLI(t, append([]string{"backend", "add", vip6HTTP, b.Addr6.Addr().String(), "--check", "http"}, timing...)...)
 	}
-	d.waitStatus(t, "every check up, the ones via the vip included", allUp(9))
+	d.waitStatus(t, "every check up, the ones via the vip included", allUp(12))
 	b2 := lab.Backends[1]
 	w := d.follow(t)
 	at := time.Now()
 	breakBackend(t, b2, fault, true)
-	downs := waitVIPEvents(t, w, b2.Addr.Addr().String(), "down", at, vipHTTP, vipUDP)
+	b2v4, b2v6 := b2.Addr.Addr().String(), b2.Addr6.Addr().String()
+	via := map[string]string{vipHTTP: b2v4, vipUDP: b2v4, vip6HTTP: b2v6} // VIP -> b2's address in it
+	downs := waitVIPEvents(t, w, via, "down", at)
 	st := d.status(t)
-	for _, vip := range []string{vipHTTP, vipUDP} {
+	for _, vip := range []string{vipHTTP, vipUDP, vip6HTTP} {
 		e := downs[vip]
 		took := e.Marked.Sub(at)
 		t.Logf("%s, %s: b2 down via the vip after %v (fall %d × interval %v = %v, timeout %v): %s",
@@ -67,17 +72,17 @@ func checkVia(t *testing.T, forward, fault string) {
 		if bound := viaFall*viaInterval + viaTimeout + 50*time.Millisecond; took > bound {
 			t.Errorf("%s: b2 down after %v, want within %v", vip, took, bound)
 		}
-		if !strings.Contains(e.Reason, "via vip 10.77.1.100:") {
+		if !strings.Contains(e.Reason, "via vip ") {
 			t.Errorf("%s: reason %q does not say the probe went via the vip", vip, e.Reason)
 		}
-		if bs := backendState(st, vip, b2.Addr.Addr().String()); bs.State != "down" || bs.RingSlots != 0 {
+		if bs := backendState(st, vip, e.Backend); bs.State != "down" || bs.RingSlots != 0 {
 			t.Errorf("%s: b2 %s with %d ring slots, want down with none", vip, bs.State, bs.RingSlots)
 		}
 	}
-	if bs := backendState(st, vipTCP, b2.Addr.Addr().String()); bs.State != "up" || bs.RingSlots == 0 || bs.LastChange.After(at) {
+	if bs := backendState(st, vipTCP, b2v4); bs.State != "up" || bs.RingSlots == 0 || bs.LastChange.After(at) {
 		t.Errorf("%s (plain check): b2 %s since %v with %d slots, want up since before the fault", vipTCP, bs.State, bs.LastChange, bs.RingSlots)
 	}
-	t.Logf("%s: the plain check of b2 (its own address) still up, %d ring slots", vipTCP, backendState(st, vipTCP, b2.Addr.Addr().String()).RingSlots)
+	t.Logf("%s: the plain check of b2 (its own address) still up, %d ring slots", vipTCP, backendState(st, vipTCP, b2v4).RingSlots)
 	got := httpThroughVIP(t, lab, 60)
 	if got[b2.Name] != 0 || got["error"] != 0 {
 		t.Fatalf("60 requests through %s with b2 down via the vip: %v, want none on b2 and no error", vipHTTP, got)
@@ -85,16 +90,21 @@ func checkVia(t *testing.T, forward, fault string) {
 	t.Logf("60 requests through %s: %v", vipHTTP, got)
 	at = time.Now()
 	breakBackend(t, b2, fault, false)
-	waitVIPEvents(t, w, b2.Addr.Addr().String(), "up", at, vipHTTP, vipUDP)
+	waitVIPEvents(t, w, via, "up", at)
 }
+
+// vip6HTTP is the lab's IPv6 VIP on the HTTP port.
+const vip6HTTP = "[fd77:1::100]:80/tcp"
 
 // breakBackend injects (or repairs) fault on b.
 func breakBackend(t *testing.T, b *testenv.Backend, fault string, broken bool) {
 	t.Helper()
 	switch fault {
 	case "vip off loopback":
-		if err := b.SetVIPOnLoopback(testenv.LabVIP4, !broken); err != nil {
-			t.Fatal(err)
+		for _, v := range []netip.Addr{testenv.LabVIP4, testenv.LabVIP6} {
+			if err := b.SetVIPOnLoopback(v, !broken); err != nil {
+				t.Fatal(err)
+			}
 		}
 	case "decap detached":
 		err := b.DetachDecap()
@@ -109,26 +119,27 @@ func breakBackend(t *testing.T, b *testenv.Backend, fault string, broken bool) {
 	}
 }
 
-// waitVIPEvents waits for a health event of backend to state to after
-// since on each of vips, and returns them by VIP.
-func waitVIPEvents(t *testing.T, w *eventWatcher, backend, to string, since time.Time, vips ...string) map[string]api.Event {
+// waitVIPEvents waits for a health event to state to after since of
+// each VIP's backend in want (VIP -> backend), and returns them by VIP.
+// An event of the VIP checked at its backends' own addresses fails it.
+func waitVIPEvents(t *testing.T, w *eventWatcher, want map[string]string, to string, since time.Time) map[string]api.Event {
 	t.Helper()
 	got := map[string]api.Event{}
 	timeout := time.After(15 * time.Second)
-	for len(got) < len(vips) {
+	for len(got) < len(want) {
 		select {
 		case e := <-w.ch:
-			if e.Kind != "health" || e.Backend != backend || e.Time.Before(since) || e.Marked == nil {
+			if e.Kind != "health" || e.Time.Before(since) || e.Marked == nil {
 				continue
 			}
 			if e.VIP == vipTCP {
-				t.Fatalf("%s → %s on %s, checked at its own address: %s", backend, e.To, vipTCP, e.Reason)
+				t.Fatalf("%s → %s on %s, checked at its own address: %s", e.Backend, e.To, vipTCP, e.Reason)
 			}
-			if e.To == to {
+			if want[e.VIP] == e.Backend && e.To == to {
 				got[e.VIP] = e
 			}
 		case <-timeout:
-			t.Fatalf("%s → %s: events only on %v of %v", backend, to, got, vips)
+			t.Fatalf("→ %s: events only on %v of %v", to, got, want)
 		}
 	}
 	return got

@@ -1079,7 +1079,11 @@ int tc_probe(struct __sk_buff *skb)
 	if (!vip || !b || b->family == 0 || b->vip_id != vip->id || !cfg || probe_rewrite(skb, &p, vip, b, cfg))
 		return probe_drop(len);
 	add(&stats, SLUICE_STAT_PROBE_TX, len);
-	if (skb->ifindex != probe_ifindex)
+	if (skb->ifindex != probe_ifindex) {
+		/* Sent on from loopback, it meets tc_probe again on the
+		 * interface's egress: unmarked, it passes there as it is. */
+		skb->mark = 0;
 		return bpf_redirect(probe_ifindex, 0);
+	}
 	return TC_ACT_OK;
 }

@@ -474,7 +474,7 @@ func (d *Daemon) syncChecksLocked() {
 // VIP; if it cannot, such checks fail with the reason.
 func (d *Daemon) probeDialerLocked() *probevia.Dialer {
 	if d.via == nil {
-		d.via = &probevia.Dialer{Backends: d.rec, Iface: d.dp.Iface()}
+		d.via = &probevia.Dialer{Backends: d.rec, Iface: d.dp.Iface(), Log: d.log}
 		if d.probes, d.via.Attached = tcprobe.Attach(d.dp.ProbeProgram(), d.dp.Iface()); d.via.Attached != nil {
 			d.log.Error("checks via vip cannot run", "err", d.via.Attached)
 		}

@@ -41,10 +41,16 @@ func (f *fixture) runProbe(t testing.TB, frame []byte, mark uint32) (uint32, []b
 	for i, v := range ctx {
 		binary.NativeEndian.PutUint32(in[4*i:], v)
 	}
-	opts := &ebpf.RunOptions{Data: frame, DataOut: make([]byte, len(frame)+256), Context: in}
+	out := make([]byte, 256) // room for the whole struct __sk_buff the kernel writes back
+	opts := &ebpf.RunOptions{Data: frame, DataOut: make([]byte, len(frame)+256), Context: in, ContextOut: out}
 	ret, err := f.d.ProbeProgram().Run(opts)
 	if err != nil {
 		t.Fatalf("run tc_probe: %v", err)
+	}
+	// A probe sent on from loopback meets tc_probe again on the
+	// interface: it must be unmarked by then.
+	if m := binary.NativeEndian.Uint32(out[8:]); ret == tcActRedirect && m != 0 {
+		t.Fatalf("redirected with mark %#x, want 0", m)
 	}
 	return ret, opts.DataOut
 }

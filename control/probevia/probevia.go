@@ -8,6 +8,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/netip"
 	"os"
@@ -35,6 +36,7 @@ type Dialer struct {
 	Iface    *net.Interface
 	// Attached is nil once tc_probe is attached, else why it is not.
 	Attached error
+	Log      *slog.Logger
 }
 
 // Dial is the dial function of probes through the data plane to backend via.
@@ -112,9 +114,10 @@ func (d *Dialer) source(vip netip.Addr, mark uint32) (netip.Addr, error) {
 		if !src.IsValid() {
 			return netip.Addr{}, fmt.Errorf("%s is local here, and %s has no address of its family to send from", vip, d.Iface.Name)
 		}
-		if vip.Is4() && !acceptLocal(d.Iface.Name) {
-			return netip.Addr{}, fmt.Errorf("%s is local here (this node holds it), so the backend's answers from it are dropped as martians: "+
-				"set net.ipv4.conf.%s.accept_local=1", vip, d.Iface.Name)
+		if vip.Is4() {
+			if err := d.acceptLocal(vip); err != nil {
+				return netip.Addr{}, err
+			}
 		}
 		return src, nil
 	}
@@ -128,11 +131,22 @@ func (d *Dialer) source(vip netip.Addr, mark uint32) (netip.Addr, error) {
 	return netip.Addr{}, nil
 }
 
-// acceptLocal reports whether IPv4 packets from one of this host's own
-// addresses are accepted on iface.
-func acceptLocal(iface string) bool {
-	b, err := os.ReadFile(filepath.Join("/proc/sys/net/ipv4/conf", iface, "accept_local"))
-	return err == nil && strings.TrimSpace(string(b)) == "1"
+// acceptLocal makes the interface accept IPv4 packets from this host's
+// own addresses: the backend answers a probe to a VIP this node holds
+// (the master of a pair) from that VIP, which Linux drops as a martian
+// otherwise. It is set once, and logged.
+func (d *Dialer) acceptLocal(vip netip.Addr) error {
+	path := filepath.Join("/proc/sys/net/ipv4/conf", d.Iface.Name, "accept_local")
+	if b, err := os.ReadFile(path); err == nil && strings.TrimSpace(string(b)) == "1" {
+		return nil
+	}
+	if err := os.WriteFile(path, []byte("1"), 0o644); err != nil {
+		return fmt.Errorf("%s is local here, and its answers need net.ipv4.conf.%s.accept_local=1: %w", vip, d.Iface.Name, err)
+	}
+	if d.Log != nil {
+		d.Log.Info("set accept_local: checks via a vip this node holds get their answers from it", "iface", d.Iface.Name, "vip", vip)
+	}
+	return nil
 }
 
 func localAddr(network string, a netip.Addr) net.Addr {

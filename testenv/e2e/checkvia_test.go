@@ -171,3 +171,43 @@ func httpThroughVIP(t *testing.T, lab *testenv.Lab, n int) map[string]int {
 	}
 	return got
 }
+
+// TestCheckViaLocalVIP: on a node that holds the VIP as an address of its
+// own (the master of an LB pair), a probe to the VIP routes through
+// loopback, where tc_probe meets it and sends it out of the interface.
+// The daemon turns accept_local on, as the backends' answers come from
+// the VIP; checks via the VIP come up, follow b2 losing the VIP on its
+// loopback, and clients still reach the VIP.
+func TestCheckViaLocalVIP(t *testing.T) {
+	lab, d := labWithDaemon(t, 3)
+	accept := "/proc/sys/net/ipv4/conf/" + lab.LB.Link + "/accept_local"
+	if out, err := lab.LB.Command(context.Background(), "ip", "addr", "add", testenv.LabVIP4.String()+"/32", "dev", lab.LB.Link).CombinedOutput(); err != nil {
+		t.Fatalf("add the vip to lb: %v\n%s", err, out)
+	}
+	if err := lab.LB.Sysctl("net.ipv4.conf."+lab.LB.Link+".accept_local", "0"); err != nil {
+		t.Fatal(err)
+	}
+	d.mustCLI(t, "vip", "add", vipHTTP, "--forward", "ipip", "--check-via", "vip")
+	for _, b := range lab.Backends {
+		d.mustCLI(t, "backend", "add", vipHTTP, b.Addr.Addr().String(), "--check", "http", "--interval", viaInterval.String(),
+			"--timeout", viaTimeout.String(), "--fall", fmt.Sprint(viaFall), "--rise", "2")
+	}
+	d.waitStatus(t, "every check via the local vip up", allUp(3))
+	if out, err := lab.LB.Command(context.Background(), "cat", accept).Output(); err != nil || strings.TrimSpace(string(out)) != "1" {
+		t.Fatalf("accept_local on %s: %q, %v; want 1", lab.LB.Link, out, err)
+	}
+	b2 := lab.Backends[1]
+	via := map[string]string{vipHTTP: b2.Addr.Addr().String()}
+	w := d.follow(t)
+	at := time.Now()
+	breakBackend(t, b2, "vip off loopback", true)
+	e := waitVIPEvents(t, w, via, "down", at)[vipHTTP]
+	t.Logf("vip local on the lb: b2 down via the vip after %v: %s", e.Marked.Sub(at).Round(time.Millisecond), e.Reason)
+	if got := httpThroughVIP(t, lab, 30); got[b2.Name] != 0 || got["error"] != 0 {
+		t.Fatalf("30 requests through %s: %v, want none on b2 and no error", vipHTTP, got)
+	}
+	at = time.Now()
+	breakBackend(t, b2, "vip off loopback", false)
+	waitVIPEvents(t, w, via, "up", at)
+	t.Logf("b2 back up via the local vip; accept_local on %s set to 1 by the daemon", lab.LB.Link)
+}

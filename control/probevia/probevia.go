@@ -14,6 +14,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 
 	"github.com/vishvananda/netlink"
@@ -37,6 +38,9 @@ type Dialer struct {
 	// Attached is nil once tc_probe is attached, else why it is not.
 	Attached error
 	Log      *slog.Logger
+
+	acceptMu  sync.Mutex
+	acceptSet bool // accept_local is on, as this Dialer set or found it
 }
 
 // Dial is the dial function of probes through the data plane to backend via.
@@ -136,13 +140,20 @@ func (d *Dialer) source(vip netip.Addr, mark uint32) (netip.Addr, error) {
 // (the master of a pair) from that VIP, which Linux drops as a martian
 // otherwise. It is set once, and logged.
 func (d *Dialer) acceptLocal(vip netip.Addr) error {
+	d.acceptMu.Lock()
+	defer d.acceptMu.Unlock()
+	if d.acceptSet {
+		return nil
+	}
 	path := filepath.Join("/proc/sys/net/ipv4/conf", d.Iface.Name, "accept_local")
 	if b, err := os.ReadFile(path); err == nil && strings.TrimSpace(string(b)) == "1" {
+		d.acceptSet = true
 		return nil
 	}
 	if err := os.WriteFile(path, []byte("1"), 0o644); err != nil {
 		return fmt.Errorf("%s is local here, and its answers need net.ipv4.conf.%s.accept_local=1: %w", vip, d.Iface.Name, err)
 	}
+	d.acceptSet = true
 	if d.Log != nil {
 		d.Log.Info("set accept_local: checks via a vip this node holds get their answers from it", "iface", d.Iface.Name, "vip", vip)
 	}

@@ -753,32 +753,22 @@ static __always_inline int outer_v6(void *data, void *data_end, const struct pkt
 	return 0;
 }
 
-/* How many bytes encapsulating to b adds after the Ethernet header. */
-static __always_inline int outer_len(const struct backend *b, const int gue)
-{
-	int ip = b->family == SLUICE_FAMILY_V6 ? sizeof(struct ipv6hdr) : sizeof(struct iphdr);
-
-	return ip + (gue ? sizeof(struct udphdr) : 0);
-}
-
-/* Writes the outer headers to b (IPIP with gue 0, or GUE) in the room
- * outer_len(b, gue) bytes long that the caller made after the Ethernet
- * header at data. */
-static __always_inline int outer(void *data, void *data_end, const struct pkt *p, const struct backend *b,
-				 const struct config *cfg, const int gue, __u16 gue_port)
-{
-	if (b->family == SLUICE_FAMILY_V6)
-		return outer_v6(data, data_end, p, b, cfg, gue, gue_port);
-	return outer_v4(data, data_end, p, b, cfg, gue, gue_port);
-}
-
-/* Encapsulates p to b: IPIP (gue 0) or GUE, in the backend's family. */
+/* Encapsulates p to b: IPIP (gue 0) or GUE, in the backend's family,
+ * which is tested once per packet: each branch grows the head by a
+ * constant. */
 static __always_inline int encap(struct xdp_md *ctx, const struct pkt *p, const struct backend *b,
 				 const struct config *cfg, const int gue, __u16 gue_port)
 {
-	if (bpf_xdp_adjust_head(ctx, 0 - outer_len(b, gue)))
+	const int udp = gue ? sizeof(struct udphdr) : 0;
+
+	if (b->family == SLUICE_FAMILY_V6) {
+		if (bpf_xdp_adjust_head(ctx, 0 - (int)sizeof(struct ipv6hdr) - udp))
+			return -1;
+		return outer_v6((void *)(long)ctx->data, (void *)(long)ctx->data_end, p, b, cfg, gue, gue_port);
+	}
+	if (bpf_xdp_adjust_head(ctx, 0 - (int)sizeof(struct iphdr) - udp))
 		return -1;
-	return outer((void *)(long)ctx->data, (void *)(long)ctx->data_end, p, b, cfg, gue, gue_port);
+	return outer_v4((void *)(long)ctx->data, (void *)(long)ctx->data_end, p, b, cfg, gue, gue_port);
 }
 
 /* Whether a packet that no VIP takes is for a VIP address and must not
@@ -1003,6 +993,26 @@ static __always_inline int probe_drop(__u64 len)
 {
 	add(&stats, SLUICE_STAT_PROBE_DROP, len);
 	return TC_ACT_SHOT;
+}
+
+/* How many bytes encapsulating to b adds after the Ethernet header
+ * (tc_probe; xdp_lb's encap grows the head by constants). */
+static __always_inline int outer_len(const struct backend *b, const int gue)
+{
+	int ip = b->family == SLUICE_FAMILY_V6 ? sizeof(struct ipv6hdr) : sizeof(struct iphdr);
+
+	return ip + (gue ? sizeof(struct udphdr) : 0);
+}
+
+/* Writes the outer headers to b (IPIP with gue 0, or GUE) in the room
+ * outer_len(b, gue) bytes long that tc_probe made after the Ethernet
+ * header at data. */
+static __always_inline int outer(void *data, void *data_end, const struct pkt *p, const struct backend *b,
+				 const struct config *cfg, const int gue, __u16 gue_port)
+{
+	if (b->family == SLUICE_FAMILY_V6)
+		return outer_v6(data, data_end, p, b, cfg, gue, gue_port);
+	return outer_v4(data, data_end, p, b, cfg, gue, gue_port);
 }
 
 /* Rewrites a probe for b as xdp_lb's send() rewrites its VIP's data:

@@ -5,12 +5,10 @@ import (
 	"errors"
 	"net"
 	"net/netip"
-	"runtime"
 	"strings"
 	"testing"
 
 	"github.com/vishvananda/netlink"
-	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
 	"github.com/sluicelb/sluice/loader"
@@ -31,18 +29,12 @@ func (b backends) FlowBackend(_ netip.AddrPort, _ loader.Proto, addr netip.Addr)
 // route leaves through another interface, or tc_probe is not attached.
 func TestDialRefusesWhatCannotArrive(t *testing.T) {
 	testutil.Require(t)
-	runtime.LockOSThread()
-	defer runtime.UnlockOSThread()
-	orig, err := netns.Get()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer orig.Close()
-	ns, err := netns.New()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer func() { netns.Set(orig); ns.Close() }()
+	testutil.InNewNetns(t, func() { dialInNetns(t) })
+}
+
+// dialInNetns is TestDialRefusesWhatCannotArrive in its own namespace:
+// the data plane's interface sluicet-a and another, sluicet-b.
+func dialInNetns(t *testing.T) {
 	for _, name := range []string{"sluicet-a", "sluicet-b"} {
 		if err := netlink.LinkAdd(&netlink.Dummy{LinkAttrs: netlink.LinkAttrs{Name: name}}); err != nil {
 			if err := netlink.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: name}, PeerName: name + "p"}); err != nil {

@@ -3,14 +3,12 @@ package tcprobe
 import (
 	"errors"
 	"net"
-	"runtime"
 	"testing"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/asm"
 	"github.com/cilium/ebpf/link"
 	"github.com/vishvananda/netlink"
-	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
 	"github.com/sluicelb/sluice/testenv/testutil"
@@ -106,25 +104,15 @@ func egressFilters(t *testing.T, ifi *net.Interface) int {
 
 // inNetns runs fn on a veth in a namespace of its own.
 func inNetns(t *testing.T, fn func(*net.Interface)) {
-	runtime.LockOSThread()
-	defer runtime.UnlockOSThread()
-	orig, err := netns.Get()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer orig.Close()
-	ns, err := netns.New()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer func() { netns.Set(orig); ns.Close() }()
-	veth := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "sluicet-p0"}, PeerName: "sluicet-p1"}
-	if err := netlink.LinkAdd(veth); err != nil {
-		t.Fatal(err)
-	}
-	ifi, err := net.InterfaceByName("sluicet-p0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	fn(ifi)
+	testutil.InNewNetns(t, func() {
+		veth := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "sluicet-p0"}, PeerName: "sluicet-p1"}
+		if err := netlink.LinkAdd(veth); err != nil {
+			t.Fatal(err)
+		}
+		ifi, err := net.InterfaceByName("sluicet-p0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		fn(ifi)
+	})
 }

@@ -8,10 +8,13 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/vishvananda/netns"
 )
 
 // RunWithSluice builds the sluice binary into a temporary directory, sets
@@ -98,4 +101,23 @@ func ReplaceSection(path, name, body string) error {
 		return fmt.Errorf("replace %s: %w", path, err)
 	}
 	return nil
+}
+
+// InNewNetns runs fn on a thread of its own in a new, empty network
+// namespace, and goes back to the original one after.
+func InNewNetns(t testing.TB, fn func()) {
+	t.Helper()
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	orig, err := netns.Get()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer orig.Close()
+	ns, err := netns.New()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { netns.Set(orig); ns.Close() }()
+	fn()
 }

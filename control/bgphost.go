@@ -13,7 +13,6 @@ import (
 	"github.com/sluicelb/sluice/control/bgp"
 	"github.com/sluicelb/sluice/control/netif"
 	"github.com/sluicelb/sluice/control/state"
-	"github.com/sluicelb/sluice/loader"
 )
 
 // bgpSource is the daemon as its BGP announcer sees it (bgp.Source).
@@ -61,7 +60,7 @@ func (s bgpSource) NodeView() bgp.NodeView {
 // the maps.
 func (s bgpSource) Services() []bgp.Service {
 	var out []bgp.Service
-	var keys []loader.VIPKey
+	var keys []state.VIPKey
 	s.d.mu.Lock()
 	for _, v := range s.d.state.VIPs {
 		if k, err := state.ParseVIPKey(v.VIP); err == nil {

@@ -6,7 +6,6 @@ import (
 	"github.com/sluicelb/sluice/control/api"
 	"github.com/sluicelb/sluice/control/state"
 	"github.com/sluicelb/sluice/health"
-	"github.com/sluicelb/sluice/loader"
 )
 
 // clusterHost is the daemon as its cluster node sees it (cluster.Host).
@@ -21,7 +20,7 @@ func (h clusterHost) Status() (api.Status, error) { return h.d.Status() }
 func (h clusterHost) Event(e api.Event)           { h.d.events.Add(e) }
 func (h clusterHost) Elected()                    { h.d.checkPrimaries() }
 func (h clusterHost) Log() *slog.Logger           { return h.d.log }
-func (h clusterHost) LocalHealth(vip loader.VIPKey, b state.Backend) health.State {
+func (h clusterHost) LocalHealth(vip state.VIPKey, b state.Backend) health.State {
 	return h.d.healthOf(vip, b)
 }
 

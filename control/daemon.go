@@ -145,8 +145,8 @@ type Daemon struct {
 	hookUser *syscall.Credential
 
 	promoMu       sync.Mutex
-	promoting     map[loader.VIPKey]bool   // a promotion runs for the VIP
-	demotePending map[loader.VIPKey]string // old primary awaiting its demote hook
+	promoting     map[state.VIPKey]bool   // a promotion runs for the VIP
+	demotePending map[state.VIPKey]string // old primary awaiting its demote hook
 }
 
 // New opens the state, adopts or attaches the data plane and applies the
@@ -156,7 +156,7 @@ func New(ctx context.Context, opts Options) (*Daemon, error) {
 		return nil, err
 	}
 	d := &Daemon{opts: opts, log: opts.Logger, events: events.New(1000), coord: SingleNode{}, started: time.Now(), ctx: ctx,
-		promoting: map[loader.VIPKey]bool{}, demotePending: map[loader.VIPKey]string{}, availability: map[availability.Subject]bool{}}
+		promoting: map[state.VIPKey]bool{}, demotePending: map[state.VIPKey]string{}, availability: map[availability.Subject]bool{}}
 	var err error
 	if opts.HookUser != "" {
 		if d.hookUser, err = hook.LookupUser(opts.HookUser); err != nil {
@@ -417,8 +417,8 @@ func (d *Daemon) applyLocked(ctx context.Context) (reconcile.Result, error) {
 	return res, nil
 }
 
-func (d *Daemon) healthOf(vip loader.VIPKey, b state.Backend) health.State {
-	c := b.HealthCheck(vip)
+func (d *Daemon) healthOf(vip state.VIPKey, b state.Backend) health.State {
+	c := health.For(vip, b)
 	if c.Probe.Type == health.None {
 		return health.Up
 	}
@@ -433,12 +433,12 @@ func (d *Daemon) syncChecksLocked() {
 	initial := map[health.ID]health.State{}
 	// The backend table is read once, and only when a check is new: its
 	// initial state is all the table gives (a read takes milliseconds).
-	var adopted func(loader.VIPKey, netip.Addr) (health.State, bool)
+	var adopted func(state.VIPKey, netip.Addr) (health.State, bool)
 	refs := map[health.ID][]reconcile.BackendRef{}
 	for _, v := range d.state.VIPs {
 		k, _ := state.ParseVIPKey(v.VIP)
 		for _, b := range v.Backends {
-			c := b.HealthCheck(k)
+			c := health.For(k, b)
 			if c.Probe.Via.IsValid() {
 				c.Probe.Dial = d.probeDialerLocked().Dial(c.Probe.Via)
 			}

@@ -15,7 +15,6 @@ import (
 	"github.com/sluicelb/sluice/control/api"
 	"github.com/sluicelb/sluice/control/state"
 	"github.com/sluicelb/sluice/health"
-	"github.com/sluicelb/sluice/loader"
 )
 
 func (d *Daemon) drillDir() string { return filepath.Join(d.opts.StateDir, "drills") }
@@ -75,7 +74,7 @@ func (d *Daemon) Drill(ctx context.Context, req api.DrillRequest) (api.DrillRepo
 type drill struct {
 	d              *Daemon
 	req            api.DrillRequest
-	k              loader.VIPKey
+	k              state.VIPKey
 	v              state.VIP
 	target         string
 	hold, maxApply time.Duration

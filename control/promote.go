@@ -13,7 +13,6 @@ import (
 	"github.com/sluicelb/sluice/control/hook"
 	"github.com/sluicelb/sluice/control/state"
 	"github.com/sluicelb/sluice/health"
-	"github.com/sluicelb/sluice/loader"
 )
 
 // nodeName names this node to hooks: its name in the LB pair, else the
@@ -112,12 +111,12 @@ func (d *Daemon) checkPrimaries() {
 
 // higherUndecided reports whether a backend of v with a priority above p
 // has not been probed yet.
-func (d *Daemon) higherUndecided(k loader.VIPKey, v state.VIP, p int) bool {
+func (d *Daemon) higherUndecided(k state.VIPKey, v state.VIP, p int) bool {
 	for _, b := range v.Backends {
 		if b.Priority <= p || b.Disabled {
 			continue
 		}
-		c := b.HealthCheck(k)
+		c := health.For(k, b)
 		if st, ok := d.hm.Status(c.ID()); ok && !st.Decided {
 			return true
 		}
@@ -127,7 +126,7 @@ func (d *Daemon) higherUndecided(k loader.VIPKey, v state.VIP, p int) bool {
 
 // startPromotion runs one promotion of a VIP at a time, off the caller's
 // goroutine: hooks may take seconds.
-func (d *Daemon) startPromotion(k loader.VIPKey, cands []state.Backend) {
+func (d *Daemon) startPromotion(k state.VIPKey, cands []state.Backend) {
 	d.promoMu.Lock()
 	if d.promoting[k] {
 		d.promoMu.Unlock()
@@ -151,7 +150,7 @@ func (d *Daemon) startPromotion(k loader.VIPKey, cands []state.Backend) {
 // promote tries the candidates in order: commit the next epoch durably,
 // run the hook with it, and switch the data plane to the first candidate
 // whose hook succeeds. With none left the VIP has no primary and drops.
-func (d *Daemon) promote(ctx context.Context, k loader.VIPKey, cands []state.Backend) (api.PromoteResult, error) {
+func (d *Daemon) promote(ctx context.Context, k state.VIPKey, cands []state.Backend) (api.PromoteResult, error) {
 	name := state.FormatVIPKey(k)
 	var lastErr error
 	for _, c := range cands {

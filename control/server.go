@@ -11,8 +11,6 @@ import (
 
 	"github.com/sluicelb/sluice/control/api"
 	"github.com/sluicelb/sluice/control/state"
-	"github.com/sluicelb/sluice/health"
-	"github.com/sluicelb/sluice/loader"
 )
 
 // maxBody bounds a request body read from the socket.
@@ -149,23 +147,8 @@ func (d *Daemon) apiVIPAdd(r *http.Request) (any, error) {
 	if err != nil {
 		return nil, err
 	}
-	v := state.VIP{VIP: state.FormatVIPKey(k), Forward: req.Forward, GUEPort: req.GUEPort, RingSize: req.RingSize, MinActive: req.MinActive,
-		Policy: req.Policy, PromoteCmd: req.PromoteCmd, PromoteURL: req.PromoteURL, DemoteCmd: req.DemoteCmd, Failback: req.Failback,
-		CheckVia: req.CheckVia}
-	if req.HookTimeout != "" {
-		t, err := time.ParseDuration(req.HookTimeout)
-		if err != nil || t <= 0 {
-			return nil, fmt.Errorf("hook_timeout %q: want a positive duration such as 10s", req.HookTimeout)
-		}
-		v.HookTimeout = state.Duration(t)
-	}
-	if req.UDPTimeout != "" {
-		t, err := time.ParseDuration(req.UDPTimeout)
-		if err != nil || t <= 0 {
-			return nil, fmt.Errorf("udp_timeout %q: want a positive duration such as 30s", req.UDPTimeout)
-		}
-		v.UDPTimeout = state.Duration(t)
-	}
+	v := req.Model()
+	v.VIP = state.FormatVIPKey(k)
 	return d.Change(d.ctx, "vip add "+v.VIP, func(s *state.State) error {
 		if s.FindVIP(k) >= 0 {
 			return state.Conflict("vip %s: already exists", v.VIP)
@@ -176,14 +159,14 @@ func (d *Daemon) apiVIPAdd(r *http.Request) (any, error) {
 }
 
 // vipAndBackend parses a request's VIP and backend address.
-func vipAndBackend(vip, addr string) (loader.VIPKey, netip.Addr, error) {
+func vipAndBackend(vip, addr string) (state.VIPKey, netip.Addr, error) {
 	k, err := state.ParseVIPKey(vip)
 	if err != nil {
-		return loader.VIPKey{}, netip.Addr{}, err
+		return state.VIPKey{}, netip.Addr{}, err
 	}
 	a, err := netip.ParseAddr(addr)
 	if err != nil {
-		return loader.VIPKey{}, netip.Addr{}, fmt.Errorf("backend address %q: not an IP address", addr)
+		return state.VIPKey{}, netip.Addr{}, fmt.Errorf("backend address %q: not an IP address", addr)
 	}
 	return k, a, nil
 }
@@ -204,9 +187,6 @@ func (d *Daemon) apiBackendAdd(r *http.Request) (any, error) {
 		}
 		if s.VIPs[i].FindBackend(addr) >= 0 {
 			return state.Conflict("backend %s of %s: already exists", addr, state.FormatVIPKey(k))
-		}
-		if k.Port == 0 && req.Backend.Check.Port == 0 && req.Backend.Check.Type != string(health.None) {
-			return fmt.Errorf("check.port: required for a VIP on port 0 (or check type none)")
 		}
 		s.VIPs[i].Backends = append(s.VIPs[i].Backends, req.Backend)
 		return nil
@@ -261,7 +241,7 @@ func (d *Daemon) apiRing(r *http.Request) (any, error) {
 	if st := d.State(); st.FindVIP(k) < 0 {
 		return nil, state.NotFound("vip %s: no such vip", state.FormatVIPKey(k))
 	}
-	ring, err := d.dp.Ring(k)
+	ring, err := d.rec.ReadRing(k)
 	if err != nil {
 		return nil, err
 	}

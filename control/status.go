@@ -11,7 +11,6 @@ import (
 	"github.com/sluicelb/sluice/control/reconcile"
 	"github.com/sluicelb/sluice/control/state"
 	"github.com/sluicelb/sluice/health"
-	"github.com/sluicelb/sluice/loader"
 )
 
 // HAStatus is `sluice ha status`.
@@ -53,7 +52,7 @@ func (d *Daemon) Status() (api.Status, error) {
 			if c, err := d.dp.VIPCounter(id); err == nil {
 				vs.Packets, vs.Bytes = c.Packets, c.Bytes
 			}
-			if ring, err := d.dp.Ring(k); err == nil {
+			if ring, err := d.rec.ReadRing(k); err == nil {
 				// Hash each slot's backend address, not its local index:
 				// indexes differ between nodes, the addresses must not.
 				addrOf := map[uint32][16]byte{}
@@ -115,9 +114,9 @@ func (d *Daemon) Counters() (map[string]map[string]uint64, error) {
 
 // backendState fills in a backend's state, weights and the reasons for
 // them: its health check's, its agent's and its weight's.
-func (d *Daemon) backendState(k loader.VIPKey, b state.Backend, bv reconcile.BackendView, bs *api.BackendStatus) {
+func (d *Daemon) backendState(k state.VIPKey, b state.Backend, bv reconcile.BackendView, bs *api.BackendStatus) {
 	hs := health.Down
-	c := b.HealthCheck(k)
+	c := health.For(k, b)
 	if c.Probe.Type == health.None {
 		hs, bs.Reason = health.Up, "no health check"
 	} else if st, ok := d.hm.Status(c.ID()); ok {

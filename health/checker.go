@@ -6,6 +6,8 @@ import (
 	"math/rand/v2"
 	"sync"
 	"time"
+
+	"github.com/sluicelb/sluice/control/state"
 )
 
 // State is a backend's health state as probes see it.
@@ -31,25 +33,8 @@ type Settings struct {
 	MarkDown bool
 }
 
-// Defaults are HAProxy's: inter 2s, rise 2, fall 3.
-var Defaults = Settings{Interval: 2 * time.Second, Timeout: time.Second, Rise: 2, Fall: 3}
-
-// Validate checks settings, naming the bad field.
-func (s Settings) Validate() error {
-	switch {
-	case s.Interval <= 0:
-		return fmt.Errorf("interval %v: must be positive", s.Interval)
-	case s.Timeout <= 0:
-		return fmt.Errorf("timeout %v: must be positive", s.Timeout)
-	case s.FastInter < 0:
-		return fmt.Errorf("fastinter %v: must not be negative", s.FastInter)
-	case s.Rise < 1:
-		return fmt.Errorf("rise %d: must be at least 1", s.Rise)
-	case s.Fall < 1:
-		return fmt.Errorf("fall %d: must be at least 1", s.Fall)
-	}
-	return nil
-}
+// Defaults are the model's (HAProxy's): inter 2s, rise 2, fall 3.
+var Defaults = Settings{Interval: state.DefaultInterval, Timeout: state.DefaultTimeout, Rise: state.DefaultRise, Fall: state.DefaultFall}
 
 // Check is one probe with its settings; equal Checks run once.
 type Check struct {

@@ -17,6 +17,7 @@ import (
 	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
+	"github.com/sluicelb/sluice/control/state"
 )
 
 // MaxLoadBody bounds a scraped metrics page. A model server's page is
@@ -36,55 +37,13 @@ type LoadMetric struct {
 	Dial   Dialer
 }
 
-// ParseLoadMetric parses URL#SERIES, naming what is wrong.
+// ParseLoadMetric parses URL#SERIES with the model's grammar.
 func ParseLoadMetric(s string) (LoadMetric, error) {
-	raw, series, ok := strings.Cut(s, "#")
-	if !ok || series == "" {
-		return LoadMetric{}, fmt.Errorf("load metric %q: want URL#SERIES, e.g. http://10.0.0.2:8000/metrics#vllm:num_requests_waiting", s)
+	ls, err := state.ParseLoadMetric(s)
+	if err != nil {
+		return LoadMetric{}, err
 	}
-	u, err := url.Parse(raw)
-	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-		return LoadMetric{}, fmt.Errorf("load metric %q: %q is not an http(s) URL", s, raw)
-	}
-	name, sel, hasSel := strings.Cut(series, "{")
-	if !model.LegacyValidation.IsValidMetricName(name) {
-		return LoadMetric{}, fmt.Errorf("load metric %q: %q is not a metric name", s, name)
-	}
-	lm := LoadMetric{URL: raw, Name: name}
-	if hasSel {
-		body, ok := strings.CutSuffix(sel, "}")
-		if !ok {
-			return LoadMetric{}, fmt.Errorf("load metric %q: label matchers lack their closing }", s)
-		}
-		if lm.Labels, err = parseMatchers(body); err != nil {
-			return LoadMetric{}, fmt.Errorf("load metric %q: %w", s, err)
-		}
-	}
-	return lm, nil
-}
-
-// parseMatchers parses `a="x",b="y"` (equality matchers only).
-func parseMatchers(s string) (map[string]string, error) {
-	out := map[string]string{}
-	for s = strings.TrimSpace(s); s != ""; {
-		name, rest, ok := strings.Cut(s, "=")
-		name = strings.TrimSpace(name)
-		if !ok || !model.LegacyValidation.IsValidLabelName(name) {
-			return nil, fmt.Errorf("label matcher %q: want name=\"value\"", s)
-		}
-		rest = strings.TrimSpace(rest)
-		q, err := strconv.QuotedPrefix(rest)
-		if err != nil {
-			return nil, fmt.Errorf("label %s: the value must be a quoted string", name)
-		}
-		out[name], _ = strconv.Unquote(q)
-		s = strings.TrimSpace(rest[len(q):])
-		if s, ok = strings.CutPrefix(s, ","); !ok && s != "" {
-			return nil, fmt.Errorf("label matchers: want a comma after label %s", name)
-		}
-		s = strings.TrimSpace(s)
-	}
-	return out, nil
+	return LoadMetric{URL: ls.URL, Name: ls.Name, Labels: ls.Labels}, nil
 }
 
 // String writes the metric back as URL#SERIES.

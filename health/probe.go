@@ -13,29 +13,22 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/sluicelb/sluice/control/state"
 )
 
-// Type is a probe type.
-type Type string
+// Type is a probe type: the model's check types.
+type Type = state.CheckType
 
 // Probe types.
 const (
-	TCP   Type = "tcp"
-	HTTP  Type = "http"
-	HTTPS Type = "https"
-	UDP   Type = "udp"
-	GRPC  Type = "grpc"
-	None  Type = "none"
+	TCP   = state.CheckTCP
+	HTTP  = state.CheckHTTP
+	HTTPS = state.CheckHTTPS
+	UDP   = state.CheckUDP
+	GRPC  = state.CheckGRPC
+	None  = state.CheckNone
 )
-
-// ParseType parses a probe type.
-func ParseType(s string) (Type, error) {
-	switch t := Type(strings.ToLower(s)); t {
-	case TCP, HTTP, HTTPS, UDP, GRPC, None:
-		return t, nil
-	}
-	return "", fmt.Errorf("check type %q: want tcp, http, https, udp, grpc or none", s)
-}
 
 // Probe describes one check of one target. Probes with equal fields are
 // the same probe and run once, however many VIPs share them.
@@ -227,7 +220,7 @@ func (p Probe) runHTTP(ctx context.Context) error {
 		return err
 	}
 	defer resp.Body.Close()
-	ok, err := codeMatches(p.Codes, resp.StatusCode)
+	ok, err := state.CodesMatch(p.Codes, resp.StatusCode)
 	if err != nil {
 		return err
 	}
@@ -244,36 +237,4 @@ func (p Probe) runHTTP(ctx context.Context) error {
 		}
 	}
 	return nil
-}
-
-// ParseCodes validates an expected-status expression: "200", "200,204",
-// "200-399", or a mix.
-func ParseCodes(s string) error {
-	_, err := codeMatches(s, 200)
-	return err
-}
-
-func codeMatches(spec string, code int) (bool, error) {
-	if spec == "" {
-		spec = "200-399"
-	}
-	var ok bool
-	for _, part := range strings.Split(spec, ",") {
-		part = strings.TrimSpace(part)
-		lo, hi, isRange := strings.Cut(part, "-")
-		var a, b int
-		if _, err := fmt.Sscanf(lo, "%d", &a); err != nil || a < 100 || a > 599 {
-			return false, fmt.Errorf("check codes %q: %q is not a status code", spec, lo)
-		}
-		b = a
-		if isRange {
-			if _, err := fmt.Sscanf(hi, "%d", &b); err != nil || b < a || b > 599 {
-				return false, fmt.Errorf("check codes %q: bad range %q", spec, part)
-			}
-		}
-		if code >= a && code <= b {
-			ok = true
-		}
-	}
-	return ok, nil
 }

@@ -2,14 +2,13 @@ package main
 
 import (
 	"fmt"
-	"net"
+	"math"
 	"strings"
 
 	"github.com/urfave/cli/v2"
 
 	"github.com/sluicelb/sluice/control/api"
 	"github.com/sluicelb/sluice/control/state"
-	"github.com/sluicelb/sluice/health"
 )
 
 func backendCommand() *cli.Command {
@@ -27,11 +26,11 @@ func backendCommand() *cli.Command {
 		&cli.StringFlag{Name: "check-service", Usage: "grpc: the service to ask about (default: the server's overall health)"},
 		&cli.BoolFlag{Name: "check-tls", Usage: "grpc: speak TLS"},
 		&cli.StringFlag{Name: "check-payload", Usage: "udp: payload to send (a reply is expected)"},
-		&cli.DurationFlag{Name: "interval", Value: health.Defaults.Interval, Usage: "between checks"},
-		&cli.DurationFlag{Name: "timeout", Value: health.Defaults.Timeout, Usage: "per check"},
+		&cli.DurationFlag{Name: "interval", Value: state.DefaultInterval, Usage: "between checks"},
+		&cli.DurationFlag{Name: "timeout", Value: state.DefaultTimeout, Usage: "per check"},
 		&cli.DurationFlag{Name: "fastinter", Usage: "between checks while in transition (default: interval)"},
-		&cli.IntFlag{Name: "rise", Value: health.Defaults.Rise, Usage: "consecutive passes to become up"},
-		&cli.IntFlag{Name: "fall", Value: health.Defaults.Fall, Usage: "consecutive failures to become down"},
+		&cli.IntFlag{Name: "rise", Value: state.DefaultRise, Usage: "consecutive passes to become up"},
+		&cli.IntFlag{Name: "fall", Value: state.DefaultFall, Usage: "consecutive failures to become down"},
 		checkViaFlag("addr (probe the backend's own address) or vip (probe the VIP, through the data plane to this backend, as its traffic goes: a backend without the VIP or its decapsulator fails); default: the VIP's --check-via"),
 		&cli.StringFlag{Name: "on-error", Usage: "fail-check (the default: a failure counts towards --fall) or mark-down (a refused, reset or unreachable check marks the backend down at once; a timeout still counts one)"},
 		&cli.StringFlag{Name: "mac", Usage: "next-hop MAC (default: resolved through the route and neighbour tables)"},
@@ -72,7 +71,7 @@ func backendCommand() *cli.Command {
 					if err != nil {
 						return err
 					}
-					b, err := backendFromFlags(c, addr)
+					b, err := backendFromFlags(c, vip, addr)
 					if err != nil {
 						return err
 					}
@@ -89,28 +88,20 @@ func backendCommand() *cli.Command {
 	}
 }
 
-func backendFromFlags(c *cli.Context, addr string) (state.Backend, error) {
-	if _, err := health.ParseType(c.String("check")); err != nil {
-		return state.Backend{}, fmt.Errorf("--check: %w", err)
-	}
-	if c.Uint("check-port") > 65535 {
-		return state.Backend{}, fmt.Errorf("--check-port %d: not a port", c.Uint("check-port"))
-	}
-	if c.Uint("weight") > 1<<16 {
-		return state.Backend{}, fmt.Errorf("--weight %d: at most 65536", c.Uint("weight"))
-	}
-	if m := c.String("mac"); m != "" {
-		if hw, err := net.ParseMAC(m); err != nil || len(hw) != 6 {
-			return state.Backend{}, fmt.Errorf("--mac %q: not an Ethernet address", m)
+// backendFromFlags reads `backend add`'s flags into a backend of the VIP
+// vip and checks it with the model's rules, naming the flag of any bad
+// value.
+func backendFromFlags(c *cli.Context, vip, addr string) (state.Backend, error) {
+	for _, f := range []string{"check-port", "agent-port"} {
+		if c.Uint(f) > 65535 {
+			return state.Backend{}, fmt.Errorf("--%s %d: not a port", f, c.Uint(f))
 		}
 	}
-	if codes := c.String("check-codes"); codes != "" {
-		if err := health.ParseCodes(codes); err != nil {
-			return state.Backend{}, fmt.Errorf("--check-codes: %w", err)
-		}
+	if c.Uint("weight") > math.MaxUint32 {
+		return state.Backend{}, fmt.Errorf("--weight %d: at most %d", c.Uint("weight"), state.MaxWeight)
 	}
-	if c.Uint("agent-port") > 65535 {
-		return state.Backend{}, fmt.Errorf("--agent-port %d: not a port", c.Uint("agent-port"))
+	if err := zeroGiven(c, "interval", "timeout", "rise", "fall", "agent-interval", "load-target", "load-interval"); err != nil {
+		return state.Backend{}, err
 	}
 	for _, f := range []string{"agent-interval", "agent-send"} {
 		if c.IsSet(f) && !c.IsSet("agent-port") {
@@ -122,24 +113,22 @@ func backendFromFlags(c *cli.Context, addr string) (state.Backend, error) {
 			return state.Backend{}, fmt.Errorf("--%s: needs --load-metric", f)
 		}
 	}
-	if err := checkVia(c); err != nil {
-		return state.Backend{}, err
-	}
-	s := health.Settings{Interval: c.Duration("interval"), Timeout: c.Duration("timeout"), FastInter: c.Duration("fastinter"),
-		Rise: c.Int("rise"), Fall: c.Int("fall")}
-	if err := s.Validate(); err != nil {
-		return state.Backend{}, fmt.Errorf("--%w", err)
-	}
-	return state.Backend{
+	b := state.Backend{
 		Addr: addr, Weight: uint32(c.Uint("weight")), Standby: c.Bool("standby"), MAC: c.String("mac"), Priority: c.Int("priority"),
 		Check: state.Check{Type: c.String("check"), Port: uint16(c.Uint("check-port")), Path: c.String("check-path"),
 			Method: c.String("check-method"), Codes: c.String("check-codes"), Body: c.String("check-body"),
 			TLSVerify: c.Bool("check-tls-verify"), Payload: c.String("check-payload"),
 			Service: c.String("check-service"), TLS: c.Bool("check-tls"),
-			Interval: state.Duration(s.Interval), Timeout: state.Duration(s.Timeout), FastInter: state.Duration(s.FastInter),
-			Rise: s.Rise, Fall: s.Fall, OnError: c.String("on-error"), Via: c.String("check-via")},
+			Interval: state.Duration(c.Duration("interval")), Timeout: state.Duration(c.Duration("timeout")),
+			FastInter: state.Duration(c.Duration("fastinter")), Rise: c.Int("rise"), Fall: c.Int("fall"),
+			OnError: c.String("on-error"), Via: c.String("check-via")},
 		Agent: agentFromFlags(c), Load: loadFromFlags(c), SlowStart: state.Duration(c.Duration("slow-start")),
-	}, nil
+	}
+	k, err := state.ParseVIPKey(vip)
+	if err != nil {
+		return state.Backend{}, err
+	}
+	return b, flagError(b.Validate(k))
 }
 
 // agentFromFlags is the --agent-* flags' agent check, or nil.

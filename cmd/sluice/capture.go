@@ -17,6 +17,7 @@ import (
 	"github.com/gopacket/gopacket/pcapgo"
 	"github.com/urfave/cli/v2"
 
+	"github.com/sluicelb/sluice/control/reconcile"
 	"github.com/sluicelb/sluice/control/state"
 	"github.com/sluicelb/sluice/loader"
 )
@@ -146,7 +147,7 @@ func (job *captureJob) resolve(p *loader.Pinned, vip, backend string) error {
 	}
 	job.vips, job.names = map[uint32]string{}, map[uint32]string{}
 	for k, v := range vips {
-		job.vips[v.ID] = state.FormatVIPKey(k)
+		job.vips[v.ID] = k.String()
 	}
 	for idx, b := range bes {
 		job.names[idx] = b.Addr.String()
@@ -156,7 +157,7 @@ func (job *captureJob) resolve(p *loader.Pinned, vip, backend string) error {
 		if err != nil {
 			return fmt.Errorf("--vip: %w", err)
 		}
-		v, ok := vips[k]
+		v, ok := vips[reconcile.DataKey(k)]
 		if !ok {
 			return fmt.Errorf("--vip %s: no such VIP in the data plane", vip)
 		}

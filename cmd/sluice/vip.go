@@ -3,15 +3,14 @@ package main
 import (
 	"fmt"
 	"io"
+	"math"
 	"net/url"
 	"time"
 
 	"github.com/urfave/cli/v2"
 
 	"github.com/sluicelb/sluice/control/api"
-	"github.com/sluicelb/sluice/control/maglev"
 	"github.com/sluicelb/sluice/control/state"
-	"github.com/sluicelb/sluice/loader"
 )
 
 func vipCommand() *cli.Command {
@@ -27,7 +26,7 @@ func vipAddCommand() *cli.Command {
 		Name: "add", Usage: "add a VIP", ArgsUsage: "ADDR:PORT/PROTO",
 		Flags: []cli.Flag{socketFlag(),
 			&cli.StringFlag{Name: "forward", Value: "ipip", Usage: "ipip, gue (IP in UDP: backends' RSS spreads it) or dsr"},
-			&cli.UintFlag{Name: "gue-port", Usage: fmt.Sprintf("forward gue: the backends' GUE UDP port (default %d)", loader.DefaultGUEPort)},
+			&cli.UintFlag{Name: "gue-port", Usage: fmt.Sprintf("forward gue: the backends' GUE UDP port (default %d)", state.DefaultGUEPort)},
 			&cli.UintFlag{Name: "ring-size", Value: state.DefaultRingSize, Usage: "Maglev ring size (a prime)"},
 			&cli.IntFlag{Name: "min-active", Value: state.DefaultMinActive, Usage: "standbys join the ring below this many usable actives"},
 			&cli.StringFlag{Name: "udp-timeout", Value: "30s", Usage: "idle time after which a UDP flow is re-hashed"},
@@ -54,62 +53,56 @@ func vipAddCommand() *cli.Command {
 	}
 }
 
-// vipAddRequest reads `vip add`'s argument and flags, naming the flag of
-// any bad value before anything is sent.
+// vipAddRequest reads `vip add`'s argument and flags and checks them
+// with the model's rules, naming the flag of any bad value before
+// anything is sent.
 func vipAddRequest(c *cli.Context) (api.VIPAddRequest, error) {
 	vip, err := vipArg(c)
 	if err != nil {
 		return api.VIPAddRequest{}, err
 	}
-	fwd, err := loader.ParseForward(c.String("forward"))
-	if err != nil {
-		return api.VIPAddRequest{}, fmt.Errorf("--forward: %w", err)
-	}
-	if c.IsSet("gue-port") && fwd != loader.ForwardGUE {
+	if c.IsSet("gue-port") && c.String("forward") != state.ForwardGUE {
 		return api.VIPAddRequest{}, fmt.Errorf("--gue-port: only with --forward gue")
 	}
 	if c.Uint("gue-port") > 65535 || c.IsSet("gue-port") && c.Uint("gue-port") == 0 {
 		return api.VIPAddRequest{}, fmt.Errorf("--gue-port %d: want 1-65535", c.Uint("gue-port"))
 	}
-	if !maglev.IsPrime(uint32(c.Uint("ring-size"))) || c.Uint("ring-size") > loader.MaxRingSize {
-		return api.VIPAddRequest{}, fmt.Errorf("--ring-size %d: must be a prime up to %d (e.g. 4099, 65537, 655373)", c.Uint("ring-size"), loader.MaxRingSize)
-	}
-	if c.Int("min-active") < 1 {
-		return api.VIPAddRequest{}, fmt.Errorf("--min-active %d: must be at least 1", c.Int("min-active"))
-	}
-	if t, err := time.ParseDuration(c.String("udp-timeout")); err != nil || t <= 0 {
-		return api.VIPAddRequest{}, fmt.Errorf("--udp-timeout %q: want a positive duration such as 30s", c.String("udp-timeout"))
-	}
-	if err := checkVia(c); err != nil {
+	if err := zeroGiven(c, "ring-size", "min-active"); err != nil {
 		return api.VIPAddRequest{}, err
 	}
-	policy := c.String("policy")
-	if policy != state.PolicyMaglev && policy != state.PolicyFailover {
-		return api.VIPAddRequest{}, fmt.Errorf("--policy %q: want maglev or failover", policy)
+	if c.Uint("ring-size") > math.MaxUint32 {
+		return api.VIPAddRequest{}, fmt.Errorf("--ring-size %d: too large", c.Uint("ring-size"))
 	}
-	if t, err := time.ParseDuration(c.String("hook-timeout")); err != nil || t <= 0 {
-		return api.VIPAddRequest{}, fmt.Errorf("--hook-timeout %q: want a positive duration such as 10s", c.String("hook-timeout"))
+	udpTimeout, err := durationFlag(c, "udp-timeout", "30s")
+	if err != nil {
+		return api.VIPAddRequest{}, err
 	}
-	hookTimeout := ""
-	if policy == state.PolicyFailover {
-		hookTimeout = c.String("hook-timeout")
+	req := api.VIPAddRequest{VIP: vip, Forward: c.String("forward"), GUEPort: uint16(c.Uint("gue-port")),
+		RingSize: uint32(c.Uint("ring-size")), MinActive: c.Int("min-active"), UDPTimeout: udpTimeout,
+		Policy: c.String("policy"), PromoteCmd: c.String("promote-cmd"), PromoteURL: c.String("promote-url"),
+		DemoteCmd: c.String("demote-cmd"), Failback: c.Bool("failback"), CheckVia: c.String("check-via")}
+	hookTimeout, err := durationFlag(c, "hook-timeout", "10s")
+	if err != nil {
+		return api.VIPAddRequest{}, err
 	}
-	return api.VIPAddRequest{VIP: vip, Forward: c.String("forward"), GUEPort: uint16(c.Uint("gue-port")),
-		RingSize: uint32(c.Uint("ring-size")), MinActive: c.Int("min-active"), UDPTimeout: c.String("udp-timeout"),
-		Policy: policy, PromoteCmd: c.String("promote-cmd"), PromoteURL: c.String("promote-url"),
-		DemoteCmd: c.String("demote-cmd"), HookTimeout: hookTimeout, Failback: c.Bool("failback"),
-		CheckVia: c.String("check-via")}, nil
+	if req.Policy == state.PolicyFailover {
+		req.HookTimeout = hookTimeout
+	}
+	v := req.Model()
+	return req, flagError(v.Validate())
+}
+
+// durationFlag parses a duration flag (a string flag, so that its help
+// shows the default as written).
+func durationFlag(c *cli.Context, name, example string) (state.Duration, error) {
+	t, err := time.ParseDuration(c.String(name))
+	if err != nil || t <= 0 {
+		return 0, fmt.Errorf("--%s %q: want a positive duration such as %s", name, c.String(name), example)
+	}
+	return state.Duration(t), nil
 }
 
 func checkViaFlag(usage string) cli.Flag { return &cli.StringFlag{Name: "check-via", Usage: usage} }
-
-// checkVia checks --check-via's value.
-func checkVia(c *cli.Context) error {
-	if v := c.String("check-via"); v != "" && v != state.CheckViaAddr && v != state.CheckViaVIP {
-		return fmt.Errorf("--check-via %q: want addr or vip", v)
-	}
-	return nil
-}
 
 func vipDelCommand() *cli.Command {
 	return &cli.Command{

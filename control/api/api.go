@@ -7,21 +7,30 @@ import "github.com/sluicelb/sluice/control/state"
 
 // API request and response bodies, shared with the CLI.
 
-// VIPAddRequest adds a VIP.
+// VIPAddRequest adds a VIP: the fields of a state.VIP an operator sets
+// (backends are added one by one; primary and epoch are the
+// coordinator's).
 type VIPAddRequest struct {
-	VIP         string `json:"vip"`
-	Forward     string `json:"forward"`
-	GUEPort     uint16 `json:"gue_port,omitempty"`
-	RingSize    uint32 `json:"ring_size"`
-	MinActive   int    `json:"min_active"`
-	UDPTimeout  string `json:"udp_timeout"`
-	Policy      string `json:"policy,omitempty"`
-	PromoteCmd  string `json:"promote_cmd,omitempty"`
-	PromoteURL  string `json:"promote_url,omitempty"`
-	DemoteCmd   string `json:"demote_cmd,omitempty"`
-	HookTimeout string `json:"hook_timeout,omitempty"`
-	Failback    bool   `json:"failback,omitempty"`
-	CheckVia    string `json:"check_via,omitempty"`
+	VIP         string         `json:"vip"`
+	Forward     string         `json:"forward"`
+	GUEPort     uint16         `json:"gue_port,omitempty"`
+	RingSize    uint32         `json:"ring_size"`
+	MinActive   int            `json:"min_active"`
+	UDPTimeout  state.Duration `json:"udp_timeout"`
+	Policy      string         `json:"policy,omitempty"`
+	PromoteCmd  string         `json:"promote_cmd,omitempty"`
+	PromoteURL  string         `json:"promote_url,omitempty"`
+	DemoteCmd   string         `json:"demote_cmd,omitempty"`
+	HookTimeout state.Duration `json:"hook_timeout,omitempty"`
+	Failback    bool           `json:"failback,omitempty"`
+	CheckVia    string         `json:"check_via,omitempty"`
+}
+
+// Model is the VIP the request adds, as the model has it.
+func (r VIPAddRequest) Model() state.VIP {
+	return state.VIP{VIP: r.VIP, Forward: r.Forward, GUEPort: r.GUEPort, RingSize: r.RingSize, MinActive: r.MinActive,
+		UDPTimeout: r.UDPTimeout, Policy: r.Policy, PromoteCmd: r.PromoteCmd, PromoteURL: r.PromoteURL, DemoteCmd: r.DemoteCmd,
+		HookTimeout: r.HookTimeout, Failback: r.Failback, CheckVia: r.CheckVia}
 }
 
 // BackendAddRequest adds a backend to a VIP.

@@ -21,7 +21,6 @@ import (
 	"github.com/sluicelb/sluice/control/etcdstore"
 	"github.com/sluicelb/sluice/control/state"
 	"github.com/sluicelb/sluice/health"
-	"github.com/sluicelb/sluice/loader"
 )
 
 // NodeOptions make a daemon one node of a cluster of active nodes that
@@ -52,7 +51,7 @@ type Host interface {
 	// Status reads this node's kernel rings (their digests) back.
 	Status() (api.Status, error)
 	// LocalHealth is this node's own verdict on a backend.
-	LocalHealth(loader.VIPKey, state.Backend) health.State
+	LocalHealth(state.VIPKey, state.Backend) health.State
 	Event(api.Event)
 	// Elected is called when this node became the coordinator.
 	Elected()
@@ -365,7 +364,7 @@ func (c *Node) onCoordinator(elected bool) {
 // RingHealth is the cluster's verdict on a backend, which builds the
 // rings: the same on every node that saw the same node keys. With the
 // local rule, or before any node published, it is this node's own.
-func (c *Node) RingHealth(vip loader.VIPKey, b state.Backend) health.State {
+func (c *Node) RingHealth(vip state.VIPKey, b state.Backend) health.State {
 	if c.opts.Quorum == Local {
 		return c.h.LocalHealth(vip, b)
 	}

@@ -40,12 +40,12 @@ type Reconciler struct {
 	seed uint64
 
 	mu     sync.Mutex
-	vipIDs map[loader.VIPKey]uint32
+	vipIDs map[state.VIPKey]uint32
 	beIdx  map[beKey]uint32
-	views  map[loader.VIPKey]map[netip.Addr]BackendView
+	views  map[state.VIPKey]map[netip.Addr]BackendView
 	// rings remembers what each VIP's ring was built from, so that a
 	// change elsewhere rebuilds only the rings whose members changed.
-	rings map[loader.VIPKey]string
+	rings map[state.VIPKey]string
 	// maglev keeps its memory from ring to ring (guarded by mu).
 	maglev maglev.Builder
 	// Ring, when set, is the health that decides ring membership (a
@@ -56,9 +56,9 @@ type Reconciler struct {
 	// Adjust, when set, is each backend's state beyond its health
 	// checks (agent checks, load metrics, slow start). Set it before the
 	// first Apply.
-	Adjust func(vip loader.VIPKey, b state.Backend) Adjustment
+	Adjust func(vip state.VIPKey, b state.Backend) Adjustment
 	// rebuilds counts each VIP's ring swaps.
-	rebuilds map[loader.VIPKey]uint64
+	rebuilds map[state.VIPKey]uint64
 
 	// flagMu guards every backend entry write, and the fast path (Out)
 	// that takes backends out while an Apply holds mu: a ring swap waits
@@ -86,15 +86,15 @@ type beKey struct {
 // resolved through macs off Apply's path; resolved is called (with no
 // lock held) each time a resolution finished, to apply again.
 func New(dp *loader.Datapath, macs neigh.MACResolver, seed uint64, resolved func()) (*Reconciler, error) {
-	r := &Reconciler{dp: dp, macs: neigh.NewCache(macs, resolved), seed: seed, vipIDs: map[loader.VIPKey]uint32{}, beIdx: map[beKey]uint32{},
-		views: map[loader.VIPKey]map[netip.Addr]BackendView{}, rings: map[loader.VIPKey]string{}, rebuilds: map[loader.VIPKey]uint64{},
+	r := &Reconciler{dp: dp, macs: neigh.NewCache(macs, resolved), seed: seed, vipIDs: map[state.VIPKey]uint32{}, beIdx: map[beKey]uint32{},
+		views: map[state.VIPKey]map[netip.Addr]BackendView{}, rings: map[state.VIPKey]string{}, rebuilds: map[state.VIPKey]uint64{},
 		entries: map[uint32]loader.Backend{}, index: map[BackendRef]uint32{}, outs: map[uint32]time.Time{}}
 	vips, err := dp.VIPs()
 	if err != nil {
 		return nil, err
 	}
 	for k, v := range vips {
-		r.vipIDs[k] = v.ID
+		r.vipIDs[modelKey(k)] = v.ID
 	}
 	bes, err := dp.Backends()
 	if err != nil {
@@ -111,9 +111,9 @@ func New(dp *loader.Datapath, macs neigh.MACResolver, seed uint64, resolved func
 // reports, for backends already in the data plane, whether they are usable:
 // a restarted daemon starts its checks from there instead of from "down",
 // so no flow notices the restart.
-func (r *Reconciler) AdoptedHealth() func(vip loader.VIPKey, addr netip.Addr) (health.State, bool) {
+func (r *Reconciler) AdoptedHealth() func(vip state.VIPKey, addr netip.Addr) (health.State, bool) {
 	bes, err := r.dp.Backends()
-	return func(vip loader.VIPKey, addr netip.Addr) (health.State, bool) {
+	return func(vip state.VIPKey, addr netip.Addr) (health.State, bool) {
 		if err != nil {
 			return "", false
 		}
@@ -132,7 +132,7 @@ func (r *Reconciler) AdoptedHealth() func(vip loader.VIPKey, addr netip.Addr) (h
 }
 
 // HealthOf answers a backend's probe state.
-type HealthOf func(vip loader.VIPKey, b state.Backend) health.State
+type HealthOf func(vip state.VIPKey, b state.Backend) health.State
 
 // Result says what one Apply wrote.
 type Result struct {
@@ -148,8 +148,8 @@ type Result struct {
 func (r *Reconciler) Apply(ctx context.Context, s state.State, hv HealthOf) (Result, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	a := &applying{r: r, ctx: ctx, hv: hv, started: time.Now(), want: map[loader.VIPKey]bool{}, keepBackends: map[uint32]bool{},
-		views: map[loader.VIPKey]map[netip.Addr]BackendView{}}
+	a := &applying{r: r, ctx: ctx, hv: hv, started: time.Now(), want: map[state.VIPKey]bool{}, keepBackends: map[uint32]bool{},
+		views: map[state.VIPKey]map[netip.Addr]BackendView{}}
 	err := a.run(s)
 	a.res.Done = time.Now()
 	return a.res, err
@@ -162,9 +162,9 @@ type applying struct {
 	hv           HealthOf
 	started      time.Time // before any health was read
 	res          Result
-	want         map[loader.VIPKey]bool
+	want         map[state.VIPKey]bool
 	keepBackends map[uint32]bool
-	views        map[loader.VIPKey]map[netip.Addr]BackendView
+	views        map[state.VIPKey]map[netip.Addr]BackendView
 }
 
 // count notes one map write that changed something.
@@ -204,7 +204,7 @@ func (a *applying) vip(v state.VIP) error {
 		return err
 	}
 	fwd, _ := loader.ParseForward(v.Forward)
-	if err := a.count(r.dp.SetVIP(k, loader.VIP{ID: id, Forward: fwd, GUEPort: v.GUEPort, UDPTimeout: time.Duration(v.UDPTimeout)})); err != nil {
+	if err := a.count(r.dp.SetVIP(DataKey(k), loader.VIP{ID: id, Forward: fwd, GUEPort: v.GUEPort, UDPTimeout: time.Duration(v.UDPTimeout)})); err != nil {
 		return err
 	}
 	view := map[netip.Addr]BackendView{}
@@ -239,7 +239,7 @@ func (a *applying) vip(v state.VIP) error {
 }
 
 // backend writes one backend entry and returns its verdict.
-func (a *applying) backend(k loader.VIPKey, id uint32, v state.VIP, b state.Backend) (BackendView, error) {
+func (a *applying) backend(k state.VIPKey, id uint32, v state.VIP, b state.Backend) (BackendView, error) {
 	r := a.r
 	addr := netip.MustParseAddr(b.Addr)
 	idx, err := r.backendIndex(id, addr)
@@ -357,7 +357,7 @@ func ringMembers(v state.VIP, active, standby []maglev.Backend) []maglev.Backend
 }
 
 // ring rebuilds and swaps a VIP's ring when its members changed.
-func (a *applying) ring(k loader.VIPKey, id uint32, v state.VIP, members []maglev.Backend) error {
+func (a *applying) ring(k state.VIPKey, id uint32, v state.VIP, members []maglev.Backend) error {
 	r := a.r
 	fp := fmt.Sprintf("%d/%d/%v", v.RingSize, id, members)
 	// A failover VIP whose primary is unusable keeps its ring: the
@@ -372,7 +372,7 @@ func (a *applying) ring(k loader.VIPKey, id uint32, v state.VIP, members []magle
 	if err != nil {
 		return fmt.Errorf("vip %s: %w", v.VIP, err)
 	}
-	if err := a.count(r.dp.ReplaceRing(k, ring)); err != nil {
+	if err := a.count(r.dp.ReplaceRing(DataKey(k), ring)); err != nil {
 		return err
 	}
 	r.rings[k] = fp
@@ -385,7 +385,7 @@ func (a *applying) prune() error {
 	r := a.r
 	for k := range r.vipIDs {
 		if !a.want[k] {
-			if err := r.dp.DeleteVIP(k); err != nil {
+			if err := r.dp.DeleteVIP(DataKey(k)); err != nil {
 				return err
 			}
 			a.res.Writes++
@@ -421,10 +421,10 @@ func (r *Reconciler) clearBackend(idx uint32) error {
 }
 
 // Rebuilds is how many times each VIP's ring was swapped.
-func (r *Reconciler) Rebuilds() map[loader.VIPKey]uint64 {
+func (r *Reconciler) Rebuilds() map[state.VIPKey]uint64 {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	out := make(map[loader.VIPKey]uint64, len(r.rebuilds))
+	out := make(map[state.VIPKey]uint64, len(r.rebuilds))
 	for k, n := range r.rebuilds {
 		out[k] = n
 	}
@@ -432,14 +432,14 @@ func (r *Reconciler) Rebuilds() map[loader.VIPKey]uint64 {
 }
 
 // View is the last applied verdict of every backend.
-func (r *Reconciler) View(k loader.VIPKey) (map[netip.Addr]BackendView, uint32, bool) {
+func (r *Reconciler) View(k state.VIPKey) (map[netip.Addr]BackendView, uint32, bool) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	id, ok := r.vipIDs[k]
 	return r.views[k], id, ok
 }
 
-func (r *Reconciler) vipID(k loader.VIPKey) (uint32, error) {
+func (r *Reconciler) vipID(k state.VIPKey) (uint32, error) {
 	if id, ok := r.vipIDs[k]; ok {
 		return id, nil
 	}
@@ -479,7 +479,7 @@ func (r *Reconciler) backendIndex(vip uint32, addr netip.Addr) (uint32, error) {
 // BackendRef names a backend entry independently of its index, which
 // differs between nodes.
 type BackendRef struct {
-	VIP  loader.VIPKey
+	VIP  state.VIPKey
 	Addr netip.Addr
 }
 
@@ -487,7 +487,7 @@ type BackendRef struct {
 func (r *Reconciler) BackendRefs() map[uint32]BackendRef {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	ids := make(map[uint32]loader.VIPKey, len(r.vipIDs))
+	ids := make(map[uint32]state.VIPKey, len(r.vipIDs))
 	for k, id := range r.vipIDs {
 		ids[id] = k
 	}
@@ -504,9 +504,9 @@ func (r *Reconciler) BackendRefs() map[uint32]BackendRef {
 func (r *Reconciler) FlowBackend(dst netip.AddrPort, proto loader.Proto, addr netip.Addr) (uint32, bool) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	id, ok := r.vipIDs[loader.VIPKey{Addr: dst.Addr(), Port: dst.Port(), Proto: proto}]
+	id, ok := r.vipIDs[state.VIPKey{Addr: dst.Addr(), Port: dst.Port(), Proto: state.Proto(proto)}]
 	if !ok {
-		if id, ok = r.vipIDs[loader.VIPKey{Addr: dst.Addr(), Proto: proto}]; !ok {
+		if id, ok = r.vipIDs[state.VIPKey{Addr: dst.Addr(), Proto: state.Proto(proto)}]; !ok {
 			return 0, false
 		}
 	}
@@ -518,3 +518,17 @@ func (r *Reconciler) FlowBackend(dst netip.AddrPort, proto loader.Proto, addr ne
 // changed. It blocks (up to the resolver's wait per address), and holds
 // no lock while it does.
 func (r *Reconciler) RefreshMACs(ctx context.Context) bool { return r.macs.Refresh(ctx) }
+
+// DataKey is the data plane's key of a VIP: the model's keys and the
+// loader's name the same thing, each in its own package.
+func DataKey(k state.VIPKey) loader.VIPKey {
+	return loader.VIPKey{Addr: k.Addr, Port: k.Port, Proto: loader.Proto(k.Proto)}
+}
+
+// modelKey is the model's key of a data-plane VIP.
+func modelKey(k loader.VIPKey) state.VIPKey {
+	return state.VIPKey{Addr: k.Addr, Port: k.Port, Proto: state.Proto(k.Proto)}
+}
+
+// ReadRing reads VIP k's active ring back from the data plane.
+func (r *Reconciler) ReadRing(k state.VIPKey) ([]uint32, error) { return r.dp.Ring(DataKey(k)) }

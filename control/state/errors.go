@@ -31,3 +31,70 @@ func NotFound(format string, args ...any) error {
 func Conflict(format string, args ...any) error {
 	return &kindError{ErrConflict, fmt.Sprintf(format, args...)}
 }
+
+// FieldError refuses one field's value. Field is named as the state file
+// names it (ring_size, check.port); Value is the value as written ("" when
+// the rule is about the field's presence); At is where the field sits in
+// a whole state (vips[0] (10.0.0.1:80/tcp).backends[1]), "" for a VIP or
+// backend checked alone. The CLI names its own flags from Field.
+type FieldError struct {
+	At, Field, Value, Reason string
+}
+
+func (e *FieldError) Error() string {
+	s := e.At
+	if e.Field != "" {
+		if s != "" {
+			s += "."
+		}
+		s += e.Field
+	}
+	if e.Value != "" {
+		s += " " + e.Value
+	}
+	return s + ": " + e.Reason
+}
+
+// refuse is a FieldError of field with value (formatted with %v, or ""
+// for none).
+func refuse(field string, value any, format string, args ...any) error {
+	v := ""
+	if value != nil {
+		v = fmt.Sprint(value)
+	}
+	return &FieldError{Field: field, Value: v, Reason: fmt.Sprintf(format, args...)}
+}
+
+// under names a field error's field as part of prefix (check.interval
+// for interval under check); other errors are wrapped with the prefix.
+func under(prefix string, err error) error {
+	var fe *FieldError
+	if !errors.As(err, &fe) {
+		return fmt.Errorf("%s: %w", prefix, err)
+	}
+	out := *fe
+	if out.Field == "" {
+		out.Field = prefix
+	} else {
+		out.Field = prefix + "." + out.Field
+	}
+	return &out
+}
+
+// at places a field error at where (vips[0] (…), backends[1]).
+func at(where string, err error) error {
+	var fe *FieldError
+	if err == nil {
+		return nil
+	}
+	if !errors.As(err, &fe) {
+		return fmt.Errorf("%s: %w", where, err)
+	}
+	out := *fe
+	if out.At == "" {
+		out.At = where
+	} else {
+		out.At = where + "." + out.At
+	}
+	return &out
+}

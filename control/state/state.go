@@ -7,18 +7,11 @@ package state
 import (
 	"encoding/json"
 	"fmt"
-	"math"
 	"net"
 	"net/netip"
-	"net/url"
 	"slices"
-	"strconv"
 	"strings"
 	"time"
-
-	"github.com/sluicelb/sluice/control/maglev"
-	"github.com/sluicelb/sluice/health"
-	"github.com/sluicelb/sluice/loader"
 )
 
 // Defaults of the desired state.
@@ -34,8 +27,13 @@ type Duration time.Duration
 // MarshalText implements encoding.TextMarshaler.
 func (d Duration) MarshalText() ([]byte, error) { return []byte(time.Duration(d).String()), nil }
 
-// UnmarshalText implements encoding.TextUnmarshaler.
+// UnmarshalText implements encoding.TextUnmarshaler; "" is unset (0,
+// which Normalize fills with the field's default).
 func (d *Duration) UnmarshalText(b []byte) error {
+	if len(b) == 0 {
+		*d = 0
+		return nil
+	}
 	v, err := time.ParseDuration(string(b))
 	if err != nil {
 		return fmt.Errorf("duration %q: %w", b, err)
@@ -55,7 +53,7 @@ type State struct {
 type VIP struct {
 	VIP     string `json:"vip" yaml:"vip"` // ADDR:PORT/PROTO
 	Forward string `json:"forward" yaml:"forward"`
-	// GUEPort is forward gue's UDP destination (default loader.DefaultGUEPort).
+	// GUEPort is forward gue's UDP destination (default DefaultGUEPort).
 	GUEPort    uint16    `json:"gue_port,omitempty" yaml:"gue_port,omitempty"`
 	RingSize   uint32    `json:"ring_size" yaml:"ring_size"`
 	MinActive  int       `json:"min_active" yaml:"min_active"`
@@ -168,103 +166,81 @@ const (
 	CheckViaVIP  = "vip"
 )
 
-// ParseVIPKey parses "10.0.0.1:80/tcp" or "[2001:db8::1]:443/tcp".
-func ParseVIPKey(s string) (loader.VIPKey, error) {
-	ap, proto, ok := strings.Cut(s, "/")
-	if !ok {
-		return loader.VIPKey{}, fmt.Errorf("vip %q: want ADDR:PORT/PROTO, e.g. 10.0.0.100:80/tcp or [2001:db8::1]:443/tcp", s)
-	}
-	p, err := loader.ParseProto(proto)
-	if err != nil {
-		return loader.VIPKey{}, fmt.Errorf("vip %q: %w", s, err)
-	}
-	host, port, err := net.SplitHostPort(ap)
-	if err != nil {
-		return loader.VIPKey{}, fmt.Errorf("vip %q: want ADDR:PORT/PROTO: %v", s, err)
-	}
-	addr, err := netip.ParseAddr(host)
-	if err != nil || addr.Zone() != "" || addr.Is4In6() {
-		return loader.VIPKey{}, fmt.Errorf("vip %q: %q is not an IP address", s, host)
-	}
-	n, err := strconv.ParseUint(port, 10, 16)
-	if err != nil {
-		return loader.VIPKey{}, fmt.Errorf("vip %q: port %q is not a number from 0 to 65535", s, port)
-	}
-	return loader.VIPKey{Addr: addr, Port: uint16(n), Proto: p}, nil
-}
-
-// FormatVIPKey writes the canonical form of a key.
-func FormatVIPKey(k loader.VIPKey) string {
-	return netip.AddrPortFrom(k.Addr, k.Port).String() + "/" + k.Proto.String()
-}
-
 // Normalize fills defaults and canonicalises names, so equal intents
 // compare equal. It does not validate.
 func (s *State) Normalize() {
 	for i := range s.VIPs {
-		v := &s.VIPs[i]
-		if k, err := ParseVIPKey(v.VIP); err == nil {
-			v.VIP = FormatVIPKey(k)
-		}
-		v.Forward = strings.ToLower(v.Forward)
-		if v.Forward == "" {
-			v.Forward = "ipip"
-		}
-		if v.Forward == "gue" && v.GUEPort == 0 {
-			v.GUEPort = loader.DefaultGUEPort
-		}
-		if v.RingSize == 0 {
-			v.RingSize = DefaultRingSize
-		}
-		if v.MinActive == 0 {
-			v.MinActive = DefaultMinActive
-		}
-		if v.UDPTimeout == 0 {
-			v.UDPTimeout = Duration(loader.DefaultUDPTimeout)
-		}
-		v.Policy = strings.ToLower(v.Policy)
-		if v.Policy == "" {
-			v.Policy = PolicyMaglev
-		}
-		if v.CheckVia = strings.ToLower(v.CheckVia); v.CheckVia == CheckViaAddr {
-			v.CheckVia = "" // the default, stored as such
-		}
-		if v.Policy == PolicyFailover && v.HookTimeout == 0 {
-			v.HookTimeout = Duration(DefaultHookTimeout)
-		}
-		if a, err := netip.ParseAddr(v.Primary); err == nil {
-			v.Primary = a.String()
-		}
-		for j := range v.Backends {
-			b := &v.Backends[j]
-			if a, err := netip.ParseAddr(b.Addr); err == nil {
-				b.Addr = a.String()
-			}
-			if m, err := net.ParseMAC(b.MAC); err == nil {
-				b.MAC = m.String()
-			}
-			c := &b.Check
-			c.normalize(v.CheckVia)
-			if b.Agent != nil && b.Agent.Interval == 0 {
-				b.Agent.Interval = c.Interval
-			}
-			if b.Load != nil && b.Load.Interval == 0 {
-				b.Load.Interval = c.Interval
-			}
-			if b.Load != nil && b.Load.Target == 0 {
-				b.Load.Target = DefaultLoadTarget
-			}
-		}
-		slices.SortFunc(v.Backends, func(a, b Backend) int { return strings.Compare(a.Addr, b.Addr) })
+		s.VIPs[i].normalize()
 	}
 	slices.SortFunc(s.VIPs, func(a, b VIP) int { return strings.Compare(a.VIP, b.VIP) })
+}
+
+// normalize fills a VIP's defaults and its backends'.
+func (v *VIP) normalize() {
+	if k, err := ParseVIPKey(v.VIP); err == nil {
+		v.VIP = FormatVIPKey(k)
+	}
+	v.Forward = strings.ToLower(v.Forward)
+	if v.Forward == "" {
+		v.Forward = ForwardIPIP
+	}
+	if v.Forward == ForwardGUE && v.GUEPort == 0 {
+		v.GUEPort = DefaultGUEPort
+	}
+	if v.RingSize == 0 {
+		v.RingSize = DefaultRingSize
+	}
+	if v.MinActive == 0 {
+		v.MinActive = DefaultMinActive
+	}
+	if v.UDPTimeout == 0 {
+		v.UDPTimeout = Duration(DefaultUDPTimeout)
+	}
+	v.Policy = strings.ToLower(v.Policy)
+	if v.Policy == "" {
+		v.Policy = PolicyMaglev
+	}
+	if v.CheckVia = strings.ToLower(v.CheckVia); v.CheckVia == CheckViaAddr {
+		v.CheckVia = "" // the default, stored as such
+	}
+	if v.Policy == PolicyFailover && v.HookTimeout == 0 {
+		v.HookTimeout = Duration(DefaultHookTimeout)
+	}
+	if a, err := netip.ParseAddr(v.Primary); err == nil {
+		v.Primary = a.String()
+	}
+	for j := range v.Backends {
+		v.Backends[j].normalize(v.CheckVia)
+	}
+	slices.SortFunc(v.Backends, func(a, b Backend) int { return strings.Compare(a.Addr, b.Addr) })
+}
+
+// normalize fills a backend's defaults; vipVia is its VIP's check_via.
+func (b *Backend) normalize(vipVia string) {
+	if a, err := netip.ParseAddr(b.Addr); err == nil {
+		b.Addr = a.String()
+	}
+	if m, err := net.ParseMAC(b.MAC); err == nil {
+		b.MAC = m.String()
+	}
+	c := &b.Check
+	c.normalize(vipVia)
+	if b.Agent != nil && b.Agent.Interval == 0 {
+		b.Agent.Interval = c.Interval
+	}
+	if b.Load != nil && b.Load.Interval == 0 {
+		b.Load.Interval = c.Interval
+	}
+	if b.Load != nil && b.Load.Target == 0 {
+		b.Load.Target = DefaultLoadTarget
+	}
 }
 
 // normalize fills a check's defaults; vipVia is its VIP's check_via.
 func (c *Check) normalize(vipVia string) {
 	c.Type = strings.ToLower(c.Type)
 	if c.Type == "" {
-		c.Type = string(health.TCP)
+		c.Type = string(CheckTCP)
 	}
 	if c.OnError == "fail-check" {
 		c.OnError = "" // the default, stored as such
@@ -275,219 +251,17 @@ func (c *Check) normalize(vipVia string) {
 		c.Via = ""
 	}
 	if c.Interval == 0 {
-		c.Interval = Duration(health.Defaults.Interval)
+		c.Interval = Duration(DefaultInterval)
 	}
 	if c.Timeout == 0 {
-		c.Timeout = Duration(health.Defaults.Timeout)
+		c.Timeout = Duration(DefaultTimeout)
 	}
 	if c.Rise == 0 {
-		c.Rise = health.Defaults.Rise
+		c.Rise = DefaultRise
 	}
 	if c.Fall == 0 {
-		c.Fall = health.Defaults.Fall
+		c.Fall = DefaultFall
 	}
-}
-
-// Validate checks every field and names the first bad one.
-func (s *State) Validate() error {
-	if len(s.VIPs) > loader.MaxVIPs {
-		return fmt.Errorf("vips: %d, at most %d", len(s.VIPs), loader.MaxVIPs)
-	}
-	seen := map[loader.VIPKey]bool{}
-	backends := 0
-	for i, v := range s.VIPs {
-		k, err := ParseVIPKey(v.VIP)
-		if err != nil {
-			return fmt.Errorf("vips[%d].vip: %w", i, err)
-		}
-		where := fmt.Sprintf("vips[%d] (%s)", i, v.VIP)
-		if seen[k] {
-			return fmt.Errorf("%s: listed twice", where)
-		}
-		seen[k] = true
-		if err := v.validate(where, k); err != nil {
-			return err
-		}
-		backends += len(v.Backends)
-	}
-	if backends >= loader.MaxBackends {
-		return fmt.Errorf("backends: %d in all, at most %d", backends, loader.MaxBackends-1)
-	}
-	return nil
-}
-
-// validate checks one VIP (key k, named where in messages).
-func (v *VIP) validate(where string, k loader.VIPKey) error {
-	fwd, err := loader.ParseForward(v.Forward)
-	if err != nil {
-		return fmt.Errorf("%s.forward: %w", where, err)
-	}
-	if v.GUEPort != 0 && fwd != loader.ForwardGUE {
-		return fmt.Errorf("%s.gue_port %d: only with forward gue", where, v.GUEPort)
-	}
-	if v.RingSize < 2 || v.RingSize > loader.MaxRingSize || !maglev.IsPrime(v.RingSize) {
-		return fmt.Errorf("%s.ring_size %d: must be a prime up to %d (e.g. 4099, 65537, 655373)", where, v.RingSize, loader.MaxRingSize)
-	}
-	if v.MinActive < 1 {
-		return fmt.Errorf("%s.min_active %d: must be at least 1", where, v.MinActive)
-	}
-	if v.UDPTimeout <= 0 {
-		return fmt.Errorf("%s.udp_timeout %v: must be positive", where, time.Duration(v.UDPTimeout))
-	}
-	if err := v.validatePolicy(where); err != nil {
-		return err
-	}
-	if v.CheckVia != "" && v.CheckVia != CheckViaAddr && v.CheckVia != CheckViaVIP {
-		return fmt.Errorf("%s.check_via %q: want addr or vip", where, v.CheckVia)
-	}
-	addrs := map[netip.Addr]bool{}
-	for j, b := range v.Backends {
-		bw := fmt.Sprintf("%s.backends[%d]", where, j)
-		a, err := netip.ParseAddr(b.Addr)
-		if err != nil || a.Zone() != "" || a.Is4In6() {
-			return fmt.Errorf("%s.addr %q: not an IP address", bw, b.Addr)
-		}
-		if addrs[a] {
-			return fmt.Errorf("%s.addr %s: listed twice", bw, a)
-		}
-		addrs[a] = true
-		if k.Addr.Is6() && a.Is4() && fwd.Encapsulates() {
-			return fmt.Errorf("%s.addr %s: an IPv6 VIP cannot be encapsulated to an IPv4 backend", bw, a)
-		}
-		if err := b.validate(bw); err != nil {
-			return err
-		}
-		if err := b.Check.validateVia(bw, k); err != nil {
-			return err
-		}
-	}
-	if v.Primary != "" {
-		a, err := netip.ParseAddr(v.Primary)
-		if err != nil || !addrs[a] {
-			return fmt.Errorf("%s.primary %q: not one of its backends", where, v.Primary)
-		}
-	}
-	if uint32(len(v.Backends)) > v.RingSize {
-		return fmt.Errorf("%s: %d backends do not fit a ring of %d", where, len(v.Backends), v.RingSize)
-	}
-	return nil
-}
-
-// validatePolicy checks the policy and the settings that go with it.
-func (v *VIP) validatePolicy(where string) error {
-	switch v.Policy {
-	case PolicyMaglev:
-		if v.PromoteCmd != "" || v.PromoteURL != "" || v.DemoteCmd != "" || v.Failback || v.Primary != "" {
-			return fmt.Errorf("%s: promotion settings need policy failover", where)
-		}
-	case PolicyFailover:
-		if v.HookTimeout <= 0 {
-			return fmt.Errorf("%s.hook_timeout %v: must be positive", where, time.Duration(v.HookTimeout))
-		}
-		if v.PromoteURL != "" {
-			if u, err := url.Parse(v.PromoteURL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-				return fmt.Errorf("%s.promote_url %q: want an http(s) URL", where, v.PromoteURL)
-			}
-		}
-	default:
-		return fmt.Errorf("%s.policy %q: want maglev or failover", where, v.Policy)
-	}
-	return nil
-}
-
-// validate checks a backend's MAC and check (named bw in messages); its
-// address is checked with its VIP's other backends.
-func (b *Backend) validate(bw string) error {
-	if b.MAC != "" {
-		if m, err := net.ParseMAC(b.MAC); err != nil || len(m) != 6 {
-			return fmt.Errorf("%s.mac %q: not an Ethernet address", bw, b.MAC)
-		}
-	}
-	if err := validateCheck(b.Check); err != nil {
-		return fmt.Errorf("%s.check.%w", bw, err)
-	}
-	if b.SlowStart < 0 || time.Duration(b.SlowStart) > MaxSlowStart {
-		return fmt.Errorf("%s.slow_start %v: want 0 to %v", bw, time.Duration(b.SlowStart), MaxSlowStart)
-	}
-	if a := b.Agent; a != nil {
-		switch {
-		case a.Port == 0:
-			return fmt.Errorf("%s.agent.port: want 1 to 65535", bw)
-		case a.Interval <= 0:
-			return fmt.Errorf("%s.agent.interval %v: must be positive", bw, time.Duration(a.Interval))
-		case len(a.Send) > MaxAgentSend || strings.ContainsRune(a.Send, 0):
-			return fmt.Errorf("%s.agent.send: at most %d bytes, no NUL", bw, MaxAgentSend)
-		}
-	}
-	if l := b.Load; l != nil {
-		if _, err := health.ParseLoadMetric(l.Metric); err != nil {
-			return fmt.Errorf("%s.load.metric: %w", bw, err)
-		}
-		if !(l.Target > 0) || math.IsInf(l.Target, 0) {
-			return fmt.Errorf("%s.load.target %v: must be a positive number", bw, l.Target)
-		}
-		if l.Interval <= 0 {
-			return fmt.Errorf("%s.load.interval %v: must be positive", bw, time.Duration(l.Interval))
-		}
-	}
-	return nil
-}
-
-func validateCheck(c Check) error {
-	if _, err := health.ParseType(c.Type); err != nil {
-		return fmt.Errorf("type: %w", err)
-	}
-	if c.Codes != "" {
-		if err := health.ParseCodes(c.Codes); err != nil {
-			return fmt.Errorf("codes: %w", err)
-		}
-	}
-	if c.Path != "" && !strings.HasPrefix(c.Path, "/") {
-		return fmt.Errorf("path %q: must start with /", c.Path)
-	}
-	if c.OnError != "" && c.OnError != "fail-check" && c.OnError != "mark-down" {
-		return fmt.Errorf("on_error %q: want fail-check or mark-down", c.OnError)
-	}
-	if (c.Service != "" || c.TLS) && c.Type != string(health.GRPC) {
-		return fmt.Errorf("service, tls: only for grpc checks, not %s", c.Type)
-	}
-	if len(c.Service) > 255 || strings.IndexFunc(c.Service, func(r rune) bool { return r < 0x21 || r > 0x7e }) >= 0 {
-		return fmt.Errorf("service %q: want up to 255 printable ASCII characters", c.Service)
-	}
-	s := health.Settings{Interval: time.Duration(c.Interval), Timeout: time.Duration(c.Timeout),
-		FastInter: time.Duration(c.FastInter), Rise: c.Rise, Fall: c.Fall}
-	if err := s.Validate(); err != nil {
-		return err
-	}
-	return nil
-}
-
-// validateVia checks that a check via the VIP (key k) can go where the
-// VIP's traffic goes: to a port the VIP serves, in its protocol.
-func (c Check) validateVia(bw string, k loader.VIPKey) error {
-	switch c.Via {
-	case "", CheckViaAddr:
-		return nil
-	case CheckViaVIP:
-	default:
-		return fmt.Errorf("%s.check.via %q: want addr or vip", bw, c.Via)
-	}
-	t, _ := health.ParseType(c.Type)
-	proto := loader.TCP
-	if t == health.UDP {
-		proto = loader.UDP
-	}
-	switch {
-	case t == health.None:
-		return nil
-	case proto != k.Proto:
-		return fmt.Errorf("%s.check.type %s: a check via the vip speaks the vip's protocol, %s", bw, t, k.Proto)
-	case k.Port != 0 && c.Port != 0 && c.Port != k.Port:
-		return fmt.Errorf("%s.check.port %d: a check via the vip goes to the vip's port, %d", bw, c.Port, k.Port)
-	case k.Port == 0 && c.Port == 0:
-		return fmt.Errorf("%s.check.port: a check via a vip of every port needs one", bw)
-	}
-	return nil
 }
 
 // Clone deep-copies a state.
@@ -499,7 +273,7 @@ func (s State) Clone() State {
 }
 
 // FindVIP returns the index of the VIP with key k, or -1.
-func (s *State) FindVIP(k loader.VIPKey) int {
+func (s *State) FindVIP(k VIPKey) int {
 	for i, v := range s.VIPs {
 		if vk, err := ParseVIPKey(v.VIP); err == nil && vk == k {
 			return i
@@ -510,7 +284,7 @@ func (s *State) FindVIP(k loader.VIPKey) int {
 
 // LookupVIP returns the index of the VIP with key k, or an ErrNotFound
 // that names it.
-func (s *State) LookupVIP(k loader.VIPKey) (int, error) {
+func (s *State) LookupVIP(k VIPKey) (int, error) {
 	if i := s.FindVIP(k); i >= 0 {
 		return i, nil
 	}
@@ -525,26 +299,4 @@ func (v *VIP) FindBackend(addr netip.Addr) int {
 		}
 	}
 	return -1
-}
-
-// HealthCheck is the health check of backend b of vip: to the backend's
-// address, or to the VIP through the data plane (check via vip).
-func (b Backend) HealthCheck(vip loader.VIPKey) health.Check {
-	port := b.Check.Port
-	if port == 0 {
-		port = vip.Port
-	}
-	c := b.Check
-	t, _ := health.ParseType(c.Type)
-	addr := netip.MustParseAddr(b.Addr)
-	target, via := netip.AddrPortFrom(addr, port), netip.Addr{}
-	if c.Via == CheckViaVIP {
-		target, via = netip.AddrPortFrom(vip.Addr, port), addr
-	}
-	return health.Check{
-		Probe: health.Probe{Type: t, Addr: target, Via: via, Method: c.Method, Path: c.Path,
-			Codes: c.Codes, BodyContain: c.Body, TLSVerify: c.TLSVerify, Payload: c.Payload, Service: c.Service, TLS: c.TLS},
-		Settings: health.Settings{Interval: time.Duration(c.Interval), Timeout: time.Duration(c.Timeout),
-			FastInter: time.Duration(c.FastInter), Rise: c.Rise, Fall: c.Fall, MarkDown: c.OnError == "mark-down"},
-	}
 }

@@ -13,8 +13,6 @@ import (
 	"time"
 
 	"pgregory.net/rapid"
-
-	"github.com/sluicelb/sluice/loader"
 )
 
 // genState draws a valid desired state.
@@ -22,8 +20,9 @@ func genState(t *rapid.T) State {
 	var s State
 	nv := rapid.IntRange(0, 5).Draw(t, "vips")
 	for i := range nv {
+		port := rapid.IntRange(0, 65535).Draw(t, "port")
 		v := VIP{
-			VIP:       fmt.Sprintf("10.0.%d.%d:%d/%s", i, rapid.IntRange(1, 254).Draw(t, "a"), rapid.IntRange(0, 65535).Draw(t, "port"), rapid.SampledFrom([]string{"tcp", "udp"}).Draw(t, "proto")),
+			VIP:       fmt.Sprintf("10.0.%d.%d:%d/%s", i, rapid.IntRange(1, 254).Draw(t, "a"), port, rapid.SampledFrom([]string{"tcp", "udp"}).Draw(t, "proto")),
 			Forward:   rapid.SampledFrom([]string{"ipip", "dsr"}).Draw(t, "fwd"),
 			RingSize:  rapid.SampledFrom([]uint32{4099, 65537, 655373}).Draw(t, "ring"),
 			MinActive: rapid.IntRange(1, 3).Draw(t, "min"),
@@ -39,6 +38,9 @@ func genState(t *rapid.T) State {
 					Interval: Duration(time.Duration(rapid.IntRange(1, 5000).Draw(t, "interval")) * time.Millisecond),
 					Rise:     rapid.IntRange(1, 5).Draw(t, "rise"), Fall: rapid.IntRange(1, 5).Draw(t, "fall")},
 			})
+			if port == 0 { // a VIP of every port: its checks name theirs
+				v.Backends[j].Check.Port = uint16(rapid.IntRange(1, 65535).Draw(t, "check port"))
+			}
 		}
 		if len(v.Backends) > 0 && rapid.Bool().Draw(t, "failover") {
 			v.Policy = PolicyFailover
@@ -181,43 +183,6 @@ func TestValidateNamesTheField(t *testing.T) {
 	}
 }
 
-// TestCheckVia: a backend's check goes where its check.via says, or its
-// VIP's check_via when it says nothing: to the VIP's address through the
-// data plane (the probe names the backend it must reach), or to the
-// backend's own address.
-func TestCheckVia(t *testing.T) {
-	s := State{VIPs: []VIP{
-		{VIP: "10.0.0.1:80/tcp", CheckVia: "VIP", Backends: []Backend{{Addr: "10.0.0.2"}, {Addr: "10.0.0.3", Check: Check{Via: "addr"}}}},
-		{VIP: "10.0.0.1:443/tcp", CheckVia: "addr", Backends: []Backend{{Addr: "10.0.0.2"}, {Addr: "10.0.0.3", Check: Check{Via: "vip", Port: 443}}}},
-		{VIP: "10.0.0.1:0/tcp", Backends: []Backend{{Addr: "10.0.0.2", Check: Check{Via: "vip", Port: 22}}}},
-	}}
-	s.Normalize()
-	if err := s.Validate(); err != nil {
-		t.Fatal(err)
-	}
-	want := map[string]string{ // vip backend -> probe target, via
-		"10.0.0.1:0/tcp 10.0.0.2":   "10.0.0.1:22 via 10.0.0.2",
-		"10.0.0.1:443/tcp 10.0.0.2": "10.0.0.2:443 via invalid IP",
-		"10.0.0.1:443/tcp 10.0.0.3": "10.0.0.1:443 via 10.0.0.3",
-		"10.0.0.1:80/tcp 10.0.0.2":  "10.0.0.1:80 via 10.0.0.2",
-		"10.0.0.1:80/tcp 10.0.0.3":  "10.0.0.3:80 via invalid IP",
-	}
-	for _, v := range s.VIPs {
-		k, _ := ParseVIPKey(v.VIP)
-		for _, b := range v.Backends {
-			p := b.HealthCheck(k).Probe
-			if got := fmt.Sprintf("%s via %s", p.Addr, p.Via); got != want[v.VIP+" "+b.Addr] {
-				t.Errorf("%s %s: probe %s, want %s", v.VIP, b.Addr, got, want[v.VIP+" "+b.Addr])
-			}
-		}
-	}
-	for _, v := range s.VIPs { // sorted: :0, :443 (check_via addr, the default), :80
-		if want := map[string]string{"10.0.0.1:80/tcp": "vip"}[v.VIP]; v.CheckVia != want {
-			t.Errorf("%s: check_via normalised to %q, want %q", v.VIP, v.CheckVia, want)
-		}
-	}
-}
-
 // TestNormalizeGUEPort: forward gue gets the default port, and only it.
 func TestNormalizeGUEPort(t *testing.T) {
 	s := State{VIPs: []VIP{{VIP: "10.0.0.1:80/tcp", Forward: "GUE"}, {VIP: "10.0.0.1:81/tcp", Forward: "gue", GUEPort: 5555}, {VIP: "10.0.0.1:82/tcp"}}}
@@ -225,7 +190,7 @@ func TestNormalizeGUEPort(t *testing.T) {
 	if err := s.Validate(); err != nil {
 		t.Fatal(err)
 	}
-	for i, want := range []uint16{loader.DefaultGUEPort, 5555, 0} {
+	for i, want := range []uint16{DefaultGUEPort, 5555, 0} {
 		if s.VIPs[i].GUEPort != want {
 			t.Errorf("%s: gue_port %d, want %d", s.VIPs[i].VIP, s.VIPs[i].GUEPort, want)
 		}

@@ -24,7 +24,7 @@ var layer = map[string]int{
 	"bpf":                      0,
 	"bpf/nocapture":            0,
 	"loader":                   1,
-	"health":                   1,
+	"health":                   3,
 	"control/maglev":           1,
 	"control/ha":               1,
 	"control/neigh":            1,
@@ -37,9 +37,9 @@ var layer = map[string]int{
 	"testenv":                  2,
 	"control/api":              3,
 	"control/etcdstore":        3,
-	"control/reconcile":        3,
+	"control/reconcile":        4,
 	"control/flowsync":         3,
-	"control/weight":           3,
+	"control/weight":           4,
 	"control/events":           4,
 	"control/cluster":          4,
 	"control/bgp":              4,
@@ -130,6 +130,18 @@ func TestImportsPointDown(t *testing.T) {
 			if layer[dep] >= rank {
 				t.Errorf("%s (layer %d) imports %s (layer %d): imports must point down", name, rank, dep, layer[dep])
 			}
+		}
+	}
+}
+
+// TestModelOwnsItsTypes: the desired state depends on neither the data
+// plane nor the checker; they map from its types (health.For, and the
+// reconciler's DataKey), so the model's rules live in one place.
+func TestModelOwnsItsTypes(t *testing.T) {
+	p := list(t, "./control/state")[0]
+	for _, imp := range p.Imports {
+		if dep, _ := rel(imp); dep == "loader" || dep == "health" || strings.HasPrefix(dep, "loader/") || strings.HasPrefix(dep, "health/") {
+			t.Errorf("control/state imports %s", dep)
 		}
 	}
 }

@@ -450,7 +450,7 @@ func (r *runner) addVIPs(ctx context.Context, cl *api.Client) error {
 			be := labBackend(b.Addr.Addr().String(), state.Check{
 				Type: v.check[1], Path: "/", Interval: state.Duration(200 * time.Millisecond),
 				Timeout: state.Duration(200 * time.Millisecond), Rise: 2, Fall: 2})
-			if k.Proto != loader.TCP || v.check[1] != "http" {
+			if k.Proto != state.TCP || v.check[1] != "http" {
 				be.Check.Path = ""
 			}
 			if err := cl.Do(ctx, "POST", "/v1/backends", nil, api.BackendAddRequest{VIP: v.vip, Backend: be}, nil); err != nil {

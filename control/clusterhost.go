@@ -2,6 +2,7 @@ package control
 
 import (
 	"log/slog"
+	"net/netip"
 
 	"github.com/sluicelb/sluice/control/api"
 	"github.com/sluicelb/sluice/control/state"
@@ -20,8 +21,24 @@ func (h clusterHost) Status() (api.Status, error) { return h.d.Status() }
 func (h clusterHost) Event(e api.Event)           { h.d.events.Add(e) }
 func (h clusterHost) Elected()                    { h.d.checkPrimaries() }
 func (h clusterHost) Log() *slog.Logger           { return h.d.log }
-func (h clusterHost) LocalHealth(vip state.VIPKey, b state.Backend) health.State {
-	return h.d.healthOf(vip, b)
+func (h clusterHost) LocalHealth() map[string]map[string]string {
+	out := map[string]map[string]string{}
+	v := h.d.applied.Load()
+	if v == nil {
+		return out
+	}
+	for _, sv := range v.State.VIPs {
+		k, _ := state.ParseVIPKey(sv.VIP)
+		m := map[string]string{}
+		for _, b := range sv.Backends {
+			m[b.Addr] = "down"
+			if v.Of(k, netip.MustParseAddr(b.Addr)).Health.State == health.Up {
+				m[b.Addr] = "up"
+			}
+		}
+		out[sv.VIP] = m
+	}
+	return out
 }
 
 // Reapply applies the state again under the cluster's new verdict.

@@ -29,6 +29,7 @@ import (
 	"github.com/sluicelb/sluice/control/reconcile"
 	"github.com/sluicelb/sluice/control/sdnotify"
 	"github.com/sluicelb/sluice/control/state"
+	"github.com/sluicelb/sluice/control/view"
 	"github.com/sluicelb/sluice/control/weight"
 	"github.com/sluicelb/sluice/health"
 	"github.com/sluicelb/sluice/loader"
@@ -129,6 +130,8 @@ type Daemon struct {
 	checkBound atomic.Int64
 	// checkRefs is every check's backends, for onHealth's fast path.
 	checkRefs atomic.Pointer[map[health.ID][]reconcile.BackendRef]
+	// applied is the view the last apply decided from.
+	applied atomic.Pointer[view.View]
 
 	mu    sync.Mutex // serialises changes and applies
 	state state.State
@@ -306,7 +309,7 @@ func (d *Daemon) setUp(ctx context.Context) error {
 		return err
 	}
 	if d.cl != nil {
-		d.rec.Ring, d.coord = d.cl.RingHealth, d.cl
+		d.coord = d.cl
 	}
 	d.metrics = newMetrics(d)
 	if d.pair != nil {
@@ -400,7 +403,9 @@ func (d *Daemon) apply(what string) reconcile.Result {
 // current health view, then lets the pair re-check its sync and records
 // availability. Every apply goes through here; d.mu is held.
 func (d *Daemon) applyLocked(ctx context.Context) (reconcile.Result, error) {
-	res, err := d.rec.Apply(ctx, d.state, d.healthOf)
+	v := d.look(d.state)
+	res, err := d.rec.Apply(ctx, v)
+	d.applied.Store(v)
 	if d.pair != nil {
 		d.pair.Invalidate()
 	}
@@ -417,15 +422,14 @@ func (d *Daemon) applyLocked(ctx context.Context) (reconcile.Result, error) {
 	return res, nil
 }
 
-func (d *Daemon) healthOf(vip state.VIPKey, b state.Backend) health.State {
-	c := health.For(vip, b)
-	if c.Probe.Type == health.None {
-		return health.Up
+// look builds the view of s under the current verdicts: health checks,
+// weights and, in a cluster, the quorum.
+func (d *Daemon) look(s state.State) *view.View {
+	src := view.Sources{Health: d.hm, Weights: d.weights}
+	if d.cl != nil {
+		src.Ring, src.Shared = d.cl.RingRule(), true
 	}
-	if st, ok := d.hm.Status(c.ID()); ok {
-		return st.State
-	}
-	return health.Down
+	return view.Build(s, src)
 }
 
 func (d *Daemon) syncChecksLocked() {
@@ -435,6 +439,10 @@ func (d *Daemon) syncChecksLocked() {
 	// initial state is all the table gives (a read takes milliseconds).
 	var adopted func(state.VIPKey, netip.Addr) (health.State, bool)
 	refs := map[health.ID][]reconcile.BackendRef{}
+	var known map[health.ID][]reconcile.BackendRef // the checks already running
+	if p := d.checkRefs.Load(); p != nil {
+		known = *p
+	}
 	for _, v := range d.state.VIPs {
 		k, _ := state.ParseVIPKey(v.VIP)
 		for _, b := range v.Backends {
@@ -445,7 +453,7 @@ func (d *Daemon) syncChecksLocked() {
 			checks = append(checks, c)
 			refs[c.ID()] = append(refs[c.ID()], reconcile.BackendRef{VIP: k, Addr: netip.MustParseAddr(b.Addr)})
 			d.metrics.checkFailures.WithLabelValues(v.VIP, b.Addr) // export 0 before the first failure
-			if _, known := d.hm.Status(c.ID()); known {
+			if _, ok := known[c.ID()]; ok {
 				continue
 			}
 			if adopted == nil {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/netip"
 	"os"
 	"slices"
 	"strings"
@@ -12,6 +13,7 @@ import (
 	"github.com/sluicelb/sluice/control/api"
 	"github.com/sluicelb/sluice/control/hook"
 	"github.com/sluicelb/sluice/control/state"
+	"github.com/sluicelb/sluice/control/view"
 	"github.com/sluicelb/sluice/health"
 )
 
@@ -39,13 +41,18 @@ func (d *Daemon) runHook(ctx context.Context, v state.VIP, action hook.Action, o
 	return h.Run(ctx, hook.Event{Action: action, VIP: v.VIP, OldPrimary: old, NewPrimary: next, Epoch: v.Epoch, Node: node})
 }
 
+// up says whether backend b of VIP k is up in view lk.
+func up(lk *view.View, k state.VIPKey, b state.Backend) bool {
+	return lk.Of(k, netip.MustParseAddr(b.Addr)).Health.State == health.Up
+}
+
 // candidates lists the up backends of a failover VIP that may become
 // primary, highest priority first.
-func (d *Daemon) candidates(v state.VIP, exclude string) []state.Backend {
+func candidates(lk *view.View, v state.VIP, exclude string) []state.Backend {
 	k, _ := state.ParseVIPKey(v.VIP)
 	var out []state.Backend
 	for _, b := range v.Backends {
-		if b.Addr == exclude || b.Disabled || d.healthOf(k, b) != health.Up {
+		if b.Addr == exclude || b.Disabled || !up(lk, k, b) {
 			continue
 		}
 		out = append(out, b)
@@ -69,6 +76,7 @@ func (d *Daemon) checkPrimaries() {
 	d.mu.Lock()
 	cur := d.state.Clone()
 	d.mu.Unlock()
+	lk := d.look(cur)
 	for _, v := range cur.VIPs {
 		if v.Policy != state.PolicyFailover {
 			continue
@@ -76,13 +84,13 @@ func (d *Daemon) checkPrimaries() {
 		k, _ := state.ParseVIPKey(v.VIP)
 		primaryUp := false
 		for _, b := range v.Backends {
-			if b.Addr == v.Primary && !b.Disabled && d.healthOf(k, b) == health.Up {
+			if b.Addr == v.Primary && !b.Disabled && up(lk, k, b) {
 				primaryUp = true
 			}
 		}
-		cands := d.candidates(v, "")
+		cands := candidates(lk, v, "")
 		if primaryUp {
-			d.demoteRecovered(v)
+			d.demoteRecovered(lk, v)
 			if !v.Failback || len(cands) == 0 || cands[0].Addr == v.Primary {
 				continue
 			}
@@ -99,7 +107,7 @@ func (d *Daemon) checkPrimaries() {
 		if len(cands) == 0 && v.Primary == "" {
 			continue
 		}
-		if v.Primary == "" && d.higherUndecided(k, v, cands[0].Priority) {
+		if v.Primary == "" && higherUndecided(lk, k, v, cands[0].Priority) {
 			// First election: wait until every backend that would outrank
 			// the best candidate has been probed, so the highest priority
 			// wins rather than the fastest check.
@@ -111,13 +119,12 @@ func (d *Daemon) checkPrimaries() {
 
 // higherUndecided reports whether a backend of v with a priority above p
 // has not been probed yet.
-func (d *Daemon) higherUndecided(k state.VIPKey, v state.VIP, p int) bool {
+func higherUndecided(lk *view.View, k state.VIPKey, v state.VIP, p int) bool {
 	for _, b := range v.Backends {
 		if b.Priority <= p || b.Disabled {
 			continue
 		}
-		c := health.For(k, b)
-		if st, ok := d.hm.Status(c.ID()); ok && !st.Decided {
+		if in := lk.Of(k, netip.MustParseAddr(b.Addr)); in.Known && !in.Health.Decided {
 			return true
 		}
 	}
@@ -225,7 +232,7 @@ func (d *Daemon) promote(ctx context.Context, k state.VIPKey, cands []state.Back
 
 // demoteRecovered runs the demote hook once for an old primary that is up
 // again and rejoined as a replica.
-func (d *Daemon) demoteRecovered(v state.VIP) {
+func (d *Daemon) demoteRecovered(lk *view.View, v state.VIP) {
 	k, _ := state.ParseVIPKey(v.VIP)
 	d.promoMu.Lock()
 	old, ok := d.demotePending[k]
@@ -234,7 +241,7 @@ func (d *Daemon) demoteRecovered(v state.VIP) {
 		return
 	}
 	for _, b := range v.Backends {
-		if b.Addr != old || d.healthOf(k, b) != health.Up {
+		if b.Addr != old || !up(lk, k, b) {
 			continue
 		}
 		d.promoMu.Lock()
@@ -274,7 +281,7 @@ func (d *Daemon) Promote(ctx context.Context, vip, addr string) (api.PromoteResu
 		return api.PromoteResult{}, fmt.Errorf("%s is already the primary of %s", a, v.VIP)
 	}
 	var cand []state.Backend
-	for _, b := range d.candidates(v, "") {
+	for _, b := range candidates(d.look(st), v, "") {
 		if b.Addr == a.String() {
 			cand = append(cand, b)
 		}

@@ -10,6 +10,7 @@ import (
 	"github.com/sluicelb/sluice/control/api"
 	"github.com/sluicelb/sluice/control/reconcile"
 	"github.com/sluicelb/sluice/control/state"
+	"github.com/sluicelb/sluice/control/view"
 	"github.com/sluicelb/sluice/health"
 )
 
@@ -41,6 +42,7 @@ func (d *Daemon) Status() (api.Status, error) {
 		hs := d.pair.Status()
 		out.HA = &hs
 	}
+	lk := d.look(cur)
 	for _, v := range cur.VIPs {
 		k, _ := state.ParseVIPKey(v.VIP)
 		vs := api.VIPStatus{VIP: v.VIP, Forward: v.Forward, RingSize: v.RingSize, MinActive: v.MinActive,
@@ -79,7 +81,7 @@ func (d *Daemon) Status() (api.Status, error) {
 					bs.Packets, bs.Bytes = c.Packets, c.Bytes
 				}
 			}
-			d.backendState(k, b, bv, &bs)
+			backendState(lk.Of(k, addr), b, bv, &bs)
 			vs.Backends = append(vs.Backends, bs)
 		}
 		out.VIPs = append(out.VIPs, vs)
@@ -113,16 +115,11 @@ func (d *Daemon) Counters() (map[string]map[string]uint64, error) {
 }
 
 // backendState fills in a backend's state, weights and the reasons for
-// them: its health check's, its agent's and its weight's.
-func (d *Daemon) backendState(k state.VIPKey, b state.Backend, bv reconcile.BackendView, bs *api.BackendStatus) {
-	hs := health.Down
-	c := health.For(k, b)
-	if c.Probe.Type == health.None {
-		hs, bs.Reason = health.Up, "no health check"
-	} else if st, ok := d.hm.Status(c.ID()); ok {
-		hs, bs.LastChange, bs.Reason = st.State, st.Since, st.Reason
-	}
-	wv := d.verdictOf(k, b)
+// them from its view: its health check's, its agent's and its weight's.
+func backendState(in view.Backend, b state.Backend, bv reconcile.BackendView, bs *api.BackendStatus) {
+	hs := in.Health.State
+	bs.LastChange, bs.Reason = in.Health.Since, in.Health.Reason
+	wv := in.Weight
 	bs.Agent, bs.Load, bs.WeightReason = wv.Agent, wv.Load, wv.Reason
 	bs.EffectiveWeight = float64(b.Weight) * float64(wv.Percent) / 100
 	switch {

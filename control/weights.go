@@ -2,13 +2,9 @@ package control
 
 import (
 	"fmt"
-	"time"
 
 	"github.com/sluicelb/sluice/control/api"
-	"github.com/sluicelb/sluice/control/reconcile"
-	"github.com/sluicelb/sluice/control/state"
 	"github.com/sluicelb/sluice/control/weight"
-	"github.com/sluicelb/sluice/health"
 )
 
 // newWeights makes the engine of effective weights and hands its
@@ -16,20 +12,6 @@ import (
 func (d *Daemon) newWeights() {
 	d.weights = weight.New(weight.Options{Interval: d.opts.ReweightInterval, Threshold: d.opts.ReweightThreshold,
 		OnReweight: d.onReweight, OnState: d.onAgentState, OnAnswer: d.metrics.weightAnswer})
-	d.rec.Adjust = func(k state.VIPKey, b state.Backend) reconcile.Adjustment {
-		v := d.verdictOf(k, b)
-		return reconcile.Adjustment{Percent: v.Percent, Drain: v.Drain, Down: v.Down}
-	}
-}
-
-// verdictOf is backend b's weight verdict, told when its health check
-// last brought it up (for slow start).
-func (d *Daemon) verdictOf(k state.VIPKey, b state.Backend) weight.Verdict {
-	var up time.Time
-	if st, ok := d.hm.Status(health.For(k, b).ID()); ok && st.State == health.Up && st.Changed {
-		up = st.Since
-	}
-	return d.weights.Verdict(weight.Key{VIP: state.FormatVIPKey(k), Addr: b.Addr}, up)
 }
 
 // onReweight applies moved weights (the rings follow) and records them.

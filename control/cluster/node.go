@@ -50,8 +50,9 @@ type Host interface {
 	State() state.State
 	// Status reads this node's kernel rings (their digests) back.
 	Status() (api.Status, error)
-	// LocalHealth is this node's own verdict on a backend.
-	LocalHealth(state.VIPKey, state.Backend) health.State
+	// LocalHealth is this node's own verdict on every backend, VIP →
+	// backend → "up" | "down", as its last apply saw them.
+	LocalHealth() map[string]map[string]string
 	Event(api.Event)
 	// Elected is called when this node became the coordinator.
 	Elected()
@@ -327,17 +328,7 @@ func (c *Node) report() (Report, error) {
 	for _, vs := range st.VIPs {
 		r.RingSHA256[vs.VIP] = vs.RingSHA256
 	}
-	for _, v := range c.h.State().VIPs {
-		k, _ := state.ParseVIPKey(v.VIP)
-		h := map[string]string{}
-		for _, b := range v.Backends {
-			h[b.Addr] = "down"
-			if c.h.LocalHealth(k, b) == health.Up {
-				h[b.Addr] = "up"
-			}
-		}
-		r.Health[v.VIP] = h
-	}
+	r.Health = c.h.LocalHealth()
 	return r, nil
 }
 
@@ -361,20 +352,29 @@ func (c *Node) onCoordinator(elected bool) {
 	c.h.Event(api.Event{Kind: "ha", Reason: reason})
 }
 
-// RingHealth is the cluster's verdict on a backend, which builds the
-// rings: the same on every node that saw the same node keys. With the
-// local rule, or before any node published, it is this node's own.
-func (c *Node) RingHealth(vip state.VIPKey, b state.Backend) health.State {
-	if c.opts.Quorum == Local {
-		return c.h.LocalHealth(vip, b)
-	}
+// RingRule is the cluster's verdict on backends, which builds the
+// rings: the same on every node that saw the same node keys, as they
+// stand now. With the local rule, or before any node published, each
+// node's own verdict is its ring verdict.
+func (c *Node) RingRule() RingRule {
 	c.mu.Lock()
 	nodes := c.nodes
 	c.mu.Unlock()
-	if len(nodes) == 0 {
-		return c.h.LocalHealth(vip, b)
+	return RingRule{quorum: c.opts.Quorum, nodes: nodes}
+}
+
+// RingRule is a quorum over the node reports it was taken with.
+type RingRule struct {
+	quorum Quorum
+	nodes  []Report
+}
+
+// Ring is the ring verdict on backend addr of vip, local this node's.
+func (r RingRule) Ring(vip, addr string, local health.State) health.State {
+	if r.quorum == Local || len(r.nodes) == 0 {
+		return local
 	}
-	if c.opts.Quorum.Up(nodes, state.FormatVIPKey(vip), b.Addr) {
+	if r.quorum.Up(r.nodes, vip, addr) {
 		return health.Up
 	}
 	return health.Down

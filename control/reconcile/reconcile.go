@@ -1,6 +1,6 @@
-// Package reconcile turns the desired state and the health verdicts into
-// the data plane's maps: VIPs, backend entries and Maglev rings, writing
-// only what differs.
+// Package reconcile turns a view (the desired state with every backend's
+// verdicts, control/view) into the data plane's maps: VIPs, backend
+// entries and Maglev rings, writing only what differs, through Maps.
 package reconcile
 
 import (
@@ -15,9 +15,24 @@ import (
 	"github.com/sluicelb/sluice/control/maglev"
 	"github.com/sluicelb/sluice/control/neigh"
 	"github.com/sluicelb/sluice/control/state"
+	"github.com/sluicelb/sluice/control/view"
 	"github.com/sluicelb/sluice/health"
 	"github.com/sluicelb/sluice/loader"
 )
+
+// Maps are the data plane's tables as the reconciler writes them
+// (loader.Datapath). Each write reports whether it changed anything.
+type Maps interface {
+	VIPs() (map[loader.VIPKey]loader.VIP, error)
+	SetVIP(loader.VIPKey, loader.VIP) (bool, error)
+	DeleteVIP(loader.VIPKey) error
+	Backends() (map[uint32]loader.Backend, error)
+	SetBackend(uint32, loader.Backend) (bool, error)
+	ClearBackend(uint32) error
+	ResetBackendCounter(uint32) error
+	ReplaceRing(loader.VIPKey, []uint32) (bool, error)
+	Ring(loader.VIPKey) ([]uint32, error)
+}
 
 // BackendView is the reconciler's verdict for one backend.
 type BackendView struct {
@@ -27,15 +42,15 @@ type BackendView struct {
 	InRing bool
 	Health health.State
 	MACErr error
-	// ringable: the ring's health rule (Reconciler.Ring) calls it up.
+	// ringable: its ring verdict calls it up.
 	ringable bool
 	percent  int // of its configured weight the ring gives it
 }
 
-// Reconciler turns desired state plus health into data-plane maps. It
-// rewrites only what differs: an unchanged intent writes nothing.
+// Reconciler turns views into data-plane maps. It rewrites only what
+// differs: an unchanged intent writes nothing.
 type Reconciler struct {
-	dp   *loader.Datapath
+	dp   Maps
 	macs *neigh.Cache
 	seed uint64
 
@@ -48,15 +63,6 @@ type Reconciler struct {
 	rings map[state.VIPKey]string
 	// maglev keeps its memory from ring to ring (guarded by mu).
 	maglev maglev.Builder
-	// Ring, when set, is the health that decides ring membership (a
-	// cluster's verdict, equal on every node); the health Apply is given
-	// still decides whether this node sends a backend anything. Set it
-	// before the first Apply.
-	Ring HealthOf
-	// Adjust, when set, is each backend's state beyond its health
-	// checks (agent checks, load metrics, slow start). Set it before the
-	// first Apply.
-	Adjust func(vip state.VIPKey, b state.Backend) Adjustment
 	// rebuilds counts each VIP's ring swaps.
 	rebuilds map[state.VIPKey]uint64
 
@@ -69,13 +75,6 @@ type Reconciler struct {
 	outs    map[uint32]time.Time      // entries Out cleared, and when
 }
 
-// Adjustment is a backend's state beyond its health checks.
-type Adjustment struct {
-	Percent int  // of its configured weight the ring gives it, 1–100
-	Drain   bool // no new flows; tracked flows are kept
-	Down    bool // out, as if its health check had failed
-}
-
 type beKey struct {
 	vip  uint32
 	addr netip.Addr
@@ -85,7 +84,7 @@ type beKey struct {
 // plane, so a restarted daemon keeps every entry where it was. MACs are
 // resolved through macs off Apply's path; resolved is called (with no
 // lock held) each time a resolution finished, to apply again.
-func New(dp *loader.Datapath, macs neigh.MACResolver, seed uint64, resolved func()) (*Reconciler, error) {
+func New(dp Maps, macs neigh.MACResolver, seed uint64, resolved func()) (*Reconciler, error) {
 	r := &Reconciler{dp: dp, macs: neigh.NewCache(macs, resolved), seed: seed, vipIDs: map[state.VIPKey]uint32{}, beIdx: map[beKey]uint32{},
 		views: map[state.VIPKey]map[netip.Addr]BackendView{}, rings: map[state.VIPKey]string{}, rebuilds: map[state.VIPKey]uint64{},
 		entries: map[uint32]loader.Backend{}, index: map[BackendRef]uint32{}, outs: map[uint32]time.Time{}}
@@ -131,9 +130,6 @@ func (r *Reconciler) AdoptedHealth() func(vip state.VIPKey, addr netip.Addr) (he
 	}
 }
 
-// HealthOf answers a backend's probe state.
-type HealthOf func(vip state.VIPKey, b state.Backend) health.State
-
 // Result says what one Apply wrote.
 type Result struct {
 	Writes int // map writes (0 when nothing changed)
@@ -144,13 +140,14 @@ type Result struct {
 	Done time.Time
 }
 
-// Apply makes the data plane match s under the given health view.
-func (r *Reconciler) Apply(ctx context.Context, s state.State, hv HealthOf) (Result, error) {
+// Apply makes the data plane match view v: its state under its verdicts.
+// A backend Out took out after v was built stays out.
+func (r *Reconciler) Apply(ctx context.Context, v *view.View) (Result, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	a := &applying{r: r, ctx: ctx, hv: hv, started: time.Now(), want: map[state.VIPKey]bool{}, keepBackends: map[uint32]bool{},
+	a := &applying{r: r, ctx: ctx, v: v, started: v.Built, want: map[state.VIPKey]bool{}, keepBackends: map[uint32]bool{},
 		views: map[state.VIPKey]map[netip.Addr]BackendView{}}
-	err := a.run(s)
+	err := a.run(v.State)
 	a.res.Done = time.Now()
 	return a.res, err
 }
@@ -159,8 +156,8 @@ func (r *Reconciler) Apply(ctx context.Context, s state.State, hv HealthOf) (Res
 type applying struct {
 	r            *Reconciler
 	ctx          context.Context
-	hv           HealthOf
-	started      time.Time // before any health was read
+	v            *view.View
+	started      time.Time // before the view read any health
 	res          Result
 	want         map[state.VIPKey]bool
 	keepBackends map[uint32]bool
@@ -247,16 +244,10 @@ func (a *applying) backend(k state.VIPKey, id uint32, v state.VIP, b state.Backe
 		return BackendView{}, err
 	}
 	a.keepBackends[idx] = true
-	hs := a.hv(k, b)
-	adj := Adjustment{Percent: 100}
-	if r.Adjust != nil {
-		adj = r.Adjust(k, b)
-	}
+	in := a.v.Of(k, addr)
+	hs, adj := in.Health.State, in.Weight
 	bv := BackendView{Index: idx, Health: hs, Drain: b.Drain || b.Weight == 0 || adj.Drain, percent: min(100, max(1, adj.Percent))}
-	bv.ringable = hs == health.Up && !b.Disabled && !adj.Down
-	if r.Ring != nil {
-		bv.ringable = r.Ring(k, b) == health.Up && !b.Disabled && !adj.Down
-	}
+	bv.ringable = in.Ring == health.Up && !b.Disabled && !adj.Down
 	// This node sends a backend new flows only if it sees it up itself:
 	// one the cluster calls up but this node cannot reach stays in the
 	// (shared) ring, and the data plane probes past its slots.
@@ -272,7 +263,7 @@ func (a *applying) backend(k state.VIPKey, id uint32, v state.VIP, b state.Backe
 	bv.MACErr = merr
 	if merr != nil {
 		bv.Usable = false
-		if r.Ring == nil {
+		if !a.v.Shared {
 			bv.ringable = false // alone, a node rings only what it can reach
 		}
 	}

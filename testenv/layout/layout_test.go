@@ -37,7 +37,8 @@ var layer = map[string]int{
 	"testenv":                  2,
 	"control/api":              3,
 	"control/etcdstore":        3,
-	"control/reconcile":        4,
+	"control/view":             5,
+	"control/reconcile":        6,
 	"control/flowsync":         3,
 	"control/weight":           4,
 	"control/events":           4,
@@ -45,14 +46,15 @@ var layer = map[string]int{
 	"control/bgp":              4,
 	"control/availability":     4,
 	"control/pair":             4,
-	"control":                  5,
-	"cmd/sluice/internal/lab":  6,
-	"cmd/sluice/internal/demo": 7,
-	"cmd/sluice":               8,
+	"control":                  7,
+	"cmd/sluice/internal/lab":  8,
+	"cmd/sluice/internal/demo": 9,
+	"cmd/sluice":               10,
 	// Imported by tests only.
-	"testenv/testutil": 9,
-	"testenv/e2e":      10,
-	"testenv/layout":   10,
+	"testenv/testutil": 11,
+	"testenv/memdp":    11,
+	"testenv/e2e":      12,
+	"testenv/layout":   12,
 }
 
 // Limits of a package (non-test, non-generated lines) and of a function.

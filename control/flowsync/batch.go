@@ -8,13 +8,8 @@ import (
 	"os"
 	"time"
 
-	"github.com/sluicelb/sluice/control/ha"
 	"github.com/sluicelb/sluice/loader"
 )
-
-// BatchMax is the most entries a pushed batch holds; a receiver bounds
-// a batch's body by it (BatchMax × ha.MaxFlowEntry).
-const BatchMax = batchMax
 
 // Batch is a run of connection-table writes, marshalled for a peer.
 type Batch struct {
@@ -42,7 +37,7 @@ func Batches(ctx context.Context, r FlowReader, addrs func() map[uint32]netip.Ad
 		}
 		es := Entries(addrs(), pending)
 		pending = pending[:0]
-		hand(Batch{Body: ha.MarshalFlows(es), N: len(es), Oldest: oldest})
+		hand(Batch{Body: MarshalFlows(es), N: len(es), Oldest: oldest})
 	}
 	for {
 		if len(pending) == 0 {

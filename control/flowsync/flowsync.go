@@ -4,7 +4,8 @@
 // before it may announce. A flow the routers rehash to another node (a
 // node lost, joined or drained) then keeps its backend there even when
 // the ring changed since the flow began. The peers are the cluster's live
-// nodes; requests carry the LB pair's HMAC scheme with a shared key.
+// nodes; requests are signed peer calls (control/peer) with a shared
+// key. An LB pair shares its table with its peer through the same Link.
 package flowsync
 
 import (
@@ -20,7 +21,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/sluicelb/sluice/control/ha"
+	"github.com/sluicelb/sluice/control/peer"
 	"github.com/sluicelb/sluice/loader"
 )
 
@@ -33,12 +34,10 @@ const DefaultPort = 9644
 const (
 	batchMax     = 512 // entries per pushed batch
 	batchWait    = 2 * time.Millisecond
-	maxBatchBody = batchMax * ha.MaxFlowEntry
+	maxBatchBody = batchMax * MaxFlowEntry
 	maxAnswer    = 4 << 10 // a push's answer: empty
 	maxConns     = 8
-	readTimeout  = 5 * time.Second
 	idleTimeout  = 30 * time.Second
-	headerBytes  = 8 << 10
 	callTimeout  = 2 * time.Second
 	dumpTimeout  = 30 * time.Second
 	queueLen     = 64 // batches waiting per peer; more are dropped and counted
@@ -89,22 +88,16 @@ type Syncer struct {
 	// were copied.
 	OnJoined func(Joined)
 
-	opts   Options
-	peers  Peers
-	host   Host
-	dp     Datapath
-	log    *slog.Logger
-	ln     net.Listener
-	signer *ha.Signer
-	verify *ha.Verifier
-	client *http.Client
-	bulk   *http.Client
+	opts  Options
+	peers Peers
+	log   *slog.Logger
+	ln    net.Listener
+	link  *Link
+	srv   *peer.Server
 
 	copied atomic.Bool // every peer's table was copied (or none to copy)
 
-	entries *prometheus.CounterVec
 	refused *prometheus.CounterVec
-	lag     prometheus.Histogram
 }
 
 // New listens on opts.Local:opts.Port; Run serves and pushes.
@@ -122,41 +115,22 @@ func New(opts Options, peers Peers, host Host, dp Datapath, log *slog.Logger) (*
 	if err != nil {
 		return nil, fmt.Errorf("--flow-sync-port %d on %s: %w", opts.Port, opts.Local, err)
 	}
-	s := &Syncer{opts: opts, peers: peers, host: host, dp: dp, log: log.With("component", "flowsync"), ln: ln,
-		signer: &ha.Signer{Key: opts.Key, Node: opts.Node, Boot: opts.Boot}, verify: &ha.Verifier{Key: opts.Key},
-		client: fromLocal(opts.Local, callTimeout), bulk: fromLocal(opts.Local, dumpTimeout)}
-	s.entries = EntriesMetric([2]string{"sent", "ok"}, [2]string{"sent", "dropped"}, [2]string{"received", "applied"},
-		[2]string{"received", "unknown"}, [2]string{"copied", "applied"}, [2]string{"copied", "unknown"})
+	log = log.With("component", "flowsync")
+	s := &Syncer{opts: opts, peers: peers, log: log, ln: ln}
+	s.link = NewLink(LinkOptions{Host: host, Datapath: dp, Log: log, Signer: &peer.Signer{Key: opts.Key, Node: opts.Node, Boot: opts.Boot},
+		Key: opts.Key, Path: "/flowsync/", MaxFlows: opts.MaxFlows,
+		Client: fromLocal(opts.Local, callTimeout), Bulk: fromLocal(opts.Local, dumpTimeout)})
 	s.refused = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "sluice_flow_sync_refused_total", Help: "Flow-sync connections and requests refused, by reason.",
 	}, []string{"reason"})
 	for _, r := range refusals {
 		s.refused.WithLabelValues(r)
 	}
-	s.lag = LagMetric()
+	s.srv = &peer.Server{Key: opts.Key, Verifier: &peer.Verifier{Key: opts.Key}, Limit: Limit, Refused: s.refuse}
 	return s, nil
 }
 
-// EntriesMetric is sluice_flow_sync_entries_total, the pair's and the
-// cluster's, with each (direction, result) of zero exported at 0.
-func EntriesMetric(zero ...[2]string) *prometheus.CounterVec {
-	m := prometheus.NewCounterVec(prometheus.CounterOpts{
-		Name: "sluice_flow_sync_entries_total", Help: "Connection-table entries synced, by direction and result.",
-	}, []string{"direction", "result"})
-	for _, r := range zero {
-		m.WithLabelValues(r[0], r[1])
-	}
-	return m
-}
-
-// LagMetric is sluice_flow_sync_lag_seconds, the pair's and the
-// cluster's.
-func LagMetric() prometheus.Histogram {
-	return prometheus.NewHistogram(prometheus.HistogramOpts{
-		Name: "sluice_flow_sync_lag_seconds", Help: "Time from a connection-table write to a peer's acknowledgement of it (oldest entry of each batch).",
-		Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1},
-	})
-}
+func (s *Syncer) refuse(reason string) { s.refused.WithLabelValues(reason).Inc() }
 
 // fromLocal is an HTTP client whose connections leave from local: the
 // peers admit this node by its cluster address, whatever source address
@@ -168,7 +142,7 @@ func fromLocal(local netip.Addr, timeout time.Duration) *http.Client {
 
 // Collectors are the syncer's metrics.
 func (s *Syncer) Collectors() []prometheus.Collector {
-	return []prometheus.Collector{s.entries, s.refused, s.lag}
+	return append(s.link.Collectors(), s.refused)
 }
 
 // Copied reports whether this node holds the other nodes' tables: every
@@ -185,9 +159,21 @@ func (s *Syncer) Addr() netip.AddrPort { return s.ln.Addr().(*net.TCPAddr).AddrP
 // Run serves the peers' pushes and dumps, copies their tables once, and
 // pushes this node's writes from r, until ctx ends.
 func (s *Syncer) Run(ctx context.Context, r FlowReader) {
-	s.serve(ctx)
+	mux := http.NewServeMux()
+	s.link.Handle(mux, s.srv)
+	s.srv.Serve(ctx, mux, []net.Listener{s.ln}, s.isPeer, maxConns, dumpTimeout)
 	go s.join(ctx)
-	s.flowLoop(ctx, r)
+	s.link.Push(ctx, r, s.livePeers, nil)
+}
+
+// livePeers are the other live nodes' flow-sync endpoints.
+func (s *Syncer) livePeers() []netip.AddrPort {
+	addrs, _ := s.peers.PeerAddrs()
+	out := make([]netip.AddrPort, 0, len(addrs))
+	for _, a := range addrs {
+		out = append(out, netip.AddrPortFrom(a.Unmap(), s.opts.Port))
+	}
+	return out
 }
 
 // isPeer reports whether a is a live node's address now.
@@ -199,8 +185,4 @@ func (s *Syncer) isPeer(a netip.Addr) bool {
 		}
 	}
 	return false
-}
-
-func (s *Syncer) peerURL(a netip.Addr) string {
-	return ha.PeerURL(netip.AddrPortFrom(a, s.opts.Port))
 }

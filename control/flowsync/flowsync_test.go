@@ -187,7 +187,7 @@ func TestSyncBetweenTwoNodes(t *testing.T) {
 				value(sa.refused.WithLabelValues(c.reason)), c.status)
 		}
 	}
-	if n := value(sb.entries.WithLabelValues("received", "applied")); n != 1 {
+	if n := value(sb.link.entries.WithLabelValues("received", "applied")); n != 1 {
 		t.Errorf("B applied %v pushed entries, want 1", n)
 	}
 }

@@ -2,12 +2,8 @@ package flowsync
 
 import (
 	"context"
-	"fmt"
-	"net/http"
 	"net/netip"
 	"time"
-
-	"github.com/sluicelb/sluice/control/ha"
 )
 
 // joinPatience bounds how long a join keeps asking one peer. A peer
@@ -75,19 +71,8 @@ func (s *Syncer) join(ctx context.Context) {
 }
 
 // copyFrom copies one peer's whole table.
-func (s *Syncer) copyFrom(ctx context.Context, peer netip.Addr) (applied, unknown int, err error) {
-	body, err := s.call(ctx, http.MethodGet, peer, "flows-dump", nil)
-	if err != nil {
-		return 0, 0, err
-	}
-	fs, err := ha.UnmarshalFlows(body)
-	if err != nil {
-		return 0, 0, fmt.Errorf("flow table from %s: %w", peer, err)
-	}
-	applied, unknown = Apply(s.host, s.dp, fs, s.log)
-	s.entries.WithLabelValues("copied", "applied").Add(float64(applied))
-	s.entries.WithLabelValues("copied", "unknown").Add(float64(unknown))
-	return applied, unknown, nil
+func (s *Syncer) copyFrom(ctx context.Context, a netip.Addr) (applied, unknown int, err error) {
+	return s.link.Copy(ctx, netip.AddrPortFrom(a, s.opts.Port))
 }
 
 // sleep waits d unless ctx ends first (false).

@@ -1,8 +1,8 @@
-// Package ha is the protocol of an active/standby pair of sluice nodes:
-// authenticated adverts, the VRRPv3-style master/backup state machine, the
-// UDP advert transport, and the signing and wire formats of state and flow
-// sync. The daemon's side of the pair (VIP ownership, replication, flow
-// sync) lives in package control.
+// Package ha is the advert protocol of an active/standby pair of sluice
+// nodes: authenticated adverts, the VRRPv3-style master/backup state
+// machine and the UDP advert transport. The pair itself (VIP ownership,
+// replication, flow sync) is control/pair; its signed calls are
+// control/peer's.
 package ha
 
 import (
@@ -12,6 +12,8 @@ import (
 	"errors"
 	"fmt"
 	"time"
+
+	"github.com/sluicelb/sluice/control/peer"
 )
 
 // Wire format of an advert (big endian), 112 bytes:
@@ -36,13 +38,13 @@ var magic = [4]byte{'S', 'L', 'H', 'A'}
 // Reasons an advert is refused; each is counted in
 // sluice_ha_bad_adverts_total{reason}.
 var (
-	ErrLength  = errors.New("length")
+	ErrLength  = peer.ErrLength
 	ErrMagic   = errors.New("magic")
 	ErrVersion = errors.New("version")
-	ErrMAC     = errors.New("mac")
-	ErrReplay  = errors.New("replay")
+	ErrMAC     = peer.ErrMAC
+	ErrReplay  = peer.ErrReplay
 	// ErrMalformed: the MAC is right but a field is not (reserved bits set).
-	ErrMalformed = errors.New("malformed")
+	ErrMalformed = peer.ErrMalformed
 	// ErrUnknownPeer: the sender's address is not a configured peer.
 	ErrUnknownPeer = errors.New("unknown-peer")
 	// ErrTTL: the advert arrived with a TTL (hop limit) below 255: it
@@ -105,7 +107,7 @@ func (a Advert) Marshal(key []byte) ([]byte, error) {
 }
 
 // Parse checks an advert's size, magic, version and MAC (in constant
-// time), and decodes it. It does not check for replays: see ReplayGuard.
+// time), and decodes it. It does not check for replays: see peer.ReplayGuard.
 func Parse(b, key []byte) (Advert, error) {
 	if len(b) != advertSize {
 		return Advert{}, fmt.Errorf("advert of %d bytes, want %d: %w", len(b), advertSize, ErrLength)
@@ -152,24 +154,8 @@ func Parse(b, key []byte) (Advert, error) {
 }
 
 // ReplayGuard refuses an advert unless its (boot, sequence) is newer than
-// the last accepted from the same node: a captured advert cannot be
-// played again, and a restarted node (later boot) starts afresh.
-type ReplayGuard struct {
-	last map[string][2]uint64
-}
+// the last accepted from the same node.
+type ReplayGuard struct{ peer.ReplayGuard }
 
 // Accept records a as seen, or says why it is refused.
 func (g *ReplayGuard) Accept(a Advert) error { return g.AcceptSeq(a.Node, a.Boot, a.Seq) }
-
-// AcceptSeq records (boot, seq) of node as seen, or says why it is refused.
-func (g *ReplayGuard) AcceptSeq(node string, boot, seq uint64) error {
-	if g.last == nil {
-		g.last = map[string][2]uint64{}
-	}
-	l, ok := g.last[node]
-	if ok && (boot < l[0] || (boot == l[0] && seq <= l[1])) {
-		return fmt.Errorf("message from %s boot %d seq %d, already saw boot %d seq %d: %w", node, boot, seq, l[0], l[1], ErrReplay)
-	}
-	g.last[node] = [2]uint64{boot, seq}
-	return nil
-}

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
-	"strconv"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -147,9 +146,4 @@ func (u *UDP) Serve(n *Node) error {
 		}
 		n.Receive(buf[:m], PeerKey(from.Addr()), time.Now())
 	}
-}
-
-// PeerURL is the base URL of a peer's sync endpoint.
-func PeerURL(p netip.AddrPort) string {
-	return "http://" + net.JoinHostPort(p.Addr().String(), strconv.Itoa(int(p.Port())))
 }

@@ -9,7 +9,8 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/sluicelb/sluice/control/ha"
+	"github.com/sluicelb/sluice/control/flowsync"
+	"github.com/sluicelb/sluice/control/peer"
 	"github.com/sluicelb/sluice/control/state"
 )
 
@@ -21,12 +22,12 @@ func TestAnswersAreBounded(t *testing.T) {
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		kind := strings.TrimPrefix(r.URL.Path, "/ha/")
 		body := bytes.Repeat([]byte("x"), sizes[kind])
-		ha.SignResponse(key, r.Header, w.Header(), kind, body)
+		peer.SignResponse(key, r.Header, w.Header(), kind, body)
 		w.Write(body)
 	}))
 	defer srv.Close()
-	peer := netip.MustParseAddrPort(strings.TrimPrefix(srv.URL, "http://"))
-	p := &Pair{opts: Options{Key: key, MaxFlows: 1000}, signer: &ha.Signer{Key: key, Node: "a", Boot: 1}, client: srv.Client(), bulk: srv.Client()}
+	to := netip.MustParseAddrPort(strings.TrimPrefix(srv.URL, "http://"))
+	p := &Pair{opts: Options{Key: key, MaxFlows: 1000}, signer: &peer.Signer{Key: key, Node: "a", Boot: 1}, client: srv.Client(), bulk: srv.Client()}
 	cases := []struct {
 		kind string
 		size int
@@ -34,15 +35,15 @@ func TestAnswersAreBounded(t *testing.T) {
 	}{
 		{"state-pull", 2 * state.MaxStateSize, true},
 		{"state-pull", 2*state.MaxStateSize + 1, false},
-		{"flows-dump", 1000 * ha.MaxFlowEntry, true},
-		{"flows-dump", 1000*ha.MaxFlowEntry + 1, false},
+		{"flows-dump", 1000 * flowsync.MaxFlowEntry, true},
+		{"flows-dump", 1000*flowsync.MaxFlowEntry + 1, false},
 		{"flows", maxAnswer, true},
 		{"flows", 64 << 20, false},
 		{"state", maxAnswer + 1, false},
 	}
 	for _, c := range cases {
 		sizes[c.kind] = c.size
-		out, err := p.call(context.Background(), http.MethodGet, peer, c.kind, nil)
+		out, err := p.call(context.Background(), http.MethodGet, to, c.kind, nil)
 		switch {
 		case c.ok && (err != nil || len(out) != c.size):
 			t.Errorf("%s of %d bytes: %d read, %v", c.kind, c.size, len(out), err)

@@ -29,6 +29,7 @@ import (
 	"github.com/sluicelb/sluice/control/api"
 	"github.com/sluicelb/sluice/control/flowsync"
 	"github.com/sluicelb/sluice/control/ha"
+	"github.com/sluicelb/sluice/control/peer"
 	"github.com/sluicelb/sluice/control/state"
 	"github.com/sluicelb/sluice/loader"
 )
@@ -187,10 +188,11 @@ type Pair struct {
 	node   *ha.Node
 	udp    *ha.UDP
 	tcp    []net.Listener // the sync listeners, one per address facing a peer
-	signer *ha.Signer
-	verify *ha.Verifier
+	signer *peer.Signer
+	srv    *peer.Server
 	client *http.Client // state pushes and pulls, flow batches
 	bulk   *http.Client // whole-table copies
+	flows  *flowsync.Link
 	owner  *vipOwner
 	peers  map[string]netip.AddrPort // by ha.PeerKey
 	ctx    context.Context
@@ -209,10 +211,7 @@ type Pair struct {
 	masterUsable []string             // the master's usable backends at the last pull
 	mismatch     map[string]time.Time // peer -> since when its revision differs
 	reported     map[string]bool      // mismatch event sent
-	lastLag      time.Duration
 
-	syncLag     prometheus.Histogram
-	syncEntries *prometheus.CounterVec
 	syncRefused *prometheus.CounterVec
 }
 
@@ -241,9 +240,12 @@ func New(opts Options, host Host, dp Datapath, log *slog.Logger) (*Pair, error) 
 	}
 	boot := opts.Boot
 	p := &Pair{host: host, dp: dp, opts: opts, log: log.With("component", "ha"), owner: newVIPOwner(dp.Iface(), log),
-		signer: &ha.Signer{Key: opts.Key, Node: opts.Node, Boot: boot}, verify: &ha.Verifier{Key: opts.Key},
+		signer: &peer.Signer{Key: opts.Key, Node: opts.Node, Boot: boot},
 		client: &http.Client{Timeout: syncTimeout}, bulk: &http.Client{Timeout: dumpTimeout}, peers: map[string]netip.AddrPort{}, pushq: make(chan struct{}, 1),
 		mismatch: map[string]time.Time{}, reported: map[string]bool{}}
+	p.srv = &peer.Server{Key: opts.Key, Verifier: &peer.Verifier{Key: opts.Key}, Limit: maxRequest, Refused: p.refuseSync}
+	p.flows = flowsync.NewLink(flowsync.LinkOptions{Host: host, Datapath: dp, Log: p.log, Signer: p.signer, Key: opts.Key,
+		Path: "/ha/", MaxFlows: opts.MaxFlows, Client: p.client, Bulk: p.bulk})
 	for _, a := range opts.Peers {
 		p.peers[ha.PeerKey(a.Addr())] = a
 	}
@@ -262,8 +264,6 @@ func New(opts Options, host Host, dp Datapath, log *slog.Logger) (*Pair, error) 
 	p.node.OnRole = p.onRole
 	p.node.OnOutranked = func() { p.owner.reannounce(p.ctx) }
 	p.node.MayPreempt = p.synced.Load
-	p.syncLag = flowsync.LagMetric()
-	p.syncEntries = flowsync.EntriesMetric([2]string{"sent", "ok"}, [2]string{"sent", "dropped"}, [2]string{"received", "applied"}, [2]string{"received", "unknown"})
 	p.syncRefused = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "sluice_ha_sync_refused_total", Help: "Sync connections and requests refused, by reason.",
 	}, []string{"reason"})
@@ -290,7 +290,7 @@ func (p *Pair) Node() string { return p.opts.Node }
 
 // Collectors are the pair's metrics, for the daemon's registry.
 func (p *Pair) Collectors() []prometheus.Collector {
-	return []prometheus.Collector{p, p.syncLag, p.syncEntries, p.syncRefused}
+	return append(p.flows.Collectors(), p, p.syncRefused)
 }
 
 // defaultNodeName is the interface's first address: unique in the pair.
@@ -368,7 +368,7 @@ func (p *Pair) Start(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	go p.flowLoop(ctx, r)
+	go p.flows.Push(ctx, r, func() []netip.AddrPort { return p.opts.Peers }, p.peerUp)
 	p.log.Info("ha started", "node", p.opts.Node, "priority", p.opts.Priority, "advert", p.opts.Advert,
 		"master_down", 3*p.opts.Advert+time.Duration(256-int(p.opts.Priority))*p.opts.Advert/256, "peers", p.opts.Peers)
 	return nil
@@ -544,11 +544,9 @@ func (p *Pair) Status() api.HAStatus {
 	for k, v := range st.Transitions {
 		out.Transitions[string(k)] = v
 	}
-	p.mu.Lock()
-	if p.lastLag > 0 {
-		out.SyncLag = p.lastLag.String()
+	if lag := p.flows.LastLag(); lag > 0 {
+		out.SyncLag = lag.String()
 	}
-	p.mu.Unlock()
 	for _, pe := range st.Peers {
 		hp := api.HAPeer{Addr: pe.Addr, Node: pe.Node, Role: string(pe.Role), Up: pe.Up, Revision: pe.Revision, RevisionOK: pe.Revision == rev}
 		if pe.Node != "" {

@@ -9,10 +9,9 @@ import (
 	"time"
 
 	"github.com/sluicelb/sluice/control/api"
-	"github.com/sluicelb/sluice/control/flowsync"
 	"github.com/sluicelb/sluice/control/ha"
+	"github.com/sluicelb/sluice/control/peer"
 	"github.com/sluicelb/sluice/control/state"
-	"github.com/sluicelb/sluice/loader"
 )
 
 // committed is called after every committed change on this node.
@@ -56,12 +55,12 @@ func (p *Pair) pushLoop(ctx context.Context) {
 
 // call sends a signed request of kind to peer and returns the verified
 // response body.
-func (p *Pair) call(ctx context.Context, method string, peer netip.AddrPort, kind string, body []byte) ([]byte, error) {
+func (p *Pair) call(ctx context.Context, method string, to netip.AddrPort, kind string, body []byte) ([]byte, error) {
 	c := p.client
 	if kind == "flows-dump" {
 		c = p.bulk
 	}
-	return ha.Call(ctx, c, p.signer, p.opts.Key, method, ha.PeerURL(peer)+"/ha/"+kind, kind, body, p.maxResponse(kind))
+	return peer.Call(ctx, c, p.signer, p.opts.Key, method, peer.URL(to)+"/ha/"+kind, kind, body, p.maxResponse(kind))
 }
 
 // pull copies the master's state and, once per backup term, its whole
@@ -85,15 +84,10 @@ func (p *Pair) pull(peer netip.AddrPort) error {
 	if p.flowsDone.Load() {
 		return nil
 	}
-	body, err = p.call(p.ctx, http.MethodGet, peer, "flows-dump", nil)
+	applied, unknown, err := p.flows.Copy(p.ctx, peer)
 	if err != nil {
 		return err
 	}
-	fs, err := ha.UnmarshalFlows(body)
-	if err != nil {
-		return fmt.Errorf("flow table from %s: %w", peer, err)
-	}
-	applied, unknown := p.applyFlows(fs)
 	p.flowsDone.Store(true)
 	p.log.Info("flow table copied from master", "peer", peer, "entries", applied, "unknown", unknown)
 	p.event(api.Event{Kind: "ha", Reason: fmt.Sprintf("ha: copied %d flows from %s (%d for unknown backends)", applied, peer, unknown), Revision: st.Revision})
@@ -111,70 +105,9 @@ type syncView struct {
 	Usable []string    `json:"usable"`
 }
 
-// applyFlows writes synced entries with this node's backend indexes.
-func (p *Pair) applyFlows(fs []ha.FlowEntry) (applied, unknown int) {
-	applied, unknown = flowsync.Apply(p.host, p.dp, fs, p.log)
-	p.syncEntries.WithLabelValues("received", "applied").Add(float64(applied))
-	p.syncEntries.WithLabelValues("received", "unknown").Add(float64(unknown))
-	return applied, unknown
-}
-
-// flowEntries turns data-plane flows into synced entries.
-func (p *Pair) flowEntries(flows []loader.Flow) []ha.FlowEntry {
-	return flowsync.Entries(p.host.BackendAddrs(), flows)
-}
-
-// flowLoop hands each batch of connection-table writes to every peer's
-// sender; a slow peer loses batches (counted), not the reader.
-func (p *Pair) flowLoop(ctx context.Context, r FlowReader) {
-	queues := map[netip.AddrPort]chan flowsync.Batch{}
-	for _, peer := range p.opts.Peers {
-		q := make(chan flowsync.Batch, 64)
-		queues[peer] = q
-		go p.sendFlows(ctx, peer, q)
-	}
-	flowsync.Batches(ctx, r, p.host.BackendAddrs, p.log, func(b flowsync.Batch) {
-		for _, q := range queues {
-			select {
-			case q <- b:
-			default:
-				p.syncEntries.WithLabelValues("sent", "dropped").Add(float64(b.N))
-			}
-		}
-	})
-}
-
-func (p *Pair) sendFlows(ctx context.Context, peer netip.AddrPort, q chan flowsync.Batch) {
+// peerUp says whether adverts arrive from peer.
+func (p *Pair) peerUp(peer netip.AddrPort) bool {
 	key := ha.PeerKey(peer.Addr())
-	for {
-		var b flowsync.Batch
-		select {
-		case <-ctx.Done():
-			return
-		case b = <-q:
-		}
-		if !p.peerUp(key) {
-			p.syncEntries.WithLabelValues("sent", "dropped").Add(float64(b.N))
-			continue
-		}
-		t0 := time.Now()
-		_, err := p.call(ctx, http.MethodPost, peer, "flows", b.Body)
-		p.log.Debug("flow batch", "peer", peer, "entries", b.N, "post", time.Since(t0), "queued", len(q), "age", loader.MonotonicNow()-b.Oldest)
-		if err != nil {
-			p.syncEntries.WithLabelValues("sent", "dropped").Add(float64(b.N))
-			p.log.Debug("flow sync", "peer", peer, "err", err)
-			continue
-		}
-		lag := loader.MonotonicNow() - b.Oldest
-		p.syncLag.Observe(lag.Seconds())
-		p.syncEntries.WithLabelValues("sent", "ok").Add(float64(b.N))
-		p.mu.Lock()
-		p.lastLag = lag
-		p.mu.Unlock()
-	}
-}
-
-func (p *Pair) peerUp(key string) bool {
 	for _, pe := range p.node.Status(time.Now()).Peers {
 		if pe.Addr == key {
 			return pe.Up

@@ -1,19 +1,46 @@
-package ha
+// Package peer is the signed calls between sluice nodes (an LB pair's
+// state and flow sync, a cluster's flow sync): HMAC-SHA256 over each
+// request and its answer with replay guards, the listener that admits
+// only peers and only a few at a time, bounded reads, and the server and
+// client that use them.
+package peer
 
 import (
 	"crypto/hmac"
 	"crypto/sha256"
 	"encoding/binary"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"net/http"
-	"net/netip"
 	"strconv"
 	"sync"
 	"sync/atomic"
 )
 
-// State and flow sync run over HTTP on the HA port. Every request carries
+// Reasons a peer's message is refused, counted by name (Reason).
+var (
+	ErrLength    = errors.New("length")
+	ErrMAC       = errors.New("mac")
+	ErrReplay    = errors.New("replay")
+	ErrMalformed = errors.New("malformed")
+)
+
+// Reason names a refusal for metrics: "mac", "replay", "malformed",
+// "length", else "other".
+func Reason(err error) string {
+	for _, e := range []error{ErrLength, ErrMAC, ErrReplay, ErrMalformed} {
+		if errors.Is(err, e) {
+			return e.Error()
+		}
+	}
+	return "other"
+}
+
+// Malformed marks err as a refusal of a malformed message.
+func Malformed(err error) error { return fmt.Errorf("%w: %w", ErrMalformed, err) }
+
+// Peer calls run over HTTP. Every request carries
 // the sender's node name, boot and sequence and an HMAC-SHA256 (shared
 // key) over them, the message kind and the body's SHA-256; the receiver
 // refuses a bad MAC or a replayed (boot, sequence) per kind. A response
@@ -137,86 +164,22 @@ func VerifyResponse(key []byte, req, resp http.Header, kind string, body []byte)
 	return nil
 }
 
-// FlowEntry is one synced connection-table entry: a client -> VIP flow
-// and the address of its backend (indexes differ between nodes).
-type FlowEntry struct {
-	Src, Dst netip.AddrPort
-	Proto    uint8
-	Backend  netip.Addr
+// ReplayGuard refuses a message unless its (boot, sequence) is newer than
+// the last accepted from the same node: a captured message cannot be
+// played again, and a restarted node (later boot) starts afresh.
+type ReplayGuard struct {
+	last map[string][2]uint64
 }
 
-// Flow batch encoding, per entry: flow family (4|6), backend family (4|6),
-// protocol, source port, destination port (big endian), then source,
-// destination and backend addresses of their families' lengths.
-func addrLen(fam byte) (int, error) {
-	switch fam {
-	case 4:
-		return 4, nil
-	case 6:
-		return 16, nil
+// AcceptSeq records (boot, seq) of node as seen, or says why it is refused.
+func (g *ReplayGuard) AcceptSeq(node string, boot, seq uint64) error {
+	if g.last == nil {
+		g.last = map[string][2]uint64{}
 	}
-	return 0, fmt.Errorf("address family %d: %w", fam, ErrMalformed)
-}
-
-func famOf(a netip.Addr) byte {
-	if a.Is4() {
-		return 4
+	l, ok := g.last[node]
+	if ok && (boot < l[0] || (boot == l[0] && seq <= l[1])) {
+		return fmt.Errorf("message from %s boot %d seq %d, already saw boot %d seq %d: %w", node, boot, seq, l[0], l[1], ErrReplay)
 	}
-	return 6
-}
-
-// MaxFlowEntry is the most bytes one entry takes in MarshalFlows'
-// encoding (an IPv6 flow to an IPv6 backend).
-const MaxFlowEntry = 3 + 2 + 2 + 3*16
-
-// MarshalFlows encodes a batch of entries.
-func MarshalFlows(fs []FlowEntry) []byte {
-	out := make([]byte, 0, len(fs)*54)
-	for _, f := range fs {
-		src, dst, be := f.Src.Addr().Unmap(), f.Dst.Addr().Unmap(), f.Backend.Unmap()
-		out = append(out, famOf(dst), famOf(be), f.Proto)
-		out = binary.BigEndian.AppendUint16(out, f.Src.Port())
-		out = binary.BigEndian.AppendUint16(out, f.Dst.Port())
-		out = append(out, src.AsSlice()...)
-		out = append(out, dst.AsSlice()...)
-		out = append(out, be.AsSlice()...)
-	}
-	return out
-}
-
-// UnmarshalFlows decodes a batch; any malformed byte refuses the batch.
-func UnmarshalFlows(b []byte) ([]FlowEntry, error) {
-	var out []FlowEntry
-	for len(b) > 0 {
-		if len(b) < 7 {
-			return nil, fmt.Errorf("flow entry of %d bytes: %w", len(b), ErrLength)
-		}
-		fl, err := addrLen(b[0])
-		if err != nil {
-			return nil, err
-		}
-		bl, err := addrLen(b[1])
-		if err != nil {
-			return nil, err
-		}
-		n := 7 + 2*fl + bl
-		if len(b) < n {
-			return nil, fmt.Errorf("flow entry of %d bytes, want %d: %w", len(b), n, ErrLength)
-		}
-		src, _ := netip.AddrFromSlice(b[7 : 7+fl])
-		dst, _ := netip.AddrFromSlice(b[7+fl : 7+2*fl])
-		be, _ := netip.AddrFromSlice(b[7+2*fl : n])
-		f := FlowEntry{Proto: b[2], Backend: be,
-			Src: netip.AddrPortFrom(src, binary.BigEndian.Uint16(b[3:])),
-			Dst: netip.AddrPortFrom(dst, binary.BigEndian.Uint16(b[5:]))}
-		if src.Is4In6() || dst.Is4In6() || be.Is4In6() {
-			return nil, fmt.Errorf("flow entry with a v4-mapped address: %w", ErrMalformed)
-		}
-		if f.Proto != 6 && f.Proto != 17 {
-			return nil, fmt.Errorf("flow protocol %d: %w", f.Proto, ErrMalformed)
-		}
-		out = append(out, f)
-		b = b[n:]
-	}
-	return out, nil
+	g.last[node] = [2]uint64{boot, seq}
+	return nil
 }

@@ -1,4 +1,4 @@
-package ha
+package peer
 
 import (
 	"bytes"
@@ -8,14 +8,15 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"strconv"
 	"sync"
 )
 
-// PeerListener closes at once, before anything is read, every connection
+// Listener closes at once, before anything is read, every connection
 // that does not come from an allowed peer, and every one past the shared
 // slots: nothing waits in a queue. Sync servers (the pair's, the
 // cluster's flow sync) serve on it.
-type PeerListener struct {
+type Listener struct {
 	net.Listener
 	Allowed func(netip.Addr) bool
 	Refused func(reason string) // "unknown-peer" or "busy"
@@ -23,7 +24,7 @@ type PeerListener struct {
 }
 
 // Accept returns the next connection from an allowed peer with a free slot.
-func (l *PeerListener) Accept() (net.Conn, error) {
+func (l *Listener) Accept() (net.Conn, error) {
 	for {
 		c, err := l.Listener.Accept()
 		if err != nil {
@@ -54,6 +55,11 @@ type slotConn struct {
 func (c *slotConn) Close() error {
 	c.once.Do(func() { <-c.slots })
 	return c.Conn.Close()
+}
+
+// URL is the base URL of a peer's endpoint.
+func URL(p netip.AddrPort) string {
+	return "http://" + net.JoinHostPort(p.Addr().String(), strconv.Itoa(int(p.Port())))
 }
 
 // SourceFor is the local address the kernel uses to reach peer: the one

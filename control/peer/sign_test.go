@@ -57,4 +57,3 @@ func signed(s *Signer, kind string, body []byte) http.Header {
 	s.Sign(h, kind, body)
 	return h
 }
-

@@ -4,36 +4,34 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"net"
 	"net/http"
-	"net/netip"
 	"os"
-	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
 
+	"github.com/cilium/ebpf"
+
 	"github.com/sluicelb/sluice/control/api"
+	"github.com/sluicelb/sluice/control/apiserver"
 	"github.com/sluicelb/sluice/control/availability"
 	"github.com/sluicelb/sluice/control/bgp"
 	"github.com/sluicelb/sluice/control/cluster"
 	"github.com/sluicelb/sluice/control/events"
+	"github.com/sluicelb/sluice/control/failover"
 	"github.com/sluicelb/sluice/control/flowsync"
 	"github.com/sluicelb/sluice/control/hook"
+	"github.com/sluicelb/sluice/control/metrics"
 	"github.com/sluicelb/sluice/control/neigh"
 	"github.com/sluicelb/sluice/control/netif"
 	"github.com/sluicelb/sluice/control/pair"
-	"github.com/sluicelb/sluice/control/probevia"
 	"github.com/sluicelb/sluice/control/reconcile"
 	"github.com/sluicelb/sluice/control/sdnotify"
 	"github.com/sluicelb/sluice/control/state"
-	"github.com/sluicelb/sluice/control/view"
-	"github.com/sluicelb/sluice/control/weight"
 	"github.com/sluicelb/sluice/health"
 	"github.com/sluicelb/sluice/loader"
-	"github.com/sluicelb/sluice/loader/tcprobe"
 )
 
 // Defaults of the daemon.
@@ -43,22 +41,6 @@ const (
 	DefaultMetricsAddr = "127.0.0.1:9642"
 	DefaultArchiveKeep = 100
 )
-
-// Coordinator decides whether this node may act on failover decisions. A
-// single node always may; an LB pair or a fleet hands the role around.
-type Coordinator interface {
-	IsCoordinator() bool
-	Role() string
-}
-
-// SingleNode is the coordinator of a lone daemon.
-type SingleNode struct{}
-
-// IsCoordinator implements Coordinator.
-func (SingleNode) IsCoordinator() bool { return true }
-
-// Role implements Coordinator.
-func (SingleNode) Role() string { return "single" }
 
 // Options configure the daemon.
 type Options struct {
@@ -102,54 +84,47 @@ type Options struct {
 	// fraction). Zero: weight.DefaultInterval, weight.DefaultThreshold.
 	ReweightInterval  time.Duration
 	ReweightThreshold float64
+	// Datapath, when set, is the data plane to drive instead of loading
+	// and attaching the kernel's on Iface (tests: an in-memory one).
+	Datapath Datapath
+}
+
+// Datapath is the data plane as the daemon drives it (loader.Datapath).
+type Datapath interface {
+	reconcile.Maps
+	flowsync.Datapath
+	SetConfig(loader.Config) (bool, error)
+	Iface() *net.Interface
+	Adopted() bool
+	ProbeProgram() *ebpf.Program
+	FlowEvents() (*loader.FlowEventReader, error)
+	Stats() (map[loader.Stat]loader.Counter, error)
+	VIPCounter(id uint32) (loader.Counter, error)
+	BackendCounter(idx uint32) (loader.Counter, error)
+	FlowCount() (int, error)
+	Close() error
+	Detach() error
 }
 
 // Daemon runs the data plane, health checks, reconciler, API and metrics.
 type Daemon struct {
 	opts    Options
 	log     *slog.Logger
-	store   *state.BoltStore
-	dp      *loader.Datapath
-	rec     *reconcile.Reconciler
-	hm      *health.Manager
-	events  *events.Log
-	metrics *metrics
-	coord   Coordinator
-	pair    *pair.Pair     // nil for a lone daemon
-	cl      *cluster.Node  // nil unless in a cluster
-	bgp     *bgp.Announcer // nil unless announcing over BGP
-	flows   *flowsync.Syncer
-	weights *weight.Engine
-	via     *probevia.Dialer // probes through the data plane; nil until a check goes via a VIP
-	probes  io.Closer        // tc_probe's attachments, with via
-	started time.Time
-	rev     atomic.Uint64 // d.state.Revision, readable without d.mu
-	// lastProbe is when a health probe last finished (unix ns);
-	// checkBound how long the watchdog lets pass without one.
-	lastProbe  atomic.Int64
-	checkBound atomic.Int64
-	// checkRefs is every check's backends, for onHealth's fast path.
-	checkRefs atomic.Pointer[map[health.ID][]reconcile.BackendRef]
-	// applied is the view the last apply decided from.
-	applied atomic.Pointer[view.View]
-
-	mu    sync.Mutex // serialises changes and applies
-	state state.State
-	// etcdRev is the etcd revision of the cluster state last applied
-	// (cluster nodes): a state from the watch at or below it is old.
-	etcdRev uint64
 	ctx     context.Context
-	ready   bool
-
-	availability map[availability.Subject]bool // last recorded availability
-	lastApplied  time.Time                     // when the last change reached the maps
-	lastCommit   time.Time                     // when the last change was committed
-
-	hookUser *syscall.Credential
-
-	promoMu       sync.Mutex
-	promoting     map[state.VIPKey]bool   // a promotion runs for the VIP
-	demotePending map[state.VIPKey]string // old primary awaiting its demote hook
+	core    *core
+	topo    topology
+	routes  routes
+	fo      *failover.Manager
+	checks  *checks
+	events  *events.Log
+	metrics *metrics.Metrics
+	dp      Datapath
+	started time.Time
+	ready   atomic.Bool
+	// hookCred runs promotion hooks as --hook-user (nil: as the daemon).
+	hookCred *syscall.Credential
+	// lastProbe is when a health probe last finished (unix ns).
+	lastProbe atomic.Int64
 }
 
 // New opens the state, adopts or attaches the data plane and applies the
@@ -158,77 +133,115 @@ func New(ctx context.Context, opts Options) (*Daemon, error) {
 	if err := opts.complete(); err != nil {
 		return nil, err
 	}
-	d := &Daemon{opts: opts, log: opts.Logger, events: events.New(1000), coord: SingleNode{}, started: time.Now(), ctx: ctx,
-		promoting: map[state.VIPKey]bool{}, demotePending: map[state.VIPKey]string{}, availability: map[availability.Subject]bool{}}
+	d := &Daemon{opts: opts, log: opts.Logger, ctx: ctx, events: events.New(1000), started: time.Now(), routes: noRoutes{}}
 	var err error
-	if opts.HookUser != "" {
-		if d.hookUser, err = hook.LookupUser(opts.HookUser); err != nil {
-			return nil, fmt.Errorf("--hook-user: %w", err)
-		}
-	}
-	if d.store, err = state.OpenBoltStore(opts.StateDir, opts.ArchiveKeep); err != nil {
-		if errors.Is(err, state.ErrCorrupt) {
-			return nil, fmt.Errorf("%w; with the daemon stopped, restore a backup with `sluice backup restore --state-dir %s FILE`, or the newest archived state with `--latest`", err, opts.StateDir)
-		}
+	if d.hookCred, err = hookUser(opts.HookUser); err != nil {
 		return nil, err
 	}
-	d.store.SetTimelineLimits(opts.Timeline)
-	if d.state, err = d.store.Load(); err != nil {
-		d.store.Close()
+	c, err := d.openCore()
+	if err != nil {
 		return nil, err
 	}
-	if err := d.joinCluster(ctx); err != nil {
-		d.store.Close()
+	if err := d.join(ctx, c); err != nil {
+		c.store.Close()
 		return nil, err
 	}
-	d.rev.Store(d.state.Revision)
-	if d.dp, err = loader.Load(ctx, loader.Options{Iface: opts.Iface, Mode: opts.Mode, PinRoot: opts.PinRoot,
-		FlowTableSize: opts.FlowTableSize, Logger: d.log}); err != nil {
-		d.store.Close()
+	if d.dp, err = d.loadDatapath(ctx); err != nil {
+		d.topo.Close()
+		c.store.Close()
 		return nil, err
 	}
+	c.dp = d.dp
 	if err := d.setUp(ctx); err != nil {
 		d.abort()
 		return nil, err
 	}
-	if d.cl != nil {
-		go d.cl.Run(ctx)
+	if err := d.start(ctx); err != nil {
+		d.abort()
+		return nil, err
 	}
-	go d.checkPrimaries()
 	return d, nil
 }
 
-// joinCluster connects to the cluster's etcd and takes its state, which
-// the bbolt file then keeps as the last applied.
-func (d *Daemon) joinCluster(ctx context.Context) error {
-	if d.opts.Cluster == nil {
-		return nil
-	}
-	var err error
-	if d.cl, err = cluster.NewNode(clusterHost{d}, *d.opts.Cluster, netif.AddrText(d.opts.Iface)); err != nil {
-		return err
-	}
-	st, fromEtcd, err := d.cl.Load(ctx, d.opts.Seed, d.state)
+// openCore opens the bbolt store and reads the state applied here last.
+func (d *Daemon) openCore() (*core, error) {
+	store, err := state.OpenBoltStore(d.opts.StateDir, d.opts.ArchiveKeep)
 	if err != nil {
-		d.cl.Close()
+		if errors.Is(err, state.ErrCorrupt) {
+			return nil, fmt.Errorf("%w; with the daemon stopped, restore a backup with `sluice backup restore --state-dir %s FILE`, or the newest archived state with `--latest`", err, d.opts.StateDir)
+		}
+		return nil, err
+	}
+	store.SetTimelineLimits(d.opts.Timeline)
+	st, err := store.Load()
+	if err != nil {
+		store.Close()
+		return nil, err
+	}
+	c := &core{log: d.log, store: store, events: d.events, iface: d.opts.Iface, started: d.started, ctx: d.ctx,
+		availability: map[availability.Subject]bool{}, kick: func() {}, changed: func() {}}
+	c.setState(st, st.Revision)
+	d.core = c
+	return c, nil
+}
+
+// join makes the node's topology and takes the state it starts from: a
+// cluster's comes from etcd before the data plane is loaded (a refused
+// seed touches nothing); a pair, which needs the interface, is made with
+// the data plane (setUp).
+func (d *Daemon) join(ctx context.Context, c *core) error {
+	d.topo = single{store: c.store, rev: c.Revision}
+	if d.opts.Cluster != nil {
+		o := *d.opts.Cluster
+		o.Seed = d.opts.Seed
+		cl, err := cluster.NewNode(c, o, netif.AddrText(d.opts.Iface), d.log)
+		if err != nil {
+			return err
+		}
+		cl.OnEvent, cl.OnElected, cl.OnCopied = d.events.Add, func() { d.fo.Check() }, c.kickRoutes
+		if err := d.syncFlows(cl, c); err != nil {
+			cl.Close()
+			return err
+		}
+		d.topo = cl
+	}
+	c.topo = d.topo
+	st, have, err := d.topo.Load(ctx, c.state)
+	if err != nil {
+		d.topo.Close()
 		return err
 	}
-	if !fromEtcd {
-		return nil // etcd is away: forward from the last state applied
-	}
-	if st.Revision == 0 && len(d.state.VIPs) > 0 {
-		// An empty cluster (a fresh etcd) does not wipe what this node
-		// forwards: the first change or restore there replaces it.
-		d.log.Warn("cluster: etcd holds no state for this cluster yet; forwarding the state applied here until the first change or restore",
-			"cluster", d.opts.Cluster.Cluster, "vips", len(d.state.VIPs), "local_revision", d.state.Revision)
+	c.setState(st, have)
+	return nil
+}
+
+// syncFlows shares the connection table with a cluster's other nodes
+// (--flow-sync-key); the core hands flow sync the data plane once it is
+// loaded.
+func (d *Daemon) syncFlows(cl *cluster.Node, c *core) error {
+	if d.opts.FlowSync == nil {
 		return nil
 	}
-	if st, err = d.store.Replace(st); err != nil {
-		d.cl.Close()
+	o := *d.opts.FlowSync
+	var err error
+	if o.Boot, err = state.NextBoot(d.opts.StateDir, time.Now()); err != nil {
 		return err
 	}
-	d.state, d.etcdRev = st, st.Revision
-	return nil
+	if o.Local = netif.Addr(d.opts.Iface); !o.Local.IsValid() {
+		return fmt.Errorf("--flow-sync-key: %s has no IP address to listen on", d.opts.Iface)
+	}
+	if d.opts.FlowTableSize > 0 {
+		o.MaxFlows = 2 * int(d.opts.FlowTableSize) // both families
+	}
+	return cl.SyncFlows(o, c, c, c)
+}
+
+func (d *Daemon) loadDatapath(ctx context.Context) (Datapath, error) {
+	if d.opts.Datapath != nil {
+		return d.opts.Datapath, nil
+	}
+	return loader.Load(ctx, loader.Options{Iface: d.opts.Iface, Mode: d.opts.Mode, PinRoot: d.opts.PinRoot,
+		FlowTableSize: d.opts.FlowTableSize, Logger: d.log})
 }
 
 // complete validates the options and fills in the defaults.
@@ -264,6 +277,11 @@ func (o *Options) complete() error {
 	if o.ReweightThreshold < 0 || o.ReweightThreshold >= 1 {
 		return fmt.Errorf("--reweight-threshold %g%%: want 0 to 99%%", 100*o.ReweightThreshold)
 	}
+	o.fill()
+	return nil
+}
+
+func (o *Options) fill() {
 	if o.StateDir == "" {
 		o.StateDir = DefaultStateDir
 	}
@@ -279,396 +297,33 @@ func (o *Options) complete() error {
 	if o.Logger == nil {
 		o.Logger = slog.Default()
 	}
-	return nil
-}
-
-// setUp configures the data plane, the pair, the reconciler, metrics and
-// health checks, applies the committed state and starts the pair.
-func (d *Daemon) setUp(ctx context.Context) error {
-	opts := d.opts
-	if _, err := d.dp.SetConfig(loader.Config{Seed: loader.HashSeed(opts.Seed), MAC: d.dp.Iface().HardwareAddr,
-		FlowSync: opts.HA != nil || opts.FlowSync != nil, VIPOpen: opts.VIPOpen, NoEcho: opts.VIPNoEcho, NewFlowLimit: opts.NewFlowLimit}); err != nil {
-		return err
-	}
-	var err error
-	if opts.HA != nil {
-		ho := *opts.HA
-		if ho.Boot, err = state.NextBoot(opts.StateDir, time.Now()); err != nil {
-			return err
-		}
-		if opts.FlowTableSize > 0 {
-			ho.MaxFlows = 2 * int(opts.FlowTableSize) // both families
-		}
-		if d.pair, err = pair.New(ho, pairHost{d}, pairDatapath{d.dp}, d.log); err != nil {
-			return err
-		}
-		d.pair.OnEvent, d.pair.OnMaster = d.events.Add, d.checkPrimaries
-		d.coord = d.pair
-	}
-	if d.rec, err = reconcile.New(d.dp, opts.Resolver, opts.Seed, d.onMACResolved); err != nil {
-		return err
-	}
-	if d.cl != nil {
-		d.coord = d.cl
-	}
-	d.metrics = newMetrics(d)
-	if d.pair != nil {
-		d.metrics.reg.MustRegister(d.pair.Collectors()...)
-	}
-	if d.cl != nil {
-		d.metrics.reg.MustRegister(d.cl)
-	}
-	if opts.FlowSync != nil {
-		if err := d.startFlowSync(ctx); err != nil {
-			return err
-		}
-	}
-	d.hm = &health.Manager{OnEvent: d.onHealth, OnResult: func(r health.Result) {
-		d.lastProbe.Store(time.Now().UnixNano())
-		d.metrics.observeProbe(r)
-	}}
-	d.newWeights()
-	go d.weights.Run(ctx)
-	d.mu.Lock()
-	d.syncChecksLocked()
-	res, err := d.applyLocked(ctx)
-	d.mu.Unlock()
-	if err != nil {
-		return fmt.Errorf("apply committed state: %w", err)
-	}
-	d.log.Info("daemon started", "iface", opts.Iface, "revision", d.state.Revision, "adopted", d.dp.Adopted(), "map_writes", res.Writes)
-	d.events.Add(api.Event{Kind: "config", Reason: fmt.Sprintf("daemon started (adopted=%v, map writes=%d)", d.dp.Adopted(), res.Writes), Revision: d.state.Revision})
-	d.ready = true
-	if d.pair != nil {
-		if err := d.pair.Start(ctx); err != nil {
-			return fmt.Errorf("start ha: %w", err)
-		}
-	}
-	if opts.BGP != nil {
-		a, err := newAnnouncer(ctx, d, *opts.BGP)
-		if err != nil {
-			return err
-		}
-		d.mu.Lock() // health verdicts already apply, and kick it
-		d.bgp = a
-		d.mu.Unlock()
-		d.metrics.reg.MustRegister(a)
-		go a.Run(ctx)
-	}
-	return nil
 }
 
 // abort releases what a failed New set up.
 func (d *Daemon) abort() {
-	if d.bgp != nil {
-		d.bgp.Speaker.Stop()
+	if d.checks != nil {
+		d.checks.stop()
 	}
-	if d.hm != nil {
-		d.hm.Stop()
-	}
-	if d.pair != nil {
-		d.pair.Close()
-	}
-	if d.flows != nil {
-		d.flows.Close()
-	}
-	if d.cl != nil {
-		d.cl.Close()
-	}
+	d.topo.Close()
 	if d.dp.Adopted() {
 		d.dp.Close() // a data plane that was forwarding before keeps forwarding
 	} else {
 		d.dp.Detach() // nothing half-done stays attached
 	}
-	d.store.Close()
-}
-
-// onMACResolved applies again once a backend's next-hop MAC resolution
-// finished (or failed), off the goroutine that resolved it.
-func (d *Daemon) onMACResolved() { d.apply("resolved next-hop macs") }
-
-// apply applies the committed state again, for what changed (logged if
-// it fails).
-func (d *Daemon) apply(what string) reconcile.Result {
-	d.mu.Lock()
-	res, err := d.applyLocked(d.ctx)
-	d.mu.Unlock()
-	if err != nil {
-		d.log.Error("apply "+what, "err", err)
-	}
-	return res
-}
-
-// applyLocked makes the data plane match the committed state under the
-// current health view, then lets the pair re-check its sync and records
-// availability. Every apply goes through here; d.mu is held.
-func (d *Daemon) applyLocked(ctx context.Context) (reconcile.Result, error) {
-	v := d.look(d.state)
-	res, err := d.rec.Apply(ctx, v)
-	d.applied.Store(v)
-	if d.pair != nil {
-		d.pair.Invalidate()
-	}
-	if d.cl != nil {
-		d.cl.Kick() // publish the applied revision and rings
-	}
-	if d.bgp != nil {
-		d.bgp.Kick()
-	}
-	if err != nil {
-		return res, err
-	}
-	d.recordAvailabilityLocked()
-	return res, nil
-}
-
-// look builds the view of s under the current verdicts: health checks,
-// weights and, in a cluster, the quorum.
-func (d *Daemon) look(s state.State) *view.View {
-	src := view.Sources{Health: d.hm, Weights: d.weights}
-	if d.cl != nil {
-		src.Ring, src.Shared = d.cl.RingRule(), true
-	}
-	return view.Build(s, src)
-}
-
-func (d *Daemon) syncChecksLocked() {
-	var checks []health.Check
-	initial := map[health.ID]health.State{}
-	// The backend table is read once, and only when a check is new: its
-	// initial state is all the table gives (a read takes milliseconds).
-	var adopted func(state.VIPKey, netip.Addr) (health.State, bool)
-	refs := map[health.ID][]reconcile.BackendRef{}
-	var known map[health.ID][]reconcile.BackendRef // the checks already running
-	if p := d.checkRefs.Load(); p != nil {
-		known = *p
-	}
-	for _, v := range d.state.VIPs {
-		k, _ := state.ParseVIPKey(v.VIP)
-		for _, b := range v.Backends {
-			c := health.For(k, b)
-			if c.Probe.Via.IsValid() {
-				c.Probe.Dial = d.probeDialerLocked().Dial(c.Probe.Via)
-			}
-			checks = append(checks, c)
-			refs[c.ID()] = append(refs[c.ID()], reconcile.BackendRef{VIP: k, Addr: netip.MustParseAddr(b.Addr)})
-			d.metrics.checkFailures.WithLabelValues(v.VIP, b.Addr) // export 0 before the first failure
-			if _, ok := known[c.ID()]; ok {
-				continue
-			}
-			if adopted == nil {
-				adopted = d.rec.AdoptedHealth()
-			}
-			if st, ok := adopted(k, netip.MustParseAddr(b.Addr)); ok {
-				if cur, seen := initial[c.ID()]; !seen || cur == health.Down {
-					initial[c.ID()] = st
-				}
-			}
-		}
-	}
-	var bound time.Duration
-	for _, c := range checks {
-		if c.Probe.Type != health.None {
-			bound = max(bound, 3*c.Settings.Interval+c.Settings.Timeout)
-		}
-	}
-	d.checkBound.Store(int64(bound))
-	d.checkRefs.Store(&refs)
-	d.hm.Sync(d.ctx, checks, initial)
-	d.weights.Sync(d.ctx, weight.Specs(d.state, nil))
-}
-
-// probeDialerLocked attaches tc_probe the first time a check goes via a
-// VIP; if it cannot, such checks fail with the reason.
-func (d *Daemon) probeDialerLocked() *probevia.Dialer {
-	if d.via == nil {
-		d.via = &probevia.Dialer{Backends: d.rec, Iface: d.dp.Iface(), Log: d.log}
-		if d.probes, d.via.Attached = tcprobe.Attach(d.dp.ProbeProgram(), d.dp.Iface()); d.via.Attached != nil {
-			d.log.Error("checks via vip cannot run", "err", d.via.Attached)
-		}
-	}
-	return d.via
-}
-
-// onHealth applies a health verdict at once and times verdict -> maps.
-func (d *Daemon) onHealth(e health.Event) {
-	refs := (*d.checkRefs.Load())[e.Check]
-	var out time.Time // a verdict of down does not wait for an apply in progress
-	if e.To == health.Down {
-		out, _ = d.rec.Out(refs)
-	}
-	d.mu.Lock()
-	res, err := d.applyLocked(d.ctx)
-	applied := res.Done
-	marked := res.FirstWrite
-	if !out.IsZero() {
-		marked = out
-	}
-	if marked.IsZero() {
-		marked = applied
-	}
-	d.mu.Unlock()
-	d.metrics.failoverApply.Observe(applied.Sub(e.Time).Seconds())
-	if err != nil {
-		d.log.Error("apply health verdict", "err", err)
-	}
-	for _, ref := range refs {
-		vip, addr := state.FormatVIPKey(ref.VIP), ref.Addr.String()
-		d.metrics.transition(vip, addr, string(e.To))
-		d.events.Add(api.Event{Time: e.Time, Kind: "health", VIP: vip, Backend: addr, From: string(e.From), To: string(e.To),
-			Reason: e.Reason, Marked: &marked, Applied: &applied})
-	}
-	d.log.Info("health transition", "target", e.Check.Probe.Addr, "from", e.From, "to", e.To, "reason", e.Reason,
-		"marked", marked.Sub(e.Time), "applied", applied.Sub(e.Time))
-	if d.cl != nil {
-		d.cl.Kick() // the cluster's verdict counts this node's view
-	}
-	d.checkPrimaries()
-}
-
-// Change commits a change to the desired state and applies it; failover
-// VIPs that now lack a primary get one.
-func (d *Daemon) Change(ctx context.Context, what string, change func(*state.State) error) (state.State, error) {
-	st, err := d.change(ctx, what, change)
-	if err == nil {
-		go d.checkPrimaries()
-	}
-	return st, err
-}
-
-// ErrNotMaster refuses changes on the backup of an LB pair.
-var ErrNotMaster = errors.New("this node is the backup of an LB pair: make changes on the master (see `sluice ha status`)")
-
-// mayCoordinate refuses promotions and drills on a pair's backup and on
-// a cluster node that is not the coordinator: they must happen once.
-func (d *Daemon) mayCoordinate() error {
-	if d.cl != nil && !d.cl.IsCoordinator() {
-		return state.Conflict("%v: promotions and drills run on the coordinator (see `sluice cluster status`)", cluster.ErrNotCoordinator)
-	}
-	return d.mayChange()
-}
-
-// mayChange refuses changes, promotions and drills on a pair's backup.
-func (d *Daemon) mayChange() error {
-	if d.pair != nil && !d.pair.IsCoordinator() {
-		return ErrNotMaster
-	}
-	return nil
-}
-
-// coordinatorChange is Change for what only the coordinator records (a
-// promotion): in a cluster, its transaction also requires that this node
-// still holds the election.
-func (d *Daemon) coordinatorChange(ctx context.Context, what string, change func(*state.State) error) (state.State, error) {
-	commit := d.commit
-	if d.cl != nil {
-		commit = d.cl.CommitFenced
-	}
-	st, err := d.changeWith(ctx, what, commit, change)
-	if err == nil {
-		go d.checkPrimaries()
-	}
-	return st, err
-}
-
-func (d *Daemon) change(ctx context.Context, what string, change func(*state.State) error) (state.State, error) {
-	return d.changeWith(ctx, what, d.commit, change)
-}
-
-// commitFunc writes a change where the desired state lives.
-type commitFunc func(context.Context, func(*state.State) error) (state.State, error)
-
-// changeWith commits a change with commit and applies it, under d.mu.
-func (d *Daemon) changeWith(ctx context.Context, what string, commit commitFunc, change func(*state.State) error) (state.State, error) {
-	if err := d.mayChange(); err != nil {
-		return state.State{}, err
-	}
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	prev := d.state.Revision
-	st, err := commit(ctx, change)
-	if err != nil {
-		return state.State{}, err
-	}
-	d.lastCommit = time.Now()
-	d.state, d.etcdRev = st, st.Revision
-	d.rev.Store(st.Revision)
-	if st.Revision == prev {
-		return st, nil
-	}
-	if d.pair != nil {
-		d.pair.Committed()
-	}
-	d.syncChecksLocked()
-	res, err := d.applyLocked(ctx)
-	if err != nil {
-		return st, fmt.Errorf("revision %d committed, but applying it failed: %w", st.Revision, err)
-	}
-	d.lastApplied = res.Done
-	d.events.Add(api.Event{Kind: "config", Reason: what, Revision: st.Revision})
-	return st, nil
-}
-
-// commit writes a change where the desired state lives: etcd for a
-// cluster node, else the bbolt file.
-func (d *Daemon) commit(ctx context.Context, change func(*state.State) error) (state.State, error) {
-	if d.cl != nil {
-		return d.cl.Commit(ctx, change)
-	}
-	return d.store.Commit(change)
-}
-
-// applyReplica stores and applies a state the master of the pair, or
-// the cluster's etcd, committed, with its revision.
-func (d *Daemon) applyReplica(next state.State) error {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	if next.Revision == d.state.Revision && state.Equal(next, d.state) {
-		return nil
-	}
-	if d.cl != nil && next.Revision <= d.etcdRev {
-		// A cluster's revisions only grow: this node's own commit (or a
-		// newer state) got here first, and it holds this one's changes.
-		return nil
-	}
-	prev := d.state.Revision
-	st, err := d.store.Replace(next)
-	if err != nil {
-		return err
-	}
-	d.state, d.etcdRev = st, st.Revision
-	d.rev.Store(st.Revision)
-	d.lastCommit = time.Now()
-	d.syncChecksLocked()
-	res, err := d.applyLocked(d.ctx)
-	if err != nil {
-		return fmt.Errorf("revision %d replicated, but applying it failed: %w", st.Revision, err)
-	}
-	d.lastApplied = res.Done
-	d.events.Add(api.Event{Kind: "config", Reason: fmt.Sprintf("replicated from the master (revision %d, was %d)", st.Revision, prev), Revision: st.Revision})
-	return nil
-}
-
-func (d *Daemon) revision() uint64 { return d.rev.Load() }
-
-// State returns the committed desired state.
-func (d *Daemon) State() state.State {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	return d.state.Clone()
+	d.core.store.Close()
 }
 
 // Run serves the API and metrics until ctx ends, then stops health checks
 // and releases the data plane, which keeps forwarding (it stays pinned).
 func (d *Daemon) Run(ctx context.Context) error {
-	api, err := d.listenAPI()
+	l, err := api.Listen(d.opts.Socket)
 	if err != nil {
 		d.shutdown()
-		return err
+		return fmt.Errorf("--socket %s: %w", d.opts.Socket, err)
 	}
 	srv := &http.Server{Handler: d.apiHandler(), ReadHeaderTimeout: 10 * time.Second}
 	errc := make(chan error, 2)
-	go func() { errc <- srv.Serve(api) }()
+	go func() { errc <- srv.Serve(l) }()
 	var msrv *http.Server
 	if d.opts.MetricsAddr != "" {
 		ml, err := net.Listen("tcp", d.opts.MetricsAddr)
@@ -677,7 +332,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 			d.shutdown()
 			return fmt.Errorf("--metrics-addr %s: %w", d.opts.MetricsAddr, err)
 		}
-		msrv = &http.Server{Handler: d.metrics.handler(), ReadHeaderTimeout: 10 * time.Second}
+		msrv = &http.Server{Handler: d.metrics.Handler(), ReadHeaderTimeout: 10 * time.Second}
 		go func() { errc <- msrv.Serve(ml) }()
 	}
 	sdnotify.Ready(ctx, d.healthy, d.log)
@@ -701,101 +356,52 @@ func (d *Daemon) Run(ctx context.Context) error {
 				return err
 			}
 		case <-refresh.C:
-			if d.rec.RefreshMACs(ctx) {
-				d.apply("refreshed next-hop macs")
+			if d.core.rec.RefreshMACs(ctx) {
+				d.core.Reapply("refreshed next-hop macs")
 			}
 		}
 	}
 }
 
+// apiHandler is the API on the unix socket.
+func (d *Daemon) apiHandler() http.Handler {
+	s := &apiserver.Server{Ctx: d.ctx, Core: d.core, Topology: d.topo, Routes: d.routes, Failover: d.fo, Events: d.events}
+	return s.Handler()
+}
+
+// shutdown hands over what others must take (a pair's master role, the
+// routes), stops the checks and releases the data plane.
 func (d *Daemon) shutdown() {
-	if d.pair != nil {
-		d.pair.Stop()
+	d.routes.Withdraw()
+	d.topo.Stop()
+	d.checks.stop()
+	if err := d.routes.Release(d.dp); err != nil {
+		d.log.Error("release the data plane", "err", err)
 	}
-	if d.bgp != nil {
-		d.drainForShutdown(d.opts.BGP.Drain)
-	}
-	d.hm.Stop()
-	if d.probes != nil {
-		d.probes.Close()
-	}
-	if d.cl != nil {
-		d.cl.Close()
-	}
-	if d.bgp != nil {
-		// Behind ECMP the routers no longer send here: nothing to keep
-		// forwarding across a restart, and a stale program must not stay.
-		if err := d.dp.Detach(); err != nil {
-			d.log.Error("detach the data plane", "err", err)
-		}
-	} else {
-		d.dp.Close()
-	}
-	d.store.Close()
+	d.core.store.Close()
 	os.Remove(d.opts.Socket)
 }
 
-func (d *Daemon) listenAPI() (net.Listener, error) {
-	l, err := api.Listen(d.opts.Socket)
-	if err != nil {
-		return nil, fmt.Errorf("--socket %s: %w", d.opts.Socket, err)
+// hookUser resolves --hook-user (nil: hooks run as the daemon).
+func hookUser(name string) (*syscall.Credential, error) {
+	if name == "" {
+		return nil, nil
 	}
-	return l, nil
+	cred, err := hook.LookupUser(name)
+	if err != nil {
+		return nil, fmt.Errorf("--hook-user: %w", err)
+	}
+	return cred, nil
 }
 
-// recordAvailabilityLocked appends to the persisted timeline every backend
-// and VIP whose availability changed with the last apply. A VIP is
-// available while it has min_active usable backends, or (failover) a
-// usable primary.
-func (d *Daemon) recordAvailabilityLocked() {
-	now := time.Now()
-	var evs []state.TimelineEvent
-	seen := map[availability.Subject]bool{}
-	note := func(k availability.Subject, avail bool) {
-		seen[k] = true
-		if old, ok := d.availability[k]; ok && old == avail {
-			return
-		}
-		d.availability[k] = avail
-		evs = append(evs, state.TimelineEvent{Time: now, VIP: k.VIP, Backend: k.Backend, Available: avail})
-	}
-	for _, v := range d.state.VIPs {
-		k, _ := state.ParseVIPKey(v.VIP)
-		view, _, _ := d.rec.View(k)
-		usable := 0
-		primaryUsable := false
-		for _, b := range v.Backends {
-			bv := view[netip.MustParseAddr(b.Addr)]
-			ok := bv.Health == health.Up && !b.Disabled && bv.MACErr == nil
-			note(availability.Subject{VIP: v.VIP, Backend: b.Addr}, ok)
-			if bv.Usable {
-				usable++
-				if b.Addr == v.Primary {
-					primaryUsable = true
-				}
-			}
-		}
-		avail := usable >= v.MinActive
-		if v.Policy == state.PolicyFailover {
-			avail = primaryUsable
-		}
-		note(availability.Subject{VIP: v.VIP}, avail)
-	}
-	for k := range d.availability {
-		if !seen[k] {
-			delete(d.availability, k) // removed from the state: its timeline just ends
+// probed notes a finished probe for the watchdog and the metrics.
+func (d *Daemon) probed(r health.Result) {
+	d.lastProbe.Store(time.Now().UnixNano())
+	var backends [][2]string
+	if r.Err != nil {
+		for _, ref := range d.checks.of(r.Check) {
+			backends = append(backends, [2]string{ref.VIP.String(), ref.Addr.String()})
 		}
 	}
-	if err := d.store.AppendTimeline(evs); err != nil {
-		d.log.Error("record availability", "err", err)
-	}
-}
-
-// Availability reports measured and modelled availability.
-func (d *Daemon) Availability() (api.AvailabilityReport, error) {
-	tl, err := d.store.Timeline()
-	if err != nil {
-		return api.AvailabilityReport{}, err
-	}
-	return availability.Build(d.State(), tl, time.Now()), nil
+	d.metrics.Probed(r, backends)
 }

@@ -1,7 +1,6 @@
 package control
 
 import (
-	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"net/netip"
@@ -14,47 +13,27 @@ import (
 	"github.com/sluicelb/sluice/health"
 )
 
-// HAStatus is `sluice ha status`.
-func (d *Daemon) HAStatus() api.HAStatus {
-	if d.pair == nil {
-		return api.HAStatus{Role: d.coord.Role(), Revision: d.revision()}
-	}
-	return d.pair.Status()
-}
-
-// ClusterStatus is `sluice cluster status`; a daemon on bbolt reports its
-// own store.
-func (d *Daemon) ClusterStatus(ctx context.Context) api.ClusterStatus {
-	if d.cl == nil {
-		return api.ClusterStatus{Store: "bolt", Revision: d.revision(), StoreUp: true, Nodes: []api.ClusterNode{}}
-	}
-	return d.cl.Status(ctx)
-}
-
 // Status reads the desired state, health and the kernel's maps.
-func (d *Daemon) Status() (api.Status, error) {
-	d.mu.Lock()
-	cur := d.state.Clone()
-	d.mu.Unlock()
-	out := api.Status{Revision: cur.Revision, Role: d.coord.Role(), Iface: d.opts.Iface,
-		Uptime: time.Since(d.started).Round(time.Second).String(), VIPs: []api.VIPStatus{}}
-	if d.pair != nil {
-		hs := d.pair.Status()
+func (c *core) Status() (api.Status, error) {
+	lk := c.Look()
+	cur := lk.State
+	out := api.Status{Revision: cur.Revision, Role: c.topo.Role(), Iface: c.iface,
+		Uptime: time.Since(c.started).Round(time.Second).String(), VIPs: []api.VIPStatus{}}
+	if hs := c.topo.HAStatus(); hs.Enabled {
 		out.HA = &hs
 	}
-	lk := d.look(cur)
 	for _, v := range cur.VIPs {
 		k, _ := state.ParseVIPKey(v.VIP)
 		vs := api.VIPStatus{VIP: v.VIP, Forward: v.Forward, RingSize: v.RingSize, MinActive: v.MinActive,
 			Policy: v.Policy, Primary: v.Primary, Epoch: v.Epoch, Backends: []api.BackendStatus{}}
-		view, id, ok := d.rec.View(k)
-		vs.RingRebuilds = d.rec.Rebuilds()[k]
+		view, id, ok := c.rec.View(k)
+		vs.RingRebuilds = c.rec.Rebuilds()[k]
 		slots := map[uint32]int{}
 		if ok {
-			if c, err := d.dp.VIPCounter(id); err == nil {
-				vs.Packets, vs.Bytes = c.Packets, c.Bytes
+			if n, err := c.dp.VIPCounter(id); err == nil {
+				vs.Packets, vs.Bytes = n.Packets, n.Bytes
 			}
-			if ring, err := d.rec.ReadRing(k); err == nil {
+			if ring, err := c.rec.ReadRing(k); err == nil {
 				// Hash each slot's backend address, not its local index:
 				// indexes differ between nodes, the addresses must not.
 				addrOf := map[uint32][16]byte{}
@@ -77,8 +56,8 @@ func (d *Daemon) Status() (api.Status, error) {
 			bs.Usable = bv.Usable
 			bs.RingSlots = slots[bv.Index]
 			if bv.Index != 0 {
-				if c, err := d.dp.BackendCounter(bv.Index); err == nil {
-					bs.Packets, bs.Bytes = c.Packets, c.Bytes
+				if n, err := c.dp.BackendCounter(bv.Index); err == nil {
+					bs.Packets, bs.Bytes = n.Packets, n.Bytes
 				}
 			}
 			backendState(lk.Of(k, addr), b, bv, &bs)
@@ -91,23 +70,23 @@ func (d *Daemon) Status() (api.Status, error) {
 
 // Counters reads every backend's packet counter, by VIP: a cheap view for
 // sampling (status also reads and hashes the rings).
-func (d *Daemon) Counters() (map[string]map[string]uint64, error) {
-	st := d.State()
+func (c *core) Counters() (map[string]map[string]uint64, error) {
+	st := c.State()
 	out := map[string]map[string]uint64{}
 	for _, v := range st.VIPs {
 		k, _ := state.ParseVIPKey(v.VIP)
-		view, _, _ := d.rec.View(k)
+		view, _, _ := c.rec.View(k)
 		m := map[string]uint64{}
 		for _, b := range v.Backends {
 			bv := view[netip.MustParseAddr(b.Addr)]
 			if bv.Index == 0 {
 				continue
 			}
-			c, err := d.dp.BackendCounter(bv.Index)
+			n, err := c.dp.BackendCounter(bv.Index)
 			if err != nil {
 				return nil, err
 			}
-			m[b.Addr] = c.Packets
+			m[b.Addr] = n.Packets
 		}
 		out[v.VIP] = m
 	}
@@ -145,4 +124,26 @@ func backendState(in view.Backend, b state.Backend, bv reconcile.BackendView, bs
 	if bv.MACErr != nil {
 		bs.Reason = bv.MACErr.Error()
 	}
+}
+
+// Ring reads VIP k's ring back from the kernel, slot by slot.
+func (c *core) Ring(k state.VIPKey) (api.RingResponse, error) {
+	if st := c.State(); st.FindVIP(k) < 0 {
+		return api.RingResponse{}, state.NotFound("vip %s: no such vip", k)
+	}
+	ring, err := c.rec.ReadRing(k)
+	if err != nil {
+		return api.RingResponse{}, err
+	}
+	bes, err := c.dp.Backends()
+	if err != nil {
+		return api.RingResponse{}, err
+	}
+	out := api.RingResponse{VIP: k.String(), RingSize: len(ring), Slots: make([]string, len(ring))}
+	for i, s := range ring {
+		if b, ok := bes[s]; ok && s != 0 {
+			out.Slots[i] = b.Addr.String()
+		}
+	}
+	return out, nil
 }

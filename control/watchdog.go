@@ -11,14 +11,14 @@ import (
 // times the longest check interval (plus its timeout).
 func (d *Daemon) healthy(wait time.Duration) error {
 	deadline := time.Now().Add(wait)
-	for !d.mu.TryLock() {
+	for !d.core.mu.TryLock() {
 		if time.Now().After(deadline) {
 			return fmt.Errorf("the daemon's lock has been held for over %v", wait)
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
-	d.mu.Unlock()
-	bound := time.Duration(d.checkBound.Load())
+	d.core.mu.Unlock()
+	bound := time.Duration(d.checks.bound.Load())
 	if bound == 0 {
 		return nil // no health check configured
 	}

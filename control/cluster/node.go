@@ -20,6 +20,7 @@ import (
 	"github.com/sluicelb/sluice/control/api"
 	"github.com/sluicelb/sluice/control/etcdstore"
 	"github.com/sluicelb/sluice/control/state"
+	"github.com/sluicelb/sluice/control/view"
 	"github.com/sluicelb/sluice/health"
 )
 
@@ -36,6 +37,9 @@ type NodeOptions struct {
 	// Dial is the etcd client's dialer (tests: a namespace's); nil is the
 	// default one.
 	Dial func(ctx context.Context, addr string) (net.Conn, error)
+	// Seed is the flow hash and Maglev seed, which every node of the
+	// cluster must share (etcd keeps the first node's; Load checks it).
+	Seed uint64
 }
 
 // Host is the daemon as its cluster node sees it.
@@ -44,19 +48,13 @@ type Host interface {
 	ApplyReplica(state.State) error
 	// Reapply applies the current state again: the cluster's health
 	// verdict moved.
-	Reapply()
+	Reapply(what string)
 	// KeepLocal stores a state as the last applied (the bbolt file).
 	KeepLocal(state.State) (state.State, error)
 	State() state.State
+	Revision() uint64
 	// Status reads this node's kernel rings (their digests) back.
 	Status() (api.Status, error)
-	// LocalHealth is this node's own verdict on every backend, VIP →
-	// backend → "up" | "down", as its last apply saw them.
-	LocalHealth() map[string]map[string]string
-	Event(api.Event)
-	// Elected is called when this node became the coordinator.
-	Elected()
-	Log() *slog.Logger
 }
 
 // storeTimeout bounds one etcd request of a change, so that a lost etcd
@@ -67,6 +65,15 @@ const storeTimeout = 3 * time.Second
 // state and the other nodes' health views; the bbolt file keeps the last
 // state applied, to forward from when etcd is away at start.
 type Node struct {
+	// OnEvent receives the node's events (etcd lost and back, the
+	// coordinator role, flow sync's copy); OnElected is called, on a
+	// goroutine of its own, when this node becomes the coordinator;
+	// OnCopied when its peers' flow tables are copied. Set them before
+	// Load; any may be nil.
+	OnEvent   func(api.Event)
+	OnElected func()
+	OnCopied  func()
+
 	h      Host
 	log    *slog.Logger
 	opts   NodeOptions
@@ -80,13 +87,16 @@ type Node struct {
 	downSince atomic.Int64  // unix ns since etcd last failed a request; 0: answering
 	publish   chan struct{}
 
+	applied atomic.Pointer[view.View] // the view of this node's last apply
+	flows   flows
+
 	mu    sync.Mutex
 	nodes []Report // the cluster's view the rings were last built from
 }
 
 // NewNode connects to etcd (without waiting for it); addr is this node's
 // address in cluster status.
-func NewNode(h Host, o NodeOptions, addr string) (*Node, error) {
+func NewNode(h Host, o NodeOptions, addr string, log *slog.Logger) (*Node, error) {
 	if o.Quorum == "" {
 		o.Quorum = Majority
 	}
@@ -105,7 +115,7 @@ func NewNode(h Host, o NodeOptions, addr string) (*Node, error) {
 	if err != nil {
 		return nil, fmt.Errorf("--etcd-endpoints: %w", err)
 	}
-	c := &Node{h: h, log: h.Log(), opts: o, addr: addr, cli: cli, publish: make(chan struct{}, 1)}
+	c := &Node{h: h, log: log, opts: o, addr: addr, cli: cli, publish: make(chan struct{}, 1), flows: noFlows{}}
 	if c.store, err = etcdstore.New(cli, o.Cluster); err != nil {
 		cli.Close()
 		return nil, fmt.Errorf("--cluster: %w", err)
@@ -119,10 +129,10 @@ func NewNode(h Host, o NodeOptions, addr string) (*Node, error) {
 	return c, nil
 }
 
-// Load reads the cluster's state and checks the seed. It says whether
+// load reads the cluster's state and checks the seed. It says whether
 // the state came from etcd: when etcd does not answer, the node forwards
 // from local, the last state it applied.
-func (c *Node) Load(ctx context.Context, seed uint64, local state.State) (state.State, bool, error) {
+func (c *Node) load(ctx context.Context, seed uint64, local state.State) (state.State, bool, error) {
 	lctx, cancel := context.WithTimeout(ctx, storeTimeout)
 	defer cancel()
 	err := c.store.EnsureSeed(lctx, seed)
@@ -152,14 +162,14 @@ func (c *Node) up() {
 	c.reached.Store(true)
 	if c.downSince.Swap(0) != 0 {
 		c.log.Info("cluster: etcd answers again")
-		c.h.Event(api.Event{Kind: "config", Reason: "cluster: store reachable again"})
+		c.event(api.Event{Kind: "config", Reason: "cluster: store reachable again"})
 	}
 }
 
 func (c *Node) down(err error) {
 	if c.downSince.CompareAndSwap(0, time.Now().UnixNano()) {
 		c.log.Warn("cluster: etcd unreachable", "err", err)
-		c.h.Event(api.Event{Kind: "config", Reason: "cluster: store unreachable: " + err.Error()})
+		c.event(api.Event{Kind: "config", Reason: "cluster: store unreachable: " + err.Error()})
 	}
 }
 
@@ -171,23 +181,22 @@ func (c *Node) storeErr(err error) error {
 }
 
 // Synced reports whether this node applied the newest state it has seen
-// from etcd (applied is the revision it applied), and has reached etcd at
+// from etcd (have is the revision it applied), and has reached etcd at
 // all since it started: a node that never did may forward an old state.
-func (c *Node) Synced(applied uint64) bool {
-	return c.reached.Load() && applied >= c.seen.Load()
+func (c *Node) Synced(have uint64) bool {
+	return c.reached.Load() && have >= c.seen.Load()
 }
 
 // Commit is a change made through this node: one guarded etcd
 // transaction; the bbolt file then keeps it as the last state applied.
-func (c *Node) Commit(ctx context.Context, change func(*state.State) error) (state.State, error) {
-	return c.commitIf(ctx, nil, change)
-}
-
-// CommitFenced is Commit for what only the coordinator may record (a
-// promotion's epoch): the transaction also requires that this node still
-// holds the election, so a coordinator cut off or replaced cannot record
-// it. Refused, it is ErrNotCoordinator.
-func (c *Node) CommitFenced(ctx context.Context, change func(*state.State) error) (state.State, error) {
+// Fenced, for what only the coordinator may record (a promotion's epoch),
+// the transaction also requires that this node still holds the election,
+// so a coordinator cut off or replaced cannot record it; refused, it is
+// ErrNotCoordinator.
+func (c *Node) Commit(ctx context.Context, fenced bool, change func(*state.State) error) (state.State, error) {
+	if !fenced {
+		return c.commitIf(ctx, nil, change)
+	}
 	fence, err := c.member.Fence()
 	if err != nil {
 		return state.State{}, err
@@ -328,7 +337,7 @@ func (c *Node) report() (Report, error) {
 	for _, vs := range st.VIPs {
 		r.RingSHA256[vs.VIP] = vs.RingSHA256
 	}
-	r.Health = c.h.LocalHealth()
+	r.Health = localHealth(c.applied.Load())
 	return r, nil
 }
 
@@ -339,7 +348,7 @@ func (c *Node) onNodes() {
 	c.mu.Lock()
 	c.nodes = nodes
 	c.mu.Unlock()
-	c.h.Reapply()
+	c.h.Reapply("the cluster's health verdict")
 	c.Kick()
 }
 
@@ -347,30 +356,32 @@ func (c *Node) onCoordinator(elected bool) {
 	reason := "cluster: this node is no longer the coordinator"
 	if elected {
 		reason = "cluster: this node is the coordinator"
-		go c.h.Elected()
+		if c.OnElected != nil {
+			go c.OnElected()
+		}
 	}
-	c.h.Event(api.Event{Kind: "ha", Reason: reason})
+	c.event(api.Event{Kind: "ha", Reason: reason})
 }
 
 // RingRule is the cluster's verdict on backends, which builds the
 // rings: the same on every node that saw the same node keys, as they
 // stand now. With the local rule, or before any node published, each
 // node's own verdict is its ring verdict.
-func (c *Node) RingRule() RingRule {
+func (c *Node) RingRule() view.RingRule {
 	c.mu.Lock()
 	nodes := c.nodes
 	c.mu.Unlock()
-	return RingRule{quorum: c.opts.Quorum, nodes: nodes}
+	return quorumRule{quorum: c.opts.Quorum, nodes: nodes}
 }
 
-// RingRule is a quorum over the node reports it was taken with.
-type RingRule struct {
+// quorumRule is a quorum over the node reports it was taken with.
+type quorumRule struct {
 	quorum Quorum
 	nodes  []Report
 }
 
 // Ring is the ring verdict on backend addr of vip, local this node's.
-func (r RingRule) Ring(vip, addr string, local health.State) health.State {
+func (r quorumRule) Ring(vip, addr string, local health.State) health.State {
 	if r.quorum == Local || len(r.nodes) == 0 {
 		return local
 	}
@@ -402,9 +413,9 @@ func (c *Node) Role() string {
 	return "cluster"
 }
 
-// Close leaves the cluster at once (the node key's lease is revoked)
-// and closes the etcd client.
-func (c *Node) Close() {
+// Stop leaves the cluster at once (the node key's lease is revoked)
+// and closes the etcd client; flow sync ends with the daemon's context.
+func (c *Node) Stop() {
 	c.member.Leave()
 	c.cli.Close()
 }

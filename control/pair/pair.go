@@ -54,6 +54,14 @@ type Options struct {
 	// requests; it must grow with every start (state.NextBoot keeps it in
 	// the state directory), so that peers' replay guards accept it.
 	Boot uint64
+	// Store is where this node commits its changes as master (its bbolt
+	// file).
+	Store Store
+}
+
+// Store is the bbolt store a node commits to.
+type Store interface {
+	Commit(change func(*state.State) error) (state.State, error)
 }
 
 // Defaults of an LB pair.
@@ -173,7 +181,7 @@ type FlowReader = flowsync.FlowReader
 
 // Pair runs this daemon's side of an LB pair: adverts and roles, VIP
 // addresses, state replication and flow sync. It is the daemon's
-// Coordinator: only the master promotes replicas.
+// topology: only the master changes the state and promotes replicas.
 type Pair struct {
 	// OnEvent receives the pair's events (role changes, sync, revision
 	// mismatches); OnMaster is called, on a goroutine of its own, when
@@ -304,10 +312,11 @@ func defaultNodeName(ifi *net.Interface) string {
 	return ifi.HardwareAddr.String()
 }
 
-// IsCoordinator implements Coordinator: only the master promotes.
+// IsCoordinator says whether this node is master: only the master
+// promotes.
 func (p *Pair) IsCoordinator() bool { return p.node.Role() == ha.Master }
 
-// Role implements Coordinator.
+// Role is master or backup.
 func (p *Pair) Role() string { return string(p.node.Role()) }
 
 // vipAddrs are the distinct VIP addresses of a state.

@@ -1,11 +1,10 @@
-package control
+package failover
 
 import (
 	"context"
 	"errors"
 	"fmt"
 	"net/netip"
-	"os"
 	"slices"
 	"strings"
 	"time"
@@ -17,24 +16,11 @@ import (
 	"github.com/sluicelb/sluice/health"
 )
 
-// nodeName names this node to hooks: its name in the LB pair, else the
-// host name.
-func (d *Daemon) nodeName() string {
-	if d.pair != nil {
-		return d.pair.Node()
-	}
-	if d.opts.Cluster != nil {
-		return d.opts.Cluster.Node
-	}
-	h, _ := os.Hostname()
-	return h
-}
-
 // runHook runs a VIP's hook for action (its promote or demote command,
 // else its URL, told the action), bounded by the VIP's hook timeout.
-func (d *Daemon) runHook(ctx context.Context, v state.VIP, action hook.Action, old, next string) (string, error) {
-	node := d.nodeName()
-	h := hook.Hook{Cmd: v.PromoteCmd, URL: v.PromoteURL, Timeout: time.Duration(v.HookTimeout), User: d.hookUser}
+func (m *Manager) runHook(ctx context.Context, v state.VIP, action hook.Action, old, next string) (string, error) {
+	node := m.nodeName()
+	h := hook.Hook{Cmd: v.PromoteCmd, URL: v.PromoteURL, Timeout: time.Duration(v.HookTimeout), User: m.o.HookUser}
 	if action == hook.Demote {
 		h.Cmd = v.DemoteCmd
 	}
@@ -66,18 +52,15 @@ func candidates(lk *view.View, v state.VIP, exclude string) []state.Backend {
 	return out
 }
 
-// checkPrimaries starts a promotion for every failover VIP whose primary
+// Check starts a promotion for every failover VIP whose primary
 // is missing or no longer up, and fails back where asked to. Only the
 // coordinator promotes.
-func (d *Daemon) checkPrimaries() {
-	if !d.coord.IsCoordinator() {
+func (m *Manager) Check() {
+	if !m.o.Coord.IsCoordinator() {
 		return
 	}
-	d.mu.Lock()
-	cur := d.state.Clone()
-	d.mu.Unlock()
-	lk := d.look(cur)
-	for _, v := range cur.VIPs {
+	lk := m.o.Core.Look()
+	for _, v := range lk.State.VIPs {
 		if v.Policy != state.PolicyFailover {
 			continue
 		}
@@ -90,7 +73,7 @@ func (d *Daemon) checkPrimaries() {
 		}
 		cands := candidates(lk, v, "")
 		if primaryUp {
-			d.demoteRecovered(lk, v)
+			m.demoteRecovered(lk, v)
 			if !v.Failback || len(cands) == 0 || cands[0].Addr == v.Primary {
 				continue
 			}
@@ -113,7 +96,7 @@ func (d *Daemon) checkPrimaries() {
 			// wins rather than the fastest check.
 			continue
 		}
-		d.startPromotion(k, cands)
+		m.startPromotion(k, cands)
 	}
 }
 
@@ -133,23 +116,17 @@ func higherUndecided(lk *view.View, k state.VIPKey, v state.VIP, p int) bool {
 
 // startPromotion runs one promotion of a VIP at a time, off the caller's
 // goroutine: hooks may take seconds.
-func (d *Daemon) startPromotion(k state.VIPKey, cands []state.Backend) {
-	d.promoMu.Lock()
-	if d.promoting[k] {
-		d.promoMu.Unlock()
+func (m *Manager) startPromotion(k state.VIPKey, cands []state.Backend) {
+	if !m.claim(k) {
 		return
 	}
-	d.promoting[k] = true
-	d.promoMu.Unlock()
 	go func() {
 		defer func() {
-			d.promoMu.Lock()
-			delete(d.promoting, k)
-			d.promoMu.Unlock()
-			d.checkPrimaries() // the world may have moved on meanwhile
+			m.release(k)
+			m.Check() // the world may have moved on meanwhile
 		}()
-		if _, err := d.promote(d.ctx, k, cands); err != nil {
-			d.log.Warn("promotion", "vip", state.FormatVIPKey(k), "err", err)
+		if _, err := m.promote(m.ctx, k, cands); err != nil {
+			m.o.Log.Warn("promotion", "vip", state.FormatVIPKey(k), "err", err)
 		}
 	}()
 }
@@ -157,12 +134,12 @@ func (d *Daemon) startPromotion(k state.VIPKey, cands []state.Backend) {
 // promote tries the candidates in order: commit the next epoch durably,
 // run the hook with it, and switch the data plane to the first candidate
 // whose hook succeeds. With none left the VIP has no primary and drops.
-func (d *Daemon) promote(ctx context.Context, k state.VIPKey, cands []state.Backend) (api.PromoteResult, error) {
+func (m *Manager) promote(ctx context.Context, k state.VIPKey, cands []state.Backend) (api.PromoteResult, error) {
 	name := state.FormatVIPKey(k)
 	var lastErr error
 	for _, c := range cands {
 		var v state.VIP
-		if _, err := d.coordinatorChange(ctx, fmt.Sprintf("epoch of %s raised for promoting %s", name, c.Addr), func(s *state.State) error {
+		if _, err := m.o.Core.Fenced(ctx, fmt.Sprintf("epoch of %s raised for promoting %s", name, c.Addr), func(s *state.State) error {
 			i, err := s.LookupVIP(k)
 			if err != nil {
 				return err
@@ -174,22 +151,22 @@ func (d *Daemon) promote(ctx context.Context, k state.VIPKey, cands []state.Back
 			return api.PromoteResult{}, err
 		}
 		old := v.Primary
-		if !d.coord.IsCoordinator() {
+		if !m.o.Coord.IsCoordinator() {
 			// The epoch was recorded under the election; the hook runs
 			// only while it still holds (a cluster's lease can end between).
 			return api.PromoteResult{}, fmt.Errorf("promote %s: this node stopped being the coordinator after epoch %d", c.Addr, v.Epoch)
 		}
 		start := time.Now()
-		out, herr := d.runHook(ctx, v, hook.Promote, old, c.Addr)
+		out, herr := m.runHook(ctx, v, hook.Promote, old, c.Addr)
 		took := time.Since(start)
 		if herr != nil {
 			lastErr = herr
-			d.events.Add(api.Event{Kind: "failover", VIP: name, Backend: c.Addr, From: old, To: c.Addr,
+			m.o.Event(api.Event{Kind: "failover", VIP: name, Backend: c.Addr, From: old, To: c.Addr,
 				Reason: fmt.Sprintf("promotion hook failed (epoch %d, %v): %v: %s", v.Epoch, took.Round(time.Millisecond), herr, strings.TrimSpace(out))})
-			d.metrics.promotions.WithLabelValues(name, "hook_failed").Inc()
+			m.promotions.WithLabelValues(name, "hook_failed").Inc()
 			continue
 		}
-		if _, err := d.coordinatorChange(ctx, fmt.Sprintf("promoted %s to primary of %s (epoch %d)", c.Addr, name, v.Epoch), func(s *state.State) error {
+		if _, err := m.o.Core.Fenced(ctx, fmt.Sprintf("promoted %s to primary of %s (epoch %d)", c.Addr, name, v.Epoch), func(s *state.State) error {
 			i, err := s.LookupVIP(k)
 			if err != nil {
 				return err
@@ -199,18 +176,20 @@ func (d *Daemon) promote(ctx context.Context, k state.VIPKey, cands []state.Back
 		}); err != nil {
 			return api.PromoteResult{}, err
 		}
-		d.events.Add(api.Event{Kind: "failover", VIP: name, Backend: c.Addr, From: old, To: c.Addr,
-			Reason: fmt.Sprintf("promoted (epoch %d, hook %v): %s", v.Epoch, took.Round(time.Millisecond), strings.TrimSpace(out))})
-		d.metrics.promotions.WithLabelValues(name, "promoted").Inc()
+		ev := api.Event{Time: time.Now(), Kind: "failover", VIP: name, Backend: c.Addr, From: old, To: c.Addr,
+			Reason: fmt.Sprintf("promoted (epoch %d, hook %v): %s", v.Epoch, took.Round(time.Millisecond), strings.TrimSpace(out))}
+		m.o.Event(ev)
+		m.promotions.WithLabelValues(name, "promoted").Inc()
+		m.mu.Lock()
 		if old != "" {
-			d.promoMu.Lock()
-			d.demotePending[k] = old
-			d.promoMu.Unlock()
+			m.demotePending[k] = old
 		}
+		m.promoted[k] = ev
+		m.mu.Unlock()
 		return api.PromoteResult{VIP: name, OldPrimary: old, NewPrimary: c.Addr, Epoch: v.Epoch, HookOutput: out, HookTime: took.String()}, nil
 	}
 	// Nobody could take over: the VIP has no primary and drops, counted.
-	if _, err := d.coordinatorChange(ctx, "no primary for "+name, func(s *state.State) error {
+	if _, err := m.o.Core.Fenced(ctx, "no primary for "+name, func(s *state.State) error {
 		if i := s.FindVIP(k); i >= 0 {
 			s.VIPs[i].Primary = ""
 		}
@@ -222,8 +201,8 @@ func (d *Daemon) promote(ctx context.Context, k state.VIPKey, cands []state.Back
 	if lastErr != nil {
 		reason = "every promotion hook failed; last: " + lastErr.Error()
 	}
-	d.events.Add(api.Event{Kind: "failover", VIP: name, To: "none", Reason: "VIP has no primary, packets are dropped: " + reason})
-	d.metrics.promotions.WithLabelValues(name, "no_primary").Inc()
+	m.o.Event(api.Event{Kind: "failover", VIP: name, To: "none", Reason: "VIP has no primary, packets are dropped: " + reason})
+	m.promotions.WithLabelValues(name, "no_primary").Inc()
 	if lastErr == nil {
 		return api.PromoteResult{VIP: name}, errors.New(reason)
 	}
@@ -232,11 +211,11 @@ func (d *Daemon) promote(ctx context.Context, k state.VIPKey, cands []state.Back
 
 // demoteRecovered runs the demote hook once for an old primary that is up
 // again and rejoined as a replica.
-func (d *Daemon) demoteRecovered(lk *view.View, v state.VIP) {
+func (m *Manager) demoteRecovered(lk *view.View, v state.VIP) {
 	k, _ := state.ParseVIPKey(v.VIP)
-	d.promoMu.Lock()
-	old, ok := d.demotePending[k]
-	d.promoMu.Unlock()
+	m.mu.Lock()
+	old, ok := m.demotePending[k]
+	m.mu.Unlock()
 	if !ok || old == v.Primary {
 		return
 	}
@@ -244,31 +223,32 @@ func (d *Daemon) demoteRecovered(lk *view.View, v state.VIP) {
 		if b.Addr != old || !up(lk, k, b) {
 			continue
 		}
-		d.promoMu.Lock()
-		delete(d.demotePending, k)
-		d.promoMu.Unlock()
+		m.mu.Lock()
+		delete(m.demotePending, k)
+		m.mu.Unlock()
 		// Off the caller's goroutine: that is a health check's.
 		go func() {
-			out, err := d.runHook(d.ctx, v, hook.Demote, old, v.Primary)
+			out, err := m.runHook(m.ctx, v, hook.Demote, old, v.Primary)
 			reason := "rejoined as a replica"
 			if v.DemoteCmd != "" {
 				reason += fmt.Sprintf("; demote hook: %v %s", err, strings.TrimSpace(out))
 			}
-			d.events.Add(api.Event{Kind: "failover", VIP: v.VIP, Backend: old, To: "replica", Reason: reason})
+			m.o.Event(api.Event{Kind: "failover", VIP: v.VIP, Backend: old, To: "replica", Reason: reason})
 		}()
 	}
 }
 
 // Promote is a planned switchover to addr, through the same sequence.
-func (d *Daemon) Promote(ctx context.Context, vip, addr string) (api.PromoteResult, error) {
-	if err := d.mayCoordinate(); err != nil {
+func (m *Manager) Promote(ctx context.Context, vip, addr string) (api.PromoteResult, error) {
+	if err := m.o.Coord.MayCoordinate(); err != nil {
 		return api.PromoteResult{}, err
 	}
 	k, a, err := vipAndBackend(vip, addr)
 	if err != nil {
 		return api.PromoteResult{}, err
 	}
-	st := d.State()
+	lk := m.o.Core.Look()
+	st := lk.State
 	i, err := st.LookupVIP(k)
 	if err != nil {
 		return api.PromoteResult{}, err
@@ -281,7 +261,7 @@ func (d *Daemon) Promote(ctx context.Context, vip, addr string) (api.PromoteResu
 		return api.PromoteResult{}, fmt.Errorf("%s is already the primary of %s", a, v.VIP)
 	}
 	var cand []state.Backend
-	for _, b := range candidates(d.look(st), v, "") {
+	for _, b := range candidates(lk, v, "") {
 		if b.Addr == a.String() {
 			cand = append(cand, b)
 		}
@@ -289,17 +269,22 @@ func (d *Daemon) Promote(ctx context.Context, vip, addr string) (api.PromoteResu
 	if len(cand) == 0 {
 		return api.PromoteResult{}, fmt.Errorf("%s is not an up backend of %s", a, v.VIP)
 	}
-	d.promoMu.Lock()
-	if d.promoting[k] {
-		d.promoMu.Unlock()
+	if !m.claim(k) {
 		return api.PromoteResult{}, state.Conflict("vip %s: a promotion is already running", v.VIP)
 	}
-	d.promoting[k] = true
-	d.promoMu.Unlock()
-	defer func() {
-		d.promoMu.Lock()
-		delete(d.promoting, k)
-		d.promoMu.Unlock()
-	}()
-	return d.promote(ctx, k, cand)
+	defer m.release(k)
+	return m.promote(ctx, k, cand)
+}
+
+// vipAndBackend parses a request's VIP and backend address.
+func vipAndBackend(vip, addr string) (state.VIPKey, netip.Addr, error) {
+	k, err := state.ParseVIPKey(vip)
+	if err != nil {
+		return state.VIPKey{}, netip.Addr{}, err
+	}
+	a, err := netip.ParseAddr(addr)
+	if err != nil {
+		return state.VIPKey{}, netip.Addr{}, fmt.Errorf("backend address %q: not an IP address", addr)
+	}
+	return k, a, nil
 }

@@ -5,18 +5,31 @@ import (
 
 	"github.com/sluicelb/sluice/control/api"
 	"github.com/sluicelb/sluice/control/weight"
+	"github.com/sluicelb/sluice/health"
 )
 
-// newWeights makes the engine of effective weights and hands its
-// verdicts to the reconciler.
-func (d *Daemon) newWeights() {
-	d.weights = weight.New(weight.Options{Interval: d.opts.ReweightInterval, Threshold: d.opts.ReweightThreshold,
-		OnReweight: d.onReweight, OnState: d.onAgentState, OnAnswer: d.metrics.weightAnswer})
+// onHealth applies a health verdict at once, times verdict -> maps and
+// records it; failover VIPs may need a promotion.
+func (d *Daemon) onHealth(e health.Event) {
+	marked, applied, err := d.core.verdict(e)
+	d.metrics.Applied(applied.Sub(e.Time))
+	if err != nil {
+		d.log.Error("apply health verdict", "err", err)
+	}
+	for _, ref := range d.checks.of(e.Check) {
+		vip, addr := ref.VIP.String(), ref.Addr.String()
+		d.metrics.Transition(vip, addr, string(e.To))
+		d.events.Add(api.Event{Time: e.Time, Kind: "health", VIP: vip, Backend: addr, From: string(e.From), To: string(e.To),
+			Reason: e.Reason, Marked: &marked, Applied: &applied})
+	}
+	d.log.Info("health transition", "target", e.Check.Probe.Addr, "from", e.From, "to", e.To, "reason", e.Reason,
+		"marked", marked.Sub(e.Time), "applied", applied.Sub(e.Time))
+	d.fo.Check()
 }
 
 // onReweight applies moved weights (the rings follow) and records them.
 func (d *Daemon) onReweight(changes []weight.Change) {
-	res := d.apply("reweight")
+	res := d.core.reapply("reweight")
 	for _, c := range changes {
 		d.events.Add(api.Event{Time: res.Done, Kind: "reweight", VIP: c.VIP, Backend: c.Addr,
 			From: fmt.Sprintf("%d%%", c.From), To: fmt.Sprintf("%d%%", c.To), Reason: c.Reason, Applied: &res.Done})
@@ -27,7 +40,7 @@ func (d *Daemon) onReweight(changes []weight.Change) {
 // onAgentState applies an agent's drain, down or maint (or its end) at
 // once, as a failed health check is.
 func (d *Daemon) onAgentState(k weight.Key, why string) {
-	res := d.apply("agent state")
+	res := d.core.reapply("agent state")
 	to := "out"
 	if why == "" {
 		to, why = "in", "agent: new flows allowed again"

@@ -1,8 +1,13 @@
-package control
+// Package metrics is the daemon's Prometheus registry: the series it
+// counts as things happen (probes, verdict to maps, transitions, weight
+// answers), those it reads off the state and the data plane at scrape
+// time, and the /metrics, /healthz and /readyz endpoints.
+package metrics
 
 import (
 	"net/http"
 	"runtime/debug"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -13,10 +18,22 @@ import (
 	"github.com/sluicelb/sluice/control/state"
 	"github.com/sluicelb/sluice/control/weight"
 	"github.com/sluicelb/sluice/health"
+	"github.com/sluicelb/sluice/loader"
 )
 
-type metrics struct {
-	d             *Daemon
+// Source is what a scrape reads: the status (state, health, rings and
+// counters), availability and the data plane's own counters.
+type Source interface {
+	Status() (api.Status, error)
+	Availability() (api.AvailabilityReport, error)
+	Stats() (map[loader.Stat]loader.Counter, error)
+	FlowCount() (int, error)
+}
+
+// Metrics is the registry.
+type Metrics struct {
+	src           Source
+	ready         func() bool
 	avail         availability.Cache
 	reg           *prometheus.Registry
 	probeDuration *prometheus.HistogramVec
@@ -24,8 +41,6 @@ type metrics struct {
 	checkFailures *prometheus.CounterVec
 	transitions   *prometheus.CounterVec
 	buildInfo     *prometheus.GaugeVec
-	promotions    *prometheus.CounterVec
-	drills        *prometheus.CounterVec
 	weightProbes  *prometheus.CounterVec
 }
 
@@ -50,8 +65,10 @@ var (
 	descEffWeight      = prometheus.NewDesc("sluice_backend_effective_weight", "The weight the ring gives the backend: configured, scaled by agent, load and slow start; 0 while it takes no new flows.", []string{"vip", "backend"}, nil)
 )
 
-func newMetrics(d *Daemon) *metrics {
-	m := &metrics{d: d, reg: prometheus.NewRegistry()}
+// New reads src at scrape time; ready says whether the daemon answers
+// /readyz.
+func New(src Source, ready func() bool) *Metrics {
+	m := &Metrics{src: src, ready: ready, reg: prometheus.NewRegistry()}
 	m.probeDuration = prometheus.NewHistogramVec(prometheus.HistogramOpts{
 		Name: "sluice_health_check_duration_seconds", Help: "Duration of health probes.",
 		Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5},
@@ -77,47 +94,51 @@ func newMetrics(d *Daemon) *metrics {
 		}
 	}
 	m.buildInfo.WithLabelValues(version, gover).Set(1)
-	m.promotions = prometheus.NewCounterVec(prometheus.CounterOpts{
-		Name: "sluice_promotions_total", Help: "Promotion attempts of failover VIPs by result.",
-	}, []string{"vip", "result"})
-	m.drills = prometheus.NewCounterVec(prometheus.CounterOpts{
-		Name: "sluice_drills_total", Help: "Disaster drills run, by result.",
-	}, []string{"result"})
-	m.drills.WithLabelValues("pass")
-	m.drills.WithLabelValues("fail")
 	m.weightProbes = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "sluice_backend_weight_probes_total", Help: "Agent answers and load scrapes, by probe (agent, load) and result (ok, malformed: refused, failed).",
 	}, []string{"vip", "backend", "probe", "result"})
-	m.reg.MustRegister(m.probeDuration, m.failoverApply, m.checkFailures, m.transitions, m.buildInfo, m.promotions, m.drills, m.weightProbes, m,
+	m.reg.MustRegister(m.probeDuration, m.failoverApply, m.checkFailures, m.transitions, m.buildInfo, m.weightProbes, m,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
 
-func (m *metrics) observeProbe(r health.Result) {
+// Register adds collectors (the topology's, the routes', failover's).
+func (m *Metrics) Register(cs ...prometheus.Collector) { m.reg.MustRegister(cs...) }
+
+// Seen exports a backend's failure counter at 0 before its first failure.
+func (m *Metrics) Seen(vip, backend string) { m.checkFailures.WithLabelValues(vip, backend) }
+
+// Probed times a probe; a failed one counts for each of backends, the
+// VIP/backend pairs its check speaks for.
+func (m *Metrics) Probed(r health.Result, backends [][2]string) {
 	m.probeDuration.WithLabelValues(string(r.Type)).Observe(r.Duration.Seconds())
 	if r.Err == nil {
 		return
 	}
-	for _, ref := range (*m.d.checkRefs.Load())[r.Check] {
-		m.checkFailures.WithLabelValues(state.FormatVIPKey(ref.VIP), ref.Addr.String()).Inc()
+	for _, b := range backends {
+		m.checkFailures.WithLabelValues(b[0], b[1]).Inc()
 	}
 }
 
-// weightAnswer counts an agent answer or a load scrape.
-func (m *metrics) weightAnswer(k weight.Key, probe, result string) {
+// Applied times a health verdict's way into the maps.
+func (m *Metrics) Applied(d time.Duration) { m.failoverApply.Observe(d.Seconds()) }
+
+// WeightAnswer counts an agent answer or a load scrape.
+func (m *Metrics) WeightAnswer(k weight.Key, probe, result string) {
 	m.weightProbes.WithLabelValues(k.VIP, k.Addr, probe, result).Inc()
 }
 
-func (m *metrics) transition(vip, backend, to string) {
+// Transition counts a backend's health transition.
+func (m *Metrics) Transition(vip, backend, to string) {
 	m.transitions.WithLabelValues(vip, backend, to).Inc()
 }
 
 // Describe implements prometheus.Collector (unchecked: series vary).
-func (m *metrics) Describe(chan<- *prometheus.Desc) {}
+func (m *Metrics) Describe(chan<- *prometheus.Desc) {}
 
 // Collect reads the per-CPU counters from the maps at scrape time.
-func (m *metrics) Collect(ch chan<- prometheus.Metric) {
-	st, err := m.d.Status()
+func (m *Metrics) Collect(ch chan<- prometheus.Metric) {
+	st, err := m.src.Status()
 	if err != nil {
 		return
 	}
@@ -164,29 +185,30 @@ func (m *metrics) Collect(ch chan<- prometheus.Metric) {
 			}
 		}
 	}
-	if stats, err := m.d.dp.Stats(); err == nil {
+	if stats, err := m.src.Stats(); err == nil {
 		for s, c := range stats {
 			ch <- prometheus.MustNewConstMetric(descXDP, prometheus.CounterValue, float64(c.Packets), s.String())
 		}
 	}
-	if rep, err := m.avail.Get(m.d.Availability); err == nil {
+	if rep, err := m.avail.Get(m.src.Availability); err == nil {
 		for _, v := range rep.VIPs {
 			for w, a := range v.Measured {
 				ch <- prometheus.MustNewConstMetric(descAvailability, prometheus.GaugeValue, a, v.VIP, w)
 			}
 		}
 	}
-	if n, err := m.d.dp.FlowCount(); err == nil {
+	if n, err := m.src.FlowCount(); err == nil {
 		ch <- prometheus.MustNewConstMetric(descConntrack, prometheus.GaugeValue, float64(n))
 	}
 }
 
-func (m *metrics) handler() http.Handler {
+// Handler serves /metrics, /healthz and /readyz.
+func (m *Metrics) Handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{}))
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { w.Write([]byte("ok\n")) })
 	mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
-		if !m.d.ready {
+		if !m.ready() {
 			http.Error(w, "not ready", http.StatusServiceUnavailable)
 			return
 		}

@@ -1,4 +1,4 @@
-package control
+package failover
 
 import (
 	"context"
@@ -17,11 +17,9 @@ import (
 	"github.com/sluicelb/sluice/health"
 )
 
-func (d *Daemon) drillDir() string { return filepath.Join(d.opts.StateDir, "drills") }
-
 // counters samples every backend's packet counter of one VIP.
-func (d *Daemon) counters(vip string) (map[string]uint64, time.Time, error) {
-	st, err := d.Status()
+func (m *Manager) counters(vip string) (map[string]uint64, time.Time, error) {
+	st, err := m.o.Core.Status()
 	if err != nil {
 		return nil, time.Time{}, err
 	}
@@ -36,8 +34,8 @@ func (d *Daemon) counters(vip string) (map[string]uint64, time.Time, error) {
 	return out, time.Now(), nil
 }
 
-func (d *Daemon) backendStates(vip string) map[string]string {
-	st, _ := d.Status()
+func (m *Manager) backendStates(vip string) map[string]string {
+	st, _ := m.o.Core.Status()
 	out := map[string]string{}
 	for _, v := range st.VIPs {
 		if v.VIP == vip {
@@ -51,15 +49,15 @@ func (d *Daemon) backendStates(vip string) map[string]string {
 
 // Drill records a baseline, performs the action through the normal path,
 // holds and measures, restores the original state, and reports.
-func (d *Daemon) Drill(ctx context.Context, req api.DrillRequest) (api.DrillReport, error) {
-	if err := d.mayCoordinate(); err != nil {
+func (m *Manager) Drill(ctx context.Context, req api.DrillRequest) (api.DrillReport, error) {
+	if err := m.o.Coord.MayCoordinate(); err != nil {
 		return api.DrillReport{}, err
 	}
-	dr, err := d.newDrill(req)
+	dr, err := m.newDrill(req)
 	if err != nil {
 		return api.DrillReport{}, err
 	}
-	d.events.Add(api.Event{Kind: "drill", VIP: dr.v.VIP, Backend: dr.target, Reason: "drill " + req.Action + " started"})
+	m.o.Event(api.Event{Kind: "drill", VIP: dr.v.VIP, Backend: dr.target, Reason: "drill " + req.Action + " started"})
 	if err := dr.baseline(ctx); err != nil {
 		return dr.rep, err
 	}
@@ -72,7 +70,7 @@ func (d *Daemon) Drill(ctx context.Context, req api.DrillRequest) (api.DrillRepo
 
 // drill is one drill in progress.
 type drill struct {
-	d              *Daemon
+	m              *Manager
 	req            api.DrillRequest
 	k              state.VIPKey
 	v              state.VIP
@@ -85,12 +83,12 @@ type drill struct {
 }
 
 // newDrill checks a drill request against the state, naming the bad field.
-func (d *Daemon) newDrill(req api.DrillRequest) (*drill, error) {
+func (m *Manager) newDrill(req api.DrillRequest) (*drill, error) {
 	k, err := state.ParseVIPKey(req.VIP)
 	if err != nil {
 		return nil, err
 	}
-	dr := &drill{d: d, req: req, k: k, hold: 10 * time.Second, maxApply: 250 * time.Millisecond}
+	dr := &drill{m: m, req: req, k: k, hold: 10 * time.Second, maxApply: 250 * time.Millisecond}
 	if req.Hold != "" {
 		if dr.hold, err = time.ParseDuration(req.Hold); err != nil || dr.hold <= 0 {
 			return nil, fmt.Errorf("hold %q: want a positive duration", req.Hold)
@@ -101,7 +99,7 @@ func (d *Daemon) newDrill(req api.DrillRequest) (*drill, error) {
 			return nil, fmt.Errorf("max_apply %q: want a positive duration", req.MaxApply)
 		}
 	}
-	st := d.State()
+	st := m.o.Core.State()
 	i, err := st.LookupVIP(k)
 	if err != nil {
 		return nil, err
@@ -142,10 +140,10 @@ func (dr *drill) step(format string, args ...any) {
 
 // baseline measures every backend's rate before the action.
 func (dr *drill) baseline(ctx context.Context) error {
-	dr.before = dr.d.backendStates(dr.v.VIP)
+	dr.before = dr.m.backendStates(dr.v.VIP)
 	base := min(dr.hold/2, 2*time.Second)
 	var err error
-	if dr.c0, dr.t0, err = dr.d.counters(dr.v.VIP); err != nil {
+	if dr.c0, dr.t0, err = dr.m.counters(dr.v.VIP); err != nil {
 		return err
 	}
 	select {
@@ -153,39 +151,34 @@ func (dr *drill) baseline(ctx context.Context) error {
 		return ctx.Err()
 	case <-time.After(base):
 	}
-	dr.c1, dr.t1, _ = dr.d.counters(dr.v.VIP)
+	dr.c1, dr.t1, _ = dr.m.counters(dr.v.VIP)
 	dr.step("baseline measured over %v", dr.t1.Sub(dr.t0).Round(time.Millisecond))
 	return nil
 }
 
 // setDisabled commits the target's disabled flag.
 func (dr *drill) setDisabled(ctx context.Context, what string, disabled bool) error {
-	target := netip.MustParseAddr(dr.target)
-	_, err := dr.d.Change(ctx, what, func(s *state.State) error {
-		v := &s.VIPs[s.FindVIP(dr.k)]
-		v.Backends[v.FindBackend(target)].Disabled = disabled
-		return nil
-	})
+	_, err := dr.m.o.Core.Change(ctx, what, state.SetDisabled(dr.k, netip.MustParseAddr(dr.target), disabled))
 	return err
 }
 
 // act performs the action as a real change and times it.
 func (dr *drill) act(ctx context.Context) {
-	d, rep := dr.d, &dr.rep
+	m, rep := dr.m, &dr.rep
 	actStart := time.Now()
 	var err error
 	switch dr.req.Action {
 	case "disable-backend":
 		err = dr.setDisabled(ctx, "drill: disable "+dr.target, true)
-		rep.CommitSeconds, rep.ApplySeconds = d.appliedSince(actStart)
+		rep.CommitSeconds, rep.ApplySeconds = m.appliedSince(actStart)
 	case "fail-primary":
 		err = dr.setDisabled(ctx, "drill: fail primary "+dr.target, true)
-		rep.CommitSeconds, rep.ApplySeconds = d.appliedSince(actStart)
+		rep.CommitSeconds, rep.ApplySeconds = m.appliedSince(actStart)
 		dr.awaitPromotion(actStart)
 	case "promote":
 		var res api.PromoteResult
-		res, err = d.Promote(ctx, dr.v.VIP, dr.target)
-		rep.CommitSeconds, rep.ApplySeconds = d.appliedSince(actStart)
+		res, err = m.Promote(ctx, dr.v.VIP, dr.target)
+		rep.CommitSeconds, rep.ApplySeconds = m.appliedSince(actStart)
 		rep.HookOutput, rep.HookTime = strings.TrimSpace(res.HookOutput), res.HookTime
 	}
 	if err != nil {
@@ -202,12 +195,10 @@ func (dr *drill) act(ctx context.Context) {
 func (dr *drill) awaitPromotion(since time.Time) {
 	deadline := time.Now().Add(dr.hold)
 	for time.Now().Before(deadline) {
-		for _, e := range dr.d.events.List() {
-			if e.Kind == "failover" && e.VIP == dr.v.VIP && e.Time.After(since) && strings.HasPrefix(e.Reason, "promoted") {
-				dr.rep.HookOutput = e.Reason
-				dr.step("coordinator promoted %s", e.To)
-				return
-			}
+		if e, ok := dr.m.lastPromotion(dr.k); ok && e.Time.After(since) {
+			dr.rep.HookOutput = e.Reason
+			dr.step("coordinator promoted %s", e.To)
+			return
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
@@ -217,13 +208,13 @@ func (dr *drill) awaitPromotion(since time.Time) {
 // measure holds the failure and reports each backend's rate and share
 // before and during it.
 func (dr *drill) measure(ctx context.Context) {
-	c2, t2, _ := dr.d.counters(dr.v.VIP)
+	c2, t2, _ := dr.m.counters(dr.v.VIP)
 	select {
 	case <-ctx.Done():
 	case <-time.After(dr.hold):
 	}
-	c3, t3, _ := dr.d.counters(dr.v.VIP)
-	after := dr.d.backendStates(dr.v.VIP)
+	c3, t3, _ := dr.m.counters(dr.v.VIP)
+	after := dr.m.backendStates(dr.v.VIP)
 	dr.step("held for %v", t3.Sub(t2).Round(time.Millisecond))
 	c0, c1 := dr.c0, dr.c1
 	var baseTotal, holdTotal float64
@@ -262,12 +253,12 @@ func (dr *drill) restore(ctx context.Context) {
 	if orig := dr.v.Primary; orig != "" {
 		deadline := time.Now().Add(10 * time.Second)
 		for {
-			s := dr.d.State()
+			s := dr.m.o.Core.State()
 			cur := s.VIPs[s.FindVIP(dr.k)].Primary
 			if cur == orig {
 				break
 			}
-			if _, err := dr.d.Promote(ctx, dr.v.VIP, orig); err == nil {
+			if _, err := dr.m.Promote(ctx, dr.v.VIP, orig); err == nil {
 				continue
 			} else if time.Now().After(deadline) {
 				dr.rep.NotRestored = append(dr.rep.NotRestored, fmt.Sprintf("primary is %s, was %s: %v", cur, orig, err))
@@ -281,7 +272,7 @@ func (dr *drill) restore(ctx context.Context) {
 
 // finish judges the drill, counts and logs it, and keeps its report.
 func (dr *drill) finish() {
-	d, rep := dr.d, &dr.rep
+	m, rep := dr.m, &dr.rep
 	rep.Finished = time.Now()
 	if time.Duration(rep.ApplySeconds*float64(time.Second)) > dr.maxApply {
 		rep.Failures = append(rep.Failures, fmt.Sprintf("apply took %v, more than max_apply %v",
@@ -298,30 +289,37 @@ func (dr *drill) finish() {
 	if !rep.Pass {
 		result = "fail"
 	}
-	d.metrics.drills.WithLabelValues(result).Inc()
-	d.events.Add(api.Event{Kind: "drill", VIP: dr.v.VIP, Backend: dr.target, Reason: fmt.Sprintf("drill %s finished: %s %s", dr.req.Action, result, strings.Join(rep.Failures, "; "))})
-	if err := os.MkdirAll(d.drillDir(), 0o700); err == nil {
+	m.drills.WithLabelValues(result).Inc()
+	m.o.Event(api.Event{Kind: "drill", VIP: dr.v.VIP, Backend: dr.target, Reason: fmt.Sprintf("drill %s finished: %s %s", dr.req.Action, result, strings.Join(rep.Failures, "; "))})
+	if err := os.MkdirAll(m.drillDir(), 0o700); err == nil {
 		raw, _ := json.MarshalIndent(rep, "", "  ")
-		if err := state.WriteFileAtomic(filepath.Join(d.drillDir(), rep.ID+".json"), raw, 0o600); err != nil {
-			d.log.Error("keep drill report", "err", err)
+		if err := state.WriteFileAtomic(filepath.Join(m.drillDir(), rep.ID+".json"), raw, 0o600); err != nil {
+			m.o.Log.Error("keep drill report", "err", err)
 		}
 	}
 }
 
 // appliedSince splits the time since start of the last change into
 // commit (start -> committed) and apply (committed -> maps written).
-func (d *Daemon) appliedSince(start time.Time) (float64, float64) {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	if d.lastCommit.Before(start) || d.lastApplied.Before(d.lastCommit) {
+func (m *Manager) appliedSince(start time.Time) (float64, float64) {
+	committed, applied := m.o.Core.Timing()
+	if committed.Before(start) || applied.Before(committed) {
 		return time.Since(start).Seconds(), 0
 	}
-	return d.lastCommit.Sub(start).Seconds(), d.lastApplied.Sub(d.lastCommit).Seconds()
+	return committed.Sub(start).Seconds(), applied.Sub(committed).Seconds()
+}
+
+// lastPromotion is VIP k's last promotion's event.
+func (m *Manager) lastPromotion(k state.VIPKey) (api.Event, bool) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	e, ok := m.promoted[k]
+	return e, ok
 }
 
 // Drills lists kept drill reports, oldest first.
-func (d *Daemon) Drills() ([]api.DrillReport, error) {
-	ents, err := os.ReadDir(d.drillDir())
+func (m *Manager) Drills() ([]api.DrillReport, error) {
+	ents, err := os.ReadDir(m.drillDir())
 	if errors.Is(err, os.ErrNotExist) {
 		return []api.DrillReport{}, nil
 	}
@@ -330,7 +328,7 @@ func (d *Daemon) Drills() ([]api.DrillReport, error) {
 	}
 	out := []api.DrillReport{}
 	for _, e := range ents {
-		raw, err := os.ReadFile(filepath.Join(d.drillDir(), e.Name()))
+		raw, err := os.ReadFile(filepath.Join(m.drillDir(), e.Name()))
 		if err != nil {
 			continue
 		}

@@ -1,0 +1,201 @@
+package cluster
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/sluicelb/sluice/control/api"
+	"github.com/sluicelb/sluice/control/flowsync"
+	"github.com/sluicelb/sluice/control/state"
+	"github.com/sluicelb/sluice/control/view"
+	"github.com/sluicelb/sluice/health"
+)
+
+// The node as the daemon's topology: the desired state lives in etcd,
+// changes are etcd transactions (fenced for the coordinator's), a state
+// from the watch is taken only if newer than the last one applied, rings
+// follow the quorum's verdict, and flow sync shares the connection table.
+
+// Load takes the cluster's state from etcd and checks the seed; the bbolt
+// file then keeps it as the last applied. When etcd does not answer, or
+// holds no state yet while this node forwards some, the node goes on from
+// what it applied last (the first change or restore replaces it).
+func (c *Node) Load(ctx context.Context, local state.State) (state.State, uint64, error) {
+	st, fromEtcd, err := c.load(ctx, c.opts.Seed, local)
+	if err != nil {
+		return state.State{}, 0, err
+	}
+	if !fromEtcd {
+		return local, 0, nil // etcd is away: forward from the last state applied
+	}
+	if st.Revision == 0 && len(local.VIPs) > 0 {
+		c.log.Warn("cluster: etcd holds no state for this cluster yet; forwarding the state applied here until the first change or restore",
+			"cluster", c.opts.Cluster, "vips", len(local.VIPs), "local_revision", local.Revision)
+		return local, 0, nil
+	}
+	if st, err = c.h.KeepLocal(st); err != nil {
+		return state.State{}, 0, err
+	}
+	return st, st.Revision, nil
+}
+
+// Accept takes a state from etcd only if it is newer than the one
+// applied here, which came from revision have: revisions only grow, and
+// this node's own commit (or a newer state) may have got here first.
+func (c *Node) Accept(next state.State, have uint64) bool { return next.Revision > have }
+
+// Committed: etcd's watch tells the other nodes.
+func (c *Node) Committed() {}
+
+// Applied publishes this node's applied revision, ring digests and own
+// verdicts, as its last apply saw them.
+func (c *Node) Applied(v *view.View) {
+	c.applied.Store(v)
+	c.Kick()
+}
+
+// MayChange: every node of a cluster takes changes.
+func (c *Node) MayChange() error { return nil }
+
+// MayCoordinate refuses promotions and drills on a node that does not
+// hold the coordinator election.
+func (c *Node) MayCoordinate() error {
+	if !c.IsCoordinator() {
+		return state.Conflict("%v: promotions and drills run on the coordinator (see `sluice cluster status`)", ErrNotCoordinator)
+	}
+	return nil
+}
+
+// Node is this node's name in the cluster.
+func (c *Node) Node() string { return c.opts.Node }
+
+// Shared: the rings are the cluster's, the same on every node.
+func (c *Node) Shared() bool { return true }
+
+// Start runs the node in the cluster, and flow sync, until ctx ends.
+func (c *Node) Start(ctx context.Context) error {
+	if err := c.flows.Start(ctx); err != nil {
+		return err
+	}
+	go c.Run(ctx)
+	return nil
+}
+
+// Close releases a node that never started.
+func (c *Node) Close() {
+	c.flows.Close()
+	c.Stop()
+}
+
+// HAStatus: a cluster node is no LB pair's.
+func (c *Node) HAStatus() api.HAStatus { return api.HAStatus{Role: c.Role(), Revision: c.h.Revision()} }
+
+// Handoff: a cluster node has no peer to hand over to.
+func (c *Node) Handoff() (api.HAStatus, error) {
+	return api.HAStatus{}, state.Conflict("ha failover: this daemon is not part of an LB pair (it was started without peers)")
+}
+
+// ClusterStatus is `sluice cluster status`.
+func (c *Node) ClusterStatus(ctx context.Context) api.ClusterStatus { return c.Status(ctx) }
+
+// Collectors are the node's metrics and flow sync's.
+func (c *Node) Collectors() []prometheus.Collector {
+	return append([]prometheus.Collector{c}, c.flows.Collectors()...)
+}
+
+// CopyingFlows: the peers' tables are still being copied here.
+func (c *Node) CopyingFlows() bool { return !c.flows.Copied() }
+
+// localHealth is this node's own verdict on every backend of v, VIP →
+// backend → "up" | "down".
+func localHealth(v *view.View) map[string]map[string]string {
+	out := map[string]map[string]string{}
+	if v == nil {
+		return out
+	}
+	for _, sv := range v.State.VIPs {
+		k, _ := state.ParseVIPKey(sv.VIP)
+		m := map[string]string{}
+		for _, b := range sv.Backends {
+			m[b.Addr] = "down"
+			if v.Of(k, netip.MustParseAddr(b.Addr)).Health.State == health.Up {
+				m[b.Addr] = "up"
+			}
+		}
+		out[sv.VIP] = m
+	}
+	return out
+}
+
+// flows is the node's flow sync, or none.
+type flows interface {
+	Start(ctx context.Context) error
+	Copied() bool
+	Collectors() []prometheus.Collector
+	Close()
+}
+
+type noFlows struct{}
+
+func (noFlows) Start(context.Context) error        { return nil }
+func (noFlows) Copied() bool                       { return true }
+func (noFlows) Collectors() []prometheus.Collector { return nil }
+func (noFlows) Close()                             {}
+
+// FlowEvents opens the data plane's connection-table writes.
+type FlowEvents interface {
+	FlowEvents() (flowsync.FlowReader, error)
+}
+
+// syncing is flow sync with the cluster's live nodes.
+type syncing struct {
+	s  *flowsync.Syncer
+	ev FlowEvents
+}
+
+func (f syncing) Start(ctx context.Context) error {
+	r, err := f.ev.FlowEvents()
+	if err != nil {
+		return err
+	}
+	go f.s.Run(ctx, r)
+	return nil
+}
+func (f syncing) Copied() bool                       { return f.s.Copied() }
+func (f syncing) Collectors() []prometheus.Collector { return f.s.Collectors() }
+func (f syncing) Close()                             { f.s.Close() }
+
+// SyncFlows shares this node's connection table with the cluster's other
+// live nodes (--flow-sync-key): the entries its data plane writes go to
+// each of them, and their tables are copied here before the node may
+// announce. Call it before Start.
+func (c *Node) SyncFlows(o flowsync.Options, host flowsync.Host, dp flowsync.Datapath, ev FlowEvents) error {
+	o.Node = c.opts.Node
+	s, err := flowsync.New(o, c, host, dp, c.log)
+	if err != nil {
+		return err
+	}
+	s.OnJoined = func(j flowsync.Joined) {
+		c.event(api.Event{Kind: "config", Reason: fmtJoined(j)})
+		if c.OnCopied != nil {
+			c.OnCopied() // the announcement waited for this
+		}
+	}
+	c.flows = syncing{s: s, ev: ev}
+	return nil
+}
+
+func (c *Node) event(e api.Event) {
+	if c.OnEvent != nil {
+		c.OnEvent(e)
+	}
+}
+
+func fmtJoined(j flowsync.Joined) string {
+	return fmt.Sprintf("flow sync: copied %d flows from %d nodes in %v (%d for backends unknown here; gave up on %v)",
+		j.Applied, len(j.From), j.Took.Round(time.Millisecond), j.Unknown, j.GaveUp)
+}

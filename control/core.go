@@ -36,9 +36,10 @@ type core struct {
 	topo    topology
 	checks  *checks
 	// kick is told of every apply (the route announcer), changed of
-	// every applied change (promotions look again).
+	// every change, with the view it was applied under (promotions look
+	// again).
 	kick    func()
-	changed func()
+	changed func(*view.View)
 	iface   string
 	started time.Time
 	ctx     context.Context
@@ -67,10 +68,20 @@ func (c *core) State() state.State {
 func (c *core) Revision() uint64 { return c.rev.Load() }
 
 // Look is a view of the committed state under the verdicts of now.
-func (c *core) Look() *view.View { return c.look(c.State()) }
+func (c *core) Look() *view.View {
+	c.mu.Lock()
+	s, src := c.state.Clone(), c.sources()
+	c.mu.Unlock()
+	return view.Build(s, src)
+}
 
-func (c *core) look(s state.State) *view.View {
-	return view.Build(s, view.Sources{Health: c.health, Weights: c.weights, Ring: c.topo.RingRule(), Shared: c.topo.Shared()})
+// look is a view of s (under mu).
+func (c *core) look(s state.State) *view.View { return view.Build(s, c.sources()) }
+
+// sources are what views read: the checker, the weights and the
+// topology's ring rule of now (under mu).
+func (c *core) sources() view.Sources {
+	return view.Sources{Health: c.health, Weights: c.weights, Ring: c.topo.RingRule(), Shared: c.topo.Shared()}
 }
 
 // Timing is when the last change was committed and reached the maps.
@@ -99,7 +110,7 @@ func (c *core) commit(ctx context.Context, what string, fenced bool, change func
 	st, err := c.commitLocked(ctx, what, fenced, change)
 	c.mu.Unlock()
 	if err == nil {
-		go c.changed()
+		go c.changed(c.applied.Load())
 	}
 	return st, err
 }

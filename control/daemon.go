@@ -30,6 +30,7 @@ import (
 	"github.com/sluicelb/sluice/control/reconcile"
 	"github.com/sluicelb/sluice/control/sdnotify"
 	"github.com/sluicelb/sluice/control/state"
+	"github.com/sluicelb/sluice/control/view"
 	"github.com/sluicelb/sluice/health"
 	"github.com/sluicelb/sluice/loader"
 )
@@ -179,7 +180,7 @@ func (d *Daemon) openCore() (*core, error) {
 		return nil, err
 	}
 	c := &core{log: d.log, store: store, events: d.events, iface: d.opts.Iface, started: d.started, ctx: d.ctx,
-		availability: map[availability.Subject]bool{}, kick: func() {}, changed: func() {}}
+		availability: map[availability.Subject]bool{}, kick: func() {}, changed: func(*view.View) {}}
 	c.setState(st, st.Revision)
 	d.core = c
 	return c, nil
@@ -375,6 +376,7 @@ func (d *Daemon) shutdown() {
 	d.routes.Withdraw()
 	d.topo.Stop()
 	d.checks.stop()
+	d.fo.Stop() // no promotion commits after the store closes
 	if err := d.routes.Release(d.dp); err != nil {
 		d.log.Error("release the data plane", "err", err)
 	}

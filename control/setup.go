@@ -41,7 +41,7 @@ func (d *Daemon) setUp(ctx context.Context) error {
 	d.checks = &checks{hm: hm, weights: wts, rec: c.rec, log: d.log, iface: d.dp.Iface(), probe: d.dp.ProbeProgram(), seen: d.metrics.Seen}
 	c.checks = d.checks
 	d.fo = failover.New(ctx, failover.Options{Core: c, Coord: d.topo, Event: d.events.Add, Log: d.log, HookUser: d.hookCred, StateDir: opts.StateDir})
-	c.changed = d.fo.Check
+	c.changed = d.fo.Decide
 	d.metrics.Register(d.fo.Collectors()...)
 	d.metrics.Register(d.topo.Collectors()...)
 	go wts.Run(ctx)

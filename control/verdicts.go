@@ -24,7 +24,7 @@ func (d *Daemon) onHealth(e health.Event) {
 	}
 	d.log.Info("health transition", "target", e.Check.Probe.Addr, "from", e.From, "to", e.To, "reason", e.Reason,
 		"marked", marked.Sub(e.Time), "applied", applied.Sub(e.Time))
-	d.fo.Check()
+	d.fo.Decide(d.core.applied.Load())
 }
 
 // onReweight applies moved weights (the rings follow) and records them.

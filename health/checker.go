@@ -74,9 +74,10 @@ type Manager struct {
 	OnEvent  func(Event)
 	OnResult func(Result)
 
-	mu     sync.Mutex
-	checks map[ID]*runner
-	wg     sync.WaitGroup
+	mu      sync.Mutex
+	checks  map[ID]*runner
+	stopped bool // Stop ran: no check starts again
+	wg      sync.WaitGroup
 }
 
 type runner struct {
@@ -110,6 +111,9 @@ type Status struct {
 func (m *Manager) Sync(ctx context.Context, checks []Check, initial map[ID]State) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	if m.stopped {
+		return // a change racing the shutdown starts nothing Stop would wait for
+	}
 	if m.checks == nil {
 		m.checks = map[ID]*runner{}
 	}
@@ -159,9 +163,10 @@ func (m *Manager) Status(id ID) (Status, bool) {
 	return Status{r.state, r.since, r.reason, r.decided, r.changed}, true
 }
 
-// Stop stops every check and waits for them.
+// Stop stops every check and waits for them; a later Sync starts none.
 func (m *Manager) Stop() {
 	m.mu.Lock()
+	m.stopped = true
 	for id, r := range m.checks {
 		r.cancel()
 		delete(m.checks, id)

@@ -282,3 +282,16 @@ func TestProbeVia(t *testing.T) {
 		t.Fatalf("a refused probe via the vip: %v (hard %v)", err, IsHard(err))
 	}
 }
+
+// TestSyncAfterStop: a Sync that races the shutdown (a change committed
+// as the daemon stops) starts no check, so Stop's wait cannot hang.
+func TestSyncAfterStop(t *testing.T) {
+	m := &Manager{}
+	m.Stop()
+	c := Check{Probe: Probe{Type: TCP, Addr: netip.MustParseAddrPort("127.0.0.1:9")}, Settings: Settings{Interval: time.Millisecond, Timeout: time.Millisecond, Rise: 1, Fall: 1}}
+	m.Sync(context.Background(), []Check{c}, nil)
+	if _, ok := m.Status(c.ID()); ok {
+		t.Fatal("a check started after Stop")
+	}
+	m.Stop()
+}

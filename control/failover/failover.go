@@ -63,6 +63,8 @@ type Manager struct {
 	ctx context.Context
 
 	mu            sync.Mutex
+	stopped       bool                       // Stop ran: nothing starts again
+	wg            sync.WaitGroup             // the promotions and hooks running
 	promoting     map[state.VIPKey]bool      // a promotion runs for the VIP
 	demotePending map[state.VIPKey]string    // old primary awaiting its demote hook
 	promoted      map[state.VIPKey]api.Event // each VIP's last promotion
@@ -101,15 +103,41 @@ func (m *Manager) nodeName() string {
 	return h
 }
 
-// claim marks a promotion of k as running; false if one already is.
+// claim marks a promotion of k as running; false if one already is, or
+// the manager stopped.
 func (m *Manager) claim(k state.VIPKey) bool {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if m.promoting[k] {
+	if m.promoting[k] || m.stopped {
 		return false
 	}
 	m.promoting[k] = true
 	return true
+}
+
+// spawn runs fn on a goroutine of its own unless the manager stopped;
+// Stop waits for it.
+func (m *Manager) spawn(fn func()) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.stopped {
+		return
+	}
+	m.wg.Add(1)
+	go func() {
+		defer m.wg.Done()
+		fn()
+	}()
+}
+
+// Stop starts no promotion or hook from now on, and waits for those
+// running (their context ends with the daemon's), so that nothing commits
+// after the store closes.
+func (m *Manager) Stop() {
+	m.mu.Lock()
+	m.stopped = true
+	m.mu.Unlock()
+	m.wg.Wait()
 }
 
 func (m *Manager) release(k state.VIPKey) {

@@ -55,11 +55,17 @@ func candidates(lk *view.View, v state.VIP, exclude string) []state.Backend {
 // Check starts a promotion for every failover VIP whose primary
 // is missing or no longer up, and fails back where asked to. Only the
 // coordinator promotes.
-func (m *Manager) Check() {
+func (m *Manager) Check() { m.Decide(nil) }
+
+// Decide is Check on view lk, one an apply has just decided from (nil:
+// a view of now).
+func (m *Manager) Decide(lk *view.View) {
 	if !m.o.Coord.IsCoordinator() {
 		return
 	}
-	lk := m.o.Core.Look()
+	if lk == nil {
+		lk = m.o.Core.Look()
+	}
 	for _, v := range lk.State.VIPs {
 		if v.Policy != state.PolicyFailover {
 			continue
@@ -120,7 +126,7 @@ func (m *Manager) startPromotion(k state.VIPKey, cands []state.Backend) {
 	if !m.claim(k) {
 		return
 	}
-	go func() {
+	m.spawn(func() {
 		defer func() {
 			m.release(k)
 			m.Check() // the world may have moved on meanwhile
@@ -128,7 +134,7 @@ func (m *Manager) startPromotion(k state.VIPKey, cands []state.Backend) {
 		if _, err := m.promote(m.ctx, k, cands); err != nil {
 			m.o.Log.Warn("promotion", "vip", state.FormatVIPKey(k), "err", err)
 		}
-	}()
+	})
 }
 
 // promote tries the candidates in order: commit the next epoch durably,
@@ -227,14 +233,14 @@ func (m *Manager) demoteRecovered(lk *view.View, v state.VIP) {
 		delete(m.demotePending, k)
 		m.mu.Unlock()
 		// Off the caller's goroutine: that is a health check's.
-		go func() {
+		m.spawn(func() {
 			out, err := m.runHook(m.ctx, v, hook.Demote, old, v.Primary)
 			reason := "rejoined as a replica"
 			if v.DemoteCmd != "" {
 				reason += fmt.Sprintf("; demote hook: %v %s", err, strings.TrimSpace(out))
 			}
 			m.o.Event(api.Event{Kind: "failover", VIP: v.VIP, Backend: old, To: "replica", Reason: reason})
-		}()
+		})
 	}
 }
 

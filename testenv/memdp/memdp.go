@@ -8,10 +8,12 @@ import (
 	"errors"
 	"fmt"
 	"math/big"
+	"net"
 	"net/netip"
 	"slices"
 	"sync"
 
+	"github.com/cilium/ebpf"
 	"github.com/sluicelb/sluice/loader"
 )
 
@@ -257,3 +259,71 @@ func (m *Maps) Backend(id uint32, addr netip.Addr) (loader.Backend, bool) {
 
 // ErrWrite is a write failure a test injects.
 var ErrWrite = errors.New("memdp: write refused")
+
+// Datapath is the whole data plane the daemon drives, in memory: the
+// tables, its configuration, an interface that does not exist, and
+// counters that stay zero. It has no connection table and no programs.
+type Datapath struct {
+	Maps
+	ifi    *net.Interface
+	mu     sync.Mutex
+	config loader.Config
+	closed bool
+}
+
+// New is an in-memory data plane on a made-up interface named name.
+func New(name string) *Datapath {
+	return &Datapath{ifi: &net.Interface{Index: 1 << 20, Name: name, MTU: 1500, HardwareAddr: net.HardwareAddr{2, 0x51, 0xce, 0, 0, 1}}}
+}
+
+// SetConfig keeps the configuration.
+func (d *Datapath) SetConfig(c loader.Config) (bool, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	changed := fmt.Sprint(d.config) != fmt.Sprint(c)
+	d.config = c
+	return changed, nil
+}
+
+// Config is the configuration last set.
+func (d *Datapath) Config() loader.Config {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.config
+}
+
+func (d *Datapath) Iface() *net.Interface       { return d.ifi }
+func (d *Datapath) Adopted() bool               { return false }
+func (d *Datapath) ProbeProgram() *ebpf.Program { return nil }
+
+// FlowEvents: there is no connection table to follow.
+func (d *Datapath) FlowEvents() (*loader.FlowEventReader, error) {
+	return nil, errors.New("memdp: no connection table")
+}
+
+func (d *Datapath) Flows() ([]loader.Flow, error) { return nil, nil }
+func (d *Datapath) SetFlow(loader.Flow) error     { return nil }
+func (d *Datapath) FlowCount() (int, error)       { return 0, nil }
+func (d *Datapath) Stats() (map[loader.Stat]loader.Counter, error) {
+	return map[loader.Stat]loader.Counter{}, nil
+}
+func (d *Datapath) VIPCounter(uint32) (loader.Counter, error)     { return loader.Counter{}, nil }
+func (d *Datapath) BackendCounter(uint32) (loader.Counter, error) { return loader.Counter{}, nil }
+
+// Close and Detach let the data plane go; Closed says whether either ran.
+func (d *Datapath) Close() error  { return d.release() }
+func (d *Datapath) Detach() error { return d.release() }
+
+func (d *Datapath) release() error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.closed = true
+	return nil
+}
+
+// Closed says whether the data plane was let go.
+func (d *Datapath) Closed() bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.closed
+}

@@ -22,8 +22,8 @@ import (
 
 	"github.com/sluicelb/sluice/bpf"
 	"github.com/sluicelb/sluice/bpf/nocapture"
+	"github.com/sluicelb/sluice/cmd/sluice/netlab"
 	"github.com/sluicelb/sluice/loader"
-	"github.com/sluicelb/sluice/testenv"
 	"github.com/sluicelb/sluice/testenv/testutil"
 )
 
@@ -50,8 +50,8 @@ type xdpMd struct {
 }
 
 type benchRig struct {
-	env      *testenv.Env
-	gen, dut *testenv.Host
+	env      *netlab.Env
+	gen, dut *netlab.Host
 	genIdx   int
 	genObjs  bpf.ToolsObjects
 	sinkObjs bpf.ToolsObjects
@@ -112,7 +112,7 @@ func (r *benchRig) template(b *testing.B, syn bool) bpf.ToolsGenTemplate {
 
 func newBenchRig(b *testing.B) *benchRig {
 	testutil.Require(b)
-	env, err := testenv.New(context.Background(), nil)
+	env, err := netlab.New(context.Background(), nil)
 	if err != nil {
 		b.Fatal(err)
 	}

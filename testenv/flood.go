@@ -1,3 +1,6 @@
+// Package testenv holds test-only harnesses of the namespaces netlab
+// builds: an FRR router, and a SYN flood generator. The binary never
+// links it.
 package testenv
 
 import (
@@ -13,6 +16,7 @@ import (
 	"github.com/vishvananda/netlink"
 
 	"github.com/sluicelb/sluice/bpf"
+	"github.com/sluicelb/sluice/cmd/sluice/netlab"
 )
 
 // SYNFlood describes a flood of TCP SYNs from spoofed IPv4 sources.
@@ -56,7 +60,7 @@ func (f SYNFlood) template(dst net.HardwareAddr) (bpf.ToolsGenTemplate, error) {
 // side of h's link for d, or until ctx ends: the frames reach h's
 // interface as if from the wire, as fast as one core writes them. It
 // returns the frames sent.
-func (h *Host) Flood(ctx context.Context, f SYNFlood, d time.Duration) (uint64, error) {
+func Flood(ctx context.Context, h *netlab.Host, f SYNFlood, d time.Duration) (uint64, error) {
 	tmpl, err := f.template(h.MAC)
 	if err != nil {
 		return 0, err
@@ -69,10 +73,10 @@ func (h *Host) Flood(ctx context.Context, f SYNFlood, d time.Duration) (uint64, 
 	if err := objs.GenTmpl.Update(uint32(0), tmpl, ebpf.UpdateAny); err != nil {
 		return 0, fmt.Errorf("write generator template: %w", err)
 	}
-	err = inNS(h.env.sw, func() error {
-		peer, err := netlink.LinkByName(h.peer)
+	err = h.OnSwitch(func(name string) error {
+		peer, err := netlink.LinkByName(name)
 		if err != nil {
-			return fmt.Errorf("find %s: %w", h.peer, err)
+			return fmt.Errorf("find %s: %w", name, err)
 		}
 		end := time.Now().Add(d)
 		for time.Now().Before(end) && ctx.Err() == nil {

@@ -12,6 +12,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/sluicelb/sluice/cmd/sluice/netlab"
 )
 
 // FRRDir is where Debian's frr package keeps its daemons.
@@ -31,7 +33,7 @@ type FRR struct {
 // bgpd on it in host's namespace, as Debian's frr user (FRR refuses to
 // run as a user outside its vty group). It waits until bgpd answers on
 // its vty socket. Stop it with Stop, which also removes the directory.
-func StartFRR(ctx context.Context, host *Host, conf string) (*FRR, error) {
+func StartFRR(ctx context.Context, host *netlab.Host, conf string) (*FRR, error) {
 	if _, err := os.Stat(filepath.Join(FRRDir, "bgpd")); err != nil {
 		return nil, errors.New("FRR is missing: apt-get install frr")
 	}
@@ -90,7 +92,7 @@ func StartFRR(ctx context.Context, host *Host, conf string) (*FRR, error) {
 	}
 }
 
-func (f *FRR) start(host *Host, daemon string, args []string) error {
+func (f *FRR) start(host *netlab.Host, daemon string, args []string) error {
 	cmd := host.Command(context.Background(), filepath.Join(FRRDir, daemon), args...)
 	out, err := os.Create(filepath.Join(f.Dir, daemon+".out"))
 	if err != nil {
@@ -165,13 +167,13 @@ func (f *FRR) Stop() {
 // 65001) in a peer group, hold time 3 s, BFD at 100 ms × 3 when bfd,
 // only host routes of the VIP networks accepted (/32s, and /128s over
 // the same sessions), and ECMP over up to 16 nodes.
-func LabFRRConfig(l *Lab, bfd bool) string {
+func LabFRRConfig(l *netlab.Lab, bfd bool) string {
 	var c strings.Builder
-	fmt.Fprintf(&c, "frr defaults datacenter\n!\nip prefix-list SLUICE-VIPS seq 10 permit %s ge 32 le 32\n", LabVIPNet4)
-	fmt.Fprintf(&c, "ipv6 prefix-list SLUICE-VIPS6 seq 10 permit %s ge 128 le 128\n!\n", LabVIPNet6)
+	fmt.Fprintf(&c, "frr defaults datacenter\n!\nip prefix-list SLUICE-VIPS seq 10 permit %s ge 32 le 32\n", netlab.LabVIPNet4)
+	fmt.Fprintf(&c, "ipv6 prefix-list SLUICE-VIPS6 seq 10 permit %s ge 128 le 128\n!\n", netlab.LabVIPNet6)
 	c.WriteString("route-map FROM-LB permit 10\n match ip address prefix-list SLUICE-VIPS\n!\n")
 	c.WriteString("route-map FROM-LB6 permit 10\n match ipv6 address prefix-list SLUICE-VIPS6\n!\n")
-	fmt.Fprintf(&c, "router bgp 65000\n bgp router-id %s\n no bgp ebgp-requires-policy\n bgp bestpath as-path multipath-relax\n", LabRouter4.Addr())
+	fmt.Fprintf(&c, "router bgp 65000\n bgp router-id %s\n no bgp ebgp-requires-policy\n bgp bestpath as-path multipath-relax\n", netlab.LabRouter4.Addr())
 	c.WriteString(" neighbor LB peer-group\n neighbor LB remote-as 65001\n neighbor LB timers 1 3\n neighbor LB timers connect 1\n neighbor LB passive\n")
 	if bfd {
 		c.WriteString(" neighbor LB bfd profile lb\n")

@@ -8,7 +8,7 @@ import (
 	"strings"
 
 	"github.com/sluicelb/sluice/cmd/sluice/internal/lab"
-	"github.com/sluicelb/sluice/testenv"
+	"github.com/sluicelb/sluice/cmd/sluice/netlab"
 	"github.com/urfave/cli/v2"
 )
 
@@ -34,10 +34,10 @@ func labCommand() *cli.Command {
 					if nodes > 0 && c.Bool("pair") {
 						return errors.New("--pair and --cluster: a lab is one or the other")
 					}
-					if _, err := exec.LookPath(testenv.EtcdBinary); nodes > 0 && err != nil {
+					if _, err := exec.LookPath(netlab.EtcdBinary); nodes > 0 && err != nil {
 						return errors.New("--cluster: etcd is missing (apt-get install etcd-server)")
 					}
-					if _, err := exec.LookPath(testenv.BIRDBinary); nodes > 0 && err != nil {
+					if _, err := exec.LookPath(netlab.BIRDBinary); nodes > 0 && err != nil {
 						return errors.New("--cluster: BIRD is missing (apt-get install bird2)")
 					}
 					return lab.Up(c.Context, c.App.Writer, n, c.Bool("pair"), nodes)

@@ -12,8 +12,8 @@ import (
 	"time"
 
 	"github.com/sluicelb/sluice/cmd/sluice/internal/lab"
+	"github.com/sluicelb/sluice/cmd/sluice/netlab"
 	"github.com/sluicelb/sluice/control/api"
-	"github.com/sluicelb/sluice/testenv"
 	"github.com/sluicelb/sluice/testenv/testutil"
 )
 
@@ -42,7 +42,7 @@ func mustRun(t *testing.T, args ...string) string {
 // the lab directory, and the given processes.
 func assertGone(t *testing.T, pids ...int) {
 	t.Helper()
-	if left := testenv.LeftoversWithPrefix(lab.Prefix + "-"); len(left) > 0 {
+	if left := netlab.LeftoversWithPrefix(lab.Prefix + "-"); len(left) > 0 {
 		t.Fatalf("left behind: %v", left)
 	}
 	if _, err := os.Stat(lab.Dir); err == nil {
@@ -188,7 +188,7 @@ func TestLabRunnerKilled(t *testing.T) {
 	for lab.Alive(st.RunnerPID) {
 		time.Sleep(10 * time.Millisecond)
 	}
-	if len(testenv.LeftoversWithPrefix(lab.Prefix+"-")) == 0 {
+	if len(netlab.LeftoversWithPrefix(lab.Prefix+"-")) == 0 {
 		t.Fatal("expected the killed runner to leave namespaces behind for down to remove")
 	}
 	mustRun(t, "lab", "down")

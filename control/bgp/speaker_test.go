@@ -10,12 +10,12 @@ import (
 	"testing"
 	"time"
 
-	"github.com/sluicelb/sluice/testenv"
+	"github.com/sluicelb/sluice/cmd/sluice/netlab"
 )
 
 // birdOnLoopback runs a real BIRD that accepts one eBGP session from
 // 127.0.0.1 on a free port of 127.0.0.2, and returns it and the peer.
-func birdOnLoopback(t *testing.T) (*testenv.BIRD, Peer) {
+func birdOnLoopback(t *testing.T) (*netlab.BIRD, Peer) {
 	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.2:0")
 	if err != nil {
@@ -36,7 +36,7 @@ protocol bgp lb {
   ipv6 { import all; export none; };
 }
 `, port)
-	b, err := testenv.StartBIRD(context.Background(), t.TempDir(), nil, conf)
+	b, err := netlab.StartBIRD(context.Background(), t.TempDir(), nil, conf)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -45,7 +45,7 @@ protocol bgp lb {
 }
 
 // waitFor polls BIRD until ok holds for the output of show args.
-func waitFor(t *testing.T, b *testenv.BIRD, what string, ok func(string) bool, args ...string) string {
+func waitFor(t *testing.T, b *netlab.BIRD, what string, ok func(string) bool, args ...string) string {
 	t.Helper()
 	deadline := time.Now().Add(15 * time.Second)
 	for {

@@ -11,8 +11,8 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/sluicelb/sluice/cmd/sluice/netlab"
 	"github.com/sluicelb/sluice/control/state"
-	"github.com/sluicelb/sluice/testenv"
 	"github.com/sluicelb/sluice/testenv/testutil"
 )
 
@@ -22,7 +22,7 @@ func etcd(t *testing.T) *clientv3.Client {
 	testutil.Require(t)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	env, err := testenv.New(ctx, nil)
+	env, err := netlab.New(ctx, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -31,7 +31,7 @@ func etcd(t *testing.T) *clientv3.Client {
 	if err != nil {
 		t.Fatal(err)
 	}
-	h, err := env.AddHost("cli", netip.MustParsePrefix("10.77.0.40/24"), testenv.HostOptions{})
+	h, err := env.AddHost("cli", netip.MustParsePrefix("10.77.0.40/24"), netlab.HostOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -13,9 +13,9 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/sluicelb/sluice/cmd/sluice/netlab"
 	"github.com/sluicelb/sluice/control/api"
 	"github.com/sluicelb/sluice/control/state"
-	"github.com/sluicelb/sluice/testenv"
 	"github.com/sluicelb/sluice/testenv/testutil"
 )
 
@@ -54,7 +54,7 @@ func TestChangeOutlivesItsClient(t *testing.T) {
 // moved there, already 0600.
 func TestSocketNeverLoose(t *testing.T) {
 	testutil.Require(t)
-	lab := newLab(t, testenv.LabOptions{Backends: 1})
+	lab := newLab(t, netlab.LabOptions{Backends: 1})
 	dir := t.TempDir()
 	fd, err := unix.InotifyInit1(unix.IN_CLOEXEC | unix.IN_NONBLOCK)
 	if err != nil {

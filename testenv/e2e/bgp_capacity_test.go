@@ -9,7 +9,7 @@ import (
 	"github.com/cilium/ebpf"
 	"golang.org/x/sys/unix"
 
-	"github.com/sluicelb/sluice/testenv"
+	"github.com/sluicelb/sluice/cmd/sluice/netlab"
 )
 
 // BenchmarkBGPCapacity: HTTP throughput from the client through the
@@ -68,9 +68,9 @@ func BenchmarkBGPCapacity(b *testing.B) {
 
 // wrkCapacity runs wrk at full load (2 threads, 64 connections) for d
 // and returns how many requests completed.
-func wrkCapacity(b *testing.B, client *testenv.Host, d time.Duration) int {
+func wrkCapacity(b *testing.B, client *netlab.Host, d time.Duration) int {
 	out, err := client.Command(context.Background(), "wrk", "-t2", "-c64", "-d"+d.String(), "--timeout", "2s",
-		"http://"+testenv.LabVIP4.String()+"/").CombinedOutput()
+		"http://"+netlab.LabVIP4.String()+"/").CombinedOutput()
 	m := wrkRequests.FindSubmatch(out)
 	if err != nil || m == nil {
 		b.Fatalf("wrk: %v\n%s", err, out)

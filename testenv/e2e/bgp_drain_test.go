@@ -7,18 +7,18 @@ import (
 
 	"github.com/vishvananda/netlink"
 
-	"github.com/sluicelb/sluice/testenv"
+	"github.com/sluicelb/sluice/cmd/sluice/netlab"
 )
 
 // xdpAttached reports whether h's lab interface has an XDP program.
-func xdpAttached(t testing.TB, h *testenv.Host) bool {
+func xdpAttached(t testing.TB, h *netlab.Host) bool {
 	t.Helper()
 	x := linkXDP(t, h)
 	return x != nil && x.Attached
 }
 
 // linkXDP is the XDP attachment of h's lab interface, or nil.
-func linkXDP(t testing.TB, h *testenv.Host) *netlink.LinkXdp {
+func linkXDP(t testing.TB, h *netlab.Host) *netlink.LinkXdp {
 	t.Helper()
 	idx, err := h.Index()
 	if err != nil {

@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sluicelb/sluice/cmd/sluice/netlab"
 	"github.com/sluicelb/sluice/testenv"
 )
 
@@ -18,7 +19,7 @@ import (
 // only inside the detection windows. The first wait is 15 s, not 5:
 // against FRR 8.4 a session's start can flap (docs/scale-out.md).
 func TestFRR(t *testing.T) {
-	lc := newLabClusterOn(t, testenv.LabOptions{Backends: 3, Nodes: 3, Router: true}, 3, bgpArgs("--bgp-learn", "500ms", "--bgp-bfd")...)
+	lc := newLabClusterOn(t, netlab.LabOptions{Backends: 3, Nodes: 3, Router: true}, 3, bgpArgs("--bgp-learn", "500ms", "--bgp-bfd")...)
 	conf := testenv.LabFRRConfig(lc.lab, true)
 	doc, err := os.ReadFile("../../docs/scale-out.md")
 	if err != nil {

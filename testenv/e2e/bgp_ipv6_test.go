@@ -6,7 +6,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/sluicelb/sluice/testenv"
+	"github.com/sluicelb/sluice/cmd/sluice/netlab"
 )
 
 // TestBGPIPv6: an IPv6 VIP address goes to the router as a /128 over the
@@ -54,7 +54,7 @@ func TestBGPIPv6(t *testing.T) {
 		if err != nil {
 			t.Fatalf("connection %d over IPv6: %v", i, err)
 		}
-		name, err := testenv.Greeting(c)
+		name, err := netlab.Greeting(c)
 		c.Close()
 		if err != nil {
 			t.Fatalf("connection %d over IPv6: %v", i, err)

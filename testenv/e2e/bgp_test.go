@@ -11,12 +11,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sluicelb/sluice/cmd/sluice/netlab"
 	"github.com/sluicelb/sluice/control/api"
-	"github.com/sluicelb/sluice/testenv"
 	"github.com/sluicelb/sluice/testenv/testutil"
 )
 
-var routerAddr = testenv.LabRouter4
+var routerAddr = netlab.LabRouter4
 
 // bgpArgs are the daemon flags of a cluster node announcing to the lab's
 // router.
@@ -26,17 +26,17 @@ func bgpArgs(extra ...string) []string {
 
 // newBGPCluster is a three-node cluster behind the lab's router (the
 // client on its own segment behind it), announcing over BGP to BIRD.
-func newBGPCluster(t testing.TB, backends, active int, bfd bool, extra ...string) (*labCluster, *testenv.BIRD) {
+func newBGPCluster(t testing.TB, backends, active int, bfd bool, extra ...string) (*labCluster, *netlab.BIRD) {
 	t.Helper()
-	lc := newLabClusterOn(t, testenv.LabOptions{Backends: backends, Nodes: 3, Router: true}, active, bgpArgs(extra...)...)
+	lc := newLabClusterOn(t, netlab.LabOptions{Backends: backends, Nodes: 3, Router: true}, active, bgpArgs(extra...)...)
 	return lc, startBIRD(t, lc.lab, bfd)
 }
 
 // startBIRD runs BIRD 2 on the lab's router with the lab's config
-// (testenv.LabBIRDConfig), BFD when bfd.
-func startBIRD(t testing.TB, lab *testenv.Lab, bfd bool) *testenv.BIRD {
+// (netlab.LabBIRDConfig), BFD when bfd.
+func startBIRD(t testing.TB, lab *netlab.Lab, bfd bool) *netlab.BIRD {
 	t.Helper()
-	b, err := testenv.StartBIRD(context.Background(), t.TempDir(), lab.Router, testenv.LabBIRDConfig(lab, bfd))
+	b, err := netlab.StartBIRD(context.Background(), t.TempDir(), lab.Router, netlab.LabBIRDConfig(lab, bfd))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -45,7 +45,7 @@ func startBIRD(t testing.TB, lab *testenv.Lab, bfd bool) *testenv.BIRD {
 }
 
 // nextHops is the router's kernel route to addr: the LB nodes it sends to.
-func nextHops(t testing.TB, router *testenv.Host, addr string) []string {
+func nextHops(t testing.TB, router *netlab.Host, addr string) []string {
 	t.Helper()
 	family := "-4"
 	if strings.Contains(addr, ":") {
@@ -57,7 +57,7 @@ func nextHops(t testing.TB, router *testenv.Host, addr string) []string {
 	}
 	var hops []string
 	for _, f := range strings.Fields(string(out)) {
-		if a, err := netip.ParseAddr(f); err == nil && (routerAddr.Contains(a) || testenv.LabRouter6.Contains(a)) {
+		if a, err := netip.ParseAddr(f); err == nil && (routerAddr.Contains(a) || netlab.LabRouter6.Contains(a)) {
 			hops = append(hops, f)
 		}
 	}
@@ -71,7 +71,7 @@ type routingDaemon interface {
 
 // waitHops waits until the router's route to addr has n next hops and
 // returns how long that took.
-func waitHops(t testing.TB, router *testenv.Host, b routingDaemon, addr string, n int, within time.Duration) time.Duration {
+func waitHops(t testing.TB, router *netlab.Host, b routingDaemon, addr string, n int, within time.Duration) time.Duration {
 	t.Helper()
 	start := time.Now()
 	for {

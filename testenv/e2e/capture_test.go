@@ -16,7 +16,7 @@ import (
 	"github.com/gopacket/gopacket/layers"
 	"github.com/gopacket/gopacket/pcapgo"
 
-	"github.com/sluicelb/sluice/testenv"
+	"github.com/sluicelb/sluice/cmd/sluice/netlab"
 )
 
 // TestCapture: `sluice capture` beside a running daemon writes the
@@ -87,7 +87,7 @@ func TestCapture(t *testing.T) {
 
 // captureWhileConnecting runs `sluice capture` on the LB with args and
 // opens connections to the VIP until it exits; it returns its report.
-func captureWhileConnecting(t *testing.T, lab *testenv.Lab, args ...string) string {
+func captureWhileConnecting(t *testing.T, lab *netlab.Lab, args ...string) string {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -117,7 +117,7 @@ func captureWhileConnecting(t *testing.T, lab *testenv.Lab, args ...string) stri
 			continue
 		}
 		c.SetDeadline(time.Now().Add(2 * time.Second))
-		testenv.Greeting(c)
+		netlab.Greeting(c)
 		c.Close()
 	}
 }

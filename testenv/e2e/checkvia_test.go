@@ -11,8 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sluicelb/sluice/cmd/sluice/netlab"
 	"github.com/sluicelb/sluice/control/api"
-	"github.com/sluicelb/sluice/testenv"
 )
 
 // TestCheckViaVIP: checks through the forwarding path, for each forward
@@ -97,11 +97,11 @@ func checkVia(t *testing.T, forward, fault string) {
 const vip6HTTP = "[fd77:1::100]:80/tcp"
 
 // breakBackend injects (or repairs) fault on b.
-func breakBackend(t *testing.T, b *testenv.Backend, fault string, broken bool) {
+func breakBackend(t *testing.T, b *netlab.Backend, fault string, broken bool) {
 	t.Helper()
 	switch fault {
 	case "vip off loopback":
-		for _, v := range []netip.Addr{testenv.LabVIP4, testenv.LabVIP6} {
+		for _, v := range []netip.Addr{netlab.LabVIP4, netlab.LabVIP6} {
 			if err := b.SetVIPOnLoopback(v, !broken); err != nil {
 				t.Fatal(err)
 			}
@@ -148,7 +148,7 @@ func waitVIPEvents(t *testing.T, w *eventWatcher, want map[string]string, to str
 // httpThroughVIP sends n requests through vipHTTP from the client, each
 // on a new connection, and counts the backends that answered ("error"
 // for a request that failed).
-func httpThroughVIP(t *testing.T, lab *testenv.Lab, n int) map[string]int {
+func httpThroughVIP(t *testing.T, lab *netlab.Lab, n int) map[string]int {
 	t.Helper()
 	c := &http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{DisableKeepAlives: true,
 		DialContext: func(ctx context.Context, _, addr string) (net.Conn, error) {
@@ -156,7 +156,7 @@ func httpThroughVIP(t *testing.T, lab *testenv.Lab, n int) map[string]int {
 		}}}
 	got := map[string]int{}
 	for range n {
-		resp, err := c.Get("http://" + testenv.LabVIP4.String() + "/")
+		resp, err := c.Get("http://" + netlab.LabVIP4.String() + "/")
 		if err != nil {
 			got["error"]++
 			continue
@@ -181,7 +181,7 @@ func httpThroughVIP(t *testing.T, lab *testenv.Lab, n int) map[string]int {
 func TestCheckViaLocalVIP(t *testing.T) {
 	lab, d := labWithDaemon(t, 3)
 	accept := "/proc/sys/net/ipv4/conf/" + lab.LB.Link + "/accept_local"
-	if out, err := lab.LB.Command(context.Background(), "ip", "addr", "add", testenv.LabVIP4.String()+"/32", "dev", lab.LB.Link).CombinedOutput(); err != nil {
+	if out, err := lab.LB.Command(context.Background(), "ip", "addr", "add", netlab.LabVIP4.String()+"/32", "dev", lab.LB.Link).CombinedOutput(); err != nil {
 		t.Fatalf("add the vip to lb: %v\n%s", err, out)
 	}
 	if err := lab.LB.Sysctl("net.ipv4.conf."+lab.LB.Link+".accept_local", "0"); err != nil {

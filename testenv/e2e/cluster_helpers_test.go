@@ -9,15 +9,15 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sluicelb/sluice/cmd/sluice/netlab"
 	"github.com/sluicelb/sluice/control/api"
-	"github.com/sluicelb/sluice/testenv"
 )
 
 // labCluster is a lab with three sluice nodes on a real three-member etcd
 // cluster (Debian's etcd-server).
 type labCluster struct {
-	lab   *testenv.Lab
-	etcd  *testenv.EtcdCluster
+	lab   *netlab.Lab
+	etcd  *netlab.EtcdCluster
 	nodes []*daemonProc
 	args  [][]string
 }
@@ -30,11 +30,11 @@ var clusterEtcdAddr = netip.MustParseAddr("10.77.0.31")
 // backends, and waits until all three nodes build the same rings.
 func newLabCluster(t testing.TB, backends, active int, extra ...string) *labCluster {
 	t.Helper()
-	return newLabClusterOn(t, testenv.LabOptions{Backends: backends, Nodes: 3}, active, extra...)
+	return newLabClusterOn(t, netlab.LabOptions{Backends: backends, Nodes: 3}, active, extra...)
 }
 
 // newLabClusterOn is newLabCluster on a lab built with opts.
-func newLabClusterOn(t testing.TB, opts testenv.LabOptions, active int, extra ...string) *labCluster {
+func newLabClusterOn(t testing.TB, opts netlab.LabOptions, active int, extra ...string) *labCluster {
 	t.Helper()
 	lab := newLab(t, opts)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)

@@ -12,8 +12,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sluicelb/sluice/cmd/sluice/netlab"
 	"github.com/sluicelb/sluice/control/api"
-	"github.com/sluicelb/sluice/testenv"
 )
 
 // TestClusterPropagation: 100 changes made through node A's CLI reach
@@ -118,7 +118,7 @@ func wrkFor(t testing.TB, lc *labCluster, d time.Duration) (requests, failed int
 // wrkRun is wrkFor for goroutines: it returns wrk's failure instead.
 func wrkRun(lc *labCluster, d time.Duration) (requests, failed int, err error) {
 	out, err := lc.lab.Client.Command(context.Background(), "wrk", "-t1", "-c8", "-d"+d.String(), "--timeout", "1s",
-		"http://"+testenv.LabVIP4.String()+"/").CombinedOutput()
+		"http://"+netlab.LabVIP4.String()+"/").CombinedOutput()
 	m := wrkRequests.FindSubmatch(out)
 	if err != nil || m == nil {
 		return 0, 0, fmt.Errorf("wrk: %v\n%s", err, out)

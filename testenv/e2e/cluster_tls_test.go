@@ -6,8 +6,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sluicelb/sluice/cmd/sluice/netlab"
 	"github.com/sluicelb/sluice/control/api"
-	"github.com/sluicelb/sluice/testenv"
 )
 
 // TestClusterTLS: etcd with TLS and client certificates required, as
@@ -15,7 +15,7 @@ import (
 // --etcd-key share a change; a node without a client certificate cannot
 // change anything ("store unreachable"); half a key pair is refused.
 func TestClusterTLS(t *testing.T) {
-	lab := newLab(t, testenv.LabOptions{Backends: 1, Nodes: 3})
+	lab := newLab(t, netlab.LabOptions{Backends: 1, Nodes: 3})
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	etcd, err := lab.StartEtcdTLS(ctx, 3, clusterEtcdAddr, 24)

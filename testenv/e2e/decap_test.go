@@ -14,13 +14,13 @@ import (
 	"github.com/gopacket/gopacket/layers"
 	"golang.org/x/sys/unix"
 
-	"github.com/sluicelb/sluice/testenv"
+	"github.com/sluicelb/sluice/cmd/sluice/netlab"
 	"github.com/sluicelb/sluice/testenv/testutil"
 )
 
 // sendIPIP sends, from h, an IPIP packet with the outer source src (spoofed
 // if it is not h's) to dst, carrying a SYN to a VIP.
-func sendIPIP(h *testenv.Host, src, dst netip.Addr) error {
+func sendIPIP(h *netlab.Host, src, dst netip.Addr) error {
 	outer := &layers.IPv4{Version: 4, IHL: 5, TTL: 64, Protocol: layers.IPProtocolIPv4, SrcIP: src.AsSlice(), DstIP: dst.AsSlice()}
 	inner := &layers.IPv4{Version: 4, IHL: 5, TTL: 64, Protocol: layers.IPProtocolTCP,
 		SrcIP: netip.MustParseAddr("10.77.0.200").AsSlice(), DstIP: netip.MustParseAddr("10.77.0.100").AsSlice()}
@@ -54,7 +54,7 @@ type decapStatusJSON struct {
 // IPIP from a spoofed source elsewhere is dropped, and `sluice decap
 // status` counts it as refused.
 func TestDecapAllowFromCLI(t *testing.T) {
-	lab := newLab(t, testenv.LabOptions{Backends: 1})
+	lab := newLab(t, netlab.LabOptions{Backends: 1})
 	h, sender := lab.Client, lab.Backends[0]
 	run := func(args ...string) []byte {
 		t.Helper()

@@ -9,8 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sluicelb/sluice/cmd/sluice/netlab"
 	"github.com/sluicelb/sluice/control/api"
-	"github.com/sluicelb/sluice/testenv"
 	"github.com/sluicelb/sluice/testenv/testutil"
 )
 
@@ -18,7 +18,7 @@ const vipTCP = "10.77.1.100:7/tcp"
 
 var vipAP = netip.MustParseAddrPort("10.77.1.100:7")
 
-func newLabDaemon(t *testing.T, backends int, checkArgs ...string) (*testenv.Lab, *daemonProc) {
+func newLabDaemon(t *testing.T, backends int, checkArgs ...string) (*netlab.Lab, *daemonProc) {
 	t.Helper()
 	lab, d := labWithDaemon(t, backends)
 	d.mustCLI(t, "vip", "add", vipTCP, "--forward", "ipip")
@@ -80,7 +80,7 @@ func TestFailover(t *testing.T) {
 		}
 	}()
 
-	run := func(name string, victim *testenv.Backend, fail, recover func()) []time.Duration {
+	run := func(name string, victim *netlab.Backend, fail, recover func()) []time.Duration {
 		var lat, full []time.Duration
 		defer func() {
 			t.Logf("%s -> rings swapped too: p50 %v, p99 %v", name, testutil.Percentile(full, .5), testutil.Percentile(full, .99))

@@ -8,7 +8,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/sluicelb/sluice/testenv"
+	"github.com/sluicelb/sluice/cmd/sluice/netlab"
 )
 
 // TestNewFlowLimitFlag: --new-flow-limit reaches the data plane. At 1 new
@@ -27,7 +27,7 @@ func TestNewFlowLimitFlag(t *testing.T) {
 		{[]string{"--new-flow-limit", "1"}, func(n float64) bool { return n >= float64(50-3*runtime.NumCPU()) }, "all but a few of 50"},
 		{nil, func(n float64) bool { return n == 0 }, "none"},
 	} {
-		lab := newLab(t, testenv.LabOptions{Backends: 1})
+		lab := newLab(t, netlab.LabOptions{Backends: 1})
 		d := startDaemon(t, lab, "", c.args...)
 		d.mustCLI(t, "vip", "add", vipUDP, "--forward", "dsr")
 		d.mustCLI(t, "backend", "add", vipUDP, lab.Backends[0].Addr.Addr().String(), "--check", "udp", "--interval", "100ms", "--timeout", "100ms", "--rise", "1")

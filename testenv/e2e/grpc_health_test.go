@@ -7,8 +7,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sluicelb/sluice/cmd/sluice/netlab"
 	"github.com/sluicelb/sluice/control/api"
-	"github.com/sluicelb/sluice/testenv"
 	"github.com/sluicelb/sluice/testenv/testutil"
 )
 
@@ -21,16 +21,16 @@ import (
 func TestGRPCHealthCheck(t *testing.T) {
 	lab, d := labWithDaemon(t, 2)
 	d.mustCLI(t, "vip", "add", vipTCP, "--forward", "ipip")
-	var servers []*testenv.GRPCHealth
+	var servers []*netlab.GRPCHealth
 	for _, b := range lab.Backends {
-		g, err := testenv.StartGRPCHealth(b.Host, testenv.LabGRPCPort)
+		g, err := netlab.StartGRPCHealth(b.Host, netlab.LabGRPCPort)
 		if err != nil {
 			t.Fatal(err)
 		}
 		t.Cleanup(g.Stop)
 		g.Set("model", true)
 		servers = append(servers, g)
-		d.mustCLI(t, "backend", "add", vipTCP, b.Addr.Addr().String(), "--check", "grpc", "--check-port", fmt.Sprint(testenv.LabGRPCPort),
+		d.mustCLI(t, "backend", "add", vipTCP, b.Addr.Addr().String(), "--check", "grpc", "--check-port", fmt.Sprint(netlab.LabGRPCPort),
 			"--check-service", "model", "--interval", "100ms", "--timeout", "100ms", "--fall", "2", "--rise", "2")
 	}
 	d.waitStatus(t, "both backends up", allUp(2))

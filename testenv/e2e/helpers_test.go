@@ -20,8 +20,8 @@ import (
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
 
+	"github.com/sluicelb/sluice/cmd/sluice/netlab"
 	"github.com/sluicelb/sluice/control/api"
-	"github.com/sluicelb/sluice/testenv"
 	"github.com/sluicelb/sluice/testenv/testutil"
 )
 
@@ -40,10 +40,10 @@ type daemonProc struct {
 
 // newLab makes a lab that lasts as long as the test (closed after the
 // daemons the test starts have stopped).
-func newLab(t testing.TB, opts testenv.LabOptions) *testenv.Lab {
+func newLab(t testing.TB, opts netlab.LabOptions) *netlab.Lab {
 	t.Helper()
 	testutil.Require(t)
-	lab, err := testenv.NewLab(context.Background(), nil, opts)
+	lab, err := netlab.NewLab(context.Background(), nil, opts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -53,21 +53,21 @@ func newLab(t testing.TB, opts testenv.LabOptions) *testenv.Lab {
 
 // labWithDaemon is newLab with the given number of backends and a daemon
 // on its LB node.
-func labWithDaemon(t testing.TB, backends int) (*testenv.Lab, *daemonProc) {
+func labWithDaemon(t testing.TB, backends int) (*netlab.Lab, *daemonProc) {
 	t.Helper()
-	lab := newLab(t, testenv.LabOptions{Backends: backends})
+	lab := newLab(t, netlab.LabOptions{Backends: backends})
 	return lab, startDaemon(t, lab, "")
 }
 
 // startDaemon runs `sluice daemon` inside the lab's LB namespace and waits
 // until its API answers.
-func startDaemon(t testing.TB, lab *testenv.Lab, stateDir string, extra ...string) *daemonProc {
+func startDaemon(t testing.TB, lab *netlab.Lab, stateDir string, extra ...string) *daemonProc {
 	t.Helper()
 	return startDaemonOn(t, lab, lab.LB, stateDir, extra...)
 }
 
 // startDaemonOn runs `sluice daemon` on one of the lab's LB hosts.
-func startDaemonOn(t testing.TB, lab *testenv.Lab, host *testenv.Host, stateDir string, extra ...string) *daemonProc {
+func startDaemonOn(t testing.TB, lab *netlab.Lab, host *netlab.Host, stateDir string, extra ...string) *daemonProc {
 	t.Helper()
 	if stateDir == "" {
 		stateDir = t.TempDir()
@@ -122,7 +122,7 @@ func startDaemonCmd(t testing.TB, cmd *exec.Cmd, stateDir string) *daemonProc {
 
 // daemonArgs are the arguments of `sluice daemon` on host with stateDir
 // (its socket in there).
-func daemonArgs(lab *testenv.Lab, host *testenv.Host, stateDir string, extra ...string) []string {
+func daemonArgs(lab *netlab.Lab, host *netlab.Host, stateDir string, extra ...string) []string {
 	return append([]string{"daemon", "--iface", host.Link, "--xdp-mode", "native", "--state-dir", stateDir,
 		"--socket", filepath.Join(stateDir, "sluice.sock"), "--metrics-addr", "127.0.0.1:9642", "--pin-root", lab.PinRoot(),
 		"--flow-table-size", "65536"}, extra...)
@@ -278,13 +278,13 @@ type conn struct {
 	backend string
 }
 
-func dialVIP(t testing.TB, lab *testenv.Lab, vip netip.AddrPort) (conn, error) {
+func dialVIP(t testing.TB, lab *netlab.Lab, vip netip.AddrPort) (conn, error) {
 	return dialVIPWithin(t, lab, vip, 3*time.Second)
 }
 
 // dialVIPWithin bounds the connect: probing clients retry a SYN that got no
 // answer at once instead of waiting out TCP's one-second retransmission.
-func dialVIPWithin(t testing.TB, lab *testenv.Lab, vip netip.AddrPort, within time.Duration) (conn, error) {
+func dialVIPWithin(t testing.TB, lab *netlab.Lab, vip netip.AddrPort, within time.Duration) (conn, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), within)
 	defer cancel()
 	c, err := lab.Client.Dial(ctx, "tcp4", "", vip.String())
@@ -325,7 +325,7 @@ func (c conn) echoWithin(d time.Duration) error {
 	return nil
 }
 
-func backendByName(lab *testenv.Lab, name string) *testenv.Backend {
+func backendByName(lab *netlab.Lab, name string) *netlab.Backend {
 	for _, b := range lab.Backends {
 		if b.Name == name {
 			return b

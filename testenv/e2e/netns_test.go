@@ -8,7 +8,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/sluicelb/sluice/testenv"
+	"github.com/sluicelb/sluice/cmd/sluice/netlab"
 )
 
 // ipNetnsExec runs sluice through `ip netns exec`, which gives it a mount
@@ -21,7 +21,7 @@ func ipNetnsExec(ns string, args ...string) *exec.Cmd {
 // the host's bpffs, so the decapsulator is still attached after the
 // command exits, and `decap detach` the same way removes it.
 func TestIPNetnsExecDecap(t *testing.T) {
-	lab := newLab(t, testenv.LabOptions{Backends: 1})
+	lab := newLab(t, netlab.LabOptions{Backends: 1})
 	h := lab.Client // an interface with no program of its own yet
 	out, err := ipNetnsExec(h.NSName(), "decap", "attach", "--iface", h.Link, "--pin-root", lab.PinRoot()).CombinedOutput()
 	if err != nil {
@@ -54,7 +54,7 @@ func TestIPNetnsExecDecap(t *testing.T) {
 // with -9 and started again the same way, adopts its data plane (pinned in
 // the host's bpffs) with no map written, and no request fails.
 func TestIPNetnsExecDaemon(t *testing.T) {
-	lab := newLab(t, testenv.LabOptions{Backends: 2})
+	lab := newLab(t, netlab.LabOptions{Backends: 2})
 	dir := t.TempDir()
 	start := func() *daemonProc {
 		return startDaemonCmd(t, ipNetnsExec(lab.LB.NSName(), daemonArgs(lab, lab.LB, dir)...), dir)

@@ -14,8 +14,8 @@ import (
 
 	"github.com/gopacket/gopacket"
 	"github.com/gopacket/gopacket/layers"
+	"github.com/sluicelb/sluice/cmd/sluice/netlab"
 	"github.com/sluicelb/sluice/control/api"
-	"github.com/sluicelb/sluice/testenv"
 	"golang.org/x/sys/unix"
 )
 
@@ -40,7 +40,7 @@ func rssMiB(t testing.TB, pid int) float64 {
 
 // slowUpload opens a sync request that claims a 64 MiB body (or, chunked,
 // claims nothing) and trickles it, until the server hangs up or stop.
-func slowUpload(ctx context.Context, h *testenv.Host, addr string, chunked bool, stop <-chan struct{}) (closedBy string) {
+func slowUpload(ctx context.Context, h *netlab.Host, addr string, chunked bool, stop <-chan struct{}) (closedBy string) {
 	c, err := h.Dial(ctx, "tcp", "", addr)
 	if err != nil {
 		return "refused at connect"
@@ -144,7 +144,7 @@ func TestLBPairSyncFlood(t *testing.T) {
 // spoofAdverts sends rate datagrams a second for d to dst's advert port
 // from src (a spoofed source), with the given TTL, from a raw socket on h;
 // it returns how many it sent.
-func spoofAdverts(t testing.TB, h *testenv.Host, src, dst netip.Addr, ttl uint8, rate int, d time.Duration) int {
+func spoofAdverts(t testing.TB, h *netlab.Host, src, dst netip.Addr, ttl uint8, rate int, d time.Duration) int {
 	t.Helper()
 	ip := &layers.IPv4{Version: 4, TTL: ttl, Protocol: layers.IPProtocolUDP, SrcIP: src.AsSlice(), DstIP: dst.AsSlice()}
 	udp := &layers.UDP{SrcPort: 9643, DstPort: 9643}

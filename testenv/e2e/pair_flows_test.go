@@ -7,8 +7,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sluicelb/sluice/cmd/sluice/netlab"
 	"github.com/sluicelb/sluice/control/api"
-	"github.com/sluicelb/sluice/testenv"
 )
 
 // TestLBPairConnections: 500 long-lived TCP connections survive an
@@ -160,7 +160,7 @@ func TestLBPairIPv6(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		name, err := testenv.Greeting(c)
+		name, err := netlab.Greeting(c)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -14,16 +14,16 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sluicelb/sluice/cmd/sluice/netlab"
 	"github.com/sluicelb/sluice/control/api"
-	"github.com/sluicelb/sluice/testenv"
 )
 
 // lbPair is a lab with two LB nodes running sluice as an HA pair: node 0
 // on lb (priority 200), node 1 on lb2 (priority 100).
 type lbPair struct {
-	lab   *testenv.Lab
+	lab   *netlab.Lab
 	nodes [2]*daemonProc
-	hosts [2]*testenv.Host
+	hosts [2]*netlab.Host
 	args  [2][]string // each node's daemon flags beyond daemonArgs'
 	key   string
 }
@@ -31,8 +31,8 @@ type lbPair struct {
 // newLBPair builds the pair with the first active of backends in the VIPs.
 func newLBPair(t testing.TB, advert string, backends, active int, extra ...string) *lbPair {
 	t.Helper()
-	lab := newLab(t, testenv.LabOptions{Backends: backends, Pair: true})
-	lp := &lbPair{lab: lab, hosts: [2]*testenv.Host{lab.LB, lab.LB2}, key: filepath.Join(t.TempDir(), "ha.key")}
+	lab := newLab(t, netlab.LabOptions{Backends: backends, Pair: true})
+	lp := &lbPair{lab: lab, hosts: [2]*netlab.Host{lab.LB, lab.LB2}, key: filepath.Join(t.TempDir(), "ha.key")}
 	if err := os.WriteFile(lp.key, []byte("a shared secret of the lab pair\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -117,13 +117,13 @@ type prober struct {
 	done  sync.WaitGroup
 }
 
-func startProber(t testing.TB, lab *testenv.Lab) *prober {
+func startProber(t testing.TB, lab *netlab.Lab) *prober {
 	t.Helper()
 	c, err := lab.Client.ListenPacket("udp4", ":0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	dst := &net.UDPAddr{IP: testenv.LabVIP4.AsSlice(), Port: testenv.LabUDPPort}
+	dst := &net.UDPAddr{IP: netlab.LabVIP4.AsSlice(), Port: netlab.LabUDPPort}
 	p := &prober{c: c, stop: make(chan struct{})}
 	p.done.Add(2)
 	go func() {
@@ -237,7 +237,7 @@ func (lp *lbPair) waitNeighbour(t testing.TB, m int) {
 	t.Helper()
 	deadline := time.Now().Add(5 * time.Second)
 	for {
-		out, _ := lp.lab.Client.Command(context.Background(), "ip", "neigh", "show", testenv.LabVIP4.String()).CombinedOutput()
+		out, _ := lp.lab.Client.Command(context.Background(), "ip", "neigh", "show", netlab.LabVIP4.String()).CombinedOutput()
 		if strings.Contains(string(out), lp.hosts[m].MAC.String()) {
 			return
 		}
@@ -258,7 +258,7 @@ func (lp *lbPair) master(t testing.TB) int {
 }
 
 // openConns opens n long-lived connections to the TCP VIP.
-func openConns(t *testing.T, lab *testenv.Lab, n int) []conn {
+func openConns(t *testing.T, lab *netlab.Lab, n int) []conn {
 	t.Helper()
 	var cs []conn
 	for len(cs) < n {
@@ -326,7 +326,7 @@ type scraper struct {
 	hc *http.Client
 }
 
-func newScraper(h *testenv.Host) *scraper {
+func newScraper(h *netlab.Host) *scraper {
 	return &scraper{hc: &http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
 		return h.Dial(ctx, network, "", addr)
 	}}}}
@@ -371,7 +371,7 @@ func (lp *lbPair) counters() string {
 }
 
 // nft runs nft in a host's namespace.
-func nft(t testing.TB, h *testenv.Host, args ...string) {
+func nft(t testing.TB, h *netlab.Host, args ...string) {
 	t.Helper()
 	if out, err := h.Command(context.Background(), "nft", args...).CombinedOutput(); err != nil {
 		t.Fatalf("nft %v: %v\n%s", args, err, out)

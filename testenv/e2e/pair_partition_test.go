@@ -8,8 +8,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sluicelb/sluice/cmd/sluice/netlab"
 	"github.com/sluicelb/sluice/control/ha"
-	"github.com/sluicelb/sluice/testenv"
 	"golang.org/x/sys/unix"
 )
 
@@ -102,7 +102,7 @@ func TestLBPairBadAdverts(t *testing.T) {
 	}
 	master := &net.UDPAddr{IP: lp.hosts[0].Addr.Addr().AsSlice(), Port: 9643}
 	// send sends b as a host on the segment does (TTL 255), or with ttl.
-	sendTTL := func(h *testenv.Host, b []byte, ttl int) {
+	sendTTL := func(h *netlab.Host, b []byte, ttl int) {
 		c, err := h.ListenPacket("udp4", ":0")
 		if err != nil {
 			t.Fatal(err)
@@ -117,7 +117,7 @@ func TestLBPairBadAdverts(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	send := func(h *testenv.Host, b []byte) { sendTTL(h, b, 255) }
+	send := func(h *netlab.Host, b []byte) { sendTTL(h, b, 255) }
 	key, _ := os.ReadFile(lp.key)
 	key = []byte(strings.TrimSpace(string(key)))
 	peerName := lp.hosts[1].Addr.Addr().String()

@@ -7,7 +7,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/sluicelb/sluice/testenv"
+	"github.com/sluicelb/sluice/cmd/sluice/netlab"
 	"github.com/sluicelb/sluice/testenv/testutil"
 )
 
@@ -55,7 +55,7 @@ func TestLBPairShutdown(t *testing.T) {
 	gap := p.finish()
 	out, _ := lp.hosts[0].Command(context.Background(), "ip", "-br", "addr", "show", "dev", lp.hosts[0].Link).CombinedOutput()
 	t.Logf("master stopped: gap %v; its addresses now %s", gap, strings.TrimSpace(string(out)))
-	if strings.Contains(string(out), testenv.LabVIP4.String()) {
+	if strings.Contains(string(out), netlab.LabVIP4.String()) {
 		t.Fatal("the stopped master kept the VIP address")
 	}
 	if gap > 50*time.Millisecond {

@@ -15,8 +15,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sluicelb/sluice/cmd/sluice/netlab"
 	"github.com/sluicelb/sluice/control/api"
-	"github.com/sluicelb/sluice/testenv"
 	"github.com/sluicelb/sluice/testenv/testutil"
 )
 
@@ -47,7 +47,7 @@ func hookCalls(t testing.TB, log string) []string {
 	return strings.Split(strings.TrimSpace(string(raw)), "\n")
 }
 
-func failoverLab(t *testing.T, hookArgs ...string) (*testenv.Lab, *daemonProc) {
+func failoverLab(t *testing.T, hookArgs ...string) (*netlab.Lab, *daemonProc) {
 	t.Helper()
 	lab, d := labWithDaemon(t, 3)
 	d.mustCLI(t, append([]string{"vip", "add", vipTCP, "--policy", "failover"}, hookArgs...)...)

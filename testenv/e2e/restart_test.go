@@ -8,8 +8,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sluicelb/sluice/cmd/sluice/netlab"
 	"github.com/sluicelb/sluice/control/api"
-	"github.com/sluicelb/sluice/testenv"
 	"github.com/sluicelb/sluice/testenv/testutil"
 )
 
@@ -20,7 +20,7 @@ type load struct {
 	stop, done chan struct{}
 }
 
-func startLoad(t *testing.T, lab *testenv.Lab) *load {
+func startLoad(t *testing.T, lab *netlab.Lab) *load {
 	l := &load{stop: make(chan struct{}), done: make(chan struct{})}
 	go func() {
 		defer close(l.done)

@@ -9,8 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sluicelb/sluice/cmd/sluice/netlab"
 	"github.com/sluicelb/sluice/control/api"
-	"github.com/sluicelb/sluice/testenv"
 )
 
 // soakFault injects one fault, holds it, restores it, and returns what
@@ -40,7 +40,7 @@ func (s *soak) holdFor() time.Duration {
 }
 
 // victim is one of b1–b3, the backends of every VIP.
-func (s *soak) victim() *testenv.Backend { return s.lp.lab.Backends[s.rng.IntN(3)] }
+func (s *soak) victim() *netlab.Backend { return s.lp.lab.Backends[s.rng.IntN(3)] }
 
 func (s *soak) killBackend() func() {
 	b := s.victim()
@@ -62,7 +62,7 @@ func (s *soak) blackholeBackend() func() {
 
 // deadBackend kills b with inject and watches the VIP packets that reach
 // it until the hold ends: the last one must come within soakDetect.
-func (s *soak) deadBackend(kind string, b *testenv.Backend, inject, restore func()) func() {
+func (s *soak) deadBackend(kind string, b *netlab.Backend, inject, restore func()) func() {
 	end := s.open(kind)
 	dead := s.dead(b.Name, kind)
 	last := vipPackets(s.t, b)
@@ -207,15 +207,15 @@ func whole(m, b api.HAStatus) bool {
 // countVIPPackets counts, at b's interface and before anything else
 // there, the packets to the VIP address that reach b (inner packets: the
 // decap program runs before).
-func countVIPPackets(t testing.TB, b *testenv.Backend) {
+func countVIPPackets(t testing.TB, b *netlab.Backend) {
 	nft(t, b.Host, "add", "table", "netdev", "soak")
 	nft(t, b.Host, "add", "chain", "netdev", "soak", "in", fmt.Sprintf(`{ type filter hook ingress device "%s" priority -500 ; }`, b.Link))
-	nft(t, b.Host, "add", "rule", "netdev", "soak", "in", "ip", "daddr", testenv.LabVIP4.String(), "counter")
+	nft(t, b.Host, "add", "rule", "netdev", "soak", "in", "ip", "daddr", netlab.LabVIP4.String(), "counter")
 }
 
 var nftPackets = regexp.MustCompile(`counter packets (\d+)`)
 
-func vipPackets(t testing.TB, b *testenv.Backend) uint64 {
+func vipPackets(t testing.TB, b *netlab.Backend) uint64 {
 	out, err := b.Command(context.Background(), "nft", "list", "chain", "netdev", "soak", "in").CombinedOutput()
 	m := nftPackets.FindSubmatch(out)
 	if err != nil || m == nil {

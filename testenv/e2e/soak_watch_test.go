@@ -13,7 +13,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/sluicelb/sluice/testenv"
+	"github.com/sluicelb/sluice/cmd/sluice/netlab"
 )
 
 // soakWatch runs the soak's traffic and watchers until stop.
@@ -156,10 +156,10 @@ func (w *soakWatch) wrk() {
 }
 
 // wrkSecond runs one second of wrk from client against the HTTP VIP.
-func wrkSecond(client *testenv.Host) (wrkSlice, error) {
+func wrkSecond(client *netlab.Host) (wrkSlice, error) {
 	from := time.Now()
 	out, err := client.Command(context.Background(), "wrk", "-t1", "-c8", "-d1s", "--timeout", "1s",
-		"http://"+testenv.LabVIP4.String()+"/").CombinedOutput()
+		"http://"+netlab.LabVIP4.String()+"/").CombinedOutput()
 	sl := wrkSlice{from: from, to: time.Now()}
 	m := wrkRequests.FindSubmatch(out)
 	switch {

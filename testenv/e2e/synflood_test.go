@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sluicelb/sluice/cmd/sluice/netlab"
 	"github.com/sluicelb/sluice/testenv"
 )
 
@@ -72,7 +73,7 @@ func talk(cs []conn, period time.Duration, stop <-chan struct{}) *talker {
 // connections that stop echoing through their backend, during the flood
 // and once more after it.
 func synFloodRun(t *testing.T, d time.Duration, daemonArgs ...string) floodRun {
-	lab := newLab(t, testenv.LabOptions{Backends: 4})
+	lab := newLab(t, netlab.LabOptions{Backends: 4})
 	dm := startDaemon(t, lab, "", daemonArgs...)
 	dm.mustCLI(t, "vip", "add", vipTCP)
 	for _, b := range lab.Backends[:3] {
@@ -96,7 +97,7 @@ func synFloodRun(t *testing.T, d time.Duration, daemonArgs ...string) floodRun {
 	start := time.Now()
 	go func() {
 		var err error
-		r.sent, err = lab.LB.Flood(context.Background(), testenv.SYNFlood{
+		r.sent, err = testenv.Flood(context.Background(), lab.LB, testenv.SYNFlood{
 			Sources: floodSources, First: netip.MustParseAddr("10.128.0.0"), To: vipAP}, d)
 		r.elapsed = time.Since(start)
 		done <- err

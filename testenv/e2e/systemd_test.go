@@ -10,7 +10,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/sluicelb/sluice/testenv"
+	"github.com/sluicelb/sluice/cmd/sluice/netlab"
 )
 
 // TestSystemdNotify: started as systemd starts a Type=notify unit with a
@@ -18,7 +18,7 @@ import (
 // interval, stops pinging while it is frozen (systemd would restart it),
 // and says STOPPING=1 when it stops.
 func TestSystemdNotify(t *testing.T) {
-	lab := newLab(t, testenv.LabOptions{Backends: 1})
+	lab := newLab(t, netlab.LabOptions{Backends: 1})
 	sock := filepath.Join(t.TempDir(), "notify")
 	ln, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: sock, Net: "unixgram"})
 	if err != nil {

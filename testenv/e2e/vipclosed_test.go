@@ -10,7 +10,7 @@ import (
 
 	"github.com/gopacket/gopacket"
 	"github.com/gopacket/gopacket/layers"
-	"github.com/sluicelb/sluice/testenv"
+	"github.com/sluicelb/sluice/cmd/sluice/netlab"
 	"golang.org/x/sys/unix"
 )
 
@@ -38,7 +38,7 @@ func TestVIPAddressClosed(t *testing.T) {
 	}()
 	sc := newScraper(lp.hosts[0])
 	before := sc.value(t, "sluice_xdp_packets_total", `outcome="drop_vip_closed"`)
-	vip := testenv.LabVIP4 // held by the master
+	vip := netlab.LabVIP4 // held by the master
 	for _, port := range []int{2222, 9643} {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 		c, err := lp.lab.Client.Dial(ctx, "tcp4", "", net.JoinHostPort(vip.String(), fmt.Sprint(port)))
@@ -66,7 +66,7 @@ func TestVIPAddressClosed(t *testing.T) {
 
 // pingOnce sends one ICMP echo request from h to dst and waits for the
 // reply.
-func pingOnce(h *testenv.Host, dst netip.Addr) error {
+func pingOnce(h *netlab.Host, dst netip.Addr) error {
 	return h.Do(func() error {
 		fd, err := unix.Socket(unix.AF_INET, unix.SOCK_RAW, unix.IPPROTO_ICMP)
 		if err != nil {

@@ -9,18 +9,18 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sluicelb/sluice/cmd/sluice/netlab"
 	"github.com/sluicelb/sluice/control/api"
-	"github.com/sluicelb/sluice/testenv"
 	"github.com/sluicelb/sluice/testenv/testutil"
 )
 
 // modelLab is a lab of n backends, each running a model server (gRPC
 // health, agent, /metrics), and a daemon started with extra; each
 // backend is added to vipTCP with the fast tcp check and args(b).
-func modelLab(t *testing.T, n int, extra []string, args func(b *testenv.Backend) []string) (*testenv.Lab, *daemonProc, map[string]*testenv.ModelServer) {
+func modelLab(t *testing.T, n int, extra []string, args func(b *netlab.Backend) []string) (*netlab.Lab, *daemonProc, map[string]*netlab.ModelServer) {
 	t.Helper()
-	lab := newLab(t, testenv.LabOptions{Backends: n})
-	servers, err := testenv.StartModelServers(lab)
+	lab := newLab(t, netlab.LabOptions{Backends: n})
+	servers, err := netlab.StartModelServers(lab)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -38,7 +38,7 @@ func modelLab(t *testing.T, n int, extra []string, args func(b *testenv.Backend)
 
 // spreadNew opens n new connections through the VIP, 8 at a time, closes
 // them, and counts them by the backend that took each.
-func spreadNew(t *testing.T, lab *testenv.Lab, n int) map[string]int {
+func spreadNew(t *testing.T, lab *netlab.Lab, n int) map[string]int {
 	t.Helper()
 	var mu sync.Mutex
 	counts := map[string]int{}
@@ -75,7 +75,7 @@ func spreadNew(t *testing.T, lab *testenv.Lab, n int) map[string]int {
 
 // pinned opens connections until want of them sit on backend name, and
 // closes the others.
-func pinned(t *testing.T, lab *testenv.Lab, name string, want int) []conn {
+func pinned(t *testing.T, lab *netlab.Lab, name string, want int) []conn {
 	t.Helper()
 	var out []conn
 	for tries := 0; len(out) < want; tries++ {
@@ -116,7 +116,7 @@ func (w *eventWatcher) nextKind(t testing.TB, kind, addr string) api.Event {
 	}
 }
 
-func addrOf(lab *testenv.Lab, name string) string {
+func addrOf(lab *netlab.Lab, name string) string {
 	return backendByName(lab, name).Addr.Addr().String()
 }
 
@@ -126,11 +126,11 @@ func addrOf(lab *testenv.Lab, name string) string {
 // names every cause; a malformed answer is refused and counted, and
 // changes nothing.
 func TestAgentWeights(t *testing.T) {
-	lab, d, servers := modelLab(t, 4, nil, func(b *testenv.Backend) []string {
+	lab, d, servers := modelLab(t, 4, nil, func(b *netlab.Backend) []string {
 		if b.Name == "b4" {
 			return nil
 		}
-		return []string{"--agent-port", fmt.Sprint(testenv.LabAgentPort), "--agent-interval", "100ms"}
+		return []string{"--agent-port", fmt.Sprint(netlab.LabAgentPort), "--agent-interval", "100ms"}
 	})
 	onB2 := pinned(t, lab, "b2", 50)
 	servers["b1"].SetAgent("50%\n")
@@ -202,8 +202,8 @@ func TestAgentWeights(t *testing.T) {
 // at most 30% of its former share of 1 000 new connections, and its 100
 // established connections keep working.
 func TestLoadFeedback(t *testing.T) {
-	lab, d, servers := modelLab(t, 3, nil, func(b *testenv.Backend) []string {
-		return []string{"--load-metric", fmt.Sprintf("http://%s:%d/metrics#%s", b.Addr.Addr(), testenv.LabMetricsPort, testenv.LabQueueSeries),
+	lab, d, servers := modelLab(t, 3, nil, func(b *netlab.Backend) []string {
+		return []string{"--load-metric", fmt.Sprintf("http://%s:%d/metrics#%s", b.Addr.Addr(), netlab.LabMetricsPort, netlab.LabQueueSeries),
 			"--load-target", "2", "--load-interval", "100ms"}
 	})
 	before := spreadNew(t, lab, 1000)
@@ -239,7 +239,7 @@ func TestLoadFeedback(t *testing.T) {
 // new connections follows the ramp from 10% to 100% of its weight within
 // ±5 points at 2, 5 and 10 s.
 func TestSlowStart(t *testing.T) {
-	lab, d, _ := modelLab(t, 3, nil, func(b *testenv.Backend) []string {
+	lab, d, _ := modelLab(t, 3, nil, func(b *netlab.Backend) []string {
 		if b.Name == "b2" {
 			return []string{"--slow-start", "10s"}
 		}
@@ -279,8 +279,8 @@ func TestSlowStart(t *testing.T) {
 // the data plane at once; the same kills without the flapping, before
 // it, give the baseline.
 func TestReweightBound(t *testing.T) {
-	lab, d, servers := modelLab(t, 3, nil, func(b *testenv.Backend) []string {
-		return []string{"--load-metric", fmt.Sprintf("http://%s:%d/metrics#%s", b.Addr.Addr(), testenv.LabMetricsPort, testenv.LabQueueSeries),
+	lab, d, servers := modelLab(t, 3, nil, func(b *netlab.Backend) []string {
+		return []string{"--load-metric", fmt.Sprintf("http://%s:%d/metrics#%s", b.Addr.Addr(), netlab.LabMetricsPort, netlab.LabQueueSeries),
 			"--load-target", "2", "--load-interval", "20ms"}
 	})
 	events := d.follow(t)

@@ -15,10 +15,10 @@ import (
 	"time"
 
 	"github.com/sluicelb/sluice/cmd/sluice/internal/lab"
+	"github.com/sluicelb/sluice/cmd/sluice/netlab"
 	"github.com/sluicelb/sluice/control/api"
 	"github.com/sluicelb/sluice/control/state"
 	"github.com/sluicelb/sluice/loader"
-	"github.com/sluicelb/sluice/testenv"
 )
 
 const demoVIP = "10.77.1.100:7/tcp"
@@ -27,12 +27,12 @@ var demoVIPAddr = netip.MustParseAddrPort("10.77.1.100:7")
 
 type demo struct {
 	w       io.Writer
-	lab     *testenv.Lab
+	lab     *netlab.Lab
 	cl      *api.Client
 	events  chan api.Event
 	summary [][2]string
 	long    []demoConn
-	models  map[string]*testenv.ModelServer
+	models  map[string]*netlab.ModelServer
 }
 
 type demoConn struct {
@@ -59,7 +59,7 @@ func Run(ctx context.Context, w io.Writer) error {
 	d := &demo{w: w}
 	d.say("sluice demo: a client, the sluice daemon on an XDP load balancer, and 3 backends,")
 	d.say("each in its own network namespace on this host.")
-	lab, err := testenv.NewLab(ctx, nil, testenv.LabOptions{})
+	lab, err := netlab.NewLab(ctx, nil, netlab.LabOptions{})
 	if err != nil {
 		return fmt.Errorf("build lab: %w", err)
 	}
@@ -148,7 +148,7 @@ func (d *demo) waitEvent(addr, to string, since time.Time) (api.Event, error) {
 
 func (d *demo) configure(ctx context.Context) error {
 	d.say("\n0. sluice vip add %s; sluice backend add ... --check tcp --interval 100ms --fall 2 --rise 2", demoVIP)
-	d.say("   --load-metric http://ADDR:%d/metrics#%s --load-target %d --slow-start %v", testenv.LabMetricsPort, testenv.LabQueueSeries, demoTarget, demoSlowStart)
+	d.say("   --load-metric http://ADDR:%d/metrics#%s --load-target %d --slow-start %v", netlab.LabMetricsPort, netlab.LabQueueSeries, demoTarget, demoSlowStart)
 	if err := d.cl.Do(ctx, "POST", "/v1/vips", nil, api.VIPAddRequest{VIP: demoVIP, Forward: "ipip"}, nil); err != nil {
 		return err
 	}

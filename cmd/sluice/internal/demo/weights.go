@@ -5,9 +5,9 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/sluicelb/sluice/cmd/sluice/netlab"
 	"github.com/sluicelb/sluice/control/api"
 	"github.com/sluicelb/sluice/control/state"
-	"github.com/sluicelb/sluice/testenv"
 )
 
 // demoSlowStart is the backends' slow start in the demo, and demoTarget
@@ -21,7 +21,7 @@ const (
 // startModelServers runs a model server (gRPC health, an agent, a
 // queue gauge) on every backend, as model-serving replicas would.
 func (d *demo) startModelServers() error {
-	ms, err := testenv.StartModelServers(d.lab)
+	ms, err := netlab.StartModelServers(d.lab)
 	if err != nil {
 		return err
 	}
@@ -37,7 +37,7 @@ func (d *demo) startModelServers() error {
 
 // weighted gives a demo backend its load metric and slow start.
 func weighted(b *state.Backend) {
-	b.Load = &state.Load{Metric: fmt.Sprintf("http://%s:%d/metrics#%s", b.Addr, testenv.LabMetricsPort, testenv.LabQueueSeries),
+	b.Load = &state.Load{Metric: fmt.Sprintf("http://%s:%d/metrics#%s", b.Addr, netlab.LabMetricsPort, netlab.LabQueueSeries),
 		Target: demoTarget, Interval: state.Duration(100 * time.Millisecond)}
 	b.SlowStart = state.Duration(demoSlowStart)
 }
@@ -99,7 +99,7 @@ func (d *demo) slowStart(ctx context.Context) error {
 
 // overload shows b1 losing new flows while its queue is 4× its target.
 func (d *demo) overload(ctx context.Context) error {
-	d.say("\n6. b1's queue gauge (%s) goes to %d, 4× its --load-target %d", testenv.LabQueueSeries, 4*demoTarget, demoTarget)
+	d.say("\n6. b1's queue gauge (%s) goes to %d, 4× its --load-target %d", netlab.LabQueueSeries, 4*demoTarget, demoTarget)
 	before, err := d.quietBurst(ctx, 100)
 	if err != nil {
 		return err

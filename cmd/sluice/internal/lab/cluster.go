@@ -13,8 +13,8 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/sluicelb/sluice/cmd/sluice/netlab"
 	"github.com/sluicelb/sluice/control/state"
-	"github.com/sluicelb/sluice/testenv"
 )
 
 // Command is how an LB node's daemon was started: what `lab fault
@@ -26,7 +26,7 @@ type Command struct {
 }
 
 // record notes how d was started on h.
-func (r *runner) record(h *testenv.Host, d *Daemon) {
+func (r *runner) record(h *netlab.Host, d *Daemon) {
 	if r.st.Commands == nil {
 		r.st.Commands = map[string]Command{}
 	}
@@ -46,7 +46,7 @@ func (r *runner) startCluster(ctx context.Context) error {
 		r.st.EtcdPIDs = append(r.st.EtcdPIDs, m.PID())
 		r.st.Hosts = append(r.st.Hosts, Host{Name: m.Name, NS: m.NSName(), Link: m.Link, Addr: m.Addr.Addr().String()})
 	}
-	if r.bird, err = testenv.StartBIRD(ctx, Dir, r.lab.Router, testenv.LabBIRDConfig(r.lab, true)); err != nil {
+	if r.bird, err = netlab.StartBIRD(ctx, Dir, r.lab.Router, netlab.LabBIRDConfig(r.lab, true)); err != nil {
 		return err
 	}
 	r.st.RouterPID = r.bird.PID()
@@ -61,7 +61,7 @@ func (r *runner) startCluster(ctx context.Context) error {
 		}
 		d, err := StartDaemonOn(r.lab, h, dir, "127.0.0.1:9642", "--store", "etcd", "--etcd-endpoints", strings.Join(etcd.Endpoints(), ","),
 			"--cluster", "lab", "--node-name", fmt.Sprintf("n%d", i+1), "--flow-sync-key", key,
-			"--bgp-asn", "65001", "--bgp-peer", testenv.LabRouter4.Addr().String()+"@65000", "--bgp-bfd")
+			"--bgp-asn", "65001", "--bgp-peer", netlab.LabRouter4.Addr().String()+"@65000", "--bgp-bfd")
 		if err != nil {
 			return err
 		}
@@ -92,7 +92,7 @@ func (r *runner) waitRoutes(ctx context.Context, timeout time.Duration) error {
 		}
 		if time.Now().After(deadline) {
 			bgp, _ := r.bird.Show(ctx, "protocols")
-			return fmt.Errorf("the router's route to %s has %d next hops after %v, want %d: %s\n%s", testenv.LabVIP4, hops, timeout, len(r.lab.Nodes), out, bgp)
+			return fmt.Errorf("the router's route to %s has %d next hops after %v, want %d: %s\n%s", netlab.LabVIP4, hops, timeout, len(r.lab.Nodes), out, bgp)
 		}
 		select {
 		case <-ctx.Done():
@@ -103,14 +103,14 @@ func (r *runner) waitRoutes(ctx context.Context, timeout time.Duration) error {
 }
 
 // nextHops counts the router's next hops to the lab's VIP.
-func nextHops(ctx context.Context, router *testenv.Host) (int, string, error) {
-	out, err := router.Command(ctx, "ip", "-4", "route", "show", testenv.LabVIP4.String()).CombinedOutput()
+func nextHops(ctx context.Context, router *netlab.Host) (int, string, error) {
+	out, err := router.Command(ctx, "ip", "-4", "route", "show", netlab.LabVIP4.String()).CombinedOutput()
 	if err != nil {
 		return 0, "", fmt.Errorf("ip route on the router: %v: %s", err, out)
 	}
 	n := 0
 	for _, f := range strings.Fields(string(out)) {
-		if a, err := netip.ParseAddr(f); err == nil && testenv.LabRouter4.Contains(a) {
+		if a, err := netip.ParseAddr(f); err == nil && netlab.LabRouter4.Contains(a) {
 			n++
 		}
 	}

@@ -9,8 +9,8 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/sluicelb/sluice/cmd/sluice/netlab"
 	"github.com/sluicelb/sluice/control/api"
-	"github.com/sluicelb/sluice/testenv"
 )
 
 // Daemon is a `sluice daemon` running in a lab's LB namespace, with its
@@ -26,12 +26,12 @@ type Daemon struct {
 
 // StartDaemon starts the daemon on the lab's LB host; wait tells when
 // its API answers.
-func StartDaemon(lab *testenv.Lab, dir, metricsAddr string, extra ...string) (*Daemon, error) {
+func StartDaemon(lab *netlab.Lab, dir, metricsAddr string, extra ...string) (*Daemon, error) {
 	return StartDaemonOn(lab, lab.LB, dir, metricsAddr, extra...)
 }
 
 // StartDaemonOn starts the daemon on one of the lab's LB hosts.
-func StartDaemonOn(lab *testenv.Lab, host *testenv.Host, dir, metricsAddr string, extra ...string) (*Daemon, error) {
+func StartDaemonOn(lab *netlab.Lab, host *netlab.Host, dir, metricsAddr string, extra ...string) (*Daemon, error) {
 	self, err := os.Executable()
 	if err != nil {
 		return nil, err

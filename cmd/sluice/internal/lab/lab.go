@@ -21,10 +21,10 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/sluicelb/sluice/cmd/sluice/netlab"
 	"github.com/sluicelb/sluice/control/api"
 	"github.com/sluicelb/sluice/control/state"
 	"github.com/sluicelb/sluice/loader"
-	"github.com/sluicelb/sluice/testenv"
 )
 
 const Prefix = "sluicelab"
@@ -137,7 +137,7 @@ func Up(ctx context.Context, w io.Writer, backends int, pair bool, cluster int) 
 		}
 		_ = cleanup(st)
 	}
-	_ = testenv.RemoveWithPrefix(Prefix + "-")
+	_ = netlab.RemoveWithPrefix(Prefix + "-")
 	self, err := os.Executable()
 	if err != nil {
 		return err
@@ -294,27 +294,27 @@ func Run(backends int, pair bool, cluster int) error {
 // runner is what `lab run` built and must remove: the lab, its state
 // file and its daemons.
 type runner struct {
-	lab             *testenv.Lab
+	lab             *netlab.Lab
 	st              *State
 	pair            bool
 	cluster         int
-	lbs             []*testenv.Host
+	lbs             []*netlab.Host
 	daemon, daemon2 *Daemon
 	nodes           []*Daemon // a cluster's daemons past lb's
-	bird            *testenv.BIRD
-	models          map[string]*testenv.ModelServer // by backend name
+	bird            *netlab.BIRD
+	models          map[string]*netlab.ModelServer // by backend name
 	stopModels      context.CancelFunc
 }
 
 // newRunner builds the lab's namespaces and writes its state file.
 func newRunner(ctx context.Context, backends int, pair bool, cluster int) (*runner, error) {
-	lab, err := testenv.NewLab(ctx, nil, testenv.LabOptions{Backends: backends, Prefix: Prefix, Pair: pair, Nodes: cluster, Router: cluster > 0})
+	lab, err := netlab.NewLab(ctx, nil, netlab.LabOptions{Backends: backends, Prefix: Prefix, Pair: pair, Nodes: cluster, Router: cluster > 0})
 	if err != nil {
 		return nil, err
 	}
 	r := &runner{lab: lab, pair: pair, cluster: cluster, lbs: lab.Nodes,
 		st: &State{ID: lab.ID(), PinRoot: lab.PinRoot(), Socket: filepath.Join(Dir, "sluice.sock"), RunnerPID: os.Getpid(), Pair: pair, Cluster: cluster}}
-	hosts := append(append([]*testenv.Host{lab.Client}, r.lbs...), backendHosts(lab)...)
+	hosts := append(append([]*netlab.Host{lab.Client}, r.lbs...), backendHosts(lab)...)
 	if lab.Router != nil {
 		hosts = append(hosts, lab.Router)
 	}
@@ -353,7 +353,7 @@ func (r *runner) teardown() {
 		_ = h.Do(func() error { return loader.DetachPinned(h.Link, r.lab.PinRoot()) })
 	}
 	_ = r.lab.Close()
-	_ = testenv.RemoveWithPrefix(Prefix + "-" + r.lab.ID())
+	_ = netlab.RemoveWithPrefix(Prefix + "-" + r.lab.ID())
 	os.RemoveAll(Dir)
 }
 
@@ -512,8 +512,8 @@ func waitMaster(ctx context.Context, timeout time.Duration, cls ...*api.Client) 
 	}
 }
 
-func backendHosts(lab *testenv.Lab) []*testenv.Host {
-	var out []*testenv.Host
+func backendHosts(lab *netlab.Lab) []*netlab.Host {
+	var out []*netlab.Host
 	for _, b := range lab.Backends {
 		out = append(out, b.Host)
 	}
@@ -540,12 +540,12 @@ func cleanup(st *State) error {
 		if st.PinRoot != "" {
 			for _, h := range st.Hosts {
 				if strings.HasPrefix(h.Name, "lb") {
-					_ = testenv.InNamedNS(h.NS, func() error { return loader.DetachPinned(h.Link, st.PinRoot) })
+					_ = netlab.InNamedNS(h.NS, func() error { return loader.DetachPinned(h.Link, st.PinRoot) })
 				}
 			}
 		}
 	}
-	err := testenv.RemoveWithPrefix(Prefix + "-")
+	err := netlab.RemoveWithPrefix(Prefix + "-")
 	os.RemoveAll(Dir)
 	return err
 }
@@ -558,7 +558,7 @@ func Down(w io.Writer) error {
 	if err := cleanup(st); err != nil {
 		return err
 	}
-	if left := testenv.LeftoversWithPrefix(Prefix + "-"); len(left) > 0 {
+	if left := netlab.LeftoversWithPrefix(Prefix + "-"); len(left) > 0 {
 		return fmt.Errorf("could not remove: %v", left)
 	}
 	fmt.Fprintln(w, "lab removed: no namespace, link, pinned object or process left")

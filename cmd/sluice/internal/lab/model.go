@@ -11,8 +11,8 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/sluicelb/sluice/cmd/sluice/netlab"
 	"github.com/sluicelb/sluice/control/state"
-	"github.com/sluicelb/sluice/testenv"
 )
 
 // Model is what a lab backend's model server reports: its agent's
@@ -35,8 +35,8 @@ func modelPath(backend string) string { return filepath.Join(Dir, backend+".mode
 // agent check and a load metric on its model server.
 func labBackend(addr string, check state.Check) state.Backend {
 	return state.Backend{Addr: addr, Weight: 1, Check: check,
-		Agent: &state.Agent{Port: testenv.LabAgentPort},
-		Load: &state.Load{Metric: fmt.Sprintf("http://%s:%d/metrics#%s", addr, testenv.LabMetricsPort, testenv.LabQueueSeries),
+		Agent: &state.Agent{Port: netlab.LabAgentPort},
+		Load: &state.Load{Metric: fmt.Sprintf("http://%s:%d/metrics#%s", addr, netlab.LabMetricsPort, netlab.LabQueueSeries),
 			Target: ModelTarget}}
 }
 
@@ -44,7 +44,7 @@ func labBackend(addr string, check state.Check) state.Backend {
 // `sluice lab model` writes for each every 100 ms until ctx ends.
 func (r *runner) startModels(ctx context.Context) error {
 	var err error
-	if r.models, err = testenv.StartModelServers(r.lab); err != nil {
+	if r.models, err = netlab.StartModelServers(r.lab); err != nil {
 		return err
 	}
 	go func() {

@@ -1,9 +1,11 @@
-// Package testenv builds throwaway hosts in network namespaces, joined by
-// veth pairs to a Linux bridge in a switch namespace of their own. Every run
-// uses unique names, touches nothing outside its namespaces and its bpffs
-// directory, and removes everything on Close; namespaces left behind by a
-// process that died are swept by the next New.
-package testenv
+// Package netlab is the lab that `sluice lab` and `sluice demo` run, and
+// the tests build: throwaway hosts in network namespaces, joined by veth
+// pairs to a Linux bridge in a switch namespace of their own, with the
+// lab's client, LB, backends (model servers), router (BIRD) and etcd.
+// Every run uses unique names, touches nothing outside its namespaces and
+// its bpffs directory, and removes everything on Close; namespaces left
+// behind by a process that died are swept by the next New.
+package netlab
 
 import (
 	"context"
@@ -32,7 +34,8 @@ import (
 	"github.com/sluicelb/sluice/loader"
 )
 
-// Prefix starts the name of every namespace and bpffs directory testenv makes.
+// Prefix starts the name of every namespace and bpffs directory New makes
+// (tests'; the lab runner names its own).
 const Prefix = "sluicet"
 
 const netnsDir = "/var/run/netns"
@@ -712,4 +715,10 @@ func (e *Env) AddHostBehind(gw *Host, name string, addr, gwAddr netip.Prefix, op
 		}
 	}
 	return h, nil
+}
+
+// OnSwitch runs fn in the switch's namespace, told the name of h's link
+// there (a generator that sends h frames as if from the wire).
+func (h *Host) OnSwitch(fn func(peer string) error) error {
+	return inNS(h.env.sw, func() error { return fn(h.peer) })
 }

@@ -15,6 +15,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/sluicelb/sluice/bpf"
+	"github.com/sluicelb/sluice/loader/internal/pin"
 )
 
 // Capture limits and defaults (sluice.h: SLUICE_CAPTURE_*).
@@ -80,14 +81,14 @@ func OpenPinned(iface, pinRoot string) (*Pinned, error) {
 	if err != nil {
 		return nil, fmt.Errorf("interface %q: %w", iface, err)
 	}
-	dir, err := pinDirFor(pinRoot, "", ifi)
+	dir, err := pin.Dir(pinRoot, "", ifi)
 	if err != nil {
 		return nil, err
 	}
 	p := &Pinned{d: &Datapath{}}
-	err = openPinnedMaps(dir, []pinnedMap{{bpf.LbMapVips, &p.d.objs.Vips, false}, {bpf.LbMapBackends, &p.d.objs.Backends, false},
-		{bpf.LbMapStats, &p.d.objs.Stats, false}, {bpf.LbMapCapture, &p.cfg, false},
-		{bpf.LbMapCaptureState, &p.state, false}, {bpf.LbMapCaptureEvents, &p.events, false}})
+	err = pin.OpenMaps(dir, []pin.Map{{Name: bpf.LbMapVips, To: &p.d.objs.Vips}, {Name: bpf.LbMapBackends, To: &p.d.objs.Backends},
+		{Name: bpf.LbMapStats, To: &p.d.objs.Stats}, {Name: bpf.LbMapCapture, To: &p.cfg},
+		{Name: bpf.LbMapCaptureState, To: &p.state}, {Name: bpf.LbMapCaptureEvents, To: &p.events}})
 	if errors.Is(err, os.ErrNotExist) {
 		return nil, fmt.Errorf("no sluice data plane with capture is pinned for %s under %s (is the daemon running, and this version?)", iface, pinRoot)
 	}

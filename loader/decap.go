@@ -15,6 +15,7 @@ import (
 	"github.com/cilium/ebpf/link"
 
 	"github.com/sluicelb/sluice/bpf"
+	"github.com/sluicelb/sluice/loader/internal/pin"
 )
 
 // DecapOptions configure AttachDecap.
@@ -86,10 +87,10 @@ func AttachDecap(ctx context.Context, opts DecapOptions) (*Decap, error) {
 				return nil, err
 			}
 		}
-		if d.pinDir, err = pinDirFor(opts.PinRoot, "decap", iface); err != nil {
+		if d.pinDir, err = pin.Dir(opts.PinRoot, "decap", iface); err != nil {
 			return nil, err
 		}
-		migrateLegacy(legacyPinDir(opts.PinRoot, "decap", iface.Name), d.pinDir, iface, log)
+		pin.MigrateLegacy(pin.Legacy(opts.PinRoot, "decap", iface.Name), d.pinDir, iface, log)
 		if err := os.MkdirAll(d.pinDir, 0o700); err != nil {
 			return nil, fmt.Errorf("create pin directory %s: %w", d.pinDir, err)
 		}
@@ -99,7 +100,7 @@ func AttachDecap(ctx context.Context, opts DecapOptions) (*Decap, error) {
 		collOpts.Maps.PinPath = d.pinDir
 	}
 	if err := spec.LoadAndAssign(&d.objs, &collOpts); err != nil {
-		return nil, explainLoadError(err, d.pinDir)
+		return nil, pin.ExplainLoadError(err, d.pinDir)
 	}
 	// Both lists are checked before either is written: a bad one changes
 	// nothing of a decapsulator already attached.
@@ -124,7 +125,7 @@ func AttachDecap(ctx context.Context, opts DecapOptions) (*Decap, error) {
 		return nil, err
 	}
 	if iface != nil {
-		d.link, _, _, err = attachOrAdopt(d.objs.XdpDecap, iface, opts.Mode, filepath.Join(d.pinDir, "link"), log)
+		d.link, _, _, err = pin.AttachOrAdopt(d.objs.XdpDecap, iface, opts.Mode, filepath.Join(d.pinDir, "link"), log)
 		if err != nil {
 			d.objs.Close()
 			return nil, err
@@ -361,17 +362,8 @@ func (d *Decap) Close() error {
 	return errors.Join(errs...)
 }
 
-// removeEmptyParents removes up to n parent directories of dir that are
+// pin.RemoveEmptyParents removes up to n parent directories of dir that are
 // empty (os.Remove refuses non-empty ones).
-func removeEmptyParents(dir string, n int) {
-	for range n {
-		dir = filepath.Dir(dir)
-		if os.Remove(dir) != nil {
-			return
-		}
-	}
-}
-
 // OpenDecap opens the maps of the decap program pinned for iface in this
 // network namespace, to read its counters and allow list.
 func OpenDecap(iface, pinRoot string) (*Decap, error) {
@@ -379,14 +371,14 @@ func OpenDecap(iface, pinRoot string) (*Decap, error) {
 	if err != nil {
 		return nil, fmt.Errorf("interface %q: %w", iface, err)
 	}
-	dir, err := pinDirFor(pinRoot, "decap", ifi)
+	dir, err := pin.Dir(pinRoot, "decap", ifi)
 	if err != nil {
 		return nil, err
 	}
 	d := &Decap{pinDir: dir}
-	err = openPinnedMaps(dir, []pinnedMap{{"decap_addrs", &d.objs.DecapAddrs, false}, {"decap_allow", &d.objs.DecapAllow, false},
-		{"decap_stats", &d.objs.DecapStats, false},
-		{"decap_gue_ports", &d.objs.DecapGuePorts, true}}) // absent if pinned before GUE: no ports
+	err = pin.OpenMaps(dir, []pin.Map{{Name: "decap_addrs", To: &d.objs.DecapAddrs}, {Name: "decap_allow", To: &d.objs.DecapAllow},
+		{Name: "decap_stats", To: &d.objs.DecapStats},
+		{Name: "decap_gue_ports", To: &d.objs.DecapGuePorts, Optional: true}}) // absent if pinned before GUE: no ports
 	if errors.Is(err, os.ErrNotExist) {
 		return nil, fmt.Errorf("no decap program is pinned for %s (%s): attach one with sluice decap attach --iface %s", iface, dir, iface)
 	}
@@ -398,5 +390,5 @@ func OpenDecap(iface, pinRoot string) (*Decap, error) {
 
 // DetachDecap removes the pinned decap program from iface.
 func DetachDecap(iface, pinRoot string) error {
-	return detachIface(iface, pinRoot, "decap", "decap program", "decap", 3)
+	return pin.DetachIface(iface, pinRoot, "decap", "decap program", "decap", 3)
 }

@@ -17,50 +17,27 @@ import (
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
-	"golang.org/x/sys/unix"
 
 	"github.com/sluicelb/sluice/bpf"
+	"github.com/sluicelb/sluice/loader/internal/pin"
 )
 
-// DefaultPinRoot is where pinned objects live (see pins.go for the
-// layout below it).
-const DefaultPinRoot = "/sys/fs/bpf/sluice"
-
-// bpffsDir is where bpffs is mounted.
-const bpffsDir = "/sys/fs/bpf"
+// DefaultPinRoot is where pinned objects live (see loader/internal/pin
+// for the layout below it).
+const DefaultPinRoot = pin.DefaultRoot
 
 // Mode is the XDP attach mode.
-type Mode int
+type Mode = pin.Mode
 
 // Attach modes.
 const (
-	ModeAuto Mode = iota
-	ModeNative
-	ModeGeneric
+	ModeAuto    = pin.ModeAuto
+	ModeNative  = pin.ModeNative
+	ModeGeneric = pin.ModeGeneric
 )
 
-func (m Mode) String() string {
-	switch m {
-	case ModeNative:
-		return "native"
-	case ModeGeneric:
-		return "generic"
-	}
-	return "auto"
-}
-
 // ParseMode parses native, generic or auto.
-func ParseMode(s string) (Mode, error) {
-	switch s {
-	case "auto", "":
-		return ModeAuto, nil
-	case "native":
-		return ModeNative, nil
-	case "generic":
-		return ModeGeneric, nil
-	}
-	return 0, fmt.Errorf("xdp mode %q: want native, generic or auto", s)
-}
+func ParseMode(s string) (Mode, error) { return pin.ParseMode(s) }
 
 // Options configure Load.
 type Options struct {
@@ -146,10 +123,10 @@ func Load(ctx context.Context, opts Options) (*Datapath, error) {
 		if err != nil {
 			return nil, fmt.Errorf("interface %q: %w", opts.Iface, err)
 		}
-		if d.pinDir, err = pinDirFor(opts.PinRoot, "", d.iface); err != nil {
+		if d.pinDir, err = pin.Dir(opts.PinRoot, "", d.iface); err != nil {
 			return nil, err
 		}
-		migrateLegacy(legacyPinDir(opts.PinRoot, "", d.iface.Name), d.pinDir, d.iface, log)
+		pin.MigrateLegacy(pin.Legacy(opts.PinRoot, "", d.iface.Name), d.pinDir, d.iface, log)
 		if err := os.MkdirAll(d.pinDir, 0o700); err != nil {
 			return nil, fmt.Errorf("create pin directory %s: %w", d.pinDir, err)
 		}
@@ -165,7 +142,7 @@ func Load(ctx context.Context, opts Options) (*Datapath, error) {
 	}
 
 	if err := spec.LoadAndAssign(&d.objs, &collOpts); err != nil {
-		return nil, explainLoadError(err, d.pinDir)
+		return nil, pin.ExplainLoadError(err, d.pinDir)
 	}
 	if d.iface != nil {
 		if err := d.attach(); err != nil {
@@ -176,97 +153,13 @@ func Load(ctx context.Context, opts Options) (*Datapath, error) {
 	return d, nil
 }
 
-func explainLoadError(err error, pinDir string) error {
-	var ve *ebpf.VerifierError
-	switch {
-	case errors.As(err, &ve):
-		return fmt.Errorf("load xdp program: the kernel verifier refused it:\n%+v", ve)
-	case errors.Is(err, unix.EPERM), errors.Is(err, os.ErrPermission):
-		return fmt.Errorf("load xdp program: %w (run as root, or grant CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON)", err)
-	case errors.Is(err, ebpf.ErrMapIncompatible):
-		return fmt.Errorf("load xdp program: pinned maps in %s do not match this version or flow table size: %w "+
-			"(detach with the old version, or remove %s, which stops forwarding)", pinDir, err, pinDir)
-	}
-	return fmt.Errorf("load xdp program: %w", err)
-}
-
 func (d *Datapath) attach() error {
-	l, mode, adopted, err := attachOrAdopt(d.objs.XdpLb, d.iface, d.mode, filepath.Join(d.pinDir, "link"), d.log)
+	l, mode, adopted, err := pin.AttachOrAdopt(d.objs.XdpLb, d.iface, d.mode, filepath.Join(d.pinDir, "link"), d.log)
 	if err != nil {
 		return err
 	}
 	d.link, d.mode, d.adopted = l, mode, adopted
 	return nil
-}
-
-// attachOrAdopt adopts the link pinned at pin, swapping its program for prog
-// in one step so no packet meets an interface without a program, or else
-// attaches prog afresh and pins the link.
-func attachOrAdopt(prog *ebpf.Program, iface *net.Interface, mode Mode, pin string, log *slog.Logger) (link.Link, Mode, bool, error) {
-	if l, err := link.LoadPinnedLink(pin, nil); err == nil {
-		if err := ownsIface(l, iface); err != nil {
-			l.Close()
-			return nil, 0, false, fmt.Errorf("adopt pinned xdp link %s: %w; refusing to take it over (remove it to start afresh)", pin, err)
-		}
-		if err := l.Update(prog); err != nil {
-			l.Close()
-			return nil, 0, false, fmt.Errorf("adopt pinned xdp link on %s: replace program: %w", iface.Name, err)
-		}
-		log.Info("adopted pinned xdp link", "iface", iface.Name, "pin", pin)
-		return l, mode, true, nil
-	} else if !errors.Is(err, os.ErrNotExist) {
-		return nil, 0, false, fmt.Errorf("load pinned xdp link %s: %w", pin, err)
-	}
-	l, mode, err := attachXDP(prog, iface, mode, log)
-	if err != nil {
-		return nil, 0, false, err
-	}
-	if err := l.Pin(pin); err != nil {
-		l.Close()
-		return nil, 0, false, fmt.Errorf("pin xdp link at %s: %w", pin, err)
-	}
-	log.Info("attached xdp program", "iface", iface.Name, "mode", mode.String(), "pin", pin)
-	return l, mode, false, nil
-}
-
-// attachXDP attaches prog in the requested mode; auto tries native first and
-// falls back to generic with a logged reason.
-func attachXDP(prog *ebpf.Program, iface *net.Interface, mode Mode, log *slog.Logger) (link.Link, Mode, error) {
-	try := func(m Mode) (link.Link, error) {
-		flags := link.XDPDriverMode
-		if m == ModeGeneric {
-			flags = link.XDPGenericMode
-		}
-		l, err := link.AttachXDP(link.XDPOptions{Program: prog, Interface: iface.Index, Flags: flags})
-		if err != nil {
-			if errors.Is(err, unix.EPERM) {
-				return nil, fmt.Errorf("attach xdp to %s in %s mode: %w (run as root or grant CAP_NET_ADMIN)", iface.Name, m, err)
-			}
-			if errors.Is(err, unix.EBUSY) || errors.Is(err, unix.EEXIST) {
-				return nil, fmt.Errorf("attach xdp to %s in %s mode: another XDP program is attached: %w", iface.Name, m, err)
-			}
-			return nil, fmt.Errorf("attach xdp to %s in %s mode: %w", iface.Name, m, err)
-		}
-		return l, nil
-	}
-	switch mode {
-	case ModeNative, ModeGeneric:
-		l, err := try(mode)
-		if err != nil && mode == ModeNative {
-			err = fmt.Errorf("%w (the driver may not support native XDP; try --xdp-mode generic or auto)", err)
-		}
-		return l, mode, err
-	}
-	l, err := try(ModeNative)
-	if err == nil {
-		return l, ModeNative, nil
-	}
-	log.Warn("native XDP refused, falling back to generic mode", "iface", iface.Name, "reason", err)
-	l, err2 := try(ModeGeneric)
-	if err2 != nil {
-		return nil, 0, fmt.Errorf("%w; generic fallback: %w", err, err2)
-	}
-	return l, ModeGeneric, nil
 }
 
 // Adopted reports whether Load took over a data plane a previous process pinned.
@@ -308,72 +201,18 @@ func (d *Datapath) Detach() error {
 	}
 	if d.pinDir != "" {
 		errs = append(errs, os.RemoveAll(d.pinDir))
-		removeEmptyParents(d.pinDir, 2)
+		pin.RemoveEmptyParents(d.pinDir, 2)
 	}
 	errs = append(errs, d.objs.Close())
 	return errors.Join(errs...)
 }
 
 // EnsureBPFFS mounts bpffs at /sys/fs/bpf when it is not mounted.
-func EnsureBPFFS() error {
-	const dir = bpffsDir
-	var st unix.Statfs_t
-	if err := unix.Statfs(dir, &st); err == nil && st.Type == unix.BPF_FS_MAGIC {
-		return nil
-	}
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return fmt.Errorf("create %s: %w", dir, err)
-	}
-	if err := unix.Mount("bpffs", dir, "bpf", 0, "mode=0700"); err != nil {
-		return fmt.Errorf("mount bpffs at %s: %w (run as root)", dir, err)
-	}
-	return nil
-}
+func EnsureBPFFS() error { return pin.EnsureBPFFS() }
 
 // DetachPinned removes the load balancer that a daemon left pinned for
 // iface: the program leaves the interface and every pinned map goes.
 // Forwarding stops.
 func DetachPinned(iface, pinRoot string) error {
-	return detachIface(iface, pinRoot, "", "sluice data plane", "xdp", 2)
-}
-
-// detachIface detaches what is pinned for the interface of that name in
-// this network namespace, or, left by an older version, at its name alone
-// if it is this interface's.
-func detachIface(iface, pinRoot, kind, what, linkKind string, parents int) error {
-	ifi, err := net.InterfaceByName(iface)
-	if err != nil {
-		return fmt.Errorf("interface %q: %w", iface, err)
-	}
-	dir, err := pinDirFor(pinRoot, kind, ifi)
-	if err != nil {
-		return err
-	}
-	if _, err := os.Stat(dir); errors.Is(err, os.ErrNotExist) {
-		legacy := legacyPinDir(pinRoot, kind, iface)
-		if l, err := link.LoadPinnedLink(filepath.Join(legacy, "link"), nil); err == nil {
-			owned := ownsIface(l, ifi) == nil
-			l.Close()
-			if owned {
-				return detachPinned(legacy, iface, what, linkKind, parents-1)
-			}
-		}
-	}
-	return detachPinned(dir, iface, what, linkKind, parents)
-}
-
-// detachPinned unpins and closes the XDP link pinned in dir, removes dir,
-// and then its parents that are left empty, up to parents levels. what
-// and kind name the program in errors.
-func detachPinned(dir, iface, what, kind string, parents int) error {
-	l, err := link.LoadPinnedLink(filepath.Join(dir, "link"), nil)
-	if errors.Is(err, os.ErrNotExist) {
-		return fmt.Errorf("no %s is pinned for %s (%s)", what, iface, dir)
-	}
-	if err != nil {
-		return fmt.Errorf("load pinned %s link for %s: %w", kind, iface, err)
-	}
-	errs := []error{l.Unpin(), l.Close(), os.RemoveAll(dir)}
-	removeEmptyParents(dir, parents)
-	return errors.Join(errs...)
+	return pin.DetachIface(iface, pinRoot, "", "sluice data plane", "xdp", 2)
 }

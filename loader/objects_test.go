@@ -6,6 +6,7 @@ import (
 	"github.com/cilium/ebpf"
 
 	"github.com/sluicelb/sluice/bpf"
+	"github.com/sluicelb/sluice/loader/internal/pin"
 	"github.com/sluicelb/sluice/testenv/testutil"
 )
 
@@ -34,7 +35,7 @@ func TestEveryProgramLoads(t *testing.T) {
 			}
 			coll, err := ebpf.NewCollection(spec)
 			if err != nil {
-				t.Fatal(explainLoadError(err, ""))
+				t.Fatal(pin.ExplainLoadError(err, ""))
 			}
 			defer coll.Close()
 			if len(coll.Programs) != obj.progs {

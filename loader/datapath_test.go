@@ -601,7 +601,7 @@ func TestPacketCases(t *testing.T) {
 				if err != nil {
 					t.Fatal(err)
 				}
-				if c != (Counter{1, uint64(len(orig))}) {
+				if c != (Counter{Packets: 1, Bytes: uint64(len(orig))}) {
 					t.Errorf("vip %s counter = %+v, want 1 packet of %d bytes", tc.vip, c, len(orig))
 				}
 			}
@@ -611,7 +611,7 @@ func TestPacketCases(t *testing.T) {
 				if err != nil {
 					t.Fatal(err)
 				}
-				if c != (Counter{1, uint64(len(orig))}) {
+				if c != (Counter{Packets: 1, Bytes: uint64(len(orig))}) {
 					t.Errorf("backend %d counter = %+v, want 1 packet of %d bytes", b, c, len(orig))
 				}
 			}

@@ -11,17 +11,18 @@ import (
 	"github.com/cilium/ebpf"
 	"github.com/gopacket/gopacket"
 	"github.com/gopacket/gopacket/layers"
+	"github.com/sluicelb/sluice/loader/decap"
 	"github.com/sluicelb/sluice/testenv/testutil"
 )
 
-func newDecap(t testing.TB, addrs ...string) *Decap {
+func newDecap(t testing.TB, addrs ...string) *decap.Decap {
 	t.Helper()
 	testutil.Require(t)
 	var as []netip.Addr
 	for _, a := range addrs {
 		as = append(as, netip.MustParseAddr(a))
 	}
-	d, err := AttachDecap(context.Background(), DecapOptions{Addrs: as, GUEPorts: []uint16{DefaultGUEPort, 5555}})
+	d, err := decap.Attach(context.Background(), decap.Options{Addrs: as, GUEPorts: []uint16{DefaultGUEPort, 5555}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -183,7 +184,7 @@ func TestDecapGUEPorts(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c != (DecapCounters{Decapsulated: Counter{1, 82}, Passed: Counter{1, 82}, Refused: Counter{1, 82}}) {
+	if c != (decap.Counters{Decapsulated: Counter{Packets: 1, Bytes: 82}, Passed: Counter{Packets: 1, Bytes: 82}, Refused: Counter{Packets: 1, Bytes: 82}}) {
 		t.Fatalf("decap counters: %+v", c)
 	}
 }
@@ -220,7 +221,7 @@ func TestDecapAllowFrom(t *testing.T) {
 			for _, p := range tc.allow {
 				allow = append(allow, netip.MustParsePrefix(p))
 			}
-			d, err := AttachDecap(context.Background(), DecapOptions{
+			d, err := decap.Attach(context.Background(), decap.Options{
 				Addrs: []netip.Addr{netip.MustParseAddr(me4), netip.MustParseAddr(me6)}, AllowFrom: allow, AllowOnly: tc.only})
 			if err != nil {
 				t.Fatal(err)
@@ -279,7 +280,7 @@ func TestDecapAllowList(t *testing.T) {
 	if got, _ = d.Allowed(); !slices.Equal(got, next[:1]) {
 		t.Fatalf("a refused list changed the allow list: %v", got)
 	}
-	if _, err := AttachDecap(context.Background(), DecapOptions{Addrs: []netip.Addr{netip.MustParseAddr("10.1.0.11")}, AllowOnly: true}); err == nil {
+	if _, err := decap.Attach(context.Background(), decap.Options{Addrs: []netip.Addr{netip.MustParseAddr("10.1.0.11")}, AllowOnly: true}); err == nil {
 		t.Fatal("allow-only with no prefix was accepted")
 	}
 }

@@ -1,14 +1,18 @@
 package loader
 
-import "net/netip"
+import (
+	"net/netip"
+
+	"github.com/sluicelb/sluice/loader/internal/layout"
+)
 
 // FlowHash is the data plane's hash of a flow (src → dst over proto)
 // under the configured seed: a new flow takes ring slot FlowHash % ring
 // size (or the next usable one). Tools and tests use it to say which
 // backend a connection goes to.
 func FlowHash(src, dst netip.AddrPort, proto Proto, seed uint32) uint32 {
-	ports := uint32(htons(src.Port()))<<16 | uint32(htons(dst.Port()))
-	s, d := addrWords(src.Addr()), addrWords(dst.Addr())
+	ports := uint32(layout.Htons(src.Port()))<<16 | uint32(layout.Htons(dst.Port()))
+	s, d := layout.Words(src.Addr()), layout.Words(dst.Addr())
 	if src.Addr().Is4() {
 		return jhash3(s[0], d[0], ports, seed^uint32(proto))
 	}

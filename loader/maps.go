@@ -13,6 +13,7 @@ import (
 	"github.com/cilium/ebpf"
 
 	"github.com/sluicelb/sluice/bpf"
+	"github.com/sluicelb/sluice/loader/internal/layout"
 )
 
 // SetConfig writes the global configuration. It writes nothing when the
@@ -36,8 +37,8 @@ func (d *Datapath) SetConfig(c Config) (bool, error) {
 	if !src6.Is6() || src6.Is4In6() {
 		return false, fmt.Errorf("config encap source v6 %s: not an IPv6 address", src6)
 	}
-	raw.EncapSrc4 = addrWords(src4)[0]
-	raw.EncapSrc6 = addrWords(src6)
+	raw.EncapSrc4 = layout.Words(src4)[0]
+	raw.EncapSrc6 = layout.Words(src6)
 	switch c.NewFlowLimit {
 	case 0:
 		raw.NewFlowLimit = DefaultNewFlowLimit
@@ -77,8 +78,8 @@ func (d *Datapath) Config() (Config, error) {
 	return Config{
 		Seed:      raw.Seed,
 		MAC:       net.HardwareAddr(slices.Clone(raw.Mac[:])),
-		EncapSrc4: wordsAddr([4]uint32{raw.EncapSrc4}, family(netip.IPv4Unspecified())),
-		EncapSrc6: wordsAddr(raw.EncapSrc6, family(netip.IPv6Unspecified())),
+		EncapSrc4: layout.Addr([4]uint32{raw.EncapSrc4}, layout.Family(netip.IPv4Unspecified())),
+		EncapSrc6: layout.Addr(raw.EncapSrc6, layout.Family(netip.IPv6Unspecified())),
 		NewFlowLimit: func() uint32 {
 			if raw.NewFlowLimit == 0 {
 				return NoNewFlowLimit
@@ -123,7 +124,7 @@ func (d *Datapath) SetVIP(k VIPKey, v VIP) (bool, error) {
 		}
 	}
 	cur, ok := vips[rk]
-	raw := bpf.LbVipInfo{Id: v.ID, Forward: uint8(v.Forward), GuePort: htons(v.GUEPort), UdpTimeoutNs: uint64(v.UDPTimeout), RingSlot: v.ID * 2}
+	raw := bpf.LbVipInfo{Id: v.ID, Forward: uint8(v.Forward), GuePort: layout.Htons(v.GUEPort), UdpTimeoutNs: uint64(v.UDPTimeout), RingSlot: v.ID * 2}
 	if ok && cur.Id == v.ID {
 		raw.RingSlot, raw.RingSize = cur.RingSlot, cur.RingSize
 	}
@@ -131,7 +132,7 @@ func (d *Datapath) SetVIP(k VIPKey, v VIP) (bool, error) {
 		return false, nil
 	}
 	vips[rk] = raw
-	if err := d.objs.VipAddrs.Update(addrKey(k.Addr), uint32(1), ebpf.UpdateAny); err != nil {
+	if err := d.objs.VipAddrs.Update(layout.AddrKey(k.Addr), uint32(1), ebpf.UpdateAny); err != nil {
 		return false, fmt.Errorf("write vip address %s: %w", k.Addr, err)
 	}
 	if err := d.writeVIPs(vips); err != nil {
@@ -169,7 +170,7 @@ func (d *Datapath) DeleteVIP(k VIPKey) error {
 			return nil
 		}
 	}
-	if err := d.objs.VipAddrs.Delete(addrKey(k.Addr)); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+	if err := d.objs.VipAddrs.Delete(layout.AddrKey(k.Addr)); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 		return fmt.Errorf("delete vip address %s: %w", k.Addr, err)
 	}
 	return nil
@@ -184,7 +185,7 @@ func (d *Datapath) VIPs() (map[VIPKey]VIP, error) {
 	out := make(map[VIPKey]VIP, len(raw))
 	for k, v := range raw {
 		out[vipKeyFromRaw(k)] = VIP{
-			ID: v.Id, Forward: Forward(v.Forward), GUEPort: ntohs(v.GuePort), UDPTimeout: time.Duration(v.UdpTimeoutNs),
+			ID: v.Id, Forward: Forward(v.Forward), GUEPort: layout.Ntohs(v.GuePort), UDPTimeout: time.Duration(v.UdpTimeoutNs),
 			RingSlot: v.RingSlot, RingSize: v.RingSize,
 		}
 	}
@@ -355,7 +356,7 @@ func (d *Datapath) SetBackend(idx uint32, b Backend) (bool, error) {
 	if len(b.MAC) != 6 {
 		return false, fmt.Errorf("backend %s mac %q: want a 6-byte Ethernet address", b.Addr, b.MAC)
 	}
-	raw := bpf.LbBackend{Addr: addrWords(b.Addr), VipId: b.VIPID, Family: family(b.Addr), Flags: uint8(b.Flags)}
+	raw := bpf.LbBackend{Addr: layout.Words(b.Addr), VipId: b.VIPID, Family: layout.Family(b.Addr), Flags: uint8(b.Flags)}
 	copy(raw.Mac[:], b.MAC)
 	var cur bpf.LbBackend
 	if err := d.objs.Backends.Lookup(idx, &cur); err != nil {
@@ -392,7 +393,7 @@ func (d *Datapath) Backends() (map[uint32]Backend, error) {
 			continue
 		}
 		out[k] = Backend{
-			Addr: wordsAddr(v.Addr, v.Family), VIPID: v.VipId, Flags: BackendFlags(v.Flags),
+			Addr: layout.Addr(v.Addr, v.Family), VIPID: v.VipId, Flags: BackendFlags(v.Flags),
 			MAC: net.HardwareAddr(bytes.Clone(v.Mac[:])),
 		}
 	}
@@ -461,8 +462,8 @@ func (d *Datapath) ResetBackendCounter(idx uint32) error {
 
 func flowFromRaw(k bpf.LbFlowKey, v bpf.LbFlowState) Flow {
 	return Flow{
-		Src:          netip.AddrPortFrom(wordsAddr(k.Src, k.Family), ntohs(k.Sport)),
-		Dst:          netip.AddrPortFrom(wordsAddr(k.Dst, k.Family), ntohs(k.Dport)),
+		Src:          netip.AddrPortFrom(layout.Addr(k.Src, k.Family), layout.Ntohs(k.Sport)),
+		Dst:          netip.AddrPortFrom(layout.Addr(k.Dst, k.Family), layout.Ntohs(k.Dport)),
 		Proto:        Proto(k.Proto),
 		Backend:      v.Backend,
 		LastSeenNano: v.AtimeNs,
@@ -470,10 +471,10 @@ func flowFromRaw(k bpf.LbFlowKey, v bpf.LbFlowState) Flow {
 }
 
 func flow4FromRaw(k bpf.LbFlow4Key, v bpf.LbFlowState) Flow {
-	w := func(a uint32) netip.Addr { return wordsAddr([4]uint32{a}, family(netip.IPv4Unspecified())) }
+	w := func(a uint32) netip.Addr { return layout.Addr([4]uint32{a}, layout.Family(netip.IPv4Unspecified())) }
 	return Flow{
-		Src:          netip.AddrPortFrom(w(k.Src), ntohs(k.Sport)),
-		Dst:          netip.AddrPortFrom(w(k.Dst), ntohs(k.Dport)),
+		Src:          netip.AddrPortFrom(w(k.Src), layout.Ntohs(k.Sport)),
+		Dst:          netip.AddrPortFrom(w(k.Dst), layout.Ntohs(k.Dport)),
 		Proto:        Proto(k.Proto),
 		Backend:      v.Backend,
 		LastSeenNano: v.AtimeNs,
@@ -487,14 +488,14 @@ func (d *Datapath) flowMapKey(src, dst netip.AddrPort, proto Proto) (*ebpf.Map, 
 	}
 	if dst.Addr().Is4() {
 		return d.objs.Flows4, bpf.LbFlow4Key{
-			Src: addrWords(src.Addr())[0], Dst: addrWords(dst.Addr())[0],
-			Sport: htons(src.Port()), Dport: htons(dst.Port()), Proto: uint8(proto),
+			Src: layout.Words(src.Addr())[0], Dst: layout.Words(dst.Addr())[0],
+			Sport: layout.Htons(src.Port()), Dport: layout.Htons(dst.Port()), Proto: uint8(proto),
 		}, nil
 	}
 	return d.objs.Flows6, bpf.LbFlowKey{
-		Src: addrWords(src.Addr()), Dst: addrWords(dst.Addr()),
-		Sport: htons(src.Port()), Dport: htons(dst.Port()),
-		Proto: uint8(proto), Family: family(dst.Addr()),
+		Src: layout.Words(src.Addr()), Dst: layout.Words(dst.Addr()),
+		Sport: layout.Htons(src.Port()), Dport: layout.Htons(dst.Port()),
+		Proto: uint8(proto), Family: layout.Family(dst.Addr()),
 	}, nil
 }
 

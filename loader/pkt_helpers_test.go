@@ -8,6 +8,7 @@ import (
 
 	"github.com/gopacket/gopacket"
 	"github.com/gopacket/gopacket/layers"
+	"github.com/sluicelb/sluice/loader/internal/layout"
 )
 
 // The test topology's MAC addresses.
@@ -21,14 +22,14 @@ func backendMAC(idx uint32) net.HardwareAddr {
 }
 
 // rawPort is a port as the data plane holds it: network order bytes read natively.
-func rawPort(p uint16) uint32 { return uint32(htons(p)) }
+func rawPort(p uint16) uint32 { return uint32(layout.Htons(p)) }
 
 func flowHash(src, dst netip.AddrPort, proto Proto, seed uint32) uint32 {
 	return FlowHash(src, dst, proto, seed)
 }
 
 func encapEntropy(src netip.AddrPort) uint32 {
-	w := addrWords(src.Addr())
+	w := layout.Words(src.Addr())
 	x := (w[0] ^ w[1] ^ w[2] ^ w[3] ^ rawPort(src.Port())) * 0x9e3779b1
 	return x ^ x>>16
 }

@@ -1,7 +1,6 @@
 package loader
 
 import (
-	"encoding/binary"
 	"fmt"
 	"net"
 	"net/netip"
@@ -9,6 +8,7 @@ import (
 	"time"
 
 	"github.com/sluicelb/sluice/bpf"
+	"github.com/sluicelb/sluice/loader/internal/layout"
 )
 
 // Limits of the data plane, from sluice.h.
@@ -166,15 +166,12 @@ const (
 
 // Default outer source prefixes (documented in docs/datapath.md).
 var (
-	DefaultEncapSrc4 = netip.MustParseAddr("172.16.0.0")
-	DefaultEncapSrc6 = netip.MustParseAddr("fd00:5:1ce::")
+	DefaultEncapSrc4 = layout.DefaultEncapSrc4
+	DefaultEncapSrc6 = layout.DefaultEncapSrc6
 )
 
 // Counter is a packet and byte count summed over CPUs.
-type Counter struct {
-	Packets uint64 `json:"packets"`
-	Bytes   uint64 `json:"bytes"`
-}
+type Counter = layout.Counter
 
 // Stat names a global outcome or event counter.
 type Stat uint32
@@ -263,57 +260,12 @@ type Flow struct {
 	LastSeenNano uint64 // coarse monotonic clock
 }
 
-func family(a netip.Addr) uint8 {
-	if a.Is4() {
-		return uint8(bpf.LbSluiceFamilySLUICE_FAMILY_V4)
-	}
-	return uint8(bpf.LbSluiceFamilySLUICE_FAMILY_V6)
-}
-
-// addrWords stores the address bytes in memory order, as sluice.h expects.
-func addrWords(a netip.Addr) [4]uint32 {
-	var w [4]uint32
-	if a.Is4() {
-		b := a.As4()
-		w[0] = binary.NativeEndian.Uint32(b[:])
-		return w
-	}
-	b := a.As16()
-	for i := range w {
-		w[i] = binary.NativeEndian.Uint32(b[i*4:])
-	}
-	return w
-}
-
-func wordsAddr(w [4]uint32, fam uint8) netip.Addr {
-	var b [16]byte
-	for i := range w {
-		binary.NativeEndian.PutUint32(b[i*4:], w[i])
-	}
-	if fam == uint8(bpf.LbSluiceFamilySLUICE_FAMILY_V4) {
-		return netip.AddrFrom4([4]byte(b[:4]))
-	}
-	return netip.AddrFrom16(b)
-}
-
-func htons(v uint16) uint16 {
-	var b [2]byte
-	binary.BigEndian.PutUint16(b[:], v)
-	return binary.NativeEndian.Uint16(b[:])
-}
-
-func ntohs(v uint16) uint16 { return htons(v) }
-
 func (k VIPKey) raw() bpf.LbVipKey {
-	return bpf.LbVipKey{Addr: addrWords(k.Addr), Port: htons(k.Port), Proto: uint8(k.Proto), Family: family(k.Addr)}
+	return bpf.LbVipKey{Addr: layout.Words(k.Addr), Port: layout.Htons(k.Port), Proto: uint8(k.Proto), Family: layout.Family(k.Addr)}
 }
 
 func vipKeyFromRaw(r bpf.LbVipKey) VIPKey {
-	return VIPKey{Addr: wordsAddr(r.Addr, r.Family), Port: ntohs(r.Port), Proto: Proto(r.Proto)}
-}
-
-func addrKey(a netip.Addr) bpf.LbAddrKey {
-	return bpf.LbAddrKey{Addr: addrWords(a), Family: family(a)}
+	return VIPKey{Addr: layout.Addr(r.Addr, r.Family), Port: layout.Ntohs(r.Port), Proto: Proto(r.Proto)}
 }
 
 // Validate checks a VIP key for the data plane.

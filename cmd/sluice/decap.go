@@ -8,6 +8,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/sluicelb/sluice/loader"
+	"github.com/sluicelb/sluice/loader/decap"
 )
 
 func decapCommand() *cli.Command {
@@ -41,7 +42,7 @@ func decapCommand() *cli.Command {
 				Usage: "remove the decap program from --iface",
 				Flags: []cli.Flag{iface, pinRoot},
 				Action: func(c *cli.Context) error {
-					if err := loader.DetachDecap(c.String("iface"), c.String("pin-root")); err != nil {
+					if err := decap.Detach(c.String("iface"), c.String("pin-root")); err != nil {
 						return err
 					}
 					fmt.Fprintf(c.App.Writer, "decap detached from %s\n", c.String("iface"))
@@ -89,7 +90,7 @@ func decapAttach(c *cli.Context) error {
 	if c.Bool("allow-only") && len(allow) == 0 {
 		return fmt.Errorf("--allow-only: needs at least one --allow-from, or every encapsulated packet is refused")
 	}
-	d, err := loader.AttachDecap(c.Context, loader.DecapOptions{Iface: c.String("iface"), Mode: mode, Addrs: addrs,
+	d, err := decap.Attach(c.Context, decap.Options{Iface: c.String("iface"), Mode: mode, Addrs: addrs,
 		AllowFrom: allow, AllowOnly: c.Bool("allow-only"), GUEPorts: gue, PinRoot: c.String("pin-root")})
 	if err != nil {
 		return err
@@ -100,10 +101,10 @@ func decapAttach(c *cli.Context) error {
 
 // decapReport is what `sluice decap status` prints.
 type decapReport struct {
-	Iface     string               `json:"iface"`
-	AllowFrom []netip.Prefix       `json:"allow_from"`
-	GUEPorts  []uint16             `json:"gue_ports"`
-	Counters  loader.DecapCounters `json:"counters"`
+	Iface     string         `json:"iface"`
+	AllowFrom []netip.Prefix `json:"allow_from"`
+	GUEPorts  []uint16       `json:"gue_ports"`
+	Counters  decap.Counters `json:"counters"`
 }
 
 func decapStatus(c *cli.Context) error {
@@ -111,7 +112,7 @@ func decapStatus(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	d, err := loader.OpenDecap(c.String("iface"), c.String("pin-root"))
+	d, err := decap.Open(c.String("iface"), c.String("pin-root"))
 	if err != nil {
 		return err
 	}

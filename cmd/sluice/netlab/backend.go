@@ -17,6 +17,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/sluicelb/sluice/loader"
+	"github.com/sluicelb/sluice/loader/decap"
 )
 
 // Backend is a host that serves the VIPs: the VIPs sit on its loopback, the
@@ -25,7 +26,7 @@ import (
 // with its name.
 type Backend struct {
 	*Host
-	Decap *loader.Decap
+	Decap *decap.Decap
 
 	mu        sync.Mutex
 	listeners []net.Listener
@@ -89,7 +90,7 @@ func (b *Backend) AttachDecap(ctx context.Context) error {
 	}
 	err := b.Do(func() error {
 		var err error
-		b.Decap, err = loader.AttachDecap(ctx, loader.DecapOptions{Iface: b.Link, Mode: loader.ModeNative,
+		b.Decap, err = decap.Attach(ctx, decap.Options{Iface: b.Link, Mode: loader.ModeNative,
 			PinRoot: b.env.PinRoot(), Addrs: addrs, GUEPorts: []uint16{loader.DefaultGUEPort}, Logger: b.env.log})
 		return err
 	})
@@ -106,7 +107,7 @@ func (b *Backend) DetachDecap() error {
 		return err
 	}
 	b.Decap = nil
-	if err := b.Do(func() error { return loader.DetachDecap(b.Link, b.env.PinRoot()) }); err != nil {
+	if err := b.Do(func() error { return decap.Detach(b.Link, b.env.PinRoot()) }); err != nil {
 		return fmt.Errorf("detach decap on %s: %w", b.Name, err)
 	}
 	return nil

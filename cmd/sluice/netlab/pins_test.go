@@ -11,6 +11,7 @@ import (
 	"github.com/vishvananda/netlink"
 
 	"github.com/sluicelb/sluice/loader"
+	"github.com/sluicelb/sluice/loader/decap"
 	"github.com/sluicelb/sluice/testenv/testutil"
 )
 
@@ -80,7 +81,7 @@ func TestPinsPerNamespace(t *testing.T) {
 	env, hosts := eth0Hosts(t, "n1", "n2", "n3")
 	for _, h := range hosts {
 		if err := h.Do(func() error {
-			d, err := loader.AttachDecap(ctx, loader.DecapOptions{Iface: "eth0", PinRoot: env.PinRoot()})
+			d, err := decap.Attach(ctx, decap.Options{Iface: "eth0", PinRoot: env.PinRoot()})
 			if err != nil {
 				return err
 			}
@@ -99,7 +100,7 @@ func TestPinsPerNamespace(t *testing.T) {
 			t.Fatalf("%s and %s share XDP program %d", h.Name, other, id)
 		}
 		seen[id] = h.Name
-		if err := h.Do(func() error { return loader.DetachDecap("eth0", env.PinRoot()) }); err != nil {
+		if err := h.Do(func() error { return decap.Detach("eth0", env.PinRoot()) }); err != nil {
 			t.Fatalf("detach decap on %s: %v", h.Name, err)
 		}
 	}

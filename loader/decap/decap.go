@@ -1,4 +1,9 @@
-package loader
+// Package decap is the decapsulator a backend runs instead of an ipip or
+// fou device: xdp_decap strips the outer header of IPIP and GUE packets
+// addressed to this host from the sources it allows, and the kernel
+// delivers the inner packet. It loads, attaches, pins and adopts it like
+// the loader does the balancer.
+package decap
 
 import (
 	"context"
@@ -15,15 +20,16 @@ import (
 	"github.com/cilium/ebpf/link"
 
 	"github.com/sluicelb/sluice/bpf"
+	"github.com/sluicelb/sluice/loader/internal/layout"
 	"github.com/sluicelb/sluice/loader/internal/pin"
 )
 
-// DecapOptions configure AttachDecap.
-type DecapOptions struct {
+// Options configure Attach.
+type Options struct {
 	// Iface to attach to; empty loads without attaching (packet tests).
 	Iface string
-	Mode  Mode
-	// PinRoot defaults to DefaultPinRoot; objects go below <root>/decap/
+	Mode  pin.Mode
+	// PinRoot defaults to pin.DefaultRoot; objects go below <root>/decap/
 	// (see pins.go).
 	PinRoot string
 	// Addrs are the outer destinations to decapsulate; empty means every
@@ -31,7 +37,7 @@ type DecapOptions struct {
 	Addrs []netip.Addr
 	// AllowFrom are outer source prefixes accepted besides the default
 	// ones: the subnets of Iface's addresses and sluice's own outer-source
-	// prefixes (DefaultEncapSrc4/16, DefaultEncapSrc6/96). Everything
+	// prefixes (layout.DefaultEncapSrc4/16, layout.DefaultEncapSrc6/96). Everything
 	// else addressed to us is dropped and counted as refused.
 	AllowFrom []netip.Prefix
 	// AllowOnly accepts AllowFrom alone, without the defaults.
@@ -42,15 +48,15 @@ type DecapOptions struct {
 	Logger   *slog.Logger
 }
 
-// DecapCounters are the decap program's packet counters.
-type DecapCounters struct {
+// Counters are the decap program's packet counters.
+type Counters struct {
 	// Decapsulated packets were stripped and passed to the stack.
-	Decapsulated Counter `json:"decapsulated"`
+	Decapsulated layout.Counter `json:"decapsulated"`
 	// Passed packets were not for us and went to the stack untouched.
-	Passed Counter `json:"passed"`
+	Passed layout.Counter `json:"passed"`
 	// Refused packets were encapsulated to us from a source outside the
 	// allow list, and were dropped.
-	Refused Counter `json:"refused"`
+	Refused layout.Counter `json:"refused"`
 }
 
 // Decap is the backend-side decapsulation program.
@@ -60,9 +66,9 @@ type Decap struct {
 	pinDir string
 }
 
-// AttachDecap loads the decap program and, with Options.Iface set, attaches
+// Attach loads the decap program and, with Options.Iface set, attaches
 // it and pins it so it outlives the process (adopting a pinned one).
-func AttachDecap(ctx context.Context, opts DecapOptions) (*Decap, error) {
+func Attach(ctx context.Context, opts Options) (*Decap, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
@@ -153,7 +159,7 @@ func ifaceAddrs(iface *net.Interface) ([]netip.Addr, error) {
 	return out, nil
 }
 
-// allowList is the outer-source allow list AttachDecap installs.
+// allowList is the outer-source allow list Attach installs.
 func allowList(iface *net.Interface, extra []netip.Prefix, only bool) ([]netip.Prefix, error) {
 	if only {
 		if len(extra) == 0 {
@@ -161,7 +167,7 @@ func allowList(iface *net.Interface, extra []netip.Prefix, only bool) ([]netip.P
 		}
 		return extra, nil
 	}
-	out := []netip.Prefix{netip.PrefixFrom(DefaultEncapSrc4, 16), netip.PrefixFrom(DefaultEncapSrc6, 96)}
+	out := []netip.Prefix{netip.PrefixFrom(layout.DefaultEncapSrc4, 16), netip.PrefixFrom(layout.DefaultEncapSrc6, 96)}
 	if iface != nil {
 		as, err := iface.Addrs()
 		if err != nil {
@@ -237,7 +243,7 @@ func (d *Decap) SetAddrs(addrs []netip.Addr) error {
 			return fmt.Errorf("decap address: invalid")
 		}
 		a = a.Unmap()
-		want[bpf.DecapAddrKey(addrKey(a))] = true
+		want[bpf.DecapAddrKey(layout.AddrKey(a))] = true
 	}
 	return replaceSet(d.objs.DecapAddrs, want, "decap addresses")
 }
@@ -259,7 +265,7 @@ func (d *Decap) SetGUEPorts(ports []uint16) error {
 	}
 	want := map[uint16]bool{}
 	for _, p := range ports {
-		want[htons(p)] = true
+		want[layout.Htons(p)] = true
 	}
 	return replaceSet(d.objs.DecapGuePorts, want, "decap GUE ports")
 }
@@ -274,7 +280,7 @@ func (d *Decap) GUEPorts() ([]uint16, error) {
 	var out []uint16
 	it := d.objs.DecapGuePorts.Iterate()
 	for it.Next(&k, &v) {
-		out = append(out, ntohs(k))
+		out = append(out, layout.Ntohs(k))
 	}
 	if err := it.Err(); err != nil {
 		return nil, fmt.Errorf("read decap GUE ports: %w", err)
@@ -316,12 +322,12 @@ func replaceSet[K comparable](m *ebpf.Map, want map[K]bool, what string) error {
 func (d *Decap) Program() *ebpf.Program { return d.objs.XdpDecap }
 
 // Counters reads the packet counters, summed over CPUs.
-func (d *Decap) Counters() (DecapCounters, error) {
-	var out DecapCounters
-	for i, c := range []*Counter{&out.Decapsulated, &out.Passed, &out.Refused} {
+func (d *Decap) Counters() (Counters, error) {
+	var out Counters
+	for i, c := range []*layout.Counter{&out.Decapsulated, &out.Passed, &out.Refused} {
 		var per []bpf.DecapCounter
 		if err := d.objs.DecapStats.Lookup(uint32(i), &per); err != nil {
-			return DecapCounters{}, fmt.Errorf("read decap counters: %w", err)
+			return Counters{}, fmt.Errorf("read decap counters: %w", err)
 		}
 		for _, p := range per {
 			c.Packets += p.Packets
@@ -364,9 +370,9 @@ func (d *Decap) Close() error {
 
 // pin.RemoveEmptyParents removes up to n parent directories of dir that are
 // empty (os.Remove refuses non-empty ones).
-// OpenDecap opens the maps of the decap program pinned for iface in this
+// Open opens the maps of the decap program pinned for iface in this
 // network namespace, to read its counters and allow list.
-func OpenDecap(iface, pinRoot string) (*Decap, error) {
+func Open(iface, pinRoot string) (*Decap, error) {
 	ifi, err := net.InterfaceByName(iface)
 	if err != nil {
 		return nil, fmt.Errorf("interface %q: %w", iface, err)
@@ -388,7 +394,7 @@ func OpenDecap(iface, pinRoot string) (*Decap, error) {
 	return d, nil
 }
 
-// DetachDecap removes the pinned decap program from iface.
-func DetachDecap(iface, pinRoot string) error {
+// Detach removes the pinned decap program from iface.
+func Detach(iface, pinRoot string) error {
 	return pin.DetachIface(iface, pinRoot, "decap", "decap program", "decap", 3)
 }

@@ -6,12 +6,17 @@ import (
 	"os"
 	"testing"
 	"time"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/ringbuf"
+	"github.com/sluicelb/sluice/bpf"
+	"github.com/sluicelb/sluice/loader/capture"
 )
 
 // readFrames reads frames until the capture has had none for a moment.
-func readFrames(t *testing.T, c *Capture) []CapturedFrame {
+func readFrames(t *testing.T, c *capture.Capture) []capture.Frame {
 	t.Helper()
-	var out []CapturedFrame
+	var out []capture.Frame
 	for {
 		c.SetDeadline(time.Now().Add(50 * time.Millisecond))
 		fr, err := c.Read()
@@ -25,9 +30,9 @@ func readFrames(t *testing.T, c *Capture) []CapturedFrame {
 	}
 }
 
-func captureOn(t *testing.T, f *fixture, cf CaptureFilter) *Capture {
+func captureOn(t *testing.T, f *fixture, cf capture.Filter) *capture.Capture {
 	t.Helper()
-	c, err := f.d.StartCapture(cf)
+	c, err := capture.Start(f.d, cf)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -42,7 +47,7 @@ func captureOn(t *testing.T, f *fixture, cf CaptureFilter) *Capture {
 func TestCaptureFrames(t *testing.T) {
 	f := newFixture(t, seed)
 	const vip4 = "10.0.0.100:80"
-	c := captureOn(t, f, CaptureFilter{VIPID: f.ids[vTCP], RX: true, TX: true, Snaplen: uint32(CaptureSnapMax)})
+	c := captureOn(t, f, capture.Filter{VIPID: f.ids[vTCP], RX: true, TX: true, Snaplen: uint32(capture.SnapMax)})
 	before := time.Now()
 	in := pkt4(t, client4, vip4, synSeg)
 	_, out := f.run(t, append([]byte(nil), in...))
@@ -68,7 +73,7 @@ func TestCaptureFrames(t *testing.T) {
 	if !bytes.Equal(out[:len(want)], want) {
 		t.Errorf("capturing changed the frame sent")
 	}
-	if _, err := f.d.StartCapture(CaptureFilter{VIPID: CaptureAnyVIP, RX: true}); err == nil {
+	if _, err := capture.Start(f.d, capture.Filter{VIPID: capture.AnyVIP, RX: true}); err == nil {
 		t.Fatal("a second capture started while one runs")
 	}
 	if err := c.Close(); err != nil {
@@ -77,7 +82,7 @@ func TestCaptureFrames(t *testing.T) {
 	f.run(t, pkt4(t, client4, vip4, ackSeg))
 
 	// Any VIP, received frames only, 60 bytes, one frame per second.
-	c = captureOn(t, f, CaptureFilter{VIPID: CaptureAnyVIP, RX: true, Snaplen: 60, Rate: 1})
+	c = captureOn(t, f, capture.Filter{VIPID: capture.AnyVIP, RX: true, Snaplen: 60, Rate: 1})
 	f.run(t, pkt4(t, client4, "10.0.0.100:53", udpDg))
 	f.run(t, pkt4(t, client4, vip4, ackSeg))
 	frames = readFrames(t, c)
@@ -93,66 +98,49 @@ func TestCaptureFrames(t *testing.T) {
 	}
 
 	// A lease that ran out: the process holding it died without closing.
-	c.abandon()
-	c.raw.UntilNs = uint64(monotonic() - time.Second)
-	if err := f.d.objs.Capture.Update(uint32(0), c.raw, 0); err != nil {
+	// The capture's own state is put back on, with its lease in the past.
+	var cfg bpf.LbCaptureCfg
+	if err := f.d.objs.Capture.Lookup(uint32(0), &cfg); err != nil {
+		t.Fatal(err)
+	}
+	c.Close()
+	// The rate limit is reset too, so that only the lease can refuse it.
+	cpus, _ := ebpf.PossibleCPU()
+	if err := f.d.objs.CaptureState.Update(uint32(0), make([]bpf.LbCaptureState, cpus), 0); err != nil {
+		t.Fatal(err)
+	}
+	cfg.On, cfg.UntilNs, cfg.Rate = 1, uint64(MonotonicNow()-time.Second), 1000
+	if err := f.d.objs.Capture.Update(uint32(0), cfg, 0); err != nil {
+		t.Fatal(err)
+	}
+	rd, err := ringbuf.NewReader(f.d.objs.CaptureEvents)
+	if err != nil {
 		t.Fatal(err)
 	}
 	f.run(t, pkt4(t, "192.0.2.99:1234", "10.0.0.100:53", udpDg))
-	if frames := readFrames(t, c); len(frames) != 0 {
-		t.Fatalf("captured %d frames after the lease ran out", len(frames))
+	rd.SetDeadline(time.Now().Add(50 * time.Millisecond))
+	if _, err := rd.Read(); !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("captured a frame after the lease ran out (%v)", err)
 	}
-	c.rd.Close()
-	c, err = f.d.StartCapture(CaptureFilter{VIPID: CaptureAnyVIP, TX: true})
+	rd.Close()
+	c, err = capture.Start(f.d, capture.Filter{VIPID: capture.AnyVIP, TX: true})
 	if err != nil {
 		t.Fatalf("a new capture after a lapsed lease: %v", err)
 	}
 	c.Close()
 }
 
-// abandon stops renewing the lease without turning capture off, as a
-// capturing process that dies does.
-func (c *Capture) abandon() {
-	c.once.Do(func() {
-		close(c.stop)
-		c.renewed.Wait()
-	})
-}
-
-func TestCaptureFilterRefusesBadInput(t *testing.T) {
-	for _, f := range []CaptureFilter{
-		{VIPID: 1},
-		{VIPID: 1, RX: true, Snaplen: uint32(CaptureSnapMax) + 1},
-		{VIPID: 1, RX: true, Backend: MaxBackends},
-	} {
-		if err := f.check(); err == nil {
-			t.Errorf("%+v accepted", f)
-		}
-	}
-}
-
-func TestParseCaptureRecBounds(t *testing.T) {
-	if _, _, err := parseCaptureRec(make([]byte, 10), time.Now()); err == nil {
-		t.Error("a short record accepted")
-	}
-	raw := make([]byte, 36+CaptureSnapMax)
-	raw[8], raw[12] = 10, 20 // len 10, caplen 20
-	if _, _, err := parseCaptureRec(raw, time.Now()); err == nil {
-		t.Error("caplen over len accepted")
-	}
-}
-
 // TestCaptureSkipsEarlierFrames: frames a capture took but never read
 // (it stopped at its count) are not handed to the next capture.
 func TestCaptureSkipsEarlierFrames(t *testing.T) {
 	f := newFixture(t, seed)
-	first := captureOn(t, f, CaptureFilter{VIPID: CaptureAnyVIP, RX: true})
+	first := captureOn(t, f, capture.Filter{VIPID: capture.AnyVIP, RX: true})
 	f.run(t, pkt4(t, client4, "10.0.0.100:80", synSeg))
 	f.run(t, pkt4(t, client4, "10.0.0.100:53", udpDg))
 	if err := first.Close(); err != nil {
 		t.Fatal(err)
 	}
-	next := captureOn(t, f, CaptureFilter{VIPID: CaptureAnyVIP, RX: true})
+	next := captureOn(t, f, capture.Filter{VIPID: capture.AnyVIP, RX: true})
 	in := pkt4(t, "192.0.2.77:5555", "10.0.0.100:80", synSeg)
 	f.run(t, append([]byte(nil), in...))
 	frames := readFrames(t, next)

@@ -14,7 +14,7 @@ import (
 // Limits of the data plane, from sluice.h.
 const (
 	MaxVIPs     = 1024
-	MaxBackends = 4096 // index 0 is reserved
+	MaxBackends = layout.MaxBackends // index 0 is reserved
 	MaxRingSize = 655373
 	// DefaultFlowTableSize is the connection table size when Options leave it 0.
 	DefaultFlowTableSize = 1 << 20

@@ -20,6 +20,7 @@ import (
 	"github.com/sluicelb/sluice/control/reconcile"
 	"github.com/sluicelb/sluice/control/state"
 	"github.com/sluicelb/sluice/loader"
+	"github.com/sluicelb/sluice/loader/capture"
 )
 
 func captureCommand() *cli.Command {
@@ -34,8 +35,8 @@ func captureCommand() *cli.Command {
 			&cli.StringFlag{Name: "dir", Value: "both", Usage: "rx (as received), tx (as sent, after the rewrite) or both"},
 			&cli.IntFlag{Name: "count", Aliases: []string{"c"}, Usage: "stop after N frames (default: until interrupted or --duration)"},
 			&cli.DurationFlag{Name: "duration", Usage: "stop after this long"},
-			&cli.UintFlag{Name: "snaplen", Value: loader.DefaultSnaplen, Usage: fmt.Sprintf("bytes kept of each frame, at most %d", loader.CaptureSnapMax)},
-			&cli.UintFlag{Name: "rate", Value: loader.DefaultRate, Usage: "at most this many frames per second per CPU (the rest are counted, not copied)"},
+			&cli.UintFlag{Name: "snaplen", Value: capture.DefaultSnaplen, Usage: fmt.Sprintf("bytes kept of each frame, at most %d", capture.SnapMax)},
+			&cli.UintFlag{Name: "rate", Value: capture.DefaultRate, Usage: "at most this many frames per second per CPU (the rest are counted, not copied)"},
 			&cli.StringFlag{Name: "write", Aliases: []string{"w"}, Usage: "FILE.pcap, FILE.pcapng (with direction and VIP/backend per frame) or - (pcap to stdout)", Required: true},
 		},
 		Action: runCapture,
@@ -44,7 +45,7 @@ func captureCommand() *cli.Command {
 
 // captureJob is a parsed `sluice capture`.
 type captureJob struct {
-	filter   loader.CaptureFilter
+	filter   capture.Filter
 	backends map[uint32]bool // with several entries for --backend: filtered here
 	names    map[uint32]string
 	vips     map[uint32]string
@@ -72,7 +73,7 @@ func runCapture(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	cp, err := p.StartCapture(job.filter)
+	cp, err := capture.Start(p, job.filter)
 	if err != nil {
 		return err
 	}
@@ -100,7 +101,7 @@ func runCapture(c *cli.Context) error {
 // VIP and backend in the pinned data plane.
 func parseCapture(c *cli.Context) (*captureJob, *loader.Pinned, error) {
 	job := &captureJob{count: c.Int("count"), duration: c.Duration("duration"), out: c.String("write"),
-		filter: loader.CaptureFilter{VIPID: loader.CaptureAnyVIP, Snaplen: uint32(c.Uint("snaplen")), Rate: uint32(c.Uint("rate"))}}
+		filter: capture.Filter{VIPID: capture.AnyVIP, Snaplen: uint32(c.Uint("snaplen")), Rate: uint32(c.Uint("rate"))}}
 	switch c.String("dir") {
 	case "rx":
 		job.filter.RX = true
@@ -114,8 +115,8 @@ func parseCapture(c *cli.Context) (*captureJob, *loader.Pinned, error) {
 	switch {
 	case job.count < 0:
 		return nil, nil, fmt.Errorf("--count %d: must not be negative", job.count)
-	case c.Uint("snaplen") < 1 || c.Uint("snaplen") > uint(loader.CaptureSnapMax):
-		return nil, nil, fmt.Errorf("--snaplen %d: want 1-%d", c.Uint("snaplen"), loader.CaptureSnapMax)
+	case c.Uint("snaplen") < 1 || c.Uint("snaplen") > uint(capture.SnapMax):
+		return nil, nil, fmt.Errorf("--snaplen %d: want 1-%d", c.Uint("snaplen"), capture.SnapMax)
 	case c.Uint("rate") < 1 || c.Uint("rate") > 1<<31:
 		return nil, nil, fmt.Errorf("--rate %d: want at least 1", c.Uint("rate"))
 	case job.duration < 0:
@@ -172,7 +173,7 @@ func (job *captureJob) resolve(p *loader.Pinned, vip, backend string) error {
 	}
 	job.backends = map[uint32]bool{}
 	for idx, b := range bes {
-		if b.Addr == a.Unmap() && (job.filter.VIPID == loader.CaptureAnyVIP || b.VIPID == job.filter.VIPID) {
+		if b.Addr == a.Unmap() && (job.filter.VIPID == capture.AnyVIP || b.VIPID == job.filter.VIPID) {
 			job.backends[idx] = true
 		}
 	}
@@ -191,7 +192,7 @@ func (job *captureJob) resolve(p *loader.Pinned, vip, backend string) error {
 }
 
 // run copies frames to sink until the count, the duration or ctx ends it.
-func (job *captureJob) run(ctx context.Context, cp *loader.Capture, sink *frameSink) (n, rx int, err error) {
+func (job *captureJob) run(ctx context.Context, cp *capture.Capture, sink *frameSink) (n, rx int, err error) {
 	if job.duration > 0 {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, job.duration)
@@ -277,7 +278,7 @@ func newFrameSink(w io.Writer, job *captureJob, iface string) (*frameSink, error
 	return s, s.flushIfStream()
 }
 
-func (s *frameSink) write(fr loader.CapturedFrame, job *captureJob) error {
+func (s *frameSink) write(fr capture.Frame, job *captureJob) error {
 	ci := gopacket.CaptureInfo{Timestamp: fr.Time, CaptureLength: len(fr.Data), Length: fr.Len}
 	if s.pcap != nil {
 		if err := s.pcap.WritePacket(ci, fr.Data); err != nil {

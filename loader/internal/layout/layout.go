@@ -71,3 +71,7 @@ type Counter struct {
 	Packets uint64 `json:"packets"`
 	Bytes   uint64 `json:"bytes"`
 }
+
+// MaxBackends is the size of the backend table (sluice.h); index 0 is
+// reserved.
+const MaxBackends = 4096

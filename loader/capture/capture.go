@@ -1,11 +1,14 @@
-package loader
+// Package capture copies the frames the data plane handles for a VIP or
+// a backend, as received and as sent after the rewrite: it holds the
+// data plane's capture as a renewed lease, and reads the ring buffer the
+// XDP program fills (sluice capture).
+package capture
 
 import (
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"math/rand/v2"
-	"net"
 	"os"
 	"sync"
 	"time"
@@ -15,29 +18,29 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/sluicelb/sluice/bpf"
-	"github.com/sluicelb/sluice/loader/internal/pin"
+	"github.com/sluicelb/sluice/loader/internal/layout"
 )
 
 // Capture limits and defaults (sluice.h: SLUICE_CAPTURE_*).
 const (
-	CaptureAnyVIP   = 0xffffffff
-	CaptureSnapMax  = len(bpf.LbCaptureRec{}.Data)
+	AnyVIP          = 0xffffffff
+	SnapMax         = len(bpf.LbCaptureRec{}.Data)
 	DefaultSnaplen  = 256
 	DefaultRate     = 10000 // frames per second per CPU
 	captureLease    = 2 * time.Second
 	captureRenewals = 4 // per lease
 )
 
-// CaptureFilter chooses the frames a capture copies.
-type CaptureFilter struct {
-	VIPID   uint32 // the VIP's id, or CaptureAnyVIP
+// Filter chooses the frames a capture copies.
+type Filter struct {
+	VIPID   uint32 // the VIP's id, or AnyVIP
 	Backend uint32 // a backend index; 0: any
 	RX, TX  bool   // as received, as sent after the rewrite
 	Snaplen uint32 // bytes kept of each frame (default DefaultSnaplen)
 	Rate    uint32 // frames per second per CPU (default DefaultRate)
 }
 
-func (f *CaptureFilter) check() error {
+func (f *Filter) check() error {
 	if f.Snaplen == 0 {
 		f.Snaplen = DefaultSnaplen
 	}
@@ -47,16 +50,16 @@ func (f *CaptureFilter) check() error {
 	switch {
 	case !f.RX && !f.TX:
 		return fmt.Errorf("capture: no direction (rx, tx or both)")
-	case f.Snaplen > uint32(CaptureSnapMax):
-		return fmt.Errorf("snaplen %d: at most %d", f.Snaplen, CaptureSnapMax)
-	case f.Backend >= MaxBackends:
+	case f.Snaplen > uint32(SnapMax):
+		return fmt.Errorf("snaplen %d: at most %d", f.Snaplen, SnapMax)
+	case f.Backend >= layout.MaxBackends:
 		return fmt.Errorf("capture: backend index %d out of range", f.Backend)
 	}
 	return nil
 }
 
-// CapturedFrame is one frame as the data plane received or sent it.
-type CapturedFrame struct {
+// Frame is one frame as the data plane received or sent it.
+type Frame struct {
 	Time    time.Time
 	Len     int    // the frame's length on the wire
 	Data    []byte // its first Snaplen bytes
@@ -64,58 +67,6 @@ type CapturedFrame struct {
 	Backend uint32 // 0: none (dropped for want of a usable backend)
 	TX      bool   // false: as received
 	Ifindex int
-}
-
-// Pinned is a read-only view of the data plane a daemon pinned for an
-// interface, for tools that run beside the daemon (sluice capture): its
-// VIPs, backends and counters, and packet capture.
-type Pinned struct {
-	d                  *Datapath
-	cfg, state, events *ebpf.Map
-}
-
-// OpenPinned opens the data plane pinned for iface in this network
-// namespace under pinRoot.
-func OpenPinned(iface, pinRoot string) (*Pinned, error) {
-	ifi, err := net.InterfaceByName(iface)
-	if err != nil {
-		return nil, fmt.Errorf("interface %q: %w", iface, err)
-	}
-	dir, err := pin.Dir(pinRoot, "", ifi)
-	if err != nil {
-		return nil, err
-	}
-	p := &Pinned{d: &Datapath{}}
-	err = pin.OpenMaps(dir, []pin.Map{{Name: bpf.LbMapVips, To: &p.d.objs.Vips}, {Name: bpf.LbMapBackends, To: &p.d.objs.Backends},
-		{Name: bpf.LbMapStats, To: &p.d.objs.Stats}, {Name: bpf.LbMapCapture, To: &p.cfg},
-		{Name: bpf.LbMapCaptureState, To: &p.state}, {Name: bpf.LbMapCaptureEvents, To: &p.events}})
-	if errors.Is(err, os.ErrNotExist) {
-		return nil, fmt.Errorf("no sluice data plane with capture is pinned for %s under %s (is the daemon running, and this version?)", iface, pinRoot)
-	}
-	if err != nil {
-		return nil, err
-	}
-	return p, nil
-}
-
-// VIPs reads the VIPs, with their ids.
-func (p *Pinned) VIPs() (map[VIPKey]VIP, error) { return p.d.VIPs() }
-
-// Backends reads the backend entries by index.
-func (p *Pinned) Backends() (map[uint32]Backend, error) { return p.d.Backends() }
-
-// Stats reads the global counters.
-func (p *Pinned) Stats() (map[Stat]Counter, error) { return p.d.Stats() }
-
-// Close releases the maps.
-func (p *Pinned) Close() error {
-	var errs []error
-	for _, m := range []*ebpf.Map{p.d.objs.Vips, p.d.objs.Backends, p.d.objs.Stats, p.cfg, p.state, p.events} {
-		if m != nil {
-			errs = append(errs, m.Close())
-		}
-	}
-	return errors.Join(errs...)
 }
 
 // monotonic is CLOCK_MONOTONIC, the clock of bpf_ktime_get_ns and, within
@@ -140,18 +91,16 @@ type Capture struct {
 	once    sync.Once
 }
 
-// StartCapture turns capture on with filter f. It refuses while another
-// process holds the capture.
-func (p *Pinned) StartCapture(f CaptureFilter) (*Capture, error) {
-	return startCapture(p.cfg, p.state, p.events, f)
+// Source is a data plane to capture from (a loader.Pinned beside the
+// daemon, or a loader.Datapath).
+type Source interface {
+	CaptureMaps() (cfg, state, events *ebpf.Map)
 }
 
-// StartCapture captures from this process's data plane (packet tests).
-func (d *Datapath) StartCapture(f CaptureFilter) (*Capture, error) {
-	return startCapture(d.objs.Capture, d.objs.CaptureState, d.objs.CaptureEvents, f)
-}
-
-func startCapture(cfg, state, events *ebpf.Map, f CaptureFilter) (*Capture, error) {
+// Start turns capture on with filter f. It refuses while another process
+// holds the capture.
+func Start(src Source, f Filter) (*Capture, error) {
+	cfg, state, events := src.CaptureMaps()
 	if err := f.check(); err != nil {
 		return nil, err
 	}
@@ -234,16 +183,16 @@ func (c *Capture) SetDeadline(t time.Time) { c.rd.SetDeadline(t) }
 
 // Read blocks until the next frame of this capture; after Close it
 // returns os.ErrClosed.
-func (c *Capture) Read() (CapturedFrame, error) {
+func (c *Capture) Read() (Frame, error) {
 	for {
 		rec, err := c.rd.Read()
 		if errors.Is(err, ringbuf.ErrClosed) {
-			return CapturedFrame{}, os.ErrClosed
+			return Frame{}, os.ErrClosed
 		}
 		if err != nil {
-			return CapturedFrame{}, fmt.Errorf("read capture ring buffer: %w", err)
+			return Frame{}, fmt.Errorf("read capture ring buffer: %w", err)
 		}
-		fr, session, err := parseCaptureRec(rec.RawSample, c.wall0.Add(-c.mono0))
+		fr, session, err := parseRec(rec.RawSample, c.wall0.Add(-c.mono0))
 		if err != nil || session == c.raw.Session {
 			return fr, err
 		}
@@ -251,21 +200,21 @@ func (c *Capture) Read() (CapturedFrame, error) {
 	}
 }
 
-// parseCaptureRec decodes one record (struct capture_rec); epoch is the
+// parseRec decodes one record (struct capture_rec); epoch is the
 // wall time of CLOCK_MONOTONIC's zero. The record comes from the kernel,
 // but its lengths are checked before they are used.
-func parseCaptureRec(raw []byte, epoch time.Time) (CapturedFrame, uint32, error) {
+func parseRec(raw []byte, epoch time.Time) (Frame, uint32, error) {
 	var rec bpf.LbCaptureRec
 	if n := binary.Size(rec); len(raw) < n {
-		return CapturedFrame{}, 0, fmt.Errorf("capture record of %d bytes, want %d", len(raw), n)
+		return Frame{}, 0, fmt.Errorf("capture record of %d bytes, want %d", len(raw), n)
 	}
 	if _, err := binary.Decode(raw, binary.NativeEndian, &rec); err != nil {
-		return CapturedFrame{}, 0, fmt.Errorf("capture record: %w", err)
+		return Frame{}, 0, fmt.Errorf("capture record: %w", err)
 	}
 	if rec.Caplen > uint32(len(rec.Data)) || rec.Caplen > rec.Len {
-		return CapturedFrame{}, 0, fmt.Errorf("capture record: %d bytes captured of %d", rec.Caplen, rec.Len)
+		return Frame{}, 0, fmt.Errorf("capture record: %d bytes captured of %d", rec.Caplen, rec.Len)
 	}
-	return CapturedFrame{
+	return Frame{
 		Time: epoch.Add(time.Duration(rec.TimeNs)), Len: int(rec.Len), Data: append([]byte(nil), rec.Data[:rec.Caplen]...),
 		VIPID: rec.VipId, Backend: rec.Backend, TX: rec.Dir == uint8(bpf.LbSluiceCaptureDirSLUICE_CAPTURE_TX), Ifindex: int(rec.Ifindex),
 	}, rec.Session, nil

@@ -1,9 +1,8 @@
-// Package control is the sluice daemon: it turns the desired state and
-// the health checks' verdicts into the data plane's maps (the
-// reconciler), promotes replicas of failover VIPs, runs drills, and
-// serves the API on its unix socket and the Prometheus metrics. Its
-// subpackages each do one job for it: state (the model and its store),
-// api (the wire contract), maglev (the rings), pair and ha (the LB pair),
-// availability (the figures), neigh (next-hop MACs) and weight (the
-// effective weights: agent checks, load metrics, slow start).
+// Package control is the sluice daemon. Daemon builds its parts and runs
+// them; core holds the desired state and the one path that applies it
+// (commit through the topology, one view of the verdicts, the
+// reconciler). The topology seam is a single node (here), an LB pair
+// (control/pair) or a cluster node (control/cluster); the routes seam is
+// BGP (control/bgp) or nothing. Promotions are control/failover's, the
+// API control/apiserver's, metrics control/metrics'.
 package control

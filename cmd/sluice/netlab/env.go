@@ -150,7 +150,7 @@ func deleteNS(name string) error {
 	return nil
 }
 
-// Sweep removes namespaces and pin directories left by testenv processes
+// Sweep removes namespaces and pin directories left by test processes
 // that no longer run.
 func Sweep(log *slog.Logger) {
 	dead := func(name string) bool {

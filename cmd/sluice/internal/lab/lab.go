@@ -1,6 +1,7 @@
 // Package lab runs the throwaway lab of `sluice lab` and `sluice demo`:
-// it builds the namespaces (testenv), runs sluice daemons in them, keeps
-// the lab's state file, injects faults, and removes everything again.
+// it builds the namespaces (cmd/sluice/netlab), runs sluice daemons in
+// them, keeps the lab's state file, injects faults, and removes
+// everything again.
 package lab
 
 import (

@@ -351,26 +351,3 @@ func (c *core) Availability() (api.AvailabilityReport, error) {
 	}
 	return availability.Build(c.State(), tl, time.Now()), nil
 }
-
-// LocalHealth is this node's own verdict on every backend, VIP →
-// backend → "up" | "down", as its last apply saw them (a cluster node's
-// report).
-func (c *core) LocalHealth() map[string]map[string]string {
-	out := map[string]map[string]string{}
-	v := c.applied.Load()
-	if v == nil {
-		return out
-	}
-	for _, sv := range v.State.VIPs {
-		k, _ := state.ParseVIPKey(sv.VIP)
-		m := map[string]string{}
-		for _, b := range sv.Backends {
-			m[b.Addr] = "down"
-			if v.Of(k, netip.MustParseAddr(b.Addr)).Health.State == health.Up {
-				m[b.Addr] = "up"
-			}
-		}
-		out[sv.VIP] = m
-	}
-	return out
-}

@@ -41,17 +41,6 @@ func (p Proto) String() string {
 	return fmt.Sprintf("proto(%d)", uint8(p))
 }
 
-// ParseProto parses "tcp" or "udp".
-func ParseProto(s string) (Proto, error) {
-	switch strings.ToLower(s) {
-	case "tcp":
-		return TCP, nil
-	case "udp":
-		return UDP, nil
-	}
-	return 0, fmt.Errorf("protocol %q: want tcp or udp", s)
-}
-
 // Forward is how packets reach a backend.
 type Forward uint8
 

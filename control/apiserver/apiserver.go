@@ -12,7 +12,6 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"net/netip"
 	"time"
 
 	"github.com/sluicelb/sluice/control/api"
@@ -183,25 +182,12 @@ func decode(r *http.Request, v any) error {
 	return nil
 }
 
-// vipAndBackend parses a request's VIP and backend address.
-func vipAndBackend(vip, addr string) (state.VIPKey, netip.Addr, error) {
-	k, err := state.ParseVIPKey(vip)
-	if err != nil {
-		return state.VIPKey{}, netip.Addr{}, err
-	}
-	a, err := netip.ParseAddr(addr)
-	if err != nil {
-		return state.VIPKey{}, netip.Addr{}, fmt.Errorf("backend address %q: not an IP address", addr)
-	}
-	return k, a, nil
-}
-
 func (s *Server) backendAdd(r *http.Request) (any, error) {
 	var req api.BackendAddRequest
 	if err := decode(r, &req); err != nil {
 		return nil, err
 	}
-	k, addr, err := vipAndBackend(req.VIP, req.Backend.Addr)
+	k, addr, err := state.ParseBackend(req.VIP, req.Backend.Addr)
 	if err != nil {
 		return nil, err
 	}
@@ -213,7 +199,7 @@ func (s *Server) backendAction(r *http.Request) (any, error) {
 	if err := decode(r, &req); err != nil {
 		return nil, err
 	}
-	k, addr, err := vipAndBackend(req.VIP, req.Addr)
+	k, addr, err := state.ParseBackend(req.VIP, req.Addr)
 	if err != nil {
 		return nil, err
 	}

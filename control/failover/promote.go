@@ -249,7 +249,7 @@ func (m *Manager) Promote(ctx context.Context, vip, addr string) (api.PromoteRes
 	if err := m.o.Coord.MayCoordinate(); err != nil {
 		return api.PromoteResult{}, err
 	}
-	k, a, err := vipAndBackend(vip, addr)
+	k, a, err := state.ParseBackend(vip, addr)
 	if err != nil {
 		return api.PromoteResult{}, err
 	}
@@ -280,17 +280,4 @@ func (m *Manager) Promote(ctx context.Context, vip, addr string) (api.PromoteRes
 	}
 	defer m.release(k)
 	return m.promote(ctx, k, cand)
-}
-
-// vipAndBackend parses a request's VIP and backend address.
-func vipAndBackend(vip, addr string) (state.VIPKey, netip.Addr, error) {
-	k, err := state.ParseVIPKey(vip)
-	if err != nil {
-		return state.VIPKey{}, netip.Addr{}, err
-	}
-	a, err := netip.ParseAddr(addr)
-	if err != nil {
-		return state.VIPKey{}, netip.Addr{}, fmt.Errorf("backend address %q: not an IP address", addr)
-	}
-	return k, a, nil
 }

@@ -40,36 +40,22 @@ const (
 	DefaultFall     = 3
 )
 
-// Timing is when a check probes and how its state machine decides.
-type Timing struct {
-	Interval  time.Duration // between probes in a steady state
-	Timeout   time.Duration // per probe
-	FastInter time.Duration // between probes while in transition (0: Interval)
-	Rise      int           // consecutive passes to become up
-	Fall      int           // consecutive failures to become down
-}
-
-// Validate checks a timing, naming the bad field.
-func (s Timing) Validate() error {
+// validateTiming checks when a check probes and how its state machine
+// decides, naming the bad field.
+func (c Check) validateTiming() error {
 	switch {
-	case s.Interval <= 0:
-		return refuse("interval", s.Interval, "must be positive")
-	case s.Timeout <= 0:
-		return refuse("timeout", s.Timeout, "must be positive")
-	case s.FastInter < 0:
-		return refuse("fastinter", s.FastInter, "must not be negative")
-	case s.Rise < 1:
-		return refuse("rise", s.Rise, "must be at least 1")
-	case s.Fall < 1:
-		return refuse("fall", s.Fall, "must be at least 1")
+	case c.Interval <= 0:
+		return refuse("interval", time.Duration(c.Interval), "must be positive")
+	case c.Timeout <= 0:
+		return refuse("timeout", time.Duration(c.Timeout), "must be positive")
+	case c.FastInter < 0:
+		return refuse("fastinter", time.Duration(c.FastInter), "must not be negative")
+	case c.Rise < 1:
+		return refuse("rise", c.Rise, "must be at least 1")
+	case c.Fall < 1:
+		return refuse("fall", c.Fall, "must be at least 1")
 	}
 	return nil
-}
-
-// Timing is the check's timing.
-func (c Check) Timing() Timing {
-	return Timing{Interval: time.Duration(c.Interval), Timeout: time.Duration(c.Timeout),
-		FastInter: time.Duration(c.FastInter), Rise: c.Rise, Fall: c.Fall}
 }
 
 // ParseCodes validates an expected-status expression: "200", "200,204",

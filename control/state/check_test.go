@@ -16,16 +16,16 @@ func TestParseCodes(t *testing.T) {
 }
 
 func TestTimingValidate(t *testing.T) {
-	if err := (Timing{Interval: DefaultInterval, Timeout: DefaultTimeout, Rise: DefaultRise, Fall: DefaultFall}).Validate(); err != nil {
+	if err := (Check{Interval: Duration(DefaultInterval), Timeout: Duration(DefaultTimeout), Rise: DefaultRise, Fall: DefaultFall}).validateTiming(); err != nil {
 		t.Fatal(err)
 	}
-	for _, s := range []Timing{
+	for _, s := range []Check{
 		{Timeout: 1, Rise: 1, Fall: 1},
 		{Interval: 1, Rise: 1, Fall: 1},
 		{Interval: 1, Timeout: 1, Fall: 1},
 		{Interval: 1, Timeout: 1, Rise: 1},
 	} {
-		if err := s.Validate(); err == nil {
+		if err := s.validateTiming(); err == nil {
 			t.Errorf("%+v accepted", s)
 		}
 	}

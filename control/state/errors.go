@@ -68,33 +68,29 @@ func refuse(field string, value any, format string, args ...any) error {
 // under names a field error's field as part of prefix (check.interval
 // for interval under check); other errors are wrapped with the prefix.
 func under(prefix string, err error) error {
-	var fe *FieldError
-	if !errors.As(err, &fe) {
-		return fmt.Errorf("%s: %w", prefix, err)
-	}
-	out := *fe
-	if out.Field == "" {
-		out.Field = prefix
-	} else {
-		out.Field = prefix + "." + out.Field
-	}
-	return &out
+	return prepend(err, prefix, func(e *FieldError) *string { return &e.Field })
 }
 
 // at places a field error at where (vips[0] (…), backends[1]).
 func at(where string, err error) error {
+	return prepend(err, where, func(e *FieldError) *string { return &e.At })
+}
+
+// prepend puts p in front of the part of a copy of err that part picks,
+// joined by a dot; an error of another kind is wrapped with p.
+func prepend(err error, p string, part func(*FieldError) *string) error {
 	var fe *FieldError
 	if err == nil {
 		return nil
 	}
 	if !errors.As(err, &fe) {
-		return fmt.Errorf("%s: %w", where, err)
+		return fmt.Errorf("%s: %w", p, err)
 	}
 	out := *fe
-	if out.At == "" {
-		out.At = where
+	if s := part(&out); *s == "" {
+		*s = p
 	} else {
-		out.At = where + "." + out.At
+		*s = p + "." + *s
 	}
 	return &out
 }

@@ -113,3 +113,17 @@ func ParseVIPKey(s string) (VIPKey, error) {
 func FormatVIPKey(k VIPKey) string {
 	return netip.AddrPortFrom(k.Addr, k.Port).String() + "/" + k.Proto.String()
 }
+
+// ParseBackend parses a VIP key and the address of one of its backends,
+// as requests name them.
+func ParseBackend(vip, addr string) (VIPKey, netip.Addr, error) {
+	k, err := ParseVIPKey(vip)
+	if err != nil {
+		return VIPKey{}, netip.Addr{}, err
+	}
+	a, err := netip.ParseAddr(addr)
+	if err != nil {
+		return VIPKey{}, netip.Addr{}, fmt.Errorf("backend address %q: not an IP address", addr)
+	}
+	return k, a, nil
+}

@@ -223,7 +223,7 @@ func (c Check) validate(k VIPKey) error {
 	if len(c.Service) > 255 || strings.IndexFunc(c.Service, func(r rune) bool { return r < 0x21 || r > 0x7e }) >= 0 {
 		return refuse("service", fmt.Sprintf("%q", c.Service), "want up to 255 printable ASCII characters")
 	}
-	if err := c.Timing().Validate(); err != nil {
+	if err := c.validateTiming(); err != nil {
 		return err
 	}
 	if err := c.validateVia(t, k); err != nil {

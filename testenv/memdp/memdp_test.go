@@ -9,24 +9,13 @@ import (
 	"slices"
 	"testing"
 
+	"github.com/sluicelb/sluice/control/reconcile"
 	"github.com/sluicelb/sluice/loader"
 	"github.com/sluicelb/sluice/testenv/testutil"
 )
 
-// tables is what both data planes offer the reconciler.
-type tables interface {
-	VIPs() (map[loader.VIPKey]loader.VIP, error)
-	SetVIP(loader.VIPKey, loader.VIP) (bool, error)
-	DeleteVIP(loader.VIPKey) error
-	Backends() (map[uint32]loader.Backend, error)
-	SetBackend(uint32, loader.Backend) (bool, error)
-	ClearBackend(uint32) error
-	ReplaceRing(loader.VIPKey, []uint32) (bool, error)
-	Ring(loader.VIPKey) ([]uint32, error)
-}
-
-// script writes and reads tables, and says what each step answered.
-func script(t tables) []string {
+// script writes and reads the tables the reconciler writes, and says what each step answered.
+func script(t reconcile.Maps) []string {
 	k := loader.VIPKey{Addr: netip.MustParseAddr("10.0.0.100"), Port: 80, Proto: loader.TCP}
 	k2 := loader.VIPKey{Addr: netip.MustParseAddr("2001:db8::1"), Port: 53, Proto: loader.UDP}
 	mac := net.HardwareAddr{2, 0, 0, 0, 0, 1}

@@ -514,24 +514,23 @@ func (h *Host) Dial(ctx context.Context, network, laddr, raddr string) (net.Conn
 
 // Listen opens a listener inside the host's namespace.
 func (h *Host) Listen(network, addr string) (net.Listener, error) {
-	var l net.Listener
-	err := h.Do(func() error {
-		var err error
-		l, err = net.Listen(network, addr)
-		return err
-	})
-	return l, err
+	return inHost(h, func() (net.Listener, error) { return net.Listen(network, addr) })
 }
 
 // ListenPacket opens a packet socket inside the host's namespace.
 func (h *Host) ListenPacket(network, addr string) (net.PacketConn, error) {
-	var c net.PacketConn
+	return inHost(h, func() (net.PacketConn, error) { return net.ListenPacket(network, addr) })
+}
+
+// inHost runs fn inside h's namespace and returns what it made.
+func inHost[T any](h *Host, fn func() (T, error)) (T, error) {
+	var out T
 	err := h.Do(func() error {
 		var err error
-		c, err = net.ListenPacket(network, addr)
+		out, err = fn()
 		return err
 	})
-	return c, err
+	return out, err
 }
 
 // AttachLB loads and attaches the load balancer to the host's link, pinned

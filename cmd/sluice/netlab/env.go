@@ -293,16 +293,14 @@ type Host struct {
 	env    *Env
 }
 
-// AddHost creates a namespace joined to the bridge with the given address.
-func (e *Env) AddHost(name string, addr netip.Prefix, opts HostOptions) (*Host, error) {
+// newHost creates name's namespace and registers it for Close. Its link
+// inside is "s…", the other end of its veth peerKind + "…".
+func (e *Env) newHost(name string, addr netip.Prefix, peerKind string) (*Host, error) {
 	if len(name) > 8 {
 		return nil, fmt.Errorf("host name %q: at most 8 characters", name)
 	}
-	if opts.MTU == 0 {
-		opts.MTU = 1600
-	}
-	h := &Host{Name: name, Addr: addr, Addr6: opts.Addr6, nsName: e.nsName(name), env: e,
-		Link: "s" + e.short + name, peer: "p" + e.short + name}
+	h := &Host{Name: name, Addr: addr, nsName: e.nsName(name), env: e,
+		Link: "s" + e.short + name, peer: peerKind + e.short + name}
 	ns, err := newNamedNS(h.nsName)
 	if err != nil {
 		return nil, fmt.Errorf("create namespace for %s: %w", name, err)
@@ -311,6 +309,19 @@ func (e *Env) AddHost(name string, addr netip.Prefix, opts HostOptions) (*Host, 
 	e.mu.Lock()
 	e.hosts = append(e.hosts, h)
 	e.mu.Unlock()
+	return h, nil
+}
+
+// AddHost creates a namespace joined to the bridge with the given address.
+func (e *Env) AddHost(name string, addr netip.Prefix, opts HostOptions) (*Host, error) {
+	if opts.MTU == 0 {
+		opts.MTU = 1600
+	}
+	h, err := e.newHost(name, addr, "p")
+	if err != nil {
+		return nil, err
+	}
+	h.Addr6 = opts.Addr6
 
 	if err := h.addLink(opts); err != nil {
 		return nil, err
@@ -648,21 +659,13 @@ func addAddrs(nl *netlink.Handle, l netlink.Link, ps []netip.Prefix) error {
 // router host): one veth pair, this host's end with addr, gw's end
 // (named "r…") with gwAddr. The host's default route points at gwAddr.
 func (e *Env) AddHostBehind(gw *Host, name string, addr, gwAddr netip.Prefix, opts HostOptions) (*Host, error) {
-	if len(name) > 8 {
-		return nil, fmt.Errorf("host name %q: at most 8 characters", name)
-	}
 	if opts.MTU == 0 {
 		opts.MTU = 1500
 	}
-	h := &Host{Name: name, Addr: addr, nsName: e.nsName(name), env: e, Link: "s" + e.short + name, peer: "r" + e.short + name}
-	ns, err := newNamedNS(h.nsName)
+	h, err := e.newHost(name, addr, "r")
 	if err != nil {
-		return nil, fmt.Errorf("create namespace for %s: %w", name, err)
+		return nil, err
 	}
-	h.ns = ns
-	e.mu.Lock()
-	e.hosts = append(e.hosts, h)
-	e.mu.Unlock()
 	err = withHandle(h.ns, func(nl *netlink.Handle) error {
 		veth := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: h.Link, MTU: opts.MTU}, PeerName: h.peer, PeerNamespace: netlink.NsFd(int(gw.ns))}
 		if err := nl.LinkAdd(veth); err != nil {

@@ -15,7 +15,9 @@ func TestParseCodes(t *testing.T) {
 	}
 }
 
-func TestTimingValidate(t *testing.T) {
+// TestSettingsValidate (health's until the model owned check timing):
+// the defaults pass; a zero interval, timeout, rise or fall is refused.
+func TestSettingsValidate(t *testing.T) {
 	if err := (Check{Interval: Duration(DefaultInterval), Timeout: Duration(DefaultTimeout), Rise: DefaultRise, Fall: DefaultFall}).validateTiming(); err != nil {
 		t.Fatal(err)
 	}

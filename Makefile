@@ -83,7 +83,7 @@ soak: need-go need-root need-tools
 
 # Every fuzz target in turn, FUZZTIME each (CI runs 20s each).
 FUZZTIME ?= 5m
-FUZZ_TARGETS = FuzzDatapath:./loader/ FuzzSnapshot:./control/state/ FuzzParse:./control/ha/ FuzzFlows:./control/flowsync/ FuzzAgentAnswer:./health/ FuzzLoadPage:./health/
+FUZZ_TARGETS = FuzzDatapath:./loader/ FuzzSnapshot:./control/state/ FuzzParse:./control/ha/ FuzzFlows:./control/flowsync/ FuzzAgentAnswer:./health/ FuzzLoadPage:./health/ FuzzCleanReason:./health/
 # A run that ends in "context deadline exceeded" without writing a
 # failing input is Go 1.26's fuzz-coordinator race at the end of
 # -fuzztime (golang/go#75804, fixed in Go 1.27), not a finding.

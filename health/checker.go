@@ -210,7 +210,7 @@ func (m *Manager) run(ctx context.Context, r *runner) {
 			}
 		} else {
 			fails, passes = fails+1, 0
-			r.reason = err.Error()
+			r.reason = CleanReason(err.Error())
 			hard := s.MarkDown && IsHard(err)
 			if hard {
 				r.reason += " (a hard error: marked down at once)"

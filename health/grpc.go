@@ -19,6 +19,10 @@ import (
 // HealthCheckResponse is a few bytes.
 const maxGRPCAnswer = 4 << 10
 
+// maxGRPCHeaders bounds the answer's headers and trailers, where a
+// status message travels: gRPC's own bound is 16 MiB.
+const maxGRPCHeaders = 16 << 10
+
 // runGRPC asks the backend's grpc.health.v1 Health service about
 // p.Service over a connection of its own: SERVING passes, any other
 // status or error fails, named.
@@ -37,7 +41,8 @@ func (p Probe) runGRPC(ctx context.Context) error {
 			}
 			return c, err
 		}),
-		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(maxGRPCAnswer)))
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(maxGRPCAnswer)),
+		grpc.WithMaxHeaderListSize(maxGRPCHeaders))
 	if err != nil {
 		return fmt.Errorf("grpc: %w", err)
 	}
@@ -68,5 +73,5 @@ func grpcError(err error) error {
 	if s.Code() == codes.DeadlineExceeded {
 		return context.DeadlineExceeded
 	}
-	return fmt.Errorf("grpc %s: %s", s.Code(), s.Message())
+	return fmt.Errorf("grpc %s: %s", s.Code(), CleanReason(s.Message()))
 }

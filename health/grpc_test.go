@@ -9,8 +9,10 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	ghealth "google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/status"
 )
 
 // TestGRPCProbe runs the probe against grpc-go's own health server:
@@ -65,5 +67,44 @@ func TestGRPCProbe(t *testing.T) {
 	err = Probe{Type: GRPC, Addr: netip.MustParseAddrPort(silent.Addr().String())}.Run(context.Background(), 200*time.Millisecond)
 	if err == nil || err.Error() != "timeout after 200ms" {
 		t.Errorf("silent server: %v, want timeout after 200ms", err)
+	}
+}
+
+// hostileHealth answers every check with a status message it chose.
+type hostileHealth struct {
+	healthpb.UnimplementedHealthServer
+	msg string
+}
+
+func (h hostileHealth) Check(context.Context, *healthpb.HealthCheckRequest) (*healthpb.HealthCheckResponse, error) {
+	return nil, status.Error(codes.Unavailable, h.msg)
+}
+
+// TestGRPCReasonBounded: a backend's status message reaches the reason
+// bounded and with its terminal escapes escaped, and a message beyond
+// the header bound is refused by the client rather than read.
+func TestGRPCReasonBounded(t *testing.T) {
+	for _, c := range []struct {
+		name, msg, want string
+	}{
+		{"escapes", "\x1b]0;owned\a\x1b[2J down", `grpc Unavailable: \x1b]0;owned\a\x1b[2J down`},
+		{"long", strings.Repeat("x", 8<<10), "grpc Unavailable: " + strings.Repeat("x", MaxReason) + "…"},
+		{"beyond the header bound", strings.Repeat("y", 64<<10), "grpc Internal: stream terminated by RST_STREAM"},
+	} {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		srv := grpc.NewServer()
+		healthpb.RegisterHealthServer(srv, hostileHealth{msg: c.msg})
+		go srv.Serve(l)
+		err = Probe{Type: GRPC, Addr: netip.MustParseAddrPort(l.Addr().String())}.Run(context.Background(), time.Second)
+		srv.Stop()
+		if err == nil {
+			t.Fatalf("%s: passed", c.name)
+		}
+		if got := err.Error(); !strings.Contains(got, c.want) || len(got) > MaxReason+100 {
+			t.Errorf("%s: %d bytes %.200q, want %.200q", c.name, len(got), got, c.want)
+		}
 	}
 }

@@ -12,6 +12,7 @@ import (
 
 	"github.com/sluicelb/sluice/control/api"
 	"github.com/sluicelb/sluice/control/state"
+	"github.com/sluicelb/sluice/health"
 )
 
 func statusCommand() *cli.Command {
@@ -51,12 +52,14 @@ func printStatus(w io.Writer, st api.Status) error {
 			if !b.LastChange.IsZero() {
 				lc = b.LastChange.Format(time.RFC3339)
 			}
-			weight, reason := strconv.Itoa(int(b.Weight)), b.Reason
+			// Reasons are printed escaped: an older daemon may pass on what a
+			// backend said as it was.
+			weight, reason := strconv.Itoa(int(b.Weight)), health.CleanReason(b.Reason)
 			if b.EffectiveWeight != float64(b.Weight) && b.State == "up" {
 				weight += "→" + strconv.FormatFloat(b.EffectiveWeight, 'g', 3, 64)
 			}
 			if b.WeightReason != "" && b.WeightReason != b.Reason {
-				reason += "; weight: " + b.WeightReason
+				reason += "; weight: " + health.CleanReason(b.WeightReason)
 			}
 			fmt.Fprintf(tw, "  %s\t%s\t%s\t%v\t%d\t%d\t%d\t%s\t%s\n", b.Addr, b.State, weight, b.Standby, b.RingSlots, b.Packets, b.Bytes, lc, reason)
 		}
@@ -145,7 +148,7 @@ func eventsCommand() *cli.Command {
 					line += fmt.Sprintf(" (revision %d)", e.Revision)
 				}
 				if e.Reason != "" {
-					line += ": " + e.Reason
+					line += ": " + health.CleanReason(e.Reason)
 				}
 				_, perr = fmt.Fprintln(c.App.Writer, line)
 				return perr == nil

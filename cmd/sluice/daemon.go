@@ -224,7 +224,34 @@ func clusterOptions(c *cli.Context) (*cluster.NodeOptions, error) {
 	if o.TLS, err = etcdTLS(c); err != nil {
 		return nil, err
 	}
+	if o.TLS, err = endpointsTLS(o.Endpoints, o.TLS); err != nil {
+		return nil, err
+	}
 	return o, nil
+}
+
+// endpointsTLS checks that the endpoints' schemes agree with the TLS
+// flags: TLS flags with an http:// endpoint would be plain text under a
+// flag that asked for TLS, and a mix of the two is a typo. https://
+// without the flags trusts the system's CAs.
+func endpointsTLS(endpoints []string, cfg *tls.Config) (*tls.Config, error) {
+	var plain, secure string
+	for _, u := range endpoints {
+		if strings.HasPrefix(u, "https://") {
+			secure = u
+		} else {
+			plain = u
+		}
+	}
+	switch {
+	case plain != "" && secure != "":
+		return nil, fmt.Errorf("--etcd-endpoints: %q is plain http and %q https: use https:// for every member", plain, secure)
+	case plain != "" && cfg != nil:
+		return nil, fmt.Errorf("--etcd-endpoints %q: plain http, but --etcd-ca/--etcd-cert/--etcd-key ask for TLS: use https://", plain)
+	case secure != "" && cfg == nil:
+		return &tls.Config{MinVersion: tls.VersionTLS12}, nil
+	}
+	return cfg, nil
 }
 
 // flowSyncOptions reads --flow-sync-key and --flow-sync-port (nil

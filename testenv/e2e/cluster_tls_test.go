@@ -57,4 +57,21 @@ func TestClusterTLS(t *testing.T) {
 	if out, err := cmd.CombinedOutput(); err == nil || !strings.Contains(string(out), "--etcd-cert and --etcd-key") {
 		t.Fatalf("--etcd-cert without --etcd-key: %v\n%s", err, out)
 	}
+
+	// TLS flags with a plain-text endpoint, or a mix of http and https:
+	// refused, rather than plain text under flags that asked for TLS.
+	plain := strings.ReplaceAll(ends, "https://", "http://")
+	mixed := strings.Replace(ends, "https://", "http://", 1)
+	for _, c := range []struct {
+		ends, want string
+	}{
+		{plain, "plain http, but --etcd-ca/--etcd-cert/--etcd-key ask for TLS"},
+		{mixed, "use https:// for every member"},
+	} {
+		a := append([]string{"--store", "etcd", "--etcd-endpoints", c.ends, "--cluster", "tls", "--node-name", "n5"}, full...)
+		cmd := lab.Nodes[2].Command(context.Background(), sluiceBin, daemonArgs(lab, lab.Nodes[2], t.TempDir(), a...)...)
+		if out, err := cmd.CombinedOutput(); err == nil || !strings.Contains(string(out), c.want) {
+			t.Fatalf("%v: %v\n%s", c.ends, err, out)
+		}
+	}
 }

@@ -3,7 +3,9 @@ package loader
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"os"
+	"sync"
 	"testing"
 	"time"
 
@@ -146,5 +148,59 @@ func TestCaptureSkipsEarlierFrames(t *testing.T) {
 	frames := readFrames(t, next)
 	if len(frames) != 1 || !bytes.Equal(frames[0].Data, in) {
 		t.Fatalf("the next capture read %d frames, want only its own one", len(frames))
+	}
+}
+
+// TestCaptureIsExclusive: of captures started at once, exactly one
+// runs, and the others are refused naming its pid; none of them can then
+// switch the running one off. Before, Start read the lease and then wrote
+// its own, so two starts could both succeed and steal each other's frames.
+func TestCaptureIsExclusive(t *testing.T) {
+	f := newFixture(t, seed)
+	for round := range 100 {
+		var (
+			start = make(chan struct{})
+			wg    sync.WaitGroup
+			mu    sync.Mutex
+			won   []*capture.Capture
+			lost  []error
+		)
+		for range 3 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				<-start
+				c, err := capture.Start(f.d, capture.Filter{VIPID: capture.AnyVIP, RX: true})
+				mu.Lock()
+				defer mu.Unlock()
+				if err != nil {
+					lost = append(lost, err)
+				} else {
+					won = append(won, c)
+				}
+			}()
+		}
+		close(start)
+		wg.Wait()
+		for _, c := range won[min(1, len(won)):] {
+			c.Close()
+		}
+		if len(won) != 1 {
+			t.Fatalf("round %d: %d captures started at once, want 1 (refused: %v)", round, len(won), lost)
+		}
+		for _, err := range lost {
+			// The winner names itself once it has written its pid.
+			pid := fmt.Sprintf("a capture is already running (pid %d)", os.Getpid())
+			if err.Error() != pid && err.Error() != "a capture is already running (starting)" {
+				t.Fatalf("round %d: refused with %q, want %q", round, err, pid)
+			}
+		}
+		_, err := capture.Start(f.d, capture.Filter{VIPID: capture.AnyVIP, RX: true})
+		if want := fmt.Sprintf("a capture is already running (pid %d)", os.Getpid()); err == nil || err.Error() != want {
+			t.Fatalf("round %d: a start while one runs: %v, want %q", round, err, want)
+		}
+		if err := won[0].Close(); err != nil {
+			t.Fatal(err)
+		}
 	}
 }

@@ -241,9 +241,9 @@ func openCaptureOutput(path string, stdout io.Writer) (io.Writer, func(ok bool) 
 		done = true
 		err := f.Close()
 		if ok && err == nil {
-			if err = os.Chmod(f.Name(), 0o644); err == nil {
-				err = os.Rename(f.Name(), path)
-			}
+			// The file keeps CreateTemp's mode, 0600: frames carry
+			// whatever the clients sent.
+			err = os.Rename(f.Name(), path)
 		}
 		if !ok || err != nil {
 			os.Remove(f.Name())

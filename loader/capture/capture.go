@@ -10,6 +10,8 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"os"
+	"path/filepath"
+	"strconv"
 	"sync"
 	"time"
 
@@ -30,6 +32,12 @@ const (
 	captureLease    = 2 * time.Second
 	captureRenewals = 4 // per lease
 )
+
+// LockDir holds a lock file per data plane, named by its capture map's
+// ID: a capture holds it exclusively for its life (flock), and the kernel
+// lets go of it when the process dies, so that of two captures started
+// at once exactly one runs.
+const LockDir = "/run/sluice/capture"
 
 // Filter chooses the frames a capture copies.
 type Filter struct {
@@ -86,6 +94,7 @@ type Capture struct {
 	raw     bpf.LbCaptureCfg
 	wall0   time.Time
 	mono0   time.Duration
+	lock    *os.File // LockDir's file, held exclusively until Close
 	stop    chan struct{}
 	renewed sync.WaitGroup
 	once    sync.Once
@@ -104,10 +113,71 @@ func Start(src Source, f Filter) (*Capture, error) {
 	if err := f.check(); err != nil {
 		return nil, err
 	}
+	lock, err := lockCapture(cfg)
+	if err != nil {
+		return nil, err
+	}
+	c, err := start(cfg, state, events, f)
+	if err != nil {
+		lock.Close()
+		return nil, err
+	}
+	c.lock = lock
+	c.renewed.Add(1)
+	go c.keep()
+	return c, nil
+}
+
+// lockCapture takes cfg's lock file in LockDir, or says who holds it.
+func lockCapture(cfg *ebpf.Map) (*os.File, error) {
+	info, err := cfg.Info()
+	if err != nil {
+		return nil, fmt.Errorf("capture map: %w", err)
+	}
+	id, ok := info.ID()
+	if !ok {
+		return nil, errors.New("capture map: the kernel gives no map IDs")
+	}
+	if err := os.MkdirAll(LockDir, 0o700); err != nil {
+		return nil, fmt.Errorf("capture lock: %w", err)
+	}
+	path := filepath.Join(LockDir, fmt.Sprintf("map-%d.lock", id))
+	lock, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("capture lock: %w", err)
+	}
+	if err := unix.Flock(int(lock.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		lock.Close()
+		if !errors.Is(err, unix.EWOULDBLOCK) {
+			return nil, fmt.Errorf("capture lock %s: %w", path, err)
+		}
+		return nil, busy(path)
+	}
+	// Who holds it, for the next one's message.
+	if err := lock.Truncate(0); err == nil {
+		lock.WriteString(strconv.Itoa(os.Getpid()))
+	}
+	return lock, nil
+}
+
+// busy is the refusal while another capture holds the lock at path: it
+// names the holder's pid once the holder has written it.
+func busy(path string) error {
+	b, _ := os.ReadFile(path)
+	if pid, err := strconv.Atoi(string(b)); err == nil {
+		return fmt.Errorf("a capture is already running (pid %d)", pid)
+	}
+	return errors.New("a capture is already running (starting)")
+}
+
+// start turns capture on, under the lock.
+func start(cfg, state, events *ebpf.Map, f Filter) (*Capture, error) {
 	var cur bpf.LbCaptureCfg
 	if err := cfg.Lookup(uint32(0), &cur); err != nil {
 		return nil, fmt.Errorf("read capture state: %w", err)
 	}
+	// Held by a process that died less than a lease ago, or by a binary
+	// from before the lock.
 	if cur.On != 0 && time.Duration(cur.UntilNs) > monotonic() {
 		return nil, fmt.Errorf("a capture is already running (pid %d)", cur.Owner)
 	}
@@ -138,8 +208,6 @@ func Start(src Source, f Filter) (*Capture, error) {
 		rd.Close()
 		return nil, err
 	}
-	c.renewed.Add(1)
-	go c.keep()
 	return c, nil
 }
 
@@ -231,7 +299,7 @@ func (c *Capture) Close() error {
 		if err != nil {
 			err = fmt.Errorf("turn capture off: %w", err)
 		}
-		err = errors.Join(err, c.rd.Close())
+		err = errors.Join(err, c.rd.Close(), c.lock.Close()) // the lock last: capture is off
 	})
 	return err
 }

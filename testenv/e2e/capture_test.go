@@ -39,6 +39,11 @@ func TestCapture(t *testing.T) {
 	if !strings.Contains(out, "40 frames captured") {
 		t.Fatalf("capture said %q", out)
 	}
+	if fi, err := os.Stat(ng); err != nil {
+		t.Fatal(err)
+	} else if fi.Mode().Perm() != 0o600 {
+		t.Fatalf("%s: mode %v, want 0600 (frames carry what clients sent)", ng, fi.Mode())
+	}
 	frames := readPcapng(t, ng)
 	if len(frames) != 40 {
 		t.Fatalf("%d frames in %s, want 40", len(frames), ng)

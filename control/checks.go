@@ -110,12 +110,18 @@ func (c *checks) dialer() *probevia.Dialer {
 	return c.via
 }
 
-// stop stops the checks and detaches tc_probe.
+// stop stops the checks, detaches tc_probe and gives back the
+// accept_local that checks via a local VIP turned on.
 func (c *checks) stop() {
 	c.hm.Stop()
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.probes != nil {
 		c.probes.Close()
+	}
+	if c.via != nil {
+		if err := c.via.Close(); err != nil {
+			c.log.Warn("checks via vip", "err", err)
+		}
 	}
 }

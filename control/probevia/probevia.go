@@ -39,8 +39,9 @@ type Dialer struct {
 	Attached error
 	Log      *slog.Logger
 
-	acceptMu  sync.Mutex
-	acceptSet bool // accept_local is on, as this Dialer set or found it
+	acceptMu    sync.Mutex
+	acceptSet   bool // accept_local is on, as this Dialer set or found it
+	acceptWrote bool // this Dialer turned it on: Close turns it off
 }
 
 // Dial is the dial function of probes through the data plane to backend via.
@@ -153,9 +154,28 @@ func (d *Dialer) acceptLocal(vip netip.Addr) error {
 	if err := os.WriteFile(path, []byte("1"), 0o644); err != nil {
 		return fmt.Errorf("%s is local here, and its answers need net.ipv4.conf.%s.accept_local=1: %w", vip, d.Iface.Name, err)
 	}
-	d.acceptSet = true
+	d.acceptSet, d.acceptWrote = true, true
 	if d.Log != nil {
 		d.Log.Info("set accept_local: checks via a vip this node holds get their answers from it", "iface", d.Iface.Name, "vip", vip)
+	}
+	return nil
+}
+
+// Close gives back what the Dialer changed: accept_local goes back to 0
+// if the Dialer turned it on (a value the host had is left alone).
+func (d *Dialer) Close() error {
+	d.acceptMu.Lock()
+	defer d.acceptMu.Unlock()
+	if !d.acceptWrote {
+		return nil
+	}
+	path := filepath.Join("/proc/sys/net/ipv4/conf", d.Iface.Name, "accept_local")
+	if err := os.WriteFile(path, []byte("0"), 0o644); err != nil {
+		return fmt.Errorf("restore net.ipv4.conf.%s.accept_local=0: %w", d.Iface.Name, err)
+	}
+	d.acceptSet, d.acceptWrote = false, false
+	if d.Log != nil {
+		d.Log.Info("restored accept_local=0", "iface", d.Iface.Name)
 	}
 	return nil
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net"
 	"net/netip"
+	"os"
 	"strings"
 	"testing"
 
@@ -94,4 +95,50 @@ func dialInNetns(t *testing.T) {
 	if serr != nil || mark != 0x51ce0002 {
 		t.Fatalf("probe socket mark %#x (%v), want 0x51ce0002", mark, serr)
 	}
+}
+
+// TestAcceptLocalGivenBack: accept_local, turned on for a check via a
+// VIP this node holds, goes back to 0 on Close; a 1 the host had set
+// itself stays.
+func TestAcceptLocalGivenBack(t *testing.T) {
+	testutil.Require(t)
+	testutil.InNewNetns(t, func() {
+		if err := netlink.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "sluicet-a"}, PeerName: "sluicet-ap"}); err != nil {
+			t.Fatal(err)
+		}
+		ifi, err := net.InterfaceByName("sluicet-a")
+		if err != nil {
+			t.Fatal(err)
+		}
+		path := "/proc/sys/net/ipv4/conf/sluicet-a/accept_local"
+		read := func() string {
+			b, err := os.ReadFile(path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return strings.TrimSpace(string(b))
+		}
+		vip := netip.MustParseAddr("10.203.0.1")
+		for _, c := range []struct{ before, during, after string }{
+			{"0", "1", "0"}, // turned on for the check, given back
+			{"1", "1", "1"}, // the host's own setting, left alone
+		} {
+			if err := os.WriteFile(path, []byte(c.before), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			d := &Dialer{Iface: ifi}
+			if err := d.acceptLocal(vip); err != nil {
+				t.Fatal(err)
+			}
+			if got := read(); got != c.during {
+				t.Fatalf("from %s: accept_local %s while checking, want %s", c.before, got, c.during)
+			}
+			if err := d.Close(); err != nil {
+				t.Fatal(err)
+			}
+			if got := read(); got != c.after {
+				t.Fatalf("from %s: accept_local %s after Close, want %s", c.before, got, c.after)
+			}
+		}
+	})
 }

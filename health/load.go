@@ -79,7 +79,11 @@ func (l LoadMetric) Query(ctx context.Context, timeout time.Duration) (float64, 
 		tr.DialContext = func(ctx context.Context, network, addr string) (net.Conn, error) { return l.Dial(ctx, network, addr) }
 	}
 	defer tr.CloseIdleConnections()
-	resp, err := (&http.Client{Transport: tr}).Do(req)
+	// A redirect is not followed: the page is the backend's own (its
+	// address is the URL's host), as with HTTP checks.
+	resp, err := (&http.Client{Transport: tr, CheckRedirect: func(*http.Request, []*http.Request) error {
+		return http.ErrUseLastResponse
+	}}).Do(req)
 	if err != nil {
 		var ue *url.Error
 		if errors.As(err, &ue) {
@@ -88,6 +92,9 @@ func (l LoadMetric) Query(ctx context.Context, timeout time.Duration) (float64, 
 		return 0, fmt.Errorf("load metric: %w", probeError(ctx, err, timeout))
 	}
 	defer resp.Body.Close()
+	if resp.StatusCode/100 == 3 {
+		return 0, fmt.Errorf("load metric: http %d: redirects are not followed", resp.StatusCode)
+	}
 	if resp.StatusCode != http.StatusOK {
 		return 0, fmt.Errorf("load metric: http %d", resp.StatusCode)
 	}
@@ -102,9 +109,11 @@ func (l LoadMetric) Query(ctx context.Context, timeout time.Duration) (float64, 
 }
 
 // Value reads the series from a page in the Prometheus text format.
+// Only the series' own lines are parsed: a model server's page holds
+// hundreds of families, histograms among them, and one is wanted.
 func (l LoadMetric) Value(page []byte) (float64, error) {
 	p := expfmt.NewTextParser(model.UTF8Validation)
-	fams, err := p.TextToMetricFamilies(bytes.NewReader(page))
+	fams, err := p.TextToMetricFamilies(bytes.NewReader(seriesLines(page, l.Name)))
 	if err != nil {
 		return 0, fmt.Errorf("load metric: %w", err)
 	}
@@ -152,4 +161,38 @@ func sampleValue(m *dto.Metric) (float64, bool) {
 		return m.Untyped.GetValue(), true
 	}
 	return 0, false
+}
+
+// seriesLines is the lines of page that belong to metric name: its HELP
+// and TYPE comments and its samples.
+func seriesLines(page []byte, name string) []byte {
+	var out []byte
+	for len(page) > 0 {
+		line, rest, _ := bytes.Cut(page, []byte("\n"))
+		page = rest
+		body := line
+		if c, ok := bytes.CutPrefix(line, []byte("# HELP ")); ok {
+			body = c
+		} else if c, ok := bytes.CutPrefix(line, []byte("# TYPE ")); ok {
+			body = c
+		}
+		if n, ok := bytes.CutPrefix(body, []byte(name)); ok && ofSeries(n) {
+			out = append(append(out, line...), '\n')
+		}
+	}
+	return out
+}
+
+// ofSeries reports whether what follows a metric's name on a line makes
+// the line the metric's: a space or its labels, after the name or after
+// a histogram's or summary's suffix (so that Value can say what the
+// series is when it is not a single value).
+func ofSeries(after []byte) bool {
+	for _, suffix := range []string{"_bucket", "_sum", "_count", "_created"} {
+		if a, ok := bytes.CutPrefix(after, []byte(suffix)); ok {
+			after = a
+			break
+		}
+	}
+	return len(after) > 0 && (after[0] == ' ' || after[0] == '\t' || after[0] == '{')
 }

@@ -1,15 +1,22 @@
 package health
 
 import (
+	"bytes"
 	"context"
 	"errors"
+	"fmt"
+	"math"
 	"net"
 	"net/http"
 	"net/netip"
+	"runtime"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
 )
 
 const vllmPage = `# HELP vllm:num_requests_waiting Number of requests waiting to be processed.
@@ -66,6 +73,10 @@ func TestLoadMetricQuery(t *testing.T) {
 		t.Fatal(err)
 	}
 	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/moved" {
+			http.Redirect(w, r, "/metrics", http.StatusFound)
+			return
+		}
 		if r.URL.Path == "/big" {
 			w.Write([]byte(strings.Repeat("#", MaxLoadBody+1)))
 			return
@@ -81,6 +92,10 @@ func TestLoadMetricQuery(t *testing.T) {
 	m.URL = "http://" + l.Addr().String() + "/big"
 	if _, err := m.Query(t.Context(), time.Second); err == nil || !strings.Contains(err.Error(), "larger than") {
 		t.Fatalf("a page over the bound: %v, want it refused", err)
+	}
+	m.URL = "http://" + l.Addr().String() + "/moved"
+	if _, err := m.Query(t.Context(), time.Second); err == nil || err.Error() != "load metric: http 302: redirects are not followed" {
+		t.Fatalf("a redirect: %v, want it refused, not followed", err)
 	}
 	l.Close()
 	m.URL = "http://" + l.Addr().String() + "/metrics"
@@ -143,6 +158,47 @@ func FuzzLoadPage(f *testing.F) {
 		if err != nil {
 			return
 		}
-		m.Value(page)
+		got, err := m.Value(page)
+		// Where the whole page parses, reading only the series' lines
+		// gives what the whole page gives.
+		full := expfmt.NewTextParser(model.UTF8Validation)
+		fams, ferr := full.TextToMetricFamilies(bytes.NewReader(page))
+		fam, ok := fams[m.Name]
+		if ferr != nil || !ok || len(m.Labels) > 0 {
+			return
+		}
+		sum, n := 0.0, 0
+		for _, s := range fam.GetMetric() {
+			if v, ok := sampleValue(s); ok {
+				sum, n = sum+v, n+1
+			}
+		}
+		if n > 0 && n == len(fam.GetMetric()) && (err != nil || (got != sum && !(math.IsNaN(got) && math.IsNaN(sum)))) {
+			t.Fatalf("series %s: %g, %v; the whole page gives %g", m.Name, got, err, sum)
+		}
 	})
+}
+
+// TestLoadPageParsesOnlyTheSeries: a page near the bound, of thousands of
+// other families, costs what the wanted series costs, not a parse of the
+// whole page (which allocates several times the page).
+func TestLoadPageParsesOnlyTheSeries(t *testing.T) {
+	var b strings.Builder
+	for i := 0; b.Len() < MaxLoadBody-(64<<10); i++ {
+		fmt.Fprintf(&b, "# HELP other_%d Something else.\n# TYPE other_%d gauge\nother_%d{model=\"m%d\",le=\"x\"} %d\n", i, i, i, i, i)
+	}
+	b.WriteString(vllmPage)
+	page := []byte(b.String())
+	m, _ := ParseLoadMetric("http://h/metrics#vllm:num_requests_waiting")
+	var before, after runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	v, err := m.Value(page)
+	runtime.ReadMemStats(&after)
+	if err != nil || v != 7 {
+		t.Fatalf("%g, %v; want 7", v, err)
+	}
+	if got := after.TotalAlloc - before.TotalAlloc; got > 256<<10 {
+		t.Fatalf("reading one series of a %d-byte page allocated %d bytes, want at most 256 KiB", len(page), got)
+	}
 }

@@ -172,6 +172,10 @@ func TestValidateNamesTheField(t *testing.T) {
 			Backends: []Backend{{Addr: "10.0.0.2"}}},
 		"backends[0].check.port: a check via a vip of every port needs one": {VIP: "10.0.0.1:0/tcp", CheckVia: "vip",
 			Backends: []Backend{{Addr: "10.0.0.2"}}},
+		"backends[0].load.metric \"http://10.0.0.9:8000/metrics#q\": the page must be the backend's own: want its address, 10.0.0.2": {VIP: "10.0.0.1:80/tcp",
+			Backends: []Backend{{Addr: "10.0.0.2", Load: &Load{Metric: "http://10.0.0.9:8000/metrics#q", Target: 1, Interval: Duration(time.Second)}}}},
+		"backends[0].load.metric \"http://metrics.example:8000/metrics#q\": the page must be the backend's own": {VIP: "10.0.0.1:80/tcp",
+			Backends: []Backend{{Addr: "10.0.0.2", Load: &Load{Metric: "http://metrics.example:8000/metrics#q", Target: 1, Interval: Duration(time.Second)}}}},
 	}
 	for want, v := range cases {
 		s := State{VIPs: []VIP{v}}

@@ -164,7 +164,7 @@ func (b *Backend) validate(k VIPKey) error {
 	if err := b.Agent.validate(); err != nil {
 		return under("agent", err)
 	}
-	if err := b.Load.validate(); err != nil {
+	if err := b.Load.validate(b.Addr); err != nil {
 		return under("load", err)
 	}
 	return nil
@@ -184,12 +184,19 @@ func (a *Agent) validate() error {
 	return nil
 }
 
-func (l *Load) validate() error {
+// validate checks the backend at addr's load signal: its page is the
+// backend's own (scraped from its address, never another host's).
+func (l *Load) validate(addr string) error {
 	if l == nil {
 		return nil
 	}
-	if _, err := ParseLoadMetric(l.Metric); err != nil {
+	ls, err := ParseLoadMetric(l.Metric)
+	if err != nil {
 		return refuse("metric", nil, "%v", err)
+	}
+	u, _ := url.Parse(ls.URL) // ParseLoadMetric parsed it
+	if h, err := netip.ParseAddr(u.Hostname()); err != nil || h.String() != addr {
+		return refuse("metric", fmt.Sprintf("%q", l.Metric), "the page must be the backend's own: want its address, %s, as the URL's host", addr)
 	}
 	switch {
 	case !(l.Target > 0) || math.IsInf(l.Target, 0):

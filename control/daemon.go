@@ -96,6 +96,7 @@ type Datapath interface {
 	flowsync.Datapath
 	SetConfig(loader.Config) (bool, error)
 	Iface() *net.Interface
+	Attached() bool // the interface runs this data plane's program
 	Adopted() bool
 	ProbeProgram() *ebpf.Program
 	FlowEvents() (*loader.FlowEventReader, error)

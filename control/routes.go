@@ -74,8 +74,8 @@ func (c *core) NodeView() bgp.NodeView {
 	if l, err := netlink.LinkByIndex(c.dp.Iface().Index); err == nil {
 		at := l.Attrs()
 		v.Fault = at.RawFlags&unix.IFF_UP == 0 || at.RawFlags&unix.IFF_LOWER_UP == 0
-		v.Attached = at.Xdp != nil && at.Xdp.Attached
 	}
+	v.Attached = c.dp.Attached() // ours, not just any XDP program
 	c.mu.Lock()
 	have := c.have
 	c.mu.Unlock()

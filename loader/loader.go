@@ -17,6 +17,7 @@ import (
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
+	"github.com/vishvananda/netlink"
 
 	"github.com/sluicelb/sluice/bpf"
 	"github.com/sluicelb/sluice/loader/internal/pin"
@@ -61,6 +62,7 @@ type Options struct {
 type Datapath struct {
 	objs    bpf.LbObjects
 	link    link.Link
+	progID  uint32 // xdp_lb's ID, as the interface reports what runs on it
 	iface   *net.Interface
 	pinDir  string
 	mode    Mode
@@ -159,6 +161,11 @@ func (d *Datapath) attach() error {
 		return err
 	}
 	d.link, d.mode, d.adopted = l, mode, adopted
+	if info, err := d.objs.XdpLb.Info(); err == nil {
+		if id, ok := info.ID(); ok {
+			d.progID = uint32(id)
+		}
+	}
 	return nil
 }
 
@@ -179,6 +186,22 @@ func (d *Datapath) ProbeProgram() *ebpf.Program { return d.objs.TcProbe }
 
 // Iface is the interface attached to, or nil.
 func (d *Datapath) Iface() *net.Interface { return d.iface }
+
+// Attached reports whether the interface runs this data plane's XDP
+// program: not none, and not another program someone attached after this
+// one went (a route announced for it would draw traffic nobody steers).
+// It asks the kernel in the calling thread's network namespace.
+func (d *Datapath) Attached() bool {
+	if d.iface == nil {
+		return false
+	}
+	l, err := netlink.LinkByIndex(d.iface.Index)
+	if err != nil {
+		return false
+	}
+	x := l.Attrs().Xdp
+	return x != nil && x.Attached && d.progID != 0 && x.ProgId == d.progID
+}
 
 // Close releases this process's handles. Pinned maps and link stay, so the
 // data plane keeps forwarding.

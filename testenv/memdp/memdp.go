@@ -293,6 +293,7 @@ func (d *Datapath) Config() loader.Config {
 }
 
 func (d *Datapath) Iface() *net.Interface       { return d.ifi }
+func (d *Datapath) Attached() bool              { return d.ifi != nil }
 func (d *Datapath) Adopted() bool               { return false }
 func (d *Datapath) ProbeProgram() *ebpf.Program { return nil }
 

@@ -187,3 +187,45 @@ func TestLegacyPinsMigrate(t *testing.T) {
 		t.Fatalf("the legacy directory is still there: %v", err)
 	}
 }
+
+// TestAttachedMeansOurs: a data plane is attached while its own program
+// runs on the interface; once another XDP program (here the
+// decapsulator) runs there instead, it is not, although the interface
+// still reports an XDP program. BGP announces only while it is.
+func TestAttachedMeansOurs(t *testing.T) {
+	ctx := context.Background()
+	env, hosts := eth0Hosts(t, "a1")
+	h := hosts[0]
+	dp, err := h.AttachLB(ctx, loader.Options{FlowTableSize: 4096})
+	if err != nil {
+		t.Fatal(err)
+	}
+	attached := func() (ours bool) {
+		if err := h.Do(func() error { ours = dp.Attached(); return nil }); err != nil {
+			t.Fatal(err)
+		}
+		return ours
+	}
+	if !attached() {
+		t.Fatal("not attached right after attaching")
+	}
+	if err := dp.Detach(); err != nil {
+		t.Fatal(err)
+	}
+	if attached() || xdpProg(t, h) != 0 {
+		t.Fatalf("detached: Attached %v, XDP program %d", attached(), xdpProg(t, h))
+	}
+	if err := h.Do(func() error {
+		d, err := decap.Attach(ctx, decap.Options{Iface: "eth0", PinRoot: env.PinRoot()})
+		if err != nil {
+			return err
+		}
+		return d.Close()
+	}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { h.Do(func() error { return decap.Detach("eth0", env.PinRoot()) }) })
+	if id := xdpProg(t, h); id == 0 || attached() {
+		t.Fatalf("another program (%d) on the interface: Attached %v, want false", id, attached())
+	}
+}

@@ -214,6 +214,9 @@ func clusterOptions(c *cli.Context) (*cluster.NodeOptions, error) {
 	if o.Node == "" {
 		return nil, errors.New("--node-name: required with --store etcd (unique in the cluster)")
 	}
+	if err := etcdstore.ValidName(o.Node); err != nil {
+		return nil, fmt.Errorf("--node-name %w", err)
+	}
 	if o.TTL < 1 || o.TTL > 60 {
 		return nil, fmt.Errorf("--cluster-ttl %d: 1 to 60 seconds", o.TTL)
 	}

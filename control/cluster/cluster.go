@@ -191,8 +191,7 @@ func (m *Member) watchNodes(ctx context.Context, s *concurrency.Session) {
 		}
 		nodes := map[string]Report{}
 		for _, kv := range resp.Kvs {
-			var r Report
-			if json.Unmarshal(kv.Value, &r) == nil {
+			if r, err := m.decode(kv.Key, kv.Value); err == nil {
 				nodes[r.Name] = r
 			}
 		}
@@ -214,8 +213,12 @@ func (m *Member) follow(s *concurrency.Session, wch clientv3.WatchChan, nodes ma
 			}
 			for _, ev := range wr.Events {
 				name := strings.TrimPrefix(string(ev.Kv.Key), NodesPrefix(m.opts.Cluster))
-				var r Report
-				if ev.Type == clientv3.EventTypeDelete || json.Unmarshal(ev.Kv.Value, &r) != nil {
+				if ev.Type == clientv3.EventTypeDelete {
+					delete(nodes, name)
+					continue
+				}
+				r, err := m.decode(ev.Kv.Key, ev.Kv.Value)
+				if err != nil {
 					delete(nodes, name)
 					continue
 				}
@@ -224,6 +227,43 @@ func (m *Member) follow(s *concurrency.Session, wch clientv3.WatchChan, nodes ma
 			m.setNodes(nodes)
 		}
 	}
+}
+
+// MaxReport bounds a node key's value: a node's report names its
+// health view of every backend (4 096 of them take about 300 KiB).
+const MaxReport = 1 << 20
+
+// decode reads a node key, refusing (and logging) one that is not a
+// node's report: a name that is not a node name, a value over MaxReport
+// or not JSON, or a report that names another node than its key.
+func (m *Member) decode(key, value []byte) (Report, error) {
+	r, err := DecodeReport(NodesPrefix(m.opts.Cluster), key, value)
+	if err != nil && m.opts.Log != nil {
+		m.opts.Log.Warn("cluster: node key refused", "key", string(key), "err", err)
+	}
+	return r, err
+}
+
+// DecodeReport reads the node key key (under prefix) with value.
+func DecodeReport(prefix string, key, value []byte) (Report, error) {
+	name, ok := strings.CutPrefix(string(key), prefix)
+	if !ok {
+		return Report{}, fmt.Errorf("key %q: not under %s", key, prefix)
+	}
+	if err := etcdstore.ValidName(name); err != nil {
+		return Report{}, fmt.Errorf("node key: name %w", err)
+	}
+	if len(value) > MaxReport {
+		return Report{}, fmt.Errorf("node %s: report of %d bytes, at most %d", name, len(value), MaxReport)
+	}
+	var r Report
+	if err := json.Unmarshal(value, &r); err != nil {
+		return Report{}, fmt.Errorf("node %s: %w", name, err)
+	}
+	if r.Name != name {
+		return Report{}, fmt.Errorf("node %s: the report names node %q", name, r.Name)
+	}
+	return r, nil
 }
 
 func (m *Member) setNodes(nodes map[string]Report) {

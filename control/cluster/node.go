@@ -94,6 +94,10 @@ type Node struct {
 	nodes []Report // the cluster's view the rings were last built from
 }
 
+// maxEtcdAnswer bounds what one etcd answer may hold: the whole state
+// (at most 1 024 VIPs) or every node's report (MaxReport each).
+const maxEtcdAnswer = 64 << 20
+
 // NewNode connects to etcd (without waiting for it); addr is this node's
 // address in cluster status.
 func NewNode(h Host, o NodeOptions, addr string, log *slog.Logger) (*Node, error) {
@@ -101,7 +105,10 @@ func NewNode(h Host, o NodeOptions, addr string, log *slog.Logger) (*Node, error
 		o.Quorum = Majority
 	}
 	cfg := clientv3.Config{Endpoints: o.Endpoints, TLS: o.TLS, DialTimeout: storeTimeout, Logger: zap.NewNop(),
-		DialKeepAliveTime: 2 * time.Second, DialKeepAliveTimeout: 2 * time.Second}
+		DialKeepAliveTime: 2 * time.Second, DialKeepAliveTimeout: 2 * time.Second,
+		// An answer is at most the state's keys or the node keys: the
+		// client's own bound is 2 GiB.
+		MaxCallRecvMsgSize: maxEtcdAnswer}
 	// Reconnect within a second of etcd coming back, not gRPC's default
 	// backoff of up to two minutes.
 	cfg.DialOptions = append(cfg.DialOptions, grpc.WithConnectParams(grpc.ConnectParams{

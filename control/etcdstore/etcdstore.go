@@ -53,7 +53,11 @@ func backoff(ctx context.Context, try int) error {
 func Prefix(cluster string) string { return "/sluice/" + cluster + "/" }
 
 // ValidCluster checks a cluster name: it becomes part of every key.
-func ValidCluster(name string) error {
+func ValidCluster(name string) error { return ValidName(name) }
+
+// ValidName checks a name that becomes part of a key (a cluster's, a
+// node's).
+func ValidName(name string) error {
 	if name == "" || len(name) > 64 || strings.Trim(name, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.") != "" {
 		return fmt.Errorf("%q: 1 to 64 letters, digits, '-', '_' or '.'", name)
 	}

@@ -47,6 +47,7 @@ func TestDaemonFlags(t *testing.T) {
 		{[]string{"--store", "etcd", "--etcd-endpoints", "http://10.0.0.31:2379", "--node-name", "n1"}, "--cluster: required"},
 		{[]string{"--store", "etcd", "--etcd-endpoints", "http://10.0.0.31:2379", "--cluster", "a/b", "--node-name", "n1"}, `--cluster "a/b"`},
 		{[]string{"--store", "etcd", "--etcd-endpoints", "http://10.0.0.31:2379", "--cluster", "c1"}, "--node-name: required"},
+		{[]string{"--store", "etcd", "--etcd-endpoints", "http://10.0.0.31:2379", "--cluster", "c1", "--node-name", "lb/1"}, `--node-name "lb/1": 1 to 64 letters`},
 		{[]string{"--store", "etcd", "--etcd-endpoints", "http://10.0.0.31:2379", "--cluster", "c1", "--node-name", "n1", "--health-quorum", "most"}, `--health-quorum "most"`},
 		{[]string{"--store", "etcd", "--etcd-endpoints", "http://10.0.0.31:2379", "--cluster", "c1", "--node-name", "n1", "--cluster-ttl", "0"}, "--cluster-ttl 0"},
 		{[]string{"--flow-sync-key", "/etc/hostname"}, "--flow-sync-key: needs --store etcd"},

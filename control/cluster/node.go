@@ -85,6 +85,7 @@ type Node struct {
 	seen      atomic.Uint64 // newest etcd revision this process applied
 	reached   atomic.Bool   // etcd answered this process at least once
 	downSince atomic.Int64  // unix ns since etcd last failed a request; 0: answering
+	noQuorum  atomic.Bool   // the last health read found a member without a majority
 	publish   chan struct{}
 
 	applied atomic.Pointer[view.View] // the view of this node's last apply
@@ -184,6 +185,9 @@ func (c *Node) down(err error) {
 func (c *Node) storeErr(err error) error {
 	c.down(err)
 	since := time.Unix(0, c.downSince.Load()).UTC().Format(time.RFC3339)
+	if c.noQuorum.Load() && !errors.Is(err, etcdstore.ErrNoQuorum) {
+		err = fmt.Errorf("%w: %w", etcdstore.ErrNoQuorum, err)
+	}
 	return fmt.Errorf("store unreachable since %s (etcd %v): %w", since, c.opts.Endpoints, err)
 }
 
@@ -294,6 +298,7 @@ func (c *Node) watchHealth(ctx context.Context) {
 		sctx, cancel := context.WithTimeout(ctx, time.Second)
 		err := c.store.Ping(sctx)
 		cancel()
+		c.noQuorum.Store(errors.Is(err, etcdstore.ErrNoQuorum))
 		if err != nil && ctx.Err() == nil {
 			c.down(err)
 		} else if err == nil {

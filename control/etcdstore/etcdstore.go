@@ -79,10 +79,24 @@ func New(cli *clientv3.Client, cluster string) (*Store, error) {
 	return &Store{cli: cli, prefix: Prefix(cluster)}, nil
 }
 
-// Ping reads from the member the client talks to (no quorum needed): it
-// fails while etcd cannot be reached.
+// ErrNoQuorum: a member answers, but the cluster has no majority, so
+// nothing can commit.
+var ErrNoQuorum = errors.New("etcd answers, but without a quorum: a change needs a majority of its members")
+
+// Ping reads as a commit needs etcd: a linearizable read, which takes a
+// majority. When that fails but the member answers a read of its own, the
+// error is ErrNoQuorum (a member cut off from the others still answers
+// those); otherwise it is why etcd cannot be reached.
 func (s *Store) Ping(ctx context.Context) error {
-	_, err := s.cli.Get(ctx, s.prefix+seedKey, clientv3.WithSerializable(), clientv3.WithCountOnly())
+	_, err := s.cli.Get(ctx, s.prefix+seedKey, clientv3.WithCountOnly())
+	if err == nil {
+		return nil
+	}
+	lctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 300*time.Millisecond)
+	defer cancel()
+	if _, lerr := s.cli.Get(lctx, s.prefix+seedKey, clientv3.WithSerializable(), clientv3.WithCountOnly()); lerr == nil {
+		return fmt.Errorf("%w (%v)", ErrNoQuorum, err)
+	}
 	return err
 }
 

@@ -343,8 +343,8 @@ func (d *Daemon) Run(ctx context.Context) error {
 	for {
 		select {
 		case <-ctx.Done():
-			sdnotify.Stopping()
-			sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+			sdnotify.Stopping(d.stopBound())
+			sctx, cancel := context.WithTimeout(context.Background(), apiStopTimeout)
 			defer cancel()
 			srv.Shutdown(sctx)
 			if msrv != nil {
@@ -363,6 +363,22 @@ func (d *Daemon) Run(ctx context.Context) error {
 			}
 		}
 	}
+}
+
+// How long each step of a stop may take (stopBound adds them up).
+const (
+	apiStopTimeout = 2 * time.Second // requests in flight finish
+	// topologyStopBound: a cluster's last flow batch (3 s) and lease
+	// revocation (1 s); a pair's handover.
+	topologyStopBound = 5 * time.Second
+	releaseBound      = time.Second // checks, the data plane, the store
+)
+
+// stopBound is the longest a stop takes, told to systemd when it starts:
+// the API's requests, the routes' withdrawal and drain, the topology,
+// and the rest.
+func (d *Daemon) stopBound() time.Duration {
+	return apiStopTimeout + d.routes.WithdrawBound() + topologyStopBound + releaseBound
 }
 
 // apiHandler is the API on the unix socket.

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/vishvananda/netlink"
@@ -25,8 +26,10 @@ type routes interface {
 	Drain(ctx context.Context) (api.BGPStatus, error)
 	Undrain(ctx context.Context) (api.BGPStatus, error)
 	Collectors() []prometheus.Collector
-	// Withdraw takes every route back and ends the sessions on shutdown.
+	// Withdraw takes every route back and ends the sessions on shutdown,
+	// within WithdrawBound.
 	Withdraw()
+	WithdrawBound() time.Duration
 	// Release lets the data plane go as the node's place requires: one
 	// behind ECMP is detached (the routers no longer send here, and a
 	// stale program must not stay); one alone or in a pair keeps
@@ -52,6 +55,7 @@ func (noRoutes) Undrain(context.Context) (api.BGPStatus, error) {
 }
 func (noRoutes) Collectors() []prometheus.Collector { return nil }
 func (noRoutes) Withdraw()                          {}
+func (noRoutes) WithdrawBound() time.Duration       { return 0 }
 func (noRoutes) Release(dp bgp.Dataplane) error     { return dp.Close() }
 
 // newRoutes starts the BGP speaker of cfg (nil: no routes) for src.

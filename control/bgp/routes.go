@@ -77,11 +77,22 @@ func (r *Routes) Undrain(ctx context.Context) (api.BGPStatus, error) {
 	return r.a.Status(ctx)
 }
 
+// withdrawTimeout bounds the withdrawals' sending on shutdown.
+const withdrawTimeout = 3 * time.Second
+
+// WithdrawBound is the longest Withdraw takes: the withdrawals, then
+// the drain period.
+func (r *Routes) WithdrawBound() time.Duration { return WithdrawBound(r.drain) }
+
+// WithdrawBound is the longest a shutdown's withdrawal takes with a
+// drain period of drain.
+func WithdrawBound(drain time.Duration) time.Duration { return withdrawTimeout + drain }
+
 // Withdraw withdraws every route on shutdown, waits until the routers
 // were sent the withdrawals, keeps forwarding for the drain period
 // (packets already on their way), and closes the sessions.
 func (r *Routes) Withdraw() {
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), withdrawTimeout)
 	defer cancel()
 	start := time.Now()
 	if err := r.a.Drain(ctx, false); err != nil {

@@ -5,6 +5,7 @@ package sdnotify
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"time"
 
@@ -29,8 +30,12 @@ func Ready(ctx context.Context, healthy func(wait time.Duration) error, log *slo
 	return true
 }
 
-// Stopping tells systemd the daemon is stopping.
-func Stopping() { daemon.SdNotify(false, daemon.SdNotifyStopping) }
+// Stopping tells systemd the daemon is stopping and will take up to
+// bound: systemd then waits that long before it kills it, even when the
+// unit's TimeoutStopSec is shorter (a long --bgp-drain).
+func Stopping(bound time.Duration) {
+	daemon.SdNotify(false, fmt.Sprintf("%s\nEXTEND_TIMEOUT_USEC=%d", daemon.SdNotifyStopping, bound.Microseconds()))
+}
 
 // Watchdog calls ping every period while healthy says the daemon is well,
 // and logs (once per spell) why it does not.

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"net"
+	"path/filepath"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -45,5 +47,27 @@ func TestWatchdogPingsOnlyWhileHealthy(t *testing.T) {
 	sick.Store(false)
 	if n := count(100 * time.Millisecond); n < 5 {
 		t.Fatalf("%d pings in 100 ms once healthy again", n)
+	}
+}
+
+// TestStoppingExtendsTheTimeout: the stop notice carries the daemon's
+// bound, as systemd reads it from its notify socket.
+func TestStoppingExtendsTheTimeout(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "notify")
+	conn, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: path, Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	t.Setenv("NOTIFY_SOCKET", path)
+	Stopping(16 * time.Second)
+	buf := make([]byte, 256)
+	conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+	n, err := conn.Read(buf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := string(buf[:n]), "STOPPING=1\nEXTEND_TIMEOUT_USEC=16000000"; got != want {
+		t.Fatalf("notice %q, want %q", got, want)
 	}
 }

@@ -54,7 +54,27 @@ type BoltStore struct {
 	archiveq chan State
 	archived sync.WaitGroup
 	tl       timeline
+	// writing is held (shared) across a write and its archive hand-off,
+	// and exclusively by Close: a write that comes after Close is refused
+	// (ErrClosed) instead of sending on the closed archive queue.
+	writing sync.RWMutex
+	closed  bool
 }
+
+// ErrClosed: the store was closed (the daemon is stopping).
+var ErrClosed = errors.New("state store closed")
+
+// beginWrite takes the write guard; the caller calls endWrite.
+func (s *BoltStore) beginWrite() error {
+	s.writing.RLock()
+	if s.closed {
+		s.writing.RUnlock()
+		return ErrClosed
+	}
+	return nil
+}
+
+func (s *BoltStore) endWrite() { s.writing.RUnlock() }
 
 // StateFile is the bbolt file in a state directory.
 const StateFile = "state.db"
@@ -203,6 +223,10 @@ func committedState(b *bolt.Bucket) (State, error) {
 
 // Commit implements Store.
 func (s *BoltStore) Commit(change func(*State) error) (State, error) {
+	if err := s.beginWrite(); err != nil {
+		return State{}, err
+	}
+	defer s.endWrite()
 	var out, prev State
 	err := s.db.Update(func(tx *bolt.Tx) error {
 		b := tx.Bucket(bucketName)
@@ -279,6 +303,10 @@ func (s *BoltStore) Replace(next State) (State, error) {
 	if err := next.Validate(); err != nil {
 		return State{}, fmt.Errorf("replicated revision %d: %w", next.Revision, err)
 	}
+	if err := s.beginWrite(); err != nil {
+		return State{}, err
+	}
+	defer s.endWrite()
 	var prev State
 	changed := false
 	err := s.db.Update(func(tx *bolt.Tx) error {
@@ -316,6 +344,13 @@ func Equal(a, b State) bool {
 
 // Close implements Store; it finishes pending archive writes first.
 func (s *BoltStore) Close() error {
+	s.writing.Lock()
+	if s.closed {
+		s.writing.Unlock()
+		return nil
+	}
+	s.closed = true
+	s.writing.Unlock()
 	s.archived.Wait()
 	close(s.archiveq)
 	s.tl.close()

@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -387,6 +388,60 @@ func TestTimelineIsBounded(t *testing.T) {
 	for _, e := range mem {
 		if e.Time.Before(time.Now().Add(-31 * time.Minute)) {
 			t.Fatalf("an event of %v outlived a 30 min retention", e.Time)
+		}
+	}
+}
+
+// TestWritesAfterCloseAreRefused: commits and replicated states racing
+// Close either land before it, archive included, or are refused with
+// ErrClosed; before, a late one sent on the closed archive queue and
+// the process panicked.
+func TestWritesAfterCloseAreRefused(t *testing.T) {
+	for round := range 20 {
+		st, err := OpenBoltStore(t.TempDir(), 10)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var wg sync.WaitGroup
+		errs := make(chan error, 4)
+		landed := make(chan struct{}, 1<<16)
+		for w := range 4 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for i := 0; ; i++ {
+					var err error
+					if w%2 == 0 {
+						_, err = st.Commit(func(s *State) error {
+							s.VIPs = []VIP{{VIP: fmt.Sprintf("10.0.%d.%d:80/tcp", w, i%250+1)}}
+							return nil
+						})
+					} else {
+						_, err = st.Replace(State{Revision: uint64(1000*w + i + 1), VIPs: []VIP{{VIP: fmt.Sprintf("10.1.%d.%d:80/tcp", w, i%250+1)}}})
+					}
+					if err != nil {
+						errs <- err
+						return
+					}
+					select {
+					case landed <- struct{}{}:
+					default:
+					}
+				}
+			}()
+		}
+		for range 5 * round { // Close after more writes each round
+			<-landed
+		}
+		if err := st.Close(); err != nil {
+			t.Fatal(err)
+		}
+		wg.Wait()
+		close(errs)
+		for err := range errs {
+			if !errors.Is(err, ErrClosed) {
+				t.Fatalf("round %d: a write racing Close: %v, want ErrClosed", round, err)
+			}
 		}
 	}
 }

@@ -36,7 +36,7 @@ const (
 	batchWait    = 2 * time.Millisecond
 	maxBatchBody = batchMax * MaxFlowEntry
 	maxAnswer    = 4 << 10 // a push's answer: empty
-	maxConns     = 8
+	maxConns     = 4       // per peer: its push connection, a dump, and spares
 	idleTimeout  = 30 * time.Second
 	callTimeout  = 2 * time.Second
 	dumpTimeout  = 30 * time.Second

@@ -43,22 +43,24 @@ func (s *Syncer) join(ctx context.Context) {
 	for _, a := range addrs {
 		pending[a.Unmap()] = nil
 	}
+	// Every peer at once, each attempt within what is left of the
+	// patience: one silent peer (stopped, or its answer lost) holds the
+	// join for joinPatience, not for a copy's timeout per peer.
+	pctx, cancel := context.WithDeadline(ctx, start.Add(joinPatience))
+	defer cancel()
 	for len(pending) > 0 {
-		for a := range pending {
-			applied, unknown, err := s.copyFrom(ctx, a)
+		for _, c := range s.copyAll(pctx, pending) {
 			switch {
-			case err == nil:
-				j.From, j.Applied, j.Unknown = append(j.From, a), j.Applied+applied, j.Unknown+unknown
-				delete(pending, a)
+			case c.err == nil:
+				j.From, j.Applied, j.Unknown = append(j.From, c.peer), j.Applied+c.applied, j.Unknown+c.unknown
+				delete(pending, c.peer)
 			case time.Since(start) > joinPatience:
-				s.log.Warn("flow sync: gave up copying a peer's table", "peer", a, "err", err)
-				j.GaveUp = append(j.GaveUp, a)
-				delete(pending, a)
-			default:
-				pending[a] = err
+				s.log.Warn("flow sync: gave up copying a peer's table", "peer", c.peer, "err", c.err)
+				j.GaveUp = append(j.GaveUp, c.peer)
+				delete(pending, c.peer)
 			}
 		}
-		if len(pending) > 0 && !sleep(ctx, joinRetry) {
+		if ctx.Err() != nil || (len(pending) > 0 && !sleep(ctx, joinRetry)) {
 			return
 		}
 	}
@@ -68,6 +70,29 @@ func (s *Syncer) join(ctx context.Context) {
 	if s.OnJoined != nil {
 		s.OnJoined(j)
 	}
+}
+
+// copied is one attempt at a peer's table.
+type copied struct {
+	peer             netip.Addr
+	applied, unknown int
+	err              error
+}
+
+// copyAll tries every pending peer's table at once, within ctx.
+func (s *Syncer) copyAll(ctx context.Context, pending map[netip.Addr]error) []copied {
+	out := make(chan copied, len(pending))
+	for a := range pending {
+		go func() {
+			applied, unknown, err := s.copyFrom(ctx, a)
+			out <- copied{a, applied, unknown, err}
+		}()
+	}
+	res := make([]copied, 0, len(pending))
+	for range pending {
+		res = append(res, <-out)
+	}
+	return res
 }
 
 // copyFrom copies one peer's whole table.

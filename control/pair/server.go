@@ -83,7 +83,7 @@ func closeAll(ls []net.Listener) error {
 }
 
 // serveSync serves the sync listeners until ctx ends: only configured
-// peers' connections are kept, maxSyncConns at most, with read and idle
+// peers' connections are kept, maxSyncConns at most from each address, with read and idle
 // timeouts.
 func (p *Pair) serveSync(ctx context.Context) {
 	allowed := map[netip.Addr]bool{}

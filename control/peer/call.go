@@ -13,14 +13,45 @@ import (
 )
 
 // Listener closes at once, before anything is read, every connection
-// that does not come from an allowed peer, and every one past the shared
-// slots: nothing waits in a queue. Sync servers (the pair's, the
+// that does not come from an allowed peer, and every one past that
+// peer's slots: nothing waits in a queue. Sync servers (the pair's, the
 // cluster's flow sync) serve on it.
 type Listener struct {
 	net.Listener
 	Allowed func(netip.Addr) bool
 	Refused func(reason string) // "unknown-peer" or "busy"
-	Slots   chan struct{}       // its capacity is the connection limit
+	Slots   *Slots
+}
+
+// Slots bound the connections each peer may hold open at once. The limit
+// is per peer, so that every peer keeping its push connection open never
+// crowds out another (with one limit for all, the ninth of nine peers
+// was refused as busy); the total stays bounded by the allowed peers.
+type Slots struct {
+	mu   sync.Mutex
+	per  int
+	used map[netip.Addr]int
+}
+
+// NewSlots gives each peer per connections.
+func NewSlots(per int) *Slots { return &Slots{per: per, used: map[netip.Addr]int{}} }
+
+func (s *Slots) take(a netip.Addr) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.used[a] >= s.per {
+		return false
+	}
+	s.used[a]++
+	return true
+}
+
+func (s *Slots) give(a netip.Addr) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.used[a]--; s.used[a] <= 0 {
+		delete(s.used, a)
+	}
 }
 
 // Accept returns the next connection from an allowed peer with a free slot.
@@ -30,30 +61,32 @@ func (l *Listener) Accept() (net.Conn, error) {
 		if err != nil {
 			return nil, err
 		}
-		if a, ok := c.RemoteAddr().(*net.TCPAddr); !ok || !l.Allowed(a.AddrPort().Addr().Unmap()) {
+		ta, ok := c.RemoteAddr().(*net.TCPAddr)
+		if !ok || !l.Allowed(ta.AddrPort().Addr().Unmap()) {
 			c.Close()
 			l.Refused("unknown-peer")
 			continue
 		}
-		select {
-		case l.Slots <- struct{}{}:
-			return &slotConn{Conn: c, slots: l.Slots}, nil
-		default:
+		a := ta.AddrPort().Addr().Unmap()
+		if !l.Slots.take(a) {
 			c.Close()
 			l.Refused("busy")
+			continue
 		}
+		return &slotConn{Conn: c, slots: l.Slots, peer: a}, nil
 	}
 }
 
 // slotConn gives its slot back when closed.
 type slotConn struct {
 	net.Conn
-	slots chan struct{}
+	slots *Slots
+	peer  netip.Addr
 	once  sync.Once
 }
 
 func (c *slotConn) Close() error {
-	c.once.Do(func() { <-c.slots })
+	c.once.Do(func() { c.slots.give(c.peer) })
 	return c.Conn.Close()
 }
 

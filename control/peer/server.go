@@ -60,12 +60,13 @@ const (
 )
 
 // Serve serves h on every listener until ctx ends: only connections from
-// addresses allowed admits are kept, conns at most (shared by the
-// listeners), with read and idle timeouts; an answer may take write.
-func (s *Server) Serve(ctx context.Context, h http.Handler, ls []net.Listener, allowed func(netip.Addr) bool, conns int, write time.Duration) {
+// addresses allowed admits are kept, perPeer at most from each peer
+// (over all the listeners), with read and idle timeouts; an answer may
+// take write.
+func (s *Server) Serve(ctx context.Context, h http.Handler, ls []net.Listener, allowed func(netip.Addr) bool, perPeer int, write time.Duration) {
 	srv := &http.Server{Handler: h, ReadHeaderTimeout: readTimeout, ReadTimeout: readTimeout,
 		WriteTimeout: write, IdleTimeout: idleTimeout, MaxHeaderBytes: headerBytes}
-	slots := make(chan struct{}, conns)
+	slots := NewSlots(perPeer)
 	for _, l := range ls {
 		go srv.Serve(&Listener{Listener: l, Allowed: allowed, Refused: s.Refused, Slots: slots})
 	}

@@ -195,7 +195,7 @@ func (l *Load) validate(addr string) error {
 		return refuse("metric", nil, "%v", err)
 	}
 	u, _ := url.Parse(ls.URL) // ParseLoadMetric parsed it
-	if h, err := netip.ParseAddr(u.Hostname()); err != nil || h.String() != addr {
+	if h, err := netip.ParseAddr(u.Hostname()); err != nil || h.Unmap() != netip.MustParseAddr(addr).Unmap() {
 		return refuse("metric", fmt.Sprintf("%q", l.Metric), "the page must be the backend's own: want its address, %s, as the URL's host", addr)
 	}
 	switch {

@@ -119,7 +119,7 @@ func daemonFlags() []cli.Flag {
 		&cli.StringFlag{Name: "store", Value: "bolt", Usage: "where the desired state lives: bolt (--state-dir, one node or a pair) or etcd (a cluster of active nodes)"},
 		&cli.StringSliceFlag{Name: "etcd-endpoints", Usage: "cluster: etcd client URLs (comma-separated or repeated)"},
 		&cli.StringFlag{Name: "cluster", Usage: "cluster: its name; its keys live under /sluice/NAME/"},
-		&cli.StringFlag{Name: "node-name", Usage: "cluster: this node's name, unique in the cluster"},
+		&cli.StringFlag{Name: "node-name", Usage: "cluster: this node's name, unique in the cluster (1 to 64 letters, digits, '-', '_' or '.')"},
 		&cli.StringFlag{Name: "etcd-ca", Usage: "cluster: CA file that signed etcd's server certificates (enables TLS)"},
 		&cli.StringFlag{Name: "etcd-cert", Usage: "cluster: client certificate file for etcd"},
 		&cli.StringFlag{Name: "etcd-key", Usage: "cluster: client key file for etcd"},

@@ -35,6 +35,12 @@ type checks struct {
 
 	refs  atomic.Pointer[map[health.ID][]reconcile.BackendRef]
 	bound atomic.Int64 // how long may pass without a probe finishing
+	// decideBound is the longest a check of the state takes to reach its
+	// first verdict; decided is latched once every check reached one
+	// since the daemon started (or that bound passed).
+	decideBound atomic.Int64
+	decided     atomic.Bool
+	started     time.Time
 
 	mu     sync.Mutex
 	via    *probevia.Dialer // probes through the data plane; nil until a check goes via a VIP
@@ -63,7 +69,7 @@ func (c *checks) sync(ctx context.Context, s state.State) {
 	if p := c.refs.Load(); p != nil {
 		known = *p
 	}
-	var bound time.Duration
+	var bound, decide time.Duration
 	for _, v := range s.VIPs {
 		k, _ := state.ParseVIPKey(v.VIP)
 		for _, b := range v.Backends {
@@ -73,6 +79,7 @@ func (c *checks) sync(ctx context.Context, s state.State) {
 			}
 			if hc.Probe.Type != health.None {
 				bound = max(bound, 3*hc.Settings.Interval+hc.Settings.Timeout)
+				decide = max(decide, firstVerdictBound(hc.Settings))
 			}
 			list = append(list, hc)
 			refs[hc.ID()] = append(refs[hc.ID()], reconcile.BackendRef{VIP: k, Addr: netip.MustParseAddr(b.Addr)})
@@ -91,9 +98,48 @@ func (c *checks) sync(ctx context.Context, s state.State) {
 		}
 	}
 	c.bound.Store(int64(bound))
+	c.decideBound.Store(max(c.decideBound.Load(), int64(decide)))
 	c.refs.Store(&refs)
 	c.hm.Sync(ctx, list, initial)
 	c.weights.Sync(ctx, weight.Specs(s, nil))
+}
+
+// firstVerdictBound is the longest a new check of s takes to decide:
+// its staggered first probe (up to an interval), then rise passes or fall
+// failures, each up to an interval apart plus its timeout.
+func firstVerdictBound(s health.Settings) time.Duration {
+	return time.Duration(max(s.Rise, s.Fall)+1) * (s.Interval + s.Timeout)
+}
+
+// allDecided reports whether every check has reached its first verdict
+// since the daemon started. It is latched: once true (or once the bound
+// for the first verdicts passed, logged with the checks still
+// undecided), it stays true, so a check added later never holds the node
+// back. A node behind ECMP announces only then: before, a backend the
+// cluster keeps in the rings is not usable here yet, and a flow whose
+// slots name only such backends would be dropped.
+func (c *checks) allDecided(now time.Time) bool {
+	if c.decided.Load() {
+		return true
+	}
+	p := c.refs.Load()
+	if p == nil {
+		return false // the first sync is still to come
+	}
+	var undecided []string
+	for id, refs := range *p {
+		if st, ok := c.hm.Status(id); !ok || !st.Decided {
+			undecided = append(undecided, refs[0].VIP.String()+" "+refs[0].Addr.String())
+		}
+	}
+	if len(undecided) > 0 {
+		if now.Sub(c.started) < time.Duration(c.decideBound.Load()) {
+			return false
+		}
+		c.log.Warn("health checks still undecided past their bound; announcing", "bound", time.Duration(c.decideBound.Load()), "undecided", undecided)
+	}
+	c.decided.Store(true)
+	return true
 }
 
 // dialer attaches tc_probe the first time a check goes via a VIP; if it

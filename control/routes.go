@@ -72,7 +72,8 @@ func newRoutes(ctx context.Context, cfg *bgp.Config, iface string, src bgp.Sourc
 
 // NodeView is the node as its announcer sees it (bgp.Source): the
 // interface and XDP attachment as the kernel has them, whether the
-// topology's newest state is applied here and its peers' flows copied.
+// topology's newest state is applied here, its peers' flows copied and
+// its checks' first verdicts reached.
 func (c *core) NodeView() bgp.NodeView {
 	v := bgp.NodeView{}
 	if l, err := netlink.LinkByIndex(c.dp.Iface().Index); err == nil {
@@ -85,6 +86,7 @@ func (c *core) NodeView() bgp.NodeView {
 	c.mu.Unlock()
 	v.Synced = c.topo.Synced(have)
 	v.CopyingFlows = c.topo.CopyingFlows()
+	v.Undecided = !c.checks.allDecided(time.Now())
 	return v
 }
 

@@ -38,7 +38,7 @@ func (d *Daemon) setUp(ctx context.Context) error {
 		OnReweight: d.onReweight, OnState: d.onAgentState, OnAnswer: func(k weight.Key, probe, result string) { d.metrics.WeightAnswer(k, probe, result) }})
 	c.health, c.weights = hm, wts
 	d.metrics = metrics.New(c, d.ready.Load)
-	d.checks = &checks{hm: hm, weights: wts, rec: c.rec, log: d.log, iface: d.dp.Iface(), probe: d.dp.ProbeProgram(), seen: d.metrics.Seen}
+	d.checks = &checks{hm: hm, weights: wts, rec: c.rec, log: d.log, iface: d.dp.Iface(), probe: d.dp.ProbeProgram(), seen: d.metrics.Seen, started: d.started}
 	c.checks = d.checks
 	d.fo = failover.New(ctx, failover.Options{Core: c, Coord: d.topo, Event: d.events.Add, Log: d.log, HookUser: d.hookCred, StateDir: opts.StateDir})
 	c.changed = d.fo.Decide

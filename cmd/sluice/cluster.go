@@ -50,7 +50,11 @@ func printClusterStatus(w io.Writer, st api.ClusterStatus) error {
 		}
 		for vip, bs := range n.Health {
 			for b, h := range bs {
-				if h != "up" {
+				switch h {
+				case "up":
+				case "undecided": // its check has not reached a first verdict there: no vote
+					down = append(down, vip+" "+b+" (undecided)")
+				default:
 					down = append(down, vip+" "+b)
 				}
 			}

@@ -15,6 +15,7 @@ const (
 	ReasonNotAttached   = "not-attached"
 	ReasonNotSynced     = "not-synced"
 	ReasonCopyingFlows  = "copying-flows"
+	ReasonUndecided     = "checks-undecided"
 	ReasonLearning      = "learning"
 	ReasonNoBackends    = "no-usable-backends"
 	// ReasonNoNextHop6 withholds IPv6 addresses only: a session runs
@@ -23,7 +24,7 @@ const (
 )
 
 // Reasons lists every reason, for metrics that export zeros.
-var Reasons = []string{ReasonDraining, ReasonInterfaceDown, ReasonNotAttached, ReasonNotSynced, ReasonCopyingFlows, ReasonLearning, ReasonNoBackends, ReasonNoNextHop6}
+var Reasons = []string{ReasonDraining, ReasonInterfaceDown, ReasonNotAttached, ReasonNotSynced, ReasonCopyingFlows, ReasonUndecided, ReasonLearning, ReasonNoBackends, ReasonNoNextHop6}
 
 // NodeView is what holds for every service of this node.
 type NodeView struct {
@@ -34,7 +35,10 @@ type NodeView struct {
 	// CopyingFlows: with flow sync, the other nodes' connection tables
 	// are not all copied here yet.
 	CopyingFlows bool
-	Learning     bool // the learn delay has not passed yet
+	// Undecided: since the daemon started, not every health check has
+	// reached its first verdict (and their bound has not passed).
+	Undecided bool
+	Learning  bool // the learn delay has not passed yet
 	// NoNextHop6: IPv6 routes would carry no valid next hop (see
 	// Config.NoNextHop6).
 	NoNextHop6 bool
@@ -53,6 +57,8 @@ func (n NodeView) reason() string {
 		return ReasonNotSynced
 	case n.CopyingFlows:
 		return ReasonCopyingFlows
+	case n.Undecided:
+		return ReasonUndecided
 	case n.Learning:
 		return ReasonLearning
 	}

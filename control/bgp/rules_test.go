@@ -29,6 +29,7 @@ func TestDecide(t *testing.T) {
 		{"not attached", NodeView{Synced: true}, shared[1:2], nil, map[netip.Prefix]string{r4: ReasonNotAttached}, []bool{false}},
 		{"not synced", NodeView{Attached: true}, shared[1:2], nil, map[netip.Prefix]string{r4: ReasonNotSynced}, []bool{false}},
 		{"copying flows", NodeView{Attached: true, Synced: true, CopyingFlows: true, Learning: true}, shared[1:2], nil, map[netip.Prefix]string{r4: ReasonCopyingFlows}, []bool{false}},
+		{"checks undecided", NodeView{Attached: true, Synced: true, Undecided: true, Learning: true}, shared[1:2], nil, map[netip.Prefix]string{r4: ReasonUndecided}, []bool{false}},
 		{"learning", NodeView{Attached: true, Synced: true, Learning: true}, shared[1:2], nil, map[netip.Prefix]string{r4: ReasonLearning}, []bool{false}},
 		{"min_active 0 means 1", up, []Service{{VIP: "10.77.1.100:7/tcp", Addr: v4, Usable: 1}}, []netip.Prefix{r4}, map[netip.Prefix]string{}, []bool{true}},
 		{"no services, nothing", up, nil, nil, map[netip.Prefix]string{}, nil},

@@ -25,7 +25,7 @@ import (
 
 // Report is what a node publishes under its node key: the node as
 // `cluster status` shows it (its applied revision, kernel ring digests,
-// and its own health view, VIP → backend → "up" | "down").
+// and its own health view, VIP → backend → "up" | "down" | "undecided").
 type Report = api.ClusterNode
 
 // Quorum says how the nodes' health views make the cluster's verdict.
@@ -33,7 +33,7 @@ type Quorum string
 
 // Quorum rules.
 const (
-	Majority Quorum = "majority" // up when more than half of the live nodes see it up
+	Majority Quorum = "majority" // up when more than half of the live nodes that decided see it up
 	Any      Quorum = "any"      // up when one live node sees it up
 	Local    Quorum = "local"    // each node uses its own view
 )
@@ -47,18 +47,35 @@ func ParseQuorum(s string) (Quorum, error) {
 	return "", fmt.Errorf("%q: want majority, any or local", s)
 }
 
-// Up is the cluster's verdict on backend of vip among nodes.
+// Votes a node publishes on a backend: a node whose check has not
+// reached its first verdict yet (it just started, or the backend is new
+// to it) publishes Undecided, and so does a node without a view of the
+// backend.
+const (
+	VoteUp        = "up"
+	VoteDown      = "down"
+	VoteUndecided = "undecided"
+)
+
+// Up is the cluster's verdict on backend of vip among nodes. Only the
+// nodes that decided vote: a node that joins or restarts cannot take a
+// backend out of the others' rings before its own checks have run, and
+// with no decided vote at all a backend is not up.
 func (q Quorum) Up(nodes []Report, vip, backend string) bool {
-	up := 0
+	up, decided := 0, 0
 	for _, n := range nodes {
-		if n.Health[vip][backend] == "up" {
+		switch n.Health[vip][backend] {
+		case VoteUp:
 			up++
+			decided++
+		case VoteDown:
+			decided++
 		}
 	}
 	if q == Any {
 		return up > 0
 	}
-	return 2*up > len(nodes)
+	return 2*up > decided
 }
 
 // Options configure a member.

@@ -111,7 +111,8 @@ func (c *Node) Collectors() []prometheus.Collector {
 func (c *Node) CopyingFlows() bool { return !c.flows.Copied() }
 
 // localHealth is this node's own verdict on every backend of v, VIP →
-// backend → "up" | "down".
+// backend → VoteUp | VoteDown, or VoteUndecided until the backend's check
+// reached its first verdict here (it does not vote then).
 func localHealth(v *view.View) map[string]map[string]string {
 	out := map[string]map[string]string{}
 	if v == nil {
@@ -121,14 +122,25 @@ func localHealth(v *view.View) map[string]map[string]string {
 		k, _ := state.ParseVIPKey(sv.VIP)
 		m := map[string]string{}
 		for _, b := range sv.Backends {
-			m[b.Addr] = "down"
-			if v.Of(k, netip.MustParseAddr(b.Addr)).Health.State == health.Up {
-				m[b.Addr] = "up"
-			}
+			m[b.Addr] = vote(v.Of(k, netip.MustParseAddr(b.Addr)))
+
 		}
 		out[sv.VIP] = m
 	}
 	return out
+}
+
+// vote is this node's vote on backend b: up, down, or undecided while
+// its check has not decided (a new check, not adopted from the data
+// plane, starts down and undecided).
+func vote(b view.Backend) string {
+	switch {
+	case b.Health.State == health.Up:
+		return VoteUp
+	case !b.Known || !b.Health.Decided:
+		return VoteUndecided
+	}
+	return VoteDown
 }
 
 // flows is the node's flow sync, or none.

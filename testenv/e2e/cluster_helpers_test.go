@@ -36,6 +36,13 @@ func newLabCluster(t testing.TB, backends, active int, extra ...string) *labClus
 // newLabClusterOn is newLabCluster on a lab built with opts.
 func newLabClusterOn(t testing.TB, opts netlab.LabOptions, active int, extra ...string) *labCluster {
 	t.Helper()
+	return newLabClusterChecked(t, opts, active, fastCheck, extra...)
+}
+
+// newLabClusterChecked is newLabClusterOn with the backends' checks given
+// by check (health-check flags of `backend add`).
+func newLabClusterChecked(t testing.TB, opts netlab.LabOptions, active int, check []string, extra ...string) *labCluster {
+	t.Helper()
 	lab := newLab(t, opts)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
@@ -54,8 +61,8 @@ func newLabClusterOn(t testing.TB, opts netlab.LabOptions, active int, extra ...
 	a.mustCLI(t, "vip", "add", vipTCP, "--forward", "ipip")
 	a.mustCLI(t, "vip", "add", vipUDP, "--forward", "ipip")
 	for _, b := range lab.Backends[:active] {
-		a.mustCLI(t, append([]string{"backend", "add", vipTCP, b.Addr.Addr().String()}, fastCheck...)...)
-		a.mustCLI(t, append([]string{"backend", "add", vipUDP, b.Addr.Addr().String(), "--check-port", "7"}, fastCheck...)...)
+		a.mustCLI(t, append([]string{"backend", "add", vipTCP, b.Addr.Addr().String()}, check...)...)
+		a.mustCLI(t, append([]string{"backend", "add", vipUDP, b.Addr.Addr().String(), "--check-port", "7"}, check...)...)
 	}
 	for _, n := range lc.nodes {
 		n.waitStatus(t, "all backends up on every node", allUp(2*active))

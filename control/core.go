@@ -44,24 +44,35 @@ type core struct {
 	started time.Time
 	ctx     context.Context
 
-	mu    sync.Mutex // serialises changes and applies
+	// wmu serialises what writes the committed state: a change, whose
+	// commit where the state lives is network or disk I/O (etcd, the
+	// bbolt file), and a replica, which is stored on disk first. It is
+	// never taken by the data path, health verdicts, the route announcer
+	// or the watchdog.
+	wmu sync.Mutex
+	// mu guards the committed state and serialises applies (map writes
+	// only: it is never held across network or disk I/O).
+	mu    sync.Mutex
 	state state.State
 	// have is the shared store's revision state came from (a cluster's
-	// etcd; the local revision otherwise).
-	have         uint64
+	// etcd; the local revision otherwise), readable without mu.
+	have         atomic.Uint64
 	availability map[availability.Subject]bool // last recorded availability
 	lastApplied  time.Time                     // when the last change reached the maps
 	lastCommit   time.Time                     // when the last change was committed
 
-	rev     atomic.Uint64             // state.Revision, readable without mu
-	applied atomic.Pointer[view.View] // the view the last apply decided from
+	rev     atomic.Uint64               // state.Revision, readable without mu
+	current atomic.Pointer[state.State] // the committed state, readable without mu
+	applied atomic.Pointer[view.View]   // the view the last apply decided from
 }
 
-// State returns the committed desired state.
+// State returns the committed desired state, without waiting for an
+// apply.
 func (c *core) State() state.State {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.state.Clone()
+	if p := c.current.Load(); p != nil {
+		return p.Clone()
+	}
+	return state.State{}
 }
 
 // Revision is the committed revision, without waiting for a change.
@@ -106,39 +117,48 @@ func (c *core) commit(ctx context.Context, what string, fenced bool, change func
 	if err := c.topo.MayChange(); err != nil {
 		return state.State{}, err
 	}
-	c.mu.Lock()
-	st, err := c.commitLocked(ctx, what, fenced, change)
-	c.mu.Unlock()
-	if err == nil {
-		go c.changed(c.applied.Load())
-	}
-	return st, err
-}
-
-func (c *core) commitLocked(ctx context.Context, what string, fenced bool, change func(*state.State) error) (state.State, error) {
-	prev := c.state.Revision
-	st, err := c.topo.Commit(ctx, fenced, change)
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	st, err := c.topo.Commit(ctx, fenced, change) // network and disk I/O: mu is not held
 	if err != nil {
 		return state.State{}, err
 	}
+	c.mu.Lock()
+	err = c.takeCommitted(ctx, what, st)
+	c.mu.Unlock()
+	if err != nil {
+		return st, err
+	}
+	go c.changed(c.applied.Load())
+	return st, nil
+}
+
+// takeCommitted makes st, just committed, the state and applies it if
+// its revision moved (under mu). No replica got here meanwhile: both hold
+// wmu.
+func (c *core) takeCommitted(ctx context.Context, what string, st state.State) error {
 	c.lastCommit = time.Now()
+	prev := c.state.Revision
 	c.setState(st, st.Revision)
 	if st.Revision == prev {
-		return st, nil
+		return nil
 	}
 	c.topo.Committed()
 	if _, err := c.takeLocked(ctx); err != nil {
-		return st, fmt.Errorf("revision %d committed, but applying it failed: %w", st.Revision, err)
+		return fmt.Errorf("revision %d committed, but applying it failed: %w", st.Revision, err)
 	}
 	c.events.Add(api.Event{Kind: "config", Reason: what, Revision: st.Revision})
-	return st, nil
+	return nil
 }
 
 // setState makes st the committed state, from the shared store's
 // revision have (under mu).
 func (c *core) setState(st state.State, have uint64) {
-	c.state, c.have = st, have
+	c.state = st
+	c.have.Store(have)
 	c.rev.Store(st.Revision)
+	snap := st.Clone()
+	c.current.Store(&snap)
 }
 
 // takeLocked syncs the checks with a new committed state and applies it.
@@ -152,21 +172,25 @@ func (c *core) takeLocked(ctx context.Context) (reconcile.Result, error) {
 }
 
 // ApplyReplica stores and applies a state a peer committed (the pair's
-// master, the cluster's etcd), if the topology's rules accept it.
+// master, the cluster's etcd), if the topology's rules accept it. It is
+// stored on disk before mu is taken.
 func (c *core) ApplyReplica(next state.State) error {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if next.Revision == c.state.Revision && state.Equal(next, c.state) {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	cur := c.current.Load()
+	if cur != nil && next.Revision == cur.Revision && state.Equal(next, *cur) {
 		return nil
 	}
-	if !c.topo.Accept(next, c.have) {
+	if !c.topo.Accept(next, c.have.Load()) {
 		return nil // this node's own commit, or a newer state, got here first
 	}
-	prev := c.state.Revision
-	st, err := c.store.Replace(next)
+	st, err := c.store.Replace(next) // disk I/O: mu is not held
 	if err != nil {
 		return err
 	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	prev := c.state.Revision
 	c.setState(st, st.Revision)
 	c.lastCommit = time.Now()
 	if _, err := c.takeLocked(c.ctx); err != nil {

@@ -22,6 +22,9 @@ import (
 type routes interface {
 	Run(ctx context.Context)
 	Kick()
+	// LastDecision is when the announcer last ran its rules (at least
+	// every 200 ms); zero when nothing is announced.
+	LastDecision() time.Time
 	Status(ctx context.Context) (api.BGPStatus, error)
 	Drain(ctx context.Context) (api.BGPStatus, error)
 	Undrain(ctx context.Context) (api.BGPStatus, error)
@@ -44,6 +47,9 @@ type noRoutes struct{}
 
 func (noRoutes) Run(context.Context) {}
 func (noRoutes) Kick()               {}
+func (noRoutes) LastDecision() time.Time {
+	return time.Time{}
+}
 func (noRoutes) Status(context.Context) (api.BGPStatus, error) {
 	return api.BGPStatus{Peers: []api.BGPPeer{}, Announced: []string{}, Withheld: map[string]string{}}, nil
 }
@@ -81,10 +87,7 @@ func (c *core) NodeView() bgp.NodeView {
 		v.Fault = at.RawFlags&unix.IFF_UP == 0 || at.RawFlags&unix.IFF_LOWER_UP == 0
 	}
 	v.Attached = c.dp.Attached() // ours, not just any XDP program
-	c.mu.Lock()
-	have := c.have
-	c.mu.Unlock()
-	v.Synced = c.topo.Synced(have)
+	v.Synced = c.topo.Synced(c.have.Load())
 	v.CopyingFlows = c.topo.CopyingFlows()
 	v.Undecided = !c.checks.allDecided(time.Now())
 	return v

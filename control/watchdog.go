@@ -1,33 +1,35 @@
 package control
 
 import (
-	"errors"
 	"fmt"
 	"time"
 )
 
-// healthy checks that the daemon's lock can be taken within wait, and
-// that its health checks are running: some probe finished within three
-// times the longest check interval (plus its timeout).
-func (d *Daemon) healthy(wait time.Duration) error {
-	deadline := time.Now().Add(wait)
-	for !d.core.mu.TryLock() {
-		if time.Now().After(deadline) {
-			return fmt.Errorf("the daemon's lock has been held for over %v", wait)
+// decisionBound is how long the route announcer may go without running
+// its rules (it runs them at least every 200 ms) before the daemon counts
+// as hung.
+const decisionBound = 2 * time.Second
+
+// healthy checks what a hung daemon stops: its health checks (some probe
+// finished within three times the longest check interval, plus its
+// timeout) and, behind ECMP, the route announcer's decisions. It waits
+// for no lock: a change held up by etcd or the disk holds none that
+// these need.
+func (d *Daemon) healthy() error {
+	now := time.Now()
+	if bound := time.Duration(d.checks.bound.Load()); bound > 0 {
+		last := time.Unix(0, d.lastProbe.Load())
+		if d.lastProbe.Load() == 0 {
+			last = d.started
 		}
-		time.Sleep(5 * time.Millisecond)
+		if since := now.Sub(last); since > bound {
+			return fmt.Errorf("no health probe finished in %v", since.Round(time.Millisecond))
+		}
 	}
-	d.core.mu.Unlock()
-	bound := time.Duration(d.checks.bound.Load())
-	if bound == 0 {
-		return nil // no health check configured
-	}
-	last := time.Unix(0, d.lastProbe.Load())
-	if d.lastProbe.Load() == 0 {
-		last = d.started
-	}
-	if since := time.Since(last); since > bound {
-		return errors.New("no health probe finished in " + since.Round(time.Millisecond).String())
+	if last := d.routes.LastDecision(); !last.IsZero() {
+		if since := now.Sub(last); since > decisionBound {
+			return fmt.Errorf("the route announcer has not run its rules in %v", since.Round(time.Millisecond))
+		}
 	}
 	return nil
 }

@@ -2,6 +2,7 @@ package bgp
 
 import (
 	"context"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -23,8 +24,16 @@ type Announcer struct {
 	learn    time.Duration
 	start    time.Time
 	draining atomic.Bool
-	kick     chan struct{}
-	last     atomic.Pointer[Decision]
+	// tagged: a drain tags every route GRACEFUL_SHUTDOWN until it
+	// withdraws them; every update keeps the tag meanwhile.
+	tagged  atomic.Bool
+	kick    chan struct{}
+	last    atomic.Pointer[Decision]
+	decided atomic.Int64 // when update last finished (unix ns)
+	// mu makes a decision and the routes it sets one step: an update
+	// that decided before a drain cannot set its routes after the
+	// drain's withdrawal.
+	mu sync.Mutex
 }
 
 // NewAnnouncer announces what src can serve through sp.
@@ -56,41 +65,57 @@ func (a *Announcer) Run(ctx context.Context) {
 }
 
 func (a *Announcer) update() {
+	a.mu.Lock()
+	defer a.mu.Unlock()
 	v := a.src.NodeView()
 	v.Draining, v.Learning = a.draining.Load(), time.Since(a.start) < a.learn
 	v.NoNextHop6 = a.Speaker.cfg.NoNextHop6()
 	d := Decide(v, a.src.Services())
 	a.last.Store(&d)
-	if err := a.Speaker.Set(d.Announce, false); err != nil {
+	if err := a.Speaker.Set(d.Announce, a.tagged.Load()); err != nil {
 		a.Speaker.log.Error("bgp: set routes", "err", err)
 	}
+	a.decided.Store(time.Now().UnixNano())
+}
+
+// LastDecision is when the rules last ran and their routes were set
+// (zero before the first time): at least every 200 ms while it runs.
+func (a *Announcer) LastDecision() time.Time {
+	if n := a.decided.Load(); n != 0 {
+		return time.Unix(0, n)
+	}
+	return time.Time{}
 }
 
 // Draining reports whether the node is drained.
 func (a *Announcer) Draining() bool { return a.draining.Load() }
 
 // Drain withdraws every route, first tagging them GRACEFUL_SHUTDOWN for
-// the drain period when so configured, and waits until the routers were
-// sent the withdrawals (or ctx ends).
+// the drain period when so configured (the periodic updates keep the
+// tag), and waits until the routers were sent the withdrawals (or ctx
+// ends: an interrupted tagging is undone).
 func (a *Announcer) Drain(ctx context.Context, tagFirst bool) error {
 	if tagFirst && a.Speaker.cfg.GracefulShutdown && !a.draining.Load() {
-		if err := a.Speaker.Set(a.Speaker.Announced(), true); err != nil {
-			return err
-		}
+		a.tagged.Store(true)
+		a.update()
 		select {
 		case <-time.After(a.Speaker.cfg.Drain):
 		case <-ctx.Done():
+			a.tagged.Store(false)
+			a.update()
 			return ctx.Err()
 		}
 	}
 	a.draining.Store(true)
 	a.update()
+	a.tagged.Store(false) // withdrawn: nothing is announced to tag
 	return a.Speaker.Sent(ctx)
 }
 
-// Undrain announces again what the rules allow.
+// Undrain announces again what the rules allow, untagged.
 func (a *Announcer) Undrain() {
 	a.draining.Store(false)
+	a.tagged.Store(false)
 	a.update()
 }
 

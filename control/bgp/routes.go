@@ -55,6 +55,9 @@ func (r *Routes) Run(ctx context.Context) { r.a.Run(ctx) }
 // Kick asks for the rules to be applied again soon.
 func (r *Routes) Kick() { r.a.Kick() }
 
+// LastDecision is when the announcer last ran its rules.
+func (r *Routes) LastDecision() time.Time { return r.a.LastDecision() }
+
 // Status is `sluice bgp status`.
 func (r *Routes) Status(ctx context.Context) (api.BGPStatus, error) { return r.a.Status(ctx) }
 

@@ -14,9 +14,9 @@ import (
 
 // Ready tells systemd (Type=notify) that the daemon is ready and, when
 // the unit has WatchdogSec, pings its watchdog every half interval while
-// healthy (given half a period to answer) returns nil. It reports whether
+// healthy returns nil. It reports whether
 // systemd is listening.
-func Ready(ctx context.Context, healthy func(wait time.Duration) error, log *slog.Logger) bool {
+func Ready(ctx context.Context, healthy func() error, log *slog.Logger) bool {
 	ok, err := daemon.SdNotify(false, daemon.SdNotifyReady)
 	if err != nil {
 		log.Warn("sd_notify", "err", err)
@@ -39,7 +39,7 @@ func Stopping(bound time.Duration) {
 
 // Watchdog calls ping every period while healthy says the daemon is well,
 // and logs (once per spell) why it does not.
-func Watchdog(ctx context.Context, period time.Duration, healthy func(time.Duration) error, ping func(), log *slog.Logger) {
+func Watchdog(ctx context.Context, period time.Duration, healthy func() error, ping func(), log *slog.Logger) {
 	t := time.NewTicker(period)
 	defer t.Stop()
 	sick := false
@@ -49,7 +49,7 @@ func Watchdog(ctx context.Context, period time.Duration, healthy func(time.Durat
 			return
 		case <-t.C:
 		}
-		if err := healthy(period / 2); err != nil {
+		if err := healthy(); err != nil {
 			if !sick {
 				log.Error("watchdog: not pinging systemd", "reason", err)
 			}

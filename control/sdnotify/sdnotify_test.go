@@ -12,13 +12,13 @@ import (
 )
 
 // TestWatchdogPingsOnlyWhileHealthy: pings stop while the daemon is not
-// healthy (its lock held, its checks stalled) and resume when it is.
+// healthy (its checks or its announcer stalled) and resume when it is.
 func TestWatchdogPingsOnlyWhileHealthy(t *testing.T) {
 	var sick atomic.Bool
 	pings := make(chan struct{}, 1000)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	go Watchdog(ctx, 5*time.Millisecond, func(time.Duration) error {
+	go Watchdog(ctx, 5*time.Millisecond, func() error {
 		if sick.Load() {
 			return errors.New("stuck")
 		}

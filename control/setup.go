@@ -35,7 +35,7 @@ func (d *Daemon) setUp(ctx context.Context) error {
 	}
 	hm := &health.Manager{OnEvent: d.onHealth, OnResult: d.probed}
 	wts := weight.New(weight.Options{Interval: opts.ReweightInterval, Threshold: opts.ReweightThreshold,
-		OnReweight: d.onReweight, OnState: d.onAgentState, OnAnswer: func(k weight.Key, probe, result string) { d.metrics.WeightAnswer(k, probe, result) }})
+		OnReweight: d.onReweight, OnAnswer: func(k weight.Key, probe, result string) { d.metrics.WeightAnswer(k, probe, result) }})
 	c.health, c.weights = hm, wts
 	d.metrics = metrics.New(c, d.ready.Load)
 	d.checks = &checks{hm: hm, weights: wts, rec: c.rec, log: d.log, iface: d.dp.Iface(), probe: d.dp.ProbeProgram(), seen: d.metrics.Seen, started: d.started}

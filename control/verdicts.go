@@ -27,24 +27,21 @@ func (d *Daemon) onHealth(e health.Event) {
 	d.fo.Decide(d.core.applied.Load())
 }
 
-// onReweight applies moved weights (the rings follow) and records them.
-func (d *Daemon) onReweight(changes []weight.Change) {
+// onReweight applies moved weights and agent states (the rings follow)
+// in one apply, and records them.
+func (d *Daemon) onReweight(changes []weight.Change, states []weight.StateChange) {
 	res := d.core.reapply("reweight")
 	for _, c := range changes {
 		d.events.Add(api.Event{Time: res.Done, Kind: "reweight", VIP: c.VIP, Backend: c.Addr,
 			From: fmt.Sprintf("%d%%", c.From), To: fmt.Sprintf("%d%%", c.To), Reason: c.Reason, Applied: &res.Done})
 	}
-	d.log.Info("reweight", "backends", len(changes), "map_writes", res.Writes)
-}
-
-// onAgentState applies an agent's drain, down or maint (or its end) at
-// once, as a failed health check is.
-func (d *Daemon) onAgentState(k weight.Key, why string) {
-	res := d.core.reapply("agent state")
-	to := "out"
-	if why == "" {
-		to, why = "in", "agent: new flows allowed again"
+	for _, s := range states {
+		to, why := "out", s.Why
+		if why == "" {
+			to, why = "in", "agent: new flows allowed again"
+		}
+		d.events.Add(api.Event{Time: res.Done, Kind: "agent", VIP: s.VIP, Backend: s.Addr, To: to, Reason: why, Applied: &res.Done})
+		d.log.Info("agent", "vip", s.VIP, "backend", s.Addr, "state", to, "reason", why)
 	}
-	d.events.Add(api.Event{Time: res.Done, Kind: "agent", VIP: k.VIP, Backend: k.Addr, To: to, Reason: why, Applied: &res.Done})
-	d.log.Info("agent", "vip", k.VIP, "backend", k.Addr, "state", to, "reason", why)
+	d.log.Info("reweight", "backends", len(changes), "agent_states", len(states), "map_writes", res.Writes)
 }

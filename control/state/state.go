@@ -128,6 +128,12 @@ const (
 	DefaultLoadTarget = 1
 	MaxAgentSend      = 256
 	MaxSlowStart      = time.Hour
+	// MinAgentInterval and MinLoadInterval bound how often an agent is
+	// asked and a load page read: a faster one would only feed the
+	// reweight bound answers it throws away. Left unset, they default to
+	// the health check's interval, raised to these.
+	MinAgentInterval = 100 * time.Millisecond
+	MinLoadInterval  = 100 * time.Millisecond
 )
 
 // Check is a backend's health check.
@@ -226,10 +232,10 @@ func (b *Backend) normalize(vipVia string) {
 	c := &b.Check
 	c.normalize(vipVia)
 	if b.Agent != nil && b.Agent.Interval == 0 {
-		b.Agent.Interval = c.Interval
+		b.Agent.Interval = max(c.Interval, Duration(MinAgentInterval))
 	}
 	if b.Load != nil && b.Load.Interval == 0 {
-		b.Load.Interval = c.Interval
+		b.Load.Interval = max(c.Interval, Duration(MinLoadInterval))
 	}
 	if b.Load != nil && b.Load.Target == 0 {
 		b.Load.Target = DefaultLoadTarget

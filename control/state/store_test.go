@@ -177,6 +177,10 @@ func TestValidateNamesTheField(t *testing.T) {
 			Backends: []Backend{{Addr: "10.0.0.2", Load: &Load{Metric: "http://10.0.0.9:8000/metrics#q", Target: 1, Interval: Duration(time.Second)}}}},
 		"backends[0].load.metric \"http://metrics.example:8000/metrics#q\": the page must be the backend's own": {VIP: "10.0.0.1:80/tcp",
 			Backends: []Backend{{Addr: "10.0.0.2", Load: &Load{Metric: "http://metrics.example:8000/metrics#q", Target: 1, Interval: Duration(time.Second)}}}},
+		"backends[0].agent.interval 50ms: at least 100ms": {VIP: "10.0.0.1:80/tcp",
+			Backends: []Backend{{Addr: "10.0.0.2", Agent: &Agent{Port: 7777, Interval: Duration(50 * time.Millisecond)}}}},
+		"backends[0].load.interval 20ms: at least 100ms": {VIP: "10.0.0.1:80/tcp",
+			Backends: []Backend{{Addr: "10.0.0.2", Load: &Load{Metric: "http://10.0.0.2:8000/metrics#q", Target: 1, Interval: Duration(20 * time.Millisecond)}}}},
 	}
 	for want, v := range cases {
 		s := State{VIPs: []VIP{v}}

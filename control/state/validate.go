@@ -176,8 +176,8 @@ func (a *Agent) validate() error {
 		return nil
 	case a.Port == 0:
 		return refuse("port", nil, "want 1 to 65535")
-	case a.Interval <= 0:
-		return refuse("interval", time.Duration(a.Interval), "must be positive")
+	case a.Interval < Duration(MinAgentInterval):
+		return refuse("interval", time.Duration(a.Interval), "at least %v", MinAgentInterval)
 	case len(a.Send) > MaxAgentSend || strings.ContainsRune(a.Send, 0):
 		return refuse("send", nil, "at most %d bytes, no NUL", MaxAgentSend)
 	}
@@ -201,8 +201,8 @@ func (l *Load) validate(addr string) error {
 	switch {
 	case !(l.Target > 0) || math.IsInf(l.Target, 0):
 		return refuse("target", l.Target, "must be a positive number")
-	case l.Interval <= 0:
-		return refuse("interval", time.Duration(l.Interval), "must be positive")
+	case l.Interval < Duration(MinLoadInterval):
+		return refuse("interval", time.Duration(l.Interval), "at least %v", MinLoadInterval)
 	}
 	return nil
 }

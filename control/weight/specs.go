@@ -16,7 +16,7 @@ func Specs(s state.State, dial health.Dialer) []Spec {
 	for _, v := range s.VIPs {
 		for _, b := range v.Backends {
 			sp := Spec{Key: Key{VIP: v.VIP, Addr: b.Addr}, Active: !b.Drain && !b.Disabled && b.Weight > 0,
-				Timeout: time.Duration(b.Check.Timeout), SlowStart: time.Duration(b.SlowStart)}
+				Timeout: time.Duration(b.Check.Timeout), SlowStart: time.Duration(b.SlowStart), Rise: b.Check.Rise, Fall: b.Check.Fall}
 			if v.Policy == state.PolicyFailover {
 				sp.SlowStart = 0 // one primary takes everything: nothing to share
 			}

@@ -45,6 +45,10 @@ type Spec struct {
 	LoadTarget float64
 	Timeout    time.Duration // per agent query or scrape
 	SlowStart  time.Duration
+	// Rise and Fall are how many answers in a row an agent state needs
+	// before it moves the backend back in (rise) or out (fall): the
+	// health check's (0 counts as 1).
+	Rise, Fall int
 }
 
 // Verdict is a backend's state beyond its health checks.
@@ -65,15 +69,28 @@ type Change struct {
 	Reason   string
 }
 
+// StateChange is an agent moving a backend in (Why "") or out.
+type StateChange struct {
+	Key
+	Why string
+}
+
+// agentState is what an agent's answers say of new flows: in, or out
+// for why (down and maint take the backend out, drain keeps its flows).
+type agentState struct {
+	in, down bool
+	why      string
+}
+
 // Options configure an engine.
 type Options struct {
 	Interval  time.Duration // at most one reweight per VIP per interval (0: DefaultInterval)
 	Threshold float64       // a reweight needs a move of this fraction (0: DefaultThreshold)
-	// OnReweight is called, without the engine's lock, with the VIPs
-	// whose weights moved and how; OnState when an agent moved a
-	// backend in or out (drain, down, maint, up, ready), at once.
-	OnReweight func([]Change)
-	OnState    func(Key, string)
+	// OnReweight is called, without the engine's lock, once per
+	// interval at most, with the backends whose weights moved and those
+	// an agent moved in or out (drain, down, maint, up, ready: after rise
+	// or fall answers in a row, within the same bound as weights).
+	OnReweight func([]Change, []StateChange)
 	// OnAnswer counts each agent answer and scrape: probe "agent" or
 	// "load", result "ok", "malformed" or "failed".
 	OnAnswer func(k Key, probe, result string)
@@ -92,14 +109,19 @@ type Engine struct {
 }
 
 type backend struct {
-	spec        Spec
-	agentStop   context.CancelFunc
-	loadStop    context.CancelFunc
-	report      health.AgentReport // fields persist until an answer changes them
-	agentMsg    string
-	load        float64
-	haveLoad    bool
-	loadMsg     string
+	spec      Spec
+	agentStop context.CancelFunc
+	loadStop  context.CancelFunc
+	report    health.AgentReport // fields persist until an answer changes them
+	agentMsg  string
+	load      float64
+	haveLoad  bool
+	loadMsg   string
+	// agent is the agent state applied; pending the one the answers
+	// say, and pendN how many in a row said it.
+	agent       agentState
+	pending     agentState
+	pendN       int
 	activeSince time.Time // when it last became active (zero: since the start)
 	agentSince  time.Time // when the agent last let it back in
 	upSince     time.Time // when its health check last moved it up, as Verdict was told
@@ -129,8 +151,8 @@ func (e *Engine) Run(ctx context.Context) {
 			e.stop()
 			return
 		case now := <-t.C:
-			if ch := e.reweight(now); len(ch) > 0 && e.opts.OnReweight != nil {
-				e.opts.OnReweight(ch)
+			if ch, st := e.reweight(now); len(ch)+len(st) > 0 && e.opts.OnReweight != nil {
+				e.opts.OnReweight(ch, st)
 			}
 		}
 	}
@@ -169,7 +191,7 @@ func (e *Engine) Sync(ctx context.Context, specs []Spec) {
 		e.vips[s.VIP] = append(e.vips[s.VIP], s.Key)
 		b, ok := e.bes[s.Key]
 		if !ok {
-			b = &backend{applied: 100, report: health.AgentReport{Weight: -1}}
+			b = &backend{applied: 100, report: health.AgentReport{Weight: -1}, agent: agentState{in: true}}
 			if e.synced && s.Active {
 				b.activeSince = now // added
 			}
@@ -196,6 +218,11 @@ func (e *Engine) repoll(ctx context.Context, b *backend, s Spec) {
 		if b.agentStop != nil {
 			b.agentStop()
 			b.agentStop, b.report, b.agentMsg = nil, health.AgentReport{Weight: -1}, ""
+			b.pendN = 0
+			b.pending = agentState{in: true}
+			if s.Agent == nil {
+				b.agent = agentState{in: true} // no agent: nothing holds it out
+			}
 		}
 		if s.Agent != nil {
 			b.agentStop = e.poll(ctx, s.AgentEvery, func(ctx context.Context) { e.askAgent(ctx, s) })
@@ -264,11 +291,11 @@ func (e *Engine) askAgent(ctx context.Context, s Spec) {
 		e.mu.Unlock()
 		return
 	}
-	wasIn, wasWhy := b.agentIn()
 	switch {
 	case err == nil:
 		b.merge(rep)
 		b.agentMsg = fmt.Sprintf("%q", rep.String())
+		b.note(b.answered())
 	case errors.Is(err, health.ErrAgentAnswer):
 		result, b.agentMsg = "malformed", "refused: "+err.Error()
 	default:
@@ -276,17 +303,32 @@ func (e *Engine) askAgent(ctx context.Context, s Spec) {
 		// the health check is what says whether the backend is there.
 		result, b.agentMsg = "failed", err.Error()
 	}
-	isIn, why := b.agentIn()
-	if isIn && !wasIn {
-		b.agentSince = time.Now()
-	}
 	e.mu.Unlock()
 	if e.opts.OnAnswer != nil {
 		e.opts.OnAnswer(s.Key, "agent", result)
 	}
-	if (isIn != wasIn || why != wasWhy) && e.opts.OnState != nil {
-		e.opts.OnState(s.Key, why)
+}
+
+// note counts one answer's agent state towards moving the applied one.
+func (b *backend) note(st agentState) {
+	if st == b.agent {
+		b.pendN = 0
+		return
 	}
+	if st != b.pending {
+		b.pending, b.pendN = st, 0
+	}
+	b.pendN++
+}
+
+// settled reports whether the pending agent state has had its rise
+// (back in) or fall (out) answers in a row.
+func (b *backend) settled() bool {
+	need := b.spec.Fall
+	if b.pending.in {
+		need = b.spec.Rise
+	}
+	return b.pending != b.agent && b.pendN >= max(need, 1)
 }
 
 // merge applies an answer: each field it names replaces the last one.
@@ -303,27 +345,27 @@ func (b *backend) merge(r health.AgentReport) {
 	b.report.Desc = r.Desc
 }
 
-// agentIn says whether the agent lets the backend take new flows, and
-// if not, why ("agent: down", "agent: drain", …).
-func (b *backend) agentIn() (bool, string) {
+// answered is the agent state the answers so far say ("agent: down",
+// "agent: drain", …).
+func (b *backend) answered() agentState {
 	r := b.report
-	why := ""
+	st := agentState{}
 	switch {
 	case r.Op == health.AgentDown:
-		why = "agent: down"
+		st.why, st.down = "agent: down", true
 	case r.Admin == health.AgentMaint:
-		why = "agent: maint"
+		st.why, st.down = "agent: maint", true
 	case r.Admin == health.AgentDrain:
-		why = "agent: drain"
+		st.why = "agent: drain"
 	case r.Weight == 0:
-		why = "agent: 0% (drain)"
+		st.why = "agent: 0% (drain)"
 	default:
-		return true, ""
+		return agentState{in: true}
 	}
 	if r.Desc != "" {
-		why += " (" + r.Desc + ")"
+		st.why += " (" + r.Desc + ")"
 	}
-	return false, why
+	return st
 }
 
 // scrape reads s's load metric once.
@@ -368,12 +410,9 @@ func (e *Engine) Verdict(k Key, upSince time.Time) Verdict {
 		t := e.targets(k.VIP, now)[k]
 		b.applied, b.why, b.appliedAt = t.pct, t.why, now
 	}
-	in, why := b.agentIn()
 	v := Verdict{Percent: b.applied, Agent: b.agentMsg, Load: b.loadMsg}
-	if !in {
-		v.Reason = why
-		v.Down = b.report.Op == health.AgentDown || b.report.Admin == health.AgentMaint
-		v.Drain = !v.Down
+	if !b.agent.in {
+		v.Reason, v.Down, v.Drain = b.agent.why, b.agent.down, !b.agent.down
 		return v
 	}
 	v.Reason = b.why
@@ -429,7 +468,7 @@ func (e *Engine) targets(vip string, now time.Time) map[Key]target {
 			x.r = b.spec.LoadTarget / b.load
 			x.whys = append(x.whys, fmt.Sprintf("load %g over target %g: share ×%.2f", b.load, b.spec.LoadTarget, x.r))
 		}
-		if in, _ := b.agentIn(); in && b.spec.Active {
+		if b.agent.in && b.spec.Active {
 			x.share = x.base
 			total += x.base
 		}
@@ -465,16 +504,28 @@ func (e *Engine) targets(vip string, now time.Time) map[Key]target {
 	return out
 }
 
-// reweight moves the applied weights of every VIP where some backend's
-// target moved by the threshold or more since the last reweight; the
-// others keep theirs, so a noisy input changes no ring.
-func (e *Engine) reweight(now time.Time) []Change {
+// reweight applies, for every VIP, the agent states that settled, and
+// moves the applied weights where one did or where some backend's target
+// moved by the threshold or more since the last reweight; the others
+// keep theirs, so a noisy input changes no ring.
+func (e *Engine) reweight(now time.Time) ([]Change, []StateChange) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	var out []Change
+	var states []StateChange
 	for vip, keys := range e.vips {
-		t := e.targets(vip, now)
 		moved := false
+		for _, k := range keys {
+			if b := e.bes[k]; b.settled() {
+				if b.pending.in {
+					b.agentSince = now
+				}
+				b.agent, b.pendN = b.pending, 0
+				states = append(states, StateChange{Key: k, Why: b.agent.why})
+				moved = true
+			}
+		}
+		t := e.targets(vip, now)
 		for _, k := range keys {
 			b := e.bes[k]
 			// Back to full weight is always worth a rebuild: the
@@ -494,5 +545,5 @@ func (e *Engine) reweight(now time.Time) []Change {
 			b.applied, b.why, b.appliedAt = t[k].pct, t[k].why, now
 		}
 	}
-	return out
+	return out, states
 }

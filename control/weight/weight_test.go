@@ -28,7 +28,7 @@ func TestTargets(t *testing.T) {
 	}{
 		{"plain", func(*Engine) {}, map[string]int{"a": 100, "b": 100, "c": 100}, nil},
 		{"agent 50%", func(e *Engine) { e.bes[Key{"v", "a"}].report.Weight = 50 }, map[string]int{"a": 50, "b": 100, "c": 100}, nil},
-		{"agent drain takes no share", func(e *Engine) { e.bes[Key{"v", "b"}].report.Admin = health.AgentDrain },
+		{"agent drain takes no share", func(e *Engine) { e.bes[Key{"v", "b"}].agent = agentState{why: "agent: drain"} },
 			map[string]int{"a": 100, "b": 100, "c": 100}, map[string]float64{"a": .5, "c": .5}},
 		{"load 4x target: a quarter of its share", func(e *Engine) {
 			b := e.bes[Key{"v", "a"}]
@@ -65,7 +65,7 @@ func TestTargets(t *testing.T) {
 				if p := got[Key{"v", addr}].pct; p != want {
 					t.Errorf("%s: %d%%, want %d%% (%s)", addr, p, want, got[Key{"v", addr}].why)
 				}
-				if in, _ := e.bes[Key{"v", addr}].agentIn(); in {
+				if e.bes[Key{"v", addr}].agent.in {
 					total += float64(got[Key{"v", addr}].pct)
 				}
 			}
@@ -82,18 +82,18 @@ func TestReweightBound(t *testing.T) {
 	e := engine(t, spec("a"), spec("b"))
 	now := time.Now()
 	a := e.bes[Key{"v", "a"}]
-	if ch := e.reweight(now); len(ch) != 0 {
+	if ch, _ := e.reweight(now); len(ch) != 0 {
 		t.Fatalf("nothing moved, reweight changed %v", ch)
 	}
 	a.report.Weight = 97 // 3%: under the threshold
-	if ch := e.reweight(now); len(ch) != 0 {
+	if ch, _ := e.reweight(now); len(ch) != 0 {
 		t.Fatalf("a 3%% move reweighted: %v", ch)
 	}
 	if v := e.Verdict(Key{"v", "a"}, time.Time{}); v.Percent != 100 {
 		t.Fatalf("verdict %d%% before the reweight, want the applied 100%%", v.Percent)
 	}
 	a.report.Weight = 90
-	ch := e.reweight(now)
+	ch, _ := e.reweight(now)
 	if len(ch) != 1 || ch[0].From != 100 || ch[0].To != 90 || ch[0].Reason != "agent: 90%" {
 		t.Fatalf("reweight %+v, want a 100%% → 90%% (agent: 90%%)", ch)
 	}
@@ -151,10 +151,76 @@ func TestAgentStates(t *testing.T) {
 			t.Fatal(err)
 		}
 		b.merge(rep)
+		b.note(b.answered())
 		e.reweight(time.Now())
 		v := e.Verdict(Key{"v", "a"}, time.Time{})
 		if v.Down != c.down || v.Drain != c.drain || v.Reason != c.reason {
 			t.Errorf("after %q: down %v drain %v reason %q, want %v %v %q", c.answer, v.Down, v.Drain, v.Reason, c.down, c.drain, c.reason)
 		}
+	}
+}
+
+// TestAgentStateBound: an agent state moves a backend only after rise
+// (in) or fall (out) answers in a row said it, and only at a reweight,
+// so an agent that alternates down and up moves nothing, and one that
+// stays down moves it once.
+func TestAgentStateBound(t *testing.T) {
+	s := spec("a")
+	s.Rise, s.Fall = 2, 3
+	e := engine(t, s, spec("b"))
+	b := e.bes[s.Key]
+	answer := func(a string) {
+		rep, err := health.ParseAgentAnswer([]byte(a))
+		if err != nil {
+			t.Fatal(err)
+		}
+		b.merge(rep)
+		b.note(b.answered())
+	}
+	moves := 0
+	tick := func() {
+		_, st := e.reweight(time.Now())
+		moves += len(st)
+	}
+	for range 600 { // 60 s of answers every 100 ms, a reweight every 500 ms
+		answer("down")
+		answer("up")
+		answer("down")
+		answer("up")
+		answer("down")
+		tick()
+		answer("up")
+		answer("down")
+		answer("up")
+		answer("down")
+		answer("up")
+		tick()
+	}
+	if moves != 0 || e.Verdict(s.Key, time.Time{}).Down {
+		t.Fatalf("an agent alternating down and up moved the backend %d times", moves)
+	}
+	answer("down")
+	answer("down")
+	tick()
+	if v := e.Verdict(s.Key, time.Time{}); v.Down || moves != 0 {
+		t.Fatalf("out after 2 downs with fall 3: %+v (%d moves)", v, moves)
+	}
+	answer("down")
+	if v := e.Verdict(s.Key, time.Time{}); v.Down {
+		t.Fatal("out before the reweight")
+	}
+	tick()
+	if v := e.Verdict(s.Key, time.Time{}); !v.Down || v.Reason != "agent: down" || moves != 1 {
+		t.Fatalf("after 3 downs and a reweight: %+v (%d moves), want down", v, moves)
+	}
+	answer("up")
+	tick()
+	if v := e.Verdict(s.Key, time.Time{}); !v.Down {
+		t.Fatal("back in after 1 up with rise 2")
+	}
+	answer("up")
+	tick()
+	if v := e.Verdict(s.Key, time.Time{}); v.Down || v.Drain || moves != 2 {
+		t.Fatalf("after 2 ups and a reweight: %+v (%d moves), want in", v, moves)
 	}
 }

@@ -273,15 +273,22 @@ func TestSlowStart(t *testing.T) {
 }
 
 // TestReweightBound: b1's queue gauge flaps across its target every
-// 50 ms for 60 s (0 or 4× the target, at random). Its reweights rebuild the VIP's ring at most once per
-// --reweight-interval (500 ms): at most 120 rebuilds. Meanwhile b3 is
-// killed and restarted again and again, and each verdict still reaches
-// the data plane at once; the same kills without the flapping, before
-// it, give the baseline.
+// 50 ms for 60 s (0 or 4× the target, at random), and b2's agent
+// alternates down and up every 100 ms (polled every 100 ms, the
+// minimum). Their reweights and agent states rebuild the VIP's ring at
+// most once per --reweight-interval (500 ms): at most 120 rebuilds (on
+// the old code each agent answer that moved b2 rebuilt it at once).
+// Meanwhile b3 is killed and restarted again and again, and each verdict
+// still reaches the data plane at once; the same kills without the
+// flapping, before it, give the baseline.
 func TestReweightBound(t *testing.T) {
 	lab, d, servers := modelLab(t, 3, nil, func(b *netlab.Backend) []string {
-		return []string{"--load-metric", fmt.Sprintf("http://%s:%d/metrics#%s", b.Addr.Addr(), netlab.LabMetricsPort, netlab.LabQueueSeries),
-			"--load-target", "2", "--load-interval", "20ms"}
+		args := []string{"--load-metric", fmt.Sprintf("http://%s:%d/metrics#%s", b.Addr.Addr(), netlab.LabMetricsPort, netlab.LabQueueSeries),
+			"--load-target", "2", "--load-interval", "100ms"}
+		if b.Name == "b2" {
+			args = append(args, "--agent-port", fmt.Sprint(netlab.LabAgentPort), "--agent-interval", "100ms")
+		}
+		return args
 	})
 	events := d.follow(t)
 	b3 := backendByName(lab, "b3")
@@ -312,6 +319,7 @@ func TestReweightBound(t *testing.T) {
 			select {
 			case <-stop:
 				servers["b1"].SetQueue(0)
+				servers["b2"].SetAgent("up\n")
 				flapped <- n
 				return
 			case <-tick.C:
@@ -319,6 +327,9 @@ func TestReweightBound(t *testing.T) {
 				// the reweight ticks would look still to them.
 				n++
 				servers["b1"].SetQueue(float64(8 * rand.IntN(2)))
+				if n%2 == 0 {
+					servers["b2"].SetAgent([]string{"down\n", "up\n"}[n/2%2])
+				}
 			}
 		}
 	}()
@@ -337,8 +348,8 @@ func TestReweightBound(t *testing.T) {
 	flaps := <-flapped
 	total := rebuilds() - before
 	byFailures := uint64(2 * kills) // b3 out and back in
-	t.Logf("%d flaps of b1's gauge and %d kills of b3 over %v: %d ring rebuilds, %d of them for b3's verdicts, %d for reweights (bound %d)",
-		flaps, kills, flapFor, total, byFailures, total-byFailures, int(flapFor/(500*time.Millisecond)))
+	t.Logf("%d flaps of b1's gauge, %d of b2's agent and %d kills of b3 over %v: %d ring rebuilds, %d of them for b3's verdicts, %d for reweights and agent states (bound %d)",
+		flaps, flaps/2, kills, flapFor, total, byFailures, total-byFailures, int(flapFor/(500*time.Millisecond)))
 	p := testutil.Percentile
 	t.Logf("verdict → backend out of the data plane: p50 %v, p99 %v while flapping (%d kills); %v, %v without (%d kills)",
 		p(flag, .5), p(flag, .99), len(flag), p(baseFlag, .5), p(baseFlag, .99), len(baseFlag))

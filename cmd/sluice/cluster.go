@@ -41,6 +41,9 @@ func printClusterStatus(w io.Writer, st api.ClusterStatus) error {
 		coord = "-"
 	}
 	fmt.Fprintf(w, "cluster %s  store etcd %s  revision %d  coordinator %s  quorum %s\n", st.Cluster, store, st.Revision, coord, st.Quorum)
+	if st.StateRefused != "" {
+		fmt.Fprintf(w, "state in etcd REFUSED: %s (this node forwards the last good one)\n", st.StateRefused)
+	}
 	tw := newTable(w)
 	fmt.Fprintln(tw, "NODE\tADDR\tAPPLIED\tLAST SEEN\tRINGS (VIP=SHA256[:12])\tDOWN (VIP BACKEND)")
 	for _, n := range st.Nodes {

@@ -124,6 +124,7 @@ func daemonFlags() []cli.Flag {
 		&cli.StringFlag{Name: "etcd-cert", Usage: "cluster: client certificate file for etcd"},
 		&cli.StringFlag{Name: "etcd-key", Usage: "cluster: client key file for etcd"},
 		&cli.StringFlag{Name: "health-quorum", Value: string(cluster.Majority), Usage: "cluster: a backend is in the rings when majority (more than half the live nodes), any (one node) or local (this node) sees it up"},
+		&cli.BoolFlag{Name: "cluster-init", Usage: "cluster: if etcd holds no state for --cluster, seed it with the state this node forwards (without it, a node that forwards VIPs refuses to join an empty cluster)"},
 		&cli.IntFlag{Name: "cluster-ttl", Value: 3, Usage: "cluster: seconds of the node's lease; a node cut off from etcd stops coordinating within it"},
 		&cli.StringFlag{Name: "flow-sync-key", Usage: "cluster: file holding the shared HMAC key of flow sync (mode 0400 or 0600, root's); enables flow sync between the nodes"},
 		&cli.UintFlag{Name: "flow-sync-port", Value: flowsync.DefaultPort, Usage: "cluster: TCP port of flow sync on each node's address (equal on every node)"},
@@ -172,7 +173,7 @@ func haOptions(c *cli.Context) (*pair.Options, error) {
 }
 
 // clusterFlags are the flags that only --store etcd uses.
-var clusterFlags = []string{"etcd-endpoints", "cluster", "node-name", "etcd-ca", "etcd-cert", "etcd-key", "health-quorum", "cluster-ttl", "flow-sync-key", "flow-sync-port"}
+var clusterFlags = []string{"etcd-endpoints", "cluster", "node-name", "etcd-ca", "etcd-cert", "etcd-key", "health-quorum", "cluster-init", "cluster-ttl", "flow-sync-key", "flow-sync-port"}
 
 // clusterOptions reads --store and the cluster flags; with --store bolt
 // the daemon keeps its state in --state-dir alone.
@@ -189,7 +190,7 @@ func clusterOptions(c *cli.Context) (*cluster.NodeOptions, error) {
 	default:
 		return nil, fmt.Errorf("--store %q: want bolt or etcd", c.String("store"))
 	}
-	o := &cluster.NodeOptions{Cluster: c.String("cluster"), Node: c.String("node-name"), TTL: c.Int("cluster-ttl")}
+	o := &cluster.NodeOptions{Cluster: c.String("cluster"), Node: c.String("node-name"), TTL: c.Int("cluster-ttl"), Init: c.Bool("cluster-init")}
 	for _, e := range c.StringSlice("etcd-endpoints") {
 		for _, u := range strings.Split(e, ",") {
 			if u = strings.TrimSpace(u); u != "" {

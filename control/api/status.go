@@ -95,10 +95,13 @@ type ClusterStatus struct {
 	Coordinator string `json:"coordinator"`
 	// StoreUp is false while etcd does not answer this node;
 	// StoreDownSince says since when (RFC 3339).
-	StoreUp        bool          `json:"store_up"`
-	StoreDownSince string        `json:"store_down_since,omitempty"`
-	Quorum         string        `json:"quorum,omitempty"`
-	Nodes          []ClusterNode `json:"nodes"`
+	StoreUp        bool   `json:"store_up"`
+	StoreDownSince string `json:"store_down_since,omitempty"`
+	Quorum         string `json:"quorum,omitempty"`
+	// StateRefused is why the newest state in etcd is refused, while it
+	// is (the node forwards the last good one).
+	StateRefused string        `json:"state_refused,omitempty"`
+	Nodes        []ClusterNode `json:"nodes"`
 }
 
 // ClusterNode is one node's published report.

@@ -40,6 +40,9 @@ type NodeOptions struct {
 	// Seed is the flow hash and Maglev seed, which every node of the
 	// cluster must share (etcd keeps the first node's; Load checks it).
 	Seed uint64
+	// Init lets a node that forwards a state seed an empty cluster with
+	// it (--cluster-init); without it, such a node refuses to join.
+	Init bool
 }
 
 // Host is the daemon as its cluster node sees it.
@@ -89,7 +92,11 @@ type Node struct {
 	publish   chan struct{}
 
 	applied atomic.Pointer[view.View] // the view of this node's last apply
-	flows   flows
+	// refusal is why the newest state in etcd is refused (nil: it is
+	// not); refusedTotal counts refusals.
+	refusal      atomic.Pointer[string]
+	refusedTotal atomic.Uint64
+	flows        flows
 
 	mu    sync.Mutex
 	nodes []Report // the cluster's view the rings were last built from
@@ -152,6 +159,11 @@ func (c *Node) load(ctx context.Context, seed uint64, local state.State) (state.
 		c.up()
 		c.seen.Store(st.Revision)
 		return st, true, nil
+	}
+	if invalid := (*etcdstore.InvalidError)(nil); errors.As(err, &invalid) {
+		c.up()
+		c.refused(err)
+		return local, false, nil // forward the last good state; the watch takes the next good one
 	}
 	if lctx.Err() == nil && !isUnavailable(err) {
 		return state.State{}, false, err // a seed mismatch, a bad state: refuse to start
@@ -249,7 +261,7 @@ func (c *Node) Run(ctx context.Context) {
 	go c.member.Campaign(ctx)
 	go c.publisher(ctx)
 	states := make(chan state.State, 16)
-	go c.store.Watch(ctx, c.seen.Load(), states)
+	go c.store.Watch(ctx, c.seen.Load(), states, c.refused)
 	go c.watchHealth(ctx)
 	c.Kick()
 	for {
@@ -259,6 +271,7 @@ func (c *Node) Run(ctx context.Context) {
 		case st := <-states:
 			st = newest(st, states)
 			c.up()
+			c.refusal.Store(nil)
 			if st.Revision <= c.seen.Load() {
 				continue // this node's own commit, applied already
 			}
@@ -269,6 +282,17 @@ func (c *Node) Run(ctx context.Context) {
 			c.Kick()
 		}
 	}
+}
+
+// refused notes a state in etcd that this node will not apply: logged,
+// an event, counted, and shown in cluster status until a good state
+// comes. The node keeps forwarding the last good one.
+func (c *Node) refused(err error) {
+	c.refusedTotal.Add(1)
+	msg := health.CleanReason(err.Error())
+	c.refusal.Store(&msg)
+	c.log.Error("cluster: refused the state in etcd; forwarding the last good one", "err", err, "applied_revision", c.h.Revision())
+	c.event(api.Event{Kind: "config", Reason: fmt.Sprintf("cluster: refused the state in etcd (%s); forwarding revision %d", msg, c.h.Revision())})
 }
 
 // newest drains states queued behind st: applying only the newest of a

@@ -23,6 +23,9 @@ func (c *Node) Status(ctx context.Context) api.ClusterStatus {
 		out.Coordinator = name
 	}
 	out.Nodes = c.member.Nodes()
+	if r := c.refusal.Load(); r != nil {
+		out.StateRefused = *r
+	}
 	return out
 }
 
@@ -32,11 +35,13 @@ var (
 	descMismatch = prometheus.NewDesc("sluice_cluster_ring_mismatch", "1 while live nodes that applied the same revision publish different ring digests for the VIP.", []string{"vip"}, nil)
 	descStoreUp  = prometheus.NewDesc("sluice_store_up", "1 while etcd answers this node.", nil, nil)
 	descCoord    = prometheus.NewDesc("sluice_coordinator", "1 while this node is the cluster's coordinator.", nil, nil)
+	descRefused  = prometheus.NewDesc("sluice_cluster_state_refused", "1 while the newest state in etcd is refused as invalid (this node forwards the last good one).", nil, nil)
+	descRefusals = prometheus.NewDesc("sluice_cluster_states_refused_total", "States in etcd this node refused as invalid.", nil, nil)
 )
 
 // Describe implements prometheus.Collector.
 func (c *Node) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descNodes, descApplied, descMismatch, descStoreUp, descCoord} {
+	for _, d := range []*prometheus.Desc{descNodes, descApplied, descMismatch, descStoreUp, descCoord, descRefused, descRefusals} {
 		ch <- d
 	}
 }
@@ -57,6 +62,8 @@ func (c *Node) Collect(ch chan<- prometheus.Metric) {
 	}
 	ch <- prometheus.MustNewConstMetric(descStoreUp, prometheus.GaugeValue, b2f(c.downSince.Load() == 0))
 	ch <- prometheus.MustNewConstMetric(descCoord, prometheus.GaugeValue, b2f(c.member.IsCoordinator()))
+	ch <- prometheus.MustNewConstMetric(descRefused, prometheus.GaugeValue, b2f(c.refusal.Load() != nil))
+	ch <- prometheus.MustNewConstMetric(descRefusals, prometheus.CounterValue, float64(c.refusedTotal.Load()))
 }
 
 func b2f(b bool) float64 {

@@ -2,6 +2,7 @@ package cluster
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/netip"
 	"time"
@@ -21,9 +22,12 @@ import (
 // follow the quorum's verdict, and flow sync shares the connection table.
 
 // Load takes the cluster's state from etcd and checks the seed; the bbolt
-// file then keeps it as the last applied. When etcd does not answer, or
-// holds no state yet while this node forwards some, the node goes on from
-// what it applied last (the first change or restore replaces it).
+// file then keeps it as the last applied. When etcd does not answer, the
+// node goes on from what it applied last. When etcd holds no state for
+// the cluster while this node forwards some (a fresh etcd, a typo in
+// --cluster), joining would let the first change replace what it
+// forwards: the node refuses to join, unless told (--cluster-init) to
+// seed the cluster with that state.
 func (c *Node) Load(ctx context.Context, local state.State) (state.State, uint64, error) {
 	st, fromEtcd, err := c.load(ctx, c.opts.Seed, local)
 	if err != nil {
@@ -33,14 +37,44 @@ func (c *Node) Load(ctx context.Context, local state.State) (state.State, uint64
 		return local, 0, nil // etcd is away: forward from the last state applied
 	}
 	if st.Revision == 0 && len(local.VIPs) > 0 {
-		c.log.Warn("cluster: etcd holds no state for this cluster yet; forwarding the state applied here until the first change or restore",
-			"cluster", c.opts.Cluster, "vips", len(local.VIPs), "local_revision", local.Revision)
-		return local, 0, nil
+		if !c.opts.Init {
+			return state.State{}, 0, fmt.Errorf("%w: etcd %v holds no state for cluster %q, while this node forwards %d VIPs (revision %d) that the first change would replace; "+
+				"if it is a new etcd cluster, start this node once with --cluster-init to seed it with them (or restore a backup through a node that holds none); else check --cluster and --etcd-endpoints",
+				ErrEmptyCluster, c.opts.Endpoints, c.opts.Cluster, len(local.VIPs), local.Revision)
+		}
+		if st, err = c.seed(ctx, local); err != nil {
+			return state.State{}, 0, err
+		}
 	}
 	if st, err = c.h.KeepLocal(st); err != nil {
 		return state.State{}, 0, err
 	}
 	return st, st.Revision, nil
+}
+
+// ErrEmptyCluster refuses a node that forwards a state into a cluster
+// that holds none.
+var ErrEmptyCluster = errors.New("--cluster: refusing to join an empty cluster")
+
+// seed writes local, the state this node forwards, into the empty
+// cluster (--cluster-init), in one guarded transaction; if another node
+// seeded it meanwhile, the node takes that state instead.
+func (c *Node) seed(ctx context.Context, local state.State) (state.State, error) {
+	sctx, cancel := context.WithTimeout(ctx, storeTimeout)
+	defer cancel()
+	st, err := c.store.Commit(sctx, func(cur *state.State) error {
+		if len(cur.VIPs) == 0 {
+			cur.VIPs = local.Clone().VIPs
+		}
+		return nil
+	})
+	if err != nil {
+		return state.State{}, fmt.Errorf("--cluster-init: seed cluster %q with the %d VIPs forwarded here: %w", c.opts.Cluster, len(local.VIPs), err)
+	}
+	c.noteSeen(st.Revision)
+	c.log.Info("cluster: seeded the empty cluster with the state forwarded here", "cluster", c.opts.Cluster, "vips", len(st.VIPs), "revision", st.Revision)
+	c.event(api.Event{Kind: "config", Reason: fmt.Sprintf("cluster: seeded the empty cluster %q with the %d VIPs forwarded here (--cluster-init)", c.opts.Cluster, len(st.VIPs)), Revision: st.Revision})
+	return st, nil
 }
 
 // Accept takes a state from etcd only if it is newer than the one

@@ -100,46 +100,89 @@ func (s *Store) Ping(ctx context.Context) error {
 	return err
 }
 
-// Load reads the state as of the newest revision.
+// Load reads the state as of the newest revision. A state that is not
+// valid is an *InvalidError naming the key.
 func (s *Store) Load(ctx context.Context) (state.State, error) {
 	resp, err := s.cli.Get(ctx, s.prefix+stateDir, clientv3.WithPrefix())
 	if err != nil {
 		return state.State{}, fmt.Errorf("etcd: read state: %w", err)
 	}
-	st, _, err := s.decode(resp.Kvs)
-	if err != nil {
-		return state.State{}, err
-	}
-	return st, nil
+	snap := s.read(resp.Kvs)
+	return snap.st, snap.err
 }
 
-// decode builds a state from the keys under state/ and returns the guard
-// key's mod revision with it (0 when nothing was ever committed).
-func (s *Store) decode(kvs []*mvccpb.KeyValue) (state.State, int64, error) {
-	var st state.State
-	var guard int64
+// InvalidError is a state in etcd that this node refuses: a value that is
+// not a VIP's JSON, or a state that does not validate (written around
+// sluice, with etcdctl, or by a bug). It is never applied.
+type InvalidError struct {
+	Revision int64
+	Key      string // the key at fault, when one is
+	Err      error
+}
+
+func (e *InvalidError) Error() string {
+	if e.Key != "" {
+		return fmt.Sprintf("etcd state at revision %d: key %s: %v", e.Revision, e.Key, e.Err)
+	}
+	return fmt.Sprintf("etcd state at revision %d: %v", e.Revision, e.Err)
+}
+
+func (e *InvalidError) Unwrap() error { return e.Err }
+
+// snapshot is the state under state/ as read: its VIPs' values as etcd
+// holds them (to keep what a newer version wrote in them), the guard's
+// mod revision (0 when nothing was ever committed), the newest mod
+// revision of any of its keys, and the state itself, unless err says why
+// it is refused.
+type snapshot struct {
+	st    state.State
+	raw   map[string][]byte // VIP key name → value
+	guard int64
+	rev   int64
+	err   error
+}
+
+// read builds a snapshot from the keys under state/.
+func (s *Store) read(kvs []*mvccpb.KeyValue) snapshot {
+	snap := snapshot{raw: map[string][]byte{}}
 	for _, kv := range kvs {
 		k := string(kv.Key)
 		switch {
 		case k == s.prefix+revKey:
-			guard = kv.ModRevision
+			snap.guard = kv.ModRevision
 		case strings.HasPrefix(k, s.prefix+vipsDir):
-			var v state.VIP
-			if err := json.Unmarshal(kv.Value, &v); err != nil {
-				return state.State{}, 0, fmt.Errorf("etcd key %s: %w", k, err)
-			}
-			st.VIPs = append(st.VIPs, v)
+			snap.raw[strings.TrimPrefix(k, s.prefix+vipsDir)] = kv.Value
+		default:
+			continue
 		}
+		snap.rev = max(snap.rev, kv.ModRevision)
 	}
-	st.Revision = uint64(guard)
+	snap.st, snap.err = s.build(snap.raw, snap.rev)
+	return snap
+}
+
+// build decodes and validates the VIPs' values as the state at etcd
+// revision rev.
+func (s *Store) build(raw map[string][]byte, rev int64) (state.State, error) {
+	st := state.State{Revision: uint64(rev)}
+	for name, value := range raw {
+		v, err := state.DecodeVIP(value)
+		if err != nil {
+			return state.State{}, &InvalidError{Revision: rev, Key: s.prefix + vipsDir + name, Err: err}
+		}
+		if v.VIP != name {
+			return state.State{}, &InvalidError{Revision: rev, Key: s.prefix + vipsDir + name, Err: fmt.Errorf("the value names vip %q", v.VIP)}
+		}
+		st.VIPs = append(st.VIPs, v)
+	}
 	check := st.Clone()
 	check.Normalize()
 	if err := check.Validate(); err != nil {
-		return state.State{}, 0, fmt.Errorf("etcd state at revision %d: %w", guard, err)
+		return state.State{}, &InvalidError{Revision: rev, Err: err}
 	}
 	st.Normalize()
-	st.Revision = uint64(guard)
-	return st, guard, nil
+	st.Revision = uint64(rev)
+	return st, nil
 }
 
 // Commit applies change to the newest state in one transaction, guarded
@@ -158,6 +201,12 @@ var ErrFenced = errors.New("fence no longer holds")
 // example that this node still holds the coordinator election): a change
 // recorded with it cannot land once fence fails, however late it arrives.
 func (s *Store) CommitIf(ctx context.Context, fence []clientv3.Cmp, change func(*state.State) error) (state.State, error) {
+	return s.commit(ctx, fence, false, change)
+}
+
+// commit is CommitIf; whole (a restore) replaces the whole state, so it
+// may replace one that is refused as invalid.
+func (s *Store) commit(ctx context.Context, fence []clientv3.Cmp, whole bool, change func(*state.State) error) (state.State, error) {
 	var lastGuard int64
 	var pending *state.State // a commit whose outcome etcd did not tell
 	for try := range commitTries {
@@ -165,11 +214,12 @@ func (s *Store) CommitIf(ctx context.Context, fence []clientv3.Cmp, change func(
 		if err != nil {
 			return state.State{}, fmt.Errorf("etcd: read state: %w", err)
 		}
-		cur, guard, err := s.decode(resp.Kvs)
-		if err != nil {
-			return state.State{}, err
+		snap := s.read(resp.Kvs)
+		if snap.err != nil && !whole {
+			return state.State{}, fmt.Errorf("%w; a change needs a valid state to start from: fix or delete that key, or restore a backup", snap.err)
 		}
-		if pending != nil && sameVIPs(cur, *pending) {
+		cur := snap.st
+		if pending != nil && snap.err == nil && sameVIPs(cur, *pending) {
 			return cur, nil // it did land: do not apply the change twice
 		}
 		next := cur.Clone()
@@ -181,10 +231,10 @@ func (s *Store) CommitIf(ctx context.Context, fence []clientv3.Cmp, change func(
 			return state.State{}, err
 		}
 		next.Revision = cur.Revision
-		if state.Equal(cur, next) {
+		if snap.err == nil && state.Equal(cur, next) {
 			return cur, nil
 		}
-		rev, ok, err := s.put(ctx, guard, fence, cur, next)
+		rev, ok, err := s.put(ctx, snap, fence, next)
 		if unknownOutcome(err) && ctx.Err() == nil {
 			pending = &next // a leader change: read again to learn whether it landed
 			continue
@@ -196,7 +246,7 @@ func (s *Store) CommitIf(ctx context.Context, fence []clientv3.Cmp, change func(
 			next.Revision = uint64(rev)
 			return next, nil
 		}
-		lastGuard = guard
+		lastGuard = snap.guard
 		if err := backoff(ctx, try); err != nil {
 			return state.State{}, err
 		}
@@ -206,22 +256,29 @@ func (s *Store) CommitIf(ctx context.Context, fence []clientv3.Cmp, change func(
 }
 
 // Replace stores next as the whole state in one guarded transaction (a
-// backup's restore); the commit's revision becomes the state's.
+// backup's restore), whatever etcd held, a refused state included; the
+// commit's revision becomes the state's.
 func (s *Store) Replace(ctx context.Context, next state.State) (state.State, error) {
-	return s.Commit(ctx, func(st *state.State) error {
+	return s.commit(ctx, nil, true, func(st *state.State) error {
 		st.VIPs = next.Clone().VIPs
 		return nil
 	})
 }
 
-// put writes the VIPs that differ between cur and next, deletes those
-// gone, and touches the guard, if the guard is still at guard and fence
-// holds. It returns the transaction's revision and whether it committed;
-// a fence that failed is ErrFenced.
-func (s *Store) put(ctx context.Context, guard int64, fence []clientv3.Cmp, cur, next state.State) (int64, bool, error) {
-	old := map[string]state.VIP{}
-	for _, v := range cur.VIPs {
-		old[v.VIP] = v
+// put writes the VIPs of next whose value differs from what etcd holds
+// (keeping in each the fields a newer version wrote, which this one does
+// not know), deletes the keys of VIPs gone, and touches the guard, if the
+// guard is still where snap read it and fence holds. It returns the
+// transaction's revision and whether it committed; a fence that failed
+// is ErrFenced.
+func (s *Store) put(ctx context.Context, snap snapshot, fence []clientv3.Cmp, next state.State) (int64, bool, error) {
+	old := make(map[string]bool, len(snap.raw))
+	for name := range snap.raw {
+		old[name] = true
+	}
+	cur := map[string]state.VIP{} // as read and normalised (none when refused)
+	for _, v := range snap.st.VIPs {
+		cur[v.VIP] = v
 	}
 	var ops []clientv3.Op
 	for _, v := range next.VIPs {
@@ -229,17 +286,23 @@ func (s *Store) put(ctx context.Context, guard int64, fence []clientv3.Cmp, cur,
 		if err != nil {
 			return 0, false, err
 		}
-		if o, ok := old[v.VIP]; ok {
+		if prev, ok := snap.raw[v.VIP]; ok {
 			delete(old, v.VIP)
-			if prev, _ := json.Marshal(o); string(prev) == string(raw) {
-				continue
+			if was, ok := cur[v.VIP]; ok {
+				if b, _ := json.Marshal(was); string(b) == string(raw) {
+					continue // unchanged: its value, newer fields and all, stays
+				}
+			}
+			if raw, err = state.KeepUnknown(prev, raw); err != nil {
+				return 0, false, err
 			}
 		}
 		ops = append(ops, clientv3.OpPut(s.prefix+vipsDir+v.VIP, string(raw)))
 	}
-	for k := range old {
-		ops = append(ops, clientv3.OpDelete(s.prefix+vipsDir+k))
+	for name := range old {
+		ops = append(ops, clientv3.OpDelete(s.prefix+vipsDir+name))
 	}
+	guard := snap.guard
 	ops = append(ops, clientv3.OpPut(s.prefix+revKey, strconv.FormatInt(guard, 10)))
 	cmps := append([]clientv3.Cmp{clientv3.Compare(clientv3.ModRevision(s.prefix+revKey), "=", guard)}, fence...)
 	resp, err := s.cli.Txn(ctx).If(cmps...).Then(ops...).Else(clientv3.OpGet(s.prefix + revKey)).Commit()
@@ -300,13 +363,16 @@ func (s *Store) EnsureSeed(ctx context.Context, seed uint64) error {
 	return nil
 }
 
-// Watch sends every state committed after revision from, in order, until
-// ctx ends. A watch that breaks (etcd unreachable, a compacted revision)
-// starts again from a fresh read, so the newest state always arrives.
-func (s *Store) Watch(ctx context.Context, from uint64, out chan<- state.State) {
+// Watch sends out every state committed after revision from, until ctx
+// ends, and gives refused every state it refuses instead (a value that is
+// not a VIP's JSON, a state that does not validate: see InvalidError),
+// once per revision. A refused state is never sent: a node goes on with
+// the last good one, and takes the next good one when it comes. States
+// written around sluice (etcdctl) are seen too.
+func (s *Store) Watch(ctx context.Context, from uint64, out chan<- state.State, refused func(error)) {
 	for ctx.Err() == nil {
 		var err error
-		if from, err = s.follow(ctx, from, out); err != nil && ctx.Err() == nil {
+		if from, err = s.follow(ctx, from, out, refused); err != nil && ctx.Err() == nil {
 			select {
 			case <-ctx.Done():
 			case <-time.After(200 * time.Millisecond): // a retry pace while etcd is away
@@ -315,79 +381,73 @@ func (s *Store) Watch(ctx context.Context, from uint64, out chan<- state.State) 
 	}
 }
 
-// follow watches from revision from+1 and returns the newest revision it
-// passed on when the watch ends.
-func (s *Store) follow(ctx context.Context, from uint64, out chan<- state.State) (uint64, error) {
+// follow reads the state, then follows the watch of its keys, sending
+// every good state newer than from; it returns when the watch ends.
+func (s *Store) follow(ctx context.Context, from uint64, out chan<- state.State, refused func(error)) (uint64, error) {
 	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
 	defer cancel()
 	resp, err := s.cli.Get(ctx, s.prefix+stateDir, clientv3.WithPrefix())
 	if err != nil {
 		return from, err
 	}
-	cur, guard, err := s.decode(resp.Kvs)
-	if err != nil {
+	snap := s.read(resp.Kvs)
+	var lastRefused int64
+	emit := func(st state.State, err error, rev int64) error {
+		switch {
+		case err != nil:
+			if rev != lastRefused {
+				lastRefused = rev
+				refused(err)
+			}
+		case st.Revision > from:
+			select {
+			case out <- st:
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+			from = st.Revision
+		}
+		return nil
+	}
+	if err := emit(snap.st, snap.err, snap.rev); err != nil {
 		return from, err
 	}
-	if uint64(guard) > from {
-		select {
-		case out <- cur:
-		case <-ctx.Done():
-			return from, ctx.Err()
-		}
-		from = uint64(guard)
-	}
-	vips := map[string]state.VIP{}
-	for _, v := range cur.VIPs {
-		vips[v.VIP] = v
-	}
+	raw := snap.raw
 	wch := s.cli.Watch(wctx, s.prefix+stateDir, clientv3.WithPrefix(), clientv3.WithRev(resp.Header.Revision+1))
 	for wr := range wch {
 		if err := wr.Err(); err != nil {
 			return from, fmt.Errorf("etcd: watch state: %w", err)
 		}
-		rev, err := s.applyEvents(vips, wr.Events)
-		if err != nil {
-			return from, err
-		}
-		if rev == 0 {
+		if !s.applyEvents(raw, wr.Events) {
 			continue
 		}
-		st := state.State{Revision: uint64(rev)}
-		for _, v := range vips {
-			st.VIPs = append(st.VIPs, v)
+		rev := wr.Events[len(wr.Events)-1].Kv.ModRevision
+		st, err := s.build(raw, rev)
+		if err := emit(st, err, rev); err != nil {
+			return from, err
 		}
-		st.Normalize()
-		select {
-		case out <- st:
-		case <-ctx.Done():
-			return from, ctx.Err()
-		}
-		from = uint64(rev)
 	}
 	return from, errors.New("etcd: watch state ended")
 }
 
-// applyEvents folds a watch response into vips and returns the revision
-// of its last commit (a guard write), 0 when it held none.
-func (s *Store) applyEvents(vips map[string]state.VIP, evs []*clientv3.Event) (int64, error) {
-	var rev int64
+// applyEvents updates raw, the VIPs' values, with a watch response's
+// events, and reports whether any was a commit's or touched a VIP.
+func (s *Store) applyEvents(raw map[string][]byte, evs []*clientv3.Event) bool {
+	changed := false
 	for _, ev := range evs {
 		k := string(ev.Kv.Key)
 		switch {
 		case k == s.prefix+revKey:
-			rev = ev.Kv.ModRevision
+			changed = true
 		case strings.HasPrefix(k, s.prefix+vipsDir):
+			changed = true
 			name := strings.TrimPrefix(k, s.prefix+vipsDir)
 			if ev.Type == clientv3.EventTypeDelete {
-				delete(vips, name)
-				continue
+				delete(raw, name)
+			} else {
+				raw[name] = ev.Kv.Value
 			}
-			var v state.VIP
-			if err := json.Unmarshal(ev.Kv.Value, &v); err != nil {
-				return 0, fmt.Errorf("etcd key %s: %w", k, err)
-			}
-			vips[name] = v
 		}
 	}
-	return rev, nil
+	return changed
 }

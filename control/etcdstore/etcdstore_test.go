@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -87,7 +88,7 @@ func TestStore(t *testing.T) {
 	watched := make(chan state.State, 1000)
 	wctx, wcancel := context.WithCancel(ctx)
 	defer wcancel()
-	go s.Watch(wctx, 0, watched)
+	go s.Watch(wctx, 0, watched, func(err error) { t.Errorf("a good state refused: %v", err) })
 
 	const vip = "10.77.1.100:80/tcp"
 	st, err := s.Commit(ctx, addVIP(vip))
@@ -232,5 +233,114 @@ func TestCommitConflictNamed(t *testing.T) {
 	}
 	if len(final.VIPs[0].Backends) != commitTries {
 		t.Fatalf("%d of the other writer's %d changes landed", len(final.VIPs[0].Backends), commitTries)
+	}
+}
+
+// TestWatchRefusesBadValues: values written around sluice (etcdctl's
+// puts, here through the client): a VIP with ring_size 4 and a value that
+// is not JSON are refused by the watch (named, once each), by Load and
+// by a change, and never sent; the next good value is sent. A VIP with
+// fields of a newer version is taken, and those fields survive both a
+// change to another VIP and a change to that VIP (at its level, in its
+// backend and its backend's check); a restore replaces a refused state.
+func TestWatchRefusesBadValues(t *testing.T) {
+	cl := etcd(t)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	s, _ := New(cl, "t4")
+	good, err := s.Commit(ctx, addVIP("10.77.1.100:80/tcp"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	watched := make(chan state.State, 100)
+	refused := make(chan error, 100)
+	go s.Watch(ctx, good.Revision, watched, func(err error) { refused <- err })
+	key := s.prefix + vipsDir + "10.77.1.100:80/tcp"
+	var putRev uint64
+	put := func(value string) {
+		t.Helper()
+		r, err := cl.Put(ctx, key, value)
+		if err != nil {
+			t.Fatal(err)
+		}
+		putRev = uint64(r.Header.Revision)
+	}
+	expectRefused := func(what, want string) {
+		t.Helper()
+	wait:
+		for {
+			select {
+			case err := <-refused:
+				if !strings.Contains(err.Error(), want) {
+					t.Fatalf("%s: refused with %v, want it to name %q", what, err, want)
+				}
+				t.Logf("%s: refused: %v", what, err)
+				break wait
+			case st := <-watched:
+				if st.Revision >= putRev {
+					t.Fatalf("%s: sent %+v", what, st)
+				}
+			case <-ctx.Done():
+				t.Fatalf("%s: not refused", what)
+			}
+		}
+		if _, err := s.Load(ctx); !errors.As(err, new(*InvalidError)) {
+			t.Fatalf("%s: Load: %v, want an InvalidError", what, err)
+		}
+		if _, err := s.Commit(ctx, addVIP("10.77.1.101:80/tcp")); err == nil || !strings.Contains(err.Error(), want) {
+			t.Fatalf("%s: a change: %v, want it refused naming %q", what, err, want)
+		}
+	}
+	put(`{"vip":"10.77.1.100:80/tcp","forward":"ipip","ring_size":4}`)
+	expectRefused("ring_size 4", "ring_size 4")
+	put(`not json`)
+	expectRefused("a value that is not JSON", key)
+
+	newer := `{"vip":"10.77.1.100:80/tcp","forward":"ipip","nat_pool":"10.9.0.0/24",` +
+		`"backends":[{"addr":"10.77.2.1","weight":1,"nat_port":8080,"check":{"type":"tcp","ecn":true}}]}`
+	put(newer)
+	select {
+	case st := <-watched:
+		if len(st.VIPs) != 1 || len(st.VIPs[0].Backends) != 1 {
+			t.Fatalf("the good value after the bad ones: %+v", st)
+		}
+	case err := <-refused:
+		t.Fatalf("a VIP with a newer version's fields refused: %v", err)
+	case <-ctx.Done():
+		t.Fatal("the good value after the bad ones was not sent")
+	}
+	value := func() string {
+		t.Helper()
+		r, err := cl.Get(ctx, key)
+		if err != nil || len(r.Kvs) != 1 {
+			t.Fatalf("get %s: %v", key, err)
+		}
+		return string(r.Kvs[0].Value)
+	}
+	if _, err := s.Commit(ctx, addVIP("10.77.1.101:80/tcp")); err != nil {
+		t.Fatal(err)
+	}
+	if v := value(); v != newer {
+		t.Fatalf("a change to another VIP rewrote this one:\n%s\nwas\n%s", v, newer)
+	}
+	if _, err := s.Commit(ctx, addBackend("10.77.1.100:80/tcp", "10.77.2.2")); err != nil {
+		t.Fatal(err)
+	}
+	v := value()
+	for _, want := range []string{`"nat_pool":"10.9.0.0/24"`, `"nat_port":8080`, `"ecn":true`, `"addr":"10.77.2.2"`} {
+		if !strings.Contains(v, want) {
+			t.Fatalf("after a change to the VIP, %s is gone:\n%s", want, v)
+		}
+	}
+	t.Logf("a newer version's fields after a change to their VIP: %s", v)
+
+	put(`{"vip":"10.77.1.100:80/tcp","forward":"ipip","ring_size":4}`)
+	expectRefused("ring_size 4 again", "ring_size 4")
+	restored, err := s.Replace(ctx, state.State{VIPs: []state.VIP{{VIP: "10.77.1.102:80/tcp", Forward: "ipip"}}})
+	if err != nil {
+		t.Fatalf("a restore over a refused state: %v", err)
+	}
+	if got, err := s.Load(ctx); err != nil || len(got.VIPs) != 1 || got.Revision != restored.Revision {
+		t.Fatalf("after the restore: %+v, %v", got, err)
 	}
 }

@@ -5,19 +5,24 @@ import (
 	"encoding/json"
 	"net/netip"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/sluicelb/sluice/cmd/sluice/netlab"
 	"github.com/sluicelb/sluice/control/api"
 	"github.com/sluicelb/sluice/control/state"
 )
 
-// TestClusterBackupRestore: `sluice backup save` on a cluster node, then
-// `backup restore` through a node of a fresh etcd cluster (the three
-// nodes moved onto it, with their state directories, keep forwarding
-// what they applied until then): one transaction, and every node ends
-// with the state that was saved and equal rings.
+// TestClusterBackupRestore: `sluice backup save` on a cluster node; the
+// three nodes move onto a fresh etcd cluster with their state
+// directories: a node that forwards VIPs refuses to join the empty
+// cluster (and so with a typo in --cluster) unless started with
+// --cluster-init, which seeds it with what the node forwards, and the
+// others join that. Then `backup restore` through a node: one
+// transaction, and every node ends with the state that was saved and
+// equal rings.
 func TestClusterBackupRestore(t *testing.T) {
 	lc := newLabCluster(t, 3, 3)
 	a := lc.nodes[0]
@@ -44,12 +49,39 @@ func TestClusterBackupRestore(t *testing.T) {
 				lc.args[i][j+1] = strings.Join(fresh.Endpoints(), ",")
 			}
 		}
+	}
+	// An empty cluster does not wipe what a node forwards: it refuses to
+	// join, and says how to seed it.
+	typo := slices.Clone(lc.args[1])
+	for j, arg := range typo {
+		switch arg {
+		case "--etcd-endpoints":
+			typo[j+1] = strings.Join(lc.etcd.Endpoints(), ",") // the first etcd, which holds cluster "lab"
+		case "--cluster":
+			typo[j+1] = "lba"
+		}
+	}
+	for _, c := range []struct {
+		what string
+		args []string
+	}{
+		{"the fresh etcd cluster", lc.args[1]},
+		{"a typo in --cluster (on the first etcd)", typo},
+	} {
+		out, err := runToExit(t, lc.lab, lc.lab.Nodes[1], lc.nodes[1].stateDir, c.args...)
+		if err == nil || !strings.Contains(out, "refusing to join an empty cluster") || !strings.Contains(out, "--cluster-init") {
+			t.Fatalf("a node forwarding %d bytes of VIPs started on %s: %v\n%s", len(want), c.what, err, out)
+		}
+		t.Logf("a node that forwards VIPs, started on %s, refuses: %s", c.what, lastLine(out))
+	}
+	// Seeded by one node (--cluster-init), joined by the others.
+	lc.args[0] = append(lc.args[0], "--cluster-init")
+	for i := range lc.nodes {
 		lc.restart(t, i)
 	}
-	// An empty cluster does not wipe what the nodes forward.
 	for i, n := range lc.nodes {
 		if got := vipsOf(t, n); got != want {
-			t.Fatalf("node %d on the empty etcd cluster holds\n%s\nwant what it applied before\n%s", i, got, want)
+			t.Fatalf("node %d on the etcd cluster seeded by node 1 holds\n%s\nwant what node 1 applied before\n%s", i, got, want)
 		}
 	}
 	out := lc.nodes[1].mustCLI(t, "backup", "restore", file)
@@ -62,6 +94,25 @@ func TestClusterBackupRestore(t *testing.T) {
 		}
 	}
 	t.Logf("saved at revision %d of the first etcd cluster; restored as revision %d of the fresh one, identical on all three nodes", saved, st.Revision)
+}
+
+// runToExit runs `sluice daemon` on host with stateDir and extra flags,
+// expecting it to exit (within 20 s), and returns what it printed.
+func runToExit(t testing.TB, lab *netlab.Lab, host *netlab.Host, stateDir string, extra ...string) (string, error) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	out, err := host.Command(ctx, sluiceBin, daemonArgs(lab, host, stateDir, extra...)...).CombinedOutput()
+	if ctx.Err() != nil {
+		t.Fatalf("the daemon did not exit in 20 s:\n%s", out)
+	}
+	return string(out), err
+}
+
+// lastLine is the last non-empty line of out.
+func lastLine(out string) string {
+	lines := strings.Split(strings.TrimSpace(out), "\n")
+	return lines[len(lines)-1]
 }
 
 // vipsOf is d's desired state without its revision, as JSON.

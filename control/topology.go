@@ -35,6 +35,10 @@ type topology interface {
 	MayChange() error
 	MayCoordinate() error
 	IsCoordinator() bool
+	// Hold is called right before a promotion or demotion hook: the
+	// context it returns lasts while this node may still act as the
+	// coordinator (a cluster's lease, renewed with a margin).
+	Hold(ctx context.Context) (context.Context, context.CancelFunc, error)
 	Role() string
 	Node() string // this node's name, "" when it has none of its own
 	// RingRule is the verdict rings are built from now, nil for each
@@ -79,15 +83,19 @@ func (single) Applied(*view.View)              {}
 func (single) MayChange() error                { return nil }
 func (single) MayCoordinate() error            { return nil }
 func (single) IsCoordinator() bool             { return true }
-func (single) Role() string                    { return "single" }
-func (single) Node() string                    { h, _ := os.Hostname(); return h }
-func (single) RingRule() view.RingRule         { return nil }
-func (single) Shared() bool                    { return false }
-func (single) Start(context.Context) error     { return nil }
-func (single) Stop()                           {}
-func (single) Close()                          {}
-func (single) Synced(uint64) bool              { return true }
-func (single) CopyingFlows() bool              { return false }
+func (single) Hold(ctx context.Context) (context.Context, context.CancelFunc, error) {
+	hctx, cancel := context.WithCancel(ctx)
+	return hctx, cancel, nil
+}
+func (single) Role() string                { return "single" }
+func (single) Node() string                { h, _ := os.Hostname(); return h }
+func (single) RingRule() view.RingRule     { return nil }
+func (single) Shared() bool                { return false }
+func (single) Start(context.Context) error { return nil }
+func (single) Stop()                       {}
+func (single) Close()                      {}
+func (single) Synced(uint64) bool          { return true }
+func (single) CopyingFlows() bool          { return false }
 func (single) Collectors() []prometheus.Collector {
 	return nil
 }

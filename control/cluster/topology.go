@@ -104,6 +104,12 @@ func (c *Node) MayCoordinate() error {
 	return nil
 }
 
+// Hold vouches for this node's coordinator role while a hook runs (see
+// Member.Hold).
+func (c *Node) Hold(ctx context.Context) (context.Context, context.CancelFunc, error) {
+	return c.member.Hold(ctx)
+}
+
 // Node is this node's name in the cluster.
 func (c *Node) Node() string { return c.opts.Node }
 

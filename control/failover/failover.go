@@ -44,6 +44,9 @@ type Coordination interface {
 	// run, saying why.
 	MayCoordinate() error
 	Node() string
+	// Hold vouches for the role while a hook runs: its context ends
+	// when the role can no longer be vouched for.
+	Hold(ctx context.Context) (context.Context, context.CancelFunc, error)
 }
 
 // Options configure a Manager.

@@ -157,13 +157,17 @@ func (m *Manager) promote(ctx context.Context, k state.VIPKey, cands []state.Bac
 			return api.PromoteResult{}, err
 		}
 		old := v.Primary
-		if !m.o.Coord.IsCoordinator() {
-			// The epoch was recorded under the election; the hook runs
-			// only while it still holds (a cluster's lease can end between).
-			return api.PromoteResult{}, fmt.Errorf("promote %s: this node stopped being the coordinator after epoch %d", c.Addr, v.Epoch)
+		// The epoch was recorded under the election; the hook runs only
+		// while it still holds, checked in etcd right before it starts
+		// and renewed with a margin while it runs (a cluster's lease can
+		// end between).
+		hctx, release, err := m.o.Coord.Hold(ctx)
+		if err != nil {
+			return api.PromoteResult{}, fmt.Errorf("promote %s: no hook after epoch %d: %w", c.Addr, v.Epoch, err)
 		}
 		start := time.Now()
-		out, herr := m.runHook(ctx, v, hook.Promote, old, c.Addr)
+		out, herr := m.runHook(hctx, v, hook.Promote, old, c.Addr)
+		release()
 		took := time.Since(start)
 		if herr != nil {
 			lastErr = herr
@@ -234,7 +238,13 @@ func (m *Manager) demoteRecovered(lk *view.View, v state.VIP) {
 		m.mu.Unlock()
 		// Off the caller's goroutine: that is a health check's.
 		m.spawn(func() {
-			out, err := m.runHook(m.ctx, v, hook.Demote, old, v.Primary)
+			hctx, release, err := m.o.Coord.Hold(m.ctx)
+			if err != nil {
+				m.o.Log.Warn("demote hook not run", "vip", v.VIP, "backend", old, "err", err)
+				return
+			}
+			defer release()
+			out, err := m.runHook(hctx, v, hook.Demote, old, v.Primary)
 			reason := "rejoined as a replica"
 			if v.DemoteCmd != "" {
 				reason += fmt.Sprintf("; demote hook: %v %s", err, strings.TrimSpace(out))

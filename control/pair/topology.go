@@ -34,6 +34,16 @@ func (p *Pair) Accept(state.State, uint64) bool { return true }
 // moved.
 func (p *Pair) Applied(*view.View) { p.Invalidate() }
 
+// Hold: the master runs hooks for as long as it is the master; its
+// epochs, committed first, fence what the peer does after a takeover.
+func (p *Pair) Hold(ctx context.Context) (context.Context, context.CancelFunc, error) {
+	if !p.IsCoordinator() {
+		return nil, nil, ErrNotMaster
+	}
+	hctx, cancel := context.WithCancel(ctx)
+	return hctx, cancel, nil
+}
+
 // MayChange refuses changes on the backup.
 func (p *Pair) MayChange() error {
 	if !p.IsCoordinator() {

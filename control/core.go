@@ -61,6 +61,9 @@ type core struct {
 	lastApplied  time.Time                     // when the last change reached the maps
 	lastCommit   time.Time                     // when the last change was committed
 
+	// unkept is the committed state the bbolt file could not keep (a
+	// full disk), to keep once it can; nil when the file is current.
+	unkept  atomic.Pointer[state.State]
 	rev     atomic.Uint64               // state.Revision, readable without mu
 	current atomic.Pointer[state.State] // the committed state, readable without mu
 	applied atomic.Pointer[view.View]   // the view the last apply decided from
@@ -184,9 +187,9 @@ func (c *core) ApplyReplica(next state.State) error {
 	if !c.topo.Accept(next, c.have.Load()) {
 		return nil // this node's own commit, or a newer state, got here first
 	}
-	st, err := c.store.Replace(next) // disk I/O: mu is not held
+	st, err := c.KeepLocal(next) // disk I/O: mu is not held
 	if err != nil {
-		return err
+		st = next // applied all the same: the file is kept later
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -313,8 +316,41 @@ func (c *core) FlowEvents() (flowsync.FlowReader, error) {
 func (c *core) Stats() (map[loader.Stat]loader.Counter, error) { return c.dp.Stats() }
 func (c *core) FlowCount() (int, error)                        { return c.dp.FlowCount() }
 
-// KeepLocal stores a state as the last applied (the bbolt file).
-func (c *core) KeepLocal(st state.State) (state.State, error) { return c.store.Replace(st) }
+// KeepLocal stores a state as the last applied (the bbolt file). When
+// that fails (a full disk), the state is still the one to apply: it is
+// remembered, logged and kept by KeepPending once the disk has room.
+func (c *core) KeepLocal(st state.State) (state.State, error) {
+	kept, err := c.store.Replace(st)
+	if err != nil {
+		err = fmt.Errorf("revision %d: %w", st.Revision, err)
+		if c.unkept.Swap(&st) == nil {
+			c.log.Error("cannot keep the state in --state-dir; it is applied, and kept when the disk has room", "dir", c.store.Path(), "err", err)
+			c.events.Add(api.Event{Kind: "config", Reason: "state not kept on disk (applied all the same; kept when the disk has room): " + err.Error(), Revision: st.Revision})
+		}
+		return state.State{}, err
+	}
+	c.unkept.Store(nil) // what the file lagged behind with is older
+	return kept, nil
+}
+
+// KeepPending tries again to keep a state the bbolt file could not, if it
+// is still the committed one (a newer one is kept on its own).
+func (c *core) KeepPending() {
+	p := c.unkept.Load()
+	if p == nil {
+		return
+	}
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	if p.Revision != c.Revision() {
+		c.unkept.CompareAndSwap(p, nil)
+		return
+	}
+	if _, err := c.store.Replace(*p); err == nil && c.unkept.CompareAndSwap(p, nil) {
+		c.log.Info("kept the state in --state-dir", "revision", p.Revision)
+		c.events.Add(api.Event{Kind: "config", Reason: fmt.Sprintf("state of revision %d kept on disk", p.Revision), Revision: p.Revision})
+	}
+}
 
 // Archive lists the archived states.
 func (c *core) Archive() ([]state.ArchiveEntry, error) { return c.store.Archive() }

@@ -340,6 +340,8 @@ func (d *Daemon) Run(ctx context.Context) error {
 	sdnotify.Ready(ctx, d.healthy, d.log)
 	refresh := time.NewTicker(30 * time.Second)
 	defer refresh.Stop()
+	keep := time.NewTicker(time.Second)
+	defer keep.Stop()
 	for {
 		select {
 		case <-ctx.Done():
@@ -357,6 +359,8 @@ func (d *Daemon) Run(ctx context.Context) error {
 				d.shutdown()
 				return err
 			}
+		case <-keep.C:
+			d.core.KeepPending() // a state a full disk could not keep
 		case <-refresh.C:
 			if d.core.rec.RefreshMACs(ctx) {
 				d.core.Reapply("refreshed next-hop macs")

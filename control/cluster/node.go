@@ -242,7 +242,10 @@ func (c *Node) commitIf(ctx context.Context, fence []clientv3.Cmp, change func(*
 	}
 	c.up()
 	c.noteSeen(st.Revision)
-	return c.h.KeepLocal(st)
+	if kept, err := c.h.KeepLocal(st); err == nil {
+		return kept, nil
+	}
+	return st, nil // committed in etcd: applied here all the same (KeepLocal logged why the file lags)
 }
 
 func (c *Node) noteSeen(rev uint64) {

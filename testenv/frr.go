@@ -166,13 +166,15 @@ func (f *FRR) Stop() {
 // LabBIRDConfig: one passive eBGP session (AS 65000) per LB node (AS
 // 65001) in a peer group, hold time 3 s, BFD at 100 ms × 3 when bfd,
 // only host routes of the VIP networks accepted (/32s, and /128s over
-// the same sessions), and ECMP over up to 16 nodes.
+// the same sessions), nothing sent to the LB, and ECMP over up to 16
+// nodes.
 func LabFRRConfig(l *netlab.Lab, bfd bool) string {
 	var c strings.Builder
 	fmt.Fprintf(&c, "frr defaults datacenter\n!\nip prefix-list SLUICE-VIPS seq 10 permit %s ge 32 le 32\n", netlab.LabVIPNet4)
 	fmt.Fprintf(&c, "ipv6 prefix-list SLUICE-VIPS6 seq 10 permit %s ge 128 le 128\n!\n", netlab.LabVIPNet6)
 	c.WriteString("route-map FROM-LB permit 10\n match ip address prefix-list SLUICE-VIPS\n!\n")
 	c.WriteString("route-map FROM-LB6 permit 10\n match ipv6 address prefix-list SLUICE-VIPS6\n!\n")
+	c.WriteString("route-map TO-LB deny 10\n!\n") // the LB needs no route: send it none
 	fmt.Fprintf(&c, "router bgp 65000\n bgp router-id %s\n no bgp ebgp-requires-policy\n bgp bestpath as-path multipath-relax\n", netlab.LabRouter4.Addr())
 	c.WriteString(" neighbor LB peer-group\n neighbor LB remote-as 65001\n neighbor LB timers 1 3\n neighbor LB timers connect 1\n neighbor LB passive\n")
 	if bfd {
@@ -181,8 +183,8 @@ func LabFRRConfig(l *netlab.Lab, bfd bool) string {
 	for _, n := range l.Nodes {
 		fmt.Fprintf(&c, " neighbor %s peer-group LB\n", n.Addr.Addr())
 	}
-	c.WriteString(" !\n address-family ipv4 unicast\n  neighbor LB route-map FROM-LB in\n  maximum-paths 16\n exit-address-family\n")
-	c.WriteString(" !\n address-family ipv6 unicast\n  neighbor LB activate\n  neighbor LB route-map FROM-LB6 in\n  maximum-paths 16\n exit-address-family\n!\n")
+	c.WriteString(" !\n address-family ipv4 unicast\n  neighbor LB route-map FROM-LB in\n  neighbor LB route-map TO-LB out\n  maximum-paths 16\n exit-address-family\n")
+	c.WriteString(" !\n address-family ipv6 unicast\n  neighbor LB activate\n  neighbor LB route-map FROM-LB6 in\n  neighbor LB route-map TO-LB out\n  maximum-paths 16\n exit-address-family\n!\n")
 	if bfd {
 		c.WriteString("bfd\n profile lb\n  receive-interval 100\n  transmit-interval 100\n  detect-multiplier 3\n !\n!\n")
 	}

@@ -29,10 +29,12 @@ func bgpFlags() []cli.Flag {
 		&cli.DurationFlag{Name: "bgp-learn", Value: bgp.DefaultLearn, Usage: "BGP: announce nothing for this long after start (flow tables warm up)"},
 		&cli.DurationFlag{Name: "bgp-drain", Value: bgp.DefaultDrain, Usage: "BGP: on SIGTERM, keep forwarding this long after the withdrawal, then detach"},
 		&cli.BoolFlag{Name: "bgp-graceful-shutdown", Usage: "BGP: sluice node drain first tags the routes GRACEFUL_SHUTDOWN (RFC 8326) for the drain period"},
+		&cli.UintFlag{Name: "bgp-max-prefixes", Value: bgp.DefaultMaxPrefixes, Usage: "BGP: routes of a family a router may send (all are refused on import) before its session is shut down"},
+		&cli.StringFlag{Name: "bgp-password", EnvVars: []string{"SLUICE_BGP_PASSWORD"}, Usage: "BGP: TCP MD5 password of every session (RFC 2385; at most 80 bytes); prefer the environment variable, which ps does not show"},
 	}
 }
 
-var bgpFlagNames = []string{"bgp-router-id", "bgp-next-hop", "bgp-next-hop6", "bgp-community", "bgp-bfd", "bgp-graceful-shutdown"}
+var bgpFlagNames = []string{"bgp-router-id", "bgp-next-hop", "bgp-next-hop6", "bgp-community", "bgp-bfd", "bgp-graceful-shutdown", "bgp-max-prefixes", "bgp-password"}
 
 // bgpOptions reads the --bgp-* flags; without --bgp-asn and --bgp-peer
 // the daemon announces nothing.
@@ -50,7 +52,12 @@ func bgpOptions(c *cli.Context) (*bgp.Config, error) {
 	}
 	cfg := &bgp.Config{ASN: uint32(c.Uint("bgp-asn")), Hold: c.Duration("bgp-hold"), BFD: c.Bool("bgp-bfd"),
 		BFDInterval: c.Duration("bgp-bfd-interval"), BFDMultiplier: c.Int("bgp-bfd-multiplier"), Learn: c.Duration("bgp-learn"),
-		Drain: c.Duration("bgp-drain"), GracefulShutdown: c.Bool("bgp-graceful-shutdown")}
+		Drain: c.Duration("bgp-drain"), GracefulShutdown: c.Bool("bgp-graceful-shutdown"), Password: c.String("bgp-password")}
+	n := c.Uint("bgp-max-prefixes")
+	if n == 0 || n > 1<<24 {
+		return nil, fmt.Errorf("--bgp-max-prefixes %d: want 1..%d", n, 1<<24)
+	}
+	cfg.MaxPrefixes = uint32(n)
 	for _, s := range c.StringSlice("bgp-peer") {
 		p, err := bgp.ParsePeer(s)
 		if err != nil {

@@ -21,6 +21,11 @@ const (
 	DefaultBFDMultiplier = 3
 	DefaultLearn         = 2 * time.Second
 	DefaultDrain         = 5 * time.Second
+	// DefaultMaxPrefixes bounds the routes a router may send per family
+	// (the speaker imports none of them; see Config.MaxPrefixes).
+	DefaultMaxPrefixes = 1000
+	// MaxPasswordLen is TCP MD5's key length limit (TCP_MD5SIG_MAXKEYLEN).
+	MaxPasswordLen = 80
 )
 
 // GracefulShutdown is the well-known community GRACEFUL_SHUTDOWN
@@ -63,6 +68,11 @@ type Config struct {
 	GracefulShutdown bool
 	// Iface is the interface BFD is bound to.
 	Iface string
+	// MaxPrefixes is how many routes of a family a router may send
+	// before its session is shut down (0: DefaultMaxPrefixes).
+	MaxPrefixes uint32
+	// Password, when set, signs every session with TCP MD5 (RFC 2385).
+	Password string
 }
 
 // ParsePeer parses ADDR[:PORT]@ASN (an IPv6 address with a port is
@@ -163,6 +173,12 @@ func (c *Config) Complete() error {
 	}
 	if c.Learn < 0 {
 		return fmt.Errorf("--bgp-learn %v: must not be negative", c.Learn)
+	}
+	if c.MaxPrefixes == 0 {
+		c.MaxPrefixes = DefaultMaxPrefixes
+	}
+	if n := len(c.Password); n > MaxPasswordLen || strings.ContainsRune(c.Password, 0) {
+		return fmt.Errorf("--bgp-password: %d bytes; TCP MD5 takes at most %d, no NUL", n, MaxPasswordLen)
 	}
 	if c.Drain < 0 {
 		return fmt.Errorf("--bgp-drain %v: must not be negative", c.Drain)

@@ -3,6 +3,7 @@ package bgp
 import (
 	"net/netip"
 	"reflect"
+	"strings"
 	"testing"
 )
 
@@ -92,5 +93,27 @@ func TestParseCommunity(t *testing.T) {
 		if _, err := ParseCommunity(in); err == nil {
 			t.Errorf("ParseCommunity(%q) accepted", in)
 		}
+	}
+}
+
+// TestCompleteBoundsPasswordAndPrefixes: TCP MD5 takes at most 80 bytes,
+// and the prefix limit has a default.
+func TestCompleteBoundsPasswordAndPrefixes(t *testing.T) {
+	base := func() Config {
+		return Config{ASN: 65001, Peers: []Peer{{Addr: netip.MustParseAddrPort("10.0.0.1:179"), ASN: 65000}}}
+	}
+	c := base()
+	if err := c.Complete(); err != nil || c.MaxPrefixes != DefaultMaxPrefixes {
+		t.Fatalf("defaults: %v, max prefixes %d", err, c.MaxPrefixes)
+	}
+	c = base()
+	c.Password = strings.Repeat("k", MaxPasswordLen)
+	if err := c.Complete(); err != nil {
+		t.Fatalf("an 80-byte password: %v", err)
+	}
+	c = base()
+	c.Password = strings.Repeat("k", MaxPasswordLen+1)
+	if err := c.Complete(); err == nil || !strings.Contains(err.Error(), "--bgp-password") {
+		t.Fatalf("an 81-byte password: %v", err)
 	}
 }

@@ -46,6 +46,10 @@ func NewSpeaker(ctx context.Context, cfg Config, log *slog.Logger) (*Speaker, er
 		s.srv.Stop()
 		return nil, fmt.Errorf("bgp: start speaker (asn %d, router id %s): %w", cfg.ASN, cfg.RouterID, err)
 	}
+	if err := s.policies(ctx); err != nil {
+		s.srv.Stop()
+		return nil, err
+	}
 	if err := s.srv.WatchEvent(ctx, server.WatchEventMessageCallbacks{OnPeerUpdate: s.onPeer}, server.WatchPeer()); err != nil {
 		s.srv.Stop()
 		return nil, fmt.Errorf("bgp: watch peers: %w", err)
@@ -59,13 +63,46 @@ func NewSpeaker(ctx context.Context, cfg Config, log *slog.Logger) (*Speaker, er
 	return s, nil
 }
 
+// policies make the speaker a stub that only originates: it imports
+// nothing its routers send (so nothing they send is ever re-advertised,
+// and the LB is never transit between two routers), and exports only
+// the routes it originates.
+func (s *Speaker) policies(ctx context.Context) error {
+	const own = "sluice-own-routes"
+	if err := s.srv.AddPolicy(ctx, &gapi.AddPolicyRequest{Policy: &gapi.Policy{Name: own, Statements: []*gapi.Statement{{
+		Name:       own + "-local",
+		Conditions: &gapi.Conditions{RouteType: gapi.Conditions_ROUTE_TYPE_LOCAL},
+		Actions:    &gapi.Actions{RouteAction: gapi.RouteAction_ROUTE_ACTION_ACCEPT},
+	}}}}); err != nil {
+		return fmt.Errorf("bgp: export policy: %w", err)
+	}
+	for _, a := range []*gapi.PolicyAssignment{
+		// The global RIB's import policy sees this speaker's own routes
+		// too: they are accepted, and nothing else.
+		{Name: "global", Direction: gapi.PolicyDirection_POLICY_DIRECTION_IMPORT, Policies: []*gapi.Policy{{Name: own}},
+			DefaultAction: gapi.RouteAction_ROUTE_ACTION_REJECT},
+		{Name: "global", Direction: gapi.PolicyDirection_POLICY_DIRECTION_EXPORT, Policies: []*gapi.Policy{{Name: own}},
+			DefaultAction: gapi.RouteAction_ROUTE_ACTION_REJECT},
+	} {
+		if err := s.srv.SetPolicyAssignment(ctx, &gapi.SetPolicyAssignmentRequest{Assignment: a}); err != nil {
+			return fmt.Errorf("bgp: %s policy: %w", strings.ToLower(strings.TrimPrefix(a.Direction.String(), "POLICY_DIRECTION_")), err)
+		}
+	}
+	return nil
+}
+
 func (s *Speaker) peerConf(p Peer) *gapi.Peer {
 	hold := uint64(s.cfg.Hold / time.Second)
 	fam := func(afi gapi.Family_Afi) *gapi.AfiSafi {
-		return &gapi.AfiSafi{Config: &gapi.AfiSafiConfig{Family: &gapi.Family{Afi: afi, Safi: gapi.Family_SAFI_UNICAST}, Enabled: true}}
+		f := &gapi.Family{Afi: afi, Safi: gapi.Family_SAFI_UNICAST}
+		// A router that sends more than MaxPrefixes routes of a family
+		// (all refused on import, but held in its Adj-RIB-In) has its
+		// session shut down, so that a full table cannot fill memory.
+		return &gapi.AfiSafi{Config: &gapi.AfiSafiConfig{Family: f, Enabled: true},
+			PrefixLimits: &gapi.PrefixLimit{Family: f, MaxPrefixes: s.cfg.MaxPrefixes, ShutdownThresholdPct: 80}}
 	}
 	c := &gapi.Peer{
-		Conf:      &gapi.PeerConf{NeighborAddress: p.Addr.Addr().String(), PeerAsn: p.ASN},
+		Conf:      &gapi.PeerConf{NeighborAddress: p.Addr.Addr().String(), PeerAsn: p.ASN, AuthPassword: s.cfg.Password},
 		Transport: &gapi.Transport{RemotePort: uint32(p.Addr.Port())},
 		// A lost session is tried again after a second, not 120 s.
 		Timers:   &gapi.Timers{Config: &gapi.TimersConfig{HoldTime: hold, KeepaliveInterval: max(hold/3, 1), ConnectRetry: 1, IdleHoldTimeAfterReset: 1}},

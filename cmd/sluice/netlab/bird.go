@@ -101,6 +101,24 @@ func (b *BIRD) Stop() {
 	})
 }
 
+// Reconfigure replaces BIRD's config with conf (written atomically) and
+// has it load that (`birdc configure`).
+func (b *BIRD) Reconfigure(ctx context.Context, conf string) error {
+	cf := filepath.Join(b.Dir, "bird.conf")
+	tmp := cf + ".new"
+	if err := os.WriteFile(tmp, []byte(conf), 0o600); err != nil {
+		return err
+	}
+	if err := os.Rename(tmp, cf); err != nil {
+		return err
+	}
+	out, err := exec.CommandContext(ctx, "birdc", "-s", b.socket, "configure").CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "Reconfigur") {
+		return fmt.Errorf("birdc configure: %v: %s", err, out)
+	}
+	return nil
+}
+
 // PID is BIRD's process id.
 func (b *BIRD) PID() int { return b.cmd.Process.Pid }
 

@@ -187,9 +187,14 @@ func (c *core) ApplyReplica(next state.State) error {
 	if !c.topo.Accept(next, c.have.Load()) {
 		return nil // this node's own commit, or a newer state, got here first
 	}
+	next = next.Clone()
+	next.Normalize()
+	if err := next.Validate(); err != nil {
+		return fmt.Errorf("replicated revision %d: %w", next.Revision, err)
+	}
 	st, err := c.KeepLocal(next) // disk I/O: mu is not held
 	if err != nil {
-		st = next // applied all the same: the file is kept later
+		st = next // valid, so applied all the same: the file is kept later
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -340,7 +345,9 @@ func (c *core) KeepPending() {
 	if p == nil {
 		return
 	}
-	c.wmu.Lock()
+	if !c.wmu.TryLock() {
+		return // a change or a replica is being written: next time
+	}
 	defer c.wmu.Unlock()
 	if p.Revision != c.Revision() {
 		c.unkept.CompareAndSwap(p, nil)

@@ -46,9 +46,9 @@ func (c *Node) Load(ctx context.Context, local state.State) (state.State, uint64
 			return state.State{}, 0, err
 		}
 	}
-	if st, err = c.h.KeepLocal(st); err != nil {
-		return state.State{}, 0, err
-	}
+	if kept, err := c.h.KeepLocal(st); err == nil {
+		st = kept
+	} // else a full disk: forwarded all the same, kept later (KeepLocal says so)
 	return st, st.Revision, nil
 }
 

@@ -1,9 +1,10 @@
 // Package weight decides each backend's effective weight, the share of
 // new flows its VIP's ring gives it: the configured weight scaled by what
 // the backend's agent reports, by its load metric and by slow start. It
-// also bounds how often a ring follows those changes: at most one
-// reweight per VIP per interval, and only for a move of at least the
-// threshold. Established flows are not its business: the connection
+// also bounds how often a ring follows those changes, and an agent's
+// drain, down or maint (after rise or fall answers in a row): at most one
+// reweight per VIP per interval, and for weights only a move of at least
+// the threshold. Established flows are not its business: the connection
 // table keeps them on their backend.
 package weight
 

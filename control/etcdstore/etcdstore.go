@@ -216,7 +216,7 @@ func (s *Store) commit(ctx context.Context, fence []clientv3.Cmp, whole bool, ch
 		}
 		snap := s.read(resp.Kvs)
 		if snap.err != nil && !whole {
-			return state.State{}, fmt.Errorf("%w; a change needs a valid state to start from: fix or delete that key, or restore a backup", snap.err)
+			return state.State{}, fmt.Errorf("%w; a change needs a valid state to start from: fix or delete that key (etcdctl put or del)", snap.err)
 		}
 		cur := snap.st
 		if pending != nil && snap.err == nil && sameVIPs(cur, *pending) {
@@ -255,9 +255,9 @@ func (s *Store) commit(ctx context.Context, fence []clientv3.Cmp, whole bool, ch
 		ErrConflict, commitTries, lastGuard)
 }
 
-// Replace stores next as the whole state in one guarded transaction (a
-// backup's restore), whatever etcd held, a refused state included; the
-// commit's revision becomes the state's.
+// Replace stores next as the whole state in one guarded transaction,
+// whatever etcd held, a refused state included; the commit's revision
+// becomes the state's.
 func (s *Store) Replace(ctx context.Context, next state.State) (state.State, error) {
 	return s.commit(ctx, nil, true, func(st *state.State) error {
 		st.VIPs = next.Clone().VIPs

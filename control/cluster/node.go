@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -16,6 +17,8 @@ import (
 	"go.uber.org/zap"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/backoff"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/sluicelb/sluice/control/api"
 	"github.com/sluicelb/sluice/control/etcdstore"
@@ -174,8 +177,24 @@ func (c *Node) load(ctx context.Context, seed uint64, local state.State) (state.
 	return local, false, nil
 }
 
+// isUnavailable says whether err means that etcd did not answer in time
+// (or at all), as opposed to refusing what was asked: the client's own
+// deadline, or one that the member ran out of (a member without a
+// quorum answers gRPC's Unknown with "context deadline exceeded"), or a
+// connection that is gone.
 func isUnavailable(err error) bool {
-	return errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) || clientv3.IsConnCanceled(err)
+	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) || clientv3.IsConnCanceled(err) {
+		return true
+	}
+	if s, ok := status.FromError(err); ok {
+		switch s.Code() {
+		case codes.Unavailable, codes.DeadlineExceeded, codes.Canceled:
+			return true
+		case codes.Unknown:
+			return strings.Contains(s.Message(), context.DeadlineExceeded.Error())
+		}
+	}
+	return false
 }
 
 func (c *Node) up() {

@@ -1,8 +1,14 @@
 package cluster
 
 import (
+	"context"
+	"errors"
+	"fmt"
 	"strings"
 	"testing"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 )
 
 // TestDecodeReport: a node key is taken only when it is a node's report:
@@ -30,6 +36,26 @@ func TestDecodeReport(t *testing.T) {
 			t.Errorf("%.60s = %.60s: %+v, %v", c.key, c.value, r, err)
 		case c.want != "" && (err == nil || !strings.Contains(err.Error(), c.want)):
 			t.Errorf("%.60s = %.60s: %v, want an error with %q", c.key, c.value, err, c.want)
+		}
+	}
+}
+
+// TestIsUnavailable: etcd not answering in time, as the client sees it
+// and as a member without a quorum answers it, is unavailability; a
+// refusal is not.
+func TestIsUnavailable(t *testing.T) {
+	for _, c := range []struct {
+		err  error
+		want bool
+	}{
+		{fmt.Errorf("etcd: read state: %w", context.DeadlineExceeded), true},
+		{fmt.Errorf("etcd: read state: %w", status.Error(codes.Unknown, "context deadline exceeded")), true},
+		{fmt.Errorf("etcd: commit state: %w", status.Error(codes.Unavailable, "no leader")), true},
+		{status.Error(codes.Unknown, "etcdserver: too many operations in txn request"), false},
+		{errors.New("vip 10.0.0.1:80/tcp: no such vip"), false},
+	} {
+		if got := isUnavailable(c.err); got != c.want {
+			t.Errorf("%v: %v, want %v", c.err, got, c.want)
 		}
 	}
 }

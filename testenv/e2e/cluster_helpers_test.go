@@ -81,15 +81,24 @@ func (lc *labCluster) restart(t testing.TB, i int) {
 // with the revision it applied.
 func rings(t testing.TB, d *daemonProc) (uint64, map[string]string) {
 	t.Helper()
+	rev, out, err := readRings(d)
+	if err != nil {
+		t.Fatalf("status: %v", err)
+	}
+	return rev, out
+}
+
+// readRings is rings for goroutines: it returns the status error.
+func readRings(d *daemonProc) (uint64, map[string]string, error) {
 	var st api.Status
 	if err := api.NewClient(d.socket).Do(context.Background(), "GET", "/v1/status", nil, nil, &st); err != nil {
-		t.Fatalf("status: %v", err)
+		return 0, nil, err
 	}
 	out := map[string]string{}
 	for _, v := range st.VIPs {
 		out[v.VIP] = v.RingSHA256
 	}
-	return st.Revision, out
+	return st.Revision, out, nil
 }
 
 // waitSameRings waits until every node applied the same revision and

@@ -1,13 +1,11 @@
 package e2e
 
 import (
-	"context"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/sluicelb/sluice/cmd/sluice/netlab"
-	"github.com/sluicelb/sluice/control/api"
 )
 
 // slowCheck is a check as operators often run them (HAProxy's default
@@ -112,14 +110,10 @@ func watchRings(t *testing.T, d *daemonProc, want map[string]string) (stop func(
 				return
 			case <-tick.C:
 			}
-			var st api.Status
-			if err := api.NewClient(d.socket).Do(context.Background(), "GET", "/v1/status", nil, nil, &st); err != nil {
+			_, got, err := readRings(d)
+			if err != nil {
 				t.Errorf("status of the serving node: %v", err)
 				return
-			}
-			got := map[string]string{}
-			for _, v := range st.VIPs {
-				got[v.VIP] = v.RingSHA256
 			}
 			if !equalMaps(got, want) {
 				moved = append(moved, got)
